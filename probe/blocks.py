@@ -1,0 +1,370 @@
+"""The block handle: one way to reach the decoder layers of any supported Hugging Face model.
+
+Every activation has one stable name (the TransformerLens names, so results line up across
+backends)::
+
+    blocks.{i}.hook_resid_pre     residual stream entering layer i      [batch, pos, d_model]
+    blocks.{i}.hook_resid_post    residual stream leaving layer i       [batch, pos, d_model]
+    blocks.{i}.hook_attn_out      what attention adds to the residual   [batch, pos, d_model]
+    blocks.{i}.hook_mlp_out       what the MLP adds to the residual     [batch, pos, d_model]
+    blocks.{i}.attn.hook_z        per-head input of the output proj.    [batch, pos, heads, d_head]
+
+A hook is a plain function ``fn(tensor, name) -> tensor | None`` (``None`` keeps the tensor).
+Hooks live only inside a ``with`` block and are removed on exit, also when the body raises.
+
+>>> from probe.tiny import tiny_model
+>>> model, tok = tiny_model("llama")
+>>> blocks = Blocks(model)
+>>> ids = tok(["1 + 2 = 3"], return_tensors="pt").input_ids
+>>> with blocks.skip([1]):
+...     skipped = blocks.forward(ids)
+>>> logits, cache = blocks.run_with_cache(ids, names=["blocks.1.hook_resid_pre"])
+>>> cache["blocks.1.hook_resid_pre"].shape[-1] == model.config.hidden_size
+True
+
+The handle wraps the model; it never re-implements it. Skipping a layer swaps it for a
+pass-through module inside the context (no compute, no KV-cache entry), and running "from layer
+l onward" reuses the model's own forward (its masks, rotary embeddings and softcapping) with the
+earlier layers swapped out and the supplied hidden states fed in as the input embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch import nn
+
+from .architectures import Architecture, architecture_for, get_path
+from .errors import PrunescopeError
+
+HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
+
+HOOK_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
+_NAME = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z)$")
+
+# The hook dictionaries of an nn.Module. A skipped layer's stand-in shares them with the layer,
+# so a hook on "layer i" (ours or the user's) still fires when layer i is skipped: its pre-hook
+# sees the input and its forward hook sees the output, which equals the input.
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+)
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a decoder layer and returns its input unchanged."""
+
+    def __init__(self, layer: nn.Module, share_hooks: bool):
+        super().__init__()
+        for attr in ("layer_idx", "attention_type"):  # read by some model loops and by users
+            if hasattr(layer, attr):
+                setattr(self, attr, getattr(layer, attr))
+        if share_hooks:
+            for d in _HOOK_DICTS:
+                setattr(self, d, getattr(layer, d))
+
+    def forward(self, hidden_states=None, *args, **kwargs):
+        return hidden_states
+
+
+def _first_tensor(out):
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _replace_first(out, new):
+    if isinstance(out, torch.Tensor):
+        return new
+    return (new, *tuple(out[1:]))
+
+
+class Blocks:
+    """One handle on a causal LM's decoder blocks: read, skip, replace and patch by name.
+
+    >>> from probe.tiny import tiny_model
+    >>> blocks = Blocks(tiny_model("qwen2")[0])
+    >>> blocks.n_layers
+    4
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+        self.arch: Architecture = architecture_for(model.config)
+        self.layers: nn.ModuleList = get_path(model, self.arch.layers)
+        self.base: nn.Module = get_path(model, self.arch.base)
+        self.lm_head: nn.Module = get_path(model, self.arch.lm_head)
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    @property
+    def d_head(self) -> int:
+        return int(getattr(self.config, "head_dim", None) or self.config.hidden_size // self.n_heads)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def hook_names(self, layers: Iterable[int] | None = None, kinds: Sequence[str] = HOOK_KINDS) -> list[str]:
+        """All activation names, layer by layer: ``['blocks.0.hook_resid_pre', ...]``."""
+        layers = range(self.n_layers) if layers is None else self.check_layers(layers, allow_all=True)
+        return [f"blocks.{i}.{k}" for i in layers for k in kinds]
+
+    def check_layers(self, layers: Iterable[int], *, allow_all: bool = False) -> tuple[int, ...]:
+        """Validate layer indices: integers in range, no duplicates (and not every layer).
+
+        >>> from probe.tiny import tiny_model
+        >>> Blocks(tiny_model("llama")[0]).check_layers([3, 1])
+        (1, 3)
+        """
+        layers = list(layers)
+        for i in layers:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise PrunescopeError(f"layer index {i!r} is not an integer; give layer numbers like 0, 5, 12")
+            if not 0 <= i < self.n_layers:
+                raise PrunescopeError(
+                    f"layer {i} is out of range: the model has {self.n_layers} layers (0-{self.n_layers - 1})"
+                )
+        dupes = sorted({i for i in layers if layers.count(i) > 1})
+        if dupes:
+            raise PrunescopeError(f"duplicate layer indices {dupes}: list each layer once")
+        if not allow_all and layers and len(layers) == self.n_layers:
+            raise PrunescopeError(
+                f"cannot skip all {self.n_layers} layers: at least one layer must remain"
+            )
+        return tuple(sorted(layers))
+
+    def parse_name(self, name: str) -> tuple[int, str]:
+        """``"blocks.3.hook_mlp_out"`` -> ``(3, "hook_mlp_out")``, with a clear error otherwise."""
+        m = _NAME.match(name)
+        if not m:
+            raise PrunescopeError(
+                f"unknown activation name {name!r}: use blocks.<layer>.<kind> with kind one of "
+                + ", ".join(HOOK_KINDS)
+            )
+        layer = int(m.group(1))
+        self.check_layers([layer], allow_all=True)
+        return layer, m.group(2)
+
+    # ----------------------------------------------------------------- hooks
+    @contextmanager
+    def hooks(self, fns: Mapping[str, HookFn] | Iterable[tuple[str, HookFn]]) -> Iterator[None]:
+        """Run ``fn(tensor, name)`` at each named activation inside the block.
+
+        A function returns a replacement tensor or ``None``. Several functions may share a
+        name; they run in the order given. All hooks are removed on exit, even on error.
+        """
+        pairs = list(fns.items()) if isinstance(fns, Mapping) else list(fns)
+        parsed = [(name, *self.parse_name(name), fn) for name, fn in pairs]  # validate all first
+        with ExitStack() as stack:
+            for name, layer_idx, kind, fn in parsed:
+                stack.callback(self._register(layer_idx, kind, name, fn).remove)
+            yield
+
+    def _register(self, layer_idx: int, kind: str, name: str, fn: HookFn):
+        layer = self.layers[layer_idx]
+        arch = self.arch
+
+        if kind == "hook_resid_pre":
+            def pre(module, args, kwargs):
+                if args:
+                    new = fn(args[0], name)
+                    return None if new is None else ((new, *args[1:]), kwargs)
+                new = fn(kwargs["hidden_states"], name)
+                return None if new is None else (args, {**kwargs, "hidden_states": new})
+            return layer.register_forward_pre_hook(pre, with_kwargs=True)
+
+        if kind == "attn.hook_z":
+            o_proj = get_path(layer, arch.o_proj)
+            n_heads, d_head = self.n_heads, self.d_head
+
+            def z_hook(module, args):
+                flat = args[0]
+                new = fn(flat.view(*flat.shape[:-1], n_heads, d_head), name)
+                return None if new is None else (new.reshape(flat.shape), *args[1:])
+            return o_proj.register_forward_pre_hook(z_hook)
+
+        module = {
+            "hook_resid_post": layer,
+            "hook_attn_out": get_path(layer, arch.attn_out) if kind == "hook_attn_out" else None,
+            "hook_mlp_out": get_path(layer, arch.mlp_out) if kind == "hook_mlp_out" else None,
+        }[kind]
+
+        def post(mod, args, out):
+            new = fn(_first_tensor(out), name)
+            return None if new is None else _replace_first(out, new)
+        return module.register_forward_hook(post)
+
+    @contextmanager
+    def capture(self, names: Iterable[str], *, detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+        """Record named activations of every forward run inside the block.
+
+        >>> from probe.tiny import tiny_model
+        >>> model, tok = tiny_model("llama"); blocks = Blocks(model)
+        >>> with blocks.capture(["blocks.0.hook_resid_post"]) as acts:
+        ...     _ = blocks.forward(tok(["a b c"], return_tensors="pt").input_ids)
+        >>> acts["blocks.0.hook_resid_post"].shape[:2]
+        torch.Size([1, 6])
+        """
+        acts: dict[str, torch.Tensor] = {}
+
+        def save(t: torch.Tensor, name: str):
+            acts[name] = t.detach() if detach else t
+            return None
+
+        with self.hooks([(n, save) for n in names]):
+            yield acts
+
+    @contextmanager
+    def patch(
+        self,
+        name: str,
+        values: torch.Tensor,
+        positions: int | Sequence[int] | torch.Tensor | None = None,
+        heads: int | Sequence[int] | None = None,
+    ) -> Iterator[None]:
+        """Replace an activation at chosen positions (and heads, for ``attn.hook_z``).
+
+        ``positions``: ``None`` (all), an int or list (same for every row), or a LongTensor
+        ``[batch, k]`` of per-row positions (for padded batches). ``values`` broadcasts to the
+        selected slice: ``[batch, k, d_model]`` or ``[batch, k, len(heads), d_head]``.
+        """
+        layer_idx, kind = self.parse_name(name)
+        if heads is not None and kind != "attn.hook_z":
+            raise PrunescopeError(f"heads= applies only to blocks.<i>.attn.hook_z, not {name}")
+        head_idx = None if heads is None else torch.as_tensor([heads] if isinstance(heads, int) else list(heads))
+        if head_idx is not None and (head_idx.min() < 0 or head_idx.max() >= self.n_heads):
+            raise PrunescopeError(f"head index out of range: the model has {self.n_heads} heads per layer")
+
+        def replace(t: torch.Tensor, _name: str) -> torch.Tensor:
+            v = values.to(device=t.device, dtype=t.dtype)
+            out = t.clone()
+            if positions is None:
+                sel = (slice(None), slice(None))
+            elif isinstance(positions, torch.Tensor) and positions.dim() == 2:
+                rows = torch.arange(t.shape[0], device=t.device)[:, None]
+                sel = (rows, positions.to(t.device))
+            else:
+                pos = torch.as_tensor([positions] if isinstance(positions, int) else list(positions))
+                sel = (slice(None), pos.to(t.device))
+            if head_idx is None:
+                out[sel] = v
+            else:
+                view = out[sel]                      # advanced indexing copies: write it back
+                view[..., head_idx.to(t.device), :] = v
+                out[sel] = view
+            return out
+
+        with self.hooks({name: replace}):
+            yield
+
+    # ----------------------------------------------------------------- skipping
+    @contextmanager
+    def skip(self, layers: Iterable[int]) -> Iterator[None]:
+        """Skip layers inside the block: each returns its input (no compute, no cache entry).
+
+        >>> from probe.tiny import tiny_model
+        >>> blocks = Blocks(tiny_model("gemma2")[0])
+        >>> with blocks.skip([0, 2]):
+        ...     pass
+        """
+        layers = self.check_layers(layers)
+        originals = {i: self.layers[i] for i in layers}
+        try:
+            for i, layer in originals.items():
+                self.layers[i] = _PassThrough(layer, share_hooks=True)
+            yield
+        finally:
+            for i, layer in originals.items():
+                self.layers[i] = layer
+
+    # ----------------------------------------------------------------- running
+    def final_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Unembed final-normed hidden states (applies Gemma's final logit softcapping)."""
+        logits = self.lm_head(hidden.to(self.lm_head.weight.device))
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        at: torch.Tensor | None = None,
+        start_layer: int = 0,
+        start_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of a (right-)padded batch, honouring any active skip / hook contexts.
+
+        ``at``: LongTensor ``[batch]`` or ``[batch, k]`` of positions: unembed only there (saves
+        the ``[batch, pos, vocab]`` logits tensor). ``start_layer``/``start_hidden``: run from
+        layer ``l`` onward with ``start_hidden`` as the residual stream entering layer ``l``
+        (what ``blocks.{l}.hook_resid_pre`` captured); ``input_ids`` then only gives the shape.
+        """
+        hidden = self.final_hidden(input_ids, attention_mask, start_layer=start_layer, start_hidden=start_hidden)
+        if at is not None:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            at = at.to(hidden.device)
+            hidden = hidden[rows[:, None], at] if at.dim() == 2 else hidden[rows, at]
+        return self.final_logits(hidden)
+
+    def final_hidden(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        start_layer: int = 0,
+        start_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states after the final norm (see :meth:`forward` for the arguments)."""
+        if start_hidden is None:
+            if start_layer != 0:
+                raise PrunescopeError("start_layer needs start_hidden (the residual stream entering that layer)")
+            return self.base(input_ids=input_ids.to(self.device), attention_mask=_to(attention_mask, self.device),
+                             use_cache=False).last_hidden_state
+        if not 0 <= start_layer < self.n_layers:
+            raise PrunescopeError(
+                f"start_layer {start_layer} is out of range: the model has {self.n_layers} layers"
+            )
+        originals = {i: self.layers[i] for i in range(start_layer)}
+        try:
+            for i, layer in originals.items():
+                self.layers[i] = _PassThrough(layer, share_hooks=False)
+            first = self.layers[start_layer].parameters().__next__().device
+            return self.base(inputs_embeds=start_hidden.to(first), attention_mask=_to(attention_mask, first),
+                             use_cache=False).last_hidden_state
+        finally:
+            for i, layer in originals.items():
+                self.layers[i] = layer
+
+    def run_with_cache(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        names: Iterable[str] | None = None,
+        *,
+        at: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One forward returning ``(logits, {name: activation})`` (all names when ``None``)."""
+        names = self.hook_names() if names is None else list(names)
+        with self.capture(names) as acts:
+            logits = self.forward(input_ids, attention_mask, at=at)
+        return logits, acts
+
+
+def _to(t: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)

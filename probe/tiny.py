@@ -1,0 +1,113 @@
+"""Tiny random-weight models of every supported family, with an offline tokenizer.
+
+For tests and CPU benchmarks: no download, a few milliseconds to build. Weights are redrawn
+with a large standard deviation so that skipping or patching a layer changes the greedy tokens
+(the default init gives near-uniform logits, which would hide mistakes). Prompts should be longer
+than ``sliding_window`` (4) so that sliding/full attention mix-ups become visible.
+
+>>> model, tok = tiny_model("gemma3")
+>>> model.config.model_type, model.config.num_hidden_layers
+('gemma3_text', 4)
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import torch
+
+FAMILIES = ("llama", "qwen2", "mistral", "gemma2", "gemma3")
+
+_CORPUS = [
+    "Question: What is (4 * 4) * 1? Answer: 16",
+    "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 + - * / = ( ) [ ] { }",
+    "def f(arr, n):\n    return arr[n - 1 - i] + g(x, {'a': [1, 2]})",
+    "Alice went to the market and bought 12 apples and 7 pears, 19 fruits in all.",
+] * 20
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer_dir() -> str:
+    """A byte-level BPE tokenizer (vocab 512) saved to a temp folder, built once per process.
+
+    It is saved and reloaded from a folder because TransformerLens reloads tokenizers by path.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<unk>", "<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(_CORPUS, trainer)
+    tk.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", tk.token_to_id("<bos>"))]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
+    folder = tempfile.mkdtemp(prefix="prunescope-tiny-tok-")
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_config(family: str, n_layers: int = 4):
+    """The transformers config of a tiny model (hidden 64, 4 heads, 2 KV heads, vocab 512)."""
+    from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=1, bos_token_id=2, eos_token_id=3,
+    )
+    alternating = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "mistral":
+        return MistralConfig(**common, sliding_window=4)
+    if family == "qwen2":
+        return Qwen2Config(**common, use_sliding_window=True, sliding_window=4, max_window_layers=n_layers // 2)
+    if family == "gemma2":
+        return Gemma2Config(**common, head_dim=16, sliding_window=4, query_pre_attn_scalar=16)
+    if family == "gemma3":
+        return Gemma3TextConfig(**common, head_dim=16, sliding_window=4, query_pre_attn_scalar=16,
+                                layer_types=alternating)
+    raise ValueError(f"unknown tiny family {family!r}; choose from {FAMILIES}")
+
+
+def tiny_model(family: str, *, seed: int = 0, n_layers: int = 4, attn_implementation: str = "eager"):
+    """Build ``(model, tokenizer)``: a random-weight fp32 model in eval mode.
+
+    >>> m, tok = tiny_model("llama", n_layers=3)
+    >>> len(m.model.layers)
+    3
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny_config(family, n_layers)
+    cfg._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
+    return model, tok
+
+
+def save_tiny_model(family: str, folder: str | Path, **kw) -> Path:
+    """Write a tiny model and its tokenizer as a standard checkpoint folder."""
+    model, tok = tiny_model(family, **kw)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
