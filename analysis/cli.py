@@ -1,0 +1,150 @@
+"""The ``prunescope`` command line: a thin layer over Python functions of the same names.
+
+Each subcommand maps to one function (``prunescope sweep`` -> :func:`probe.sweep.sweep`).
+A user mistake prints one line, ``prunescope: error: ...``, and exits with status 2.
+
+    prunescope info   [--model M]                     layers, heads, architecture
+    prunescope sweep  [--model M] --probe arithmetic --n 200 --out runs/NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from probe.errors import PrunescopeError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _sets(text: str) -> list[list[int]]:
+    """``"3,4;7"`` -> ``[[3, 4], [7]]``; ranges ``"3-5"`` expand."""
+    out = []
+    for part in text.split(";"):
+        layers: list[int] = []
+        for tok in part.split(","):
+            tok = tok.strip()
+            if not tok:
+                continue
+            try:
+                if "-" in tok:
+                    a, b = tok.split("-")
+                    layers += list(range(int(a), int(b) + 1))
+                else:
+                    layers.append(int(tok))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"bad layer set {part!r}: use e.g. '3,4;7' or '10-12'") from None
+        if layers:
+            out.append(layers)
+    return out
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="model folder, .gguf file or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: float32)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunescope",
+        description="Localize arithmetic / bracket circuits with layer-skip probes and patching, "
+                    "prune layers around them, recover and evaluate.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="print the model's architecture and layer count")
+    _add_model_args(p)
+
+    p = sub.add_parser("sweep", help="probe accuracy with each layer (or window, or set) skipped",
+                       description="Layer-skip sweep: score probes with no layer skipped, each single layer "
+                                   "skipped, contiguous windows, and any given sets. Writes OUT/sweep.csv, "
+                                   ".jsonl, the items used, and figures. Re-running resumes.")
+    _add_model_args(p)
+    p.add_argument("--probe", default="arithmetic",
+                   help="comma-separated probes: arithmetic, arithmetic_multi, or a JSONL items file "
+                        "(default: arithmetic)")
+    p.add_argument("--n", type=int, default=200, help="items per probe (default: 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the item generators (default: 0)")
+    p.add_argument("--shots", type=int, default=None, help="arithmetic_multi: solved examples before each item")
+    p.add_argument("--ops", default=None, help="arithmetic_multi: operators, e.g. '+,-' (default: + - * //)")
+    p.add_argument("--digits", type=int, default=None, help="arithmetic_multi: operand digit count (default: 2)")
+    p.add_argument("--carry", default=None, choices=["any", "carry", "no_carry"],
+                   help="arithmetic_multi: keep only items with / without a carry (default: any)")
+    p.add_argument("--windows", type=_int_list, default=[1],
+                   help="window widths to skip, comma-separated (default: 1 = single layers)")
+    p.add_argument("--sets", type=_sets, default=[], help="extra layer sets to skip, e.g. '3,4;7;10-12'")
+    p.add_argument("--scoring", default="first_diff", choices=["first_diff", "logprob"],
+                   help="first_diff: compare answers where their tokens first differ; logprob: whole-answer "
+                        "log-probability (default: first_diff)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: from free memory)")
+    p.add_argument("--no-prefix-reuse", action="store_true", help="one full forward per condition (slower)")
+    p.add_argument("--metric", default="accuracy", help="metric shown in the printed table (default: accuracy)")
+    p.add_argument("--out", default=None, help="output folder, e.g. runs/NAME (default: print only)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def format_sweep_table(rows: list[dict], metrics: Sequence[str] = ("accuracy", "exact_match", "logit_diff")) -> str:
+    """A plain-text table: one line per condition, one column per probe x metric."""
+    probes = list(dict.fromkeys(r["probe"] for r in rows))
+    conds = list(dict.fromkeys(r["condition"] for r in rows))
+    val = {(r["probe"], r["condition"], r["metric"]): r["value"] for r in rows}
+    cols = [(p, m) for p in probes for m in metrics if (p, conds[0], m) in val]
+    heads = ["condition"] + [f"{p}:{m}" for p, m in cols]
+    lines = [heads]
+    for c in conds:
+        lines.append([c] + [f"{val[(p, c, m)]:.3f}" for p, m in cols])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(heads))]
+    text = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    n = rows[0]["n"] if rows else 0
+    return "\n".join(text) + f"\n({n} items per probe; model {rows[0]['model'] if rows else '?'})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        if args.command == "info":
+            from probe.models import load_model
+
+            lm = load_model(args.model, device=args.device, dtype=args.dtype)
+            b = lm.blocks
+            print(f"model      {lm.name}  ({lm.path})\narchitecture {b.arch.family}\nlayers     {b.n_layers}\n"
+                  f"heads      {b.n_heads} x {b.d_head}\nd_model    {lm.model.config.hidden_size}\n"
+                  f"example    {b.hook_names([0])}")
+        elif args.command == "sweep":
+            from probe.sweep import sweep
+
+            if args.n <= 0:
+                raise PrunescopeError(f"--n must be a positive number of items, got {args.n}")
+            rows = sweep(args.model, args.probe, args.n, args.out, seed=args.seed, windows=args.windows,
+                         sets=args.sets, scoring=args.scoring, batch_size=args.batch_size,
+                         probe_options={k: v for k, v in [("shots", args.shots), ("ops", args.ops),
+                                        ("digits", args.digits), ("carry", args.carry)] if v is not None},
+                         prefix_reuse=not args.no_prefix_reuse, device=args.device, dtype=args.dtype,
+                         show_progress=not args.quiet)
+            metrics = tuple(dict.fromkeys([args.metric, "accuracy", "exact_match", "logit_diff"]))
+            print(format_sweep_table(rows, metrics))
+            if args.out:
+                print(f"wrote {args.out}/sweep.csv, sweep.jsonl, items/, sweep_layers.png")
+        return 0
+    except PrunescopeError as e:
+        print(f"prunescope: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

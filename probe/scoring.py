@@ -1,0 +1,207 @@
+"""Score probe items from next-token logits, tokenizer-aware.
+
+The rule: the prompt is tokenized as the model sees it (with its special tokens) and each answer
+on its own (no special tokens), then concatenated. Tokenizers split answers differently
+(SmolLM2 / the default model: ``" 68"`` -> ``" "``, ``"6"``, ``"8"``; Llama-3: up to three digits per
+token; Qwen and Gemma: one digit), and some give the leading space its own token, so "the
+first answer token" is often the same space for every answer and decides nothing. Hence:
+
+``first_diff`` (default)
+    One teacher-forced forward over prompt + correct answer. For each wrong answer, find the
+    first token where it differs from the correct one; compare the two tokens' logits at that
+    position (the prefix before it is shared, so this is exactly where the model decides).
+    ``logit_diff`` = the smallest such margin over wrong answers; ``accuracy`` = margin > 0;
+    ``p_correct`` = probability of the correct token at the earliest deciding position;
+    ``exact_match`` = greedy decoding would produce the whole answer (argmax at every answer
+    token); ``token_accuracy`` = fraction of answer tokens that are the argmax (digit by digit
+    for one-digit-per-token tokenizers). A wrong answer that extends the correct one (``" 1"``
+    vs ``" 12"``) never differs inside it and is ignored by this rule.
+
+``logprob``
+    One forward per candidate; each answer's summed log-probability. ``accuracy`` = the correct
+    answer has the highest; ``logit_diff`` = its log-prob minus the best wrong one;
+    ``p_correct`` = its share after normalizing over the candidates; ``exact_match`` and
+    ``token_accuracy`` as above.
+
+>>> from probe.tiny import tiny_model
+>>> from probe.blocks import Blocks
+>>> from probe.tasks import make_items
+>>> model, tok = tiny_model("llama")
+>>> plan = ScoringPlan(tok, make_items("arithmetic", n=4), scoring="first_diff")
+>>> metrics = score_items(Blocks(model), plan)
+>>> sorted(metrics[0])
+['accuracy', 'exact_match', 'logit_diff', 'p_correct', 'token_accuracy']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import PrunescopeError
+from .tasks import Item
+
+SCORINGS = ("first_diff", "logprob")
+METRICS = ("accuracy", "logit_diff", "p_correct", "exact_match", "token_accuracy")
+
+
+@dataclass
+class Row:
+    """One forward row: ``ids`` = prompt + candidate[:-1]; scored at ``n_prompt - 1 + k``."""
+
+    item: int
+    candidate: int                   # 0 = the correct answer, i >= 1 = wrong[i - 1]
+    ids: list[int]
+    n_prompt: int
+    targets: list[int]               # candidate tokens, predicted at the scored positions
+    compare: list[tuple[int, int]] = field(default_factory=list)  # (k, wrong token) for first_diff
+
+    @property
+    def positions(self) -> list[int]:
+        return [self.n_prompt - 1 + k for k in range(len(self.targets))]
+
+
+@dataclass
+class Batch:
+    rows: list[int]
+    input_ids: torch.Tensor          # [b, T], right-padded
+    attention_mask: torch.Tensor     # [b, T]
+    at: torch.Tensor                 # [b, K] scored positions (padding repeats a valid one)
+
+
+class ScoringPlan:
+    """Tokenized rows for a list of items, and how to turn their logits into metrics."""
+
+    def __init__(self, tokenizer, items: Sequence[Item], scoring: str = "first_diff",
+                 max_length: int | None = None):
+        if scoring not in SCORINGS:
+            raise PrunescopeError(f"unknown scoring {scoring!r}: choose {' or '.join(SCORINGS)}")
+        self.items = list(items)
+        self.scoring = scoring
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.rows: list[Row] = []
+        limit = max_length or _context_limit(tokenizer)
+        for i, it in enumerate(self.items):
+            prompt = tokenizer(it.prompt).input_ids
+            cands = [tokenizer(a, add_special_tokens=False).input_ids for a in (it.answer, *it.wrong)]
+            if not cands[0]:
+                raise PrunescopeError(f"item {i}: the answer {it.answer!r} tokenizes to nothing")
+            longest = len(prompt) + max(len(c) for c in cands) - 1
+            if limit and longest > limit:
+                raise PrunescopeError(
+                    f"item {i}: prompt + answer is {longest} tokens, longer than the model's context of "
+                    f"{limit}; shorten the prompt or use fewer few-shot examples"
+                )
+            if scoring == "first_diff":
+                compare = []
+                for w in cands[1:]:
+                    k = next((k for k, (a, b) in enumerate(zip(cands[0], w)) if a != b), None)
+                    if k is not None:
+                        compare.append((k, w[k]))
+                self.rows.append(Row(i, 0, prompt + cands[0][:-1], len(prompt), cands[0], compare))
+            else:
+                for c, toks in enumerate(cands):
+                    if toks:
+                        self.rows.append(Row(i, c, prompt + toks[:-1], len(prompt), toks))
+
+    def batches(self, batch_size: int = 16) -> list[Batch]:
+        """Rows sorted by length (less padding), right-padded into batches."""
+        order = sorted(range(len(self.rows)), key=lambda r: -len(self.rows[r].ids))
+        return [self.make_batch(order[s:s + batch_size]) for s in range(0, len(order), batch_size)]
+
+    def make_batch(self, row_ids: list[int]) -> Batch:
+        rows = [self.rows[r] for r in row_ids]
+        T = max(len(r.ids) for r in rows)
+        K = max(len(r.targets) for r in rows)
+        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        at = torch.zeros((len(rows), K), dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, : len(r.ids)] = torch.tensor(r.ids)
+            mask[b, : len(r.ids)] = 1
+            pos = r.positions
+            at[b] = torch.tensor(pos + [pos[-1]] * (K - len(pos)))
+        return Batch(list(row_ids), ids, mask, at)
+
+    def reduce(self, batch: Batch, logits: torch.Tensor) -> dict[int, dict]:
+        """Shrink a batch's ``[b, K, vocab]`` logits to the few numbers each row needs."""
+        logits = logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        argmax = logits.argmax(-1)
+        out = {}
+        for b, r in enumerate(batch.rows):
+            row = self.rows[r]
+            n = len(row.targets)
+            tgt = torch.tensor(row.targets, device=logits.device)
+            ks = torch.arange(n, device=logits.device)
+            out[r] = {
+                "target_logp": logp[b, ks, tgt].tolist(),
+                "target_logit": logits[b, ks, tgt].tolist(),
+                "is_argmax": (argmax[b, :n] == tgt).tolist(),
+                "compare_logit": [logits[b, k, w].item() for k, w in row.compare],
+            }
+        return out
+
+    def metrics(self, stats: dict[int, dict]) -> list[dict]:
+        """Per-item metrics (see the module docstring) from :meth:`reduce` outputs."""
+        per_item: dict[int, dict[int, tuple[Row, dict]]] = {}
+        for r, s in stats.items():
+            row = self.rows[r]
+            per_item.setdefault(row.item, {})[row.candidate] = (row, s)
+        results = []
+        for i in range(len(self.items)):
+            cands = per_item[i]
+            row, s = cands[0]
+            m = {
+                "exact_match": float(all(s["is_argmax"])),
+                "token_accuracy": sum(s["is_argmax"]) / len(s["is_argmax"]),
+            }
+            if self.scoring == "first_diff":
+                if row.compare:
+                    margins = [s["target_logit"][k] - w for (k, _), w in zip(row.compare, s["compare_logit"])]
+                    k0 = min(k for k, _ in row.compare)
+                    m["logit_diff"] = min(margins)
+                    m["accuracy"] = float(m["logit_diff"] > 0)
+                else:  # no wrong answer differs inside the answer: fall back to greedy
+                    k0 = 0
+                    m["logit_diff"] = float("nan")
+                    m["accuracy"] = m["exact_match"]
+                m["p_correct"] = float(torch.tensor(s["target_logp"][k0]).exp())
+            else:
+                lps = {c: sum(st["target_logp"]) for c, (_, st) in cands.items()}
+                wrong = [v for c, v in lps.items() if c != 0]
+                best = max(wrong) if wrong else float("-inf")
+                m["logit_diff"] = lps[0] - best if wrong else float("nan")
+                m["accuracy"] = float(lps[0] > best)
+                m["p_correct"] = float(torch.softmax(torch.tensor(list(lps.values())), 0)[list(lps).index(0)])
+            results.append(m)
+        return results
+
+
+def _context_limit(tokenizer) -> int | None:
+    n = getattr(tokenizer, "model_max_length", None)
+    return n if isinstance(n, int) and 0 < n < 10**8 else None
+
+
+LogitsFn = Callable[[Batch], torch.Tensor]
+
+
+@torch.no_grad()
+def score_items(blocks, plan: ScoringPlan, batch_size: int = 16, logits_fn: LogitsFn | None = None) -> list[dict]:
+    """Per-item metrics under whatever skip / hook contexts are active on ``blocks``."""
+    fn = logits_fn or (lambda b: blocks.forward(b.input_ids, b.attention_mask, at=b.at))
+    stats: dict[int, dict] = {}
+    for batch in plan.batches(batch_size):
+        stats.update(plan.reduce(batch, fn(batch)))
+    return plan.metrics(stats)
+
+
+def aggregate(per_item: Sequence[dict]) -> dict[str, float]:
+    """Mean of each metric over items (NaNs ignored)."""
+    out = {}
+    for k in METRICS:
+        vals = [m[k] for m in per_item if k in m and m[k] == m[k]]
+        out[k] = sum(vals) / len(vals) if vals else float("nan")
+    return out

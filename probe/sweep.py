@@ -1,0 +1,309 @@
+"""Layer-skip sweeps: how much does each probe suffer when layers are skipped?
+
+Conditions are named ``none``, ``skip:5`` (one layer), ``skip:5-7`` (a window) or
+``skip:3,9`` (any set). The schedule is batch-major with prefix reuse: for each batch of
+prompts the model runs once, caching the residual stream entering every layer (that run *is*
+condition ``none``); condition "skip S" then starts at layer ``min(S)`` from the cached input of
+that layer, so a single-layer sweep costs about ``1 + L/2`` full forwards instead of ``L + 1``.
+
+Progress is appended to ``OUT/.progress/<probe>.jsonl`` after every batch, so a crashed sweep
+resumes where it stopped; tables and figures are written atomically at the end.
+
+>>> from probe.tiny import tiny_model
+>>> from probe.blocks import Blocks
+>>> model, tok = tiny_model("llama")
+>>> rows = sweep_blocks(Blocks(model), tok, {"arithmetic": make_items("arithmetic", 8)}, windows=[1])
+>>> sorted({r["condition"] for r in rows})[:3]
+['none', 'skip:0', 'skip:1']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .blocks import Blocks
+from .errors import PrunescopeError
+from .results import atomic_write_json, write_table
+from .scoring import METRICS, Batch, ScoringPlan, aggregate
+from .tasks import Item, make_items, save_items
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A set of layers to skip; the empty set is the unmodified model."""
+
+    layers: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        if not self.layers:
+            return "none"
+        ls = self.layers
+        if len(ls) > 1 and ls == tuple(range(ls[0], ls[-1] + 1)):
+            return f"skip:{ls[0]}-{ls[-1]}"
+        return "skip:" + ",".join(map(str, ls))
+
+    @property
+    def layers_str(self) -> str:
+        return " ".join(map(str, self.layers))
+
+
+def make_conditions(n_layers: int, windows: Iterable[int] = (1,), sets: Iterable[Iterable[int]] = (),
+                    include_none: bool = True) -> list[Condition]:
+    """``none``, every contiguous window of each width, then the given sets (deduplicated).
+
+    >>> [c.name for c in make_conditions(3, windows=[2])]
+    ['none', 'skip:0-1', 'skip:1-2']
+    """
+    conds: list[Condition] = [Condition(())] if include_none else []
+    for w in windows:
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise PrunescopeError(f"window width must be a positive integer, got {w!r}")
+        if w >= n_layers:
+            raise PrunescopeError(
+                f"window width {w} is too wide: the model has {n_layers} layers, so windows can be 1-{n_layers - 1}"
+            )
+        conds += [Condition(tuple(range(s, s + w))) for s in range(n_layers - w + 1)]
+    for s in sets:
+        s = list(s)
+        if not s:
+            continue
+        bad = [i for i in s if not 0 <= i < n_layers]
+        if bad:
+            raise PrunescopeError(f"layer set {s} has layers out of range (the model has {n_layers}: 0-{n_layers - 1})")
+        if len(set(s)) != len(s):
+            raise PrunescopeError(f"layer set {s} lists a layer twice")
+        if len(s) >= n_layers:
+            raise PrunescopeError(f"layer set {s} skips every layer; at least one must remain")
+        conds.append(Condition(tuple(sorted(s))))
+    seen, out = set(), []
+    for c in conds:
+        if c.layers not in seen:
+            seen.add(c.layers)
+            out.append(c)
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+def _batch_logits_prefix(blocks: Blocks, batch: Batch, conditions: Sequence[Condition]) -> dict[Condition, torch.Tensor]:
+    """Logits at the scored positions for every condition, reusing one cached forward."""
+    names = [f"blocks.{i}.hook_resid_pre" for i in range(blocks.n_layers)]
+    out = {}
+    with blocks.capture(names) as acts:
+        base = blocks.forward(batch.input_ids, batch.attention_mask, at=batch.at)
+    for c in conditions:
+        if not c.layers:
+            out[c] = base
+            continue
+        start = c.layers[0]
+        with blocks.skip(c.layers):
+            out[c] = blocks.forward(batch.input_ids, batch.attention_mask, at=batch.at,
+                                    start_layer=start, start_hidden=acts[f"blocks.{start}.hook_resid_pre"])
+    return out
+
+
+def _batch_logits_plain(blocks: Blocks, batch: Batch, conditions: Sequence[Condition]) -> dict[Condition, torch.Tensor]:
+    """One full forward per condition (the reference schedule, for checking and benchmarks)."""
+    out = {}
+    for c in conditions:
+        with blocks.skip(c.layers):
+            out[c] = blocks.forward(batch.input_ids, batch.attention_mask, at=batch.at)
+    return out
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def default_batch_size(blocks: Blocks, max_tokens: int) -> int:
+    """Pick a batch size from free memory: GPU free memory, or a modest fixed CPU budget.
+
+    The cost per row is dominated by the cached residual stream (layers x tokens x d_model)
+    plus activations; half of the free memory is used.
+    """
+    d = blocks.config.hidden_size
+    bytes_per = torch.finfo(next(blocks.model.parameters()).dtype).bits // 8
+    per_row = max_tokens * d * bytes_per * (blocks.n_layers + 16) + 8 * blocks.config.vocab_size * 4
+    if blocks.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(blocks.device)
+        budget = free // 2
+        return int(max(1, min(256, budget // max(per_row, 1))))
+    return int(max(1, min(32, (1 << 30) // max(per_row, 1))))
+
+
+def sweep_blocks(
+    blocks: Blocks,
+    tokenizer,
+    probes: dict[str, Sequence[Item] | ScoringPlan],
+    *,
+    windows: Iterable[int] = (1,),
+    sets: Iterable[Iterable[int]] = (),
+    scoring: str = "first_diff",
+    batch_size: int | None = None,
+    prefix_reuse: bool = True,
+    model_name: str = "model",
+    seed: int = 0,
+    progress_dir: Path | None = None,
+    show_progress: bool = True,
+) -> list[dict]:
+    """Run the sweep in memory and return tidy rows (one per probe x condition x metric)."""
+    conditions = make_conditions(blocks.n_layers, windows, sets)
+    run = _batch_logits_prefix if prefix_reuse else _batch_logits_plain
+    rows: list[dict] = []
+    for probe, items in probes.items():
+        plan = items if isinstance(items, ScoringPlan) else ScoringPlan(tokenizer, items, scoring)
+        done = _read_progress(progress_dir, probe) if progress_dir else {}
+        bs = batch_size or default_batch_size(blocks, max(len(r.ids) for r in plan.rows))
+        batches = plan.batches(bs)
+        stats: dict[str, dict[int, dict]] = {c.name: {} for c in conditions}
+        bar = tqdm(total=len(batches) * len(conditions), desc=f"sweep {probe}", unit="cond",
+                   disable=not show_progress, leave=False)
+        for bi, batch in enumerate(batches):
+            todo = [c for c in conditions if (c.name, bi) not in done]
+            for c in conditions:
+                if (c.name, bi) in done:
+                    stats[c.name].update(done[(c.name, bi)])
+            bar.update(len(conditions) - len(todo))
+            if not todo:
+                continue
+            logits = _run_with_oom_retry(run, blocks, plan, batch, todo)
+            lines = []
+            for c in todo:
+                s = {}
+                for sub, lg in logits[c]:
+                    s.update(plan.reduce(sub, lg))
+                stats[c.name].update(s)
+                lines.append(json.dumps({"condition": c.name, "batch": bi, "stats": s}))
+            if progress_dir:
+                _append_progress(progress_dir, probe, lines)
+            bar.update(len(todo))
+        bar.close()
+        for c in conditions:
+            per_item = plan.metrics(stats[c.name])
+            agg = aggregate(per_item)
+            for metric in METRICS:
+                rows.append({"model": model_name, "probe": probe, "condition": c.name, "layers": c.layers_str,
+                             "metric": metric, "value": agg[metric], "n": len(per_item), "seed": seed})
+    return rows
+
+
+@torch.no_grad()
+def _run_with_oom_retry(run, blocks, plan: ScoringPlan, batch: Batch, conditions) -> dict:
+    """Run a batch; on out-of-memory halve it and retry. Returns {cond: [(sub_batch, logits)]}."""
+    try:
+        res = run(blocks, batch, conditions)
+        return {c: [(batch, res[c])] for c in conditions}
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not _is_oom(e) or len(batch.rows) == 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(batch.rows) // 2
+        out: dict = {c: [] for c in conditions}
+        for part in (batch.rows[:half], batch.rows[half:]):
+            sub = _run_with_oom_retry(run, blocks, plan, plan.make_batch(part), conditions)
+            for c in conditions:
+                out[c] += sub[c]
+        return out
+
+
+def _progress_file(progress_dir: Path, probe: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in probe)
+    return Path(progress_dir) / f"{safe}.jsonl"
+
+
+def _read_progress(progress_dir: Path, probe: str) -> dict[tuple[str, int], dict[int, dict]]:
+    path = _progress_file(progress_dir, probe)
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash: recompute that batch
+            done[(d["condition"], d["batch"])] = {int(k): v for k, v in d["stats"].items()}
+    return done
+
+
+def _append_progress(progress_dir: Path, probe: str, lines: list[str]) -> None:
+    path = _progress_file(progress_dir, probe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- the command
+def sweep(
+    model: str | None = None,
+    probe: str | Sequence[str] = "arithmetic",
+    n: int = 200,
+    out: str | Path | None = None,
+    *,
+    seed: int = 0,
+    windows: Sequence[int] = (1,),
+    sets: Sequence[Sequence[int]] = (),
+    scoring: str = "first_diff",
+    probe_options: dict | None = None,
+    batch_size: int | None = None,
+    prefix_reuse: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
+    plot: bool = True,
+    show_progress: bool = True,
+    loaded=None,
+) -> list[dict]:
+    """``prunescope sweep``: load the model, build probe items, run, write tables and figures.
+
+    Writes ``OUT/sweep.csv``, ``OUT/sweep.jsonl``, ``OUT/items/<probe>.jsonl`` (the exact items
+    used), ``OUT/config.json`` and ``OUT/sweep_layers.png`` (+ ``sweep_windows.png``).
+    Re-running with the same ``--out`` and settings resumes; other settings are refused.
+    """
+    from .models import load_model
+
+    probes = [p.strip() for p in (probe.split(",") if isinstance(probe, str) else probe) if p.strip()]
+    if not probes:
+        raise PrunescopeError("no probe given: pass e.g. --probe arithmetic,brackets,copy")
+    probe_options = dict(probe_options or {})
+    items = {p: make_items(p, n=n, seed=seed, **probe_options) for p in probes}
+    config = {"model": str(model or "default"), "probes": probes, "n": n, "seed": seed, "windows": list(windows),
+              "sets": [list(s) for s in sets], "scoring": scoring, "probe_options": probe_options, "dtype": dtype,
+              "prefix_reuse": prefix_reuse, "batch_size": batch_size}
+    out = Path(out) if out else None
+    if out:
+        _check_resume(out, config)
+    lm = loaded or load_model(model, device=device, dtype=dtype)
+    if out:
+        for p, its in items.items():
+            save_items(its, out / "items" / f"{Path(p).stem if p.endswith('.jsonl') else p}.jsonl")
+    rows = sweep_blocks(lm.blocks, lm.tokenizer, items, windows=windows, sets=sets, scoring=scoring,
+                        batch_size=batch_size, prefix_reuse=prefix_reuse, model_name=lm.name, seed=seed,
+                        progress_dir=(out / ".progress") if out else None, show_progress=show_progress)
+    if out:
+        write_table(rows, out / "sweep")
+        if plot:
+            from .plots import plot_sweep
+            plot_sweep(rows, out)
+    return rows
+
+
+def _check_resume(out: Path, config: dict) -> None:
+    cfg_path = out / "config.json"
+    if cfg_path.is_file():
+        old = json.loads(cfg_path.read_text())
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise PrunescopeError(
+                f"{out} holds a sweep with different settings ({', '.join(diff)}); "
+                "use another --out folder or delete this one"
+            )
+    else:
+        atomic_write_json(cfg_path, config)

@@ -1,0 +1,44 @@
+"""Remove decoder layers for real, leaving a model that saves as a standard checkpoint.
+
+Every place the architecture keys by layer is updated: the ModuleList, each attention's
+``layer_idx`` (the KV cache is indexed by it), ``config.num_hidden_layers``, and per-layer config
+lists such as ``layer_types`` (Qwen2 / Gemma sliding-vs-full masks), which are indexed by the
+kept layers, never truncated: truncating silently shifts mask types onto the wrong layers.
+
+>>> from probe.tiny import tiny_model
+>>> model, _ = tiny_model("qwen2")
+>>> _ = remove_layers(model, [1])
+>>> model.config.num_hidden_layers, len(model.config.layer_types)
+(3, 3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from probe.architectures import get_path
+from probe.blocks import Blocks
+
+
+def remove_layers(model: torch.nn.Module, drop: Iterable[int]) -> torch.nn.Module:
+    """Delete layers ``drop`` from ``model`` in place and return it."""
+    blocks = Blocks(model)
+    drop = set(blocks.check_layers(drop))
+    keep = [i for i in range(blocks.n_layers) if i not in drop]
+    layers = torch.nn.ModuleList([blocks.layers[i] for i in keep])
+    parent_path, _, attr = blocks.arch.layers.rpartition(".")
+    setattr(get_path(model, parent_path), attr, layers)
+    for new_i, layer in enumerate(layers):
+        if hasattr(layer, "layer_idx"):
+            layer.layer_idx = new_i
+        attn = get_path(layer, blocks.arch.attn)
+        if hasattr(attn, "layer_idx"):
+            attn.layer_idx = new_i
+    model.config.num_hidden_layers = len(keep)
+    for key in blocks.arch.per_layer_config:
+        values = getattr(model.config, key, None)
+        if isinstance(values, (list, tuple)) and len(values) == blocks.n_layers:
+            setattr(model.config, key, [values[i] for i in keep])
+    return model
