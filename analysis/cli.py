@@ -70,11 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    ".jsonl, the items used, and figures. Re-running resumes.")
     _add_model_args(p)
     p.add_argument("--probe", default="arithmetic",
-                   help="comma-separated probes: arithmetic, arithmetic_multi, or a JSONL items file "
-                        "(default: arithmetic)")
+                   help="comma-separated probes: arithmetic, arithmetic_multi, brackets, copy, or a JSONL "
+                        "file of items {prompt, answer, wrong, group} (default: arithmetic)")
+    p.add_argument("--text", default=None,
+                   help="also sweep teacher-forced loss on a text set: .txt (one text per line) or .jsonl "
+                        "with a 'text' field")
     p.add_argument("--n", type=int, default=200, help="items per probe (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the item generators (default: 0)")
-    p.add_argument("--shots", type=int, default=None, help="arithmetic_multi: solved examples before each item")
+    p.add_argument("--shots", type=int, default=None, help="arithmetic: solved examples before each item")
     p.add_argument("--ops", default=None, help="arithmetic_multi: operators, e.g. '+,-' (default: + - * //)")
     p.add_argument("--digits", type=int, default=None, help="arithmetic_multi: operand digit count (default: 2)")
     p.add_argument("--carry", default=None, choices=["any", "carry", "no_carry"],
@@ -93,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_sweep_table(rows: list[dict], metrics: Sequence[str] = ("accuracy", "exact_match", "logit_diff")) -> str:
+def format_sweep_table(rows: list[dict], metrics: Sequence[str] = ("accuracy", "exact_match", "logit_diff", "loss")) -> str:
     """A plain-text table: one line per condition, one column per probe x metric."""
     probes = list(dict.fromkeys(r["probe"] for r in rows))
     conds = list(dict.fromkeys(r["condition"] for r in rows))
@@ -131,12 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.n <= 0:
                 raise PrunescopeError(f"--n must be a positive number of items, got {args.n}")
             rows = sweep(args.model, args.probe, args.n, args.out, seed=args.seed, windows=args.windows,
-                         sets=args.sets, scoring=args.scoring, batch_size=args.batch_size,
+                         sets=args.sets, scoring=args.scoring, batch_size=args.batch_size, text=args.text,
                          probe_options={k: v for k, v in [("shots", args.shots), ("ops", args.ops),
                                         ("digits", args.digits), ("carry", args.carry)] if v is not None},
                          prefix_reuse=not args.no_prefix_reuse, device=args.device, dtype=args.dtype,
                          show_progress=not args.quiet)
-            metrics = tuple(dict.fromkeys([args.metric, "accuracy", "exact_match", "logit_diff"]))
+            metrics = tuple(dict.fromkeys([args.metric, "accuracy", "logit_diff", "loss"]))
             print(format_sweep_table(rows, metrics))
             if args.out:
                 print(f"wrote {args.out}/sweep.csv, sweep.jsonl, items/, sweep_layers.png")

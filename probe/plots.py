@@ -31,10 +31,16 @@ def _save(fig, path: Path) -> Path:
 
 def plot_sweep(rows: list[dict], out: str | Path, metric: str = "accuracy") -> list[Path]:
     """``sweep_layers.png``: metric with each single layer skipped, one line per probe, with the
-    unmodified model as a dashed line; ``sweep_windows.png``: start layer x window width heatmap."""
-    out = Path(out)
+    unmodified model as a dashed line; ``sweep_windows.png``: start layer x window width heatmap.
+    Text sets (metric ``loss``) get ``sweep_loss.png``."""
     paths = []
+    if any(r["metric"] == "loss" for r in rows) and metric != "loss":
+        paths += plot_sweep(rows, out, "loss")
+    out = Path(out)
+    suffix = "" if metric == "accuracy" else f"_{metric}"
     rows = [r for r in rows if r["metric"] == metric]
+    if not rows:
+        return paths
     probes = sorted({r["probe"] for r in rows})
     model = rows[0]["model"] if rows else ""
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -51,11 +57,12 @@ def plot_sweep(rows: list[dict], out: str | Path, metric: str = "accuracy") -> l
     ax.set_ylabel(metric)
     ax.set_title(f"{model}: {metric} with one layer skipped (dashed: no skip)")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out / "sweep_layers.png"))
+    paths.append(_save(fig, out / (f"sweep{suffix}.png" if suffix else "sweep_layers.png")))
 
     windows = [r for r in rows if r["layers"] and " " in str(r["layers"])]
     if windows:
-        fig, axes = plt.subplots(1, len(probes), figsize=(5 * len(probes), 3.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(probes), figsize=(5.5 * len(probes), 3.5), squeeze=False,
+                                 layout="constrained")
         for ax, p in zip(axes[0], probes):
             cells = {}
             for r in rows:
@@ -67,10 +74,11 @@ def plot_sweep(rows: list[dict], out: str | Path, metric: str = "accuracy") -> l
             starts = sorted({s for _, s in cells})
             grid = [[cells.get((w, s), float("nan")) for s in starts] for w in widths]
             im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis",
-                           extent=(starts[0] - 0.5, starts[-1] + 0.5, widths[0] - 0.5, widths[-1] + 0.5))
+                           extent=(starts[0] - 0.5, starts[-1] + 0.5, -0.5, len(widths) - 0.5))
+            ax.set_yticks(range(len(widths)), [str(w) for w in widths])
             ax.set_xlabel("first skipped layer")
             ax.set_ylabel("window width")
             ax.set_title(p)
             fig.colorbar(im, ax=ax, label=metric)
-        paths.append(_save(fig, out / "sweep_windows.png"))
+        paths.append(_save(fig, out / f"sweep_windows{suffix}.png"))
     return paths

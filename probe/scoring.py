@@ -74,6 +74,8 @@ class Batch:
 class ScoringPlan:
     """Tokenized rows for a list of items, and how to turn their logits into metrics."""
 
+    metric_names = METRICS
+
     def __init__(self, tokenizer, items: Sequence[Item], scoring: str = "first_diff",
                  max_length: int | None = None):
         if scoring not in SCORINGS:
@@ -180,6 +182,57 @@ class ScoringPlan:
         return results
 
 
+class TextPlan(ScoringPlan):
+    """Teacher-forced loss on a set of texts: every next token is scored.
+
+    Metrics per text: ``loss`` (mean negative log-likelihood per predicted token) and
+    ``token_accuracy`` (argmax = next token); aggregated, ``loss`` is averaged over texts and
+    ``ppl`` = exp(mean loss).
+    """
+
+    metric_names = ("loss", "ppl", "token_accuracy")
+
+    def __init__(self, tokenizer, texts: Sequence[str], max_length: int | None = None):
+        self.items = [Item(t, "") for t in texts]
+        self.scoring = "loss"
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        limit = max_length or _context_limit(tokenizer) or 2048
+        self.rows = []
+        for i, t in enumerate(texts):
+            ids = tokenizer(t).input_ids[:limit]
+            if len(ids) < 2:
+                raise PrunescopeError(f"text {i} has fewer than two tokens; nothing to predict")
+            self.rows.append(Row(i, 0, ids[:-1], 1, ids[1:]))
+
+    def metrics(self, stats: dict[int, dict]) -> list[dict]:
+        out = [None] * len(self.items)
+        for r, s in stats.items():
+            loss = -sum(s["target_logp"]) / len(s["target_logp"])
+            out[self.rows[r].item] = {"loss": loss, "token_accuracy": sum(s["is_argmax"]) / len(s["is_argmax"])}
+        return out
+
+
+def load_texts(path) -> list[str]:
+    """Texts for :class:`TextPlan`: a ``.jsonl`` file with a ``text`` field, or one text per line."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrunescopeError(f"text file {path} does not exist")
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if path.suffix == ".jsonl":
+        try:
+            texts = [json.loads(ln)["text"] for ln in lines]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise PrunescopeError(f"{path}: every line must be JSON with a 'text' field ({e})") from e
+    else:
+        texts = lines
+    if not texts:
+        raise PrunescopeError(f"text file {path} is empty")
+    return texts
+
+
 def _context_limit(tokenizer) -> int | None:
     n = getattr(tokenizer, "model_max_length", None)
     return n if isinstance(n, int) and 0 < n < 10**8 else None
@@ -198,10 +251,16 @@ def score_items(blocks, plan: ScoringPlan, batch_size: int = 16, logits_fn: Logi
     return plan.metrics(stats)
 
 
-def aggregate(per_item: Sequence[dict]) -> dict[str, float]:
-    """Mean of each metric over items (NaNs ignored)."""
+def aggregate(per_item: Sequence[dict], names: Sequence[str] = METRICS) -> dict[str, float]:
+    """Mean of each metric over items (NaNs ignored); ``ppl`` is exp of the mean ``loss``."""
+    import math
+
     out = {}
-    for k in METRICS:
+    for k in names:
+        if k == "ppl":
+            continue
         vals = [m[k] for m in per_item if k in m and m[k] == m[k]]
         out[k] = sum(vals) / len(vals) if vals else float("nan")
-    return out
+    if "ppl" in names:
+        out["ppl"] = math.exp(out["loss"])
+    return {k: out[k] for k in names}

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .blocks import Blocks
 from .errors import PrunescopeError
 from .results import atomic_write_json, write_table
-from .scoring import METRICS, Batch, ScoringPlan, aggregate
+from .scoring import Batch, ScoringPlan, TextPlan, aggregate, load_texts
 from .tasks import Item, make_items, save_items
 
 
@@ -187,8 +187,8 @@ def sweep_blocks(
         bar.close()
         for c in conditions:
             per_item = plan.metrics(stats[c.name])
-            agg = aggregate(per_item)
-            for metric in METRICS:
+            agg = aggregate(per_item, plan.metric_names)
+            for metric in plan.metric_names:
                 rows.append({"model": model_name, "probe": probe, "condition": c.name, "layers": c.layers_str,
                              "metric": metric, "value": agg[metric], "n": len(per_item), "seed": seed})
     return rows
@@ -253,6 +253,7 @@ def sweep(
     sets: Sequence[Sequence[int]] = (),
     scoring: str = "first_diff",
     probe_options: dict | None = None,
+    text: str | Path | None = None,
     batch_size: int | None = None,
     prefix_reuse: bool = True,
     device: str = "cpu",
@@ -269,14 +270,15 @@ def sweep(
     """
     from .models import load_model
 
-    probes = [p.strip() for p in (probe.split(",") if isinstance(probe, str) else probe) if p.strip()]
-    if not probes:
-        raise PrunescopeError("no probe given: pass e.g. --probe arithmetic,brackets,copy")
+    probes = [p.strip() for p in (probe.split(",") if isinstance(probe, str) else probe or []) if p.strip()]
+    if not probes and not text:
+        raise PrunescopeError("no probe given: pass e.g. --probe arithmetic,brackets,copy (or --text FILE)")
     probe_options = dict(probe_options or {})
     items = {p: make_items(p, n=n, seed=seed, **probe_options) for p in probes}
+    texts = load_texts(text)[:n] if text else None
     config = {"model": str(model or "default"), "probes": probes, "n": n, "seed": seed, "windows": list(windows),
               "sets": [list(s) for s in sets], "scoring": scoring, "probe_options": probe_options, "dtype": dtype,
-              "prefix_reuse": prefix_reuse, "batch_size": batch_size}
+              "prefix_reuse": prefix_reuse, "batch_size": batch_size, "text": str(text) if text else None}
     out = Path(out) if out else None
     if out:
         _check_resume(out, config)
@@ -284,7 +286,10 @@ def sweep(
     if out:
         for p, its in items.items():
             save_items(its, out / "items" / f"{Path(p).stem if p.endswith('.jsonl') else p}.jsonl")
-    rows = sweep_blocks(lm.blocks, lm.tokenizer, items, windows=windows, sets=sets, scoring=scoring,
+    plans: dict = {p: ScoringPlan(lm.tokenizer, its, scoring) for p, its in items.items()}
+    if texts:
+        plans[f"text:{Path(text).stem}"] = TextPlan(lm.tokenizer, texts)
+    rows = sweep_blocks(lm.blocks, lm.tokenizer, plans, windows=windows, sets=sets, scoring=scoring,
                         batch_size=batch_size, prefix_reuse=prefix_reuse, model_name=lm.name, seed=seed,
                         progress_dir=(out / ".progress") if out else None, show_progress=show_progress)
     if out:

@@ -86,20 +86,29 @@ def _has_carry(a: int, b: int, op: str) -> bool:
     return _OPS[op](a, b) >= 10
 
 
-def arithmetic_single_items(n: int, seed: int = 0, **_) -> list[Item]:
-    """The paper's format: ``(a op b) op c`` with one-digit operands and a one-digit answer."""
+def arithmetic_single_items(n: int, seed: int = 0, *, shots: int = 0, **_) -> list[Item]:
+    """The paper's format: ``(a op b) op c`` with one-digit operands and a one-digit answer.
+
+    Wrong answers are the nine other digits. ``shots`` prepends solved examples (one shared
+    prefix for all items, drawn from a separate seed).
+    """
+    def draw(rng: random.Random) -> tuple[str, int, str]:
+        while True:
+            a, b, c = (rng.randint(0, 9) for _ in range(3))
+            op1, op2 = rng.choice("+-*"), rng.choice("+-*")
+            inner = _OPS[op1](a, b)
+            value = _OPS[op2](inner, c)
+            if 0 <= value <= 9 and 0 <= inner:
+                return f"Question: What is ({a} {op1} {b}) {op2} {c}? Answer:", value, f"{op1}{op2}"
+
+    shot_rng = random.Random(f"shots-{seed}")
+    prefix = "".join(f"{q} {v}\n" for q, v, _ in (draw(shot_rng) for _ in range(shots)))
     rng = random.Random(seed)
     items: list[Item] = []
-    while len(items) < n:
-        a, b, c = (rng.randint(0, 9) for _ in range(3))
-        op1, op2 = rng.choice("+-*"), rng.choice("+-*")
-        inner = _OPS[op1](a, b)
-        value = _OPS[op2](inner, c)
-        if not 0 <= value <= 9 or not 0 <= inner:
-            continue
+    for _ in range(n):
+        q, value, group = draw(rng)
         wrong = tuple(f" {d}" for d in range(10) if d != value)
-        items.append(Item(f"Question: What is ({a} {op1} {b}) {op2} {c}? Answer:", f" {value}", wrong,
-                          group=f"{op1}{op2}", meta={"value": value}))
+        items.append(Item(prefix + q, f" {value}", wrong, group=group, meta={"value": value, "shots": shots}))
     return items
 
 
@@ -158,6 +167,141 @@ def arithmetic_multi_items(
     return items
 
 
+# ----------------------------------------------------------------------------- brackets
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
+_CLOSERS = (")", "]", "}")
+_NAMES = ("arr", "xs", "data", "items", "vals", "grid", "row", "nums", "buf", "cfg")
+_FUNCS = ("len", "max", "min", "abs", "sum", "sorted", "str", "int", "print", "range", "list")
+_IDX = ("i", "j", "k", "n - 1", "n - 1 - i", "i + 1", "j - 1", "0", "-1", "mid")
+
+
+def _synthetic_bracket(rng: random.Random, depth: int, length: int) -> tuple[str, str]:
+    """A spaced random walk of ``length`` brackets that ends with ``depth`` of them still open."""
+    if (length - depth) % 2:
+        length += 1                      # opens - closes = depth needs length - depth even
+    stack: list[str] = []
+    out: list[str] = []
+    for step in range(length):
+        left = length - step - 1         # steps after this one
+        can_close = bool(stack) and abs(len(stack) - 1 - depth) <= left
+        can_open = abs(len(stack) + 1 - depth) <= left
+        if can_close and (not can_open or rng.random() < 0.5):
+            out.append(_PAIRS[stack.pop()])
+        else:
+            stack.append(rng.choice("([{"))
+            out.append(stack[-1])
+    return " ".join(out), _PAIRS[stack[-1]]
+
+
+def _code_expr(rng: random.Random, depth: int) -> str:
+    """A random nested Python expression: calls, indexing, lists, dicts."""
+    if depth == 0:
+        return rng.choice(_NAMES + ("x", "y", "n", "1", "2", "i"))
+    inner = _code_expr(rng, depth - 1)
+    kind = rng.choice(("call", "index", "list", "dict", "call2"))
+    if kind == "call":
+        return f"{rng.choice(_FUNCS)}({inner})"
+    if kind == "call2":
+        return f"{rng.choice(_FUNCS)}({rng.choice(_NAMES)}, {inner})"
+    if kind == "index":
+        return f"{rng.choice(_NAMES)}[{inner}]"
+    if kind == "list":
+        return f"[{rng.randint(0, 9)}, {inner}]"
+    return f"{{'{rng.choice(_NAMES)}': {inner}}}"
+
+
+def _code_bracket(rng: random.Random, depth: int) -> tuple[str, str, str]:
+    """Cut a code line just before a closer whose previous character is a letter, digit or quote.
+
+    Cutting only there keeps the prompt / answer split on a token boundary for BPE tokenizers
+    (punctuation runs such as ``)]`` are often merged into one token).
+    """
+    templates = [
+        ("index", lambda: f"    return {rng.choice(_NAMES)}[{rng.choice(_IDX)}]"),
+        ("call", lambda: f"    total = {rng.choice(_FUNCS)}({_code_expr(rng, depth - 1)})"),
+        ("nested", lambda: f"    y = {_code_expr(rng, depth)}"),
+        ("dict", lambda: f"    cfg = {{'name': '{rng.choice(_NAMES)}', 'sizes': [{rng.randint(1, 9)}, {rng.randint(1, 9)}]}}"),
+    ]
+    for _ in range(1000):
+        kind, make = rng.choice(templates)
+        line = make()
+        cuts = [i for i, ch in enumerate(line) if ch in _CLOSERS and line[i - 1].isalnum()]
+        if not cuts:
+            continue
+        cut = rng.choice(cuts)
+        header = f"def f({rng.choice(_NAMES)}, n, i, j, k, x, y, mid):\n"
+        return kind, header + line[:cut], line[cut]
+    raise RuntimeError("could not build a code bracket context")
+
+
+def bracket_items(n: int, seed: int = 0, *, depth: int | tuple[int, ...] = (1, 2, 3, 4), length: int = 10,
+                  code_fraction: float = 0.5, **_) -> list[Item]:
+    """Bracket tracking: produce the one correct closer; the other two closers are the wrong answers.
+
+    Synthetic items (``group`` ``synthetic d=<depth>``) are spaced sequences such as
+    ``"Brackets: ( [ { } ] ("`` -> ``" )"``; code items (``group`` ``code:<kind>``) are cut from
+    Python lines such as ``"return arr[n - 1 - i"`` -> ``"]"``.
+    """
+    depths = (depth,) if isinstance(depth, int) else tuple(depth)
+    if not depths or min(depths) < 1:
+        raise PrunescopeError(f"bracket depth must be >= 1, got {depth}")
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n):
+        if rng.random() < code_fraction:
+            kind, prompt, closer = _code_bracket(rng, rng.choice(depths))
+            items.append(Item(prompt, closer, tuple(c for c in _CLOSERS if c != closer), f"code:{kind}",
+                              {"closer": closer}))
+        else:
+            d = rng.choice(depths)
+            seq, closer = _synthetic_bracket(rng, d, max(length, d))
+            items.append(Item(f"Brackets: {seq}", f" {closer}", tuple(f" {c}" for c in _CLOSERS if c != closer),
+                              f"synthetic d={d}", {"closer": closer, "depth": d}))
+    return items
+
+
+def expected_closer(text: str) -> str | None:
+    """The closer a bracket context needs next (``None`` if all are closed); checks items.
+
+    >>> expected_closer("f(arr[i")
+    ']'
+    """
+    stack = []
+    for ch in text:
+        if ch in _PAIRS:
+            stack.append(ch)
+        elif ch in _CLOSERS:
+            if not stack or _PAIRS[stack.pop()] != ch:
+                raise ValueError(f"unbalanced: {text!r}")
+    return _PAIRS[stack[-1]] if stack else None
+
+
+# ----------------------------------------------------------------------------- copying (control)
+_WORDS = ("apple river stone candle garden window silver forest yellow planet music winter bridge "
+          "pencil orange mountain kitchen paper guitar ocean bottle tiger summer castle rabbit cloud "
+          "doctor market island jacket letter mirror").split()
+
+
+def copy_items(n: int, seed: int = 0, *, length: int = 6, **_) -> list[Item]:
+    """Control probe (induction / copying): a word list is repeated; predict the next word.
+
+    ``"List: apple, river, stone, candle. Again: apple, river,"`` -> ``" stone"``; wrong answers are
+    the other words of the list. No arithmetic or bracket tracking is involved, so a drop here
+    means general damage rather than damage to an algorithmic skill.
+    """
+    if length < 3:
+        raise PrunescopeError(f"copy length must be >= 3 words, got {length}")
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n):
+        words = rng.sample(_WORDS, length)
+        k = rng.randint(1, length - 1)          # how many words are already repeated
+        prompt = "List: " + ", ".join(words) + ". Again: " + ", ".join(words[:k]) + ","
+        wrong = tuple(f" {w}" for w in words if w != words[k])
+        items.append(Item(prompt, f" {words[k]}", wrong, f"copy k={k}", {"position": k}))
+    return items
+
+
 # ----------------------------------------------------------------------------- files
 def load_items(path: str | Path) -> list[Item]:
     """Read a user's probe: JSONL lines with ``prompt``, ``answer``, optional ``wrong``, ``group``."""
@@ -196,6 +340,8 @@ def save_items(items: list[Item], path: str | Path) -> None:
 PROBES: dict[str, Callable[..., list[Item]]] = {
     "arithmetic": arithmetic_single_items,
     "arithmetic_multi": arithmetic_multi_items,
+    "brackets": bracket_items,
+    "copy": copy_items,
 }
 
 
