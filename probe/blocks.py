@@ -67,11 +67,26 @@ class _PassThrough(nn.Module):
         for attr in ("layer_idx", "attention_type"):  # read by some model loops and by users
             if hasattr(layer, attr):
                 setattr(self, attr, getattr(layer, attr))
+        attn = getattr(layer, "self_attn", None)
+        if not hasattr(self, "layer_idx"):
+            self.layer_idx = getattr(attn, "layer_idx", None)
+        cfg = getattr(attn, "config", None)
+        self.kv_shape = None if cfg is None else (
+            int(cfg.num_key_value_heads), int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads))
         if share_hooks:
             for d in _HOOK_DICTS:
                 setattr(self, d, getattr(layer, d))
 
     def forward(self, hidden_states=None, *args, **kwargs):
+        # With a KV cache, store zeros for this layer so every layer's cache keeps the same
+        # length: HF sizes attention masks from one layer's cache, which may be a skipped one.
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and hasattr(cache, "update") and self.layer_idx is not None:
+            cfg = self.kv_shape
+            if cfg is not None:
+                b, t = hidden_states.shape[:2]
+                kv = hidden_states.new_zeros(b, cfg[0], t, cfg[1])
+                cache.update(kv, kv, self.layer_idx)
         return hidden_states
 
 
@@ -294,6 +309,23 @@ class Blocks:
                 self.layers[i] = layer
 
     # ----------------------------------------------------------------- running
+    @property
+    def _cache_kwarg(self) -> str:
+        """transformers renamed ``past_key_values`` to ``cache`` in 5.x; use what this version takes."""
+        import inspect
+
+        params = inspect.signature(self.base.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    def new_cache(self):
+        """An empty transformers ``DynamicCache`` for this model (sliding layers included)."""
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.config)
+        except TypeError:
+            return DynamicCache()
+
     def _device_from(self, layer_idx: int) -> torch.device:
         """Device of the first layer at or after ``layer_idx`` that holds weights (sharded models)."""
         for layer in list(self.layers)[layer_idx:]:
@@ -317,6 +349,8 @@ class Blocks:
         at: torch.Tensor | None = None,
         start_layer: int = 0,
         start_hidden: torch.Tensor | None = None,
+        cache=None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of a (right-)padded batch, honouring any active skip / hook contexts.
 
@@ -325,7 +359,8 @@ class Blocks:
         layer ``l`` onward with ``start_hidden`` as the residual stream entering layer ``l``
         (what ``blocks.{l}.hook_resid_pre`` captured); ``input_ids`` then only gives the shape.
         """
-        hidden = self.final_hidden(input_ids, attention_mask, start_layer=start_layer, start_hidden=start_hidden)
+        hidden = self.final_hidden(input_ids, attention_mask, start_layer=start_layer, start_hidden=start_hidden,
+                                   cache=cache, position_ids=position_ids)
         if at is not None:
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             at = at.to(hidden.device)
@@ -339,13 +374,26 @@ class Blocks:
         *,
         start_layer: int = 0,
         start_hidden: torch.Tensor | None = None,
+        cache=None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Hidden states after the final norm (see :meth:`forward` for the arguments)."""
+        """Hidden states after the final norm (see :meth:`forward` for the arguments).
+
+        ``cache``: a transformers KV cache holding earlier tokens (a shared few-shot prefix);
+        it is extended in place. ``position_ids`` then place the new tokens after it.
+        """
+        extra = {}
+        if cache is not None:
+            extra = {self._cache_kwarg: cache, "use_cache": True}
+        else:
+            extra = {"use_cache": False}
+        if position_ids is not None:
+            extra["position_ids"] = position_ids.to(self.device)
         if start_hidden is None:
             if start_layer != 0:
                 raise PrunescopeError("start_layer needs start_hidden (the residual stream entering that layer)")
             return self.base(input_ids=input_ids.to(self.device), attention_mask=_to(attention_mask, self.device),
-                             use_cache=False).last_hidden_state
+                             **extra).last_hidden_state
         if not 0 <= start_layer < self.n_layers:
             raise PrunescopeError(
                 f"start_layer {start_layer} is out of range: the model has {self.n_layers} layers"
@@ -356,7 +404,7 @@ class Blocks:
                 self.layers[i] = _PassThrough(layer, share_hooks=False)
             first = self._device_from(start_layer)
             return self.base(inputs_embeds=start_hidden.to(first), attention_mask=_to(attention_mask, first),
-                             use_cache=False).last_hidden_state
+                             **extra).last_hidden_state
         finally:
             for i, layer in originals.items():
                 self.layers[i] = layer

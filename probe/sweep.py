@@ -19,6 +19,8 @@ resumes where it stopped; tables and figures are written atomically at the end.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -109,6 +111,84 @@ def _batch_logits_prefix(blocks: Blocks, batch: Batch, conditions: Sequence[Cond
     return out
 
 
+class SharedPrefix:
+    """KV caches of the few-shot prefix that every prompt shares, one per condition (batch 1).
+
+    Causal attention makes a shared prefix's activations identical for every prompt (same
+    tokens at the same positions), so they are computed once per condition rather than once per
+    prompt; each batch then runs only its suffix tokens against the cached prefix.
+    """
+
+    def __init__(self, blocks: Blocks, prefix_ids: list[int], conditions: Sequence[Condition]):
+        self.length = len(prefix_ids)
+        ids = torch.tensor([prefix_ids])
+        names = [f"blocks.{i}.hook_resid_pre" for i in range(blocks.n_layers)]
+        self.caches = {}
+        with torch.no_grad():
+            none = blocks.new_cache()
+            with blocks.capture(names) as acts:
+                blocks.final_hidden(ids, cache=none)
+            for c in conditions:
+                if not c.layers:
+                    self.caches[c] = none
+                    continue
+                cache = blocks.new_cache()
+                with blocks.skip(c.layers):
+                    blocks.final_hidden(ids, start_layer=c.layers[0], start_hidden=acts[f"blocks.{c.layers[0]}.hook_resid_pre"],
+                                        cache=cache)
+                self.caches[c] = cache
+
+    def expanded(self, c: Condition, batch: int):
+        """A cache for ``batch`` rows that views (does not copy) the batch-1 prefix cache."""
+        src = self.caches[c]
+        out = copy.copy(src)
+        out.layers = []
+        for layer in src.layers:
+            new = copy.copy(layer)
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                new.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+                new.values = layer.values.expand(batch, *layer.values.shape[1:])
+            out.layers.append(new)
+        return out
+
+
+def shared_prefix_length(plan: ScoringPlan) -> int:
+    """Tokens at the start of every row that are identical (and precede every scored position)."""
+    rows = plan.rows
+    n = min(min(r.positions) for r in rows)      # the prefix must end before the first scored position
+    first = rows[0].ids
+    for r in rows[1:]:
+        n = min(n, len(r.ids))
+        while n and r.ids[:n] != first[:n]:
+            n = next((k for k, (a, b) in enumerate(zip(r.ids[:n], first[:n])) if a != b), n)
+    return n
+
+
+def _batch_logits_shared(blocks: Blocks, batch: Batch, conditions: Sequence[Condition],
+                         shared: SharedPrefix) -> dict[Condition, torch.Tensor]:
+    """Prefix reuse across layers *and* across prompts: only suffix tokens are run."""
+    P = shared.length
+    b, T = batch.input_ids.shape
+    ids = batch.input_ids[:, P:]
+    dev = batch.attention_mask.device
+    mask = torch.cat([torch.ones(b, P, dtype=batch.attention_mask.dtype, device=dev), batch.attention_mask[:, P:]], 1)
+    at = batch.at - P
+    pos = torch.arange(P, T, device=dev)[None].expand(b, -1)
+    names = [f"blocks.{i}.hook_resid_pre" for i in range(blocks.n_layers)]
+    out = {}
+    with blocks.capture(names) as acts:
+        base = blocks.forward(ids, mask, at=at, cache=shared.expanded(Condition(()), b), position_ids=pos)
+    for c in conditions:
+        if not c.layers:
+            out[c] = base
+            continue
+        start = c.layers[0]
+        with blocks.skip(c.layers):
+            out[c] = blocks.forward(ids, mask, at=at, start_layer=start, start_hidden=acts[f"blocks.{start}.hook_resid_pre"],
+                                    cache=shared.expanded(c, b), position_ids=pos)
+    return out
+
+
 def _batch_logits_plain(blocks: Blocks, batch: Batch, conditions: Sequence[Condition]) -> dict[Condition, torch.Tensor]:
     """One full forward per condition (the reference schedule, for checking and benchmarks)."""
     out = {}
@@ -148,6 +228,7 @@ def sweep_blocks(
     scoring: str = "first_diff",
     batch_size: int | None = None,
     prefix_reuse: bool = True,
+    shared_prefix: bool | None = None,
     model_name: str = "model",
     seed: int = 0,
     progress_dir: Path | None = None,
@@ -155,13 +236,17 @@ def sweep_blocks(
 ) -> list[dict]:
     """Run the sweep in memory and return tidy rows (one per probe x condition x metric)."""
     conditions = make_conditions(blocks.n_layers, windows, sets)
-    run = _batch_logits_prefix if prefix_reuse else _batch_logits_plain
     rows: list[dict] = []
     for probe, items in probes.items():
         plan = items if isinstance(items, ScoringPlan) else ScoringPlan(tokenizer, items, scoring)
         done = _read_progress(progress_dir, probe) if progress_dir else {}
         bs = batch_size or default_batch_size(blocks, max(len(r.ids) for r in plan.rows))
         batches = plan.batches(bs)
+        run = _batch_logits_prefix if prefix_reuse else _batch_logits_plain
+        P = shared_prefix_length(plan) if shared_prefix is not False and prefix_reuse else 0
+        if P >= (8 if shared_prefix is None else 1):   # auto: worth it from 8 shared tokens on
+            shared = SharedPrefix(blocks, plan.rows[0].ids[:P], conditions)
+            run = functools.partial(_batch_logits_shared, shared=shared)
         stats: dict[str, dict[int, dict]] = {c.name: {} for c in conditions}
         bar = tqdm(total=len(batches) * len(conditions), desc=f"sweep {probe}", unit="cond",
                    disable=not show_progress, leave=False)

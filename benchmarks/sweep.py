@@ -1,0 +1,255 @@
+"""Benchmark layer-skip sweep schedules side by side, in one run, on the same prompts.
+
+Schedules (all compute the same conditions: none + each single layer skipped):
+
+  naive    batch 1, one full forward per prompt and condition, logits at every position
+           (what the reference code does, minus writing a checkpoint per condition)
+  batched  prompts sorted by length and right-padded into batches, one forward per condition,
+           logits only at the scored positions
+  prefix   batched + prefix reuse: one forward caches each layer's input, then "skip l" starts at
+           layer l from that cache (about 1 + L/2 forwards instead of L + 1)
+  shared   prefix + the few-shot prefix common to all prompts run once per condition
+           (only when the prompts share one)
+
+It prints times, ratios, agreement of the predictions (argmax at the scored positions) between
+schedules, and a compute floor: the matmul FLOPs each schedule must do on real (unpadded)
+tokens, divided by the matmul peak measured in the same run.
+
+    python benchmarks/sweep.py                                   # CPU, default model, 3-shot addition
+    python benchmarks/sweep.py --random-llama-8b --device cuda   # H200: 200 random prompts, 100-199 tokens
+    python benchmarks/sweep.py --random-llama-8b --device cuda --shared 64   # first 64 tokens shared
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probe.blocks import Blocks  # noqa: E402
+from probe.scoring import Row, ScoringPlan  # noqa: E402
+from probe.sweep import (  # noqa: E402
+    SharedPrefix, _batch_logits_plain, _batch_logits_prefix, _batch_logits_shared, _run_with_oom_retry,
+    default_batch_size, make_conditions, shared_prefix_length,
+)
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device, dtype) -> float:
+    """Measured dense matmul throughput (FLOP/s) for this device and dtype."""
+    n = 8192 if torch.device(device).type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps = 50 if torch.device(device).type == "cuda" else 5
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def layer_flops_per_token(cfg) -> float:
+    """2 x (weights of one decoder layer's matmuls): q, k, v, o and the gated MLP."""
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    hd = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    return 2 * (d * q + 2 * d * kv + q * d + 3 * d * f)
+
+
+def schedule_flops(plan: ScoringPlan, cfg, n_layers: int, mode: str, shared: int = 0) -> float:
+    """Matmul FLOPs on real tokens: linear layers, causal attention (QK and AV), and the unembedding."""
+    per_tok = layer_flops_per_token(cfg)
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attn_width = cfg.num_attention_heads * hd
+    # layer passes per row: none runs all L layers; "skip l" runs L - l - 1 (prefix) or L - 1 (full)
+    if mode == "naive" or mode == "batched":
+        passes = n_layers + n_layers * (n_layers - 1)
+    else:
+        passes = n_layers + sum(n_layers - l - 1 for l in range(n_layers))
+    total = 0.0
+    for r in plan.rows:
+        T = len(r.ids)
+        k = len(r.targets) if mode != "naive" else T
+        T_run = T - shared if mode == "shared" else T
+        attn = 2 * 2 * attn_width * (T * T - (T - T_run) ** 2) / 2     # causal: QK^T and AV
+        total += passes * (per_tok * T_run + attn)
+        total += (n_layers + 1) * 2 * cfg.hidden_size * cfg.vocab_size * k
+    if mode == "shared":  # the prefix itself, once per condition
+        total += passes * (per_tok * shared + 2 * attn_width * shared * shared)
+    return total
+
+
+def random_plan(n: int, vocab: int, lo: int, hi: int, shared: int, seed: int) -> ScoringPlan:
+    """Random-token prompts of lo..hi-1 tokens, scored at the last position against one wrong token."""
+    rng = random.Random(seed)
+    plan = ScoringPlan.__new__(ScoringPlan)
+    plan.items, plan.scoring, plan.pad_id = [None] * n, "first_diff", 0
+    common = [rng.randrange(vocab) for _ in range(shared)]
+    plan.rows = []
+    for i in range(n):
+        T = rng.randrange(lo, hi)
+        ids = common + [rng.randrange(vocab) for _ in range(T - shared)]
+        ans, wrong = rng.randrange(vocab), rng.randrange(vocab)
+        plan.rows.append(Row(i, 0, ids, len(ids), [ans], [(0, wrong)]))
+    return plan
+
+
+@torch.inference_mode()
+def run_schedule(blocks, plan, conditions, mode, batch_size, shared_obj=None) -> tuple[float, dict]:
+    """Time one schedule; return (seconds, {(condition, row): argmax at the first scored position})."""
+    device = blocks.device
+    preds = {}
+    sync(device)
+    t = time.perf_counter()
+    if mode == "naive":
+        for r_i, row in enumerate(plan.rows):
+            ids = torch.tensor([row.ids], device=device)
+            for c in conditions:
+                with blocks.skip(c.layers):
+                    logits = blocks.forward(ids)          # [1, T, vocab], as a plain HF forward
+                preds[(c.name, r_i)] = logits[0, row.positions[0]].argmax().item()
+    else:
+        run = {"batched": _batch_logits_plain, "prefix": _batch_logits_prefix}.get(mode)
+        if mode == "shared":
+            def run(b, batch, conds):
+                return _batch_logits_shared(b, batch, conds, shared_obj)
+        for batch in plan.batches(batch_size):
+            batch.input_ids, batch.attention_mask, batch.at = (x.to(device) for x in
+                                                               (batch.input_ids, batch.attention_mask, batch.at))
+            out = _run_with_oom_retry(run, blocks, plan, batch, conditions)
+            for c in conditions:
+                for sub, logits in out[c]:
+                    am = logits[:, 0].argmax(-1).tolist()
+                    for r_i, p in zip(sub.rows, am):
+                        preds[(c.name, r_i)] = p
+    sync(device)
+    return time.perf_counter() - t, preds
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model folder (default: the embedded default model)")
+    ap.add_argument("--random-llama-8b", action="store_true", help="random-weight Llama-3.1-8B shape instead")
+    ap.add_argument("--n", type=int, default=None, help="prompts (default: 24 on CPU, 200 for --random-llama-8b)")
+    ap.add_argument("--shots", type=int, default=3, help="few-shot examples (default model workload)")
+    ap.add_argument("--shared", type=int, default=0, help="random workload: tokens shared by all prompts")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--batch-sizes", default=None, help="comma-separated: also time the batched schedules "
+                    "at these batch sizes (tuning)")
+    ap.add_argument("--modes", default="naive,batched,prefix,shared")
+    ap.add_argument("--naive-prompts", type=int, default=None, help="run naive on the first k prompts only "
+                    "and scale its time (default: all)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+
+    if args.random_llama_8b:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
+                          rope_theta=500000.0, tie_word_embeddings=False)
+        cfg._attn_implementation = "sdpa"
+        torch.manual_seed(0)
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        with torch.device(args.device):
+            model = LlamaForCausalLM(cfg).eval()
+        torch.set_default_dtype(prev)
+        n = args.n or 200
+        plan = random_plan(n, cfg.vocab_size, 100, 200, args.shared, seed=0)
+        name = "random Llama-3.1-8B shape"
+    else:
+        from probe.models import load_model
+        from probe.tasks import make_items
+
+        lm = load_model(args.model, device=args.device, dtype=dtype)
+        model, cfg = lm.model, lm.model.config
+        n = args.n or 24
+        plan = ScoringPlan(lm.tokenizer, make_items("arithmetic_multi", n=n, seed=0, ops="+", shots=args.shots))
+        name = lm.name
+    blocks = Blocks(model)
+    L = blocks.n_layers
+    conditions = make_conditions(L, [1])
+    bs = args.batch_size or default_batch_size(blocks, max(len(r.ids) for r in plan.rows))
+    P = shared_prefix_length(plan)
+    modes = [m for m in args.modes.split(",") if m != "shared" or P >= 1]
+    peak = matmul_peak(args.device, dtype)
+    tokens = sum(len(r.ids) for r in plan.rows)
+    print(f"{name}: {L} layers, {n} prompts, {tokens} tokens ({min(len(r.ids) for r in plan.rows)}-"
+          f"{max(len(r.ids) for r in plan.rows)} per prompt, shared prefix {P}), {len(conditions)} conditions, "
+          f"{dtype}, batch {bs}, device {args.device}; measured matmul peak {peak / 1e12:.1f} TFLOP/s")
+
+    shared_obj = None
+    if "shared" in modes:
+        sync(args.device)
+        t = time.perf_counter()
+        shared_obj = SharedPrefix(blocks, plan.rows[0].ids[:P], conditions)
+        sync(args.device)
+        shared_setup = time.perf_counter() - t
+
+    # warm-up (kernels, allocator) on a couple of prompts
+    warm = ScoringPlan.__new__(ScoringPlan)
+    warm.items, warm.scoring, warm.pad_id, warm.rows = plan.items[:2], plan.scoring, plan.pad_id, plan.rows[:2]
+    run_schedule(blocks, warm, conditions[:2], "prefix", bs)
+
+    results, preds = {}, {}
+    for mode in modes:
+        sub = plan
+        scale = 1.0
+        if mode == "naive" and args.naive_prompts and args.naive_prompts < n:
+            sub = ScoringPlan.__new__(ScoringPlan)
+            sub.items, sub.scoring, sub.pad_id = plan.items, plan.scoring, plan.pad_id
+            sub.rows = plan.rows[: args.naive_prompts]
+            scale = n / args.naive_prompts
+        secs, p = run_schedule(blocks, sub, conditions, mode, bs, shared_obj)
+        if mode == "shared":
+            secs += shared_setup
+        results[mode] = secs * scale
+        preds[mode] = p
+        print(f"  {mode:8s} {secs * scale:9.2f} s" + (" (extrapolated)" if scale != 1 else ""), flush=True)
+
+    if args.batch_sizes:
+        for b in [int(x) for x in args.batch_sizes.split(",")]:
+            for mode in [m for m in modes if m != "naive"]:
+                secs, _ = run_schedule(blocks, plan, conditions, mode, b, shared_obj)
+                print(f"  {mode:8s} batch {b:4d} {secs:9.2f} s", flush=True)
+
+    floor_prefix = schedule_flops(plan, cfg, L, "prefix") / peak
+    floor_batched = schedule_flops(plan, cfg, L, "batched") / peak
+    print(f"\ncompute floor (matmul FLOPs on real tokens / measured peak): one forward per condition "
+          f"{floor_batched:.2f} s, prefix reuse {floor_prefix:.2f} s"
+          + (f", shared prefix {schedule_flops(plan, cfg, L, 'shared', P) / peak:.2f} s" if 'shared' in modes else ""))
+    print(f"{'schedule':10s} {'seconds':>9s} {'x naive':>8s} {'x floor':>8s}  agreement with batched")
+    for mode, secs in results.items():
+        ref = preds.get("batched")
+        keys = [k for k in preds[mode] if ref and k in ref]
+        agree = sum(preds[mode][k] == ref[k] for k in keys) / len(keys) if keys else float("nan")
+        vs_naive = results["naive"] / secs if "naive" in results else float("nan")
+        print(f"{mode:10s} {secs:9.2f} {vs_naive:8.1f} {secs / floor_prefix:8.2f}  {agree:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"name": name, "n": n, "tokens": tokens, "conditions": len(conditions),
+                                               "dtype": str(dtype), "batch": bs, "shared_prefix": P,
+                                               "peak_tflops": peak / 1e12, "seconds": results,
+                                               "floor_prefix_s": floor_prefix, "floor_batched_s": floor_batched},
+                                              indent=1))
+
+
+if __name__ == "__main__":
+    main()
