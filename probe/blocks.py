@@ -358,6 +358,7 @@ class Blocks:
         the ``[batch, pos, vocab]`` logits tensor). ``start_layer``/``start_hidden``: run from
         layer ``l`` onward with ``start_hidden`` as the residual stream entering layer ``l``
         (what ``blocks.{l}.hook_resid_pre`` captured); ``input_ids`` then only gives the shape.
+        ``start_layer == n_layers`` applies only the final norm and the unembedding.
         """
         hidden = self.final_hidden(input_ids, attention_mask, start_layer=start_layer, start_hidden=start_hidden,
                                    cache=cache, position_ids=position_ids)
@@ -394,6 +395,9 @@ class Blocks:
                 raise PrunescopeError("start_layer needs start_hidden (the residual stream entering that layer)")
             return self.base(input_ids=input_ids.to(self.device), attention_mask=_to(attention_mask, self.device),
                              **extra).last_hidden_state
+        if start_layer == self.n_layers:   # after the last layer: only the final norm remains
+            norm = get_path(self.model, self.arch.final_norm)
+            return norm(start_hidden.to(self.device))
         if not 0 <= start_layer < self.n_layers:
             raise PrunescopeError(
                 f"start_layer {start_layer} is out of range: the model has {self.n_layers} layers"

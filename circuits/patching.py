@@ -1,0 +1,332 @@
+"""Activation patching and attribution patching over layers, positions, attention / MLP and heads.
+
+Where does the information that decides the answer live? Run the *base* prompt and replace one
+activation with its value from the *source* prompt:
+
+* ``denoise``: base = corrupted, source = clean (does this activation restore the answer?)
+* ``noise``:   base = clean, source = corrupted (does losing it break the answer?)
+
+Metric, in both directions: the normalized logit difference
+``(LD_patched - LD_corrupt) / (LD_clean - LD_corrupt)`` with means over pairs, so 0 = the
+corrupted behaviour and 1 = the clean behaviour.
+
+Activations patched (``kind``):
+
+* ``resid_post``  the residual stream leaving layer l, one position at a time
+* ``attn_out`` / ``mlp_out``  what layer l's attention / MLP adds, one position at a time and
+  all positions at once (``position = "all"``)
+* ``head``  one attention head's output (``attn.hook_z``), all positions at once
+
+Positions are counted from the scored (last) token: -1 is the last token, -2 the one before...
+
+Exact patching on the ``hooks`` backend is batched: the conditions of one layer are stacked
+along the batch and run from that layer onward (the earlier layers are identical to the base run,
+so they are not recomputed). ``transformer_lens`` and ``nnsight`` run one condition per forward
+through their own hook systems, to cross-check. Attribution patching approximates every cell
+at once with one forward and one backward: ``(a_source - a_base) . d LD / d a``.
+
+>>> from probe.tiny import tiny_model
+>>> from probe.blocks import Blocks
+>>> from circuits.pairs import make_pairs, encode_pairs
+>>> model, tok = tiny_model("llama")
+>>> enc = encode_pairs(tok, make_pairs("arithmetic", tok, n=4))
+>>> cells = exact_patching(Blocks(model), enc, kinds=("resid_post",), positions=2)
+>>> cells[0]["kind"], cells[0]["position"]
+('resid_post', -1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from probe.blocks import Blocks
+from probe.errors import PrunescopeError
+
+from .pairs import EncodedPairs
+
+KINDS = ("resid_post", "attn_out", "mlp_out", "head")
+DIRECTIONS = ("denoise", "noise")
+_HOOK = {"resid_post": "hook_resid_post", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
+         "head": "attn.hook_z"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One patching condition: an activation at a layer, a position (or all) and maybe a head."""
+
+    kind: str
+    layer: int
+    position: int | str          # negative offset from the scored token, or "all"
+    head: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"blocks.{self.layer}.{_HOOK[self.kind]}"
+
+    @property
+    def condition(self) -> str:
+        where = f"H{self.head}" if self.kind == "head" else f"@{self.position}"
+        return f"{self.kind}:L{self.layer}{where}"
+
+
+def make_cells(blocks: Blocks, kinds: Iterable[str], positions: int, layers: Iterable[int] | None = None,
+               heads: Iterable[int] | None = None) -> list[Cell]:
+    """The conditions to patch, validated (unknown kind, head or layer out of range -> clear error)."""
+    kinds = list(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise PrunescopeError(f"unknown activation kind(s) {bad}: choose from {', '.join(KINDS)}")
+    layers = blocks.check_layers(range(blocks.n_layers) if layers is None else layers, allow_all=True)
+    heads = list(range(blocks.n_heads)) if heads is None else list(heads)
+    for h in heads:
+        if not 0 <= h < blocks.n_heads:
+            raise PrunescopeError(f"head {h} is out of range: the model has {blocks.n_heads} heads (0-{blocks.n_heads - 1})")
+    cells = []
+    for layer in layers:
+        for k in kinds:
+            if k == "head":
+                cells += [Cell(k, layer, "all", h) for h in heads]
+                continue
+            cells += [Cell(k, layer, -1 - p) for p in range(positions)]
+            if k != "resid_post":
+                cells.append(Cell(k, layer, "all"))
+    return cells
+
+
+def _abs_positions(enc: EncodedPairs, position: int) -> torch.Tensor:
+    """Per-row absolute index of a position counted from the scored token."""
+    return enc.last + 1 + position
+
+
+def _check_positions(enc: EncodedPairs, positions: int) -> None:
+    if positions < 1:
+        raise PrunescopeError(f"positions must be >= 1, got {positions}")
+    if positions > min(enc.lengths):
+        raise PrunescopeError(
+            f"positions={positions} is more than the shortest pair ({min(enc.lengths)} tokens); use at most that"
+        )
+
+
+def _logit_diff(logits: torch.Tensor, enc: EncodedPairs, rows: torch.Tensor) -> torch.Tensor:
+    """LD per row of an expanded batch whose row i belongs to pair ``rows[i]``."""
+    ar = torch.arange(logits.shape[0], device=logits.device)
+    return (logits[ar, enc.tok_clean.to(logits.device)[rows]] - logits[ar, enc.tok_corrupt.to(logits.device)[rows]]).float()
+
+
+def _value_fn(cell: Cell, src: torch.Tensor, enc: EncodedPairs, rows: torch.Tensor,
+              mask_rows: torch.Tensor | None = None) -> Callable[[torch.Tensor, str], torch.Tensor]:
+    """A hook function that writes the source activation into the rows of this cell.
+
+    ``rows[i]``: the pair of expanded row i; ``mask_rows``: which expanded rows this cell owns
+    (``None`` = all).
+    """
+    def fn(t: torch.Tensor, _name: str) -> torch.Tensor:
+        out = t.clone()
+        own = torch.arange(t.shape[0], device=t.device) if mask_rows is None else mask_rows.to(t.device)
+        pairs = rows.to(t.device)[own]
+        s = src.to(t.device, t.dtype)
+        if cell.kind == "head":
+            out[own, :, cell.head] = s[pairs, :, cell.head]
+        elif cell.position == "all":
+            out[own] = s[pairs]
+        else:
+            pos = _abs_positions(enc, cell.position).to(t.device)[pairs]
+            out[own, pos] = s[pairs, pos]
+        return out
+    return fn
+
+
+@torch.no_grad()
+def run_clean_corrupt(blocks: Blocks, enc: EncodedPairs, names: Sequence[str]):
+    """Both runs with the named activations cached: ``(ld_clean, ld_corrupt, cache_clean, cache_corrupt)``."""
+    rows = torch.arange(enc.clean.shape[0])
+    out = []
+    for ids in (enc.clean, enc.corrupt):
+        logits, cache = blocks.run_with_cache(ids, enc.mask, names, at=enc.last)
+        out.append((_logit_diff(logits, enc, rows), cache))
+    (ld_c, cache_c), (ld_x, cache_x) = out
+    return ld_c, ld_x, cache_c, cache_x
+
+
+def _normalize(ld: torch.Tensor, ld_clean: torch.Tensor, ld_corrupt: torch.Tensor) -> float:
+    denom = (ld_clean.mean() - ld_corrupt.mean()).item()
+    if abs(denom) < 1e-6:
+        raise PrunescopeError(
+            "clean and corrupted prompts give the same logit difference on average, so the normalized metric is "
+            "undefined; use pairs the model tells apart (more pairs, or a probe the model can do)"
+        )
+    return (ld.mean().item() - ld_corrupt.mean().item()) / denom
+
+
+@torch.no_grad()
+def exact_patching(
+    blocks: Blocks,
+    enc: EncodedPairs,
+    *,
+    kinds: Sequence[str] = KINDS,
+    positions: int = 8,
+    direction: str = "denoise",
+    layers: Iterable[int] | None = None,
+    heads: Iterable[int] | None = None,
+    max_rows: int = 256,
+    done: dict[str, float] | None = None,
+    on_layer: Callable[[int, list[dict]], None] | None = None,
+    show_progress: bool = False,
+) -> list[dict]:
+    """Exact activation patching (hooks backend, batched, run from the patched layer onward).
+
+    Returns one dict per cell: ``kind, layer, position, head, condition, value``. ``done`` maps
+    already-computed conditions to values (resume); ``on_layer`` is called after each layer.
+    """
+    from tqdm.auto import tqdm
+
+    if direction not in DIRECTIONS:
+        raise PrunescopeError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+    _check_positions(enc, positions)
+    cells = make_cells(blocks, kinds, positions, layers, heads)
+    names = sorted({c.name for c in cells} | {f"blocks.{c.layer}.hook_resid_pre" for c in cells})
+    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names)
+    base_ids, base, src = (enc.corrupt, cache_x, cache_c) if direction == "denoise" else (enc.clean, cache_c, cache_x)
+    n = enc.clean.shape[0]
+    done = dict(done or {})
+    results: list[dict] = []
+    by_layer: dict[int, list[Cell]] = {}
+    for c in cells:
+        by_layer.setdefault(c.layer, []).append(c)
+    for layer, lcells in tqdm(sorted(by_layer.items()), desc="patch layers", disable=not show_progress, leave=False):
+        new = []
+        todo = [c for c in lcells if c.condition not in done]
+        per_chunk = max(1, max_rows // n)
+        # residual cells run from layer l+1, sublayer cells from layer l: chunk them apart
+        groups = [[c for c in todo if c.kind == "resid_post"], [c for c in todo if c.kind != "resid_post"]]
+        chunks = [g[s:s + per_chunk] for g in groups for s in range(0, len(g), per_chunk)]
+        for chunk in chunks:
+            k = len(chunk)
+            rows = torch.arange(n).repeat(k)                 # expanded row -> pair
+            ids, mask, at = base_ids.repeat(k, 1), enc.mask.repeat(k, 1), enc.last.repeat(k)
+            hooks = []
+            resid = [c for c in chunk if c.kind == "resid_post"]
+            if resid:
+                # patching the residual after layer l = running layers l+1.. from a patched input
+                start_hidden = base[f"blocks.{layer}.hook_resid_post"].repeat(k, 1, 1).clone()
+                for j, c in enumerate(chunk):
+                    if c.kind == "resid_post":
+                        own = torch.arange(j * n, (j + 1) * n)
+                        pos = _abs_positions(enc, c.position)
+                        start_hidden[own, pos] = src[c.name][torch.arange(n), pos].to(start_hidden.dtype)
+                start_layer = layer + 1
+            else:
+                start_hidden = base[f"blocks.{layer}.hook_resid_pre"].repeat(k, 1, 1)
+                start_layer = layer
+                for j, c in enumerate(chunk):
+                    own = torch.arange(j * n, (j + 1) * n)
+                    hooks.append((c.name, _value_fn(c, src[c.name], enc, rows, own)))
+            with blocks.hooks(hooks):
+                logits = blocks.forward(ids, mask, at=at, start_layer=start_layer, start_hidden=start_hidden)
+            ld = _logit_diff(logits, enc, rows)
+            for j, c in enumerate(chunk):
+                v = _normalize(ld[j * n:(j + 1) * n], ld_c, ld_x)
+                done[c.condition] = v
+                new.append(_cell_row(c, v))
+        results += [_cell_row(c, done[c.condition]) for c in lcells]
+        if on_layer:
+            on_layer(layer, new)
+    return results
+
+
+def _cell_row(c: Cell, value: float) -> dict:
+    return {"kind": c.kind, "layer": c.layer, "position": c.position, "head": c.head,
+            "condition": c.condition, "value": value}
+
+
+def attribution_patching(
+    blocks: Blocks,
+    enc: EncodedPairs,
+    *,
+    kinds: Sequence[str] = KINDS,
+    positions: int = 8,
+    direction: str = "denoise",
+    layers: Iterable[int] | None = None,
+    heads: Iterable[int] | None = None,
+) -> list[dict]:
+    """First-order estimate of every cell from one forward and one backward pass.
+
+    effect ~ (a_source - a_base) . dLD/da, summed over the patched positions (and d_model or
+    d_head), averaged over pairs and normalized like exact patching.
+    """
+    if direction not in DIRECTIONS:
+        raise PrunescopeError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+    _check_positions(enc, positions)
+    cells = make_cells(blocks, kinds, positions, layers, heads)
+    names = sorted({c.name for c in cells})
+    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names)
+    base_ids, src = (enc.corrupt, cache_c) if direction == "denoise" else (enc.clean, cache_x)
+    n = enc.clean.shape[0]
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(t: torch.Tensor, name: str) -> torch.Tensor:
+        # stay connected to the graph (a later activation depends on an earlier one); only the
+        # first activation of a model with frozen weights needs to become a leaf
+        t = t.clone() if t.requires_grad else t.detach().clone().requires_grad_(True)
+        kept[name] = t
+        return t
+
+    with torch.enable_grad(), blocks.hooks([(nm, keep) for nm in names]):
+        logits = blocks.forward(base_ids, enc.mask, at=enc.last)
+        ld = _logit_diff(logits, enc, torch.arange(n))
+        grads = torch.autograd.grad(ld.sum(), [kept[nm] for nm in names], allow_unused=True)
+    grad = {nm: (g if g is not None else torch.zeros_like(kept[nm])) for nm, g in zip(names, grads)}
+    denom = (ld_c.mean() - ld_x.mean()).item()
+    if abs(denom) < 1e-6:
+        _normalize(ld_c, ld_c, ld_c)  # raises the clear error
+    results = []
+    rows = torch.arange(n)
+    for c in cells:
+        delta = (src[c.name].to(grad[c.name].dtype) - kept[c.name].detach()) * grad[c.name]
+        if c.kind == "head":
+            per_pair = delta[:, :, c.head].sum(dim=(1, 2))
+        elif c.position == "all":
+            per_pair = delta.sum(dim=(1, 2))
+        else:
+            pos = _abs_positions(enc, c.position)
+            per_pair = delta[rows, pos].sum(-1)
+        results.append(_cell_row(c, per_pair.mean().item() / denom))
+    return results
+
+
+def layer_importance(cells: list[dict]) -> dict[int, float]:
+    """Per-layer patching effect: |attn_out (all positions)| + |mlp_out (all positions)|.
+
+    Falls back to the largest |resid_post| effect over positions when no sublayer cells exist.
+    """
+    out: dict[int, float] = {}
+    for r in cells:
+        if r["kind"] in ("attn_out", "mlp_out") and r["position"] == "all":
+            out[r["layer"]] = out.get(r["layer"], 0.0) + abs(r["value"])
+    if not out:
+        for r in cells:
+            if r["kind"] == "resid_post":
+                out[r["layer"]] = max(out.get(r["layer"], 0.0), abs(r["value"]))
+    return dict(sorted(out.items()))
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(x):
+        t = torch.tensor(x, dtype=torch.float64)
+        order = torch.argsort(t)
+        r = torch.empty_like(t)
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for v in torch.unique(t):   # average ties
+            m = t == v
+            if m.sum() > 1:
+                r[m] = r[m].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = (ra.norm() * rb.norm()).item()
+    return float((ra @ rb).item() / den) if den else float("nan")
