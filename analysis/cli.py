@@ -5,6 +5,7 @@ A user mistake prints one line, ``prunescope: error: ...``, and exits with statu
 
     prunescope info   [--model M]                     layers, heads, architecture
     prunescope sweep  [--model M] --probe arithmetic --n 200 --out runs/NAME
+    prunescope patch  [--model M] --probe arithmetic --method exact|attribution|both --out runs/NAME
 """
 
 from __future__ import annotations
@@ -93,7 +94,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="accuracy", help="metric shown in the printed table (default: accuracy)")
     p.add_argument("--out", default=None, help="output folder, e.g. runs/NAME (default: print only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("patch", help="activation / attribution patching: where does a probe's answer live?",
+                       description="Patch activations from clean into corrupted prompts (denoise) or back (noise): "
+                                   "the residual stream per layer x position, attention and MLP outputs, and "
+                                   "attention heads. Writes OUT/patch.csv, layers.csv (per-layer effect), the pairs "
+                                   "used and heatmaps. Re-running resumes.")
+    _add_model_args(p)
+    p.add_argument("--probe", default="arithmetic",
+                   help="arithmetic, brackets, or a JSONL file of pairs {clean, corrupt, answer_clean, "
+                        "answer_corrupt} (default: arithmetic)")
+    p.add_argument("--method", default="exact", choices=["exact", "attribution", "both"],
+                   help="exact patching, first-order attribution patching, or both with their rank "
+                        "correlation (default: exact)")
+    p.add_argument("--backend", default="hooks", choices=["hooks", "transformer_lens", "nnsight"],
+                   help="native hooks (fast, batched), or one condition per forward through TransformerLens "
+                        "or nnsight (default: hooks)")
+    p.add_argument("--direction", default="denoise", choices=["denoise", "noise"],
+                   help="denoise: clean into corrupted; noise: corrupted into clean (default: denoise)")
+    p.add_argument("--kinds", default="resid_post,attn_out,mlp_out,head",
+                   help="activations to patch (default: resid_post,attn_out,mlp_out,head)")
+    p.add_argument("--positions", type=int, default=8, help="last k positions for per-position maps (default: 8)")
+    p.add_argument("--n", type=int, default=32, help="pairs (default: 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shots", type=int, default=0, help="arithmetic: solved examples before each prompt")
+    p.add_argument("--out", default=None, help="output folder, e.g. runs/NAME (default: print only)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def format_layer_ranking(result: dict, top: int = 8) -> str:
+    """Top layers by patching effect, per method, plus the methods' agreement."""
+    lines = []
+    for m, layers in result["layers"].items():
+        ranked = sorted(layers.items(), key=lambda kv: -kv[1])[:top]
+        lines.append(f"{m:12s} top layers: " + ", ".join(f"{layer} ({v:.2f})" for layer, v in ranked))
+        heads = sorted((c for c in result["cells"][m] if c["kind"] == "head"), key=lambda c: -abs(c["value"]))[:5]
+        if heads:
+            lines.append(f"{'':12s} top heads:  " + ", ".join(f"L{c['layer']}H{c['head']} ({c['value']:.2f})"
+                                                            for c in heads))
+    for kind, rho in result["agreement"].items():
+        lines.append(f"spearman(exact, attribution) {kind}: {rho:.3f}")
+    return "\n".join(lines) + f"\n({result['n']} pairs)"
 
 
 def format_sweep_table(rows: list[dict], metrics: Sequence[str] = ("accuracy", "exact_match", "logit_diff", "loss")) -> str:
@@ -143,6 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_sweep_table(rows, metrics))
             if args.out:
                 print(f"wrote {args.out}/sweep.csv, sweep.jsonl, items/, sweep_layers.png")
+        elif args.command == "patch":
+            from circuits.run import patch
+
+            if args.n <= 0:
+                raise PrunescopeError(f"--n must be a positive number of pairs, got {args.n}")
+            result = patch(args.model, args.probe, args.n, args.out, method=args.method, backend=args.backend,
+                           direction=args.direction, kinds=args.kinds, positions=args.positions, seed=args.seed,
+                           shots=args.shots, device=args.device, dtype=args.dtype, show_progress=not args.quiet)
+            print(format_layer_ranking(result))
+            if args.out:
+                print(f"wrote {args.out}/patch.csv, layers.csv, pairs.jsonl and heatmaps")
         return 0
     except PrunescopeError as e:
         print(f"prunescope: error: {e}", file=sys.stderr)
