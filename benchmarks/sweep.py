@@ -23,6 +23,7 @@ tokens, divided by the matmul peak measured in the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -123,10 +124,8 @@ def run_schedule(blocks, plan, conditions, mode, batch_size, shared_obj=None) ->
                     logits = blocks.forward(ids)          # [1, T, vocab], as a plain HF forward
                 preds[(c.name, r_i)] = logits[0, row.positions[0]].argmax().item()
     else:
-        run = {"batched": _batch_logits_plain, "prefix": _batch_logits_prefix}.get(mode)
-        if mode == "shared":
-            def run(b, batch, conds):
-                return _batch_logits_shared(b, batch, conds, shared_obj)
+        run = {"batched": _batch_logits_plain, "prefix": _batch_logits_prefix,
+               "shared": functools.partial(_batch_logits_shared, shared=shared_obj)}[mode]
         for batch in plan.batches(batch_size):
             batch.input_ids, batch.attention_mask, batch.at = (x.to(device) for x in
                                                                (batch.input_ids, batch.attention_mask, batch.at))
@@ -160,18 +159,10 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
 
     if args.random_llama_8b:
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from probe.tiny import llama3_8b_config, random_weight_model
 
-        cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                          num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
-                          rope_theta=500000.0, tie_word_embeddings=False)
-        cfg._attn_implementation = "sdpa"
-        torch.manual_seed(0)
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        with torch.device(args.device):
-            model = LlamaForCausalLM(cfg).eval()
-        torch.set_default_dtype(prev)
+        cfg = llama3_8b_config()
+        model = random_weight_model(cfg, args.device, dtype)
         n = args.n or 200
         plan = random_plan(n, cfg.vocab_size, 100, 200, args.shared, seed=0)
         name = "random Llama-3.1-8B shape"

@@ -27,7 +27,7 @@ from probe.errors import PrunescopeError
 from probe.interop import BACKENDS, nnsight_model, transformer_lens_bridge
 
 from .pairs import EncodedPairs
-from .patching import DIRECTIONS, KINDS, _cell_row, _check_positions, _logit_diff, _normalize, _value_fn, make_cells
+from .patching import KINDS, _cell_row, _logit_diff, _normalize, _value_fn, plan_cells
 
 _ORDER = {"hook_resid_pre": 0, "attn.hook_z": 1, "hook_attn_out": 2, "hook_mlp_out": 3, "hook_resid_post": 4}
 
@@ -123,11 +123,8 @@ def exact_patching_backend(
     heads: Iterable[int] | None = None,
 ) -> list[dict]:
     """Exact patching with one condition per forward through ``backend``."""
-    if direction not in DIRECTIONS:
-        raise PrunescopeError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
     runner = _Runner(backend, model, tokenizer)
-    _check_positions(enc, positions)
-    cells = make_cells(runner.blocks, kinds, positions, layers, heads)
+    cells = plan_cells(runner.blocks, enc, kinds, positions, direction, layers, heads)
     names = sorted({c.name for c in cells})
     n = enc.clean.shape[0]
     rows = torch.arange(n)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from probe.errors import PrunescopeError
-from probe.results import atomic_write_text
+from probe.results import atomic_write_text, read_jsonl
 from probe.tasks import _OPS, _PAIRS, bracket_items, expected_closer
 
 
@@ -172,23 +172,12 @@ def _same_length(tokenizer, p: Pair) -> bool:
 
 def load_pairs(path: str | Path) -> list[Pair]:
     """A user's pairs: JSONL lines with ``clean``, ``corrupt``, ``answer_clean``, ``answer_corrupt``."""
-    path = Path(path)
-    if not path.is_file():
-        raise PrunescopeError(f"pairs file {path} does not exist")
-    pairs = []
     keys = ("clean", "corrupt", "answer_clean", "answer_corrupt")
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PrunescopeError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-        if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in keys):
+    pairs = []
+    for lineno, d in read_jsonl(path, "pair"):
+        if not all(isinstance(d.get(k), str) for k in keys):
             raise PrunescopeError(f"{path}:{lineno}: each line needs string fields {', '.join(keys)}")
         pairs.append(Pair(*(d[k] for k in keys), str(d.get("group", ""))))
-    if not pairs:
-        raise PrunescopeError(f"pairs file {path} holds no pairs")
     return pairs
 
 

@@ -139,6 +139,14 @@ def _value_fn(cell: Cell, src: torch.Tensor, enc: EncodedPairs, rows: torch.Tens
     return fn
 
 
+def plan_cells(blocks: Blocks, enc: EncodedPairs, kinds, positions: int, direction: str, layers, heads) -> list[Cell]:
+    """Validate the arguments shared by every patching method and list the cells."""
+    if direction not in DIRECTIONS:
+        raise PrunescopeError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+    _check_positions(enc, positions)
+    return make_cells(blocks, kinds, positions, layers, heads)
+
+
 @torch.no_grad()
 def run_clean_corrupt(blocks: Blocks, enc: EncodedPairs, names: Sequence[str]):
     """Both runs with the named activations cached: ``(ld_clean, ld_corrupt, cache_clean, cache_corrupt)``."""
@@ -183,10 +191,7 @@ def exact_patching(
     """
     from tqdm.auto import tqdm
 
-    if direction not in DIRECTIONS:
-        raise PrunescopeError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
-    _check_positions(enc, positions)
-    cells = make_cells(blocks, kinds, positions, layers, heads)
+    cells = plan_cells(blocks, enc, kinds, positions, direction, layers, heads)
     names = sorted({c.name for c in cells} | {f"blocks.{c.layer}.hook_resid_pre" for c in cells})
     ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names)
     base_ids, base, src = (enc.corrupt, cache_x, cache_c) if direction == "denoise" else (enc.clean, cache_c, cache_x)
@@ -257,10 +262,7 @@ def attribution_patching(
     effect ~ (a_source - a_base) . dLD/da, summed over the patched positions (and d_model or
     d_head), averaged over pairs and normalized like exact patching.
     """
-    if direction not in DIRECTIONS:
-        raise PrunescopeError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
-    _check_positions(enc, positions)
-    cells = make_cells(blocks, kinds, positions, layers, heads)
+    cells = plan_cells(blocks, enc, kinds, positions, direction, layers, heads)
     names = sorted({c.name for c in cells})
     ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names)
     base_ids, src = (enc.corrupt, cache_c) if direction == "denoise" else (enc.clean, cache_x)

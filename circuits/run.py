@@ -19,12 +19,10 @@ Exact patching saves progress after every layer (``.progress/``), so a crashed r
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from probe.errors import PrunescopeError
-from probe.results import atomic_write_json, write_table
+from probe.results import append_progress, atomic_write_json, check_run_config, read_progress, write_table
 
 from .pairs import encode_pairs, make_pairs, save_pairs
 from .patching import DIRECTIONS, KINDS, attribution_patching, exact_patching, layer_importance, spearman
@@ -72,7 +70,7 @@ def patch(
               "dtype": dtype}
     out = Path(out) if out else None
     if out:
-        _check_config(out, config)
+        check_run_config(out, config, "patching run")
     lm = loaded or load_model(model, device=device, dtype=dtype)
     opts = {"shots": shots} if shots and probe == "arithmetic" else {}
     pairs = make_pairs(probe, lm.tokenizer, n=n, seed=seed, **opts)
@@ -127,35 +125,9 @@ def patch(
     return {"cells": cells, "layers": layers, "agreement": agreement, "n": len(pairs)}
 
 
-def _check_config(out: Path, config: dict) -> None:
-    path = out / "config.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != config:
-            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-            raise PrunescopeError(f"{out} holds a patching run with different settings ({', '.join(diff)}); "
-                                  "use another --out folder or delete this one")
-    else:
-        atomic_write_json(path, config)
-
-
 def _read_progress(out: Path) -> dict[str, float]:
-    path = out / ".progress" / "exact.jsonl"
-    done = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[d["condition"]] = d["value"]
-    return done
+    return {d["condition"]: d["value"] for d in read_progress(out / ".progress" / "exact.jsonl")}
 
 
 def _append_progress(out: Path, rows: list[dict]) -> None:
-    path = out / ".progress" / "exact.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write("".join(json.dumps({"condition": r["condition"], "value": r["value"]}) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    append_progress(out / ".progress" / "exact.jsonl", [{"condition": r["condition"], "value": r["value"]} for r in rows])

@@ -77,3 +77,64 @@ def read_table(path: str | Path) -> list[dict]:
             if r.get(k) not in (None, ""):
                 r[k] = int(float(r[k]))
     return rows
+
+
+def check_run_config(out: Path, config: dict, what: str = "run") -> None:
+    """Resume guard: record ``config`` in ``out/config.json``, or refuse a folder made with other settings."""
+    path = Path(out) / "config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            from .errors import PrunescopeError
+
+            raise PrunescopeError(f"{out} holds a {what} with different settings ({', '.join(diff)}); "
+                                  "use another --out folder or delete this one")
+    else:
+        atomic_write_json(path, config)
+
+
+def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
+    """``(line number, object)`` for each non-empty line, with a clear error for bad JSON or a missing file."""
+    from .errors import PrunescopeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrunescopeError(f"{what} file {path} does not exist")
+    out = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PrunescopeError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+        if not isinstance(d, dict):
+            raise PrunescopeError(f"{path}:{lineno}: each line must be a JSON object")
+        out.append((lineno, d))
+    if not out:
+        raise PrunescopeError(f"{what} file {path} holds no {what}s")
+    return out
+
+
+def read_progress(path: str | Path) -> list[dict]:
+    """Records of an append-only progress log; a line torn by a crash is skipped (recomputed)."""
+    path = Path(path)
+    out = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def append_progress(path: str | Path, records: list[dict]) -> None:
+    """Append records to a progress log and fsync, so finished work survives a crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())

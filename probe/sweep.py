@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .blocks import Blocks
 from .errors import PrunescopeError
-from .results import atomic_write_json, write_table
+from .results import append_progress, check_run_config, read_progress, write_table
 from .scoring import Batch, ScoringPlan, TextPlan, aggregate, load_texts
 from .tasks import Item, make_items, save_items
 
@@ -269,7 +267,7 @@ def sweep_blocks(
                 for sub, lg in logits[c]:
                     s.update(plan.reduce(sub, lg))
                 stats[c.name].update(s)
-                lines.append(json.dumps({"condition": c.name, "batch": bi, "stats": s}))
+                lines.append({"condition": c.name, "batch": bi, "stats": s})
             if progress_dir:
                 _append_progress(progress_dir, probe, lines)
             bar.update(len(todo))
@@ -309,25 +307,12 @@ def _progress_file(progress_dir: Path, probe: str) -> Path:
 
 
 def _read_progress(progress_dir: Path, probe: str) -> dict[tuple[str, int], dict[int, dict]]:
-    path = _progress_file(progress_dir, probe)
-    done = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash: recompute that batch
-            done[(d["condition"], d["batch"])] = {int(k): v for k, v in d["stats"].items()}
-    return done
+    return {(d["condition"], d["batch"]): {int(k): v for k, v in d["stats"].items()}
+            for d in read_progress(_progress_file(progress_dir, probe))}
 
 
-def _append_progress(progress_dir: Path, probe: str, lines: list[str]) -> None:
-    path = _progress_file(progress_dir, probe)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write("".join(line + "\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
+def _append_progress(progress_dir: Path, probe: str, records: list[dict]) -> None:
+    append_progress(_progress_file(progress_dir, probe), records)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -370,7 +355,7 @@ def sweep(
               "prefix_reuse": prefix_reuse, "batch_size": batch_size, "text": str(text) if text else None}
     out = Path(out) if out else None
     if out:
-        _check_resume(out, config)
+        check_run_config(out, config, "sweep")
     lm = loaded or load_model(model, device=device, dtype=dtype)
     if out:
         for p, its in items.items():
@@ -387,17 +372,3 @@ def sweep(
             from .plots import plot_sweep
             plot_sweep(rows, out)
     return rows
-
-
-def _check_resume(out: Path, config: dict) -> None:
-    cfg_path = out / "config.json"
-    if cfg_path.is_file():
-        old = json.loads(cfg_path.read_text())
-        if old != config:
-            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-            raise PrunescopeError(
-                f"{out} holds a sweep with different settings ({', '.join(diff)}); "
-                "use another --out folder or delete this one"
-            )
-    else:
-        atomic_write_json(cfg_path, config)

@@ -305,18 +305,12 @@ def copy_items(n: int, seed: int = 0, *, length: int = 6, **_) -> list[Item]:
 # ----------------------------------------------------------------------------- files
 def load_items(path: str | Path) -> list[Item]:
     """Read a user's probe: JSONL lines with ``prompt``, ``answer``, optional ``wrong``, ``group``."""
+    from .results import read_jsonl
+
     path = Path(path)
-    if not path.is_file():
-        raise PrunescopeError(f"probe file {path} does not exist")
     items = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PrunescopeError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-        if not isinstance(d, dict) or not isinstance(d.get("prompt"), str) or not isinstance(d.get("answer"), str):
+    for lineno, d in read_jsonl(path, "probe item"):
+        if not isinstance(d.get("prompt"), str) or not isinstance(d.get("answer"), str):
             raise PrunescopeError(f"{path}:{lineno}: each line needs string fields 'prompt' and 'answer'")
         wrong = d.get("wrong", [])
         if isinstance(wrong, str) or not all(isinstance(w, str) for w in wrong):
@@ -324,8 +318,6 @@ def load_items(path: str | Path) -> list[Item]:
         if d["answer"] in wrong:
             raise PrunescopeError(f"{path}:{lineno}: the answer {d['answer']!r} is also listed as wrong")
         items.append(Item(d["prompt"], d["answer"], tuple(wrong), str(d.get("group", "")), d.get("meta", {})))
-    if not items:
-        raise PrunescopeError(f"probe file {path} holds no items")
     return items
 
 

@@ -111,3 +111,28 @@ def save_tiny_model(family: str, folder: str | Path, **kw) -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def llama3_8b_config():
+    """The Llama-3.1-8B shape (no weights needed): 32 layers, d_model 4096, GQA 32/8, vocab 128256."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
+                       rope_theta=500000.0, tie_word_embeddings=False)
+
+
+def random_weight_model(config, device: str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                        attn_implementation: str = "sdpa", seed: int = 0):
+    """A randomly initialised model built directly on ``device`` in ``dtype`` (benchmarks)."""
+    from transformers import AutoModelForCausalLM
+
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return AutoModelForCausalLM.from_config(config).eval()
+    finally:
+        torch.set_default_dtype(prev)

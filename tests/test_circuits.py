@@ -8,7 +8,7 @@ import torch
 from circuits.backends import exact_patching_backend
 from circuits.pairs import Pair, encode_pairs, load_pairs, make_pairs
 from circuits.patching import (
-    Cell, _value_fn, attribution_patching, exact_patching, layer_importance, make_cells, run_clean_corrupt, spearman,
+    _value_fn, attribution_patching, exact_patching, layer_importance, make_cells, run_clean_corrupt, spearman,
 )
 from probe.blocks import Blocks
 from probe.errors import PrunescopeError

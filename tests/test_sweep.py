@@ -1,6 +1,5 @@
 """Sweeps: prefix reuse (and shared-prefix reuse) equal the naive schedule; resume; real profile."""
 
-import json
 
 import pytest
 import torch

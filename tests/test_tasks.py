@@ -1,6 +1,5 @@
 """Probe generators: deterministic per seed, answers checked independently, user files."""
 
-import json
 import re
 
 import pytest
@@ -88,7 +87,7 @@ def test_user_jsonl_round_trip(tmp_path):
     ('not json', "not valid JSON"),
     ('{"prompt": "a", "answer": "b", "wrong": "c"}', "list of strings"),
     ('{"prompt": "a", "answer": "b", "wrong": ["b"]}', "also listed as wrong"),
-    ('', "holds no items"),
+    ('', "holds no"),
 ])
 def test_bad_user_files(tmp_path, text, message):
     path = tmp_path / "bad.jsonl"
