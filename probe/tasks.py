@@ -3,7 +3,7 @@
 An :class:`Item` is a prompt, the correct continuation, and wrong continuations to compare
 against. Built-in probes:
 
-* ``arithmetic`` — the paper's single-token format, ``"Question: What is (4 * 4) * 1? Answer:"``
+* ``arithmetic`` — the paper's format, ``"Question: What is (2 * 3) + 1? Answer:"``
   with a one-digit answer, computed by Python.
 * ``arithmetic_multi`` — ``"Question: What is 47 + 38? Answer:"`` with multi-digit answers,
   operators ``+ - * //``, operand digit counts and a carry / no-carry split.
