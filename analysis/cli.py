@@ -6,6 +6,8 @@ A user mistake prints one line, ``prunescope: error: ...``, and exits with statu
     prunescope info   [--model M]                     layers, heads, architecture
     prunescope sweep  [--model M] --probe arithmetic --n 200 --out runs/NAME
     prunescope patch  [--model M] --probe arithmetic --method exact|attribution|both --out runs/NAME
+    prunescope score  [--model M] [--text FILE] [--angular 8] [--ppl] [--sweep T] [--patch T] --out runs/NAME
+    prunescope prune  [--model M] --strategy bi|angular|reverse|iterative|score --ratio 0.25 --out pruned/NAME
 """
 
 from __future__ import annotations
@@ -120,6 +122,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=0, help="arithmetic: solved examples before each prompt")
     p.add_argument("--out", default=None, help="output folder, e.g. runs/NAME (default: print only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("score", help="per-layer importance scores (Block Influence, angular distance, ...)",
+                       description="Score every layer: Block Influence and angular distance from one pass over "
+                                   "calibration texts, optionally perplexity increase, skip drops from a sweep table "
+                                   "and patching effects from a patching table. Writes OUT/scores.csv and scores.png.")
+    _add_model_args(p)
+    p.add_argument("--text", default=None, help="calibration texts (.txt one per line, or .jsonl with 'text'); "
+                   "default: solved built-in probe items")
+    p.add_argument("--n-texts", type=int, default=64, help="calibration texts used (default: 64)")
+    p.add_argument("--angular", type=_int_list, default=[], help="block sizes for angular distance, e.g. 4,8")
+    p.add_argument("--ppl", action="store_true", help="also perplexity increase per skipped layer (a sweep)")
+    p.add_argument("--sweep", default=None, help="a sweep table (runs/X/sweep.csv): adds skip_drop per layer")
+    p.add_argument("--sweep-probe", default=None, help="which probe of the sweep table")
+    p.add_argument("--patch", default=None, help="a patching table (runs/X/layers.csv): adds patching_effect")
+    p.add_argument("--out", default=None, help="output folder")
+
+    p = sub.add_parser("prune", help="choose layers to drop (protecting some) and write a standard checkpoint",
+                       description="Pick layers with a strategy and write a Hugging Face checkpoint without them "
+                                   "(plus prunescope_plan.json and plan.json). Protected layers are never dropped.")
+    _add_model_args(p)
+    p.add_argument("--strategy", default="bi", choices=["bi", "angular", "reverse", "iterative", "score"],
+                   help="bi: lowest Block Influence; angular: lowest-distance block; reverse: last layers before "
+                        "the final one; iterative: greedy in-memory search; score: lowest value in --scores")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--n", type=int, default=None, help="layers to drop")
+    g.add_argument("--ratio", type=float, default=None, help="fraction of layers to drop, e.g. 0.25")
+    p.add_argument("--protect", type=_int_list, default=[], help="layers never dropped, e.g. 3,7")
+    p.add_argument("--protect-from", default=None, help="results table whose top layers are protected "
+                   "(runs/X/layers.csv or patch.csv from patching, sweep.csv from a sweep)")
+    p.add_argument("--protect-top", type=int, default=None, help="how many top layers of --protect-from")
+    p.add_argument("--protect-metric", default=None, help="metric of --protect-from to rank by")
+    p.add_argument("--protect-probe", default=None, help="probe of a --protect-from sweep table")
+    p.add_argument("--scores", default=None, help="table for --strategy score (sweep, patching or score table)")
+    p.add_argument("--score-metric", default=None, help="metric of --scores (lowest values are dropped)")
+    p.add_argument("--text", default=None, help="calibration texts for bi/angular, or the loss text set for "
+                   "iterative (default: built-in probe texts / the probe metric)")
+    p.add_argument("--eval-probe", default="arithmetic_multi", help="iterative: probe to keep (default: 3-shot addition)")
+    p.add_argument("--eval-n", type=int, default=32, help="iterative: items per evaluation (default: 32)")
+    p.add_argument("--eval-metric", default="logit_diff", help="iterative: metric to keep high (default: logit_diff)")
+    p.add_argument("--out", default=None, help="output checkpoint folder, e.g. pruned/NAME")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -196,6 +240,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_layer_ranking(result))
             if args.out:
                 print(f"wrote {args.out}/patch.csv, layers.csv, pairs.jsonl and heatmaps")
+        elif args.command == "score":
+            from prune.run import score
+
+            rows = score(args.model, args.out, text=args.text, n_texts=args.n_texts, block_sizes=args.angular,
+                         ppl=args.ppl, sweep_table=args.sweep, sweep_probe=args.sweep_probe, patch_table=args.patch,
+                         device=args.device, dtype=args.dtype)
+            metrics = [m for m in dict.fromkeys(r["metric"] for r in rows) if not m.startswith("angular")]
+            val = {(r["metric"], r["layers"]): r["value"] for r in rows}
+            layers = sorted({int(r["layers"]) for r in rows if str(r["layers"]).isdigit()})
+            print("layer  " + "  ".join(f"{m:>16s}" for m in metrics))
+            for i in layers:
+                print(f"{i:5d}  " + "  ".join(f"{val.get((m, str(i)), float('nan')):16.4f}" for m in metrics))
+            if args.out:
+                print(f"wrote {args.out}/scores.csv, scores.jsonl, scores.png")
+        elif args.command == "prune":
+            from prune.run import prune
+
+            plan = prune(args.model, args.strategy, args.out, n=args.n, ratio=args.ratio, protect=args.protect,
+                         protect_from=args.protect_from, protect_top=args.protect_top,
+                         protect_metric=args.protect_metric, protect_probe=args.protect_probe, scores_table=args.scores,
+                         score_metric=args.score_metric, text=args.text, eval_probe=args.eval_probe,
+                         eval_n=args.eval_n, eval_metric=args.eval_metric, overwrite=args.overwrite,
+                         device=args.device, dtype=args.dtype, show_progress=not args.quiet)
+            print(f"strategy {plan.strategy}: drop {plan.drop} of {plan.n_layers} layers"
+                  + (f" (protected {plan.protected})" if plan.protected else ""))
+            for layer in plan.drop:
+                print(f"  {layer:3d}  {plan.reasons.get(layer, '')}")
+            if args.out:
+                print(f"wrote {args.out} (a standard Hugging Face checkpoint, plan.json, prunescope_plan.json)")
         return 0
     except PrunescopeError as e:
         print(f"prunescope: error: {e}", file=sys.stderr)

@@ -42,3 +42,40 @@ def remove_layers(model: torch.nn.Module, drop: Iterable[int]) -> torch.nn.Modul
         if isinstance(values, (list, tuple)) and len(values) == blocks.n_layers:
             setattr(model.config, key, [values[i] for i in keep])
     return model
+
+
+def save_pruned(model: torch.nn.Module, tokenizer, drop: Iterable[int], out, *, overwrite: bool = False,
+                record: dict | None = None):
+    """Write a standard Hugging Face checkpoint of ``model`` without layers ``drop``.
+
+    The original model is untouched (a deep copy is pruned). The folder is written next to
+    ``out`` under a temporary name and renamed at the end, so a crash leaves no half checkpoint;
+    an existing ``out`` is refused unless ``overwrite``. ``record`` (the plan, the source model)
+    is saved as ``prunescope_plan.json``.
+    """
+    import copy
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from probe.errors import PrunescopeError
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise PrunescopeError(f"{out} already exists; choose another --out or pass --overwrite")
+    drop = list(drop)
+    Blocks(model).check_layers(drop)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pruned = remove_layers(copy.deepcopy(model), drop)
+        pruned.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "prunescope_plan.json").write_text(json.dumps(record or {"drop": sorted(drop)}, indent=2, default=str))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
