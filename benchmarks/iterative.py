@@ -30,6 +30,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=2, help="layers to drop greedily")
     ap.add_argument("--metric", default="logit_diff")
     args = ap.parse_args(argv)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     lm = load_model(args.model)
     L = lm.blocks.n_layers
     ev = make_evaluator(lm.blocks, lm.tokenizer, args.probe, n=args.n, metric=args.metric)
