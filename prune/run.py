@@ -80,14 +80,17 @@ def _plot_scores(rows: list[dict], path: Path, model: str) -> None:
 
 
 def make_evaluator(blocks, tokenizer, probe: str = "arithmetic_multi", n: int = 32, metric: str = "logit_diff",
-                   text: str | None = None, seed: int = 0, probe_options: dict | None = None):
+                   text: str | None = None, seed: int = 0, probe_options: dict | None = None, plan=None):
     """``evaluate(sets) -> [value]``: a probe metric (or text loss) with each set of layers skipped,
-    all sets of one step run as one prefix-reused sweep (in memory, no checkpoints)."""
+    all sets of one step run as one prefix-reused sweep (in memory, no checkpoints). ``plan``: an
+    already tokenized :class:`probe.scoring.ScoringPlan` instead of a probe name."""
     from probe.scoring import ScoringPlan, TextPlan
     from probe.sweep import Condition, sweep_blocks
     from probe.tasks import make_items
 
-    if text:
+    if plan is not None:
+        higher = True
+    elif text:
         plan, metric, higher = TextPlan(tokenizer, calibration_texts(text, n)), "loss", False
     else:
         opts = probe_options if probe_options is not None else (
@@ -105,9 +108,9 @@ def make_evaluator(blocks, tokenizer, probe: str = "arithmetic_multi", n: int = 
     return evaluate
 
 
-def reference_evaluator(model, tokenizer, plan, metric: str):
+def reference_evaluator(model, tokenizer, plan, metric: str, tmp_dir: str | None = None):
     """The reference approach for benchmarks and tests: for each candidate, write a pruned
-    checkpoint, reload it with transformers and score it."""
+    checkpoint, reload it with transformers (onto the model's device) and score it."""
     from transformers import AutoModelForCausalLM
 
     from probe.blocks import Blocks
@@ -116,9 +119,12 @@ def reference_evaluator(model, tokenizer, plan, metric: str):
     def evaluate(sets: list[list[int]]) -> list[float]:
         out = []
         for s in sets:
-            with tempfile.TemporaryDirectory() as d:
-                remove_layers(copy.deepcopy(model), s).save_pretrained(d)
-                reloaded = AutoModelForCausalLM.from_pretrained(d, dtype=next(model.parameters()).dtype).eval()
+            with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
+                pruned = remove_layers(copy.deepcopy(model), s)
+                pruned.save_pretrained(d)
+                del pruned
+                p0 = next(model.parameters())
+                reloaded = AutoModelForCausalLM.from_pretrained(d, dtype=p0.dtype, device_map={"": str(p0.device)}).eval()
                 out.append(aggregate(score_items(Blocks(reloaded), plan), plan.metric_names)[metric])
         return out
 
