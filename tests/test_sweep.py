@@ -29,6 +29,9 @@ def test_prefix_reuse_equals_naive_logits(tiny):
             for c in conds:
                 assert torch.allclose(naive[c], prefix[c], atol=1e-5), c.name
                 assert torch.allclose(naive[c], both[c], atol=1e-5), c.name
+                with blocks.skip(c.layers):     # and the mask-free runs equal a masked forward
+                    masked = blocks.forward(batch.input_ids, batch.attention_mask, at=batch.at)
+                assert torch.allclose(naive[c], masked, atol=1e-5), c.name
 
 
 def test_conditions_and_bad_input():
