@@ -159,14 +159,19 @@ def run_clean_corrupt(blocks: Blocks, enc: EncodedPairs, names: Sequence[str]):
     return ld_c, ld_x, cache_c, cache_x
 
 
-def _normalize(ld: torch.Tensor, ld_clean: torch.Tensor, ld_corrupt: torch.Tensor) -> float:
+def _denominator(ld_clean: torch.Tensor, ld_corrupt: torch.Tensor) -> float:
+    """mean LD_clean - mean LD_corrupt: the scale of the normalized metric (refused when ~0)."""
     denom = (ld_clean.mean() - ld_corrupt.mean()).item()
     if abs(denom) < 1e-6:
         raise PrunescopeError(
             "clean and corrupted prompts give the same logit difference on average, so the normalized metric is "
             "undefined; use pairs the model tells apart (more pairs, or a probe the model can do)"
         )
-    return (ld.mean().item() - ld_corrupt.mean().item()) / denom
+    return denom
+
+
+def _normalize(ld: torch.Tensor, ld_clean: torch.Tensor, ld_corrupt: torch.Tensor) -> float:
+    return (ld.mean().item() - ld_corrupt.mean().item()) / _denominator(ld_clean, ld_corrupt)
 
 
 @torch.no_grad()
@@ -281,9 +286,7 @@ def attribution_patching(
         ld = _logit_diff(logits, enc, torch.arange(n))
         grads = torch.autograd.grad(ld.sum(), [kept[nm] for nm in names], allow_unused=True)
     grad = {nm: (g if g is not None else torch.zeros_like(kept[nm])) for nm, g in zip(names, grads)}
-    denom = (ld_c.mean() - ld_x.mean()).item()
-    if abs(denom) < 1e-6:
-        _normalize(ld_c, ld_c, ld_c)  # raises the clear error
+    denom = _denominator(ld_c, ld_x)
     results = []
     rows = torch.arange(n)
     for c in cells:

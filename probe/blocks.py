@@ -30,6 +30,7 @@ earlier layers swapped out and the supplied hidden states fed in as the input em
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -116,6 +117,8 @@ class Blocks:
         self.layers: nn.ModuleList = get_path(model, self.arch.layers)
         self.base: nn.Module = get_path(model, self.arch.base)
         self.lm_head: nn.Module = get_path(model, self.arch.lm_head)
+        # transformers renamed ``past_key_values`` to ``cache`` in 5.x; use what this version takes
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
 
     # ----------------------------------------------------------------- basics
     @property
@@ -309,14 +312,6 @@ class Blocks:
                 self.layers[i] = layer
 
     # ----------------------------------------------------------------- running
-    @property
-    def _cache_kwarg(self) -> str:
-        """transformers renamed ``past_key_values`` to ``cache`` in 5.x; use what this version takes."""
-        import inspect
-
-        params = inspect.signature(self.base.forward).parameters
-        return "cache" if "cache" in params else "past_key_values"
-
     def new_cache(self):
         """An empty transformers ``DynamicCache`` for this model (sliding layers included)."""
         from transformers import DynamicCache
@@ -383,11 +378,7 @@ class Blocks:
         ``cache``: a transformers KV cache holding earlier tokens (a shared few-shot prefix);
         it is extended in place. ``position_ids`` then place the new tokens after it.
         """
-        extra = {}
-        if cache is not None:
-            extra = {self._cache_kwarg: cache, "use_cache": True}
-        else:
-            extra = {"use_cache": False}
+        extra = {self._cache_kwarg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
         if position_ids is not None:
             extra["position_ids"] = position_ids.to(self.device)
         if start_hidden is None:

@@ -103,21 +103,30 @@ def _causal_mask(batch: Batch):
     return None if RIGHT_PADDING_NEEDS_NO_MASK else batch.attention_mask
 
 
-def _batch_logits_prefix(blocks: Blocks, batch: Batch, conditions: Sequence[Condition]) -> dict[Condition, torch.Tensor]:
-    """Logits at the scored positions for every condition, reusing one cached forward."""
+def _prefix_reuse(blocks: Blocks, ids, mask, at, conditions: Sequence[Condition],
+                  extra=lambda c: {}) -> dict[Condition, torch.Tensor]:
+    """One forward caching each layer's input, then "skip S" from layer min(S) for each condition.
+
+    ``extra(c)`` adds forward arguments per condition (the shared-prefix cache and positions).
+    """
     names = [f"blocks.{i}.hook_resid_pre" for i in range(blocks.n_layers)]
     out = {}
     with blocks.capture(names) as acts:
-        base = blocks.forward(batch.input_ids, _causal_mask(batch), at=batch.at)
+        base = blocks.forward(ids, mask, at=at, **extra(Condition(())))
     for c in conditions:
         if not c.layers:
             out[c] = base
             continue
         start = c.layers[0]
         with blocks.skip(c.layers):
-            out[c] = blocks.forward(batch.input_ids, _causal_mask(batch), at=batch.at,
-                                    start_layer=start, start_hidden=acts[f"blocks.{start}.hook_resid_pre"])
+            out[c] = blocks.forward(ids, mask, at=at, start_layer=start,
+                                    start_hidden=acts[f"blocks.{start}.hook_resid_pre"], **extra(c))
     return out
+
+
+def _batch_logits_prefix(blocks: Blocks, batch: Batch, conditions: Sequence[Condition]) -> dict[Condition, torch.Tensor]:
+    """Logits at the scored positions for every condition, reusing one cached forward."""
+    return _prefix_reuse(blocks, batch.input_ids, _causal_mask(batch), batch.at, conditions)
 
 
 class SharedPrefix:
@@ -178,25 +187,12 @@ def _batch_logits_shared(blocks: Blocks, batch: Batch, conditions: Sequence[Cond
     """Prefix reuse across layers *and* across prompts: only suffix tokens are run."""
     P = shared.length
     b, T = batch.input_ids.shape
-    ids = batch.input_ids[:, P:]
     dev = batch.attention_mask.device
     # with a prefix cache the mask is kept: dropping it made this path slower on an H200 (13.0 s vs 11.4 s)
     mask = torch.cat([torch.ones(b, P, dtype=batch.attention_mask.dtype, device=dev), batch.attention_mask[:, P:]], 1)
-    at = batch.at - P
     pos = torch.arange(P, T, device=dev)[None].expand(b, -1)
-    names = [f"blocks.{i}.hook_resid_pre" for i in range(blocks.n_layers)]
-    out = {}
-    with blocks.capture(names) as acts:
-        base = blocks.forward(ids, mask, at=at, cache=shared.expanded(Condition(()), b), position_ids=pos)
-    for c in conditions:
-        if not c.layers:
-            out[c] = base
-            continue
-        start = c.layers[0]
-        with blocks.skip(c.layers):
-            out[c] = blocks.forward(ids, mask, at=at, start_layer=start, start_hidden=acts[f"blocks.{start}.hook_resid_pre"],
-                                    cache=shared.expanded(c, b), position_ids=pos)
-    return out
+    return _prefix_reuse(blocks, batch.input_ids[:, P:], mask, batch.at - P, conditions,
+                         extra=lambda c: {"cache": shared.expanded(c, b), "position_ids": pos})
 
 
 def _batch_logits_plain(blocks: Blocks, batch: Batch, conditions: Sequence[Condition]) -> dict[Condition, torch.Tensor]:

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 from probe.errors import PrunescopeError
-from probe.results import read_table, write_table
+from probe.results import write_table
 
-from .scores import layer_scores, ppl_increase, representation_scores, scores_from_patching, scores_from_sweep
+from .scores import (
+    importance_table, layer_scores, ppl_increase, representation_scores, scores_from_patching, scores_from_sweep,
+)
 from .strategies import (
     STRATEGIES, count_to_drop, iterative, lowest_block, lowest_k, protected_from_table, reverse_order,
 )
@@ -154,17 +156,7 @@ def prune(model: str | None = None, strategy: str = "bi", out: str | Path | None
     k = count_to_drop(L, n, ratio)
     protected = list(protect)
     if protect_from:
-        path = Path(protect_from)
-        if path.name.startswith("patch.") and (path.parent / f"layers{path.suffix}").is_file():
-            path = path.parent / f"layers{path.suffix}"
-        if not path.is_file():
-            raise PrunescopeError(f"results table {path} does not exist")
-        rows = read_table(path)
-        if rows and rows[0]["model"] != lm.name:
-            raise PrunescopeError(f"{path} holds results for {rows[0]['model']}, not for {lm.name}; "
-                                  "pass a table made with this model")
-        if rows and any(r["metric"] == "accuracy" for r in rows):      # a sweep: turn it into drops
-            rows = scores_from_sweep(path, probe=protect_probe, model_name=lm.name)
+        rows = importance_table(protect_from, lm.name, protect_probe)
         protected += protected_from_table(rows, protect_top, protect_metric, None)
     protected = sorted(set(protected))
 
@@ -180,11 +172,7 @@ def prune(model: str | None = None, strategy: str = "bi", out: str | Path | None
                          if r["metric"] == f"angular_distance_n{k}"}
         plan = lowest_block(blocks_scores, L, k, protected, f"angular_distance_n{k}")
     elif strategy == "score":
-        rows = read_table(scores_table)
-        if rows and rows[0]["model"] != lm.name:
-            raise PrunescopeError(f"{scores_table} holds results for {rows[0]['model']}, not for {lm.name}")
-        if any(r["metric"] == "accuracy" for r in rows):
-            rows = scores_from_sweep(scores_table, model_name=lm.name)
+        rows = importance_table(scores_table, lm.name)
         if any(r["metric"] == "patching_effect" for r in rows) and not score_metric:
             score_metric = "patching_effect"
         metrics = sorted({r["metric"] for r in rows})

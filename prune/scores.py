@@ -109,11 +109,27 @@ def scores_from_sweep(path: str | Path, *, probe: str | None = None, metric: str
     return sorted(out, key=lambda r: int(r["layers"]))
 
 
-def scores_from_patching(path: str | Path, *, method: str = "exact", model_name: str | None = None) -> list[dict]:
-    """``patching_effect`` per layer from a patching ``layers.csv`` (or ``patch.csv``)."""
+def _per_layer_table(path: str | Path) -> Path:
+    """A patching run's ``patch.csv`` holds one row per cell; its per-layer table sits beside it."""
     path = Path(path)
     if path.name.startswith("patch.") and (path.parent / f"layers{path.suffix}").is_file():
-        path = path.parent / f"layers{path.suffix}"
+        return path.parent / f"layers{path.suffix}"
+    return path
+
+
+def importance_table(path: str | Path, model_name: str, probe: str | None = None) -> list[dict]:
+    """Per-layer rows from any results table of this model: a sweep becomes ``skip_drop``, a
+    patching ``patch.csv`` is read through its ``layers.csv``, score tables are read as they are."""
+    path = _per_layer_table(path)
+    rows = _read_for_model(path, model_name)
+    if any(r["metric"] == "accuracy" for r in rows):
+        return scores_from_sweep(path, probe=probe, model_name=model_name)
+    return rows
+
+
+def scores_from_patching(path: str | Path, *, method: str = "exact", model_name: str | None = None) -> list[dict]:
+    """``patching_effect`` per layer from a patching ``layers.csv`` (or ``patch.csv``)."""
+    path = _per_layer_table(path)
     rows = [r for r in _read_for_model(path, model_name) if r["metric"] == "patching_effect"]
     methods = {r.get("method") for r in rows}
     if method not in methods:

@@ -37,12 +37,12 @@ def test_sanity_values(tiny, enc):
     # the final residual at the scored position decides the logits completely
     assert cells[f"resid_post:L{L - 1}@-1"] == pytest.approx(1.0, abs=1e-5)
     # clean into clean changes nothing: 1 everywhere
-    ld_c, ld_x, cache_c, _ = run_clean_corrupt(blocks, enc, [c.name for c in make_cells(blocks, ["mlp_out"], 1)])
+    checked = make_cells(blocks, ["resid_post", "attn_out", "mlp_out", "head"], 2, layers=[0, 2], heads=[1])
+    ld_c, ld_x, cache_c, _ = run_clean_corrupt(blocks, enc, sorted({c.name for c in checked}))
     n = enc.clean.shape[0]
-    for cell in make_cells(blocks, ["resid_post", "attn_out", "mlp_out", "head"], 2, layers=[0, 2], heads=[1]):
-        rows = torch.arange(n)
-        name_cache = run_clean_corrupt(blocks, enc, [cell.name])[2]
-        with torch.no_grad(), blocks.hooks([(cell.name, _value_fn(cell, name_cache[cell.name], enc, rows))]):
+    rows = torch.arange(n)
+    for cell in checked:
+        with torch.no_grad(), blocks.hooks([(cell.name, _value_fn(cell, cache_c[cell.name], enc, rows))]):
             logits = blocks.forward(enc.clean, enc.mask, at=enc.last)
         ld = logits[rows, enc.tok_clean] - logits[rows, enc.tok_corrupt]
         norm = (ld.mean() - ld_x.mean()) / (ld_c.mean() - ld_x.mean())
