@@ -8,6 +8,8 @@ A user mistake prints one line, ``prunescope: error: ...``, and exits with statu
     prunescope patch  [--model M] --probe arithmetic --method exact|attribution|both --out runs/NAME
     prunescope score  [--model M] [--text FILE] [--angular 8] [--ppl] [--sweep T] [--patch T] --out runs/NAME
     prunescope prune  [--model M] --strategy bi|angular|reverse|iterative|score --ratio 0.25 --out pruned/NAME
+    prunescope sgr    [--model BASE] [--prompts FILE|builtin] --out sgr.jsonl
+    prunescope recover --model PRUNED --data sgr.jsonl --mode sgr|external|distill --out recovered/NAME
 """
 
 from __future__ import annotations
@@ -164,6 +166,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output checkpoint folder, e.g. pruned/NAME")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("sgr", help="Self-Generated Responses: the base model answers the training prompts",
+                       description="The unpruned base model answers every prompt (chat template applied when the "
+                                   "model has one). Writes JSONL: each prompt record plus 'response' and provenance. "
+                                   "Re-running resumes; the file's own responses stay as 'reference' for the "
+                                   "external arm.")
+    _add_model_args(p)
+    p.add_argument("--prompts", default="builtin",
+                   help="JSONL file or folder of prompts ({prompt[,response]}, Alpaca {instruction,input,output}, "
+                        "chat {messages}, {question,answer}); 'builtin' = 600 offline instruction/maths/code "
+                        "prompts (default)")
+    p.add_argument("--n", type=int, default=None, help="use the first N prompts (default: all; builtin: 600)")
+    p.add_argument("--temperature", type=float, default=0.9, help="sampling temperature, 0 = greedy (default: 0.9)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="response length limit (default: 256)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default: 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output JSONL, e.g. runs/sgr.jsonl")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("recover", help="QLoRA recovery of a pruned model on SGR / external responses, or distillation",
+                       description="Finetune a pruned model with QLoRA (4-bit NF4 + LoRA r=64, alpha=16 on all linear "
+                                   "layers, lr 2e-4 after 50 warm-up steps, effective batch 8, loss on responses only). "
+                                   "Writes OUT/curve.csv+png, checkpoints (re-running resumes), adapter/ and the merged "
+                                   "model as a standard checkpoint in OUT.")
+    p.add_argument("--model", required=True, help="the pruned model folder (from prunescope prune)")
+    p.add_argument("--data", required=True, help="an SGR file from prunescope sgr (or JSONL with response/reference)")
+    p.add_argument("--mode", default="sgr", choices=["sgr", "external", "distill"],
+                   help="sgr: base model's responses; external: the prompt file's own responses; distill: KL to "
+                        "--teacher on the SGR sequences (default: sgr)")
+    p.add_argument("--teacher", default=None, help="distill: the unpruned base model ('default' for the embedded one)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--no-quant", action="store_true", help="plain LoRA on the full-precision model (no bitsandbytes)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one epoch)")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help="stop after this many trained response tokens (same budget for every arm)")
+    p.add_argument("--batch-size", type=int, default=8, help="effective batch (default: 8)")
+    p.add_argument("--micro-batch", type=int, default=4, help="examples per forward (default: 4)")
+    p.add_argument("--max-seq-len", type=int, default=8192, help="tokens per example (default: 8192, as the paper)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps, then constant (default: 50)")
+    p.add_argument("--rank", type=int, default=64, help="LoRA rank (default: 64)")
+    p.add_argument("--alpha", type=int, default=16, help="LoRA alpha (default: 16)")
+    p.add_argument("--eval-n", type=int, default=32, help="held-out examples for the perplexity curve (default: 32)")
+    p.add_argument("--eval-every", type=int, default=25, help="steps between perplexity points (default: 25)")
+    p.add_argument("--save-every", type=int, default=50, help="steps between checkpoints (default: 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder, e.g. recovered/NAME")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -269,6 +320,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {layer:3d}  {plan.reasons.get(layer, '')}")
             if args.out:
                 print(f"wrote {args.out} (a standard Hugging Face checkpoint, plan.json, prunescope_plan.json)")
+        elif args.command == "sgr":
+            from probe.models import load_model
+            from recover.data import load_prompts
+            from recover.sgr import generate_responses
+
+            records = load_prompts(args.prompts, n=args.n, seed=args.seed)
+            lm = load_model(args.model, device=args.device, dtype=args.dtype)
+            recs = generate_responses(lm, records, args.out, temperature=args.temperature, top_p=args.top_p,
+                                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+                                      prompts_source=str(args.prompts), show_progress=not args.quiet)
+            print(f"wrote {args.out}: {len(recs)} responses from {lm.name}")
+        elif args.command == "recover":
+            from recover.train import RecoveryConfig, recover
+
+            cfg = RecoveryConfig(mode=args.mode, quant=not args.no_quant, r=args.rank, alpha=args.alpha, lr=args.lr,
+                                 warmup=args.warmup, batch_size=args.batch_size, micro_batch=args.micro_batch,
+                                 max_seq_len=args.max_seq_len, steps=args.steps, token_budget=args.token_budget,
+                                 eval_n=args.eval_n, eval_every=args.eval_every, save_every=args.save_every,
+                                 seed=args.seed)
+            s = recover(args.model, args.data, args.out, cfg, teacher=args.teacher, device=args.device,
+                        show_progress=not args.quiet)
+            print(f"{s['mode']}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
+                  f"{s['tokens_per_s']:.0f} tokens/s, held-out perplexity {s['final_eval_ppl']:.2f}")
+            print(f"wrote {args.out} (merged standard checkpoint, adapter/, curve.csv, curve.png)")
         return 0
     except PrunescopeError as e:
         print(f"prunescope: error: {e}", file=sys.stderr)

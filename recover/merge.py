@@ -1,0 +1,64 @@
+"""Merge a LoRA adapter into its base and write a standard checkpoint that plain transformers loads.
+
+A QLoRA adapter was trained against the *4-bit* weights, so by default it is merged into those
+weights dequantized to full precision (``quant=True``): the merged model then computes what the
+adapter model computed. ``quant=False`` merges into the full-precision base (plain LoRA).
+
+>>> # merge_adapter("pruned/bi25", "recovered/bi25-sgr/adapter", "recovered/bi25-sgr")
+>>> # AutoModelForCausalLM.from_pretrained("recovered/bi25-sgr")     # a plain LlamaForCausalLM
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from probe.results import atomic_write_json
+
+
+def merged_model(base: str | Path, adapter: str | Path, *, quant: bool = True):
+    """The base (dequantized from NF4 when ``quant``) with the adapter folded in, on CPU in fp32."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from .train import load_student
+
+    if quant:
+        model = load_student(base, quant=True, device="cpu").dequantize()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model.config.quantization_config = None  # a plain full-precision checkpoint
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model.float().eval()
+
+
+def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, quant: bool = True, tokenizer=None,
+                  record: dict | None = None) -> Path:
+    """Write the merged model into ``out`` (files staged in a temp folder, moved in, config.json last)."""
+    from transformers import AutoTokenizer
+
+    out = Path(out)
+    model = merged_model(base, adapter, quant=quant)
+    tok = tokenizer or AutoTokenizer.from_pretrained(base)
+    tmp = Path(tempfile.mkdtemp(prefix=".merged-", dir=out))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        plan = Path(base) / "prunescope_plan.json"
+        if plan.is_file():  # keep the pruning record with the model it describes
+            shutil.copy(plan, tmp / "prunescope_plan.json")
+        atomic_write_json(tmp / "prunescope_recovery.json",
+                          {"base": str(base), "adapter": str(adapter), "merged_into": "dequantized NF4" if quant
+                           else "full-precision base", **(record or {})})
+        names = sorted(os.listdir(tmp), key=lambda n: n == "config.json")  # a loader sees config.json last
+        for name in names:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,394 @@
+"""Recovery finetuning of a pruned model: QLoRA on Self-Generated Responses (the paper's recipe),
+on the prompt file's own responses (the external arm), or logit distillation from the base model.
+
+QLoRA = the pruned model loaded in 4-bit NF4 with double quantization (bitsandbytes; bf16 compute
+on GPU, fp32 on CPU) + LoRA r=64, alpha=16 on every linear layer (peft). AdamW, lr 2e-4 constant
+after 50 linear warm-up steps, effective batch 8 by gradient accumulation, loss on response tokens
+only. The loss of an effective batch is the mean over *its* response tokens (summed over micro
+batches, divided once), so accumulation gives the same gradient as one big batch.
+
+Everything lands in ``OUT/``: ``curve.csv``/``curve.png`` (train loss, held-out perplexity),
+``checkpoints/step-N`` (adapter + optimizer + schedule; a rerun resumes from the newest),
+``adapter/`` (final LoRA weights) and the merged model itself (a standard checkpoint).
+
+>>> # prunescope recover --model pruned/bi25 --data runs/sgr.jsonl --mode sgr --out recovered/bi25-sgr
+>>> # recover("pruned/bi25", "runs/sgr.jsonl", "recovered/bi25-sgr", RecoveryConfig(mode="sgr"))
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from probe.errors import PrunescopeError
+from probe.results import check_run_config, read_jsonl, write_table
+
+from .data import IGNORE, Example, encode_all
+
+MODES = ("sgr", "external", "distill")
+
+
+@dataclass
+class RecoveryConfig:
+    """Settings of one recovery run (paper defaults; ``max_seq_len`` 8192 as in the paper)."""
+
+    mode: str = "sgr"  # sgr: train on the base model's responses; external: the file's own; distill: KL to base
+    quant: bool = True  # 4-bit NF4 QLoRA; False = plain LoRA on the full-precision model
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.0
+    lr: float = 2e-4
+    warmup: int = 50
+    batch_size: int = 8  # effective batch (examples per optimizer step)
+    micro_batch: int = 4  # examples per forward; batch_size / micro_batch accumulation steps
+    max_seq_len: int = 8192
+    steps: int | None = None  # optimizer steps; default one epoch (or until token_budget)
+    token_budget: int | None = None  # stop after this many trained (response) tokens
+    eval_n: int = 32  # held-out examples for the perplexity curve
+    eval_every: int = 25
+    save_every: int = 50
+    grad_checkpointing: bool = True
+    kl_temperature: float = 1.0
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise PrunescopeError(f"unknown --mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.batch_size % self.micro_batch:
+            raise PrunescopeError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch {self.micro_batch}")
+        for k in ("r", "alpha", "batch_size", "micro_batch", "max_seq_len", "eval_every", "save_every"):
+            if getattr(self, k) <= 0:
+                raise PrunescopeError(f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}")
+
+
+# ---------------------------------------------------------------- models
+def check_bitsandbytes(device: str | torch.device) -> None:
+    """Fail early, with the fix, when 4-bit NF4 cannot run here."""
+    dev = torch.device(device)
+    try:
+        importlib.import_module("bitsandbytes")
+    except Exception as e:  # ImportError, or a broken native library
+        raise PrunescopeError(f"4-bit QLoRA needs bitsandbytes, which does not load here ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); `pip install bitsandbytes>=0.48`, "
+                              "or pass --no-quant for plain LoRA") from None
+    if dev.type not in ("cpu", "cuda", "xpu"):
+        raise PrunescopeError(f"bitsandbytes 4-bit has no {dev.type} backend; use cpu or cuda, or pass --no-quant")
+
+
+def load_student(path: str | Path, *, quant: bool, device: str = "cpu"):
+    """The pruned model to recover: 4-bit NF4 (double quant) or full precision, on ``device``."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    on_gpu = torch.device(device).type == "cuda"
+    compute = torch.bfloat16 if on_gpu else torch.float32
+    if not quant:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=compute).to(device)
+    check_bitsandbytes(device)
+    import bitsandbytes as bnb
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=compute)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=compute,
+                                                 device_map={"": torch.device(device).index or 0} if on_gpu else "cpu")
+    for m in model.modules():
+        # On CPUs with AVX512-BF16 the first no-grad forward repacks 4-bit weights into an inference
+        # layout whose kernel has no autograd: LoRA gradients would silently be wrong.
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+    return model
+
+
+def add_lora(model, cfg: RecoveryConfig):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.quant:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+# ---------------------------------------------------------------- batches and losses
+def collate(examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (IGNORE on prompt and padding)."""
+    n = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), n), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), n), dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        mask[i, : len(e.input_ids)] = 1
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL over response tokens, and their count."""
+    lg, lb = logits[:, :-1].float(), labels[:, 1:]
+    keep = lb != IGNORE
+    nll = torch.nn.functional.cross_entropy(lg[keep], lb[keep], reduction="sum")
+    return nll, int(keep.sum())
+
+
+def response_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                temperature: float = 1.0) -> tuple[torch.Tensor, int]:
+    """Summed KL(teacher || student) over the positions that predict response tokens."""
+    keep = labels[:, 1:] != IGNORE
+    s = torch.log_softmax(student_logits[:, :-1][keep].float() / temperature, -1)
+    t = torch.log_softmax(teacher_logits[:, :-1][keep].float() / temperature, -1)
+    kl = (t.exp() * (t - s)).sum() * temperature**2
+    return kl, int(keep.sum())
+
+
+@torch.no_grad()
+def perplexity(model, examples: list[Example], pad_id: int, micro_batch: int = 4) -> tuple[float, float]:
+    """(mean NLL per response token, perplexity) of ``model`` on ``examples``."""
+    was_training = model.training
+    model.eval()
+    device = next(p.device for p in model.parameters())
+    total, count = 0.0, 0
+    for i in range(0, len(examples), micro_batch):
+        ids, mask, labels = collate(examples[i:i + micro_batch], pad_id, device)
+        nll, n = response_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
+        total, count = total + float(nll), count + n
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return loss, math.exp(min(loss, 50.0))
+
+
+# ---------------------------------------------------------------- data
+def training_records(data: str | Path, mode: str) -> tuple[list[dict], str]:
+    """Records of an SGR file (or any prompt file with responses) and the field each mode trains on."""
+    recs = [d for _, d in read_jsonl(data, "training record")]
+    field = "reference" if mode == "external" else "response"
+    missing = [i for i, r in enumerate(recs, 1) if not isinstance(r.get(field), str) or not r[field].strip()]
+    if missing:
+        hint = ("run `prunescope sgr` on these prompts first" if field == "response"
+                else "the external arm needs the prompt file's own responses ('response'/'output' in the source)")
+        raise PrunescopeError(f"{data}: {len(missing)} of {len(recs)} records have no {field!r} text "
+                              f"(first: record {missing[0]}); {hint}")
+    return recs, field
+
+
+def split_examples(examples: list[Example], eval_n: int, seed: int) -> tuple[list[Example], list[Example]]:
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    eval_n = min(eval_n, len(examples) // 5)
+    held = [examples[i] for i in order[:eval_n]]
+    train = [examples[i] for i in order[eval_n:]]
+    if not train:
+        raise PrunescopeError(f"only {len(examples)} training records: need at least 2")
+    return train, held
+
+
+def _batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
+    """Example indices of optimizer step ``step``: a fresh seeded permutation per epoch, so a
+    resumed run sees exactly the examples an uninterrupted one would."""
+    out = []
+    for g in range(step * batch, (step + 1) * batch):
+        epoch, pos = divmod(g, n)
+        perm = list(range(n))
+        random.Random(seed * 1000003 + epoch).shuffle(perm)
+        out.append(perm[pos])
+    return out
+
+
+# ---------------------------------------------------------------- checkpoints
+def _latest_checkpoint(out: Path) -> Path | None:
+    ck = sorted((out / "checkpoints").glob("step-*"))
+    return ck[-1] if ck else None
+
+
+def _save_checkpoint(out: Path, pm, opt, sched, state: dict) -> Path:
+    """Adapter + optimizer + schedule + counters, written to a temp folder and renamed."""
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state['step']:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    pm.save_pretrained(tmp)
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), **state}, tmp / "state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in sorted(root.glob("step-*"))[:-1]:  # keep the newest only
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(path: Path, pm, opt, sched) -> dict:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(pm, load_file(path / "adapter_model.safetensors"))
+    st = torch.load(path / "state.pt", weights_only=False)
+    opt.load_state_dict(st.pop("optimizer"))
+    sched.load_state_dict(st.pop("scheduler"))
+    return st
+
+
+# ---------------------------------------------------------------- the run
+def recover(model: str | Path, data: str | Path, out: str | Path, cfg: RecoveryConfig | None = None, *,
+            teacher: str | Path | None = None, device: str = "cpu", stop_after: int | None = None,
+            merge: bool = True, show_progress: bool = True) -> dict:
+    """Finetune the pruned ``model`` on ``data`` (an SGR file) and write the recovered model to ``out``.
+
+    ``teacher``: the base model for ``mode="distill"``. ``stop_after``: leave after this many optimizer
+    steps in this call (a later call resumes) — for time-sliced machines. Returns a summary dict.
+    """
+    from probe.models import resolve_model
+
+    cfg = cfg or RecoveryConfig()
+    cfg.check()
+    out = Path(out)
+    student_path = resolve_model(model)
+    if cfg.mode == "distill" and teacher is None:
+        raise PrunescopeError("--mode distill needs --teacher BASE_MODEL (the unpruned model); "
+                              "use 'default' for the embedded default model")
+    records, field = training_records(data, cfg.mode)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(student_path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    examples = encode_all(tok, records, field if cfg.mode != "distill" else "response", cfg.max_seq_len)
+    train, held = split_examples(examples, cfg.eval_n, cfg.seed)
+    run_config = {"model": str(student_path), "data": str(data), "teacher": str(teacher) if teacher else None,
+                  **asdict(cfg), "n_train": len(train), "n_eval": len(held)}
+    out.mkdir(parents=True, exist_ok=True)
+    check_run_config(out, run_config, "recovery run")
+
+    steps = cfg.steps
+    if steps is None:
+        steps = math.ceil(len(train) / cfg.batch_size) if cfg.token_budget is None else 10**9
+    torch.manual_seed(cfg.seed)
+    pm = add_lora(load_student(student_path, quant=cfg.quant, device=device), cfg)
+    pm.train()
+    teacher_model = None
+    if cfg.mode == "distill":
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        teacher_model = AutoModelForCausalLM.from_pretrained(resolve_model(teacher), dtype=dtype).to(device).eval()
+        if teacher_model.config.vocab_size != pm.config.vocab_size:
+            raise PrunescopeError("teacher and student have different vocabularies: distill from the model "
+                                  "the student was pruned from")
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
+    state = {"step": 0, "tokens": 0, "all_tokens": 0, "train_seconds": 0.0, "curve": []}
+    ck = _latest_checkpoint(out)
+    if ck is not None:
+        state = _load_checkpoint(ck, pm, opt, sched)
+    dev = next(p.device for p in pm.parameters() if p.requires_grad)
+    pad = tok.pad_token_id
+
+    def log_eval(train_loss: float | None) -> None:
+        loss, ppl = perplexity(pm, held, pad, cfg.micro_batch)
+        secs = state["train_seconds"]
+        state["curve"].append({"step": state["step"], "tokens": state["tokens"], "train_loss": train_loss,
+                               "eval_loss": loss, "eval_ppl": ppl, "lr": sched.get_last_lr()[0],
+                               "train_seconds": round(secs, 3),
+                               "tokens_per_s": state["all_tokens"] / secs if secs else None})
+        write_table(state["curve"], out / "curve", columns=list(state["curve"][0]))
+
+    if not state["curve"]:
+        log_eval(None)
+    bar = tqdm(total=steps if steps < 10**9 else None, initial=state["step"], desc=f"recover ({cfg.mode})",
+               unit="step", disable=not show_progress)
+    done_here, window = 0, []
+    while state["step"] < steps and (cfg.token_budget is None or state["tokens"] < cfg.token_budget):
+        if stop_after is not None and done_here >= stop_after:
+            break
+        t0 = time.perf_counter()
+        batch = [train[i] for i in _batch_indices(state["step"], cfg.batch_size, len(train), cfg.seed)]
+        n_resp = sum(e.n_response for e in batch)
+        step_loss = 0.0
+        for i in range(0, len(batch), cfg.micro_batch):
+            ids, mask, labels = collate(batch[i:i + cfg.micro_batch], pad, dev)
+            logits = pm(input_ids=ids, attention_mask=mask).logits
+            if teacher_model is not None:
+                with torch.no_grad():
+                    t_logits = teacher_model(input_ids=ids, attention_mask=mask).logits
+                loss_sum, _ = response_kl(logits, t_logits, labels, cfg.kl_temperature)
+            else:
+                loss_sum, _ = response_nll(logits, labels)
+            (loss_sum / max(n_resp, 1)).backward()
+            step_loss += float(loss_sum.detach()) / max(n_resp, 1)
+            state["all_tokens"] += int(mask.sum())
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        state["train_seconds"] += time.perf_counter() - t0
+        state["step"] += 1
+        state["tokens"] += n_resp
+        done_here += 1
+        window.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}")
+        last = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
+        if state["step"] % cfg.eval_every == 0 or last:
+            log_eval(sum(window) / len(window))
+            window = []
+        if state["step"] % cfg.save_every == 0 or last:
+            _save_checkpoint(out, pm, opt, sched, state)
+    bar.close()
+    finished = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
+    summary = {"mode": cfg.mode, "steps": state["step"], "trained_tokens": state["tokens"],
+               "all_tokens": state["all_tokens"], "train_seconds": round(state["train_seconds"], 2),
+               "tokens_per_s": state["all_tokens"] / state["train_seconds"] if state["train_seconds"] else None,
+               "final_eval_ppl": state["curve"][-1]["eval_ppl"], "finished": finished, "out": str(out)}
+    if not finished:
+        if done_here and state["step"] % cfg.save_every:
+            _save_checkpoint(out, pm, opt, sched, state)
+        return summary
+    plot_curve(state["curve"], out / "curve.png", f"{Path(str(student_path)).name}: {cfg.mode}")
+    adapter = out / "adapter"
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out))
+    pm.save_pretrained(tmp)
+    if adapter.exists():
+        shutil.rmtree(adapter)
+    tmp.rename(adapter)
+    if merge:
+        from .merge import merge_adapter
+
+        merge_adapter(student_path, adapter, out, quant=cfg.quant, tokenizer=tok,
+                      record={"recovery": summary, "config": run_config})
+    return summary
+
+
+def plot_curve(curve: list[dict], path: Path, title: str) -> Path:
+    from probe.plots import _save, plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
+    ax.plot([c["tokens"] for c in curve], [c["eval_ppl"] for c in curve], marker="o", label="held-out perplexity")
+    ax.set_xlabel("trained response tokens")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
+
+
+def read_summary(out: str | Path) -> dict:
+    """The recovery record written next to a merged model."""
+    return json.loads((Path(out) / "prunescope_recovery.json").read_text())
+
+
+__all__ = ["RecoveryConfig", "recover", "load_student", "add_lora", "perplexity", "response_nll", "response_kl",
+           "collate", "check_bitsandbytes", "plot_curve", "read_summary"]

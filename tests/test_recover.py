@@ -1,0 +1,163 @@
+"""Recovery: prompts, SGR generation with resume, QLoRA training, resume, merge, distillation, errors."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from probe.errors import PrunescopeError
+from probe.models import load_model
+from recover.data import IGNORE, builtin_prompts, encode_example, load_prompts, prompt_text
+from recover.sgr import generate_responses
+from recover.train import RecoveryConfig, check_bitsandbytes, recover
+
+FAST = dict(warmup=2, eval_every=2, save_every=2, micro_batch=4, batch_size=8, eval_n=6, lr=2e-3, r=8, alpha=16)
+
+
+@pytest.fixture(scope="module")
+def sgr_file(tmp_path_factory):
+    recs = [{"id": str(i), "prompt": f"What is {i} plus {i}?", "response": f"{i} plus {i} is {2 * i}. " * 3,
+             "reference": f"The sum is {2 * i}."} for i in range(30)]
+    path = tmp_path_factory.mktemp("data") / "sgr.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def _curve(out):
+    return [json.loads(x) for x in (out / "curve.jsonl").read_text().splitlines()]
+
+
+def test_qlora_loss_falls_and_merge_matches_adapter(tiny_llama_dir, sgr_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from recover.train import load_student
+
+    out = tmp_path / "rec"
+    s = recover(tiny_llama_dir, sgr_file, out, RecoveryConfig(steps=6, **FAST), show_progress=False)
+    curve = _curve(out)
+    assert s["finished"] and s["steps"] == 6 and [c["step"] for c in curve] == [0, 2, 4, 6]
+    assert curve[-1]["eval_loss"] < curve[0]["eval_loss"] - 0.5  # held-out response loss falls
+    assert (out / "curve.png").is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    # the merged folder is a plain checkpoint whose logits equal the 4-bit model + adapter
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(merged).__name__ == "LlamaForCausalLM" and getattr(merged.config, "quantization_config", None) is None
+    adapted = PeftModel.from_pretrained(load_student(tiny_llama_dir, quant=True), str(out / "adapter")).eval()
+    ids = torch.randint(5, 500, (2, 16))
+    with torch.no_grad():
+        a, m = adapted(ids).logits, merged(ids).logits
+    assert torch.allclose(a, m, atol=1e-4), (a - m).abs().max()
+    rec = json.loads((out / "prunescope_recovery.json").read_text())
+    assert rec["merged_into"] == "dequantized NF4" and rec["recovery"]["mode"] == "sgr"
+
+
+def test_resume_continues_from_saved_step(tiny_llama_dir, sgr_file, tmp_path):
+    cfg = dict(steps=6, **FAST)
+    full = tmp_path / "full"
+    recover(tiny_llama_dir, sgr_file, full, RecoveryConfig(**cfg), show_progress=False, merge=False)
+    part = tmp_path / "part"
+    s = recover(tiny_llama_dir, sgr_file, part, RecoveryConfig(**cfg), stop_after=3, show_progress=False)
+    assert not s["finished"] and s["steps"] == 3
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step-000003"]
+    s = recover(tiny_llama_dir, sgr_file, part, RecoveryConfig(**cfg), show_progress=False, merge=False)
+    assert s["finished"] and s["steps"] == 6
+    a, b = _curve(full), _curve(part)
+    assert [c["step"] for c in b] == [0, 2, 4, 6]
+    for x, y in zip(a, b):
+        assert x["eval_loss"] == pytest.approx(y["eval_loss"], abs=1e-4)
+    with pytest.raises(PrunescopeError, match="different settings"):
+        recover(tiny_llama_dir, sgr_file, part, RecoveryConfig(**{**cfg, "lr": 1e-3}), show_progress=False)
+
+
+def test_plain_lora_external_and_distill(tiny_llama_dir, sgr_file, tmp_path):
+    s = recover(tiny_llama_dir, sgr_file, tmp_path / "ext", RecoveryConfig(mode="external", quant=False, steps=4, **FAST),
+                show_progress=False, merge=False)
+    assert s["trained_tokens"] < 4 * 8 * 12  # the short references, not the long SGR responses
+    # distill the 4-layer model into itself with layer 2 removed: the KL on responses falls
+    from prune.surgery import save_pruned
+
+    lm = load_model(tiny_llama_dir)
+    pruned = save_pruned(lm.model, lm.tokenizer, [2], tmp_path / "pruned")
+    s = recover(pruned, sgr_file, tmp_path / "kd", RecoveryConfig(mode="distill", quant=False, steps=8, **FAST),
+                teacher=tiny_llama_dir, show_progress=False, merge=False)
+    kl = [c["train_loss"] for c in _curve(tmp_path / "kd")[1:]]
+    assert s["finished"] and kl[-1] < 0.7 * kl[0], kl
+    with pytest.raises(PrunescopeError, match="--teacher"):
+        recover(tiny_llama_dir, sgr_file, tmp_path / "kd2", RecoveryConfig(mode="distill"), show_progress=False)
+
+
+def test_prompt_tokens_are_masked_on_ids(default_model, tiny):
+    _, tiny_tok = tiny
+    rec = {"id": "a", "prompt": "What is 12 + 7?", "response": "12 + 7 = 19."}
+    for tok in (default_model.tokenizer, tiny_tok):
+        ex = encode_example(tok, rec, "response", max_len=512)
+        p_ids = tok(prompt_text(tok, rec), add_special_tokens=not tok.chat_template).input_ids
+        assert ex.input_ids[: len(p_ids)] == p_ids and ex.labels[: len(p_ids)] == [IGNORE] * len(p_ids)
+        resp = ex.labels[len(p_ids):]
+        assert resp == ex.input_ids[len(p_ids):] and IGNORE not in resp and len(resp) == ex.n_response
+        assert tok.decode(resp).startswith("12 + 7 = 19.")
+    # the default model's chat template: the response ends with the end-of-turn marker
+    ex = encode_example(default_model.tokenizer, rec, "response", max_len=512)
+    assert "<|im_end|>" in default_model.tokenizer.decode(ex.input_ids[-ex.n_response:])
+    with pytest.raises(PrunescopeError, match="max-seq-len"):
+        encode_example(default_model.tokenizer, rec, "response", max_len=10)
+
+
+def test_sgr_resumes_without_duplicates(tiny_llama_dir, tmp_path):
+    lm = load_model(tiny_llama_dir)
+    records = [{"id": str(i), "prompt": f"Tell me about {w}."} for i, w in enumerate("abcdefghij")]
+    kw = dict(temperature=0.9, max_new_tokens=6, batch_size=3, seed=1, show_progress=False)
+    ref = generate_responses(lm, records, tmp_path / "full.jsonl", **kw)
+    out = tmp_path / "part.jsonl"
+    generate_responses(lm, records[:6], out, **kw)  # "crash" after 2 batches ...
+    out.write_text(out.read_text() + '{"id": "6", "prom')  # ... while writing the third
+    got = generate_responses(lm, records, out, **kw)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines) == [str(i) for i in range(10)]  # none dropped, none twice
+    assert [r["response"] for r in got] == [r["response"] for r in ref]  # same draws as one uninterrupted run
+    assert lines[0]["sgr"]["temperature"] == 0.9 and lines[0]["sgr"]["base_model"] == lm.name
+    assert lm.tokenizer.padding_side == "right"  # left padding only while generating
+    with pytest.raises(PrunescopeError, match="other settings"):
+        generate_responses(lm, records, out, **{**kw, "seed": 2})
+
+
+def test_prompt_files_and_bad_input(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"instruction": "Add", "input": "2 and 3", "output": "5"}\n'
+                 '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n'
+                 '{"question": "Why?", "answer": "Because."}\n')
+    recs = load_prompts(f)
+    assert [r.get("prompt") for r in recs] == ["Add\n\n2 and 3", None, "Why?"]
+    assert [r["reference"] for r in recs] == ["5", "Hello", "Because."] and recs[1]["messages"][0]["content"] == "Hi"
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(PrunescopeError, match="holds no prompts"):
+        load_prompts(tmp_path / "empty.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"\n')
+    with pytest.raises(PrunescopeError, match=r"bad.jsonl:2: not valid JSON"):
+        load_prompts(tmp_path / "bad.jsonl")
+    (tmp_path / "nokey.jsonl").write_text('{"text": "a"}\n')
+    with pytest.raises(PrunescopeError, match=r"nokey.jsonl:1: no prompt found"):
+        load_prompts(tmp_path / "nokey.jsonl")
+
+
+def test_missing_bitsandbytes_and_missing_responses(monkeypatch, tiny_llama_dir, tmp_path):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    with pytest.raises(PrunescopeError, match="--no-quant"):
+        check_bitsandbytes("cpu")
+    monkeypatch.undo()
+    with pytest.raises(PrunescopeError, match="no mps backend"):
+        check_bitsandbytes("mps")
+    f = tmp_path / "prompts.jsonl"
+    f.write_text('{"id": "0", "prompt": "Hi"}\n{"id": "1", "prompt": "Yo"}\n')
+    with pytest.raises(PrunescopeError, match="run `prunescope sgr`"):
+        recover(tiny_llama_dir, f, tmp_path / "x", RecoveryConfig(), show_progress=False)
+    assert not (tmp_path / "x").exists()  # nothing written before the input was checked
+
+
+def test_builtin_prompt_set():
+    recs = builtin_prompts(60, seed=0)
+    assert len(recs) == 60 and {r["category"] for r in recs} == {"instruction", "maths", "code"}
+    assert sum(r["category"] == "code" for r in recs) == 20
+    assert all(r["prompt"].strip() and r["reference"].strip() for r in recs)
+    assert builtin_prompts(60, seed=0) == recs and builtin_prompts(60, seed=1) != recs
