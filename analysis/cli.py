@@ -9,6 +9,7 @@ A user mistake prints one line, ``prunescope: error: ...``, and exits with statu
     prunescope score  [--model M] [--text FILE] [--angular 8] [--ppl] [--sweep T] [--patch T] --out runs/NAME
     prunescope prune  [--model M] --strategy bi|angular|reverse|iterative|score --ratio 0.25 --out pruned/NAME
     prunescope sgr    [--model BASE] [--prompts FILE|builtin] --out sgr.jsonl
+    prunescope report RUN_DIR                          report.md + self-contained report.html
     prunescope recover --model PRUNED --data sgr.jsonl --mode sgr|external|distill --out recovered/NAME
 """
 
@@ -50,12 +51,20 @@ def _sets(text: str) -> list[list[int]]:
     return out
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, multi_gpu: bool = False) -> None:
     p.add_argument("--model", default=None,
                    help="model folder, .gguf file or hub id (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weights dtype (default: float32)")
+    if multi_gpu:
+        p.add_argument("--devices", type=int, default=None,
+                       help="split the work over N processes, one model copy per GPU (with --device cuda); "
+                            "same as running under torchrun --nproc_per_node N -m analysis.cli ...")
+        p.add_argument("--device-map", default=None, choices=["auto", "balanced", "balanced_low_0", "sequential", "cpu"],
+                       help="shard one model over the visible GPUs with accelerate (for models larger than a GPU)")
+        p.add_argument("--max-memory", default=None,
+                       help="memory per device for --device-map, e.g. '0=70GiB,1=70GiB' (implies --device-map auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Layer-skip sweep: score probes with no layer skipped, each single layer "
                                    "skipped, contiguous windows, and any given sets. Writes OUT/sweep.csv, "
                                    ".jsonl, the items used, and figures. Re-running resumes.")
-    _add_model_args(p)
+    _add_model_args(p, multi_gpu=True)
     p.add_argument("--probe", default="arithmetic",
                    help="comma-separated probes: arithmetic, arithmetic_multi, brackets, copy, or a JSONL "
                         "file of items {prompt, answer, wrong, group} (default: arithmetic)")
@@ -104,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the residual stream per layer x position, attention and MLP outputs, and "
                                    "attention heads. Writes OUT/patch.csv, layers.csv (per-layer effect), the pairs "
                                    "used and heatmaps. Re-running resumes.")
-    _add_model_args(p)
+    _add_model_args(p, multi_gpu=True)
     p.add_argument("--probe", default="arithmetic",
                    help="arithmetic, brackets, or a JSONL file of pairs {clean, corrupt, answer_clean, "
                         "answer_corrupt} (default: arithmetic)")
@@ -215,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder, e.g. recovered/NAME")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("report", help="one Markdown + one self-contained HTML report of a run folder",
+                       description="Write RUN_DIR/report.md and report.html: config, package versions, retention "
+                                   "(classification vs generative gap), probe accuracy per stage, failure signatures "
+                                   "of generated responses with examples, and every other figure and table. Computes "
+                                   "retention.csv/png, probes.png and signatures.csv when they are missing.")
+    p.add_argument("run_dir", help="a run folder (config.yaml, eval/, probes.csv, localize/, score/, ...)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -275,7 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                          probe_options={k: v for k, v in [("shots", args.shots), ("ops", args.ops),
                                         ("digits", args.digits), ("carry", args.carry)] if v is not None},
                          prefix_reuse=not args.no_prefix_reuse, device=args.device, dtype=args.dtype,
+                         devices=args.devices, device_map=args.device_map, max_memory=args.max_memory,
                          show_progress=not args.quiet)
+            from probe.distributed import env_world
+
+            if env_world().rank != 0:   # under torchrun every rank gets the rows; rank 0 prints
+                return 0
             metrics = tuple(dict.fromkeys([args.metric, "accuracy", "logit_diff", "loss"]))
             print(format_sweep_table(rows, metrics))
             if args.out:
@@ -287,7 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise PrunescopeError(f"--n must be a positive number of pairs, got {args.n}")
             result = patch(args.model, args.probe, args.n, args.out, method=args.method, backend=args.backend,
                            direction=args.direction, kinds=args.kinds, positions=args.positions, seed=args.seed,
-                           shots=args.shots, device=args.device, dtype=args.dtype, show_progress=not args.quiet)
+                           shots=args.shots, device=args.device, dtype=args.dtype, devices=args.devices,
+                           device_map=args.device_map, max_memory=args.max_memory, show_progress=not args.quiet)
+            from probe.distributed import env_world
+
+            if env_world().rank != 0:
+                return 0
             print(format_layer_ranking(result))
             if args.out:
                 print(f"wrote {args.out}/patch.csv, layers.csv, pairs.jsonl and heatmaps")
@@ -344,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{s['mode']}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
                   f"{s['tokens_per_s']:.0f} tokens/s, held-out perplexity {s['final_eval_ppl']:.2f}")
             print(f"wrote {args.out} (merged standard checkpoint, adapter/, curve.csv, curve.png)")
+        elif args.command == "report":
+            from analysis.report import report
+
+            md, page = report(args.run_dir, show_progress=not args.quiet)
+            print(f"wrote {md} and {page}")
         return 0
     except PrunescopeError as e:
         print(f"prunescope: error: {e}", file=sys.stderr)

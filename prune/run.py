@@ -194,13 +194,13 @@ def prune(model: str | None = None, strategy: str = "bi", out: str | Path | None
 
 @torch.no_grad()
 def probe_accuracy(model_dir: str | Path, probes: Sequence[str] = ("arithmetic_multi", "brackets", "copy"),
-                   n: int = 60) -> dict[str, float]:
+                   n: int = 60, device: str = "cpu", loaded=None) -> dict[str, float]:
     """Accuracy of a (pruned) checkpoint on the built-in probes (3-shot addition, brackets, copy)."""
     from probe.models import load_model
     from probe.scoring import ScoringPlan, aggregate, score_items
     from probe.tasks import make_items
 
-    lm = load_model(model_dir)
+    lm = loaded or load_model(model_dir, device=device)
     out = {}
     for p in probes:
         opts = {"shots": 3, "ops": "+"} if p == "arithmetic_multi" else {}

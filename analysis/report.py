@@ -1,0 +1,385 @@
+"""``prunescope report RUN_DIR``: one Markdown and one self-contained HTML page for a whole run.
+
+It shows what the run folder holds and says what is missing::
+
+    run_dir/config.yaml | config.json
+    run_dir/localize/...                         sweep / patching tables and figures
+    run_dir/score/scores.csv, scores.png
+    run_dir/eval/eval.csv                        all stages, tidy + category column
+    run_dir/eval/<stage>/samples/<task>.jsonl    generated responses
+    run_dir/probes.csv                           probe accuracy per stage
+    run_dir/retention.csv|png, probes.png, signatures.csv   (computed here when absent)
+
+The HTML embeds every figure as a base64 PNG and needs no external CSS or JS; every text from the
+run (config, responses) is escaped. Both files are written atomically.
+
+>>> # md, html = report("runs/llama-bi25")   -> runs/llama-bi25/report.md, report.html
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import importlib.metadata
+import json
+import math
+import platform
+from pathlib import Path
+
+from probe.errors import PrunescopeError
+from probe.results import atomic_write_text, read_table, write_table
+
+from .retention import plot_probes, plot_retention, probe_comparison, retention_table
+from .signatures import aggregate_signatures, examples, run_signatures
+
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "lm_eval", "evalplus", "transformer_lens", "nnsight")
+MAX_TABLE_ROWS = 40         # longer tables (patching cells: thousands of rows) are cut, with a note
+SHOWN = ("retention.csv", "probes.csv", "signatures.csv", "retention.png", "probes.png", "eval/eval.csv")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions (``importlib.metadata``; distribution names differ from module names:
+    lm_eval is ``lm-eval``, transformer_lens ``transformer-lens``), "not installed" otherwise."""
+    out = {}
+    for name in PACKAGES:
+        for dist in (name, name.replace("_", "-")):
+            try:
+                out[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        else:
+            out[name] = "not installed"
+    out["python"] = platform.python_version()
+    return out
+
+
+# ---------------------------------------------------------------- a tiny document model, two renderers
+
+class Doc:
+    """Blocks (heading, paragraph, code, table, image) rendered to Markdown and to HTML."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.blocks: list[tuple] = []
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def code(self, text: str, lang: str = "") -> None:
+        self.blocks.append(("code", text, lang))
+
+    def table(self, headers: list[str], rows: list[list], note: str = "") -> None:
+        self.blocks.append(("table", headers, [[_cell(c) for c in r] for r in rows], note))
+
+    def image(self, path: Path, caption: str) -> None:
+        self.blocks.append(("img", path, caption))
+
+    def markdown(self) -> str:
+        out = []
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append("#" * b[1] + " " + b[2].replace("\n", " "))
+            elif b[0] == "p":
+                out.append(_md_text(b[1]))
+            elif b[0] == "code":
+                fence = "`" * max(3, _longest_backticks(b[1]) + 1)    # a fence the text cannot close
+                out.append(f"{fence}{b[2]}\n{b[1].rstrip()}\n{fence}")
+            elif b[0] == "table":
+                _, headers, rows, note = b
+                lines = ["| " + " | ".join(_md_cell(x) for x in headers) + " |",
+                         "|" + "|".join("---" for _ in headers) + "|"]
+                lines += ["| " + " | ".join(_md_cell(x) for x in r) + " |" for r in rows]
+                out.append("\n".join(lines) + (f"\n\n{_md_text(note)}" if note else ""))
+            elif b[0] == "img":
+                rel = b[1].relative_to(self.root).as_posix()
+                out.append(f"![{_md_text(b[2])}]({rel})\n\n*{_md_text(b[2])}*")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        e = html.escape
+        out = []
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
+            elif b[0] == "p":
+                out.append(f"<p>{e(b[1])}</p>")
+            elif b[0] == "code":
+                out.append(f"<pre><code>{e(b[1].rstrip())}</code></pre>")
+            elif b[0] == "table":
+                _, headers, rows, note = b
+                head = "".join(f"<th>{e(x)}</th>" for x in headers)
+                body = "".join("<tr>" + "".join(f"<td>{e(x)}</td>" for x in r) + "</tr>" for r in rows)
+                out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+                           + (f"<p class=\"note\">{e(note)}</p>" if note else ""))
+            elif b[0] == "img":
+                data = base64.b64encode(b[1].read_bytes()).decode("ascii")
+                out.append(f"<figure><img alt=\"{e(b[2])}\" src=\"data:image/png;base64,{data}\">"
+                           f"<figcaption>{e(b[2])}</figcaption></figure>")
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+                 "table{border-collapse:collapse;margin:.5em 0;font-size:.9em}"
+                 "th,td{border:1px solid #ccc;padding:.2em .5em;text-align:left}th{background:#f0f0f0}"
+                 "pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}"
+                 "img{max-width:100%}figcaption,.note{color:#555;font-size:.85em}")
+        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
+                f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def _longest_backticks(text: str) -> int:
+    best = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        best = max(best, run)
+    return best
+
+
+def _md_text(text: str) -> str:
+    # raw HTML in Markdown would be rendered by most viewers: escape the angle brackets
+    return str(text).replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _md_cell(text: str) -> str:
+    return _md_text(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _cell(x) -> str:
+    if x is None or x == "":
+        return ""
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, (int, float)) or _is_number(x):
+        v = float(x)
+        if math.isnan(v):
+            return "nan"
+        if v == int(v) and abs(v) < 1e15 and "." not in str(x):
+            return str(int(v))
+        return f"{v:.3f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(x)
+
+
+def _is_number(x) -> bool:
+    try:
+        float(x)
+        return isinstance(x, str) and x.strip().lower() not in ("nan", "inf", "-inf", "infinity")
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- sections
+
+def _config(run_dir: Path, doc: Doc, missing: list[str]) -> dict:
+    doc.h(2, "Configuration")
+    for name in ("config.yaml", "config.json"):
+        path = run_dir / name
+        if path.is_file():
+            text = path.read_text()
+            doc.p(f"From {name}:")
+            doc.code(text, "yaml" if name.endswith("yaml") else "json")
+            try:
+                if name.endswith("yaml"):
+                    import yaml
+
+                    cfg = yaml.safe_load(text)
+                else:
+                    cfg = json.loads(text)
+            except Exception:                   # shown as text anyway; only the model name is lost
+                cfg = None
+            return cfg if isinstance(cfg, dict) else {}
+    doc.p("No config.yaml or config.json in the run folder.")
+    missing.append("config.yaml / config.json")
+    return {}
+
+
+def _wide(rows: list[dict], key_cols: list[str], value=lambda r: r["value"]) -> tuple[list[str], list[list]]:
+    """Tidy rows -> one line per key, one column per stage (condition), in first-appearance order."""
+    stages = list(dict.fromkeys(r["condition"] for r in rows))
+    lines: dict[tuple, dict] = {}
+    for r in rows:
+        lines.setdefault(tuple(r.get(k, "") for k in key_cols), {})[r["condition"]] = value(r)
+    return key_cols + stages, [list(k) + [v.get(s) for s in stages] for k, v in lines.items()]
+
+
+def _base_stage(table: list[dict]) -> str:
+    """The base stage of a retention table read back from CSV: the first stage whose tasks all have
+    score == base score."""
+    stages = list(dict.fromkeys(r["condition"] for r in table))
+    for s in stages:
+        rows = [r for r in table if r["condition"] == s and r.get("level") == "task"]
+        if rows and all(str(r.get("score")) == str(r.get("base_score")) for r in rows):
+            return s
+    return "base"
+
+
+def _retention(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict] | None) -> None:
+    doc.h(2, "Evaluation and retention (score / base score)")
+    if eval_rows:
+        headers, lines = _wide(eval_rows, ["model", "probe", "category", "metric"])
+        headers[1] = "task"
+        doc.table(headers, lines, "Every metric per task (columns: stages), from eval/eval.csv "
+                                  "(or the per-stage eval/<stage>/eval.csv tables).")
+    path = run_dir / "retention.csv"
+    if path.is_file():
+        table = read_table(path)
+        base = _base_stage(table)
+        doc.p("Retention from retention.csv.")
+    elif eval_rows:
+        stages = list(dict.fromkeys(r["condition"] for r in eval_rows))
+        base = "base" if "base" in stages else stages[0]
+        table = retention_table(eval_rows, base=base)
+        write_table(table, run_dir / "retention")
+        doc.p(f"Retention computed from eval/eval.csv (base stage: {base}); written to retention.csv.")
+    else:
+        doc.p("No eval/eval.csv and no retention.csv: retention is not available.")
+        missing.append("eval/eval.csv")
+        return
+    if not table:
+        doc.p("The retention table is empty.")
+        return
+    headers, lines = _wide([r for r in table if r.get("level") == "task"],
+                           ["model", "probe", "category", "score_metric"],
+                           lambda r: f"{_cell(r['value'])} ({_cell(r['score'])})")
+    headers[1], headers[3] = "task", "metric"
+    doc.table(headers, lines, "Cells: retention (score) per task and stage.")
+    headers, lines = _wide([r for r in table if r.get("level") in ("category", "gap")], ["model", "probe"])
+    headers[1] = "mean over tasks"
+    doc.table(headers, lines, "Mean retention of each category's tasks; gap = classification minus generative.")
+    fig = run_dir / "retention.png"
+    if not fig.is_file() and any(str(r["condition"]) != base for r in table):
+        plot_retention(table, fig, base=base)
+    if fig.is_file():
+        doc.image(fig, "retention.png: mean retention per category and stage (dots: tasks)")
+
+
+def _probes(run_dir: Path, doc: Doc, missing: list[str]) -> None:
+    doc.h(2, "Probe accuracy per stage")
+    path = run_dir / "probes.csv"
+    if not path.is_file():
+        doc.p("No probes.csv in the run folder.")
+        missing.append("probes.csv")
+        return
+    rows = read_table(path)
+    table = probe_comparison(rows)
+    if not table:
+        doc.p("probes.csv has no accuracy rows.")
+        return
+    headers = list(table[0])
+    doc.table(headers, [[t[h] for h in headers] for t in table], "change: last stage minus first stage.")
+    fig = run_dir / "probes.png"
+    if not fig.is_file():
+        plot_probes(rows, fig)
+    doc.image(fig, "probes.png: probe accuracy per stage")
+
+
+def _signatures(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict] | None, cfg: dict,
+                show_progress: bool) -> None:
+    doc.h(2, "Failure signatures of generated responses")
+    stages = list(dict.fromkeys(r["condition"] for r in eval_rows or []))
+    models = {r["condition"]: r.get("model", "") for r in eval_rows or []}
+    model = next(iter(models.values()), "") or str(cfg.get("model") or "")
+    records = run_signatures(run_dir, model=model, stages=stages, show_progress=show_progress)
+    for r in records:
+        r["model"] = models.get(r["stage"], r["model"])
+    path = run_dir / "signatures.csv"
+    if path.is_file():
+        rows = read_table(path)
+        doc.p("From signatures.csv.")
+    elif records:
+        rows = aggregate_signatures(records)
+        write_table(rows, run_dir / "signatures")
+        doc.p("Computed from eval/<stage>/samples/*.jsonl; written to signatures.csv.")
+    else:
+        doc.p("No generated samples (eval/<stage>/samples/<task>.jsonl) and no signatures.csv.")
+        missing.append("eval/<stage>/samples/*.jsonl")
+        return
+    headers, lines = _wide(rows, ["model", "probe", "metric"])
+    headers[1] = "task"
+    doc.table(headers, lines, "wrong_step_rate: wrong arithmetic steps / steps found; unbalanced_rate / "
+              "mismatch_rate: code with unclosed or extra / mismatched brackets; rep4: repeated 4-gram rate; "
+              "self_bleu4: intra-response Self-BLEU-4 (high = repetitive).")
+    if not records:
+        doc.p("No samples in the run folder, so no example excerpts.")
+        return
+    ex = examples(records, k=3)
+    for key, title in (("wrong_steps", "Wrong arithmetic steps"), ("bracket_errors", "Bracket errors"),
+                       ("repetitive", "Most repetitive responses")):
+        if ex[key]:
+            doc.h(3, title)
+            for item in ex[key]:
+                doc.code(item)
+
+
+def _others(run_dir: Path, doc: Doc, shown: set[Path]) -> None:
+    def listed(pattern):      # hidden files (temp files of an atomic write in progress) are skipped
+        return sorted(p for p in run_dir.rglob(pattern)
+                      if p not in shown and not any(x.startswith(".") for x in p.relative_to(run_dir).parts))
+
+    figures, tables = listed("*.png"), listed("*.csv")
+    if figures:
+        doc.h(2, "Other figures")
+        for p in figures:
+            doc.image(p, p.relative_to(run_dir).as_posix())
+    if tables:
+        doc.h(2, "Other tables")
+        for p in tables:
+            rel = p.relative_to(run_dir).as_posix()
+            doc.h(3, rel)
+            try:
+                rows = read_table(p)
+            except Exception as e:              # a foreign CSV the reader cannot parse: say so, go on
+                doc.p(f"Could not read {rel}: {e}")
+                continue
+            if not rows:
+                doc.p("(empty)")
+                continue
+            headers = list(dict.fromkeys(k for r in rows for k in r))
+            note = (f"First {MAX_TABLE_ROWS} of {len(rows)} rows; the full table is {rel}."
+                    if len(rows) > MAX_TABLE_ROWS else "")
+            doc.table(headers, [[r.get(h) for h in headers] for r in rows[:MAX_TABLE_ROWS]], note)
+
+
+def _eval_rows(run_dir: Path) -> list[dict] | None:
+    """eval/eval.csv; without it, the per-stage tables eval/<stage>/eval.csv joined (base first)."""
+    path = run_dir / "eval" / "eval.csv"
+    if path.is_file():
+        return read_table(path)
+    parts = sorted(run_dir.glob("eval/*/eval.csv"), key=lambda p: (p.parent.name != "base", p.parent.name))
+    return [r for p in parts for r in read_table(p)] or None
+
+
+def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path]:
+    """Write ``run_dir/report.md`` and ``run_dir/report.html`` (self-contained) and return their paths.
+
+    Computes and writes retention.csv / retention.png (from eval/eval.csv, or the per-stage
+    eval/<stage>/eval.csv tables joined), probes.png (from probes.csv) and signatures.csv (from the
+    sample files) when they are absent; the retention base is the stage named ``base``, else the
+    first stage of the eval table.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PrunescopeError(f"run folder {run_dir} does not exist; pass the --out folder of a run")
+    doc = Doc(run_dir)
+    missing: list[str] = []
+    title = f"prunescope report: {run_dir.resolve().name}"
+    doc.h(1, title)
+    doc.p(f"Run folder {run_dir.resolve()}, report written {_dt.datetime.now().isoformat(timespec='seconds')}.")
+    cfg = _config(run_dir, doc, missing)
+    doc.h(2, "Package versions")
+    doc.table(["package", "version"], [[k, v] for k, v in package_versions().items()])
+    eval_rows = _eval_rows(run_dir)
+    _retention(run_dir, doc, missing, eval_rows)
+    _probes(run_dir, doc, missing)
+    _signatures(run_dir, doc, missing, eval_rows, cfg, show_progress)
+    for part in ("localize", "score/scores.csv"):
+        if not (run_dir / part).exists():
+            missing.append(part)
+    shown = {run_dir / name for name in SHOWN} | set(run_dir.glob("eval/*/eval.csv"))   # all in the eval table
+    _others(run_dir, doc, shown)
+    doc.h(2, "Missing")
+    doc.p("Not in this run folder: " + ", ".join(missing) + "." if missing else "Nothing: every part of a run is here.")
+    md = atomic_write_text(run_dir / "report.md", doc.markdown())
+    page = atomic_write_text(run_dir / "report.html", doc.html(title))
+    return md, page

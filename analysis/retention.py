@@ -1,0 +1,240 @@
+"""Retention (pruned score / base score) per task, per category, and the classification-vs-generative gap.
+
+The paper's headline: pruning keeps 0.70-0.84 of classification scores but only 0.14-0.33 of
+generative ones. Input: tidy eval rows (``probe.results.COLUMNS`` + ``category``), ``probe`` = task,
+``condition`` = stage ("base", "pruned-bi", "pruned-bi+sgr", ...), several metrics per task.
+
+>>> rows = [dict(model="m", probe=t, condition=s, metric=m, value=v, category=c) for t, c, m, s, v in [
+...     ("piqa", "classification", "acc", "base", 0.8), ("piqa", "classification", "acc", "pruned", 0.6),
+...     ("gsm8k", "generative", "exact_match", "base", 0.4), ("gsm8k", "generative", "exact_match", "pruned", 0.1)]]
+>>> {r["probe"]: round(r["value"], 3) for r in retention_table(rows) if r["condition"] == "pruned"}
+{'piqa': 0.75, 'gsm8k': 0.25, 'classification': 0.75, 'generative': 0.25, 'gap': 0.5}
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+from probe.errors import PrunescopeError
+
+# The score a task's retention is computed on, when the rows do not say (no ``primary`` column).
+# Classification tasks: "acc"; generative tasks by name; metric names are matched exactly first, then
+# by their part before a comma (lm-eval names such as "exact_match,strict-match"), first one listed.
+GENERATIVE_PRIMARY = {"gsm8k": "exact_match", "humaneval": "pass@1", "mbpp": "pass@1", "xsum": "rougeL"}
+CLASSIFICATION_PRIMARY = "acc"
+GENERATIVE_TASKS = tuple(GENERATIVE_PRIMARY)
+
+
+def _category(row: dict) -> str:
+    """The row's ``category``; without one, known generative tasks by name, else classification."""
+    c = str(row.get("category") or "").strip().lower()
+    if c:
+        return c
+    return "generative" if any(g in str(row["probe"]).lower() for g in GENERATIVE_TASKS) else "classification"
+
+
+def default_metric(task: str, category: str) -> str:
+    """The documented per-task default: acc (classification), exact_match (gsm8k), pass@1 (code),
+    rougeL (xsum); a generative task not listed falls back to exact_match.
+
+    >>> default_metric("humaneval_plus", "generative"), default_metric("arc_easy", "classification")
+    ('pass@1', 'acc')
+    """
+    if category == "classification":
+        return CLASSIFICATION_PRIMARY
+    for name, metric in GENERATIVE_PRIMARY.items():
+        if name in task.lower():
+            return metric
+    return "exact_match"
+
+
+def _truthy(x) -> bool:
+    return x is True or str(x).strip().lower() in ("true", "1", "yes")
+
+
+def _pick(metrics: list[str], wanted: str) -> str | None:
+    if wanted in metrics:
+        return wanted
+    return next((m for m in metrics if m.split(",")[0] == wanted), None)
+
+
+def primary_rows(rows: list[dict], metric: str | Mapping[str, str] | None = None) -> dict[tuple, dict]:
+    """``{(model, task, stage): {"value", "metric", "category", "n"}}`` for each task's primary metric:
+    ``metric`` (one name, or task -> name) if given, else the row flagged ``primary`` (True / "true" / 1),
+    else the default. A task without such a metric is left out.
+    Repeated rows (seeds) are averaged."""
+    by_task: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_task[(r.get("model", ""), r["probe"])].append(r)
+    out: dict[tuple, dict] = {}
+    for (model, task), trs in by_task.items():
+        category = _category(trs[0])
+        metrics = list(dict.fromkeys(r["metric"] for r in trs))
+        if isinstance(metric, Mapping):
+            wanted = metric.get(task)
+            chosen = _pick(metrics, wanted) if wanted else None
+        elif metric:
+            chosen = _pick(metrics, metric)
+        else:
+            flagged = [r["metric"] for r in trs if _truthy(r.get("primary"))]
+            chosen = flagged[0] if flagged else _pick(metrics, default_metric(task, category))
+        if chosen is None:
+            continue                                   # this task has no usable score: left out
+        values: dict[str, list[float]] = defaultdict(list)
+        ns: dict[str, int] = {}
+        for r in trs:
+            if r["metric"] == chosen:
+                values[r["condition"]].append(float(r["value"]))
+                ns[r["condition"]] = r.get("n", "")
+        for stage, vs in values.items():
+            out[(model, task, stage)] = {"value": sum(vs) / len(vs), "metric": chosen, "category": category,
+                                         "n": ns[stage]}
+    return out
+
+
+def retention_table(rows: list[dict], base: str = "base", metric: str | Mapping[str, str] | None = None) -> list[dict]:
+    """Retention = score / base score per model x task x stage, then per category the mean of its
+    tasks' retentions (macro average, as the paper reports), and ``gap`` = classification retention
+    minus generative retention. Tidy rows: ``probe`` is the task, ``classification``, ``generative``
+    or ``gap``; ``condition`` the stage (the base stage is included, retention 1); ``metric`` is
+    ``retention``; extra columns ``level`` (task / category / gap), ``category``, ``score_metric``,
+    ``score``, ``base_score``. A task whose base score is 0 gets retention NaN and is left out of
+    the averages. Stages keep the order in which they first appear in ``rows``.
+    """
+    if not rows:
+        raise PrunescopeError("no eval rows to compute retention from")
+    stages = list(dict.fromkeys(r["condition"] for r in rows))
+    if base not in stages:
+        raise PrunescopeError(f"no rows for the base stage '{base}' (stages: {', '.join(map(str, stages))}); "
+                              "pass base= the unpruned stage's name")
+    scores = primary_rows(rows, metric)
+    models = list(dict.fromkeys(k[0] for k in scores))
+    out = []
+    for model in models:
+        tasks = list(dict.fromkeys(k[1] for k in scores if k[0] == model))
+        for stage in stages:
+            per_cat: dict[str, list[float]] = defaultdict(list)
+            for task in tasks:
+                s, b = scores.get((model, task, stage)), scores.get((model, task, base))
+                if s is None or b is None:
+                    continue
+                ret = s["value"] / b["value"] if b["value"] else float("nan")
+                if not math.isnan(ret):
+                    per_cat[s["category"]].append(ret)
+                out.append({"model": model, "probe": task, "condition": stage, "layers": "", "metric": "retention",
+                            "value": ret, "n": s["n"], "seed": "", "level": "task", "category": s["category"],
+                            "score_metric": s["metric"], "score": s["value"], "base_score": b["value"]})
+            for cat, rets in per_cat.items():
+                out.append({"model": model, "probe": cat, "condition": stage, "layers": "", "metric": "retention",
+                            "value": sum(rets) / len(rets), "n": len(rets), "seed": "", "level": "category",
+                            "category": cat, "score_metric": "", "score": "", "base_score": ""})
+            if per_cat.get("classification") and per_cat.get("generative"):
+                gap = (sum(per_cat["classification"]) / len(per_cat["classification"])
+                       - sum(per_cat["generative"]) / len(per_cat["generative"]))
+                out.append({"model": model, "probe": "gap", "condition": stage, "layers": "", "metric": "retention",
+                            "value": gap, "n": len(per_cat["classification"]) + len(per_cat["generative"]),
+                            "seed": "", "level": "gap", "category": "classification - generative",
+                            "score_metric": "", "score": "", "base_score": ""})
+    return out
+
+
+def _stages(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["condition"] for r in rows))
+
+
+def plot_retention(table: list[dict], path: str | Path, base: str = "base") -> Path:
+    """Grouped bars per stage (the base stage is left out: it is 1 by definition): classification and
+    generative mean retention side by side, each task's retention as a dot on its category's bar, and
+    the gap as a double arrow between the bar tops with its value above the pair. One panel per model."""
+    from probe.plots import _save, plt
+
+    table = [r for r in table if str(r["condition"]) != base]
+    models = list(dict.fromkeys(r["model"] for r in table))
+    if not models:
+        raise PrunescopeError("nothing to plot: the retention table has no stage besides the base")
+    fig, axes = plt.subplots(1, len(models), figsize=(max(5.0, 1.6 * len(_stages(table)) + 2) * len(models), 4),
+                             squeeze=False)
+    colors = {"classification": "C0", "generative": "C3"}
+    for ax, model in zip(axes[0], models):
+        rows = [r for r in table if r["model"] == model]
+        stages = _stages(rows)
+        val = {(r["level"], r["probe"], r["condition"]): float(r["value"]) for r in rows}
+        width = 0.36
+        for j, cat in enumerate(("classification", "generative")):
+            xs = [i + (j - 0.5) * width for i in range(len(stages))]
+            heights = [val.get(("category", cat, s), float("nan")) for s in stages]
+            ax.bar(xs, heights, width, color=colors[cat], alpha=0.75, label=cat)
+            for x, s in zip(xs, stages):
+                dots = [float(r["value"]) for r in rows
+                        if r["level"] == "task" and r["category"] == cat and r["condition"] == s]
+                dots = [d for d in dots if not math.isnan(d)]
+                ax.plot([x] * len(dots), dots, "o", color="k", ms=3)
+        for i, s in enumerate(stages):
+            gap = val.get(("gap", "gap", s))
+            if gap is None or math.isnan(gap):
+                continue
+            cls, gen = val[("category", "classification", s)], val[("category", "generative", s)]
+            # the gap as a double arrow between the two bar tops, its value above the group
+            ax.annotate("", (i, gen), (i, cls), arrowprops={"arrowstyle": "<->", "color": "k", "lw": 1})
+            top = max([cls, gen] + [float(r["value"]) for r in rows if r["level"] == "task" and r["condition"] == s
+                                    and not math.isnan(float(r["value"]))])
+            ax.text(i, top + 0.05, f"gap {gap:+.2f}", ha="center", fontsize=9, fontweight="bold")
+        ax.axhline(1.0, color="gray", ls="--", lw=0.8)
+        ax.set_xticks(range(len(stages)), stages, rotation=15)
+        highest = max((float(r["value"]) for r in rows if r["level"] != "gap" and not math.isnan(float(r["value"]))),
+                      default=1.0)
+        ax.set_ylim(0, max(1.3, highest + 0.25))
+        ax.set_ylabel(f"retention (score / {base})")
+        ax.set_title(f"{model}: retention (dots: tasks)" if model else "retention (dots: tasks)")
+        ax.legend(fontsize=8, loc="upper right", ncol=2)
+    return _save(fig, Path(path))
+
+
+def probe_comparison(rows: list[dict], metric: str = "accuracy") -> list[dict]:
+    """Probe accuracy across stages, one row per model x probe: ``{"model", "probe", <stage>: value, ...,
+    "n"}`` (stages in first-appearance order), plus ``change`` = last stage - first stage.
+
+    >>> rows = [dict(model="m", probe="copy", condition=s, metric="accuracy", value=v, n=10)
+    ...         for s, v in [("base", 0.9), ("pruned", 0.5), ("recovered", 0.8)]]
+    >>> t = probe_comparison(rows)[0]; (t["base"], t["pruned"], t["recovered"], round(t["change"], 3))
+    (0.9, 0.5, 0.8, -0.1)
+    """
+    rows = [r for r in rows if r["metric"] == metric]
+    stages = _stages(rows)
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r.get("model", ""), r["probe"])
+        t = table.setdefault(key, {"model": key[0], "probe": key[1], **{s: None for s in stages}, "n": r.get("n", "")})
+        t[r["condition"]] = float(r["value"])
+    for t in table.values():
+        vals = [t[s] for s in stages if t[s] is not None]
+        t["change"] = vals[-1] - vals[0] if len(vals) > 1 else None
+    return list(table.values())
+
+
+def plot_probes(rows: list[dict], path: str | Path, metric: str = "accuracy") -> Path:
+    """Grouped bars: one group per probe (and model), one bar per stage, values written on the bars."""
+    from probe.plots import _save, plt
+
+    table = probe_comparison(rows, metric)
+    if not table:
+        raise PrunescopeError(f"no probe rows with metric '{metric}' to plot")
+    stages = _stages([r for r in rows if r["metric"] == metric])
+    multi = len({t["model"] for t in table}) > 1
+    labels = [f"{t['model']}\n{t['probe']}" if multi else t["probe"] for t in table]
+    width = min(0.8 / len(stages), 0.3)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(table) * max(1, len(stages) / 2) + 2), 4))
+    for j, s in enumerate(stages):
+        xs = [i + (j - (len(stages) - 1) / 2) * width for i in range(len(table))]
+        hs = [t[s] if t[s] is not None else float("nan") for t in table]
+        bars = ax.bar(xs, hs, width, label=s, color=f"C{j}")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(table)), labels)
+    ax.set_ylim(0, 1.25)                       # room for the legend above bars at 1.0
+    ax.set_ylabel(metric)
+    ax.set_title(f"probe {metric} per stage")
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))

