@@ -18,6 +18,15 @@ tokens, divided by the matmul peak measured in the same run.
     python benchmarks/sweep.py                                   # CPU, default model, 3-shot addition
     python benchmarks/sweep.py --random-llama-8b --device cuda   # H200: 200 random prompts, 100-199 tokens
     python benchmarks/sweep.py --random-llama-8b --device cuda --shared 64   # first 64 tokens shared
+    python benchmarks/sweep.py --random-llama-8b --device cuda --devices 2   # prefix reuse on 1 GPU vs 2 (data parallel)
+    python benchmarks/sweep.py --random-llama-70b --device cuda --modes prefix   # 70B shape sharded over all GPUs
+
+``--devices N`` times the prefix-reuse sweep (``sweep_blocks``, the code ``prunescope sweep`` runs)
+in 1 process on 1 GPU and in N processes on N GPUs (NCCL; each process builds the same random
+weights, see ``probe.tiny.fill_random_``, or loads ``--model``), after a warm-up, and prints
+seconds, speed-up, efficiency and whether every row's numbers are identical.
+``--random-llama-70b`` builds the Llama-3.1-70B shape (141 GB in bf16) directly sharded over the
+visible GPUs with accelerate (``probe.tiny.random_sharded_model``).
 """
 
 from __future__ import annotations
@@ -43,8 +52,11 @@ from probe.sweep import (  # noqa: E402
 
 
 def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+    """Wait for the GPU work: of that GPU, or of every GPU for plain "cuda" (a sharded model)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        for i in [dev.index] if dev.index is not None else range(torch.cuda.device_count()):
+            torch.cuda.synchronize(i)
 
 
 def matmul_peak(device, dtype) -> float:
@@ -139,10 +151,87 @@ def run_schedule(blocks, plan, conditions, mode, batch_size, shared_obj=None) ->
     return time.perf_counter() - t, preds
 
 
+def _dp_worker(kind: str, model_spec: str | None, shape: str | None, dtype_name: str, plan: ScoringPlan,
+               batch_size: int) -> dict:
+    """One rank of the ``--devices`` timing: build or load the model on this rank's GPU, time the sweep.
+
+    ``kind``: ``cuda`` (NCCL, rank r on GPU r) or ``cpu`` (gloo; only to check the code path)."""
+    import torch.distributed as tdist
+
+    from probe.distributed import distributed, rank_device
+    from probe.sweep import sweep_blocks
+
+    dtype = getattr(torch, dtype_name)
+    with distributed(kind) as d:
+        device = "cpu" if kind == "cpu" else rank_device("cuda", d) if d.world_size > 1 else "cuda:0"
+        if shape:
+            from probe.tiny import fill_random_, llama3_8b_config, random_weight_model
+
+            model = fill_random_(random_weight_model(llama3_8b_config(), device, dtype))
+        else:
+            from probe.models import load_model
+
+            model = load_model(model_spec, device=device, dtype=dtype).model
+        blocks = Blocks(model)
+        warm = ScoringPlan.__new__(ScoringPlan)
+        warm.items, warm.scoring, warm.pad_id, warm.rows = plan.items[:2], plan.scoring, plan.pad_id, plan.rows[:2]
+        sweep_blocks(blocks, None, {"warm": warm}, batch_size=2, windows=[1], show_progress=False, dist=d)
+        if d.world_size > 1:
+            tdist.barrier()
+        sync(device)
+        t = time.perf_counter()
+        stats: dict = {}
+        rows = sweep_blocks(blocks, None, {"sweep": plan}, batch_size=batch_size, show_progress=False, dist=d,
+                            keep_stats=stats)
+        sync(device)
+        secs = time.perf_counter() - t   # the last round's gather already waited for every rank
+        return {"seconds": secs, "rows": rows, "stats": stats["sweep"], "world": d.world_size}
+
+
+def compare_runs(a: dict, b: dict) -> dict:
+    """Row-by-row comparison of two sweeps' per-row numbers and their aggregated table."""
+    same_pred, n, max_logit = 0, 0, 0.0
+    for cond, rows in a["stats"].items():
+        for r, s in rows.items():
+            t = b["stats"][cond][r]
+            n += 1
+            same_pred += s["is_argmax"] == t["is_argmax"] and [x > y for x, y in zip(s["target_logit"], s["compare_logit"])] \
+                == [x > y for x, y in zip(t["target_logit"], t["compare_logit"])]
+            max_logit = max([max_logit] + [abs(x - y) for x, y in zip(s["target_logit"] + s["compare_logit"],
+                                                                       t["target_logit"] + t["compare_logit"])])
+    vals = [abs(x["value"] - y["value"]) for x, y in zip(a["rows"], b["rows"]) if x["value"] == x["value"]]
+    return {"rows": n, "same_predictions": same_pred / max(n, 1), "max_logit_diff": max_logit,
+            "max_metric_diff": max(vals, default=0.0)}
+
+
+def scaling(devices: int, model_spec: str | None, shape: str | None, dtype_name: str, plan: ScoringPlan,
+            batch_size: int, kind: str = "cuda") -> dict:
+    """Time the sweep on 1 GPU and on ``devices`` GPUs (one process each); print and return the table."""
+    from probe.distributed import launch
+
+    runs = {k: launch(_dp_worker, k, (kind, model_spec, shape, dtype_name, plan, batch_size), device=kind)
+            for k in dict.fromkeys([1, devices])}
+    one = runs[1]["seconds"]
+    print(f"{'GPUs':>5s} {'seconds':>9s} {'speed-up':>9s} {'efficiency':>11s}  same predictions / max logit diff / max metric diff vs 1 GPU")
+    table = []
+    for k, r in runs.items():
+        cmp = compare_runs(runs[1], r)
+        table.append({"gpus": k, "seconds": r["seconds"], "speedup": one / r["seconds"],
+                      "efficiency": one / r["seconds"] / k, **cmp})
+        print(f"{k:5d} {r['seconds']:9.2f} {one / r['seconds']:9.2f} {one / r['seconds'] / k:11.2f}  "
+              f"{cmp['same_predictions']:.4f} / {cmp['max_logit_diff']:.2e} / {cmp['max_metric_diff']:.2e}")
+    return {"table": table, "ratio": one / runs[devices]["seconds"]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model folder (default: the embedded default model)")
     ap.add_argument("--random-llama-8b", action="store_true", help="random-weight Llama-3.1-8B shape instead")
+    ap.add_argument("--random-llama-70b", action="store_true",
+                    help="random-weight Llama-3.1-70B shape, built sharded over all visible GPUs")
+    ap.add_argument("--max-memory", default=None, help="with --random-llama-70b: memory per GPU, e.g. '0=120GiB,1=120GiB'")
+    ap.add_argument("--devices", type=int, default=None,
+                    help="time the prefix-reuse sweep on 1 GPU and on N GPUs (data parallel) and print the scaling")
     ap.add_argument("--n", type=int, default=None, help="prompts (default: 24 on CPU, 200 for --random-llama-8b)")
     ap.add_argument("--shots", type=int, default=3, help="few-shot examples (default model workload)")
     ap.add_argument("--shared", type=int, default=0, help="random workload: tokens shared by all prompts")
@@ -158,7 +247,41 @@ def main(argv=None):
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
 
-    if args.random_llama_8b:
+    if args.devices:
+        kind = torch.device(args.device).type   # cpu: gloo processes, to check the code path only
+        shape = "8b" if args.random_llama_8b else None
+        if shape:
+            from probe.tiny import llama3_8b_config
+
+            plan = random_plan(args.n or 200, llama3_8b_config().vocab_size, 100, 200, args.shared, seed=0)
+        else:
+            from probe.models import load_model
+            from probe.tasks import make_items
+
+            tok = load_model(args.model).tokenizer
+            plan = ScoringPlan(tok, make_items("arithmetic_multi", n=args.n or 24, seed=0, ops="+", shots=args.shots))
+        dtype_name = str(dtype).removeprefix("torch.")
+        print(f"{'random Llama-3.1-8B shape' if shape else (args.model or 'default model')}: {len(plan.rows)} prompts, "
+              f"{dtype_name}, batch {args.batch_size or 30}, prefix reuse, 1 vs {args.devices} GPUs", flush=True)
+        res = scaling(args.devices, args.model, shape, dtype_name, plan, args.batch_size or 30, kind)
+        print(f"speed-up 1 -> {args.devices} GPUs: {res['ratio']:.2f}x")
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        return
+
+    if args.random_llama_70b:
+        from probe.models import parse_max_memory
+        from probe.tiny import llama3_70b_config, random_sharded_model
+
+        cfg = llama3_70b_config()
+        t = time.perf_counter()
+        model = random_sharded_model(cfg, parse_max_memory(args.max_memory), dtype)
+        print(f"built the 70B shape sharded in {time.perf_counter() - t:.1f} s: "
+              f"{sorted(set(map(str, model.hf_device_map.values())))}", flush=True)
+        n = args.n or 32
+        plan = random_plan(n, cfg.vocab_size, 100, 200, args.shared, seed=0)
+        name = "random Llama-3.1-70B shape (sharded)"
+    elif args.random_llama_8b:
         from probe.tiny import llama3_8b_config, random_weight_model
 
         cfg = llama3_8b_config()

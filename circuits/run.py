@@ -14,6 +14,13 @@ Writes into ``OUT``:
 
 Exact patching saves progress after every layer (``.progress/``), so a crashed run resumes.
 
+Over several GPUs (``devices=N`` or under ``torchrun``) the layers of exact patching are split
+between the processes (each holds a model copy and runs the clean / corrupted base runs itself);
+rank 0 gathers each round's cells, logs them, and merges them in layer order. A layer's cells are
+batched exactly as in one process, so the values do not depend on the split. Attribution
+patching (one forward and one backward) runs on rank 0. ``device_map="auto"`` shards one model
+over the GPUs instead.
+
 >>> # patch(model=None, probe="arithmetic", method="both", out="runs/arith")
 """
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from probe.distributed import Dist, assign, check_devices, distributed, launch, rank_device, wants_launch
 from probe.errors import PrunescopeError
 from probe.results import append_progress, atomic_write_json, check_run_config, read_progress, write_table
 
@@ -45,11 +53,28 @@ def patch(
     shots: int = 0,
     device: str = "cpu",
     dtype: str = "float32",
+    devices: int | None = None,
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
     plot: bool = True,
     show_progress: bool = True,
     loaded=None,
 ) -> dict:
-    """Run patching and write results; returns ``{"cells": [...], "layers": {...}, "agreement": {...}}``."""
+    """Run patching and write results; returns ``{"cells": [...], "layers": {...}, "agreement": {...}}``.
+
+    ``devices=N`` splits exact patching's layers over N processes (one per GPU; also what runs
+    under ``torchrun``); ``device_map`` / ``max_memory`` shard one model over the GPUs.
+    """
+    call = dict(locals())
+    devices = check_devices(devices, device, device_map, loaded)
+    if wants_launch(devices):
+        return launch(patch, devices, kwargs={**call, "devices": None}, device=device)
+    with distributed(device) as d:
+        return _patch(d, **{k: v for k, v in call.items() if k != "devices"})
+
+
+def _patch(d: Dist, model, probe, n, out, *, method, backend, direction, kinds, positions, seed, shots, device,
+           dtype, device_map, max_memory, plot, show_progress, loaded) -> dict:
     from probe.models import load_model
     from probe.interop import BACKENDS
 
@@ -65,23 +90,29 @@ def patch(
         raise PrunescopeError(f"unknown activation kind(s) {bad}: choose from {', '.join(KINDS)}")
     if method != "exact" and backend != "hooks":
         raise PrunescopeError("attribution patching runs on the hooks backend; use --backend hooks")
+    if backend != "hooks" and (d.world_size > 1 or device_map is not None):
+        raise PrunescopeError(f"the {backend} backend runs in one process on one device (it wraps or copies the "
+                              "model); use --backend hooks with --devices or --device-map")
     config = {"model": str(model or "default"), "probe": probe, "n": n, "method": method, "backend": backend,
               "direction": direction, "kinds": kinds, "positions": positions, "seed": seed, "shots": shots,
               "dtype": dtype}
     out = Path(out) if out else None
     if out:
-        check_run_config(out, config, "patching run")
-    lm = loaded or load_model(model, device=device, dtype=dtype)
+        d.on_main(check_run_config, out, config, "patching run")
+    lm = loaded or load_model(model, device=rank_device(device, d), dtype=dtype, device_map=device_map,
+                              max_memory=max_memory)
     opts = {"shots": shots} if shots and probe == "arithmetic" else {}
     pairs = make_pairs(probe, lm.tokenizer, n=n, seed=seed, **opts)
     enc = encode_pairs(lm.tokenizer, pairs)
-    if out:
+    if out and d.is_main:
         save_pairs(pairs, out / "pairs.jsonl")
     kw = dict(kinds=kinds, positions=positions, direction=direction)
 
     cells: dict[str, list[dict]] = {}
     if method in ("exact", "both"):
-        if backend == "hooks":
+        if backend == "hooks" and d.world_size > 1:
+            cells["exact"] = _exact_split(d, lm.blocks, enc, out, show_progress, kw)
+        elif backend == "hooks":
             done = _read_progress(out) if out else {}
             cells["exact"] = exact_patching(lm.blocks, enc, done=done, show_progress=show_progress,
                                             on_layer=(lambda layer, rows: _append_progress(out, rows)) if out else None,
@@ -91,7 +122,8 @@ def patch(
 
             cells["exact"] = exact_patching_backend(backend, lm.model, lm.tokenizer, enc, **kw)
     if method in ("attribution", "both"):
-        cells["attribution"] = attribution_patching(lm.blocks, enc, **kw)
+        # one forward + one backward: cheaper to run once on rank 0 than to split
+        cells["attribution"] = d.on_main(attribution_patching, lm.blocks, enc, **kw)
 
     agreement = {}
     if len(cells) == 2:
@@ -112,7 +144,7 @@ def patch(
             layer_rows.append({"model": lm.name, "probe": probe, "condition": f"layer:{layer}", "layers": str(layer),
                                "metric": "patching_effect", "value": v, "n": len(pairs), "seed": seed,
                                "method": m, "direction": direction})
-    if out:
+    if out and d.is_main:
         write_table(rows, out / "patch")
         write_table(layer_rows, out / "layers")
         if agreement:
@@ -123,6 +155,44 @@ def patch(
             for m, cs in cells.items():
                 plot_patching(cs, out, f"{lm.name} {probe} ({m}, {direction})", prefix=f"patch_{m}")
     return {"cells": cells, "layers": layers, "agreement": agreement, "n": len(pairs)}
+
+
+def _exact_split(d: Dist, blocks, enc, out: Path | None, show_progress: bool, kw: dict) -> list[dict]:
+    """Exact patching with the layers split over the ranks; every rank returns all cells, in layer order.
+
+    Layer l's cells run from layer l (or l + 1) onward, so they cost about ``n_layers - l``: the
+    split balances that. The ranks meet after every layer (rank 0 logs the round's cells to the
+    progress file), so a crash loses at most one layer per rank.
+    """
+    L = blocks.n_layers
+    parts = assign([float(L - layer) for layer in range(L)], d.world_size)
+    mine = parts[d.rank]
+    done = d.on_main(_read_progress, out) if out else {}
+    state = {"rounds": 0, "error": None}
+
+    def sync(layer, rows: list[dict]) -> None:
+        state["rounds"] += 1
+        gathered = d.gather((rows, state["error"]))
+        merged = [r for part, _ in gathered for r in part]
+        if out and merged and d.is_main:
+            _append_progress(out, merged)
+
+    mine_cells: list[dict] = []
+    if mine:
+        try:
+            mine_cells = exact_patching(blocks, enc, layers=mine, done=done, on_layer=sync,
+                                        show_progress=show_progress and d.is_main, **kw)
+        except PrunescopeError as e:   # keep meeting the other ranks, then raise everywhere
+            state["error"] = str(e)
+    for _ in range(max(len(p) for p in parts) - state["rounds"]):
+        sync(None, [])
+    gathered = d.gather((mine_cells, state["error"]))
+    errors = [e for _, e in gathered if e]
+    if errors:
+        raise PrunescopeError(errors[0])
+    # each layer lives on one rank and keeps its own cell order: a stable sort by layer gives
+    # exactly the single-process order
+    return sorted((c for cells, _ in gathered for c in cells), key=lambda c: c["layer"])
 
 
 def _read_progress(out: Path) -> dict[str, float]:

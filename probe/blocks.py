@@ -135,7 +135,8 @@ class Blocks:
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        """Where the unembedding runs (the last GPU of a sharded model)."""
+        return _module_device(self.lm_head) or self.lm_head.weight.device
 
     def hook_names(self, layers: Iterable[int] | None = None, kinds: Sequence[str] = HOOK_KINDS) -> list[str]:
         """All activation names, layer by layer: ``['blocks.0.hook_resid_pre', ...]``."""
@@ -324,8 +325,9 @@ class Blocks:
     def _device_from(self, layer_idx: int) -> torch.device:
         """Device of the first layer at or after ``layer_idx`` that holds weights (sharded models)."""
         for layer in list(self.layers)[layer_idx:]:
-            for p in layer.parameters():
-                return p.device
+            dev = _module_device(getattr(layer, "original", layer))
+            if dev is not None:
+                return dev
         return self.device
 
     def final_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -417,6 +419,20 @@ class Blocks:
         with self.capture(names) as acts:
             logits = self.forward(input_ids, attention_mask, at=at)
         return logits, acts
+
+
+def _module_device(module: nn.Module) -> torch.device | None:
+    """Where a module computes: accelerate's execution device when it placed the module (its
+    weights may sit on ``meta`` while offloaded), else the device of its first parameter."""
+    hook = getattr(module, "_hf_hook", None)
+    hooks = list(getattr(hook, "hooks", None) or [hook])   # a SequentialHook holds several
+    dev = next((h.execution_device for h in hooks if getattr(h, "execution_device", None) is not None), None)
+    if dev is not None:
+        return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return None
 
 
 def _to(t: torch.Tensor | None, device) -> torch.Tensor | None:

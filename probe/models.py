@@ -153,11 +153,84 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+
+
+def parse_max_memory(spec: str | dict | None) -> dict | None:
+    """``"0=70GiB,1=70GiB,cpu=200GiB"`` -> ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}`` (accelerate's form).
+
+    Keys are GPU indices or ``cpu``; sizes are a number with B, KB, MB, GB, TB or KiB .. TiB
+    (a bare number is bytes). GPUs that are not visible are refused here, not deep in loading.
+
+    >>> parse_max_memory("cpu=2GiB, cpu2=1")
+    Traceback (most recent call last):
+    ...
+    probe.errors.PrunescopeError: --max-memory entry 'cpu2=1': the device must be a GPU index (0, 1, ...) or cpu
+    >>> parse_max_memory("cpu=1.5GB")
+    {'cpu': '1.5GB'}
+    """
+    if spec is None or spec == "":
+        return None
+    items = list(spec.items()) if isinstance(spec, dict) else []
+    if not isinstance(spec, dict):
+        for part in str(spec).split(","):
+            if not part.strip():
+                continue
+            if part.count("=") != 1:
+                raise PrunescopeError(f"--max-memory entry {part.strip()!r} is not DEVICE=SIZE; "
+                                      "write e.g. '0=70GiB,1=70GiB,cpu=200GiB'")
+            items.append(tuple(x.strip() for x in part.split("=")))
+    out: dict = {}
+    for key, size in items:
+        entry = f"{key}={size}"
+        k = str(key).strip().lower()
+        if k.isdigit():
+            key = int(k)
+        elif k == "cpu":
+            key = "cpu"
+        else:
+            raise PrunescopeError(f"--max-memory entry {entry!r}: the device must be a GPU index (0, 1, ...) or cpu")
+        if isinstance(size, bool) or not (isinstance(size, int) and size > 0 or _SIZE.match(str(size))):
+            raise PrunescopeError(f"--max-memory entry {entry!r}: the size must look like 70GiB, 500MB or a "
+                                  "number of bytes")
+        if key in out:
+            raise PrunescopeError(f"--max-memory names {key!r} twice")
+        out[key] = size if isinstance(size, int) else str(size).strip()
+    gpus = sorted(k for k in out if isinstance(k, int))
+    visible = torch.cuda.device_count()
+    if gpus and gpus[-1] >= visible:
+        raise PrunescopeError(f"--max-memory names GPU {gpus[-1]}, but {visible} CUDA GPU(s) are visible")
+    if not out:
+        raise PrunescopeError("--max-memory is empty; write e.g. '0=70GiB,1=70GiB'")
+    return out
+
+
+def _placement(device, device_map, max_memory) -> tuple[str | dict | None, dict | None]:
+    """Check the placement options: one ``device``, or a ``device_map`` (+ ``max_memory``) via accelerate."""
+    max_memory = parse_max_memory(max_memory)
+    if max_memory is not None and device_map is None:
+        device_map = "auto"   # a memory budget only means something when accelerate places the layers
+    if device_map is None:
+        return None, None
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise PrunescopeError(f"unknown --device-map {device_map!r}: choose one of {', '.join(DEVICE_MAPS)} "
+                              "(or pass a dict module -> device from Python)")
+    if str(device) != "cpu":
+        raise PrunescopeError(f"--device {device} and --device-map {device_map} both place the model: use one "
+                              "(--device-map auto spreads the layers over all visible GPUs)")
+    if importlib.util.find_spec("accelerate") is None:
+        raise PrunescopeError("--device-map needs the accelerate package: pip install accelerate")
+    return device_map, max_memory
+
+
 def load_model(
     spec: str | os.PathLike | None = None,
     *,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
 ) -> LoadedModel:
@@ -165,9 +238,18 @@ def load_model(
 
     ``spec``: ``None`` for the default model, a model folder, a ``.gguf`` file or a hub id.
     The architecture is checked against the supported families before any weight is read.
+
+    ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"``, ``"cpu"`` or a dict) shards the
+    layers over the visible GPUs through accelerate, within ``max_memory`` per device
+    (``"0=70GiB,1=70GiB"`` or a dict); the block handle then moves tensors to each layer's
+    device. Offloading weights to disk is refused (raise the memory budget instead).
+
+    >>> lm = load_model("Llama-3.1-70B", dtype="bfloat16", device_map="auto",
+    ...                 max_memory="0=130GiB,1=130GiB")          # doctest: +SKIP
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    device_map, max_memory = _placement(device, device_map, max_memory)
     where = resolve_model(spec)
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
@@ -185,7 +267,18 @@ def load_model(
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device).eval()
+    if device_map is None:
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device).eval()
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(where, device_map=device_map, max_memory=max_memory,
+                                                         **kwargs).eval()
+        except ValueError as e:
+            if "offload" not in str(e).lower():
+                raise
+            raise PrunescopeError(f"{where} does not fit in the memory given to --device-map {device_map} "
+                                  f"(max_memory={max_memory}): some weights would go to disk. Give the GPUs "
+                                  "more memory in --max-memory, or use more GPUs") from e
     tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

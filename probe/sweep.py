@@ -9,6 +9,13 @@ that layer, so a single-layer sweep costs about ``1 + L/2`` full forwards instea
 Progress is appended to ``OUT/.progress/<probe>.jsonl`` after every batch, so a crashed sweep
 resumes where it stopped; tables and figures are written atomically at the end.
 
+Over several GPUs (``devices=N``, or under ``torchrun`` / ``accelerate launch``) each process
+holds a model copy and runs a share of the same (batch, condition) work: whole batches, or, when
+there are too few batches to go round, a share of the conditions of every batch
+(:func:`split_work`). The batches themselves are the single-process ones (same length-sorted
+composition), so each row's numbers do not depend on the split; rank 0 gathers the rows after
+every round, logs progress, aggregates with the same functions and writes the tables.
+
 >>> from probe.tiny import tiny_model
 >>> from probe.blocks import Blocks
 >>> model, tok = tiny_model("llama")
@@ -29,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .blocks import Blocks
+from .distributed import Dist, assign, check_devices, distributed, launch, rank_device, wants_launch
 from .errors import PrunescopeError
 from .results import append_progress, check_run_config, read_progress, write_table
 from .scoring import Batch, ScoringPlan, TextPlan, aggregate, load_texts
@@ -228,6 +236,42 @@ def default_batch_size(blocks: Blocks, max_tokens: int) -> int:
     return int(max(1, min(by_memory, by_tokens, 256)))
 
 
+def split_work(batches: Sequence[Batch], conditions: Sequence[Condition], n_layers: int, world: int,
+               prefix_reuse: bool = True) -> list[list[tuple[int, list[Condition]]]]:
+    """Per rank, the rounds it runs: ``[(batch index, conditions), ...]``; the same on every rank.
+
+    Two ways to split, whichever finishes sooner by a cost model (padded tokens x layers run):
+    whole batches per rank (no repeated work), or the conditions of every batch (each rank then
+    repeats the batch's cached base forward, but all ranks have work when batches are few).
+    A condition "skip S" with prefix reuse runs ``n_layers - min(S) - len(S)`` layers after the
+    base forward of ``n_layers``; without prefix reuse every condition runs ``n_layers - len(S)``.
+
+    >>> from probe.scoring import Batch
+    >>> b = [Batch([0], torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5), torch.zeros(1, 1))]
+    >>> [[(bi, [c.name for c in cs]) for bi, cs in r] for r in split_work(b, make_conditions(3), 3, 2)]
+    [[(0, ['skip:0'])], [(0, ['none', 'skip:1', 'skip:2'])]]
+    """
+    if world == 1:
+        return [[(bi, list(conditions)) for bi in range(len(batches))]]
+    tokens = [b.input_ids.numel() for b in batches]
+    base = n_layers if prefix_reuse else 0
+
+    def cost(c: Condition) -> int:
+        if not prefix_reuse:
+            return n_layers - len(c.layers)
+        return n_layers - c.layers[0] - len(c.layers) if c.layers else 0
+
+    per_cond = [cost(c) for c in conditions]
+    total = base + sum(per_cond)
+    by_batch = assign([t * total for t in tokens], world)
+    span_batch = max(sum(tokens[i] for i in r) * total for r in by_batch)
+    by_cond = assign([float(x) for x in per_cond], world)
+    span_cond = sum(tokens) * max((base + sum(per_cond[i] for i in r)) if r else 0 for r in by_cond)
+    if span_batch <= span_cond:
+        return [[(bi, list(conditions)) for bi in r] for r in by_batch]
+    return [[(bi, [conditions[i] for i in r]) for bi in range(len(batches))] if r else [] for r in by_cond]
+
+
 def sweep_blocks(
     blocks: Blocks,
     tokenizer,
@@ -243,43 +287,70 @@ def sweep_blocks(
     seed: int = 0,
     progress_dir: Path | None = None,
     show_progress: bool = True,
+    dist: Dist | None = None,
+    keep_stats: dict | None = None,
 ) -> list[dict]:
-    """Run the sweep in memory and return tidy rows (one per probe x condition x metric)."""
+    """Run the sweep in memory and return tidy rows (one per probe x condition x metric).
+
+    ``dist``: this process's place in a data-parallel group (every rank calls this with the same
+    arguments and gets the same rows back). ``keep_stats``: if a dict, it receives each probe's
+    per-row numbers, ``{probe: {condition: {row: {...}}}}`` (to compare runs row by row).
+    """
+    d = dist or Dist()
     conditions = make_conditions(blocks.n_layers, windows, sets)
     rows: list[dict] = []
     for probe, items in probes.items():
         plan = items if isinstance(items, ScoringPlan) else ScoringPlan(tokenizer, items, scoring)
-        done = _read_progress(progress_dir, probe) if progress_dir else {}
-        bs = batch_size or default_batch_size(blocks, max(len(r.ids) for r in plan.rows))
+        done = d.on_main(_read_progress, progress_dir, probe) if progress_dir else {}
+        # rank 0 picks the batch size (free memory differs a little between GPUs): every rank
+        # must cut the very same batches
+        bs = batch_size or d.broadcast(default_batch_size(blocks, max(len(r.ids) for r in plan.rows)))
         batches = plan.batches(bs)
+        work = split_work(batches, conditions, blocks.n_layers, d.world_size, prefix_reuse)
+        mine = work[d.rank]
         run = _batch_logits_prefix if prefix_reuse else _batch_logits_plain
         P = shared_prefix_length(plan) if shared_prefix is not False and prefix_reuse else 0
-        if P >= (8 if shared_prefix is None else 1):   # auto: worth it from 8 shared tokens on
-            shared = SharedPrefix(blocks, plan.rows[0].ids[:P], conditions)
+        if P >= (8 if shared_prefix is None else 1) and mine:   # auto: worth it from 8 shared tokens on
+            # the base forward always runs on the unskipped prefix cache
+            needed = list(dict.fromkeys([Condition(()), *(c for _, cs in mine for c in cs)]))
+            shared = SharedPrefix(blocks, plan.rows[0].ids[:P], needed)
             run = functools.partial(_batch_logits_shared, shared=shared)
         stats: dict[str, dict[int, dict]] = {c.name: {} for c in conditions}
+        names = set(stats)
+        for (cname, bi), s in done.items():
+            if cname in names and bi < len(batches):
+                stats[cname].update(s)
         bar = tqdm(total=len(batches) * len(conditions), desc=f"sweep {probe}", unit="cond",
-                   disable=not show_progress, leave=False)
-        for bi, batch in enumerate(batches):
-            todo = [c for c in conditions if (c.name, bi) not in done]
-            for c in conditions:
-                if (c.name, bi) in done:
-                    stats[c.name].update(done[(c.name, bi)])
-            bar.update(len(conditions) - len(todo))
-            if not todo:
-                continue
-            logits = _run_with_oom_retry(run, blocks, plan, batch, todo)
-            lines = []
-            for c in todo:
-                s = {}
-                for sub, lg in logits[c]:
-                    s.update(plan.reduce(sub, lg))
-                stats[c.name].update(s)
-                lines.append({"condition": c.name, "batch": bi, "stats": s})
-            if progress_dir:
-                _append_progress(progress_dir, probe, lines)
-            bar.update(len(todo))
+                   disable=not (show_progress and d.is_main), leave=False)
+        bar.update(sum(1 for (cname, bi) in done if cname in names and bi < len(batches)))
+        for k in range(max(len(w) for w in work)):
+            lines: list[dict] = []
+            error = None
+            if k < len(mine):
+                bi, conds = mine[k]
+                todo = [c for c in conds if (c.name, bi) not in done]
+                try:
+                    logits = _run_with_oom_retry(run, blocks, plan, batches[bi], todo) if todo else {}
+                except PrunescopeError as e:   # reported to every rank below, so no rank waits forever
+                    error, logits = str(e), {}
+                for c in todo if logits else []:
+                    s = {}
+                    for sub, lg in logits[c]:
+                        s.update(plan.reduce(sub, lg))
+                    lines.append({"condition": c.name, "batch": bi, "stats": s})
+            parts = d.gather((lines, error))
+            errors = [e for _, e in parts if e]
+            if errors:
+                raise PrunescopeError(errors[0])
+            merged = [line for part, _ in parts for line in part]
+            for line in merged:
+                stats[line["condition"]].update(line["stats"])
+            if progress_dir and merged and d.is_main:
+                _append_progress(progress_dir, probe, merged)
+            bar.update(len(merged))
         bar.close()
+        if keep_stats is not None:
+            keep_stats[probe] = {c.name: dict(stats[c.name]) for c in conditions}
         for c in conditions:
             per_item = plan.metrics(stats[c.name])
             agg = aggregate(per_item, plan.metric_names)
@@ -340,6 +411,9 @@ def sweep(
     prefix_reuse: bool = True,
     device: str = "cpu",
     dtype: str = "float32",
+    devices: int | None = None,
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
     plot: bool = True,
     show_progress: bool = True,
     loaded=None,
@@ -349,7 +423,24 @@ def sweep(
     Writes ``OUT/sweep.csv``, ``OUT/sweep.jsonl``, ``OUT/items/<probe>.jsonl`` (the exact items
     used), ``OUT/config.json`` and ``OUT/sweep_layers.png`` (+ ``sweep_windows.png``).
     Re-running with the same ``--out`` and settings resumes; other settings are refused.
+
+    Placement: ``device`` (one device), ``device_map="auto"`` + ``max_memory`` (one model sharded
+    over several GPUs, through accelerate), or ``devices=N`` (N processes, one model copy each,
+    the work split between them; also what runs under ``torchrun --nproc_per_node N``). The
+    rows do not depend on the split: in fp32 they are identical; on GPUs in bf16 they are
+    identical as long as the batch size is the same (pass ``batch_size``: the default is sized
+    from free memory, and other batch compositions round bf16 differently).
     """
+    call = dict(locals())
+    devices = check_devices(devices, device, device_map, loaded)
+    if wants_launch(devices):
+        return launch(sweep, devices, kwargs={**call, "devices": None}, device=device)
+    with distributed(device) as d:
+        return _sweep(d, **{k: v for k, v in call.items() if k != "devices"})
+
+
+def _sweep(d: Dist, model, probe, n, out, *, seed, windows, sets, scoring, probe_options, text, batch_size,
+           prefix_reuse, device, dtype, device_map, max_memory, plot, show_progress, loaded) -> list[dict]:
     from .models import load_model
 
     probes = [p.strip() for p in (probe.split(",") if isinstance(probe, str) else probe or []) if p.strip()]
@@ -363,9 +454,10 @@ def sweep(
               "prefix_reuse": prefix_reuse, "batch_size": batch_size, "text": str(text) if text else None}
     out = Path(out) if out else None
     if out:
-        check_run_config(out, config, "sweep")
-    lm = loaded or load_model(model, device=device, dtype=dtype)
-    if out:
+        d.on_main(check_run_config, out, config, "sweep")
+    lm = loaded or load_model(model, device=rank_device(device, d), dtype=dtype, device_map=device_map,
+                              max_memory=max_memory)
+    if out and d.is_main:
         for p, its in items.items():
             save_items(its, out / "items" / f"{Path(p).stem if p.endswith('.jsonl') else p}.jsonl")
     plans: dict = {p: ScoringPlan(lm.tokenizer, its, scoring) for p, its in items.items()}
@@ -373,8 +465,8 @@ def sweep(
         plans[f"text:{Path(text).stem}"] = TextPlan(lm.tokenizer, texts)
     rows = sweep_blocks(lm.blocks, lm.tokenizer, plans, windows=windows, sets=sets, scoring=scoring,
                         batch_size=batch_size, prefix_reuse=prefix_reuse, model_name=lm.name, seed=seed,
-                        progress_dir=(out / ".progress") if out else None, show_progress=show_progress)
-    if out:
+                        progress_dir=(out / ".progress") if out else None, show_progress=show_progress, dist=d)
+    if out and d.is_main:
         write_table(rows, out / "sweep")
         if plot:
             from .plots import plot_sweep

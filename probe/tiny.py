@@ -136,3 +136,77 @@ def random_weight_model(config, device: str = "cpu", dtype: torch.dtype = torch.
             return AutoModelForCausalLM.from_config(config).eval()
     finally:
         torch.set_default_dtype(prev)
+
+
+def llama3_70b_config():
+    """The Llama-3.1-70B shape: 80 layers, d_model 8192, MLP 28672, GQA 64/8, vocab 128256 (70.6B parameters,
+    141 GB in bf16: more than one H200, so it is sharded; see :func:`random_sharded_model`)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                       num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
+                       rope_theta=500000.0, tie_word_embeddings=False)
+
+
+@torch.no_grad()
+def fill_random_(model, seed: int = 0, std: float = 0.02):
+    """Redraw every weight from ``(seed, parameter index)`` alone, on the device where it lives.
+
+    Matrices get N(0, std), vectors (norm weights) 1. Each parameter has its own generator, so
+    the values do not depend on the order or the device the weights were built on: one GPU, data-
+    parallel copies on several GPUs and a model sharded over GPUs get the same weights (on GPUs of
+    one model; CPU and GPU draw different numbers). Returns the model.
+
+    >>> m, _ = tiny_model("llama", n_layers=2); w = fill_random_(m).model.layers[1].mlp.up_proj.weight
+    >>> round(w.std().item(), 2), fill_random_(tiny_model("llama")[0]).model.layers[1].mlp.up_proj.weight.equal(w)
+    (0.02, True)
+    """
+    for i, (_, p) in enumerate(model.named_parameters()):
+        if p.dim() >= 2:
+            gen = torch.Generator(device=p.device).manual_seed(seed * 100_003 + i)
+            p.normal_(0.0, std, generator=gen)
+        else:
+            p.fill_(1.0)
+    return model
+
+
+def random_sharded_model(config, max_memory: dict | None = None, dtype: torch.dtype = torch.bfloat16,
+                         attn_implementation: str = "sdpa", seed: int = 0):
+    """A random-weight model built directly sharded over the visible GPUs, through accelerate.
+
+    No checkpoint and no copy through the CPU: the model is created with empty (meta) weights,
+    accelerate balances the decoder layers over the GPUs (``max_memory`` per device, default:
+    what is free), each weight is allocated on its GPU and filled there (:func:`fill_random_`),
+    and ``dispatch_model`` adds the hooks that carry activations from GPU to GPU. Its
+    ``hf_device_map`` says where each module went. Runs on CPU too (``max_memory={"cpu": ...}``).
+    """
+    from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
+    from accelerate.utils import get_balanced_memory, set_module_tensor_to_device
+    from transformers import AutoModelForCausalLM
+
+    config._attn_implementation = attn_implementation
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with init_empty_weights():   # parameters on meta; buffers (rotary frequencies) stay real
+            model = AutoModelForCausalLM.from_config(config)
+    finally:
+        torch.set_default_dtype(prev)
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    if max_memory is None or sum(1 for k in max_memory if k != "cpu") > 1:
+        max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
+    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
+    if any(v == "disk" for v in device_map.values()) or (
+            torch.cuda.is_available() and any(v == "cpu" for v in device_map.values())):
+        raise RuntimeError(f"the model does not fit on the GPUs within max_memory={max_memory}: {device_map}")
+
+    def where(name: str):
+        best = max((k for k in device_map if k == "" or name == k or name.startswith(k + ".")), key=len)
+        return device_map[best]
+
+    for name, p in list(model.named_parameters()):
+        dev = where(name)
+        set_module_tensor_to_device(model, name, dev, value=torch.empty(p.shape, dtype=dtype, device=dev))
+    fill_random_(model, seed)
+    model = dispatch_model(model, device_map=device_map)
+    return model.eval()
