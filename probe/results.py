@@ -79,9 +79,9 @@ def read_table(path: str | Path) -> list[dict]:
     return rows
 
 
-def check_run_config(out: Path, config: dict, what: str = "run") -> None:
-    """Resume guard: record ``config`` in ``out/config.json``, or refuse a folder made with other settings."""
-    path = Path(out) / "config.json"
+def check_run_config(out: Path, config: dict, what: str = "run", name: str = "config.json") -> None:
+    """Resume guard: record ``config`` in ``out/NAME``, or refuse a folder made with other settings."""
+    path = Path(out) / name
     if path.is_file():
         old = json.loads(path.read_text())
         if old != config:

@@ -269,7 +269,8 @@ def recover(model: str | Path, data: str | Path, out: str | Path, cfg: RecoveryC
     run_config = {"model": str(student_path), "data": str(data), "teacher": str(teacher) if teacher else None,
                   **asdict(cfg), "n_train": len(train), "n_eval": len(held)}
     out.mkdir(parents=True, exist_ok=True)
-    check_run_config(out, run_config, "recovery run")
+    # not config.json: the merged model's own config lands in the same folder
+    check_run_config(out, run_config, "recovery run", name="prunescope_recovery_run.json")
 
     steps = cfg.steps
     if steps is None:
