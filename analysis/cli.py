@@ -9,6 +9,7 @@ A user mistake prints one line, ``prunescope: error: ...``, and exits with statu
     prunescope score  [--model M] [--text FILE] [--angular 8] [--ppl] [--sweep T] [--patch T] --out runs/NAME
     prunescope prune  [--model M] --strategy bi|angular|reverse|iterative|score --ratio 0.25 --out pruned/NAME
     prunescope sgr    [--model BASE] [--prompts FILE|builtin] --out sgr.jsonl
+    prunescope run    CONFIG.yaml                      the whole pipeline, cached per stage
     prunescope report RUN_DIR                          report.md + self-contained report.html
     prunescope recover --model PRUNED --data sgr.jsonl --mode sgr|external|distill --out recovered/NAME
 """
@@ -89,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default=None,
                    help="also sweep teacher-forced loss on a text set: .txt (one text per line) or .jsonl "
                         "with a 'text' field")
-    p.add_argument("--n", type=int, default=200, help="items per probe (default: 200)")
+    p.add_argument("--n", "--items", dest="n", type=int, default=200,
+                   help="items per probe (default: 200; spell it --items under torchrun, whose own options make --n "
+                        "ambiguous)")
     p.add_argument("--seed", type=int, default=0, help="seed of the item generators (default: 0)")
     p.add_argument("--shots", type=int, default=None, help="arithmetic: solved examples before each item")
     p.add_argument("--ops", default=None, help="arithmetic_multi: operators, e.g. '+,-' (default: + - * //)")
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default="resid_post,attn_out,mlp_out,head",
                    help="activations to patch (default: resid_post,attn_out,mlp_out,head)")
     p.add_argument("--positions", type=int, default=8, help="last k positions for per-position maps (default: 8)")
-    p.add_argument("--n", type=int, default=32, help="pairs (default: 32)")
+    p.add_argument("--n", "--pairs", dest="n", type=int, default=32, help="pairs (default: 32; --pairs under torchrun)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shots", type=int, default=0, help="arithmetic: solved examples before each prompt")
     p.add_argument("--out", default=None, help="output folder, e.g. runs/NAME (default: print only)")
@@ -224,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder, e.g. recovered/NAME")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("run", help="the whole study from one YAML config: localize -> score -> prune -> recover -> "
+                                   "evaluate -> report",
+                       description="Run (or resume) a pipeline config: layer-skip sweep and patching, layer scores, "
+                                   "protected pruning, SGR/QLoRA recovery, lm-eval/evalplus evaluation with retention "
+                                   "and failure signatures, and a report. Each stage is cached in OUT/.stages; a "
+                                   "rerun skips finished stages. The config is validated before any work starts.")
+    p.add_argument("config", help="a YAML config, e.g. experiments/demo.yaml")
+    p.add_argument("--only", default=None, help="comma-separated stages to run (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("report", help="one Markdown + one self-contained HTML report of a run folder",
                        description="Write RUN_DIR/report.md and report.html: config, package versions, retention "
@@ -371,6 +384,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{s['mode']}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
                   f"{s['tokens_per_s']:.0f} tokens/s, held-out perplexity {s['final_eval_ppl']:.2f}")
             print(f"wrote {args.out} (merged standard checkpoint, adapter/, curve.csv, curve.png)")
+        elif args.command == "run":
+            from analysis.pipeline import STAGES, retention_summary, run_pipeline
+
+            only = [s.strip() for s in args.only.split(",")] if args.only else None
+            bad = [s for s in only or [] if s not in STAGES]
+            if bad:
+                raise PrunescopeError(f"--only names unknown stages {bad}; stages are {', '.join(STAGES)}")
+            out = run_pipeline(args.config, show_progress=not args.quiet, only=only)
+            summary = retention_summary(out)
+            if summary:
+                print("retention (score / base score):\n" + summary)
+            if (out / "report.html").is_file():
+                print(f"report: {out / 'report.html'} (and report.md)")
         elif args.command == "report":
             from analysis.report import report
 

@@ -1,0 +1,390 @@
+"""``prunescope run CONFIG.yaml``: localize -> score -> protect -> prune -> recover -> evaluate -> report.
+
+One YAML file describes a whole study; every stage writes into ``OUT/`` (default
+``runs/<name>``) and records ``OUT/.stages/<stage>.json`` when it is complete, so a rerun skips
+finished stages and resumes an interrupted one (sweeps, patching, SGR generation and training
+resume inside a stage too). The config is checked completely — keys, types, names, files —
+before any work starts; a mistake names the key and its line.
+
+    name: demo
+    model: default            # base model: default, a folder or a .gguf file
+    localize: {probes: [arithmetic_multi, brackets, copy], n: 40, patch: [arithmetic]}
+    prune:    {ratio: 0.25, strategies: [bi, reverse], protect_top: 4}
+    recover:  {modes: [sgr], on: [bi], n_prompts: 64, token_budget: 4000}
+    evaluate: {tasks: [arc_easy, gsm8k, humaneval], limit: 20}
+
+>>> cfg = load_config_text("name: t\\nprune: {ratio: 0.25}\\n")
+>>> cfg["prune"]["ratio"], cfg["prune"]["strategies"]
+(0.25, ['bi'])
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from probe.errors import PrunescopeError
+from probe.results import atomic_write_json, atomic_write_text, read_table, write_table
+
+STAGES = ("localize", "score", "prune", "recover", "evaluate", "report")
+
+# key -> (type(s), default); a nested dict is a section. "list" values are lists of str.
+SCHEMA: dict = {
+    "name": (str, None),
+    "out": (str, None),
+    "model": (str, "default"),
+    "device": (str, "cpu"),
+    "dtype": (str, "float32"),
+    "seed": (int, 0),
+    "localize": {
+        "probes": (list, ["arithmetic_multi", "brackets", "copy"]),
+        "n": (int, 60),
+        "shots": (int, 3),
+        "ops": (str, "+"),
+        "patch": (list, ["arithmetic", "brackets"]),
+        "patch_n": (int, 16),
+        "patch_method": (str, "both"),
+        "patch_positions": (int, 6),
+    },
+    "score": {"n_texts": (int, 64)},
+    "prune": {
+        "ratio": (float, 0.25),
+        "strategies": (list, ["bi"]),
+        "protect_top": (int, 0),
+        "protect_from": (str, "arithmetic"),
+    },
+    "recover": {
+        "modes": (list, []),
+        "on": (list, ["bi"]),
+        "prompts": (str, "builtin"),
+        "n_prompts": (int, 600),
+        "temperature": (float, 0.9),
+        "max_new_tokens": (int, 256),
+        "steps": ((int, type(None)), None),
+        "token_budget": ((int, type(None)), None),
+        "max_seq_len": (int, 1024),
+        "quant": (bool, True),
+        "micro_batch": (int, 4),
+        "eval_n": (int, 32),
+    },
+    "evaluate": {
+        "tasks": (list, ["arc_easy", "piqa", "gsm8k"]),
+        "limit": ((int, type(None)), 50),
+        "fewshot": ((int, type(None)), None),
+        "batch_size": (int, 8),
+        "probe_n": (int, 60),
+        "xsum_file": ((str, type(None)), None),
+    },
+}
+STRATEGIES = ("bi", "angular", "reverse", "iterative")
+MODES = ("sgr", "external", "distill")
+PATCH_PROBES = ("arithmetic", "brackets")
+
+
+# ---------------------------------------------------------------- config
+def _line(node) -> int:
+    return node.start_mark.line + 1
+
+
+def _fill(schema: dict, node, where: str, src: str) -> dict:
+    """Check one YAML mapping node against ``schema`` and return plain values with defaults."""
+    import yaml
+
+    if node is not None and not isinstance(node, yaml.MappingNode):
+        raise PrunescopeError(f"{src}:{_line(node)}: '{where or 'the file'}' must be a mapping of keys")
+    given = {k.value: (k, v) for k, v in (node.value if node is not None else [])}
+    out = {}
+    for key, (knode, vnode) in given.items():
+        if key not in schema:
+            near = [k for k in schema if k[:3] == key[:3]]
+            raise PrunescopeError(f"{src}:{_line(knode)}: unknown key '{key}'"
+                                  f"{' under ' + where if where else ''}"
+                                  f"{' (did you mean ' + near[0] + '?)' if near else ''}; known keys: "
+                                  f"{', '.join(schema)}")
+    for key, spec in schema.items():
+        full = f"{where}.{key}" if where else key
+        knode, vnode = given.get(key, (None, None))
+        if isinstance(spec, dict):
+            out[key] = _fill(spec, vnode, full, src)
+            continue
+        types, default = spec
+        if vnode is None:
+            out[key] = copy.deepcopy(default)
+            continue
+        value = yaml.safe_load(yaml.serialize(vnode))
+        if types is list and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if types is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        ok = isinstance(value, types) and not (types is int and isinstance(value, bool))
+        if ok and types is list:
+            ok = all(isinstance(v, str) for v in value)
+        if not ok:
+            want = {list: "a list of names", int: "an integer", float: "a number", str: "a string",
+                    bool: "true or false"}.get(types, "an integer or null")
+            raise PrunescopeError(f"{src}:{_line(vnode)}: '{full}' must be {want}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def load_config_text(text: str, src: str = "<config>") -> dict:
+    """Parse and validate a config (YAML text); raises PrunescopeError naming the key and line."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise PrunescopeError(f"{src}:{mark.line + 1 if mark else '?'}: not valid YAML "
+                              f"({getattr(e, 'problem', None) or e})") from None
+    cfg = _fill(SCHEMA, root, "", src)
+    _check_values(cfg, root, src)
+    return cfg
+
+
+def _node_line(root, *path: str) -> int | str:
+    node = root
+    for key in path:
+        nxt = None
+        for k, v in getattr(node, "value", []) if node is not None else []:
+            if getattr(k, "value", None) == key:
+                nxt = v
+        if nxt is None:
+            return "?"
+        node = nxt
+    return _line(node)
+
+
+def _check_values(cfg: dict, root, src: str) -> None:
+    from probe.tasks import PROBES
+
+    def bad(path: tuple[str, ...], msg: str):
+        raise PrunescopeError(f"{src}:{_node_line(root, *path)}: '{'.'.join(path)}' {msg}")
+
+    for p in cfg["localize"]["probes"]:
+        if p not in PROBES:
+            bad(("localize", "probes"), f"names an unknown probe {p!r}; choose from {', '.join(PROBES)}")
+    for p in cfg["localize"]["patch"]:
+        if p not in PATCH_PROBES:
+            bad(("localize", "patch"), f"names {p!r}; patching supports {', '.join(PATCH_PROBES)}")
+    if cfg["localize"]["patch_method"] not in ("exact", "attribution", "both"):
+        bad(("localize", "patch_method"), "must be exact, attribution or both")
+    if not 0 < cfg["prune"]["ratio"] < 1:
+        bad(("prune", "ratio"), f"must be between 0 and 1, got {cfg['prune']['ratio']}")
+    for s in cfg["prune"]["strategies"]:
+        if s not in STRATEGIES:
+            bad(("prune", "strategies"), f"names an unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
+    if cfg["prune"]["protect_top"] and cfg["prune"]["protect_from"] not in cfg["localize"]["patch"]:
+        bad(("prune", "protect_from"), f"must be one of the patched probes {cfg['localize']['patch']} "
+                                       "(its per-layer patching effect ranks the layers to protect)")
+    for m in cfg["recover"]["modes"]:
+        if m not in MODES:
+            bad(("recover", "modes"), f"names an unknown mode {m!r}; choose from {', '.join(MODES)}")
+    stages = set(cfg["prune"]["strategies"]) | ({"bi-protected"} if cfg["prune"]["protect_top"] else set())
+    for s in cfg["recover"]["on"] if cfg["recover"]["modes"] else []:
+        if s not in stages:
+            bad(("recover", "on"), f"names {s!r}, which is not pruned by this config ({', '.join(sorted(stages))})")
+    prompts = cfg["recover"]["prompts"]
+    if cfg["recover"]["modes"] and prompts != "builtin" and not Path(prompts).exists():
+        bad(("recover", "prompts"), f"file {prompts} does not exist (or use 'builtin')")
+    from analysis.evaluate import TASKS
+
+    for t in cfg["evaluate"]["tasks"]:
+        if t not in TASKS:
+            bad(("evaluate", "tasks"), f"names an unknown task {t!r}; choose from {', '.join(TASKS)}")
+    xsum = cfg["evaluate"]["xsum_file"]
+    if "xsum" in cfg["evaluate"]["tasks"] and not (xsum and Path(xsum).is_file()):
+        bad(("evaluate", "xsum_file"), "must name an existing JSONL file {document, summary} when tasks include "
+                                       "xsum (XSum does not ship offline)")
+    if cfg["device"] != "cpu" and not cfg["device"].startswith("cuda"):
+        bad(("device",), f"must be cpu or cuda[:N], got {cfg['device']!r}")
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PrunescopeError(f"config file {path} does not exist")
+    cfg = load_config_text(path.read_text(), str(path))
+    cfg["name"] = cfg["name"] or path.stem
+    cfg["out"] = cfg["out"] or f"runs/{cfg['name']}"
+    return cfg
+
+
+# ---------------------------------------------------------------- stages
+class Run:
+    """The run folder and its stage markers."""
+
+    def __init__(self, cfg: dict, show_progress: bool = True):
+        self.cfg, self.out, self.show = cfg, Path(cfg["out"]), show_progress
+        self._base = None
+
+    def stage_key(self, stage: str) -> str:
+        """A stage re-runs when its own settings or any earlier stage's settings change."""
+        upto = STAGES[: STAGES.index(stage) + 1]
+        part = {k: v for k, v in self.cfg.items() if k not in STAGES} | {s: self.cfg.get(s) for s in upto}
+        return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+
+    def done(self, stage: str) -> bool:
+        f = self.out / ".stages" / f"{stage}.json"
+        return f.is_file() and json.loads(f.read_text()).get("key") == self.stage_key(stage)
+
+    def mark(self, stage: str, seconds: float) -> None:
+        atomic_write_json(self.out / ".stages" / f"{stage}.json", {"key": self.stage_key(stage), "seconds": seconds})
+
+    @property
+    def base(self):
+        if self._base is None:
+            from probe.models import load_model
+
+            self._base = load_model(None if self.cfg["model"] == "default" else self.cfg["model"],
+                                    device=self.cfg["device"], dtype=self.cfg["dtype"])
+        return self._base
+
+    def pruned_stages(self) -> dict[str, Path]:
+        names = list(self.cfg["prune"]["strategies"]) + (["bi-protected"] if self.cfg["prune"]["protect_top"] else [])
+        return {f"pruned-{s}": self.out / "prune" / s for s in names}
+
+    def recovered_stages(self) -> dict[str, Path]:
+        r = self.cfg["recover"]
+        return {f"recovered-{s}-{m}": self.out / "recover" / f"{s}-{m}" for s in r["on"] for m in r["modes"]}
+
+
+def _localize(run: Run) -> None:
+    from circuits.run import patch
+    from probe.sweep import sweep
+
+    c, seed = run.cfg["localize"], run.cfg["seed"]
+    sweep(probe=c["probes"], n=c["n"], out=run.out / "localize" / "sweep", seed=seed,
+          probe_options={"shots": c["shots"], "ops": c["ops"]} if "arithmetic_multi" in c["probes"] else None,
+          loaded=run.base, show_progress=run.show)
+    for p in c["patch"]:
+        patch(probe=p, n=c["patch_n"], out=run.out / "localize" / f"patch-{p}", method=c["patch_method"],
+              positions=c["patch_positions"], seed=seed, loaded=run.base, show_progress=run.show)
+
+
+def _score(run: Run) -> None:
+    from prune.run import score
+
+    patch_table = next((str(run.out / "localize" / f"patch-{p}" / "layers.csv") for p in run.cfg["localize"]["patch"]),
+                       None)
+    score(out=run.out / "score", n_texts=run.cfg["score"]["n_texts"], loaded=run.base, show_progress=run.show,
+          sweep_table=str(run.out / "localize" / "sweep" / "sweep.csv") if run.cfg["localize"]["probes"] else None,
+          sweep_probe=run.cfg["localize"]["probes"][0] if run.cfg["localize"]["probes"] else None,
+          patch_table=patch_table)
+
+
+def _prune(run: Run) -> None:
+    from prune.run import prune
+
+    c = run.cfg["prune"]
+    for stage, folder in run.pruned_stages().items():
+        if (folder / "plan.json").is_file():
+            continue  # written atomically: a complete checkpoint from an interrupted stage
+        strategy = stage.removeprefix("pruned-")
+        kw = {}
+        if strategy == "bi-protected":
+            strategy = "bi"
+            kw = {"protect_from": str(run.out / "localize" / f"patch-{c['protect_from']}" / "layers.csv"),
+                  "protect_top": c["protect_top"]}
+        plan = prune(strategy=strategy, out=folder, ratio=c["ratio"], loaded=run.base, overwrite=True,
+                     show_progress=run.show, **kw)
+        print(f"  {stage}: drop {plan.drop}" + (f" (protected {plan.protected})" if plan.protected else ""))
+
+
+def _recover(run: Run) -> None:
+    from recover.data import load_prompts
+    from recover.sgr import generate_responses
+    from recover.train import RecoveryConfig, recover
+
+    c = run.cfg["recover"]
+    if not c["modes"]:
+        return
+    sgr_file = run.out / "recover" / "sgr.jsonl"
+    records = load_prompts(c["prompts"], n=c["n_prompts"], seed=run.cfg["seed"])
+    generate_responses(run.base, records, sgr_file, temperature=c["temperature"], max_new_tokens=c["max_new_tokens"],
+                       seed=run.cfg["seed"], batch_size=16 if run.cfg["device"] == "cpu" else 64,
+                       prompts_source=c["prompts"], show_progress=run.show)
+    pruned = run.pruned_stages()
+    for stage, folder in run.recovered_stages().items():
+        strategy, mode = folder.name.rsplit("-", 1)
+        cfg = RecoveryConfig(mode=mode, quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
+                             max_seq_len=c["max_seq_len"], micro_batch=c["micro_batch"], eval_n=c["eval_n"],
+                             seed=run.cfg["seed"], eval_every=max(1, (c["steps"] or 100) // 4))
+        s = recover(pruned[f"pruned-{strategy}"], sgr_file, folder, cfg, device=run.cfg["device"],
+                    teacher=run.base.path if mode == "distill" else None, show_progress=run.show)
+        print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
+              f"held-out perplexity {s['final_eval_ppl']:.2f}")
+
+
+def _evaluate(run: Run) -> None:
+    from analysis.evaluate import evaluate
+    from probe.models import load_model
+    from prune.run import probe_accuracy
+
+    c = run.cfg["evaluate"]
+    models = {"base": None, **run.pruned_stages(), **run.recovered_stages()}
+    probe_rows, eval_rows = [], []
+    for stage, folder in models.items():
+        lm = run.base if folder is None else load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
+        lm.name = run.base.name  # one model family through the stages; the stage is the condition
+        if c["tasks"]:
+            eval_rows += evaluate(lm, c["tasks"], run.out / "eval" / stage, stage=stage, limit=c["limit"],
+                                  num_fewshot=c["fewshot"], batch_size=c["batch_size"], seed=run.cfg["seed"],
+                                  xsum_file=c["xsum_file"], show_progress=run.show)
+        probes = run.cfg["localize"]["probes"] or ["arithmetic_multi", "brackets", "copy"]
+        for p, acc in probe_accuracy(folder, probes, n=c["probe_n"], loaded=lm).items():
+            probe_rows.append({"model": run.base.name, "probe": p, "condition": stage, "layers": "",
+                               "metric": "accuracy", "value": acc, "n": c["probe_n"], "seed": run.cfg["seed"]})
+        print(f"  {stage}: " + ", ".join(f"{r['probe']} {r['value']:.3f}" for r in probe_rows if r["condition"] == stage))
+    write_table(probe_rows, run.out / "probes")
+    if eval_rows:
+        write_table(eval_rows, run.out / "eval" / "eval")
+
+
+def _report(run: Run) -> None:
+    from analysis.report import report
+
+    for name in ("retention.csv", "retention.png", "probes.png", "signatures.csv"):
+        (run.out / name).unlink(missing_ok=True)  # recomputed from this run's evaluation
+    md, page = report(run.out, show_progress=run.show)
+    print(f"  wrote {md} and {page}")
+
+
+RUNNERS = {"localize": _localize, "score": _score, "prune": _prune, "recover": _recover, "evaluate": _evaluate,
+           "report": _report}
+
+
+def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only: list[str] | None = None) -> Path:
+    """Run (or resume) every stage of a config; returns the run folder."""
+    cfg = load_config(config) if not isinstance(config, dict) else config
+    run = Run(cfg, show_progress)
+    run.out.mkdir(parents=True, exist_ok=True)
+    if isinstance(config, (str, Path)):
+        atomic_write_text(run.out / "config.yaml", Path(config).read_text())
+    atomic_write_json(run.out / "config.json", cfg)
+    t_all = time.perf_counter()
+    for stage in STAGES:
+        if only and stage not in only:
+            continue
+        if run.done(stage):
+            print(f"[{stage}] done earlier (cached)")
+            continue
+        print(f"[{stage}]")
+        t0 = time.perf_counter()
+        RUNNERS[stage](run)
+        run.mark(stage, round(time.perf_counter() - t0, 2))
+        print(f"[{stage}] {time.perf_counter() - t0:.1f} s")
+    print(f"run folder {run.out} ({time.perf_counter() - t_all:.0f} s this call)")
+    return run.out
+
+
+def retention_summary(run_dir: str | Path) -> str:
+    """A short plain-text retention table of a finished run (for the terminal)."""
+    path = Path(run_dir) / "retention.csv"
+    if not path.is_file():
+        return ""
+    rows = [r for r in read_table(path) if r.get("level") in ("category", "gap")]
+    return "\n".join(f"  {r['condition']:28s} {r['probe']:15s} {float(r['value']):.3f}" for r in rows)
