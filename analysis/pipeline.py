@@ -76,6 +76,8 @@ SCHEMA: dict = {
         "quant": (bool, True),
         "micro_batch": (int, 4),
         "eval_n": (int, 32),
+        "lr": (float, 2e-4),
+        "warmup": (int, 50),
     },
     "evaluate": {
         "tasks": (list, ["arc_easy", "piqa", "gsm8k"]),
@@ -342,7 +344,8 @@ def _recover(run: Run) -> None:
         strategy, mode = folder.name.rsplit("-", 1)
         cfg = RecoveryConfig(mode=mode, quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
                              max_seq_len=c["max_seq_len"], micro_batch=c["micro_batch"], eval_n=c["eval_n"],
-                             seed=run.cfg["seed"], eval_every=max(1, (c["steps"] or 100) // 4))
+                             lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
+                             eval_every=max(1, (c["steps"] or 100) // 4))
         s = recover(pruned[f"pruned-{strategy}"], sgr_file, folder, cfg, device=run.cfg["device"],
                     teacher=run.base.path if mode == "distill" else None, show_progress=run.show)
         print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
