@@ -19,6 +19,7 @@ per-document samples, and resumes a crashed run task by task.
 from __future__ import annotations
 
 import importlib.util
+import contextlib
 import json
 import math
 import os
@@ -401,6 +402,7 @@ def evaluate(
     seed: int = 0,
     xsum_file: str | Path | None = None,
     code_options: dict | None = None,
+    skip: Sequence[int] = (),
     show_progress: bool = True,
 ) -> list[dict]:
     """Score ``loaded`` (a ``probe.models.LoadedModel``) on benchmarks; tidy rows, one per task x metric.
@@ -414,6 +416,8 @@ def evaluate(
     response, target, correct, scores) and ``tasks/<task>.json``; a rerun with the same settings
     skips finished tasks, other settings are refused. ``code_options`` go to
     :func:`analysis.code_eval.run_code_task` (``max_new_tokens``, ``humaneval_plus``, ``mbpp_plus``).
+    ``skip``: layers skipped through the block handle while evaluating (a single-layer ablation of a
+    benchmark: ``skip=[5]``); they go into the ``layers`` column.
 
     >>> rows = evaluate(load_model(), ["arc_easy"], limit=20, num_fewshot=0)   # doctest: +SKIP
     """
@@ -435,7 +439,8 @@ def evaluate(
 
     config = {"command": "eval", "model": loaded.name, "model_path": str(loaded.path), "stage": stage,
               "limit": limit, "num_fewshot": num_fewshot, "max_length": max_length, "seed": seed,
-              "lm_eval": lm_eval.__version__, **({"code_options": {k: str(v) for k, v in code_options.items()}}
+              "lm_eval": lm_eval.__version__, **({"skip": sorted(skip)} if skip else {}),
+              **({"code_options": {k: str(v) for k, v in code_options.items()}}
                                                  if code_options else {})}
     out = Path(out) if out is not None else None
     if out is not None:
@@ -447,42 +452,45 @@ def evaluate(
     saved = {k: getattr(tok, k, None) for k in ("padding_side", "truncation_side")}
     lm = None
     rows: list[dict] = []
+    layers = " ".join(str(x) for x in sorted(skip))
+    skipping = loaded.blocks.skip(sorted(skip)) if skip else contextlib.nullcontext()
     try:
-        for name in tqdm(list(dict.fromkeys(tasks)), desc="eval", disable=not show_progress):
-            # the xsum file is a setting of that task only: other tasks of the folder stay valid without it
-            settings = {**config, "xsum_file": configs[name][0]["dataset_kwargs"]["data_files"]["test"]} \
-                if name == "xsum" else config
-            done = out / "tasks" / f"{name}.json" if out is not None else None
-            if done is not None and done.is_file():
-                record = json.loads(done.read_text())
-                if record.get("config") == settings:
-                    rows += record["rows"]
-                    continue
-            t0 = time.perf_counter()
-            if name in CODE_TASKS:
-                work = out / "code" / name if out is not None else Path(tempfile.mkdtemp(prefix=f"prunescope-{name}-"))
-                code_rows, samples = _run_code_task(loaded, name, limit=limits.get(name, limits.get("default")), out_dir=work, batch_size=batch_size,
-                                                    seed=seed, show_progress=show_progress,
-                                                    code_options=code_options or {})
-                task_rows = [{**r, "model": loaded.name, "probe": name, "condition": stage, "layers": "",
-                              "seed": seed, "category": TASKS[name].category,
-                              "primary": r["metric"] == TASKS[name].primary} for r in code_rows]
-            else:
-                if lm is None:
-                    lm = make_lm(loaded, batch_size=batch_size, max_length=max_length, show_progress=show_progress)
-                leaves = configs[name]
-                res, task_objs = run_lm_eval(lm, leaves, limit=lm_eval_limit(name, limits.get(name, limits.get("default")), len(leaves)),
-                                             seed=seed)
-                metrics, samples, n = _rows_and_samples(name, res, task_objs)
-                task_rows = _full_rows(loaded, name, stage, seed, metrics, n)
-            rows += task_rows
-            if out is not None:
-                # samples first, then the record that marks the task finished: a crash in between recomputes it
-                atomic_write_text(out / "samples" / f"{name}.jsonl",
-                                  "".join(json.dumps(s, default=str) + "\n" for s in samples))
-                atomic_write_json(done, {"task": name, "config": settings, "rows": task_rows,
-                                         "seconds": round(time.perf_counter() - t0, 2)})
-                _write_eval_table(out)
+        with skipping:
+            for name in tqdm(list(dict.fromkeys(tasks)), desc="eval", disable=not show_progress):
+                # the xsum file is a setting of that task only: other tasks of the folder stay valid without it
+                settings = {**config, "xsum_file": configs[name][0]["dataset_kwargs"]["data_files"]["test"]} \
+                    if name == "xsum" else config
+                done = out / "tasks" / f"{name}.json" if out is not None else None
+                if done is not None and done.is_file():
+                    record = json.loads(done.read_text())
+                    if record.get("config") == settings:
+                        rows += record["rows"]
+                        continue
+                t0 = time.perf_counter()
+                if name in CODE_TASKS:
+                    work = out / "code" / name if out is not None else Path(tempfile.mkdtemp(prefix=f"prunescope-{name}-"))
+                    code_rows, samples = _run_code_task(loaded, name, limit=limits.get(name, limits.get("default")),
+                                                        out_dir=work, batch_size=batch_size, seed=seed, show_progress=show_progress,
+                                                        code_options=code_options or {})
+                    task_rows = [{**r, "model": loaded.name, "probe": name, "condition": stage, "layers": layers,
+                                  "seed": seed, "category": TASKS[name].category,
+                                  "primary": r["metric"] == TASKS[name].primary} for r in code_rows]
+                else:
+                    if lm is None:
+                        lm = make_lm(loaded, batch_size=batch_size, max_length=max_length, show_progress=show_progress)
+                    leaves = configs[name]
+                    limit_n = lm_eval_limit(name, limits.get(name, limits.get("default")), len(leaves))
+                    res, task_objs = run_lm_eval(lm, leaves, limit=limit_n, seed=seed)
+                    metrics, samples, n = _rows_and_samples(name, res, task_objs)
+                    task_rows = [{**r, "layers": layers} for r in _full_rows(loaded, name, stage, seed, metrics, n)]
+                rows += task_rows
+                if out is not None:
+                    # samples first, then the record that marks the task finished: a crash in between recomputes it
+                    atomic_write_text(out / "samples" / f"{name}.jsonl",
+                                      "".join(json.dumps(s, default=str) + "\n" for s in samples))
+                    atomic_write_json(done, {"task": name, "config": settings, "rows": task_rows,
+                                             "seconds": round(time.perf_counter() - t0, 2)})
+                    _write_eval_table(out)
     finally:
         for k, v in saved.items():  # whatever happened inside lm-eval, the shared tokenizer is as it was
             if v is not None:

@@ -55,6 +55,10 @@ SCHEMA: dict = {
         "patch_method": (str, "both"),
         "patch_positions": (int, 6),
         "patch_kinds": (list, ["resid_post", "attn_out", "mlp_out", "head"]),
+        # single-layer ablation of benchmarks (the paper's experiment 1): each layer skipped in turn
+        "ablate_tasks": (list, []),
+        "ablate_limit": (int, 20),
+        "ablate_every": (int, 1),  # every k-th layer (1 = all)
     },
     "score": {"n_texts": (int, 64)},
     "prune": {
@@ -187,6 +191,13 @@ def _check_values(cfg: dict, root, src: str) -> None:
     for k in cfg["localize"]["patch_kinds"]:
         if k not in ("resid_post", "attn_out", "mlp_out", "head"):
             bad(("localize", "patch_kinds"), f"names {k!r}; choose from resid_post, attn_out, mlp_out, head")
+    for t in cfg["localize"]["ablate_tasks"]:
+        from analysis.evaluate import TASKS
+
+        if t not in TASKS:
+            bad(("localize", "ablate_tasks"), f"names an unknown task {t!r}; choose from {', '.join(TASKS)}")
+    if cfg["localize"]["ablate_every"] < 1:
+        bad(("localize", "ablate_every"), "must be at least 1")
     if cfg["localize"]["patch_method"] not in ("exact", "attribution", "both"):
         bad(("localize", "patch_method"), "must be exact, attribution or both")
     if not 0 < cfg["prune"]["ratio"] < 1:
@@ -291,10 +302,33 @@ def _localize(run: Run) -> None:
     sweep(probe=c["probes"], n=c["n"], out=run.out / "localize" / "sweep", seed=seed,
           probe_options={"shots": c["shots"], "ops": c["ops"]} if "arithmetic_multi" in c["probes"] else None,
           loaded=run.base, show_progress=run.show)
+    if c["ablate_tasks"]:
+        ablate(run)
     for p in c["patch"]:
         patch(probe=p, n=c["patch_n"], out=run.out / "localize" / f"patch-{p}", method=c["patch_method"],
               positions=c["patch_positions"], kinds=c["patch_kinds"], seed=seed, loaded=run.base,
               show_progress=run.show)
+
+
+def ablate(run: Run) -> list[dict]:
+    """Benchmarks with no layer and each single layer skipped: ``localize/ablate/ablation.csv`` (the
+    primary metric of each task as ``score``, conditions ``none`` / ``skip:L`` like a sweep) + figure."""
+    from analysis.evaluate import TASKS, evaluate
+    from probe.plots import plot_sweep
+
+    c, root = run.cfg["localize"], run.out / "localize" / "ablate"
+    layers = list(range(0, run.base.blocks.n_layers, c["ablate_every"]))
+    rows = []
+    for skip in [None, *layers]:
+        cond = "none" if skip is None else f"skip:{skip}"
+        got = evaluate(run.base, c["ablate_tasks"], root / cond.replace(":", "-"), stage=cond,
+                       limit=c["ablate_limit"], skip=[] if skip is None else [skip], seed=run.cfg["seed"],
+                       show_progress=False)
+        rows += [{**r, "metric": "score", "primary_metric": r["metric"]} for r in got
+                 if r["metric"] == TASKS[r["probe"]].primary]
+    write_table(rows, root / "ablation")
+    plot_sweep(rows, root, metric="score")
+    return rows
 
 
 def _score(run: Run) -> None:

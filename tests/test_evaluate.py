@@ -167,6 +167,11 @@ def test_default_model_generates_arithmetic_with_per_task_limits(default_model, 
     samples = read_samples(tmp_path / "ev", "arithmetic")
     ok = [s for s in samples if s["correct"]]
     assert ok and all(s["response"].strip().startswith(s["target"].strip()) for s in ok)
+    # the same task with layer 0 skipped through the block handle (the ablation of experiment 1)
+    rows = evaluate(default_model, ["arithmetic"], limit=12, num_fewshot=5, skip=[0], show_progress=False)
+    skipped = {r["metric"]: r for r in rows}["exact_match"]
+    assert skipped["layers"] == "0" and skipped["value"] < got[("arithmetic", "exact_match")][0]
+    assert type(default_model.blocks.layers[0]).__name__ != "_PassThrough"  # restored after evaluating
 
 
 @pytest.mark.parametrize("text, flexible, strict", [

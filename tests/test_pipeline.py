@@ -15,7 +15,8 @@ from probe.results import read_table
 CONFIG = """name: tiny
 out: {out}
 model: {model}
-localize: {{probes: [arithmetic_multi, brackets], n: 8, patch: [arithmetic], patch_n: 4, patch_positions: 3}}
+localize: {{probes: [arithmetic_multi, brackets], n: 8, patch: [arithmetic], patch_n: 4, patch_positions: 3,
+           ablate_tasks: [arc_easy], ablate_limit: 3}}
 score: {{n_texts: 8}}
 prune: {{ratio: 0.25, strategies: [bi, reverse], protect_top: 1}}
 recover: {{modes: [sgr], on: [bi], n_prompts: 16, max_new_tokens: 8, steps: 6, micro_batch: 4, eval_n: 4}}
@@ -45,6 +46,9 @@ def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path):
     for f in ("report.html", "report.md", "retention.png", "probes.png", "prune/bi/config.json",
               "recover/bi-sgr/model.safetensors", "localize/patch-arithmetic/layers.csv", "score/scores.csv"):
         assert (ref / f).is_file(), f
+    ablation = read_table(ref / "localize/ablate/ablation.csv")
+    assert [r["condition"] for r in ablation] == ["none", "skip:0", "skip:1", "skip:2", "skip:3"]
+    assert {r["primary_metric"] for r in ablation} == {"acc_norm"} and (ref / "localize/ablate/sweep_score.png").is_file()
     stages = {r["condition"] for r in read_table(ref / "probes.csv")}
     assert stages == {"base", "pruned-bi", "pruned-reverse", "pruned-bi-protected", "recovered-bi-sgr"}
     # the protected plan keeps the top patching layer of arithmetic
