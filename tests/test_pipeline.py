@@ -87,6 +87,8 @@ def test_config_errors_name_key_and_line(tmp_path):
         load_config_text("evaluate: {tasks: [xsum]}\n")
     with pytest.raises(PrunescopeError, match="recover.on"):
         load_config_text("recover: {modes: [sgr], on: [angular]}\n")
+    with pytest.raises(PrunescopeError, match=r"<config>:1: 'model' is 'smollm': no such folder"):
+        load_config_text("model: smollm\n")
     with pytest.raises(PrunescopeError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
 
