@@ -30,7 +30,7 @@ from pathlib import Path
 from probe.errors import PrunescopeError
 from probe.results import atomic_write_text, read_table, write_table
 
-from .retention import plot_probes, plot_retention, probe_comparison, retention_table
+from .retention import bootstrap_retention, item_scores, plot_probes, plot_retention, probe_comparison, retention_table
 from .signatures import aggregate_signatures, examples, run_signatures
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "lm_eval", "evalplus", "transformer_lens", "nnsight")
@@ -230,8 +230,12 @@ def _retention(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict
         stages = list(dict.fromkeys(r["condition"] for r in eval_rows))
         base = "base" if "base" in stages else stages[0]
         table = retention_table(eval_rows, base=base)
+        items = item_scores(run_dir, {(r["condition"], r["probe"]): r["score_metric"] for r in table
+                                      if r.get("level") == "task"})
+        table = bootstrap_retention(table, items, base=base)
         write_table(table, run_dir / "retention")
-        doc.p(f"Retention computed from eval/eval.csv (base stage: {base}); written to retention.csv.")
+        doc.p(f"Retention computed from eval/eval.csv (base stage: {base}); written to retention.csv. "
+              "Brackets: 95% paired bootstrap intervals over items (1000 resamples).")
     else:
         doc.p("No eval/eval.csv and no retention.csv: retention is not available.")
         missing.append("eval/eval.csv")
@@ -244,7 +248,11 @@ def _retention(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict
                            lambda r: f"{_cell(r['value'])} ({_cell(r['score'])})")
     headers[1], headers[3] = "task", "metric"
     doc.table(headers, lines, "Cells: retention (score) per task and stage.")
-    headers, lines = _wide([r for r in table if r.get("level") in ("category", "gap")], ["model", "probe"])
+    def _with_ci(r: dict) -> str:
+        lo, hi = r.get("ci_low", ""), r.get("ci_high", "")
+        return _cell(r["value"]) + (f" [{_cell(lo)}, {_cell(hi)}]" if lo not in ("", None) else "")
+
+    headers, lines = _wide([r for r in table if r.get("level") in ("category", "gap")], ["model", "probe"], _with_ci)
     headers[1] = "mean over tasks"
     doc.table(headers, lines, "Mean retention of each category's tasks; gap = classification minus generative.")
     fig = run_dir / "retention.png"

@@ -238,3 +238,83 @@ def plot_probes(rows: list[dict], path: str | Path, metric: str = "accuracy") ->
     ax.set_title(f"probe {metric} per stage")
     ax.legend(fontsize=8)
     return _save(fig, Path(path))
+
+
+def item_scores(run_dir: str | Path, metrics: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], dict]:
+    """``{(stage, task): {doc_id: score}}`` from ``eval/<stage>/samples/<task>.jsonl``: the per-doc value
+    of the task's retention metric (``scores[metric]``, else ``correct`` as 0/1). ``metrics`` maps
+    ``(stage, task)`` to the metric name used in the retention table."""
+    import json
+
+    out = {}
+    for f in sorted(Path(run_dir).glob("eval/*/samples/*.jsonl")):
+        stage, task = f.parent.parent.name, f.stem
+        metric = metrics.get((stage, task))
+        if metric is None:
+            continue
+        per = {}
+        for line in f.read_text().splitlines():
+            if not line.strip():
+                continue
+            d = json.loads(line)
+            sc = (d.get("scores") or {}).get(metric.split(",")[0])
+            if sc is None and d.get("correct") is not None:
+                sc = float(bool(d["correct"]))
+            if sc is not None:
+                per[str(d.get("doc_id"))] = float(sc)
+        out[(stage, task)] = per
+    return out
+
+
+def bootstrap_retention(table: list[dict], items: Mapping[tuple[str, str], dict], base: str = "base",
+                        n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict]:
+    """Add ``ci_low`` / ``ci_high`` to a retention table: a paired bootstrap over items (the same docs
+    resampled for the base and the stage, each task resampled on its own), for task retentions,
+    category means and the gap. Rows without item scores keep empty bounds.
+
+    >>> t = [{"model": "m", "probe": "t", "condition": "s", "level": "task", "category": "generative",
+    ...       "value": 0.5}]
+    >>> items = {("base", "t"): {"0": 1.0, "1": 1.0}, ("s", "t"): {"0": 1.0, "1": 0.0}}
+    >>> r = bootstrap_retention(t, items, n_boot=200)[0]; 0.0 <= r["ci_low"] <= 0.5 <= r["ci_high"] <= 1.0
+    True
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    by_stage: dict[tuple, dict[str, np.ndarray]] = defaultdict(dict)  # (model, stage) -> task -> boot retentions
+    out = [dict(r, ci_low="", ci_high="") for r in table]
+    for r in out:
+        if r.get("level") != "task":
+            continue
+        b, s = items.get((base, r["probe"])), items.get((r["condition"], r["probe"]))
+        if not b or not s:
+            continue
+        docs = sorted(set(b) & set(s))
+        if not docs:
+            continue
+        bv = np.array([b[d] for d in docs])
+        sv = np.array([s[d] for d in docs])
+        idx = rng.integers(0, len(docs), size=(n_boot, len(docs)))
+        num, den = sv[idx].mean(1), bv[idx].mean(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = np.where(den > 0, num / den, np.nan)
+        by_stage[(r["model"], r["condition"])][r["probe"]] = (r["category"], boot)
+        if np.isfinite(boot).any():
+            r["ci_low"], r["ci_high"] = (float(x) for x in np.nanpercentile(boot, [lo_q, hi_q]))
+    for r in out:
+        tasks = by_stage.get((r["model"], r["condition"]), {})
+        if r.get("level") == "category":
+            boots = [bt for cat, bt in tasks.values() if cat == r["probe"]]
+        elif r.get("level") == "gap":
+            cls = [bt for cat, bt in tasks.values() if cat == "classification"]
+            gen = [bt for cat, bt in tasks.values() if cat == "generative"]
+            boots = [np.nanmean(cls, 0) - np.nanmean(gen, 0)] if cls and gen else []
+        else:
+            continue
+        if boots:
+            with np.errstate(invalid="ignore"):
+                mean = np.nanmean(np.vstack(boots), 0) if r.get("level") == "category" else boots[0]
+            if np.isfinite(mean).any():
+                r["ci_low"], r["ci_high"] = (float(x) for x in np.nanpercentile(mean, [lo_q, hi_q]))
+    return out

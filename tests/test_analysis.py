@@ -333,3 +333,24 @@ def test_report_empty_run_and_versions(tmp_path):
     assert v["torch"] != "not installed" and v["lm_eval"] != "not installed" and set(v) >= {"nnsight", "python"}
     with pytest.raises(PrunescopeError, match="does not exist"):
         report(tmp_path / "nope")
+
+
+def test_bootstrap_retention_intervals():
+    from analysis.retention import bootstrap_retention, retention_table
+
+    rows = [{"model": "m", "probe": t, "condition": st, "metric": "acc", "value": v, "n": 4, "category": c}
+            for t, c, vals in (("arc", "classification", (1.0, 0.5)), ("gsm", "generative", (0.5, 0.25)))
+            for st, v in zip(("base", "pruned"), vals)]
+    table = retention_table(rows, metric="acc")
+    items = {("base", "arc"): {str(i): 1.0 for i in range(4)},
+             ("pruned", "arc"): {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.0},
+             ("base", "gsm"): {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.0},
+             ("pruned", "gsm"): {"0": 1.0, "1": 0.0, "2": 0.0, "3": 0.0}}
+    out = {(r["probe"], r["condition"]): r for r in bootstrap_retention(table, items, n_boot=2000, seed=0)}
+    arc = out[("arc", "pruned")]
+    assert arc["value"] == 0.5 and 0.0 <= arc["ci_low"] < 0.5 < arc["ci_high"] <= 1.0
+    assert out[("arc", "base")]["ci_low"] == out[("arc", "base")]["ci_high"] == 1.0  # base vs itself: no spread
+    gap = out[("gap", "pruned")]
+    assert gap["value"] == 0.0 and gap["ci_low"] < 0.0 < gap["ci_high"]
+    again = {(r["probe"], r["condition"]): r for r in bootstrap_retention(table, items, n_boot=2000, seed=0)}
+    assert again[("gap", "pruned")]["ci_low"] == gap["ci_low"]  # seeded
