@@ -582,13 +582,41 @@ def generate(loaded, prompts: list[str], stop: list[str], *, batch_size: int = 8
                 setattr(tok, k, v)
 
 
+# evalplus' own instruction-model prompt (codegen "instruction_prefix" / "response_prefix")
+CHAT_INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem in a "
+                    "markdown code block:")
+CHAT_RESPONSE = ("Below is a Python script with a self-contained function that solves the problem and passes "
+                 "corresponding tests:")
+
+
+def chat_prompt(tokenizer, problem_prompt: str) -> str:
+    """The problem as an instruction in the model's chat template, the answer opened as a code block."""
+    msg = f"{CHAT_INSTRUCTION}\n```\n{problem_prompt.strip()}\n```"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": msg}], add_generation_prompt=True,
+                                         tokenize=False)
+    return text + f"{CHAT_RESPONSE}\n```python\n"
+
+
+def _with_prompt_imports(prompt: str, code: str) -> str:
+    """The prompt's own top-level imports (``from typing import List``) ahead of a chat reply that
+    uses them without importing: the raw-completion path gets them from the prompt too."""
+    if not code:
+        return code
+    imports = [ln for ln in prompt.splitlines() if ln.startswith(("import ", "from ")) and ln not in code]
+    return "\n".join(imports) + ("\n\n" if imports else "") + code
+
+
 def run_code_task(loaded, task: str, *, limit: int | None = None, out_dir: str | Path, batch_size: int = 8,
                   max_new_tokens: int = 384, seed: int = 0, humaneval_plus: str | Path | None = None,
-                  mbpp_plus: str | Path | None = None, show_progress: bool = True) -> tuple[list[dict], list[dict]]:
+                  mbpp_plus: str | Path | None = None, chat: bool | None = None,
+                  show_progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Generate a completion per problem and score it with evalplus: ``(rows, samples)``.
 
     ``rows`` are tidy result rows (``pass@1`` on the base tests, ``plus_pass@1`` when the problem
-    file has plus tests); ``samples`` has one record per problem. ``out_dir`` receives the problem
+    file has plus tests); ``samples`` has one record per problem. ``chat`` (default: when the
+    tokenizer has a chat template) asks the way evalplus asks instruction models: the problem inside
+    an instruction, the answer opened as a ```python block, and the reply cut down to the entry
+    point and what it needs with ``evalplus.sanitize``; otherwise the raw prompt is completed. ``out_dir`` receives the problem
     file evalplus used, the samples, evalplus' results and its log.
 
     >>> from probe.models import load_model
@@ -605,15 +633,24 @@ def run_code_task(loaded, task: str, *, limit: int | None = None, out_dir: str |
     problems, data_label = _problems_for(task, plus_file)
     chosen = list(problems.values())[:limit]
     torch.manual_seed(seed)  # greedy decoding; recorded for the table
-    completions = generate(loaded, [p["prompt"] for p in chosen], STOP[task], batch_size=batch_size,
-                           max_new_tokens=max_new_tokens, show_progress=show_progress)
-    res = run_evalplus(task, chosen, [{"task_id": p["task_id"], "completion": c} for p, c in zip(chosen, completions)],
-                       Path(out_dir) / f"{task}_evalplus", name=f"{task}_samples")
+    chat = bool(getattr(loaded.tokenizer, "chat_template", None)) if chat is None else chat
+    if chat:
+        from evalplus.sanitize import sanitize
+
+        replies = generate(loaded, [chat_prompt(loaded.tokenizer, p["prompt"]) for p in chosen], ["\n```"],
+                           batch_size=batch_size, max_new_tokens=max_new_tokens, show_progress=show_progress)
+        completions = [_with_prompt_imports(p["prompt"], sanitize(r, p["entry_point"])) for p, r in zip(chosen, replies)]
+        to_eval = [{"task_id": p["task_id"], "solution": c} for p, c in zip(chosen, completions)]
+    else:
+        completions = generate(loaded, [p["prompt"] for p in chosen], STOP[task], batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, show_progress=show_progress)
+        to_eval = [{"task_id": p["task_id"], "completion": c} for p, c in zip(chosen, completions)]
+    res = run_evalplus(task, chosen, to_eval, Path(out_dir) / f"{task}_evalplus", name=f"{task}_samples")
     has_plus = any(p["plus_input"] for p in chosen)
     samples = []
     for p, c in zip(chosen, completions):
         r = res[p["task_id"]]
-        s = {"task": task, "doc_id": p["task_id"], "prompt": p["prompt"], "response": c,
+        s = {"task": task, "doc_id": p["task_id"], "prompt": p["prompt"], "response": c, "chat": chat,
              "target": p["canonical_solution"], "correct": r["base_status"] == "pass", "status": r["base_status"]}
         if has_plus:
             s["plus_correct"] = s["correct"] and r["plus_status"] == "pass"
@@ -624,7 +661,7 @@ def run_code_task(loaded, task: str, *, limit: int | None = None, out_dir: str |
     def row(metric: str, value: float, primary: bool) -> dict:  # probe.results.COLUMNS order, then extras
         return {"model": loaded.name, "probe": task, "condition": "", "layers": "", "metric": metric,
                 "value": value, "n": n, "seed": seed, "category": "generative", "primary": primary,
-                "data": data_label}
+                "data": data_label + ("; chat prompt" if chat else "")}
 
     rows = [row("pass@1", sum(s["correct"] for s in samples) / n, True)]
     if has_plus:

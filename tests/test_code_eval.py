@@ -92,6 +92,20 @@ def test_run_code_task_tiny_model_end_to_end(tmp_path):
     assert [w["completion"] for w in written] == [s["response"] for s in samples]
 
 
+def test_chat_prompt_path_sanitizes_replies(tmp_path, default_model):
+    """Instruction models are asked the evalplus way; the reply is cut to the entry point."""
+    prompt = ce.chat_prompt(default_model.tokenizer, "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n")
+    assert prompt.startswith("<|im_start|>") and prompt.endswith("```python\n") and ce.CHAT_INSTRUCTION in prompt
+    rows, samples = ce.run_code_task(default_model, "humaneval", limit=2, out_dir=tmp_path, batch_size=2,
+                                     max_new_tokens=48, show_progress=False)
+    assert rows[0]["data"].endswith("; chat prompt") and all(s["chat"] for s in samples)
+    written = [json.loads(x) for x in (tmp_path / "humaneval_evalplus" / "humaneval_samples.jsonl").read_text().splitlines()]
+    assert [w["solution"] for w in written] == [s["response"] for s in samples]
+    # whatever the model wrote, the program evalplus ran defines the entry point (or is empty)
+    assert all(s["response"] == "" or f"def {e}" in s["response"]
+               for s, e in zip(samples, ("has_close_elements", "separate_paren_groups")))
+
+
 def test_plus_file_adds_plus_metric(tmp_path):
     """A user-supplied evalplus file with plus inputs is used as is and adds plus_pass@1."""
     from probe.models import LoadedModel
