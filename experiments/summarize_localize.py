@@ -1,0 +1,98 @@
+"""Experiments 1-2 of the paper on each model: which layers are critical for what (single-layer skips
+of probes and benchmarks), and do they coincide with the patching maps?
+
+    python experiments/summarize_localize.py runs/smollm2-localize runs/gemma3-localize --out docs/localize
+
+Prints one Markdown table per model (drop when layer L is skipped, per probe / benchmark, and the
+per-layer patching effect) and the Spearman correlation between skip drops and patching effects;
+writes ``OUT/<model>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from circuits.patching import spearman
+from probe.results import read_table
+
+
+def _per_layer(rows: list[dict], probe: str, metric: str) -> tuple[float | None, dict[int, float]]:
+    base = next((r["value"] for r in rows if r["probe"] == probe and r["metric"] == metric
+                 and r["condition"] == "none"), None)
+    layers = {int(r["layers"]): r["value"] for r in rows if r["probe"] == probe and r["metric"] == metric
+              and str(r["layers"]).isdigit() and r["condition"].startswith("skip:")}
+    return base, layers
+
+
+def summarize(run: Path, out: Path) -> str:
+    loc = run / "localize"
+    sweep = read_table(loc / "sweep" / "sweep.csv")
+    model = sweep[0]["model"]
+    cols: dict[str, tuple[float | None, dict[int, float]]] = {}
+    for p in dict.fromkeys(r["probe"] for r in sweep):
+        cols[f"{p} (probe)"] = _per_layer(sweep, p, "accuracy")
+    if (loc / "ablate" / "ablation.csv").is_file():
+        abl = read_table(loc / "ablate" / "ablation.csv")
+        for t in dict.fromkeys(r["probe"] for r in abl):
+            cols[f"{t} (benchmark)"] = _per_layer(abl, t, "score")
+    patch = {}
+    for p in ("arithmetic", "brackets"):
+        f = loc / f"patch-{p}" / "layers.csv"
+        if f.is_file():
+            rows = read_table(f)
+            patch[p] = {int(r["layers"]): r["value"] for r in rows if r.get("method", "exact") == "exact"}
+    n_layers = max(max(v[1]) for v in cols.values()) + 1
+    heads = ["layer"] + [f"drop: {c}" for c in cols] + [f"patching: {p}" for p in patch]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for i in range(n_layers):
+        cells = [str(i)]
+        for base, per in cols.values():
+            cells.append(f"{base - per[i]:.2f}" if base is not None and i in per else "")
+        cells += [f"{patch[p].get(i, float('nan')):.2f}" for p in patch]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = [f"### {model}", "", *lines, ""]
+    base_line = ", ".join(f"{c} {b:.3f}" for c, (b, _) in cols.items() if b is not None)
+    text.append(f"No layer skipped: {base_line}.")
+    for p, eff in patch.items():
+        for c, (base, per) in cols.items():
+            if c.startswith(p):
+                common = sorted(set(per) & set(eff))
+                rho = spearman([base - per[i] for i in common], [eff[i] for i in common])
+                text.append(f"Spearman(skip drop of {c}, patching effect of {p}) over {len(common)} layers: {rho:.2f}.")
+    _plot(model, cols, patch, out / f"{model}.png")
+    return "\n".join(text)
+
+
+def _plot(model: str, cols, patch, path: Path) -> None:
+    from probe.plots import _save, plt
+
+    fig, (a, b) = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True, layout="constrained")
+    for c, (base, per) in cols.items():
+        xs = sorted(per)
+        a.plot(xs, [base - per[i] for i in xs], "o-", ms=3, label=c)
+    a.axhline(0, color="grey", lw=0.6)
+    a.set_ylabel("drop when skipped")
+    a.set_title(f"{model}: single-layer skips vs patching")
+    a.legend(fontsize=7, ncol=2)
+    for p, eff in patch.items():
+        xs = sorted(eff)
+        b.bar([x + (0.2 if p == "brackets" else -0.2) for x in xs], [eff[i] for i in xs], width=0.4, label=p)
+    b.set_ylabel("patching effect (exact)")
+    b.set_xlabel("layer")
+    b.legend(fontsize=7)
+    _save(fig, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--out", default="docs/localize")
+    args = ap.parse_args()
+    for run in args.runs:
+        print(summarize(Path(run), Path(args.out)))
+        print()
+
+
+if __name__ == "__main__":
+    main()
