@@ -95,14 +95,21 @@ def check_run_config(out: Path, config: dict, what: str = "run", name: str = "co
 
 
 def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
-    """``(line number, object)`` for each non-empty line, with a clear error for bad JSON or a missing file."""
+    """``(line number, object)`` for each non-empty line (``.jsonl`` or ``.jsonl.gz``), with a clear error
+    for bad JSON or a missing file."""
     from .errors import PrunescopeError
 
     path = Path(path)
     if not path.is_file():
         raise PrunescopeError(f"{what} file {path} does not exist")
+    if path.suffix == ".gz":
+        import gzip
+
+        text = gzip.decompress(path.read_bytes()).decode()
+    else:
+        text = path.read_text()
     out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

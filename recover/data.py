@@ -77,11 +77,11 @@ def load_prompts(path: str | Path | None = None, n: int | None = None, seed: int
             raw = [(i + 1, d) for i, d in enumerate(
                 r for f in arrows for r in pa.ipc.open_stream(pa.memory_map(str(f))).read_all().to_pylist())]
         elif files:
-            raw = [(ln, d) for f in files for ln, d in _read_any(f)]
+            raw = [(ln, d) for f in files for ln, d in read_jsonl(f, "prompt")]
         else:
             raise PrunescopeError(f"{path} holds no *.jsonl or *.arrow files")
     else:
-        raw = _read_any(path)
+        raw = read_jsonl(path, "prompt")
     out = []
     for lineno, d in raw:
         r = _record(d, lineno, path)
@@ -92,23 +92,6 @@ def load_prompts(path: str | Path | None = None, n: int | None = None, seed: int
         for i, r in enumerate(out):
             r["id"] = str(i)
     return out[:n] if n else out
-
-
-def _read_any(path: Path) -> list[tuple[int, dict]]:
-    if path.suffix == ".gz":
-        if not path.is_file():
-            raise PrunescopeError(f"prompt file {path} does not exist")
-        rows = []
-        for lineno, line in enumerate(gzip.open(path, "rt"), 1):
-            if line.strip():
-                try:
-                    rows.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise PrunescopeError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-        if not rows:
-            raise PrunescopeError(f"prompt file {path} holds no prompts")
-        return rows
-    return read_jsonl(path, "prompt")
 
 
 # ---------------------------------------------------------------- built-in set

@@ -32,8 +32,7 @@ def merged_model(base: str | Path, adapter: str | Path, *, quant: bool = True):
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    model.config.quantization_config = None  # a plain full-precision checkpoint
-    if hasattr(model.config, "quantization_config"):
+    if hasattr(model.config, "quantization_config"):  # a plain full-precision checkpoint
         del model.config.quantization_config
     return model.float().eval()
 
