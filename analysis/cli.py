@@ -164,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, default=None, help="layers to drop")
     g.add_argument("--ratio", type=float, default=None, help="fraction of layers to drop, e.g. 0.25")
     p.add_argument("--protect", type=_int_list, default=[], help="layers never dropped, e.g. 3,7")
-    p.add_argument("--protect-from", default=None, help="results table whose top layers are protected "
-                   "(runs/X/layers.csv or patch.csv from patching, sweep.csv from a sweep)")
-    p.add_argument("--protect-top", type=int, default=None, help="how many top layers of --protect-from")
+    p.add_argument("--protect-from", default=None, nargs="+", metavar="TABLE",
+                   help="results table(s) whose top layers are protected (runs/X/layers.csv or patch.csv from "
+                        "patching, sweep.csv from a sweep); with several, the union of each one's top layers")
+    p.add_argument("--protect-top", type=int, default=None, help="how many top layers of each --protect-from table")
     p.add_argument("--protect-metric", default=None, help="metric of --protect-from to rank by")
     p.add_argument("--protect-probe", default=None, help="probe of a --protect-from sweep table")
     p.add_argument("--scores", default=None, help="table for --strategy score (sweep, patching or score table)")
@@ -178,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-metric", default="logit_diff", help="iterative: metric to keep high (default: logit_diff)")
     p.add_argument("--out", default=None, help="output checkpoint folder, e.g. pruned/NAME")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--seed", type=int, default=0, help="draw of the built-in calibration texts (bi, angular) and "
+                   "of the iterative search's probe items (default: 0)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("sgr", help="Self-Generated Responses: the base model answers the training prompts",
@@ -378,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          protect_metric=args.protect_metric, protect_probe=args.protect_probe, scores_table=args.scores,
                          score_metric=args.score_metric, text=args.text, eval_probe=args.eval_probe,
                          eval_n=args.eval_n, eval_metric=args.eval_metric, overwrite=args.overwrite,
-                         device=args.device, dtype=args.dtype, show_progress=not args.quiet)
+                         seed=args.seed, device=args.device, dtype=args.dtype, show_progress=not args.quiet)
             print(f"strategy {plan.strategy}: drop {plan.drop} of {plan.n_layers} layers"
                   + (f" (protected {plan.protected})" if plan.protected else ""))
             for layer in plan.drop:

@@ -15,7 +15,11 @@ before any work starts; a mistake names the key and its line.
 
 >>> cfg = load_config_text("name: t\\nprune: {ratio: 0.25}\\n")
 >>> cfg["prune"]["ratio"], cfg["prune"]["strategies"]
-(0.25, ['bi'])
+([0.25], ['bi'])
+
+``prune.ratio`` may list several ratios (one pruned model per strategy and ratio: ``pruned-bi-25``,
+``pruned-bi-12.5``), and ``seeds: [0, 1, 2]`` runs the whole study once per seed into
+``OUT/seed-N/`` and then compares the seeds (``OUT/seeds.csv``, ``seeds.png``, ``seeds.md``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from pathlib import Path
 
 from probe.errors import PrunescopeError
-from probe.results import atomic_write_json, atomic_write_text, read_table, write_table
+from probe.results import atomic_write_json, atomic_write_text, read_jsonl, read_table, write_table
 
 STAGES = ("localize", "score", "prune", "recover", "evaluate", "report")
 # what each stage writes: removed before a stage re-runs with changed settings (a crashed stage
@@ -45,6 +49,7 @@ SCHEMA: dict = {
     "device": (str, "cpu"),
     "dtype": (str, "float32"),
     "seed": (int, 0),
+    "seeds": ("ints", []),  # several: one run per seed under OUT/seed-N, then compared (analysis/seeds.py)
     "localize": {
         "probes": (list, ["arithmetic_multi", "brackets", "copy"]),
         "n": (int, 60),
@@ -62,10 +67,10 @@ SCHEMA: dict = {
     },
     "score": {"n_texts": (int, 64)},
     "prune": {
-        "ratio": (float, 0.25),
+        "ratio": ("numbers", [0.25]),  # one ratio or a list: a pruned model per strategy and ratio
         "strategies": (list, ["bi"]),
-        "protect_top": (int, 0),
-        "protect_from": (str, "arithmetic"),
+        "protect_top": (int, 0),  # > 0: also "bi-protected", BI that never drops the top layers of ...
+        "protect_from": (list, ["arithmetic"]),  # ... each of these patching maps (their union)
     },
     "recover": {
         "modes": (list, []),
@@ -129,6 +134,9 @@ def _fill(schema: dict, node, where: str, src: str) -> dict:
             out[key] = copy.deepcopy(default)
             continue
         value = yaml.safe_load(yaml.serialize(vnode))
+        if types in ("numbers", "ints"):
+            out[key] = _number_list(value, types, full, src, _line(vnode))
+            continue
         if types is dict and isinstance(value, dict):
             bad = [k for k, v in value.items() if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int)]
             if bad:
@@ -146,6 +154,18 @@ def _fill(schema: dict, node, where: str, src: str) -> dict:
             raise PrunescopeError(f"{src}:{_line(vnode)}: '{full}' must be {want}, got {value!r}")
         out[key] = value
     return out
+
+
+def _number_list(value, kind: str, full: str, src: str, line: int) -> list:
+    """``numbers``: one number or a list of numbers -> list of floats; ``ints``: a list of integers."""
+    items = value if isinstance(value, list) else [value]
+    number = (int, float) if kind == "numbers" else (int,)
+    if not items or not all(isinstance(v, number) and not isinstance(v, bool) for v in items):
+        want = "a number or a list of numbers" if kind == "numbers" else "a list of integers"
+        raise PrunescopeError(f"{src}:{line}: '{full}' must be {want}, got {value!r}")
+    if len(set(items)) != len(items):
+        raise PrunescopeError(f"{src}:{line}: '{full}' lists a value twice: {value!r}")
+    return [float(v) for v in items] if kind == "numbers" else list(items)
 
 
 def load_config_text(text: str, src: str = "<config>") -> dict:
@@ -200,18 +220,21 @@ def _check_values(cfg: dict, root, src: str) -> None:
         bad(("localize", "ablate_every"), "must be at least 1")
     if cfg["localize"]["patch_method"] not in ("exact", "attribution", "both"):
         bad(("localize", "patch_method"), "must be exact, attribution or both")
-    if not 0 < cfg["prune"]["ratio"] < 1:
-        bad(("prune", "ratio"), f"must be between 0 and 1, got {cfg['prune']['ratio']}")
+    for r in cfg["prune"]["ratio"]:
+        if not 0 < r < 1:
+            bad(("prune", "ratio"), f"must be between 0 and 1, got {r}")
     for s in cfg["prune"]["strategies"]:
         if s not in STRATEGIES:
             bad(("prune", "strategies"), f"names an unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
-    if cfg["prune"]["protect_top"] and cfg["prune"]["protect_from"] not in cfg["localize"]["patch"]:
-        bad(("prune", "protect_from"), f"must be one of the patched probes {cfg['localize']['patch']} "
-                                       "(its per-layer patching effect ranks the layers to protect)")
+    for p in cfg["prune"]["protect_from"] if cfg["prune"]["protect_top"] else []:
+        if p not in cfg["localize"]["patch"]:
+            bad(("prune", "protect_from"), f"names {p!r}, which is not among the patched probes "
+                                           f"{cfg['localize']['patch']} (its per-layer patching effect ranks the "
+                                           "layers to protect)")
     for m in cfg["recover"]["modes"]:
         if m not in MODES:
             bad(("recover", "modes"), f"names an unknown mode {m!r}; choose from {', '.join(MODES)}")
-    stages = set(cfg["prune"]["strategies"]) | ({"bi-protected"} if cfg["prune"]["protect_top"] else set())
+    stages = set(pruned_names(cfg))
     for s in cfg["recover"]["on"] if cfg["recover"]["modes"] else []:
         if s not in stages:
             bad(("recover", "on"), f"names {s!r}, which is not pruned by this config ({', '.join(sorted(stages))})")
@@ -236,6 +259,8 @@ def _check_values(cfg: dict, root, src: str) -> None:
     if model not in _DEFAULT_ALIASES | {GEMMA3_ALIAS} and not Path(model).expanduser().exists() and "/" not in model:
         bad(("model",), f"is {model!r}: no such folder or .gguf file (use 'default', '{GEMMA3_ALIAS}', a model "
                         "folder or a .gguf path)")
+    if any(s < 0 for s in cfg["seeds"]):
+        bad(("seeds",), f"must be non-negative integers, got {cfg['seeds']}")
     if cfg["device"] != "cpu" and not cfg["device"].startswith("cuda"):
         bad(("device",), f"must be cpu or cuda[:N], got {cfg['device']!r}")
 
@@ -248,6 +273,23 @@ def load_config(path: str | Path) -> dict:
     cfg["name"] = cfg["name"] or path.stem
     cfg["out"] = cfg["out"] or f"runs/{cfg['name']}"
     return cfg
+
+
+def _percent(ratio: float) -> str:
+    return f"{ratio * 100:g}"
+
+
+def pruned_names(cfg: dict) -> dict[str, tuple[str, float]]:
+    """``{name: (strategy, ratio)}`` of the pruned models a config asks for: the strategy's name
+    (``bi``, ``bi-protected``...) with one ratio, ``bi-25`` / ``bi-12.5`` with several.
+
+    >>> list(pruned_names({"prune": {"strategies": ["bi"], "ratio": [0.25, 0.125], "protect_top": 2}}))
+    ['bi-25', 'bi-12.5', 'bi-protected-25', 'bi-protected-12.5']
+    """
+    c = cfg["prune"]
+    strategies = list(c["strategies"]) + (["bi-protected"] if c["protect_top"] else [])
+    ratios = c["ratio"]
+    return {(s if len(ratios) == 1 else f"{s}-{_percent(r)}"): (s, r) for s in strategies for r in ratios}
 
 
 # ---------------------------------------------------------------- stages
@@ -292,8 +334,7 @@ class Run:
         return self._base
 
     def pruned_stages(self) -> dict[str, Path]:
-        names = list(self.cfg["prune"]["strategies"]) + (["bi-protected"] if self.cfg["prune"]["protect_top"] else [])
-        return {f"pruned-{s}": self.out / "prune" / s for s in names}
+        return {f"pruned-{s}": self.out / "prune" / s for s in pruned_names(self.cfg)}
 
     def recovered_stages(self) -> dict[str, Path]:
         r = self.cfg["recover"]
@@ -318,22 +359,38 @@ def _localize(run: Run) -> None:
 
 def ablate(run: Run) -> list[dict]:
     """Benchmarks with no layer and each single layer skipped: ``localize/ablate/ablation.csv`` (the
-    primary metric of each task as ``score``, conditions ``none`` / ``skip:L`` like a sweep) + figure."""
+    primary metric of each task as ``score``, conditions ``none`` / ``skip:L`` like a sweep) + figure,
+    and the failure signatures of the generated answers per condition (``signatures.csv``: wrong
+    chain-of-thought steps, unbalanced brackets, Rep-4, Self-BLEU-4), which still move where a small
+    model's GSM8K or code score sits at the floor."""
     from analysis.evaluate import TASKS, evaluate
+    from analysis.signatures import aggregate_signatures, signatures_for_samples
     from probe.plots import plot_sweep
 
     c, root = run.cfg["localize"], run.out / "localize" / "ablate"
     layers = list(range(0, run.base.blocks.n_layers, c["ablate_every"]))
-    rows = []
+    rows, sig_rows = [], []
     for skip in [None, *layers]:
         cond = "none" if skip is None else f"skip:{skip}"
-        got = evaluate(run.base, c["ablate_tasks"], root / cond.replace(":", "-"), stage=cond,
+        folder = root / cond.replace(":", "-")
+        got = evaluate(run.base, c["ablate_tasks"], folder, stage=cond,
                        limit=c["ablate_limit"], skip=[] if skip is None else [skip], seed=run.cfg["seed"],
-                       show_progress=False)
+                       batch_size=run.cfg["evaluate"]["batch_size"], show_progress=False)
         rows += [{**r, "metric": "score", "primary_metric": r["metric"]} for r in got
                  if r["metric"] == TASKS[r["probe"]].primary]
+        for f in sorted(folder.glob("samples/*.jsonl")):
+            samples = [{"task": f.stem, **d} for _, d in read_jsonl(f, "sample")]
+            for r in aggregate_signatures(signatures_for_samples(samples, run.base.name, cond), run.cfg["seed"]):
+                sig_rows.append({**r, "layers": "" if skip is None else str(skip)})
+        done = [r for r in rows if r["condition"] == cond]
+        print(f"  ablate {cond}: " + ", ".join(f"{r['probe']} {r['value']:.3f}" for r in done), flush=True)
+        write_table(rows, root / "ablation")  # after every condition: a long ablation can be read while it runs
     write_table(rows, root / "ablation")
     plot_sweep(rows, root, metric="score")
+    if sig_rows:
+        write_table(sig_rows, root / "signatures")
+        for metric in ("wrong_step_rate", "unbalanced_rate", "rep4"):
+            plot_sweep(sig_rows, root, metric=metric)
     return rows
 
 
@@ -342,7 +399,8 @@ def _score(run: Run) -> None:
 
     patch_table = next((str(run.out / "localize" / f"patch-{p}" / "layers.csv") for p in run.cfg["localize"]["patch"]),
                        None)
-    score(out=run.out / "score", n_texts=run.cfg["score"]["n_texts"], loaded=run.base, show_progress=run.show,
+    score(out=run.out / "score", n_texts=run.cfg["score"]["n_texts"], seed=run.cfg["seed"], loaded=run.base,
+          show_progress=run.show,
           sweep_table=str(run.out / "localize" / "sweep" / "sweep.csv") if run.cfg["localize"]["probes"] else None,
           sweep_probe=run.cfg["localize"]["probes"][0] if run.cfg["localize"]["probes"] else None,
           patch_table=patch_table)
@@ -352,17 +410,18 @@ def _prune(run: Run) -> None:
     from prune.run import prune
 
     c = run.cfg["prune"]
+    names = pruned_names(run.cfg)
     for stage, folder in run.pruned_stages().items():
         if (folder / "plan.json").is_file():
             continue  # written atomically: a complete checkpoint from an interrupted stage
-        strategy = stage.removeprefix("pruned-")
+        strategy, ratio = names[stage.removeprefix("pruned-")]
         kw = {}
         if strategy == "bi-protected":
             strategy = "bi"
-            kw = {"protect_from": str(run.out / "localize" / f"patch-{c['protect_from']}" / "layers.csv"),
+            kw = {"protect_from": [str(run.out / "localize" / f"patch-{p}" / "layers.csv") for p in c["protect_from"]],
                   "protect_top": c["protect_top"]}
-        plan = prune(strategy=strategy, out=folder, ratio=c["ratio"], loaded=run.base, overwrite=True,
-                     show_progress=run.show, **kw)
+        plan = prune(strategy=strategy, out=folder, ratio=ratio, loaded=run.base, overwrite=True,
+                     seed=run.cfg["seed"], show_progress=run.show, **kw)
         print(f"  {stage}: drop {plan.drop}" + (f" (protected {plan.protected})" if plan.protected else ""))
 
 
@@ -432,12 +491,34 @@ RUNNERS = {"localize": _localize, "score": _score, "prune": _prune, "recover": _
 
 
 def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only: list[str] | None = None) -> Path:
-    """Run (or resume) every stage of a config; returns the run folder."""
+    """Run (or resume) every stage of a config; returns the run folder. With ``seeds``, one run per
+    seed in ``OUT/seed-N`` and then their comparison (:func:`analysis.seeds.compare_seeds`)."""
     cfg = load_config(config) if not isinstance(config, dict) else config
+    text = Path(config).read_text() if isinstance(config, (str, Path)) else None
+    if not cfg.get("seeds"):
+        return _run_one(cfg, text, show_progress, only)
+    root = Path(cfg["out"])
+    root.mkdir(parents=True, exist_ok=True)
+    if text is not None:
+        atomic_write_text(root / "config.yaml", text)
+    atomic_write_json(root / "config.json", cfg)
+    for seed in cfg["seeds"]:
+        print(f"=== seed {seed} ===")
+        _run_one({**copy.deepcopy(cfg), "seed": seed, "seeds": [], "out": str(root / f"seed-{seed}")}, text,
+                 show_progress, only)
+    if only is None or "report" in only:
+        from analysis.seeds import compare_seeds
+
+        md = compare_seeds(root, cfg["seeds"])
+        print(f"[seeds] compared {len(cfg['seeds'])} seeds: {md}")
+    return root
+
+
+def _run_one(cfg: dict, text: str | None, show_progress: bool, only: list[str] | None) -> Path:
     run = Run(cfg, show_progress)
     run.out.mkdir(parents=True, exist_ok=True)
-    if isinstance(config, (str, Path)):
-        atomic_write_text(run.out / "config.yaml", Path(config).read_text())
+    if text is not None:
+        atomic_write_text(run.out / "config.yaml", text)
     atomic_write_json(run.out / "config.json", cfg)
     t_all = time.perf_counter()
     for stage in STAGES:

@@ -41,6 +41,7 @@ def calibration_texts(text: str | Path | None, n: int = 64, seed: int = 0) -> li
 
 
 def score(model: str | None = None, out: str | Path | None = None, *, text: str | None = None, n_texts: int = 64,
+          seed: int = 0,
           block_sizes: Sequence[int] = (), ppl: bool = False, sweep_table: str | None = None,
           sweep_probe: str | None = None, patch_table: str | None = None, device: str = "cpu",
           dtype: str = "float32", loaded=None, show_progress: bool = True) -> list[dict]:
@@ -48,7 +49,7 @@ def score(model: str | None = None, out: str | Path | None = None, *, text: str 
     from probe.models import load_model
 
     lm = loaded or load_model(model, device=device, dtype=dtype)
-    texts = calibration_texts(text, n_texts)
+    texts = calibration_texts(text, n_texts, seed)
     L = lm.blocks.n_layers
     rows = representation_scores(lm.blocks, lm.tokenizer, texts, block_sizes=block_sizes, model_name=lm.name)
     if ppl:
@@ -134,13 +135,16 @@ def reference_evaluator(model, tokenizer, plan, metric: str, tmp_dir: str | None
 
 
 def prune(model: str | None = None, strategy: str = "bi", out: str | Path | None = None, *, n: int | None = None,
-          ratio: float | None = None, protect: Sequence[int] = (), protect_from: str | None = None,
+          ratio: float | None = None, protect: Sequence[int] = (), protect_from: str | Sequence[str] | None = None,
           protect_top: int | None = None, protect_metric: str | None = None, protect_probe: str | None = None,
           scores_table: str | None = None, score_metric: str | None = None, text: str | None = None,
           eval_probe: str = "arithmetic_multi", eval_n: int = 32, eval_metric: str = "logit_diff",
-          overwrite: bool = False, device: str = "cpu", dtype: str = "float32", loaded=None,
+          overwrite: bool = False, seed: int = 0, device: str = "cpu", dtype: str = "float32", loaded=None,
           show_progress: bool = True):
-    """Choose layers with a strategy (honouring protected layers) and write the pruned checkpoint."""
+    """Choose layers with a strategy (honouring protected layers) and write the pruned checkpoint.
+
+    ``protect_from``: one results table or several (their ``protect_top`` layers each, united).
+    ``seed``: which built-in calibration texts (BI, angular) and probe items (iterative) are drawn."""
     from probe.models import load_model
 
     if strategy not in STRATEGIES:
@@ -155,18 +159,18 @@ def prune(model: str | None = None, strategy: str = "bi", out: str | Path | None
     L = lm.blocks.n_layers
     k = count_to_drop(L, n, ratio)
     protected = list(protect)
-    if protect_from:
-        rows = importance_table(protect_from, lm.name, protect_probe)
+    for table in [protect_from] if isinstance(protect_from, (str, Path)) else (protect_from or []):
+        rows = importance_table(table, lm.name, protect_probe)
         protected += protected_from_table(rows, protect_top, protect_metric, None)
     protected = sorted(set(protected))
 
     if strategy == "reverse":
         plan = reverse_order(L, k, protected)
     elif strategy == "bi":
-        rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(text), model_name=lm.name)
+        rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(text, seed=seed), model_name=lm.name)
         plan = lowest_k(layer_scores(rows, "block_influence"), L, k, protected, "bi", "block_influence")
     elif strategy == "angular":
-        rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(text), block_sizes=[k],
+        rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(text, seed=seed), block_sizes=[k],
                                      model_name=lm.name)
         blocks_scores = {int(r["condition"].split(":")[1]): r["value"] for r in rows
                          if r["metric"] == f"angular_distance_n{k}"}
@@ -181,7 +185,7 @@ def prune(model: str | None = None, strategy: str = "bi", out: str | Path | None
             raise PrunescopeError(f"{scores_table} holds metrics {metrics}; choose one with --score-metric")
         plan = lowest_k(layer_scores(rows, score_metric), L, k, protected, "score", score_metric)
     else:
-        ev = make_evaluator(lm.blocks, lm.tokenizer, eval_probe, eval_n, eval_metric, text)
+        ev = make_evaluator(lm.blocks, lm.tokenizer, eval_probe, eval_n, eval_metric, text, seed=seed)
         plan = iterative(ev, L, k, protected, metric=ev.metric, higher_is_better=ev.higher_is_better,
                          progress=show_progress)
     plan.model = lm.name

@@ -77,7 +77,7 @@ def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path):
 def test_config_errors_name_key_and_line(tmp_path):
     with pytest.raises(PrunescopeError, match=r"<config>:3: unknown key 'ratoi' under prune"):
         load_config_text("name: x\nprune:\n  ratoi: 0.2\n")
-    with pytest.raises(PrunescopeError, match=r"<config>:2: 'prune.ratio' must be a number, got 'a lot'"):
+    with pytest.raises(PrunescopeError, match=r"<config>:2: 'prune.ratio' must be a number or a list of numbers, got 'a lot'"):
         load_config_text("prune:\n  ratio: a lot\n")
     with pytest.raises(PrunescopeError, match=r"<config>:2: 'evaluate.tasks' names an unknown task 'mmul'"):
         load_config_text("evaluate:\n  tasks: [mmlu, mmul]\n")
@@ -99,3 +99,100 @@ def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path):
     p = subprocess.run([sys.executable, "-m", "analysis.cli", "run", str(cfg)], capture_output=True, text=True)
     assert p.returncode == 2 and "bad.yaml:3: 'localize.probes' names an unknown probe 'brackts'" in p.stderr
     assert not (tmp_path / "out").exists()
+
+
+SEEDS_CONFIG = """name: seeds
+out: {out}
+model: {model}
+seeds: [0, 1]
+localize: {{probes: [arithmetic_multi], n: 8, patch: [arithmetic, brackets], patch_n: 4, patch_positions: 3,
+           patch_method: attribution, patch_kinds: [resid_post], ablate_tasks: [arithmetic], ablate_limit: 4}}
+score: {{n_texts: 8}}
+prune: {{ratio: [0.25, 0.5], strategies: [bi, reverse], protect_top: 1, protect_from: [arithmetic, brackets]}}
+evaluate: {{tasks: [arc_easy], limit: 6, probe_n: 8}}
+"""
+
+
+def test_pipeline_seeds_ratios_union_protection_and_ablation_signatures(tiny_llama_dir, tmp_path):
+    import json
+
+    cfg = tmp_path / "seeds.yaml"
+    cfg.write_text(SEEDS_CONFIG.format(out=tmp_path / "out", model=tiny_llama_dir))
+    p = _run(cfg)
+    log = p.communicate(timeout=900)[0]
+    assert p.returncode == 0, log[-3000:]
+    root = tmp_path / "out"
+    names = ["bi-25", "bi-50", "reverse-25", "reverse-50", "bi-protected-25", "bi-protected-50"]
+    for seed in (0, 1):
+        run = root / f"seed-{seed}"
+        assert json.loads((run / "config.json").read_text())["seed"] == seed
+        assert {r["condition"] for r in read_table(run / "probes.csv")} == {"base", *(f"pruned-{n}" for n in names)}
+        for n in names:  # 4 layers: 25% drops 1, 50% drops 2
+            assert len(json.loads((run / "prune" / n / "plan.json").read_text())["drop"]) == (1 if n.endswith("25") else 2)
+        # protection is the union of both patching maps' top layer
+        tops = {int(max(read_table(run / f"localize/patch-{p}/layers.csv"), key=lambda r: r["value"])["layers"])
+                for p in ("arithmetic", "brackets")}
+        plan = json.loads((run / "prune/bi-protected-50/plan.json").read_text())
+        assert set(plan["protected"]) == tops and not tops & set(plan["drop"])
+        # benchmark ablation: a score per condition (4 layers + none), and the failure signatures of the
+        # generated answers where they are defined (Rep-4 needs 4+ words), tagged with their layer
+        abl = read_table(run / "localize/ablate/ablation.csv")
+        assert [r["condition"] for r in abl] == ["none", "skip:0", "skip:1", "skip:2", "skip:3"]
+        sig_file = run / "localize/ablate/signatures.csv"
+        for r in read_table(sig_file) if sig_file.is_file() else []:
+            assert r["probe"] == "arithmetic" and r["layers"] == ("" if r["condition"] == "none" else r["condition"][5:])
+    rows = read_table(root / "seeds.csv")
+    per_seed = [r for r in rows if r["level"] == "seed" and r["probe"] == "classification"]
+    assert len(per_seed) == 2 * 7
+    mean = {r["condition"]: r for r in rows if r["level"] == "mean" and r["probe"] == "classification"
+            and r["metric"] == "retention"}
+    for stage, r in mean.items():
+        vals = [float(x["value"]) for x in per_seed if x["condition"] == stage]
+        assert abs(float(r["value"]) - sum(vals) / 2) < 1e-9
+    diffs = [r for r in rows if r["level"] == "difference"]
+    assert {r["reference"] for r in diffs} <= {"pruned-bi-25", "pruned-bi-50"}
+    assert all(r["condition"].endswith(r["reference"].rsplit("-", 1)[1]) for r in diffs)
+    assert (root / "seeds.png").is_file() and "Dropped layers per seed" in (root / "seeds.md").read_text()
+
+
+def test_compare_seeds_paired_difference(tmp_path):
+    """Two seeds of hand-made runs: retention rows, paired differences to BI and their mean are exact."""
+    import json
+
+    from analysis.retention import bootstrap_retention, item_scores, retention_table
+    from analysis.seeds import compare_seeds
+    from probe.results import write_table
+
+    docs = {"base": [1, 1, 1, 1], "pruned-bi": [1, 0, 0, 0], "pruned-bi-protected": [1, 1, 0, 0]}
+    for seed in (0, 1):
+        run = tmp_path / f"seed-{seed}"
+        rows = []
+        for stage, scores in docs.items():
+            scores = scores if seed == 0 else [1, 1, 1, 1] if stage != "pruned-bi" else [1, 1, 0, 0]
+            (run / "eval" / stage / "samples").mkdir(parents=True)
+            for task, cat in (("arithmetic", "generative"), ("arc_easy", "classification")):
+                (run / "eval" / stage / "samples" / f"{task}.jsonl").write_text(
+                    "".join(json.dumps({"doc_id": i, "scores": {"exact_match": s, "acc": s}}) + "\n"
+                            for i, s in enumerate(scores)))
+                rows.append({"model": "m", "probe": task, "condition": stage, "metric":
+                             "exact_match" if cat == "generative" else "acc", "value": sum(scores) / 4,
+                             "category": cat, "n": 4})
+            (run / "prune" / stage.removeprefix("pruned-")).mkdir(parents=True)
+            (run / "prune" / stage.removeprefix("pruned-") / "plan.json").write_text(
+                json.dumps({"drop": [seed, 3], "protected": [2] if "protected" in stage else []}))
+        table = retention_table(rows)
+        items = item_scores(run, {(r["condition"], r["probe"]): r["score_metric"] for r in table if r["level"] == "task"})
+        write_table(bootstrap_retention(table, items), run / "retention")
+    md = compare_seeds(tmp_path, [0, 1], n_boot=200)
+    rows = read_table(tmp_path / "seeds.csv")
+    diff = {(r["seed"], r["probe"]): r for r in rows if r["level"] == "difference"}
+    # seed 0: protected keeps 2/4 vs BI 1/4 -> +0.25; seed 1: 4/4 vs 2/4 -> +0.5
+    assert float(diff[(0, "generative")]["value"]) == pytest.approx(0.25)
+    assert float(diff[(1, "generative")]["value"]) == pytest.approx(0.5)
+    assert float(diff[(1, "generative")]["ci_low"]) >= 0.0
+    mean = next(r for r in rows if r["level"] == "mean" and r["metric"] == "retention_minus_reference"
+                and r["probe"] == "generative")
+    assert float(mean["value"]) == pytest.approx(0.375) and float(mean["sd"]) == pytest.approx(0.1767767, abs=1e-6)
+    text = md.read_text()
+    assert "| pruned-bi-protected | pruned-bi | generative | 0.375 ± 0.177 |" in text
+    assert "| pruned-bi-protected | 0 3 (protected 2) | 1 3 (protected 2) |" in text

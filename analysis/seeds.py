@@ -1,0 +1,207 @@
+"""Compare the runs of one study made with several seeds (``seeds: [0, 1, 2]`` in a pipeline config).
+
+A seed draws the localization data (probe items, patching pairs: so the protected layers can move),
+the calibration texts of Block Influence, the iterative search's probe items and the few-shot
+examples of every benchmark. Each seed's run is a normal run folder ``OUT/seed-N``; this module
+puts them side by side:
+
+* per seed, each stage's category retention and gap with its item-bootstrap interval (from the
+  run's ``retention.csv``) and the layers the stage dropped (``prune/<name>/plan.json``);
+* per seed, each pruned stage minus the plain-BI stage of the same ratio — a *paired* bootstrap over
+  the same items (:func:`analysis.retention.bootstrap_difference`), the test of "does protecting the
+  circuit layers keep more than BI?";
+* across seeds: mean and standard deviation.
+
+Written: ``OUT/seeds.csv`` (tidy), ``OUT/seeds.png`` and ``OUT/seeds.md``.
+
+>>> # compare_seeds("runs/smollm2-protect", [0, 1, 2])   -> runs/smollm2-protect/seeds.md
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from probe.errors import PrunescopeError
+from probe.results import atomic_write_text, read_table, write_table
+
+CATEGORIES = ("classification", "generative", "gap")
+
+
+def _reference(stage: str, stages: list[str]) -> str | None:
+    """The plain-BI stage a pruned stage is compared with: same ratio suffix (``pruned-bi-25`` for
+    ``pruned-reverse-25``), ``pruned-bi`` with one ratio; None for BI itself and unpruned stages.
+
+    >>> _reference("pruned-bi-protected-25", ["base", "pruned-bi-25", "pruned-bi-protected-25"])
+    'pruned-bi-25'
+    >>> _reference("pruned-reverse", ["base", "pruned-bi", "pruned-reverse"]) , _reference("pruned-bi", ["pruned-bi"])
+    ('pruned-bi', None)
+    """
+    if not stage.startswith("pruned-"):
+        return None
+    name = stage.removeprefix("pruned-")
+    tail = name.rsplit("-", 1)[-1]
+    suffix = f"-{tail}" if tail.replace(".", "").isdigit() else ""
+    ref = f"pruned-bi{suffix}"
+    return ref if ref in stages and ref != stage else None
+
+
+def _dropped(seed_dir: Path, stage: str) -> str:
+    plan = seed_dir / "prune" / stage.removeprefix("pruned-") / "plan.json"
+    if not plan.is_file():
+        return ""
+    d = json.loads(plan.read_text())
+    return " ".join(map(str, d["drop"])) + (f" (protected {' '.join(map(str, d['protected']))})"
+                                            if d.get("protected") else "")
+
+
+def seed_rows(seed_dir: str | Path, seed: int, n_boot: int = 1000) -> list[dict]:
+    """One seed's rows: ``level`` = ``seed`` (category retention / gap with CI) and ``difference``
+    (stage minus its plain-BI reference, paired bootstrap CI)."""
+    from analysis.retention import bootstrap_difference, item_scores
+
+    seed_dir = Path(seed_dir)
+    path = seed_dir / "retention.csv"
+    if not path.is_file():
+        raise PrunescopeError(f"{path} is missing: seed {seed}'s run has not finished its report stage "
+                              "(run the config again; finished stages are cached)")
+    table = read_table(path)
+    stages = list(dict.fromkeys(r["condition"] for r in table))
+    base = stages[0]
+    out = []
+    for r in table:
+        if r.get("level") not in ("category", "gap"):
+            continue
+        out.append({"model": r["model"], "probe": r["probe"], "condition": r["condition"], "layers":
+                    _dropped(seed_dir, r["condition"]), "metric": "retention", "value": float(r["value"]),
+                    "n": r["n"], "seed": seed, "level": "seed", "ci_low": r.get("ci_low", ""),
+                    "ci_high": r.get("ci_high", ""), "reference": ""})
+    task_rows = [r for r in table if r.get("level") == "task"]
+    items = item_scores(seed_dir, {(r["condition"], r["probe"]): r["score_metric"] for r in task_rows})
+    tasks = {r["probe"]: r["category"] for r in task_rows}
+    model = task_rows[0]["model"] if task_rows else ""
+    for stage in stages:
+        ref = _reference(stage, stages)
+        if ref is None:
+            continue
+        for cat, (d, lo, hi) in bootstrap_difference(items, tasks, stage, ref, base=base, n_boot=n_boot,
+                                                     seed=seed).items():
+            out.append({"model": model, "probe": cat, "condition": stage, "layers": _dropped(seed_dir, stage),
+                        "metric": "retention_minus_reference", "value": d, "n": sum(c == cat for c in tasks.values()),
+                        "seed": seed, "level": "difference", "ci_low": lo, "ci_high": hi, "reference": ref})
+    return out
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds of every (model, category, stage, metric): ``level`` =
+    ``mean``, ``sd`` column, ``n`` = number of seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["probe"], r["condition"], r["metric"], r["reference"]), []).append(r)
+    out = []
+    for (model, probe, cond, metric, ref), rs in groups.items():
+        vals = [float(r["value"]) for r in rs if not math.isnan(float(r["value"]))]
+        if not vals:
+            continue
+        out.append({"model": model, "probe": probe, "condition": cond, "layers": "", "metric": metric,
+                    "value": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                    "n": len(vals), "seed": "", "level": "mean", "ci_low": "", "ci_high": "", "reference": ref})
+    return out
+
+
+def _fmt(x) -> str:
+    try:
+        return f"{float(x):.3f}"
+    except (TypeError, ValueError):
+        return ""
+
+
+def _ci(r: dict) -> str:
+    return f"{_fmt(r['value'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if _fmt(r["ci_low"]) else _fmt(r["value"])
+
+
+def markdown(rows: list[dict], seeds: list[int]) -> str:
+    """The comparison as Markdown: retention per stage and category (mean ± sd, then each seed with its
+    95% item-bootstrap interval), the paired differences to plain BI, and the dropped layers."""
+    per = [r for r in rows if r["level"] == "seed"]
+    mean = {(r["probe"], r["condition"], r["metric"]): r for r in rows if r["level"] == "mean"}
+    stages = list(dict.fromkeys(r["condition"] for r in per))
+    lines = [f"Seeds {', '.join(map(str, seeds))}. Cells: mean ± sd over seeds; then each seed's value "
+             "[95% bootstrap interval over items].", ""]
+    head = ["stage", *CATEGORIES]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in stages:
+        cells = []
+        for cat in CATEGORIES:
+            m = mean.get((cat, s, "retention"))
+            each = "; ".join(_ci(r) for r in per if r["condition"] == s and r["probe"] == cat)
+            cells.append(f"**{_fmt(m['value'])} ± {_fmt(m['sd'])}**<br>{each}" if m else "")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    diffs = [r for r in rows if r["level"] == "difference"]
+    if diffs:
+        lines += ["", "Retention minus the plain-BI stage of the same ratio, paired over the same items "
+                      "(an interval above 0: the stage keeps more than BI).", "",
+                  "| stage | vs | category | mean ± sd | per seed [95% CI] |", "|---|---|---|---|---|"]
+        for s in dict.fromkeys(r["condition"] for r in diffs):
+            for cat in ("classification", "generative"):
+                rs = [r for r in diffs if r["condition"] == s and r["probe"] == cat]
+                if not rs:
+                    continue
+                m = mean.get((cat, s, "retention_minus_reference"))
+                lines.append(f"| {s} | {rs[0]['reference']} | {cat} | {_fmt(m['value'])} ± {_fmt(m['sd'])} | "
+                             + "; ".join(_ci(r) for r in rs) + " |")
+    lines += ["", "Dropped layers per seed:", "", "| stage | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+              "|---|" + "---|" * len(seeds)]
+    for s in stages:
+        drops = {r["seed"]: r["layers"] for r in per if r["condition"] == s and r["probe"] == "generative"}
+        if any(drops.values()):
+            lines.append(f"| {s} | " + " | ".join(drops.get(sd, "") for sd in seeds) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_seeds(rows: list[dict], path: str | Path) -> Path:
+    """One panel per category: each stage's retention per seed (dot + 95% item-bootstrap interval)
+    and the mean over seeds (bar)."""
+    from probe.plots import _save, plt
+
+    per = [r for r in rows if r["level"] == "seed"]
+    stages = [s for s in dict.fromkeys(r["condition"] for r in per) if s != "base"]
+    seeds = list(dict.fromkeys(r["seed"] for r in per))
+    fig, axes = plt.subplots(1, 3, figsize=(max(9, 1.1 * len(stages) * 3), 3.8), squeeze=False,
+                             layout="constrained")
+    for ax, cat in zip(axes[0], CATEGORIES):
+        for i, s in enumerate(stages):
+            pts = [r for r in per if r["condition"] == s and r["probe"] == cat]
+            vals = [float(r["value"]) for r in pts]
+            if vals:
+                ax.bar(i, statistics.fmean(vals), 0.7, color="C3" if cat == "generative" else "C0", alpha=0.35)
+            for j, r in enumerate(pts):
+                x = i + (j - (len(seeds) - 1) / 2) * 0.18
+                lo, hi = _fmt(r["ci_low"]), _fmt(r["ci_high"])
+                err = [[float(r["value"]) - float(lo)], [float(hi) - float(r["value"])]] if lo and hi else None
+                ax.errorbar(x, float(r["value"]), yerr=err, fmt="o", ms=3, color=f"C{j}", capsize=2,
+                            label=f"seed {r['seed']}" if i == 0 else None)
+        ax.axhline(0 if cat == "gap" else 1, color="gray", ls="--", lw=0.8)
+        ax.set_xticks(range(len(stages)), [s.removeprefix("pruned-") for s in stages], rotation=30, fontsize=8)
+        ax.set_title(f"{cat} retention" if cat != "gap" else "gap (classification - generative)", fontsize=10)
+    axes[0, 0].legend(fontsize=7)
+    model = per[0]["model"] if per else ""
+    fig.suptitle(f"{model}: retention per seed (bars: mean over seeds; whiskers: 95% bootstrap over items)",
+                 fontsize=10)
+    return _save(fig, Path(path))
+
+
+def compare_seeds(root: str | Path, seeds: list[int], n_boot: int = 1000) -> Path:
+    """Read ``root/seed-N`` for every seed and write ``seeds.csv``, ``seeds.png`` and ``seeds.md``."""
+    root = Path(root)
+    rows = []
+    for seed in seeds:
+        rows += seed_rows(root / f"seed-{seed}", seed, n_boot=n_boot)
+    rows += summarize(rows)
+    write_table(rows, root / "seeds")
+    plot_seeds(rows, root / "seeds.png")
+    md = root / "seeds.md"
+    atomic_write_text(md, markdown(rows, seeds))
+    return md
