@@ -94,6 +94,9 @@ SCHEMA: dict = {
         "limits": (dict, {}),  # per-task overrides, e.g. {gsm8k: 10}
         "fewshot": ((int, type(None)), None),
         "batch_size": (int, 8),
+        # cap on tokens per request (longer contexts are cut from the left, as lm-eval does): with a
+        # 262k vocabulary (Gemma) one 14k-token MMLU request is 14k x 262k fp32 logits = 14 GiB
+        "max_length": ((int, type(None)), None),
         "probe_n": (int, 60),
         "xsum_file": ((str, type(None)), None),
     },
@@ -301,9 +304,12 @@ class Run:
         self._base = None
 
     def stage_key(self, stage: str) -> str:
-        """A stage re-runs when its own settings or any earlier stage's settings change."""
+        """A stage re-runs when its own settings or any earlier stage's settings change. Where the
+        run happens (``device``, ``out``) is not a setting: a run folder started on a GPU machine
+        continues on a CPU one with its finished stages."""
         upto = STAGES[: STAGES.index(stage) + 1]
-        part = {k: v for k, v in self.cfg.items() if k not in STAGES} | {s: self.cfg.get(s) for s in upto}
+        part = {k: v for k, v in self.cfg.items() if k not in (*STAGES, "device", "out")} | \
+            {s: self.cfg.get(s) for s in upto}
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
 
     def done(self, stage: str) -> bool:
@@ -375,7 +381,8 @@ def ablate(run: Run) -> list[dict]:
         folder = root / cond.replace(":", "-")
         got = evaluate(run.base, c["ablate_tasks"], folder, stage=cond,
                        limit=c["ablate_limit"], skip=[] if skip is None else [skip], seed=run.cfg["seed"],
-                       batch_size=run.cfg["evaluate"]["batch_size"], show_progress=False)
+                       batch_size=run.cfg["evaluate"]["batch_size"], max_length=run.cfg["evaluate"]["max_length"],
+                       show_progress=False)
         rows += [{**r, "metric": "score", "primary_metric": r["metric"]} for r in got
                  if r["metric"] == TASKS[r["probe"]].primary]
         for f in sorted(folder.glob("samples/*.jsonl")):
@@ -451,6 +458,26 @@ def _recover(run: Run) -> None:
               f"held-out perplexity {s['final_eval_ppl']:.2f}")
 
 
+def _ensure_checkpoint(run: Run, folder: Path) -> None:
+    """A pruned model whose weights were left behind (a run folder copied without ``*.safetensors``
+    from the machine that made it) is rebuilt from its ``plan.json``: removing the same layers from
+    the same base model gives the same checkpoint."""
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+        return
+    if not (folder / "plan.json").is_file():
+        raise PrunescopeError(f"{folder} holds no model weights and no plan.json to rebuild them from; delete "
+                              f"{folder} and {run.out / '.stages'} markers from its stage on to recompute it")
+    from prune.surgery import save_pruned
+
+    plan = json.loads((folder / "plan.json").read_text())
+    print(f"  rebuilding {folder.name} from plan.json: drop {plan['drop']}")
+    keep = {p.name: p.read_bytes() for p in folder.glob("*.json")}
+    save_pruned(run.base.model, run.base.tokenizer, plan["drop"], folder, overwrite=True,
+                record={"plan": plan, "source_model": run.base.path, "source_name": run.base.name})
+    for name, data in keep.items():
+        (folder / name).write_bytes(data)
+
+
 def _evaluate(run: Run) -> None:
     from analysis.evaluate import evaluate
     from probe.models import load_model
@@ -460,12 +487,15 @@ def _evaluate(run: Run) -> None:
     models = {"base": None, **run.pruned_stages(), **run.recovered_stages()}
     probe_rows, eval_rows = [], []
     for stage, folder in models.items():
+        if folder is not None:
+            _ensure_checkpoint(run, folder)
         lm = run.base if folder is None else load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
         lm.name = run.base.name  # one model family through the stages; the stage is the condition
         if c["tasks"]:
             eval_rows += evaluate(lm, c["tasks"], run.out / "eval" / stage, stage=stage,
                                   limit={"default": c["limit"], **c["limits"]},
-                                  num_fewshot=c["fewshot"], batch_size=c["batch_size"], seed=run.cfg["seed"],
+                                  num_fewshot=c["fewshot"], batch_size=c["batch_size"], max_length=c["max_length"],
+                                  seed=run.cfg["seed"],
                                   xsum_file=c["xsum_file"], show_progress=run.show)
         probes = run.cfg["localize"]["probes"] or ["arithmetic_multi", "brackets", "copy"]
         for p, acc in probe_accuracy(folder, probes, n=c["probe_n"], loaded=lm).items():

@@ -38,7 +38,10 @@ _NUM = rf"-?{_UNSIGNED}"
 _OP = r"(?:[+\-\u2212*/\u00d7\u00f7\u00b7\u22c5]|[xX](?=\s*[\d$(]))"
 # A number must not continue a word, a number, a date or a time ("2023-01-05", "v1.2", "3:30", "a-3").
 _NUM_START = r"(?<![\w.,:/$\-\u2212])"
-_ATOM = rf"\(*\s*{_NUM}\s*\)*"
+# Every optional space belongs to exactly one "(" / ")" / operator, never two adjacent ``\s*``: a long
+# chain with no "=" ("15 - 15 - 15 ...", as degenerate generations write) would otherwise backtrack
+# through every split of its spaces (exponential time).
+_ATOM = rf"(?:\(\s*)*{_NUM}(?:\s*\))*"
 _STEP = re.compile(
     rf"{_NUM_START}(?P<lhs>{_ATOM}(?:\s*{_OP}\s*{_ATOM})+)\s*=\s*"
     # the right-hand side is read in a lookahead, so in "2 + 3 = 5 * 2 = 10" both steps are found

@@ -175,12 +175,23 @@ def training_records(data: str | Path, mode: str) -> tuple[list[dict], str]:
     """Records of an SGR file (or any prompt file with responses) and the field each mode trains on."""
     recs = [d for _, d in read_jsonl(data, "training record")]
     field = "reference" if mode == "external" else "response"
-    missing = [i for i, r in enumerate(recs, 1) if not isinstance(r.get(field), str) or not r[field].strip()]
+    missing = [i for i, r in enumerate(recs, 1) if not isinstance(r.get(field), str)
+               or (field == "reference" and not r[field].strip())]
     if missing:
         hint = ("run `prunescope sgr` on these prompts first" if field == "response"
                 else "the external arm needs the prompt file's own responses ('response'/'output' in the source)")
         raise PrunescopeError(f"{data}: {len(missing)} of {len(recs)} records have no {field!r} text "
                               f"(first: record {missing[0]}); {hint}")
+    # A base model may answer some prompts with nothing at all (a base, not instruction-tuned, model
+    # often stops at once). There is nothing to learn from an empty answer, and every arm drops the
+    # same prompts, so SGR, external and distillation still train on the same prompt set.
+    empty = [r for r in recs if isinstance(r.get("response"), str) and not r["response"].strip()]
+    if empty:
+        recs = [r for r in recs if not (isinstance(r.get("response"), str) and not r["response"].strip())]
+        print(f"  {len(empty)} of {len(recs) + len(empty)} prompts got an empty SGR response: left out of every arm")
+    if not recs:
+        raise PrunescopeError(f"{data}: every SGR response is empty; the base model answers nothing to these "
+                              "prompts (try an instruction-tuned model or other prompts)")
     return recs, field
 
 

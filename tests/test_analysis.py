@@ -354,3 +354,11 @@ def test_bootstrap_retention_intervals():
     assert gap["value"] == 0.0 and gap["ci_low"] < 0.0 < gap["ci_high"]
     again = {(r["probe"], r["condition"]): r for r in bootstrap_retention(table, items, n_boot=2000, seed=0)}
     assert again[("gap", "pruned")]["ci_low"] == gap["ci_low"]  # seeded
+
+
+def test_step_checker_degenerate_chain_without_result():
+    # a pruned model's GSM8K answer (GPU run): a long chain and no "=" once made the step regex
+    # backtrack through every split of its spaces (exponential time; the report stage never ended)
+    text = " Dana had 23 - 15 - 15 - 15 is 2. 3" + " - 15" * 60 + ".\n\nA: The answer is 25. 50 - 15 + 15 + 15."
+    assert arithmetic_steps(text) == []
+    assert [(s["ok"], s["value"]) for s in arithmetic_steps("15" + " - 15" * 60 + " + 3 = 7")] == [(False, "-882")]

@@ -161,3 +161,19 @@ def test_builtin_prompt_set():
     assert sum(r["category"] == "code" for r in recs) == 20
     assert all(r["prompt"].strip() and r["reference"].strip() for r in recs)
     assert builtin_prompts(60, seed=0) == recs and builtin_prompts(60, seed=1) != recs
+
+
+def test_empty_sgr_answers_are_left_out_of_every_arm(tmp_path, capsys):
+    from recover.train import training_records
+
+    f = tmp_path / "sgr.jsonl"
+    f.write_text('{"id": "0", "prompt": "Hi", "response": "Hello", "reference": "Hey"}\n'
+                 '{"id": "1", "prompt": "Yo", "response": "  ", "reference": "Yes"}\n'
+                 '{"id": "2", "prompt": "Go", "response": "Gone", "reference": "Went"}\n')
+    for mode, field in (("sgr", "response"), ("external", "reference"), ("distill", "response")):
+        recs, got = training_records(f, mode)
+        assert got == field and [r["id"] for r in recs] == ["0", "2"]
+    assert "1 of 3 prompts got an empty SGR response" in capsys.readouterr().out
+    f.write_text('{"id": "1", "prompt": "Yo", "response": ""}\n')
+    with pytest.raises(PrunescopeError, match="every SGR response is empty"):
+        training_records(f, "sgr")
