@@ -94,6 +94,8 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
+        if str(getattr(model.config, "model_type", "")).startswith("gemma"):
+            _fix_gemma_norms(model, _gguf_norm_tensors(gguf))
         packed = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
         if packed:
             raise PrunescopeError(f"{gguf} still holds packed GGUF tensors ({packed[:3]}...): not supported")
@@ -110,6 +112,43 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _gguf_norm_tensors(gguf: Path) -> list:
+    """The one-dimensional ``*norm*`` tensors of a GGUF file, as float32 arrays."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    return [np.asarray(t.data, dtype=np.float32).ravel() for t in GGUFReader(str(gguf)).tensors
+            if "norm" in t.name and len(t.shape) == 1]
+
+
+@torch.no_grad()
+def _fix_gemma_norms(model, raw: list) -> int:
+    """Gemma scales by ``1 + w``; llama.cpp stores ``1 + w`` in the GGUF, so the loader must subtract
+    1. Some transformers releases do not for every Gemma generation (the model then runs with
+    ``2 + w``: it still talks, but worse — a copy probe at 0.41 instead of 0.99). Each norm weight is
+    compared with the file's own tensors: equal to a stored tensor means the 1 was not subtracted,
+    and it is subtracted here; equal to a stored tensor minus 1 is already right. Returns how many
+    tensors were fixed.
+
+    >>> import numpy as np, torch
+    >>> m = torch.nn.Module(); m.norm = torch.nn.Module(); m.norm.weight = torch.nn.Parameter(torch.tensor([2.0, 0.5]))
+    >>> _fix_gemma_norms(m, [np.array([2.0, 0.5], dtype=np.float32)]), m.norm.weight.tolist()
+    (1, [1.0, -0.5])
+    >>> _fix_gemma_norms(m, [np.array([2.0, 0.5], dtype=np.float32)])     # already right: untouched
+    0
+    """
+    fixed = 0
+    for name, p in model.named_parameters():
+        if not name.endswith("norm.weight") or p.dim() != 1:
+            continue
+        v = p.detach().float().cpu().numpy()
+        same = [a for a in raw if a.shape == v.shape]
+        if any(abs(a - v).max() < 1e-4 for a in same) and not any(abs(a - 1 - v).max() < 1e-4 for a in same):
+            p.sub_(1.0)
+            fixed += 1
+    return fixed
 
 
 def _sha256(path: Path) -> str:
