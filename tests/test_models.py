@@ -73,3 +73,30 @@ def test_default_model_arithmetic_accuracy_band(default_model):
     assert 0.45 <= few["accuracy"] <= 0.70
     assert zero["exact_match"] <= 0.10
     assert few["p_correct"] > zero["p_correct"] + 0.1
+
+
+def test_gemma_norm_offset_is_checked_against_the_gguf_tensors():
+    """llama.cpp stores Gemma's norm scale as 1 + w: a loader that forgets to subtract the 1 runs the
+    model with 2 + w. The check finds such norms by comparing with the file's tensors and fixes them."""
+    import torch
+
+    from probe.models import _fix_gemma_norms
+    from probe.tiny import tiny_model
+
+    model, _ = tiny_model("gemma3")
+    norms = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("norm.weight")}
+    with torch.no_grad():
+        for p in norms.values():
+            p.uniform_(-0.9, 0.9)  # learned, zero-centred
+        for n, p in model.named_parameters():
+            if n in norms:
+                p.copy_(norms[n])
+    stored = [(p + 1).numpy() for p in norms.values()]  # what the GGUF holds
+    assert _fix_gemma_norms(model, stored) == 0  # a correct load is left alone
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in norms:
+                p.add_(1.0)  # the loader forgot to subtract
+    assert _fix_gemma_norms(model, stored) == len(norms) > 4
+    params = dict(model.named_parameters())
+    assert all(torch.allclose(params[n], norms[n], atol=1e-6) for n in norms)
