@@ -352,9 +352,10 @@ def _localize(run: Run) -> None:
     from probe.sweep import sweep
 
     c, seed = run.cfg["localize"], run.cfg["seed"]
-    sweep(probe=c["probes"], n=c["n"], out=run.out / "localize" / "sweep", seed=seed,
-          probe_options={"shots": c["shots"], "ops": c["ops"]} if "arithmetic_multi" in c["probes"] else None,
-          loaded=run.base, show_progress=run.show)
+    if c["probes"]:
+        sweep(probe=c["probes"], n=c["n"], out=run.out / "localize" / "sweep", seed=seed,
+              probe_options={"shots": c["shots"], "ops": c["ops"]} if "arithmetic_multi" in c["probes"] else None,
+              loaded=run.base, show_progress=run.show)
     if c["ablate_tasks"]:
         ablate(run)
     for p in c["patch"]:

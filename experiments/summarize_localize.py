@@ -3,7 +3,8 @@ of probes and benchmarks), and do they coincide with the patching maps?
 
     python experiments/summarize_localize.py runs/smollm2-localize runs/gemma3-localize --out docs/localize
 
-Prints one Markdown table per model (drop when layer L is skipped, per probe / benchmark, and the
+Prints one Markdown table per model (drop when layer L is skipped, per probe / benchmark, the
+failure signatures of the generated GSM8K / MBPP answers with that layer skipped, and the
 per-layer patching effect) and the Spearman correlation between skip drops and patching effects;
 writes ``OUT/<model>.png``.
 """
@@ -27,40 +28,54 @@ def _per_layer(rows: list[dict], probe: str, metric: str) -> tuple[float | None,
 
 def summarize(run: Path, out: Path) -> str:
     loc = run / "localize"
-    sweep = read_table(loc / "sweep" / "sweep.csv")
-    model = sweep[0]["model"]
+    sweep = read_table(loc / "sweep" / "sweep.csv") if (loc / "sweep" / "sweep.csv").is_file() else []
     cols: dict[str, tuple[float | None, dict[int, float]]] = {}
     for p in dict.fromkeys(r["probe"] for r in sweep):
         cols[f"{p} (probe)"] = _per_layer(sweep, p, "accuracy")
     if (loc / "ablate" / "ablation.csv").is_file():
         abl = read_table(loc / "ablate" / "ablation.csv")
+        sweep = sweep or abl
         for t in dict.fromkeys(r["probe"] for r in abl):
             cols[f"{t} (benchmark)"] = _per_layer(abl, t, "score")
+    # failure signatures of the generated answers per skipped layer: they still move where a small
+    # model's GSM8K / MBPP score sits at the floor
+    sigs = {}
+    if (loc / "ablate" / "signatures.csv").is_file():
+        srows = read_table(loc / "ablate" / "signatures.csv")
+        for task, metric, label in (("gsm8k", "wrong_step_rate", "GSM8K wrong-step rate"),
+                                    ("mbpp", "unbalanced_rate", "MBPP unbalanced brackets"),
+                                    ("gsm8k", "rep4", "GSM8K Rep-4")):
+            base, per = _per_layer(srows, task, metric)
+            if per:
+                sigs[label] = (base, per)
     patch = {}
     for p in ("arithmetic", "brackets"):
         f = loc / f"patch-{p}" / "layers.csv"
         if f.is_file():
             rows = read_table(f)
             patch[p] = {int(r["layers"]): r["value"] for r in rows if r.get("method", "exact") == "exact"}
+    model = sweep[0]["model"]
     n_layers = max(max(v[1]) for v in cols.values()) + 1
-    heads = ["layer"] + [f"drop: {c}" for c in cols] + [f"patching: {p}" for p in patch]
+    heads = ["layer"] + [f"drop: {c}" for c in cols] + list(sigs) + [f"patching: {p}" for p in patch]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for i in range(n_layers):
         cells = [str(i)]
         for base, per in cols.values():
             cells.append(f"{base - per[i]:.2f}" if base is not None and i in per else "")
+        cells += [f"{per[i]:.2f}" if i in per else "" for _, per in sigs.values()]
         cells += [f"{patch[p].get(i, float('nan')):.2f}" for p in patch]
         lines.append("| " + " | ".join(cells) + " |")
     text = [f"### {model}", "", *lines, ""]
     base_line = ", ".join(f"{c} {b:.3f}" for c, (b, _) in cols.items() if b is not None)
-    text.append(f"No layer skipped: {base_line}.")
+    text.append(f"No layer skipped: {base_line}"
+                + "".join(f", {c} {b:.3f}" for c, (b, _) in sigs.items() if b is not None) + ".")
     for p, eff in patch.items():
         for c, (base, per) in cols.items():
             if c.startswith(p):
                 common = sorted(set(per) & set(eff))
                 rho = spearman([base - per[i] for i in common], [eff[i] for i in common])
                 text.append(f"Spearman(skip drop of {c}, patching effect of {p}) over {len(common)} layers: {rho:.2f}.")
-    _plot(model, cols, patch, out / f"{model}.png")
+    _plot(model, cols, patch, out / f"{model}{'-' + run.name if not (loc / 'sweep').is_dir() else ''}.png")
     return "\n".join(text)
 
 
