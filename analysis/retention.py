@@ -14,6 +14,7 @@ generative ones. Input: tidy eval rows (``probe.results.COLUMNS`` + ``category``
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -309,11 +310,14 @@ def bootstrap_retention(table: list[dict], items: Mapping[tuple[str, str], dict]
         elif r.get("level") == "gap":
             cls = [bt for cat, bt in tasks.values() if cat == "classification"]
             gen = [bt for cat, bt in tasks.values() if cat == "generative"]
-            boots = [np.nanmean(cls, 0) - np.nanmean(gen, 0)] if cls and gen else []
+            with warnings.catch_warnings():  # a task with base score 0 is all-NaN: no interval, no warning
+                warnings.simplefilter("ignore", RuntimeWarning)
+                boots = [np.nanmean(cls, 0) - np.nanmean(gen, 0)] if cls and gen else []
         else:
             continue
         if boots:
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 mean = np.nanmean(np.vstack(boots), 0) if r.get("level") == "category" else boots[0]
             if np.isfinite(mean).any():
                 r["ci_low"], r["ci_high"] = (float(x) for x in np.nanpercentile(mean, [lo_q, hi_q]))
