@@ -162,6 +162,8 @@ def _fill(schema: dict, node, where: str, src: str) -> dict:
 def _number_list(value, kind: str, full: str, src: str, line: int) -> list:
     """``numbers``: one number or a list of numbers -> list of floats; ``ints``: a list of integers."""
     items = value if isinstance(value, list) else [value]
+    if kind == "ints" and value == []:
+        return []
     number = (int, float) if kind == "numbers" else (int,)
     if not items or not all(isinstance(v, number) and not isinstance(v, bool) for v in items):
         want = "a number or a list of numbers" if kind == "numbers" else "a list of integers"
