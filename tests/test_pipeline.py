@@ -196,3 +196,35 @@ def test_compare_seeds_paired_difference(tmp_path):
     text = md.read_text()
     assert "| pruned-bi-protected | pruned-bi | generative | 0.375 ± 0.177 |" in text
     assert "| pruned-bi-protected | 0 3 (protected 2) | 1 3 (protected 2) |" in text
+
+
+def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
+    """A run made on a GPU machine and copied without its weights continues on a CPU one: where it ran
+    is not part of a stage's key, and a pruned checkpoint is rebuilt from plan.json, identical."""
+    import torch
+
+    from analysis.pipeline import Run, _ensure_checkpoint
+    from probe.models import load_model
+    from prune.run import prune
+
+    text = f"name: m\nmodel: {tiny_llama_dir}\nprune: {{ratio: 0.5}}\n"
+    cfg = {**load_config_text(text), "out": str(tmp_path)}
+    moved = {**load_config_text(text + "device: cuda\n"), "out": str(tmp_path / "elsewhere")}
+    other = {**load_config_text(text.replace("0.5", "0.25")), "out": str(tmp_path)}
+    assert all(Run(cfg).stage_key(s) == Run(moved).stage_key(s) for s in ("localize", "prune", "evaluate"))
+    assert Run(cfg).stage_key("prune") != Run(other).stage_key("prune")
+
+    run = Run(cfg, show_progress=False)
+    folder = tmp_path / "prune" / "bi"
+    prune(strategy="bi", out=folder, ratio=0.5, loaded=run.base, overwrite=True, show_progress=False)
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    want = load_model(folder).model(ids).logits
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    _ensure_checkpoint(run, folder)
+    assert torch.allclose(load_model(folder).model(ids).logits, want, atol=1e-6)
+    (folder / "plan.json").unlink()
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(PrunescopeError, match="no model weights and no plan.json"):
+        _ensure_checkpoint(run, folder)
