@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from probe.errors import PrunescopeError
-from probe.results import atomic_write_json, atomic_write_text, read_jsonl, read_table, write_table
+from probe.results import atomic_write_json, atomic_write_text, read_table, write_table
 
 STAGES = ("localize", "score", "prune", "recover", "evaluate", "report")
 # what each stage writes: removed before a stage re-runs with changed settings (a crashed stage
@@ -373,7 +373,7 @@ def ablate(run: Run) -> list[dict]:
     chain-of-thought steps, unbalanced brackets, Rep-4, Self-BLEU-4), which still move where a small
     model's GSM8K or code score sits at the floor."""
     from analysis.evaluate import TASKS, evaluate
-    from analysis.signatures import aggregate_signatures, signatures_for_samples
+    from analysis.signatures import aggregate_signatures, signatures_for_files
     from probe.plots import plot_sweep
 
     c, root = run.cfg["localize"], run.out / "localize" / "ablate"
@@ -388,14 +388,12 @@ def ablate(run: Run) -> list[dict]:
                        show_progress=False)
         rows += [{**r, "metric": "score", "primary_metric": r["metric"]} for r in got
                  if r["metric"] == TASKS[r["probe"]].primary]
-        for f in sorted(folder.glob("samples/*.jsonl")):
-            samples = [{"task": f.stem, **d} for _, d in read_jsonl(f, "sample")]
-            for r in aggregate_signatures(signatures_for_samples(samples, run.base.name, cond), run.cfg["seed"]):
-                sig_rows.append({**r, "layers": "" if skip is None else str(skip)})
+        records = signatures_for_files(sorted(folder.glob("samples/*.jsonl")), run.base.name, cond)
+        sig_rows += [{**r, "layers": "" if skip is None else str(skip)}
+                     for r in aggregate_signatures(records, run.cfg["seed"])]
         done = [r for r in rows if r["condition"] == cond]
         print(f"  ablate {cond}: " + ", ".join(f"{r['probe']} {r['value']:.3f}" for r in done), flush=True)
         write_table(rows, root / "ablation")  # after every condition: a long ablation can be read while it runs
-    write_table(rows, root / "ablation")
     plot_sweep(rows, root, metric="score")
     if sig_rows:
         write_table(sig_rows, root / "signatures")
@@ -531,10 +529,7 @@ def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only:
     if not cfg.get("seeds"):
         return _run_one(cfg, text, show_progress, only)
     root = Path(cfg["out"])
-    root.mkdir(parents=True, exist_ok=True)
-    if text is not None:
-        atomic_write_text(root / "config.yaml", text)
-    atomic_write_json(root / "config.json", cfg)
+    _write_config(root, cfg, text)
     for seed in cfg["seeds"]:
         print(f"=== seed {seed} ===")
         _run_one({**copy.deepcopy(cfg), "seed": seed, "seeds": [], "out": str(root / f"seed-{seed}")}, text,
@@ -547,12 +542,17 @@ def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only:
     return root
 
 
+def _write_config(out: Path, cfg: dict, text: str | None) -> None:
+    """The config as written (``config.yaml``) and as resolved (``config.json``) in a run folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    if text is not None:
+        atomic_write_text(out / "config.yaml", text)
+    atomic_write_json(out / "config.json", cfg)
+
+
 def _run_one(cfg: dict, text: str | None, show_progress: bool, only: list[str] | None) -> Path:
     run = Run(cfg, show_progress)
-    run.out.mkdir(parents=True, exist_ok=True)
-    if text is not None:
-        atomic_write_text(run.out / "config.yaml", text)
-    atomic_write_json(run.out / "config.json", cfg)
+    _write_config(run.out, cfg, text)
     t_all = time.perf_counter()
     for stage in STAGES:
         if only and stage not in only:

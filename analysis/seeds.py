@@ -30,22 +30,18 @@ from probe.results import atomic_write_text, read_table, write_table
 CATEGORIES = ("classification", "generative", "gap")
 
 
-def _reference(stage: str, stages: list[str]) -> str | None:
-    """The plain-BI stage a pruned stage is compared with: same ratio suffix (``pruned-bi-25`` for
-    ``pruned-reverse-25``), ``pruned-bi`` with one ratio; None for BI itself and unpruned stages.
+def _references(seed_dir: Path) -> dict[str, str]:
+    """``{pruned stage: the plain-BI stage of the same ratio}`` for every other pruned stage of a run,
+    from the run's own ``config.json`` (the names :func:`analysis.pipeline.pruned_names` gives)."""
+    from analysis.pipeline import pruned_names
 
-    >>> _reference("pruned-bi-protected-25", ["base", "pruned-bi-25", "pruned-bi-protected-25"])
-    'pruned-bi-25'
-    >>> _reference("pruned-reverse", ["base", "pruned-bi", "pruned-reverse"]) , _reference("pruned-bi", ["pruned-bi"])
-    ('pruned-bi', None)
-    """
-    if not stage.startswith("pruned-"):
-        return None
-    name = stage.removeprefix("pruned-")
-    tail = name.rsplit("-", 1)[-1]
-    suffix = f"-{tail}" if tail.replace(".", "").isdigit() else ""
-    ref = f"pruned-bi{suffix}"
-    return ref if ref in stages and ref != stage else None
+    path = seed_dir / "config.json"
+    if not path.is_file():
+        raise PrunescopeError(f"{path} is missing: {seed_dir} is not a pipeline run folder")
+    names = pruned_names(json.loads(path.read_text()))
+    bi = {ratio: name for name, (strategy, ratio) in names.items() if strategy == "bi"}
+    return {f"pruned-{name}": f"pruned-{bi[ratio]}" for name, (strategy, ratio) in names.items()
+            if strategy != "bi" and ratio in bi}
 
 
 def _dropped(seed_dir: Path, stage: str) -> str:
@@ -82,9 +78,10 @@ def seed_rows(seed_dir: str | Path, seed: int, n_boot: int = 1000) -> list[dict]
     items = item_scores(seed_dir, {(r["condition"], r["probe"]): r["score_metric"] for r in task_rows})
     tasks = {r["probe"]: r["category"] for r in task_rows}
     model = task_rows[0]["model"] if task_rows else ""
+    references = _references(seed_dir)
     for stage in stages:
-        ref = _reference(stage, stages)
-        if ref is None:
+        ref = references.get(stage)
+        if ref is None or ref not in stages:
             continue
         for cat, (d, lo, hi) in bootstrap_difference(items, tasks, stage, ref, base=base, n_boot=n_boot,
                                                      seed=seed).items():

@@ -559,10 +559,19 @@ def run_signatures(run_dir: str | Path, model: str = "", stages: Iterable[str] |
     order = [s for s in (stages or []) if s in files] + [s for s in files if s not in set(stages or [])]
     records = []
     for stage in order:
-        for f in files[stage]:
-            samples = [d for _, d in read_jsonl(f, "sample")]
-            for d in samples:
-                d.setdefault("task", f.stem)
-            records += signatures_for_samples(samples, model, stage, show_progress=show_progress)
+        records += signatures_for_files(files[stage], model, stage, show_progress=show_progress)
+    return records
+
+
+def signatures_for_files(files: Iterable[Path], model: str = "", stage: str = "",
+                         show_progress: bool = False) -> list[dict]:
+    """Records for sample files ``<task>.jsonl`` as :func:`analysis.evaluate.evaluate` writes them
+    (a sample without its own ``task`` takes the file's name)."""
+    records = []
+    for f in files:
+        samples = [d for _, d in read_jsonl(f, "sample")]
+        for d in samples:
+            d.setdefault("task", Path(f).stem)
+        records += signatures_for_samples(samples, model, stage, show_progress=show_progress)
     return records
 

@@ -30,6 +30,14 @@ def _run(cfg, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def _run_ok(cfg, timeout=600) -> str:
+    """Run a config to the end; its output (the run must succeed)."""
+    p = _run(cfg)
+    log = p.communicate(timeout=timeout)[0]
+    assert p.returncode == 0, log[-3000:]
+    return log
+
+
 def _tables(out):
     keep = ("model", "probe", "condition", "metric", "value")
     return {name: sorted(tuple(r[k] for k in keep) for r in read_table(out / name))
@@ -39,9 +47,7 @@ def _tables(out):
 def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path):
     ref_cfg = tmp_path / "ref.yaml"
     ref_cfg.write_text(CONFIG.format(out=tmp_path / "ref", model=tiny_llama_dir))
-    p = _run(ref_cfg)
-    log = p.communicate(timeout=600)[0]
-    assert p.returncode == 0, log[-3000:]
+    _run_ok(ref_cfg)
     ref = tmp_path / "ref"
     for f in ("report.html", "report.md", "retention.png", "probes.png", "prune/bi/config.json",
               "recover/bi-sgr/model.safetensors", "localize/patch-arithmetic/layers.csv", "score/scores.csv"):
@@ -67,9 +73,7 @@ def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert not (tmp_path / "kill/.stages/evaluate.json").exists()
-    p = _run(cfg)
-    log = p.communicate(timeout=600)[0]
-    assert p.returncode == 0, log[-3000:]
+    log = _run_ok(cfg)
     assert "[prune] done earlier (cached)" in log and "[localize] done earlier (cached)" in log
     assert _tables(tmp_path / "kill") == _tables(ref)
 
@@ -118,9 +122,7 @@ def test_pipeline_seeds_ratios_union_protection_and_ablation_signatures(tiny_lla
 
     cfg = tmp_path / "seeds.yaml"
     cfg.write_text(SEEDS_CONFIG.format(out=tmp_path / "out", model=tiny_llama_dir))
-    p = _run(cfg)
-    log = p.communicate(timeout=900)[0]
-    assert p.returncode == 0, log[-3000:]
+    _run_ok(cfg, timeout=900)
     root = tmp_path / "out"
     names = ["bi-25", "bi-50", "reverse-25", "reverse-50", "bi-protected-25", "bi-protected-50"]
     for seed in (0, 1):
@@ -166,6 +168,8 @@ def test_compare_seeds_paired_difference(tmp_path):
     docs = {"base": [1, 1, 1, 1], "pruned-bi": [1, 0, 0, 0], "pruned-bi-protected": [1, 1, 0, 0]}
     for seed in (0, 1):
         run = tmp_path / f"seed-{seed}"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"prune": {"strategies": ["bi"], "ratio": [0.25], "protect_top": 2}}))
         rows = []
         for stage, scores in docs.items():
             scores = scores if seed == 0 else [1, 1, 1, 1] if stage != "pruned-bi" else [1, 1, 0, 0]
