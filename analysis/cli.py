@@ -246,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="docs per task (MMLU: spread over its 57 subjects)")
     p.add_argument("--fewshot", type=int, default=None, help="few-shot examples (default: the task's own: 5; GSM8K 8)")
     p.add_argument("--stage", default="base", help="the condition column: base / pruned-bi / ... (default: base)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="scored requests per forward (default: 8)")
+    p.add_argument("--gen-batch-size", type=int, default=None,
+                   help="generated requests per batch (default: --batch-size); generation keeps only the last "
+                        "position's logits, so large-vocabulary models can generate in larger batches")
     p.add_argument("--max-length", type=int, default=None, help="context length for lm-eval (default: the model's)")
     p.add_argument("--max-new-tokens", type=int, default=384, help="HumanEval/MBPP completion length (default: 384)")
     p.add_argument("--xsum-file", default=None, help="XSum JSONL {document, summary} (XSum does not ship offline)")
@@ -424,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lm = load_model(args.model, device=args.device, dtype=args.dtype)
             rows = evaluate(lm, tasks, args.out, stage=args.stage, limit=args.limit, num_fewshot=args.fewshot,
                             batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
-                            xsum_file=args.xsum_file, code_options=code, show_progress=not args.quiet)
+                            gen_batch_size=args.gen_batch_size, xsum_file=args.xsum_file, code_options=code, show_progress=not args.quiet)
             for r in rows:
                 if r.get("primary"):
                     err = r.get("stderr")

@@ -241,19 +241,28 @@ def _register_metrics() -> None:
 
 
 # ----------------------------------------------------------------------------- lm-eval runs
-def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_progress: bool = True):
+def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_progress: bool = True,
+            gen_batch_size: int | None = None):
     """lm-eval's ``HFLM`` around the in-memory model and tokenizer (no copy, no reload).
 
     HFLM left-pads generation batches itself and puts the tokenizer's padding side back afterwards.
+    ``gen_batch_size`` (default ``batch_size``) is the batch of generation requests: scoring holds
+    batch x length x vocabulary logits, generation only the last position's, so a large-vocabulary
+    model (Gemma: 262k) can generate in far larger batches than it can score.
     """
     from lm_eval.models.huggingface import HFLM
 
-    class _HFLM(HFLM):  # only to switch lm-eval's request progress bars off
+    class _HFLM(HFLM):  # progress bars off on request; a batch size of its own for generation
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not show_progress)
 
         def generate_until(self, requests, disable_tqdm: bool = False):
-            return super().generate_until(requests, disable_tqdm=disable_tqdm or not show_progress)
+            scoring_batch = self.batch_size_per_gpu
+            self.batch_size_per_gpu = gen_batch_size or scoring_batch  # HFLM reads its batch size here
+            try:
+                return super().generate_until(requests, disable_tqdm=disable_tqdm or not show_progress)
+            finally:
+                self.batch_size_per_gpu = scoring_batch
 
     return _HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
                  max_length=max_length)
@@ -399,6 +408,7 @@ def evaluate(
     num_fewshot: int | None = None,
     batch_size: int = 8,
     max_length: int | None = None,
+    gen_batch_size: int | None = None,
     seed: int = 0,
     xsum_file: str | Path | None = None,
     code_options: dict | None = None,
@@ -417,7 +427,9 @@ def evaluate(
     skips finished tasks, other settings are refused. ``code_options`` go to
     :func:`analysis.code_eval.run_code_task` (``max_new_tokens``, ``humaneval_plus``, ``mbpp_plus``).
     ``skip``: layers skipped through the block handle while evaluating (a single-layer ablation of a
-    benchmark: ``skip=[5]``); they go into the ``layers`` column.
+    benchmark: ``skip=[5]``); they go into the ``layers`` column. ``batch_size`` is the batch of
+    scored requests, ``gen_batch_size`` (default: ``batch_size``) that of generated ones (see
+    :func:`make_lm`); neither changes a score, so neither is part of the settings a rerun checks.
 
     >>> rows = evaluate(load_model(), ["arc_easy"], limit=20, num_fewshot=0)   # doctest: +SKIP
     """
@@ -470,14 +482,15 @@ def evaluate(
                 if name in CODE_TASKS:
                     work = out / "code" / name if out is not None else Path(tempfile.mkdtemp(prefix=f"prunescope-{name}-"))
                     code_rows, samples = _run_code_task(loaded, name, limit=limits.get(name, limits.get("default")),
-                                                        out_dir=work, batch_size=batch_size, seed=seed, show_progress=show_progress,
+                                                        out_dir=work, batch_size=gen_batch_size or batch_size, seed=seed, show_progress=show_progress,
                                                         code_options=code_options or {})
                     task_rows = [{**r, "model": loaded.name, "probe": name, "condition": stage, "layers": layers,
                                   "seed": seed, "category": TASKS[name].category,
                                   "primary": r["metric"] == TASKS[name].primary} for r in code_rows]
                 else:
                     if lm is None:
-                        lm = make_lm(loaded, batch_size=batch_size, max_length=max_length, show_progress=show_progress)
+                        lm = make_lm(loaded, batch_size=batch_size, max_length=max_length, show_progress=show_progress,
+                                     gen_batch_size=gen_batch_size)
                     leaves = configs[name]
                     limit_n = lm_eval_limit(name, limits.get(name, limits.get("default")), len(leaves))
                     res, task_objs = run_lm_eval(lm, leaves, limit=limit_n, seed=seed)

@@ -94,6 +94,7 @@ SCHEMA: dict = {
         "limits": (dict, {}),  # per-task overrides, e.g. {gsm8k: 10}
         "fewshot": ((int, type(None)), None),
         "batch_size": (int, 8),
+        "gen_batch_size": ((int, type(None)), None),  # generation requests per batch (default: batch_size)
         # cap on tokens per request (longer contexts are cut from the left, as lm-eval does): with a
         # 262k vocabulary (Gemma) one 14k-token MMLU request is 14k x 262k fp32 logits = 14 GiB
         "max_length": ((int, type(None)), None),
@@ -306,12 +307,14 @@ class Run:
         self._base = None
 
     def stage_key(self, stage: str) -> str:
-        """A stage re-runs when its own settings or any earlier stage's settings change. Where the
-        run happens (``device``, ``out``) is not a setting: a run folder started on a GPU machine
-        continues on a CPU one with its finished stages."""
+        """A stage re-runs when its own settings or any earlier stage's settings change. Where and
+        how fast the run happens (``device``, ``out``, the evaluation batch sizes) is not a setting:
+        a run folder started on a GPU machine continues on a CPU one with its finished stages."""
         upto = STAGES[: STAGES.index(stage) + 1]
         part = {k: v for k, v in self.cfg.items() if k not in (*STAGES, "device", "out")} | \
             {s: self.cfg.get(s) for s in upto}
+        if "evaluate" in part:
+            part["evaluate"] = {k: v for k, v in part["evaluate"].items() if k not in ("batch_size", "gen_batch_size")}
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
 
     def done(self, stage: str) -> bool:
@@ -385,6 +388,7 @@ def ablate(run: Run) -> list[dict]:
         got = evaluate(run.base, c["ablate_tasks"], folder, stage=cond,
                        limit=c["ablate_limit"], skip=[] if skip is None else [skip], seed=run.cfg["seed"],
                        batch_size=run.cfg["evaluate"]["batch_size"], max_length=run.cfg["evaluate"]["max_length"],
+                       gen_batch_size=run.cfg["evaluate"]["gen_batch_size"],
                        show_progress=False)
         rows += [{**r, "metric": "score", "primary_metric": r["metric"]} for r in got
                  if r["metric"] == TASKS[r["probe"]].primary]
@@ -496,6 +500,7 @@ def _evaluate(run: Run) -> None:
             eval_rows += evaluate(lm, c["tasks"], run.out / "eval" / stage, stage=stage,
                                   limit={"default": c["limit"], **c["limits"]},
                                   num_fewshot=c["fewshot"], batch_size=c["batch_size"], max_length=c["max_length"],
+                                  gen_batch_size=c["gen_batch_size"],
                                   seed=run.cfg["seed"],
                                   xsum_file=c["xsum_file"], show_progress=run.show)
         probes = run.cfg["localize"]["probes"] or ["arithmetic_multi", "brackets", "copy"]

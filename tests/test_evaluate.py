@@ -150,6 +150,38 @@ def test_resume_skips_finished_tasks(tiny_run, monkeypatch):
         evaluate(loaded, ["arc_easy"], out, limit=3, num_fewshot=0, max_length=512, show_progress=False)
 
 
+def test_generation_has_its_own_batch_size():
+    """Scoring batches follow batch_size and generation batches gen_batch_size (Gemma's 262k vocabulary
+    needs small scoring batches but can generate in large ones); the rows do not depend on them."""
+    loaded = _tiny_loaded()
+    shapes, generating = [], []
+    forward, generate = loaded.model.forward, loaded.model.generate
+
+    def record_forward(*a, **k):  # the batch of every scoring forward (generation's own steps not counted)
+        ids = k.get("input_ids", a[0] if a else None)
+        if ids is not None and not generating:
+            shapes.append(("score", ids.shape[0]))
+        return forward(*a, **k)
+
+    def record_generate(*a, **k):
+        shapes.append(("generate", k["input_ids"].shape[0]))
+        generating.append(1)
+        try:
+            return generate(*a, **k)
+        finally:
+            generating.pop()
+
+    loaded.model.forward, loaded.model.generate = record_forward, record_generate
+    rows = evaluate(loaded, ["arc_easy", "arithmetic"], limit=6, num_fewshot=0, max_length=256,
+                    batch_size=2, gen_batch_size=6, show_progress=False)
+    assert {n for kind, n in shapes if kind == "score"} <= {1, 2} and ("score", 2) in shapes
+    assert [n for kind, n in shapes if kind == "generate"] == [6]
+    loaded.model.forward, loaded.model.generate = forward, generate
+    same = evaluate(loaded, ["arc_easy"], limit=6, num_fewshot=0, max_length=256, batch_size=2,
+                    show_progress=False)
+    assert [r["value"] for r in rows if r["probe"] == "arc_easy"] == [r["value"] for r in same]
+
+
 def test_default_model_beats_chance_on_arc_easy(default_model):
     rows = evaluate(default_model, ["arc_easy"], limit=20, num_fewshot=0, show_progress=False)
     acc = {r["metric"]: r["value"] for r in rows}

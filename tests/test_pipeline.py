@@ -213,7 +213,8 @@ def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
 
     text = f"name: m\nmodel: {tiny_llama_dir}\nprune: {{ratio: 0.5}}\n"
     cfg = {**load_config_text(text), "out": str(tmp_path)}
-    moved = {**load_config_text(text + "device: cuda\n"), "out": str(tmp_path / "elsewhere")}
+    moved = {**load_config_text(text + "device: cuda\nevaluate: {batch_size: 64, gen_batch_size: 128}\n"),
+             "out": str(tmp_path / "elsewhere")}
     other = {**load_config_text(text.replace("0.5", "0.25")), "out": str(tmp_path)}
     assert all(Run(cfg).stage_key(s) == Run(moved).stage_key(s) for s in ("localize", "prune", "evaluate"))
     assert Run(cfg).stage_key("prune") != Run(other).stage_key("prune")
