@@ -22,6 +22,7 @@ import base64
 import datetime as _dt
 import html
 import importlib.metadata
+import importlib.util
 import json
 import math
 import platform
@@ -40,7 +41,11 @@ SHOWN = ("retention.csv", "probes.csv", "signatures.csv", "retention.png", "prob
 
 def package_versions() -> dict[str, str]:
     """Installed versions (``importlib.metadata``; distribution names differ from module names:
-    lm_eval is ``lm-eval``, transformer_lens ``transformer-lens``), "not installed" otherwise."""
+    lm_eval is ``lm-eval``, transformer_lens ``transformer-lens``). A package importable without
+    its metadata (copied onto ``PYTHONPATH``) reports its module's ``__version__`` when already
+    imported, else "importable, version unknown"; "not installed" otherwise."""
+    import sys
+
     out = {}
     for name in PACKAGES:
         for dist in (name, name.replace("_", "-")):
@@ -50,7 +55,12 @@ def package_versions() -> dict[str, str]:
             except importlib.metadata.PackageNotFoundError:
                 continue
         else:
-            out[name] = "not installed"
+            if name in sys.modules:
+                out[name] = str(getattr(sys.modules[name], "__version__", "importable, version unknown"))
+            elif importlib.util.find_spec(name) is not None:
+                out[name] = "importable, version unknown"
+            else:
+                out[name] = "not installed"
     out["python"] = platform.python_version()
     return out
 

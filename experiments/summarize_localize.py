@@ -1,9 +1,11 @@
 """Experiments 1-2 of the paper on each model: which layers are critical for what (single-layer skips
 of probes and benchmarks), and do they coincide with the patching maps?
 
-    python experiments/summarize_localize.py runs/smollm2-localize runs/gemma3-localize --out docs/localize
+    python experiments/summarize_localize.py runs/smollm2-localize \
+        runs/gemma3-localize+runs/gemma3-ablate-generative --out docs/localize
 
-Prints one Markdown table per model (drop when layer L is skipped, per probe / benchmark, the
+Run folders joined by ``+`` are one model's (e.g. its probes in one run, its generative benchmark
+ablation in another) and give one table. Prints one Markdown table per model (drop when layer L is skipped, per probe / benchmark, the
 failure signatures of the generated GSM8K / MBPP answers with that layer skipped, and the
 per-layer patching effect) and the Spearman correlation between skip drops and patching effects;
 writes ``OUT/<model>.png``.
@@ -26,34 +28,37 @@ def _per_layer(rows: list[dict], probe: str, metric: str) -> tuple[float | None,
     return base, layers
 
 
-def summarize(run: Path, out: Path) -> str:
-    loc = run / "localize"
-    sweep = read_table(loc / "sweep" / "sweep.csv") if (loc / "sweep" / "sweep.csv").is_file() else []
+def _tables(loc: Path, name: str) -> list[dict]:
+    f = loc / name
+    return read_table(f) if f.is_file() else []
+
+
+def summarize(runs: list[Path], out: Path) -> str:
+    locs = [run / "localize" for run in runs]
+    sweep = [r for loc in locs for r in _tables(loc, "sweep/sweep.csv")]
+    abl = [r for loc in locs for r in _tables(loc, "ablate/ablation.csv")]
+    srows = [r for loc in locs for r in _tables(loc, "ablate/signatures.csv")]
     cols: dict[str, tuple[float | None, dict[int, float]]] = {}
     for p in dict.fromkeys(r["probe"] for r in sweep):
         cols[f"{p} (probe)"] = _per_layer(sweep, p, "accuracy")
-    if (loc / "ablate" / "ablation.csv").is_file():
-        abl = read_table(loc / "ablate" / "ablation.csv")
-        sweep = sweep or abl
-        for t in dict.fromkeys(r["probe"] for r in abl):
-            cols[f"{t} (benchmark)"] = _per_layer(abl, t, "score")
+    for t in dict.fromkeys(r["probe"] for r in abl):
+        cols[f"{t} (benchmark)"] = _per_layer(abl, t, "score")
+    sweep = sweep or abl
     # failure signatures of the generated answers per skipped layer: they still move where a small
     # model's GSM8K / MBPP score sits at the floor
     sigs = {}
-    if (loc / "ablate" / "signatures.csv").is_file():
-        srows = read_table(loc / "ablate" / "signatures.csv")
-        for task, metric, label in (("gsm8k", "wrong_step_rate", "GSM8K wrong-step rate"),
-                                    ("mbpp", "unbalanced_rate", "MBPP unbalanced brackets"),
-                                    ("gsm8k", "rep4", "GSM8K Rep-4")):
-            base, per = _per_layer(srows, task, metric)
-            if per:
-                sigs[label] = (base, per)
+    for task, metric, label in (("gsm8k", "wrong_step_rate", "GSM8K wrong-step rate"),
+                                ("mbpp", "unbalanced_rate", "MBPP unbalanced brackets"),
+                                ("gsm8k", "rep4", "GSM8K Rep-4")):
+        base, per = _per_layer(srows, task, metric)
+        if per:
+            sigs[label] = (base, per)
     patch = {}
     for p in ("arithmetic", "brackets"):
-        f = loc / f"patch-{p}" / "layers.csv"
-        if f.is_file():
-            rows = read_table(f)
-            patch[p] = {int(r["layers"]): r["value"] for r in rows if r.get("method", "exact") == "exact"}
+        for loc in locs:
+            rows = _tables(loc, f"patch-{p}/layers.csv")
+            if rows:
+                patch[p] = {int(r["layers"]): r["value"] for r in rows if r.get("method", "exact") == "exact"}
     model = sweep[0]["model"]
     n_layers = max(max(v[1]) for v in cols.values()) + 1
     heads = ["layer"] + [f"drop: {c}" for c in cols] + list(sigs) + [f"patching: {p}" for p in patch]
@@ -75,7 +80,7 @@ def summarize(run: Path, out: Path) -> str:
                 common = sorted(set(per) & set(eff))
                 rho = spearman([base - per[i] for i in common], [eff[i] for i in common])
                 text.append(f"Spearman(skip drop of {c}, patching effect of {p}) over {len(common)} layers: {rho:.2f}.")
-    _plot(model, cols, patch, out / f"{model}{'-' + run.name if not (loc / 'sweep').is_dir() else ''}.png")
+    _plot(model, cols, patch, out / f"{model}{'' if any((loc / 'sweep').is_dir() for loc in locs) else '-' + runs[0].name}.png")
     return "\n".join(text)
 
 
@@ -101,11 +106,11 @@ def _plot(model: str, cols, patch, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+")
+    ap.add_argument("runs", nargs="+", help="run folders; A+B: one model's folders, one table")
     ap.add_argument("--out", default="docs/localize")
     args = ap.parse_args()
     for run in args.runs:
-        print(summarize(Path(run), Path(args.out)))
+        print(summarize([Path(r) for r in run.split("+")], Path(args.out)))
         print()
 
 

