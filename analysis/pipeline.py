@@ -483,10 +483,26 @@ def _ensure_checkpoint(run: Run, folder: Path) -> None:
         (folder / name).write_bytes(data)
 
 
+def _stage_probes(run: Run, stage: str, folder: Path | None, lm, probes: list[str], n: int) -> dict[str, float]:
+    """Probe accuracy of one stage, kept in ``eval/<stage>/probes.json``: an evaluation resumed
+    after a crash (or moved to another machine) does not score the finished stages' probes again
+    (on 2 CPU cores that is minutes per Gemma stage)."""
+    from prune.run import probe_accuracy
+
+    path = run.out / "eval" / stage / "probes.json"
+    settings = {"probes": list(probes), "n": n}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == settings:
+            return saved["accuracy"]
+    acc = probe_accuracy(folder, probes, n=n, loaded=lm)
+    atomic_write_json(path, {"settings": settings, "accuracy": acc})
+    return acc
+
+
 def _evaluate(run: Run) -> None:
     from analysis.evaluate import evaluate
     from probe.models import load_model
-    from prune.run import probe_accuracy
 
     c = run.cfg["evaluate"]
     models = {"base": None, **run.pruned_stages(), **run.recovered_stages()}
@@ -504,7 +520,7 @@ def _evaluate(run: Run) -> None:
                                   seed=run.cfg["seed"],
                                   xsum_file=c["xsum_file"], show_progress=run.show)
         probes = run.cfg["localize"]["probes"] or ["arithmetic_multi", "brackets", "copy"]
-        for p, acc in probe_accuracy(folder, probes, n=c["probe_n"], loaded=lm).items():
+        for p, acc in _stage_probes(run, stage, folder, lm, probes, c["probe_n"]).items():
             probe_rows.append({"model": run.base.name, "probe": p, "condition": stage, "layers": "",
                                "metric": "accuracy", "value": acc, "n": c["probe_n"], "seed": run.cfg["seed"]})
         print(f"  {stage}: " + ", ".join(f"{r['probe']} {r['value']:.3f}" for r in probe_rows if r["condition"] == stage))

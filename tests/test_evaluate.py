@@ -150,6 +150,43 @@ def test_resume_skips_finished_tasks(tiny_run, monkeypatch):
         evaluate(loaded, ["arc_easy"], out, limit=3, num_fewshot=0, max_length=512, show_progress=False)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_scoring_keeps_only_the_continuation_logits(family):
+    """make_lm's HFLM computes the output layer on the last positions only (continuations plus
+    right padding) and gives lm-eval's own log-likelihoods and greedy flags."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = tiny_model(family)
+    tok.padding_side = "right"
+    loaded = LoadedModel(model=model, tokenizer=tok, name="tiny", path="tiny")
+    texts = [("The cat sat on the mat and then it sat on the", " rug"), ("Q: What is 12 + 30? A:", " 42"),
+             ("One two three four five six seven eight nine", " ten"), ("A context of about the same length", " end"),
+             ("Q: What is 2 + 2? A: 4. Q: What is 3 + 5? A:", " 8")]
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=a, idx=i) for i, a in enumerate(texts)]
+    want = HFLM(pretrained=model, tokenizer=tok, batch_size=3, max_length=128).loglikelihood(reqs, disable_tqdm=True)
+    lm = ev.make_lm(loaded, batch_size=3, max_length=128, show_progress=False)
+    widths = []
+    forward = model.forward
+    model.forward = lambda ids, **k: (lambda out: widths.append((ids.shape[1], out.logits.shape[1])) or out)(
+        forward(ids, **k))
+    try:
+        got = lm.loglikelihood(reqs)
+    finally:
+        model.forward = forward
+    assert [g for _, g in got] == [g for _, g in want]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(got, want)) < 1e-4
+    assert widths and all(kept <= n for n, kept in widths) and any(kept < n / 2 for n, kept in widths)
+    # a row that really ends in token 0 is taken as padded: more logits kept, the same scores
+    ids = torch.tensor([[5, 6, 7, 0], [5, 6, 7, 8]])
+    lm._longest_continuation = 1
+    trimmed = lm._model_call(ids)
+    lm._longest_continuation = 0
+    full = lm._model_call(ids)
+    assert trimmed.shape[1] == 2 and torch.allclose(trimmed, full[:, -2:], atol=1e-5)
+
+
 def test_generation_has_its_own_batch_size():
     """Scoring batches follow batch_size and generation batches gen_batch_size (Gemma's 262k vocabulary
     needs small scoring batches but can generate in large ones); the rows do not depend on them."""

@@ -44,7 +44,7 @@ def _tables(out):
             for name in ("probes.csv", "eval/eval.csv", "retention.csv")}
 
 
-def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path):
+def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path, monkeypatch):
     ref_cfg = tmp_path / "ref.yaml"
     ref_cfg.write_text(CONFIG.format(out=tmp_path / "ref", model=tiny_llama_dir))
     _run_ok(ref_cfg)
@@ -76,6 +76,18 @@ def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path):
     log = _run_ok(cfg)
     assert "[prune] done earlier (cached)" in log and "[localize] done earlier (cached)" in log
     assert _tables(tmp_path / "kill") == _tables(ref)
+
+    # an evaluation resumed after its stage marker is lost: every stage's tasks and probes come
+    # from the run folder; nothing is scored again
+    from analysis import pipeline
+    from prune import run as prune_run
+
+    calls = []
+    real = prune_run.probe_accuracy
+    monkeypatch.setattr(prune_run, "probe_accuracy", lambda *a, **k: calls.append(a) or real(*a, **k))
+    pipeline._evaluate(pipeline.Run({**load_config(cfg), "out": str(tmp_path / "kill")}, show_progress=False))
+    assert calls == [] and _tables(tmp_path / "kill") == _tables(ref)
+    assert json.loads((tmp_path / "kill/eval/pruned-bi/probes.json").read_text())["settings"]["n"] > 0
 
 
 def test_config_errors_name_key_and_line(tmp_path):
