@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "rerun skips finished stages. The config is validated before any work starts.")
     p.add_argument("config", help="a YAML config, e.g. experiments/demo.yaml")
     p.add_argument("--only", default=None, help="comma-separated stages to run (default: all)")
+    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:N): a run "
+                                                  "folder started on a GPU machine continues on this one")
+    p.add_argument("--out", default=None, help="override the config's run folder (default: its out, else runs/NAME)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("report", help="one Markdown + one self-contained HTML report of a run folder",
@@ -441,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bad = [s for s in only or [] if s not in STAGES]
             if bad:
                 raise PrunescopeError(f"--only names unknown stages {bad}; stages are {', '.join(STAGES)}")
-            out = run_pipeline(args.config, show_progress=not args.quiet, only=only)
+            out = run_pipeline(args.config, show_progress=not args.quiet, only=only, device=args.device, out=args.out)
             summary = retention_summary(out)
             if summary:
                 print("retention (score / base score):\n" + summary)

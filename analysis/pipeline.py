@@ -542,10 +542,22 @@ RUNNERS = {"localize": _localize, "score": _score, "prune": _prune, "recover": _
            "report": _report}
 
 
-def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only: list[str] | None = None) -> Path:
+def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only: list[str] | None = None,
+                 device: str | None = None, out: str | Path | None = None) -> Path:
     """Run (or resume) every stage of a config; returns the run folder. With ``seeds``, one run per
-    seed in ``OUT/seed-N`` and then their comparison (:func:`analysis.seeds.compare_seeds`)."""
+    seed in ``OUT/seed-N`` and then their comparison (:func:`analysis.seeds.compare_seeds`).
+    ``device`` and ``out`` override the config's: neither is part of a stage's key, so a run
+    folder started on a GPU machine continues here with ``device="cpu"``.
+
+    >>> run_pipeline("experiments/gemma3-protect.yaml", device="cpu", out="runs/gemma3-protect")  # doctest: +SKIP
+    """
     cfg = load_config(config) if not isinstance(config, dict) else config
+    if device is not None:
+        if device != "cpu" and not device.startswith("cuda"):
+            raise PrunescopeError(f"device must be cpu or cuda[:N], got {device!r}")
+        cfg = {**cfg, "device": device}
+    if out is not None:
+        cfg = {**cfg, "out": str(out)}
     text = Path(config).read_text() if isinstance(config, (str, Path)) else None
     if not cfg.get("seeds"):
         return _run_one(cfg, text, show_progress, only)

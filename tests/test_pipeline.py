@@ -117,6 +117,25 @@ def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_run_overrides_device_and_out(tiny_llama_dir, tmp_path):
+    """A GPU config (device: cuda) continues on this CPU machine with --device cpu, into --out."""
+    import json
+
+    cfg = tmp_path / "gpu.yaml"
+    cfg.write_text(f"name: gpu\nmodel: {tiny_llama_dir}\ndevice: cuda\nout: {tmp_path / 'there'}\n"
+                   "localize: {probes: [copy], n: 4}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "analysis.cli", "run", str(cfg), "--only", "localize", "--quiet"]
+    p = subprocess.run([*cmd, "--device", "cpu", "--out", str(tmp_path / "here")], capture_output=True, text=True,
+                       env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    saved = json.loads((tmp_path / "here" / "config.json").read_text())
+    assert (saved["device"], saved["out"]) == ("cpu", str(tmp_path / "here"))
+    assert (tmp_path / "here" / ".stages" / "localize.json").is_file() and not (tmp_path / "there").exists()
+    p = subprocess.run([*cmd, "--device", "tpu"], capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "device must be cpu or cuda[:N], got 'tpu'" in p.stderr
+
+
 SEEDS_CONFIG = """name: seeds
 out: {out}
 model: {model}
