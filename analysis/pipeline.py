@@ -267,8 +267,12 @@ def _check_values(cfg: dict, root, src: str) -> None:
                         "folder or a .gguf path)")
     if any(s < 0 for s in cfg["seeds"]):
         bad(("seeds",), f"must be non-negative integers, got {cfg['seeds']}")
-    if cfg["device"] != "cpu" and not cfg["device"].startswith("cuda"):
+    if not _valid_device(cfg["device"]):
         bad(("device",), f"must be cpu or cuda[:N], got {cfg['device']!r}")
+
+
+def _valid_device(device: str) -> bool:
+    return device == "cpu" or device.startswith("cuda")
 
 
 def load_config(path: str | Path) -> dict:
@@ -553,7 +557,7 @@ def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only:
     """
     cfg = load_config(config) if not isinstance(config, dict) else config
     if device is not None:
-        if device != "cpu" and not device.startswith("cuda"):
+        if not _valid_device(device):
             raise PrunescopeError(f"device must be cpu or cuda[:N], got {device!r}")
         cfg = {**cfg, "device": device}
     if out is not None:
