@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from probe.errors import PrunescopeError
 
@@ -277,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(classification vs generative gap), probe accuracy per stage, failure signatures "
                                    "of generated responses with examples, and every other figure and table. Computes "
                                    "retention.csv/png, probes.png and signatures.csv when they are missing.")
-    p.add_argument("run_dir", help="a run folder (config.yaml, eval/, probes.csv, localize/, score/, ...)")
+    p.add_argument("run_dir", help="a run folder (config.yaml, eval/, probes.csv, localize/, score/, ...), or a "
+                                   "seed root (seed-N/ folders): then seeds.md over the seeds that finished")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -452,9 +454,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"report: {out / 'report.html'} (and report.md)")
         elif args.command == "report":
             from analysis.report import report
+            from analysis.seeds import compare_finished_seeds
 
-            md, page = report(args.run_dir, show_progress=not args.quiet)
-            print(f"wrote {md} and {page}")
+            root = Path(args.run_dir)
+            if any(root.glob("seed-*")) and not (root / "eval").is_dir():
+                md, left_out = compare_finished_seeds(root)
+                print(f"wrote {md}" + (f" (left out, not finished: seed {left_out})" if left_out else ""))
+            else:
+                md, page = report(root, show_progress=not args.quiet)
+                print(f"wrote {md} and {page}")
         return 0
     except PrunescopeError as e:
         print(f"prunescope: error: {e}", file=sys.stderr)

@@ -275,11 +275,13 @@ def _retention(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict
 def _probes(run_dir: Path, doc: Doc, missing: list[str]) -> None:
     doc.h(2, "Probe accuracy per stage")
     path = run_dir / "probes.csv"
-    if not path.is_file():
-        doc.p("No probes.csv in the run folder.")
+    rows = read_table(path) if path.is_file() else _stage_probe_rows(run_dir)
+    if not rows:
+        doc.p("No probes.csv (or eval/<stage>/probes.json) in the run folder.")
         missing.append("probes.csv")
         return
-    rows = read_table(path)
+    if not path.is_file():
+        doc.p("From eval/<stage>/probes.json (the evaluation has not written probes.csv yet).")
     table = probe_comparison(rows)
     if not table:
         doc.p("probes.csv has no accuracy rows.")
@@ -290,6 +292,18 @@ def _probes(run_dir: Path, doc: Doc, missing: list[str]) -> None:
     if not fig.is_file():
         plot_probes(rows, fig)
     doc.image(fig, "probes.png: probe accuracy per stage")
+
+
+def _stage_probe_rows(run_dir: Path) -> list[dict]:
+    """Probe accuracy rows from each evaluated stage's ``eval/<stage>/probes.json`` (base first)."""
+    rows = []
+    for f in sorted(run_dir.glob("eval/*/probes.json"), key=lambda p: (p.parent.name != "base", p.parent.name)):
+        saved = json.loads(f.read_text())
+        table = f.parent / "eval.csv"
+        model = next((r["model"] for r in read_table(table)), "") if table.is_file() else ""
+        rows += [{"model": model, "probe": probe, "condition": f.parent.name, "layers": "", "metric": "accuracy",
+                  "value": acc, "n": saved["settings"]["n"], "seed": ""} for probe, acc in saved["accuracy"].items()]
+    return rows
 
 
 def _signatures(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict] | None, cfg: dict,
@@ -359,13 +373,22 @@ def _others(run_dir: Path, doc: Doc, shown: set[Path]) -> None:
             doc.table(headers, [[r.get(h) for h in headers] for r in rows[:MAX_TABLE_ROWS]], note)
 
 
-def _eval_rows(run_dir: Path) -> list[dict] | None:
-    """eval/eval.csv; without it, the per-stage tables eval/<stage>/eval.csv joined (base first)."""
+def _eval_rows(run_dir: Path) -> tuple[list[dict] | None, list[str]]:
+    """eval/eval.csv; without it (an evaluation still running or stopped), the per-stage tables
+    eval/<stage>/eval.csv joined (base first), keeping the stages that have every task of the base
+    stage: a stage with fewer tasks would average its categories over other tasks. Returns the
+    rows and the stages left out."""
     path = run_dir / "eval" / "eval.csv"
     if path.is_file():
-        return read_table(path)
+        return read_table(path), []
     parts = sorted(run_dir.glob("eval/*/eval.csv"), key=lambda p: (p.parent.name != "base", p.parent.name))
-    return [r for p in parts for r in read_table(p)] or None
+    per_stage = {p.parent.name: read_table(p) for p in parts}
+    if not per_stage:
+        return None, []
+    tasks = {st: {r["probe"] for r in rows} for st, rows in per_stage.items()}
+    want = tasks[next(iter(per_stage))]
+    partial = [st for st in per_stage if not tasks[st] >= want]
+    return [r for st, rows in per_stage.items() if st not in partial for r in rows] or None, partial
 
 
 def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path]:
@@ -387,8 +410,17 @@ def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path
     cfg = _config(run_dir, doc, missing)
     doc.h(2, "Package versions")
     doc.table(["package", "version"], [[k, v] for k, v in package_versions().items()])
-    eval_rows = _eval_rows(run_dir)
+    if not (run_dir / "eval" / "eval.csv").is_file() and any(run_dir.glob("eval/*/eval.csv")):
+        # an evaluation still running or stopped: what is derived from it is recomputed every time
+        for name in ("retention.csv", "retention.jsonl", "retention.png", "signatures.csv", "signatures.jsonl",
+                     "probes.png"):
+            (run_dir / name).unlink(missing_ok=True)
+    eval_rows, partial = _eval_rows(run_dir)
     _retention(run_dir, doc, missing, eval_rows)
+    if partial:
+        doc.p(f"Evaluation not finished: {', '.join(partial)} left out (fewer tasks than the base stage; "
+              "rerun the config to finish them).")
+        missing += [f"eval/{st} (partial)" for st in partial]
     _probes(run_dir, doc, missing)
     _signatures(run_dir, doc, missing, eval_rows, cfg, show_progress)
     for part in ("localize", "score/scores.csv"):

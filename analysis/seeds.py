@@ -202,3 +202,32 @@ def compare_seeds(root: str | Path, seeds: list[int], n_boot: int = 1000) -> Pat
     md = root / "seeds.md"
     atomic_write_text(md, markdown(rows, seeds))
     return md
+
+
+def compare_finished_seeds(root: str | Path, n_boot: int = 1000) -> tuple[Path, list[int]]:
+    """The seed comparison of a seed root (``config.json`` with ``seeds``) over the seeds whose
+    evaluation has finished, while others are still running or were stopped: each finished seed
+    gets its report (retention with intervals) if it has none. Returns ``seeds.md`` and the seeds
+    left out; ``seeds.md`` names them.
+
+    >>> md, left_out = compare_finished_seeds("runs/gemma3-protect")   # doctest: +SKIP
+    """
+    from analysis.report import report
+
+    root = Path(root)
+    cfg_path = root / "config.json"
+    seeds = json.loads(cfg_path.read_text()).get("seeds") if cfg_path.is_file() else None
+    if not seeds:
+        raise PrunescopeError(f"{root} is not a seed root: no config.json with seeds")
+    done = [s for s in seeds if (root / f"seed-{s}" / ".stages" / "evaluate.json").is_file()]
+    if not done:
+        raise PrunescopeError(f"no seed of {root} has finished its evaluation yet (seeds {seeds})")
+    for s in done:
+        if not (root / f"seed-{s}" / "retention.csv").is_file():
+            report(root / f"seed-{s}")
+    md = compare_seeds(root, done, n_boot=n_boot)
+    left_out = [s for s in seeds if s not in done]
+    if left_out:
+        atomic_write_text(md, md.read_text() + f"\nLeft out: seed {', '.join(map(str, left_out))} "
+                                                "(evaluation not finished; rerun the config to finish it).\n")
+    return md, left_out

@@ -325,6 +325,30 @@ def test_report_joins_per_stage_eval_tables(tmp_path):
     assert "### eval/base/eval.csv" not in md.read_text()
 
 
+def test_report_of_an_unfinished_evaluation(tmp_path):
+    """An evaluation stopped during its third stage: that stage (fewer tasks than base) is left out and
+    named, retention is recomputed on every report (a stale retention.csv is not reused), and probe
+    accuracy comes from each stage's probes.json while probes.csv is not written yet."""
+    import json
+
+    rows = _eval_rows()
+    for stage in ("base", "pruned-bi"):
+        write_table([r for r in rows if r["condition"] == stage], tmp_path / "eval" / stage / "eval")
+        (tmp_path / "eval" / stage / "probes.json").write_text(json.dumps(
+            {"settings": {"probes": ["copy"], "n": 10}, "accuracy": {"copy": 0.9 if stage == "base" else 0.6}}))
+    write_table([r for r in rows if r["condition"] == "pruned-bi+sgr" and r["probe"] == "piqa"],
+                tmp_path / "eval" / "pruned-bi+sgr" / "eval")
+    (tmp_path / "retention.csv").write_text("stale\n")
+    md, _ = report(tmp_path)
+    text = md.read_text()
+    assert "Evaluation not finished: pruned-bi+sgr left out" in text and "eval/pruned-bi+sgr (partial)" in text
+    table = read_table(tmp_path / "retention.csv")
+    assert {r["condition"] for r in table} == {"base", "pruned-bi"}
+    assert next(r["value"] for r in table if r["probe"] == "gap" and r["condition"] == "pruned-bi") == \
+        pytest.approx(0.65)
+    assert "probes.json (the evaluation has not written probes.csv yet)" in text and "| m | copy | 0.900 | 0.600 |" in text
+
+
 def test_report_empty_run_and_versions(tmp_path):
     (tmp_path / "empty").mkdir()
     md, _ = report(tmp_path / "empty")

@@ -186,6 +186,13 @@ def test_pipeline_seeds_ratios_union_protection_and_ablation_signatures(tiny_lla
     assert {r["reference"] for r in diffs} <= {"pruned-bi-25", "pruned-bi-50"}
     assert all(r["condition"].endswith(r["reference"].rsplit("-", 1)[1]) for r in diffs)
     assert (root / "seeds.png").is_file() and "Dropped layers per seed" in (root / "seeds.md").read_text()
+    # seed 1 stopped during its evaluation: `prunescope report ROOT` compares the finished seed only
+    (root / "seed-1" / ".stages" / "evaluate.json").unlink()
+    p = subprocess.run([sys.executable, "-m", "analysis.cli", "report", str(root)], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0 and "left out, not finished: seed [1]" in p.stdout, p.stderr[-2000:]
+    text = (root / "seeds.md").read_text()
+    assert text.startswith("Seeds 0.") and "Left out: seed 1 (evaluation not finished" in text
 
 
 def test_compare_seeds_paired_difference(tmp_path):
