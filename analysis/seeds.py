@@ -200,8 +200,38 @@ def compare_seeds(root: str | Path, seeds: list[int], n_boot: int = 1000) -> Pat
     write_table(rows, root / "seeds")
     plot_seeds(rows, root / "seeds.png")
     md = root / "seeds.md"
-    atomic_write_text(md, markdown(rows, seeds))
+    atomic_write_text(md, markdown(rows, seeds) + score_markdown(root, seeds))
     return md
+
+
+def score_markdown(root: str | Path, seeds: list[int]) -> str:
+    """Raw scores behind the retention: each task's primary metric and each probe's accuracy per
+    stage, mean ± sd over the seeds (from ``seed-N/eval/eval.csv`` and ``seed-N/probes.csv``)."""
+    root = Path(root)
+    vals: dict[tuple[str, str], list[float]] = {}
+    for seed in seeds:
+        folder = root / f"seed-{seed}"
+        if (folder / "eval" / "eval.csv").is_file():
+            for r in read_table(folder / "eval" / "eval.csv"):
+                if str(r.get("primary")) in ("True", "true", "1"):
+                    vals.setdefault((r["condition"], f"{r['probe']} ({r['metric']})"), []).append(float(r["value"]))
+        if (folder / "probes.csv").is_file():
+            for r in read_table(folder / "probes.csv"):
+                if r["metric"] == "accuracy":
+                    vals.setdefault((r["condition"], f"{r['probe']} probe"), []).append(float(r["value"]))
+    if not vals:
+        return ""
+    stages = list(dict.fromkeys(c for c, _ in vals))
+    cols = list(dict.fromkeys(t for _, t in vals))
+    lines = ["", "Scores per stage (mean ± sd over the seeds):", "", "| stage | " + " | ".join(cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for st in stages:
+        cells = []
+        for c in cols:
+            v = vals.get((st, c))
+            cells.append(f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}" if v else "")
+        lines.append(f"| {st} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def compare_finished_seeds(root: str | Path, n_boot: int = 1000) -> tuple[Path, list[int]]:

@@ -193,6 +193,10 @@ def test_pipeline_seeds_ratios_union_protection_and_ablation_signatures(tiny_lla
     assert p.returncode == 0 and "left out, not finished: seed [1]" in p.stdout, p.stderr[-2000:]
     text = (root / "seeds.md").read_text()
     assert text.startswith("Seeds 0.") and "Left out: seed 1 (evaluation not finished" in text
+    base = next(r for r in read_table(root / "seed-0" / "eval" / "eval.csv")
+                if r["condition"] == "base" and str(r["primary"]) == "True")
+    scores = text.split("Scores per stage (mean ± sd over the seeds):")[1]
+    assert f"| base | {float(base['value']):.3f} ± 0.000 |" in scores
 
 
 def test_compare_seeds_paired_difference(tmp_path):
