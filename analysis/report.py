@@ -272,10 +272,11 @@ def _retention(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict
         doc.image(fig, "retention.png: mean retention per category and stage (dots: tasks)")
 
 
-def _probes(run_dir: Path, doc: Doc, missing: list[str]) -> None:
+def _probes(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict] | None) -> None:
     doc.h(2, "Probe accuracy per stage")
     path = run_dir / "probes.csv"
-    rows = read_table(path) if path.is_file() else _stage_probe_rows(run_dir)
+    models = {r["condition"]: r.get("model", "") for r in eval_rows or []}
+    rows = read_table(path) if path.is_file() else _stage_probe_rows(run_dir, models)
     if not rows:
         doc.p("No probes.csv (or eval/<stage>/probes.json) in the run folder.")
         missing.append("probes.csv")
@@ -294,14 +295,13 @@ def _probes(run_dir: Path, doc: Doc, missing: list[str]) -> None:
     doc.image(fig, "probes.png: probe accuracy per stage")
 
 
-def _stage_probe_rows(run_dir: Path) -> list[dict]:
-    """Probe accuracy rows from each evaluated stage's ``eval/<stage>/probes.json`` (base first)."""
+def _stage_probe_rows(run_dir: Path, models: dict[str, str]) -> list[dict]:
+    """Probe accuracy rows from each evaluated stage's ``eval/<stage>/probes.json`` (base first);
+    ``models``: the model name per stage, from the evaluation rows."""
     rows = []
     for f in sorted(run_dir.glob("eval/*/probes.json"), key=lambda p: (p.parent.name != "base", p.parent.name)):
         saved = json.loads(f.read_text())
-        table = f.parent / "eval.csv"
-        model = next((r["model"] for r in read_table(table)), "") if table.is_file() else ""
-        rows += [{"model": model, "probe": probe, "condition": f.parent.name, "layers": "", "metric": "accuracy",
+        rows += [{"model": models.get(f.parent.name, ""), "probe": probe, "condition": f.parent.name, "layers": "", "metric": "accuracy",
                   "value": acc, "n": saved["settings"]["n"], "seed": ""} for probe, acc in saved["accuracy"].items()]
     return rows
 
@@ -421,7 +421,7 @@ def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path
         doc.p(f"Evaluation not finished: {', '.join(partial)} left out (fewer tasks than the base stage; "
               "rerun the config to finish them).")
         missing += [f"eval/{st} (partial)" for st in partial]
-    _probes(run_dir, doc, missing)
+    _probes(run_dir, doc, missing, eval_rows)
     _signatures(run_dir, doc, missing, eval_rows, cfg, show_progress)
     for part in ("localize", "score/scores.csv"):
         if not (run_dir / part).exists():

@@ -190,8 +190,9 @@ def plot_seeds(rows: list[dict], path: str | Path) -> Path:
     return _save(fig, Path(path))
 
 
-def compare_seeds(root: str | Path, seeds: list[int], n_boot: int = 1000) -> Path:
-    """Read ``root/seed-N`` for every seed and write ``seeds.csv``, ``seeds.png`` and ``seeds.md``."""
+def compare_seeds(root: str | Path, seeds: list[int], n_boot: int = 1000, left_out: list[int] = ()) -> Path:
+    """Read ``root/seed-N`` for every seed and write ``seeds.csv``, ``seeds.png`` and ``seeds.md``
+    (which names the ``left_out`` seeds: their evaluation has not finished)."""
     root = Path(root)
     rows = []
     for seed in seeds:
@@ -200,21 +201,24 @@ def compare_seeds(root: str | Path, seeds: list[int], n_boot: int = 1000) -> Pat
     write_table(rows, root / "seeds")
     plot_seeds(rows, root / "seeds.png")
     md = root / "seeds.md"
-    atomic_write_text(md, markdown(rows, seeds) + score_markdown(root, seeds))
+    note = (f"\nLeft out: seed {', '.join(map(str, left_out))} (evaluation not finished; rerun the config to "
+            "finish it).\n") if left_out else ""
+    atomic_write_text(md, markdown(rows, seeds) + score_markdown(root, seeds) + note)
     return md
 
 
 def score_markdown(root: str | Path, seeds: list[int]) -> str:
     """Raw scores behind the retention: each task's primary metric and each probe's accuracy per
     stage, mean ± sd over the seeds (from ``seed-N/eval/eval.csv`` and ``seed-N/probes.csv``)."""
+    from analysis.retention import primary_rows
+
     root = Path(root)
     vals: dict[tuple[str, str], list[float]] = {}
     for seed in seeds:
         folder = root / f"seed-{seed}"
         if (folder / "eval" / "eval.csv").is_file():
-            for r in read_table(folder / "eval" / "eval.csv"):
-                if str(r.get("primary")) in ("True", "true", "1"):
-                    vals.setdefault((r["condition"], f"{r['probe']} ({r['metric']})"), []).append(float(r["value"]))
+            for (_, task, stage), r in primary_rows(read_table(folder / "eval" / "eval.csv")).items():
+                vals.setdefault((stage, f"{task} ({r['metric']})"), []).append(r["value"])
         if (folder / "probes.csv").is_file():
             for r in read_table(folder / "probes.csv"):
                 if r["metric"] == "accuracy":
@@ -255,9 +259,5 @@ def compare_finished_seeds(root: str | Path, n_boot: int = 1000) -> tuple[Path, 
     for s in done:
         if not (root / f"seed-{s}" / "retention.csv").is_file():
             report(root / f"seed-{s}")
-    md = compare_seeds(root, done, n_boot=n_boot)
     left_out = [s for s in seeds if s not in done]
-    if left_out:
-        atomic_write_text(md, md.read_text() + f"\nLeft out: seed {', '.join(map(str, left_out))} "
-                                                "(evaluation not finished; rerun the config to finish it).\n")
-    return md, left_out
+    return compare_seeds(root, done, n_boot=n_boot, left_out=left_out), left_out
