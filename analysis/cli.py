@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write RUN_DIR/report.md and report.html: config, package versions, retention "
                                    "(classification vs generative gap), probe accuracy per stage, failure signatures "
                                    "of generated responses with examples, and every other figure and table. Computes "
-                                   "retention.csv/png, probes.png and signatures.csv when they are missing.")
+                                   "retention.csv/png and probes.png when they are missing, and signatures.csv from "
+                                   "the generated samples whenever the run folder has them.")
     p.add_argument("run_dir", help="a run folder (config.yaml, eval/, probes.csv, localize/, score/, ...), or a "
                                    "seed root (seed-N/ folders): then seeds.md over the seeds that finished")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -405,7 +405,7 @@ def ablate(run: Run) -> list[dict]:
     plot_sweep(rows, root, metric="score")
     if sig_rows:
         write_table(sig_rows, root / "signatures")
-        for metric in ("wrong_step_rate", "unbalanced_rate", "rep4"):
+        for metric in ("wrong_step_rate", "unbalanced_rate", "rep4", "char_rep16"):
             plot_sweep(sig_rows, root, metric=metric)
     return rows
 

@@ -316,13 +316,15 @@ def _signatures(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dic
     for r in records:
         r["model"] = models.get(r["stage"], r["model"])
     path = run_dir / "signatures.csv"
-    if path.is_file():
-        rows = read_table(path)
-        doc.p("From signatures.csv.")
-    elif records:
+    if records:
+        # always from the samples (read above anyway): a table written by an older prunescope
+        # would miss the signatures added since
         rows = aggregate_signatures(records)
         write_table(rows, run_dir / "signatures")
         doc.p("Computed from eval/<stage>/samples/*.jsonl; written to signatures.csv.")
+    elif path.is_file():
+        rows = read_table(path)
+        doc.p("From signatures.csv (no sample files in this run folder).")
     else:
         doc.p("No generated samples (eval/<stage>/samples/<task>.jsonl) and no signatures.csv.")
         missing.append("eval/<stage>/samples/*.jsonl")
@@ -330,7 +332,8 @@ def _signatures(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dic
     headers, lines = _wide(rows, ["model", "probe", "metric"])
     headers[1] = "task"
     doc.table(headers, lines, "wrong_step_rate: wrong arithmetic steps / steps found; unbalanced_rate / "
-              "mismatch_rate: code with unclosed or extra / mismatched brackets; rep4: repeated 4-gram rate; "
+              "mismatch_rate: code with unclosed or extra / mismatched brackets; rep4: repeated word 4-gram rate; "
+              "char_rep16: repeated character 16-gram rate (defined for runaway one-token answers like '2000…'); "
               "self_bleu4: intra-response Self-BLEU-4 (high = repetitive).")
     if not records:
         doc.p("No samples in the run folder, so no example excerpts.")
@@ -395,8 +398,8 @@ def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path
     """Write ``run_dir/report.md`` and ``run_dir/report.html`` (self-contained) and return their paths.
 
     Computes and writes retention.csv / retention.png (from eval/eval.csv, or the per-stage
-    eval/<stage>/eval.csv tables joined), probes.png (from probes.csv) and signatures.csv (from the
-    sample files) when they are absent; the retention base is the stage named ``base``, else the
+    eval/<stage>/eval.csv tables joined) and probes.png (from probes.csv) when they are absent, and
+    signatures.csv from the sample files whenever there are any; the retention base is the stage named ``base``, else the
     first stage of the eval table.
     """
     run_dir = Path(run_dir)

@@ -335,15 +335,22 @@ def program_text(task: str, prompt: str, response: str) -> tuple[str, int]:
 
 # ---------------------------------------------------------------- degeneration
 
-def rep_n(text: str, n: int = 4) -> float | None:
-    """Rep-n of one response: the fraction of its n-grams (over whitespace tokens, case kept) that
-    repeat an n-gram seen earlier in the same response, = 1 - distinct n-grams / all n-grams
-    (seq-rep-n of Welleck et al. 2019, as in the paper's reference code). None for fewer than n tokens.
+def rep_n(text: str, n: int = 4, chars: bool = False) -> float | None:
+    """Rep-n of one response: the fraction of its n-grams that repeat an n-gram seen earlier in the
+    same response, = 1 - distinct n-grams / all n-grams (seq-rep-n of Welleck et al. 2019, as in the
+    paper's reference code). Grams are over whitespace tokens (case kept), or over characters with
+    ``chars=True``. None for fewer than n tokens (characters).
+
+    Why characters too: a pruned model's runaway answer such as "2000000…" or "1-1-1-1-…" is one
+    whitespace token, so word Rep-4 is undefined for exactly the most degenerate responses;
+    character Rep-16 scores it near 1 and tracks word Rep-4 on ordinary text.
 
     >>> rep_n("the cat sat on the mat")       # 3 four-grams, all distinct
     0.0
+    >>> round(rep_n("# 2" + "0" * 200, 16, chars=True), 2)   # word Rep-4: None
+    0.98
     """
-    tokens = text.split()
+    tokens = text if chars else text.split()
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return None
@@ -406,7 +413,8 @@ def signature(sample: dict, model: str = "", stage: str = "") -> dict:
     kind = task_kind(task)
     rec = {"model": sample.get("model", model), "stage": sample.get("stage", stage), "task": task,
            "doc_id": sample.get("doc_id"), "correct": sample.get("correct"), "kind": kind,
-           "response": response, "rep4": rep_n(response, 4), "self_bleu4": None,
+           "response": response, "rep4": rep_n(response, 4), "char_rep16": rep_n(response, 16, chars=True),
+           "self_bleu4": None,
            "steps": [], "n_steps": None, "n_wrong_steps": None,
            "unbalanced": None, "mismatch": None, "brackets": None, "bracket_excerpt": None}
     if kind in ("math", "text"):
@@ -445,7 +453,7 @@ def signatures_for_samples(samples: Iterable[dict], model: str = "", stage: str 
     "correct"}`` (a sample's own ``model`` / ``stage`` keys win over the arguments); multiple-choice
     samples (:func:`is_choice_sample`) are skipped.
 
-    Record keys: model, stage, task, doc_id, correct, kind, response, rep4, self_bleu4 (None where the
+    Record keys: model, stage, task, doc_id, correct, kind, response, rep4, char_rep16, self_bleu4 (None where the
     response is too short or not applicable), steps / n_steps / n_wrong_steps (math), brackets /
     unbalanced / mismatch / bracket_excerpt (code).
 
@@ -455,7 +463,7 @@ def signatures_for_samples(samples: Iterable[dict], model: str = "", stage: str 
     """
     # the eval writes samples for multiple-choice tasks too (response = the chosen option): no signatures
     samples = [s for s in samples if not is_choice_sample(s)]
-    if show_progress:
+    if show_progress and samples:   # no empty bar for a multiple-choice task's file
         from tqdm.auto import tqdm
 
         samples = tqdm(samples, desc=f"signatures {stage}".strip(), unit="resp")
@@ -473,7 +481,7 @@ def aggregate_signatures(records: Iterable[dict], seed: int = 0) -> list[dict]:
     * ``wrong_step_response_rate``: responses with at least one wrong step (n = responses);
     * ``steps_per_response`` (n = responses);
     * ``unbalanced_rate`` / ``mismatch_rate``: code with unclosed or extra / mismatched brackets;
-    * ``rep4``, ``self_bleu4``: means over the responses where they are defined (n = those).
+    * ``rep4``, ``char_rep16``, ``self_bleu4``: means over the responses where they are defined (n = those).
 
     A metric with nothing to average (no steps found) gets no row.
 
@@ -501,7 +509,7 @@ def aggregate_signatures(records: Iterable[dict], seed: int = 0) -> list[dict]:
         if code_recs:
             row("unbalanced_rate", _mean([r["unbalanced"] for r in code_recs]), len(code_recs))
             row("mismatch_rate", _mean([r["mismatch"] for r in code_recs]), len(code_recs))
-        for metric in ("rep4", "self_bleu4"):
+        for metric in ("rep4", "char_rep16", "self_bleu4"):
             vals = [r[metric] for r in recs if r[metric] is not None]
             if vals:
                 row(metric, _mean(vals), len(vals))

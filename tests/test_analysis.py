@@ -142,6 +142,18 @@ def test_rep4_exact():
     assert rep_n("one two three") is None
 
 
+def test_char_rep_scores_runaway_one_token_answers():
+    # a pruned model's runaway answer is one whitespace token: word Rep-4 cannot see it
+    runaway = "# 2" + "0" * 200
+    assert rep_n(runaway) is None
+    # 188 character 16-grams, 4 distinct: "# 20…", " 20…", "20…" and "0" * 16 (185 times)
+    assert rep_n(runaway, 16, chars=True) == pytest.approx(184 / 188)
+    prose = "Natalia sold 48 clips in April and half as many in May, so 48 + 24 = 72 clips in all."
+    assert rep_n(prose, 16, chars=True) == 0.0
+    rec = signatures_for_samples([{"task": "mbpp", "doc_id": 0, "prompt": "p", "response": runaway}])[0]
+    assert rec["rep4"] is None and rec["char_rep16"] == pytest.approx(184 / 188)
+
+
 def test_self_bleu_repetitive_vs_diverse():
     rep = self_bleu("The cat sat on the mat.\nThe cat sat on the mat.\nThe cat sat on the mat today.")
     diverse = self_bleu("The cat sat on the mat today. Stock markets fell sharply in early trading. "
@@ -177,6 +189,7 @@ def test_aggregate_signatures_rows():
     assert val[("humaneval", "mismatch_rate")] == (0.5, 2)
     assert val[("humaneval", "unbalanced_rate")] == (0.5, 2)   # ")" closes "[" (mismatch), "(" stays open
     assert val[("xsum", "rep4")] == (pytest.approx(2 / 3), 1)   # 3 four-grams, 1 distinct
+    assert val[("xsum", "char_rep16")] == (0.5, 1)   # 8 character 16-grams, 4 distinct
     assert ("humaneval", "self_bleu4") not in val and ("xsum", "wrong_step_rate") not in val
     ex = examples(recs, k=3)
     assert ex["wrong_steps"][0].startswith("[gsm8k pruned #0] 32 x 6 = 364 (is 192)")
@@ -310,7 +323,19 @@ def test_report_writes_both_files(tmp_path):
     # a second report reads the tables it wrote and redraws a deleted figure from retention.csv
     (run / "retention.png").unlink()
     _, page = report(run)
-    assert (run / "retention.png").is_file() and "From signatures.csv." in page.read_text()
+    assert (run / "retention.png").is_file()
+    # signatures are recomputed from the samples: a table from an older version gains the new metrics
+    stale = [r for r in read_table(run / "signatures.csv") if r["metric"] != "char_rep16"]
+    write_table(stale, run / "signatures")
+    _, page = report(run)
+    assert any(r["metric"] == "char_rep16" for r in read_table(run / "signatures.csv"))
+    # without sample files the table is read as it is
+    for f in run.glob("eval/*/samples/*.jsonl"):
+        f.unlink()
+    write_table(stale, run / "signatures")
+    _, page = report(run)
+    assert "From signatures.csv (no sample files" in page.read_text() and "32 x 6 = 364" not in page.read_text()
+    assert not any(r["metric"] == "char_rep16" for r in read_table(run / "signatures.csv"))
 
 
 def test_report_joins_per_stage_eval_tables(tmp_path):
