@@ -32,8 +32,9 @@ check: $(STAMP)
 demo: check
 	$(OFFLINE) $(VENV)/bin/prunescope run experiments/demo.yaml --quiet
 
+# the tests, and every docstring example of the packages (so the examples stay true)
 test: check
-	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --doctest-modules probe circuits prune recover analysis
 
 clean:
 	rm -rf $(VENV) runs/demo

@@ -34,7 +34,7 @@ import yaml
 
 from probe.errors import PrunescopeError
 from probe.results import (
-    COLUMNS, atomic_write_json, atomic_write_text, check_run_config, read_jsonl, write_table,
+    COLUMNS, atomic_write_json, atomic_write_text, check_run_config, read_jsonl, same_config, write_table,
 )
 
 TASK_DIR = Path(__file__).with_name("tasks")
@@ -489,7 +489,7 @@ def evaluate(
                                                  if code_options else {})}
     out = Path(out) if out is not None else None
     if out is not None:
-        check_run_config(out, config, "evaluation")
+        check_run_config(out, config, "evaluation", paths=("model_path",))
 
     from tqdm.auto import tqdm
 
@@ -508,7 +508,7 @@ def evaluate(
                 done = out / "tasks" / f"{name}.json" if out is not None else None
                 if done is not None and done.is_file():
                     record = json.loads(done.read_text())
-                    if record.get("config") == settings:
+                    if same_config(record.get("config") or {}, settings, paths=("model_path",)):
                         rows += record["rows"]
                         continue
                 t0 = time.perf_counter()

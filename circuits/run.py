@@ -98,7 +98,7 @@ def _patch(d: Dist, model, probe, n, out, *, method, backend, direction, kinds, 
               "dtype": dtype}
     out = Path(out) if out else None
     if out:
-        d.on_main(check_run_config, out, config, "patching run")
+        d.on_main(check_run_config, out, config, "patching run", paths=("model",))
     lm = loaded or load_model(model, device=rank_device(device, d), dtype=dtype, device_map=device_map,
                               max_memory=max_memory)
     opts = {"shots": shots} if shots and probe == "arithmetic" else {}

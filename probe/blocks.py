@@ -238,7 +238,7 @@ class Blocks:
         >>> with blocks.capture(["blocks.0.hook_resid_post"]) as acts:
         ...     _ = blocks.forward(tok(["a b c"], return_tensors="pt").input_ids)
         >>> acts["blocks.0.hook_resid_post"].shape[:2]
-        torch.Size([1, 6])
+        torch.Size([1, 5])
         """
         acts: dict[str, torch.Tensor] = {}
 

@@ -10,7 +10,7 @@ renamed, so a crash never leaves half a table.
 >>> rows = [{"model": "m", "probe": "arithmetic", "condition": "none", "layers": "", "metric": "accuracy",
 ...          "value": 0.5, "n": 10, "seed": 0}]
 >>> import tempfile, pathlib; d = pathlib.Path(tempfile.mkdtemp())
->>> write_table(rows, d / "sweep"); read_table(d / "sweep.csv")[0]["value"]
+>>> _ = write_table(rows, d / "sweep"); read_table(d / "sweep.csv")[0]["value"]
 0.5
 """
 
@@ -21,7 +21,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 COLUMNS = ("model", "probe", "condition", "layers", "metric", "value", "n", "seed")
@@ -79,16 +79,44 @@ def read_table(path: str | Path) -> list[dict]:
     return rows
 
 
-def check_run_config(out: Path, config: dict, what: str = "run", name: str = "config.json") -> None:
-    """Resume guard: record ``config`` in ``out/NAME``, or refuse a folder made with other settings."""
+def path_tail(value, parts: int = 2):
+    """The last ``parts`` components of a path-like value (``"prune/bi-25"``); other values as they are.
+
+    >>> path_tail("/root/runs/gemma3-retention/prune/bi-25"), path_tail("runs/x/prune/bi-25"), path_tail(None)
+    ('prune/bi-25', 'prune/bi-25', None)
+    """
+    if not isinstance(value, str) or not value:
+        return value
+    return "/".join(Path(value).parts[-parts:])
+
+
+def same_config(old: dict, new: dict, paths: Sequence[str] = ()) -> bool:
+    """``old == new``, except that the keys in ``paths`` hold paths and are compared by their last two
+    components (:func:`path_tail`): where a run folder or the model cache lies is not a setting."""
+    def norm(d: dict) -> dict:
+        return {k: path_tail(v) if k in paths else v for k, v in d.items()}
+
+    return norm(old) == norm(new)
+
+
+def check_run_config(out: Path, config: dict, what: str = "run", name: str = "config.json",
+                     paths: Sequence[str] = ()) -> None:
+    """Resume guard: record ``config`` in ``out/NAME``, or refuse a folder made with other settings.
+
+    ``paths``: keys whose values are file or folder paths (the model, the training data), compared by
+    their last two components (``prune/bi-25``, ``models/gemma-3-270m``), so a run folder moved, or
+    copied to a machine whose model cache lies elsewhere, still resumes.
+    """
     path = Path(out) / name
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != config:
-            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        if not same_config(old, config, paths):
+            diff = sorted(k for k in set(old) | set(config)
+                          if not same_config({k: old.get(k)}, {k: config.get(k)}, paths))
             from .errors import PrunescopeError
 
-            raise PrunescopeError(f"{out} holds a {what} with different settings ({', '.join(diff)}); "
+            article = "an" if what[:1] in "aeiou" else "a"
+            raise PrunescopeError(f"{out} holds {article} {what} with different settings ({', '.join(diff)}); "
                                   "use another --out folder or delete this one")
     else:
         atomic_write_json(path, config)

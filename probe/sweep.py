@@ -454,7 +454,7 @@ def _sweep(d: Dist, model, probe, n, out, *, seed, windows, sets, scoring, probe
               "prefix_reuse": prefix_reuse, "batch_size": batch_size, "text": str(text) if text else None}
     out = Path(out) if out else None
     if out:
-        d.on_main(check_run_config, out, config, "sweep")
+        d.on_main(check_run_config, out, config, "sweep", paths=("model",))
     lm = loaded or load_model(model, device=rank_device(device, d), dtype=dtype, device_map=device_map,
                               max_memory=max_memory)
     if out and d.is_main:

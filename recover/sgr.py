@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probe.errors import PrunescopeError
-from probe.results import append_progress, atomic_write_text, read_progress
+from probe.results import append_progress, atomic_write_text, read_progress, same_config
 
 from .data import prompt_text
 
@@ -32,7 +32,7 @@ def _done(out: Path, settings: dict) -> dict[str, dict]:
     """Finished records of an earlier run with the same settings (a torn last line is dropped)."""
     recs = read_progress(out)
     for r in recs:
-        if r.get("sgr") != settings:
+        if not same_config(r.get("sgr") or {}, settings, paths=("base_path",)):   # the cache may lie elsewhere
             raise PrunescopeError(f"{out} was generated with other settings ({r.get('sgr')}); "
                                   "use another --out file or delete it")
     # rewrite without a torn line so appends continue a valid JSONL file

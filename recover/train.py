@@ -281,7 +281,8 @@ def recover(model: str | Path, data: str | Path, out: str | Path, cfg: RecoveryC
                   **asdict(cfg), "n_train": len(train), "n_eval": len(held)}
     out.mkdir(parents=True, exist_ok=True)
     # not config.json: the merged model's own config lands in the same folder
-    check_run_config(out, run_config, "recovery run", name="prunescope_recovery_run.json")
+    check_run_config(out, run_config, "recovery run", name="prunescope_recovery_run.json",
+                     paths=("model", "data", "teacher"))
 
     steps = cfg.steps
     if steps is None:

@@ -150,6 +150,28 @@ def test_resume_skips_finished_tasks(tiny_run, monkeypatch):
         evaluate(loaded, ["arc_easy"], out, limit=3, num_fewshot=0, max_length=512, show_progress=False)
 
 
+def test_moved_folder_and_model_still_resume(tiny_run, tmp_path, monkeypatch):
+    """Where the run folder and the model lie is not a setting: a folder copied to another machine,
+    whose model cache lies elsewhere, resumes; another model is still refused."""
+    import shutil
+
+    loaded = tiny_run[0]
+    monkeypatch.setattr(loaded, "path", "/gpu-machine/cache/models/tiny-llama")
+    first = tmp_path / "gpu" / "eval" / "base"
+    rows = evaluate(loaded, ["arc_easy"], first, limit=2, num_fewshot=0, max_length=512, show_progress=False)
+    moved = tmp_path / "laptop" / "runs" / "eval" / "base"
+    shutil.copytree(first, moved)
+    monkeypatch.setattr(loaded, "path", str(tmp_path / "home" / ".cache" / "prunescope" / "models" / "tiny-llama"))
+    calls = []
+    real = ev.run_lm_eval
+    monkeypatch.setattr(ev, "run_lm_eval", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert evaluate(loaded, ["arc_easy"], moved, limit=2, num_fewshot=0, max_length=512, show_progress=False) == rows
+    assert calls == []
+    monkeypatch.setattr(loaded, "path", "/gpu-machine/cache/models/another-model")
+    with pytest.raises(PrunescopeError, match=r"holds an evaluation with different settings \(model_path\)"):
+        evaluate(loaded, ["arc_easy"], moved, limit=2, num_fewshot=0, max_length=512, show_progress=False)
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_scoring_keeps_only_the_continuation_logits(family):
     """make_lm's HFLM computes the output layer on the last positions only (continuations plus

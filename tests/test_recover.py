@@ -120,6 +120,14 @@ def test_sgr_resumes_without_duplicates(tiny_llama_dir, tmp_path):
     assert lm.tokenizer.padding_side == "right"  # left padding only while generating
     with pytest.raises(PrunescopeError, match="other settings"):
         generate_responses(lm, records, out, **{**kw, "seed": 2})
+    # the same base model from another cache folder (another machine) continues the file
+    import shutil
+
+    moved = tmp_path / "other-cache" / tiny_llama_dir.parent.name / tiny_llama_dir.name
+    shutil.copytree(tiny_llama_dir, moved)
+    more = [{"id": "10", "prompt": "Tell me about k."}]
+    got = generate_responses(load_model(moved), records + more, out, **kw)
+    assert [r["response"] for r in got[:10]] == [r["response"] for r in ref] and len(got) == 11
 
 
 def test_prompt_files_and_bad_input(tmp_path):
