@@ -480,16 +480,11 @@ def evaluate(
     configs = {t: lm_eval_tasks(t, num_fewshot=num_fewshot, xsum_file=xsum_file)
                for t in dict.fromkeys(tasks) if t not in CODE_TASKS}
 
-    import lm_eval
-
-    config = {"command": "eval", "model": loaded.name, "model_path": str(loaded.path), "stage": stage,
-              "limit": limit, "num_fewshot": num_fewshot, "max_length": max_length, "seed": seed,
-              "lm_eval": lm_eval.__version__, **({"skip": sorted(skip)} if skip else {}),
-              **({"code_options": {k: str(v) for k, v in code_options.items()}}
-                                                 if code_options else {})}
+    config = eval_settings(loaded.name, loaded.path, stage=stage, limit=limit, num_fewshot=num_fewshot,
+                           max_length=max_length, seed=seed, skip=skip, code_options=code_options)
     out = Path(out) if out is not None else None
     if out is not None:
-        check_run_config(out, config, "evaluation", paths=("model_path",))
+        check_run_config(out, config, "evaluation", paths=SETTING_PATHS)
 
     from tqdm.auto import tqdm
 
@@ -502,15 +497,12 @@ def evaluate(
     try:
         with skipping:
             for name in tqdm(list(dict.fromkeys(tasks)), desc="eval", disable=not show_progress):
-                # the xsum file is a setting of that task only: other tasks of the folder stay valid without it
-                settings = {**config, "xsum_file": configs[name][0]["dataset_kwargs"]["data_files"]["test"]} \
-                    if name == "xsum" else config
+                settings = _task_settings(config, name, xsum_file)
                 done = out / "tasks" / f"{name}.json" if out is not None else None
-                if done is not None and done.is_file():
-                    record = json.loads(done.read_text())
-                    if same_config(record.get("config") or {}, settings, paths=("model_path",)):
-                        rows += record["rows"]
-                        continue
+                cached = _cached_task_rows(done, settings) if done is not None else None
+                if cached is not None:
+                    rows += cached
+                    continue
                 t0 = time.perf_counter()
                 if name in CODE_TASKS:
                     work = out / "code" / name if out is not None else Path(tempfile.mkdtemp(prefix=f"prunescope-{name}-"))
@@ -541,6 +533,52 @@ def evaluate(
         for k, v in saved.items():  # whatever happened inside lm-eval, the shared tokenizer is as it was
             if v is not None:
                 setattr(tok, k, v)
+    return rows
+
+
+# where the model, the xsum file and the run folder lie is not a setting (probe.results.same_config)
+SETTING_PATHS = ("model_path", "xsum_file")
+
+
+def eval_settings(name: str, path: str | Path, *, stage: str = "base", limit=None, num_fewshot: int | None = None,
+                  max_length: int | None = None, seed: int = 0, skip: Sequence[int] = (),
+                  code_options: dict | None = None) -> dict:
+    """The settings an evaluation folder records (``config.json``, and each ``tasks/<task>.json``):
+    a rerun with other settings is refused, with the same ones it reuses the finished tasks."""
+    import lm_eval
+
+    return {"command": "eval", "model": name, "model_path": str(path), "stage": stage,
+            "limit": limit, "num_fewshot": num_fewshot, "max_length": max_length, "seed": seed,
+            "lm_eval": lm_eval.__version__, **({"skip": sorted(skip)} if skip else {}),
+            **({"code_options": {k: str(v) for k, v in code_options.items()}} if code_options else {})}
+
+
+def _task_settings(config: dict, task: str, xsum_file) -> dict:
+    # the xsum file is a setting of that task only: other tasks of the folder stay valid without it
+    return {**config, "xsum_file": _check_xsum_file(xsum_file)} if task == "xsum" else config
+
+
+def _cached_task_rows(done: Path, settings: dict) -> list[dict] | None:
+    if not done.is_file():
+        return None
+    record = json.loads(done.read_text())
+    return record["rows"] if same_config(record.get("config") or {}, settings, paths=SETTING_PATHS) else None
+
+
+def finished_rows(out: str | Path, tasks: Sequence[str], settings: dict, xsum_file=None) -> list[dict] | None:
+    """The rows of evaluation folder ``out`` when every task in ``tasks`` finished there with
+    ``settings`` (:func:`eval_settings`), else None: a resumed pipeline asks this before it loads a
+    stage's model at all.
+
+    >>> finished_rows("/nonexistent", ["arc_easy"], eval_settings("m", "models/m")) is None
+    True
+    """
+    rows: list[dict] = []
+    for name in dict.fromkeys(tasks):
+        cached = _cached_task_rows(Path(out) / "tasks" / f"{name}.json", _task_settings(settings, name, xsum_file))
+        if cached is None:
+            return None
+        rows += cached
     return rows
 
 

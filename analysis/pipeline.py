@@ -493,38 +493,54 @@ def _stage_probes(run: Run, stage: str, folder: Path | None, lm, probes: list[st
     (on 2 CPU cores that is minutes per Gemma stage)."""
     from prune.run import probe_accuracy
 
-    path = run.out / "eval" / stage / "probes.json"
-    settings = {"probes": list(probes), "n": n}
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("settings") == settings:
-            return saved["accuracy"]
-    acc = probe_accuracy(folder, probes, n=n, loaded=lm)
-    atomic_write_json(path, {"settings": settings, "accuracy": acc})
+    acc = _cached_probes(run, stage, probes, n)
+    if acc is None:
+        acc = probe_accuracy(folder, probes, n=n, loaded=lm)
+        atomic_write_json(run.out / "eval" / stage / "probes.json", {"settings": {"probes": list(probes), "n": n},
+                                                                     "accuracy": acc})
     return acc
 
 
+def _cached_probes(run: Run, stage: str, probes: list[str], n: int) -> dict[str, float] | None:
+    path = run.out / "eval" / stage / "probes.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == {"probes": list(probes), "n": n}:
+            return saved["accuracy"]
+    return None
+
+
 def _evaluate(run: Run) -> None:
-    from analysis.evaluate import evaluate
+    from analysis.evaluate import eval_settings, evaluate, finished_rows
     from probe.models import load_model
 
     c = run.cfg["evaluate"]
     models = {"base": None, **run.pruned_stages(), **run.recovered_stages()}
+    probes = run.cfg["localize"]["probes"] or ["arithmetic_multi", "brackets", "copy"]
+    limit = {"default": c["limit"], **c["limits"]}
     probe_rows, eval_rows = [], []
     for stage, folder in models.items():
-        if folder is not None:
-            _ensure_checkpoint(run, folder)
-        lm = run.base if folder is None else load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
-        lm.name = run.base.name  # one model family through the stages; the stage is the condition
-        if c["tasks"]:
-            eval_rows += evaluate(lm, c["tasks"], run.out / "eval" / stage, stage=stage,
-                                  limit={"default": c["limit"], **c["limits"]},
-                                  num_fewshot=c["fewshot"], batch_size=c["batch_size"], max_length=c["max_length"],
-                                  gen_batch_size=c["gen_batch_size"],
-                                  seed=run.cfg["seed"],
-                                  xsum_file=c["xsum_file"], show_progress=run.show)
-        probes = run.cfg["localize"]["probes"] or ["arithmetic_multi", "brackets", "copy"]
-        for p, acc in _stage_probes(run, stage, folder, lm, probes, c["probe_n"]).items():
+        # a stage finished before a crash (or on another machine) is read back without building or
+        # loading its checkpoint: on a CPU that is most of a resumed Gemma evaluation's start-up
+        settings = eval_settings(run.base.name, run.base.path if folder is None else folder, stage=stage,
+                                 limit=limit, num_fewshot=c["fewshot"], max_length=c["max_length"],
+                                 seed=run.cfg["seed"])
+        done = finished_rows(run.out / "eval" / stage, c["tasks"], settings, c["xsum_file"])
+        accuracy = _cached_probes(run, stage, probes, c["probe_n"])
+        if done is not None and accuracy is not None:
+            eval_rows += done
+        else:
+            if folder is not None:
+                _ensure_checkpoint(run, folder)
+            lm = run.base if folder is None else load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
+            lm.name = run.base.name  # one model family through the stages; the stage is the condition
+            if c["tasks"]:
+                eval_rows += evaluate(lm, c["tasks"], run.out / "eval" / stage, stage=stage, limit=limit,
+                                      num_fewshot=c["fewshot"], batch_size=c["batch_size"],
+                                      max_length=c["max_length"], gen_batch_size=c["gen_batch_size"],
+                                      seed=run.cfg["seed"], xsum_file=c["xsum_file"], show_progress=run.show)
+            accuracy = _stage_probes(run, stage, folder, lm, probes, c["probe_n"])
+        for p, acc in accuracy.items():
             probe_rows.append({"model": run.base.name, "probe": p, "condition": stage, "layers": "",
                                "metric": "accuracy", "value": acc, "n": c["probe_n"], "seed": run.cfg["seed"]})
         print(f"  {stage}: " + ", ".join(f"{r['probe']} {r['value']:.3f}" for r in probe_rows if r["condition"] == stage))

@@ -89,6 +89,23 @@ def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path, m
     assert calls == [] and _tables(tmp_path / "kill") == _tables(ref)
     assert json.loads((tmp_path / "kill/eval/pruned-bi/probes.json").read_text())["settings"]["n"] > 0
 
+    # the same, with the run folder moved elsewhere and the pruned weights left behind: finished
+    # stages are read back without rebuilding or loading any stage's checkpoint
+    import shutil
+
+    from probe import models
+
+    moved = tmp_path / "elsewhere" / "kill"
+    shutil.copytree(tmp_path / "kill", moved)
+    for f in moved.glob("prune/*/*.safetensors"):
+        f.unlink()
+    loads = []
+    real_load = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    pipeline._evaluate(pipeline.Run({**load_config(cfg), "out": str(moved)}, show_progress=False))
+    assert calls == [] and _tables(moved) == _tables(ref)
+    assert not any(str(moved) in str(a) for a in loads) and not list(moved.glob("prune/*/*.safetensors"))
+
 
 def test_config_errors_name_key_and_line(tmp_path):
     with pytest.raises(PrunescopeError, match=r"<config>:3: unknown key 'ratoi' under prune"):
