@@ -377,15 +377,15 @@ def ablate(run: Run) -> list[dict]:
     """Benchmarks with no layer and each single layer skipped: ``localize/ablate/ablation.csv`` (the
     primary metric of each task as ``score``, conditions ``none`` / ``skip:L`` like a sweep) + figure,
     and the failure signatures of the generated answers per condition (``signatures.csv``: wrong
-    chain-of-thought steps, unbalanced brackets, Rep-4, Self-BLEU-4), which still move where a small
+    chain-of-thought steps, unbalanced brackets, Rep-4, char Rep-16, Self-BLEU-4), which still move where a small
     model's GSM8K or code score sits at the floor."""
     from analysis.evaluate import TASKS, evaluate
-    from analysis.signatures import aggregate_signatures, signatures_for_files
+    from analysis.signatures import ablation_signatures
     from probe.plots import plot_sweep
 
     c, root = run.cfg["localize"], run.out / "localize" / "ablate"
     layers = list(range(0, run.base.blocks.n_layers, c["ablate_every"]))
-    rows, sig_rows = [], []
+    rows = []
     for skip in [None, *layers]:
         cond = "none" if skip is None else f"skip:{skip}"
         folder = root / cond.replace(":", "-")
@@ -396,13 +396,12 @@ def ablate(run: Run) -> list[dict]:
                        show_progress=False)
         rows += [{**r, "metric": "score", "primary_metric": r["metric"]} for r in got
                  if r["metric"] == TASKS[r["probe"]].primary]
-        records = signatures_for_files(sorted(folder.glob("samples/*.jsonl")), run.base.name, cond)
-        sig_rows += [{**r, "layers": "" if skip is None else str(skip)}
-                     for r in aggregate_signatures(records, run.cfg["seed"])]
         done = [r for r in rows if r["condition"] == cond]
         print(f"  ablate {cond}: " + ", ".join(f"{r['probe']} {r['value']:.3f}" for r in done), flush=True)
         write_table(rows, root / "ablation")  # after every condition: a long ablation can be read while it runs
     plot_sweep(rows, root, metric="score")
+    sig_rows = ablation_signatures(root, run.base.name, run.cfg["seed"],
+                                   conditions=["none", *(f"skip:{L}" for L in layers)])
     if sig_rows:
         write_table(sig_rows, root / "signatures")
         for metric in ("wrong_step_rate", "unbalanced_rate", "rep4", "char_rep16"):

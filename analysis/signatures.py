@@ -571,6 +571,29 @@ def run_signatures(run_dir: str | Path, model: str = "", stages: Iterable[str] |
     return records
 
 
+def ablation_signatures(root: str | Path, model: str = "", seed: int = 0,
+                        conditions: Iterable[str] | None = None) -> list[dict]:
+    """Aggregated signature rows of a single-layer benchmark ablation, from the generated samples
+    of its condition folders (``root/none``, ``root/skip-L``: :func:`analysis.evaluate.evaluate`
+    output), ``condition`` ``none`` / ``skip:L`` and ``layers`` the skipped layer, as the pipeline's
+    ``localize/ablate/signatures.csv``. ``conditions`` limits it to those (default: every folder).
+    Recomputing from the samples gives a table written by an older version the newer signatures.
+
+    >>> ablation_signatures("/nonexistent")
+    []
+    """
+    root = Path(root)
+    folders = {p.name.replace("-", ":", 1): p for p in root.glob("*")
+               if p.is_dir() and (p.name == "none" or p.name.startswith("skip-"))}
+    order = sorted(folders, key=lambda c: -1 if c == "none" else int(c.split(":")[1]))
+    rows = []
+    for cond in (c for c in order if conditions is None or c in set(conditions)):
+        records = signatures_for_files(sorted(folders[cond].glob("samples/*.jsonl")), model, cond)
+        rows += [{**r, "layers": "" if cond == "none" else cond.split(":")[1]}
+                 for r in aggregate_signatures(records, seed)]
+    return rows
+
+
 def signatures_for_files(files: Iterable[Path], model: str = "", stage: str = "",
                          show_progress: bool = False) -> list[dict]:
     """Records for sample files ``<task>.jsonl`` as :func:`analysis.evaluate.evaluate` writes them

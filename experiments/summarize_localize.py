@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from analysis.signatures import ablation_signatures
 from circuits.patching import spearman
 from probe.results import read_table
 
@@ -37,7 +38,10 @@ def summarize(runs: list[Path], out: Path) -> str:
     locs = [run / "localize" for run in runs]
     sweep = [r for loc in locs for r in _tables(loc, "sweep/sweep.csv")]
     abl = [r for loc in locs for r in _tables(loc, "ablate/ablation.csv")]
-    srows = [r for loc in locs for r in _tables(loc, "ablate/signatures.csv")]
+    # signatures from the generated samples where the run kept them (a table written by an older
+    # prunescope lacks the newer signatures), else the run's own table
+    srows = [r for loc in locs for r in (ablation_signatures(loc / "ablate")
+                                         or _tables(loc, "ablate/signatures.csv"))]
     cols: dict[str, tuple[float | None, dict[int, float]]] = {}
     for p in dict.fromkeys(r["probe"] for r in sweep):
         cols[f"{p} (probe)"] = _per_layer(sweep, p, "accuracy")
@@ -49,7 +53,8 @@ def summarize(runs: list[Path], out: Path) -> str:
     sigs = {}
     for task, metric, label in (("gsm8k", "wrong_step_rate", "GSM8K wrong-step rate"),
                                 ("mbpp", "unbalanced_rate", "MBPP unbalanced brackets"),
-                                ("gsm8k", "rep4", "GSM8K Rep-4")):
+                                ("gsm8k", "rep4", "GSM8K Rep-4"),
+                                ("gsm8k", "char_rep16", "GSM8K char Rep-16")):
         base, per = _per_layer(srows, task, metric)
         if per:
             sigs[label] = (base, per)

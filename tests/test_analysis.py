@@ -9,7 +9,7 @@ import pytest
 from analysis.report import package_versions, report
 from analysis.retention import plot_probes, plot_retention, probe_comparison, retention_table
 from analysis.signatures import (
-    aggregate_signatures, arithmetic_steps, check_brackets, examples, program_text, rep_n, self_bleu,
+    ablation_signatures, aggregate_signatures, arithmetic_steps, check_brackets, examples, program_text, rep_n, self_bleu,
     signatures_for_samples,
 )
 from probe.errors import PrunescopeError
@@ -176,6 +176,26 @@ SAMPLES = [
     {"task": "xsum", "doc_id": 0, "prompt": "Article", "target": "", "correct": None,
      "response": "the the the the the the"},
 ]
+
+
+def test_ablation_signatures_from_condition_folders(tmp_path):
+    """localize/ablate/<cond>/samples -> rows per condition in layer order, tagged with the layer."""
+    import json
+
+    answers = {"none": "12 + 7 = 19. The answer is 19.", "skip-2": "12 + 7 = 21. The answer is 21.",
+               "skip-10": "# 2" + "0" * 60}
+    for cond, response in answers.items():
+        (tmp_path / cond / "samples").mkdir(parents=True)
+        (tmp_path / cond / "samples" / "gsm8k.jsonl").write_text(
+            json.dumps({"task": "gsm8k", "doc_id": 0, "prompt": "Q", "target": "19", "response": response}) + "\n")
+    (tmp_path / "ablation.csv").write_text("")          # not a condition folder
+    rows = ablation_signatures(tmp_path, "m", seed=3)
+    assert list(dict.fromkeys(r["condition"] for r in rows)) == ["none", "skip:2", "skip:10"]
+    val = {(r["condition"], r["metric"]): r["value"] for r in rows}
+    assert val[("none", "wrong_step_rate")] == 0.0 and val[("skip:2", "wrong_step_rate")] == 1.0
+    assert ("skip:10", "rep4") not in val and val[("skip:10", "char_rep16")] > 0.9   # a runaway one-word answer
+    assert {r["layers"] for r in rows if r["condition"] == "skip:10"} == {"10"} and {r["seed"] for r in rows} == {3}
+    assert {r["condition"] for r in ablation_signatures(tmp_path, conditions=["none"])} == {"none"}
 
 
 def test_aggregate_signatures_rows():
