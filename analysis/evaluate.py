@@ -486,6 +486,9 @@ def evaluate(
     if out is not None:
         check_run_config(out, config, "evaluation", paths=SETTING_PATHS)
 
+    # resolved (and checked) once, by lm_eval_tasks above
+    xsum_path = configs["xsum"][0]["dataset_kwargs"]["data_files"]["test"] if "xsum" in configs else None
+
     from tqdm.auto import tqdm
 
     tok = loaded.tokenizer
@@ -497,7 +500,7 @@ def evaluate(
     try:
         with skipping:
             for name in tqdm(list(dict.fromkeys(tasks)), desc="eval", disable=not show_progress):
-                settings = _task_settings(config, name, xsum_file)
+                settings = _task_settings(config, name, xsum_path)
                 done = out / "tasks" / f"{name}.json" if out is not None else None
                 cached = _cached_task_rows(done, settings) if done is not None else None
                 if cached is not None:
@@ -553,9 +556,9 @@ def eval_settings(name: str, path: str | Path, *, stage: str = "base", limit=Non
             **({"code_options": {k: str(v) for k, v in code_options.items()}} if code_options else {})}
 
 
-def _task_settings(config: dict, task: str, xsum_file) -> dict:
+def _task_settings(config: dict, task: str, xsum_path: str | None) -> dict:
     # the xsum file is a setting of that task only: other tasks of the folder stay valid without it
-    return {**config, "xsum_file": _check_xsum_file(xsum_file)} if task == "xsum" else config
+    return {**config, "xsum_file": xsum_path} if task == "xsum" else config
 
 
 def _cached_task_rows(done: Path, settings: dict) -> list[dict] | None:
@@ -573,9 +576,10 @@ def finished_rows(out: str | Path, tasks: Sequence[str], settings: dict, xsum_fi
     >>> finished_rows("/nonexistent", ["arc_easy"], eval_settings("m", "models/m")) is None
     True
     """
+    xsum_path = _check_xsum_file(xsum_file) if "xsum" in tasks else None
     rows: list[dict] = []
     for name in dict.fromkeys(tasks):
-        cached = _cached_task_rows(Path(out) / "tasks" / f"{name}.json", _task_settings(settings, name, xsum_file))
+        cached = _cached_task_rows(Path(out) / "tasks" / f"{name}.json", _task_settings(settings, name, xsum_path))
         if cached is None:
             return None
         rows += cached

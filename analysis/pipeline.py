@@ -487,16 +487,14 @@ def _ensure_checkpoint(run: Run, folder: Path) -> None:
 
 
 def _stage_probes(run: Run, stage: str, folder: Path | None, lm, probes: list[str], n: int) -> dict[str, float]:
-    """Probe accuracy of one stage, kept in ``eval/<stage>/probes.json``: an evaluation resumed
-    after a crash (or moved to another machine) does not score the finished stages' probes again
-    (on 2 CPU cores that is minutes per Gemma stage)."""
+    """Probe accuracy of one stage, kept in ``eval/<stage>/probes.json`` (read by :func:`_cached_probes`):
+    an evaluation resumed after a crash (or moved to another machine) does not score the finished
+    stages' probes again (on 2 CPU cores that is minutes per Gemma stage)."""
     from prune.run import probe_accuracy
 
-    acc = _cached_probes(run, stage, probes, n)
-    if acc is None:
-        acc = probe_accuracy(folder, probes, n=n, loaded=lm)
-        atomic_write_json(run.out / "eval" / stage / "probes.json", {"settings": {"probes": list(probes), "n": n},
-                                                                     "accuracy": acc})
+    acc = probe_accuracy(folder, probes, n=n, loaded=lm)
+    atomic_write_json(run.out / "eval" / stage / "probes.json", {"settings": {"probes": list(probes), "n": n},
+                                                                 "accuracy": acc})
     return acc
 
 
@@ -538,7 +536,8 @@ def _evaluate(run: Run) -> None:
                                       num_fewshot=c["fewshot"], batch_size=c["batch_size"],
                                       max_length=c["max_length"], gen_batch_size=c["gen_batch_size"],
                                       seed=run.cfg["seed"], xsum_file=c["xsum_file"], show_progress=run.show)
-            accuracy = _stage_probes(run, stage, folder, lm, probes, c["probe_n"])
+            if accuracy is None:
+                accuracy = _stage_probes(run, stage, folder, lm, probes, c["probe_n"])
         for p, acc in accuracy.items():
             probe_rows.append({"model": run.base.name, "probe": p, "condition": stage, "layers": "",
                                "metric": "accuracy", "value": acc, "n": c["probe_n"], "seed": run.cfg["seed"]})
