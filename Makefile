@@ -26,15 +26,15 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@touch $(STAMP)
 
 check: $(STAMP)
-	@$(PY) -c "import torch, transformers, probe; print(f'.venv ok: torch {torch.__version__}, transformers {transformers.__version__}')"
+	@$(PY) -c "import torch, transformers, prunescope; print(f'.venv ok: torch {torch.__version__}, transformers {transformers.__version__}')"
 
 # the whole pipeline on the embedded default model (experiments/demo.yaml); prints where the report is
 demo: check
-	$(OFFLINE) $(VENV)/bin/prunescope run experiments/demo.yaml --quiet
+	$(OFFLINE) $(VENV)/bin/prunescope run experiments/demo.yaml
 
 # the tests, and every docstring example of the packages (so the examples stay true)
 test: check
-	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --doctest-modules probe circuits prune recover analysis
+	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --doctest-modules prunescope probe circuits prune recover analysis
 
 clean:
 	rm -rf $(VENV) runs/demo

@@ -458,7 +458,9 @@ def run_evalplus(task: str, problems: list[dict], samples: list[dict], work_dir:
     env = dict(os.environ)
     env.pop("EVALPLUS_TIMEOUT_PER_TASK", None)  # evalplus compares its string to a float (TypeError)
     env["HUMANEVAL_OVERRIDE_PATH" if task == "humaneval" else "MBPP_OVERRIDE_PATH"] = str(prob_path)
-    env["XDG_CACHE_HOME"] = str(work / "cache")  # ground truth cached by md5 of the problem file
+    # evalplus caches the ground truth as a pickle, keyed by the problem file's md5: kept in this user's
+    # own cache, never in the run folder (a run folder from someone else could plant one)
+    env["XDG_CACHE_HOME"] = str(evalplus_cache())
     env.setdefault("OMP_NUM_THREADS", "1")
     base_only = all(not p["plus_input"] for p in problems)  # empty plus inputs still fork a check each
     proc = subprocess.run([sys.executable, "-c", _RUNNER, task, str(samples_path), str(parallel),
@@ -497,6 +499,13 @@ def check_solutions(task: str, solutions: dict[str, str], work_dir: str | Path, 
     return {t: res[t]["base_status"] == "pass" for t in solutions}
 
 
+def evalplus_cache() -> Path:
+    """Where evalplus keeps its ground-truth pickles: this user's prunescope cache, not a run folder."""
+    from probe.models import cache_dir
+
+    return cache_dir() / "evalplus-cache"
+
+
 def reference_disagreements(task: str, work_dir: str | Path) -> dict[str, list[int]]:
     """Problems whose canonical output differs from an asserted expected value: ``{task_id: [test indexes]}``.
 
@@ -509,7 +518,7 @@ def reference_disagreements(task: str, work_dir: str | Path) -> dict[str, list[i
     probs = list(problems.values())
     work = Path(work_dir)
     prob_path = _write_problems(probs, work / "reference_problems.jsonl")
-    env = dict(os.environ, XDG_CACHE_HOME=str(work / "cache"))
+    env = dict(os.environ, XDG_CACHE_HOME=str(evalplus_cache()))
     env["HUMANEVAL_OVERRIDE_PATH" if task == "humaneval" else "MBPP_OVERRIDE_PATH"] = str(prob_path)
     code = ("import sys, evalplus.evaluate as ee\n"
             f"p = ee.get_{'human_eval' if task == 'humaneval' else 'mbpp'}_plus()\n"
@@ -520,7 +529,7 @@ def reference_disagreements(task: str, work_dir: str | Path) -> dict[str, list[i
     if proc.returncode != 0:
         raise RuntimeError("evalplus ground truth failed:\n" + (proc.stdout + proc.stderr)[-2000:])
     digest = proc.stdout.strip().splitlines()[-1]
-    truth = pickle.loads((work / "cache" / "evalplus" / f"{digest}.pkl").read_bytes())
+    truth = pickle.loads((evalplus_cache() / "evalplus" / f"{digest}.pkl").read_bytes())  # our own cache
     bad = {}
     for tid, p in problems.items():
         outs = truth[tid]["base"]

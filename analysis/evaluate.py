@@ -33,8 +33,11 @@ from pathlib import Path
 import yaml
 
 from probe.errors import PrunescopeError
+from probe.lock import run_lock
+from probe.options import Options, Output, Placement, is_legacy, option, positional_args
 from probe.results import (
-    COLUMNS, atomic_write_json, atomic_write_text, check_run_config, read_jsonl, same_config, write_table,
+    COLUMNS, atomic_write_json, atomic_write_text, check_run_config, read_jsonl, record_run_config, same_config,
+    write_table,
 )
 
 TASK_DIR = Path(__file__).with_name("tasks")
@@ -297,8 +300,38 @@ def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_
             finally:
                 self.batch_size_per_gpu = scoring_batch
 
-    return _HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
-                 max_length=max_length)
+    import logging
+
+    hf_log = logging.getLogger("lm_eval.models.huggingface")
+    level = hf_log.level
+    # passing the loaded model is the one way to give HFLM an in-memory model; it warns that it is
+    # "not of type str" (and "already-initialized") on every construction: nothing a user can change
+    hf_log.setLevel(logging.ERROR)
+    try:
+        return _HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
+                     max_length=max_length)
+    finally:
+        hf_log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval():
+    """lm-eval's per-task "building contexts" bar (no switch of its own) and the datasets library's
+    "Generating split" bars for our offline files: off for this call only, restored after."""
+    import datasets
+    import lm_eval.api.task as lm_task
+    from tqdm.auto import tqdm
+
+    bars_were_off = datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    real = lm_task.tqdm
+    lm_task.tqdm = lambda *a, **k: tqdm(*a, **{**k, "disable": True})
+    try:
+        yield
+    finally:
+        lm_task.tqdm = real
+        if not bars_were_off:
+            datasets.utils.enable_progress_bars()
 
 
 def run_lm_eval(lm, configs: list[dict], *, limit: int | None, seed: int = 0):
@@ -321,14 +354,15 @@ def run_lm_eval(lm, configs: list[dict], *, limit: int | None, seed: int = 0):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    tasks = [ConfigurableTask(config=dict(c)) for c in configs]  # built here so choices/gold can be read back
-    for task in tasks:
-        if task.get_config("num_fewshot") is None:
-            task.set_config(key="num_fewshot", value=0)
-        task.set_fewshot_seed(seed=seed)
-    # include_defaults=False: indexing lm-eval's 14k built-in tasks takes ~6 s and is not needed.
-    task_dict = TaskManager(include_defaults=False).load(tasks)
-    res = lm_eval_evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, bootstrap_iters=1000)
+    with _quiet_lm_eval():
+        tasks = [ConfigurableTask(config=dict(c)) for c in configs]  # built here so choices/gold can be read back
+        for task in tasks:
+            if task.get_config("num_fewshot") is None:
+                task.set_config(key="num_fewshot", value=0)
+            task.set_fewshot_seed(seed=seed)
+        # include_defaults=False: indexing lm-eval's 14k built-in tasks takes ~6 s and is not needed.
+        task_dict = TaskManager(include_defaults=False).load(tasks)
+        res = lm_eval_evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, bootstrap_iters=1000)
     return res, {t.config.task: t for t in tasks}
 
 
@@ -431,7 +465,84 @@ def _run_code_task(loaded, name, *, limit, out_dir, batch_size, seed, show_progr
                          show_progress=show_progress, **code_options)
 
 
-def evaluate(
+GROUPS = {"classification": list(CLASSIFICATION), "generative": ["gsm8k", "arithmetic", "humaneval", "mbpp"]}
+
+
+@dataclass
+class EvalOptions(Options):
+    """Settings of ``prunescope eval`` (:func:`evaluate`).
+
+    >>> EvalOptions(tasks="classification,gsm8k", limit=20).check().tasks[-2:]
+    ['arc_challenge', 'gsm8k']
+    """
+
+    tasks: list = option(["classification"], "comma-separated task names; 'classification' = the 7-task suite, "
+                                             "'generative' = gsm8k,arithmetic,humaneval,mbpp", kind="names",
+                         choices=lambda: (*TASKS, *GROUPS), what="task")
+    limit: int | dict | None = option(None, "docs per task (MMLU: spread over its 57 subjects); in Python or YAML "
+                                            "also {task: n, default: n}", kind="limit", minimum=1)
+    fewshot: int | None = option(None, "few-shot examples (default: the task's own: classification 5, GSM8K 8)",
+                                 kind="int?", minimum=0)
+    stage: str = option("base", "the condition column: base / pruned-bi / ...")
+    batch_size: int = option(8, "scored requests per forward", minimum=1)
+    gen_batch_size: int | None = option(None, "generated requests per batch (default: --batch-size); generation "
+                                              "keeps only the last position's logits, so large-vocabulary models "
+                                              "can generate in larger batches", kind="int?", minimum=1)
+    max_length: int | None = option(None, "context length for lm-eval; longer requests are cut from the left "
+                                          "(default: the model's)", kind="int?", minimum=1)
+    max_new_tokens: int | None = option(None, "HumanEval/MBPP completion length (default: 384)", kind="int?",
+                                        minimum=1)
+    xsum_file: str | None = option(None, "XSum JSONL {document, summary} (XSum does not ship offline)", kind="str?")
+    humaneval_plus: str | None = option(None, "HumanEvalPlus JSONL (evalplus format) for plus tests", kind="str?")
+    mbpp_plus: str | None = option(None, "MbppPlus JSONL (evalplus format) for plus tests", kind="str?")
+    skip: list = option([], "layers skipped through the block handle while evaluating (a benchmark ablation)",
+                        kind="ints", minimum=0)
+    seed: int = option(0, "seed of lm-eval's few-shot draw and of sampling", minimum=0)
+
+    def validate(self) -> None:
+        self.tasks = [t for name in self.tasks for t in GROUPS.get(name, [name])]
+        if not self.tasks:
+            raise PrunescopeError(f"no tasks given; choose from {', '.join(TASKS)}")
+        if isinstance(self.limit, dict):
+            for t, n in self.limit.items():
+                if t != "default" and t not in TASKS:
+                    raise PrunescopeError(f"limit names an unknown task {t!r}; choose from {', '.join(TASKS)}")
+                if n < 1:
+                    raise PrunescopeError(f"limit must be a positive number of docs, got {n}")
+
+    def code_options(self) -> dict:
+        return {k: getattr(self, k) for k in ("max_new_tokens", "humaneval_plus", "mbpp_plus")
+                if getattr(self, k) is not None}
+
+
+def evaluate(options: EvalOptions | None = None, *legacy, model: str | None = None,
+             placement: Placement | None = None, output: Output | None = None, loaded=None,
+             **legacy_kw) -> list[dict]:
+    """Score a model on benchmarks; tidy rows, one per task x metric (see :func:`evaluate_model`).
+
+    >>> rows = evaluate(EvalOptions(tasks=["arc_easy"], limit=20, fewshot=0))   # doctest: +SKIP
+    """
+    if is_legacy(options, EvalOptions, legacy, legacy_kw):
+        import warnings
+
+        warnings.warn("evaluate(loaded, tasks, out, ...) is deprecated; pass an EvalOptions (and loaded=, output=)",
+                      DeprecationWarning, stacklevel=2)
+        if loaded is not None:
+            legacy_kw["loaded"] = loaded
+        return evaluate_model(*positional_args(options, legacy), **legacy_kw)
+    o = (options or EvalOptions()).check()
+    placement, output = (placement or Placement()).check(), output or Output()
+    if loaded is None:
+        from probe.models import load_model
+
+        loaded = load_model(model, **placement.load_kwargs())
+    return evaluate_model(loaded, o.tasks, output.out, stage=o.stage, limit=o.limit, num_fewshot=o.fewshot,
+                          batch_size=o.batch_size, max_length=o.max_length, gen_batch_size=o.gen_batch_size,
+                          seed=o.seed, xsum_file=o.xsum_file, code_options=o.code_options() or None, skip=o.skip,
+                          show_progress=output.progress)
+
+
+def evaluate_model(
     loaded,
     tasks: Sequence[str],
     out: str | Path | None = None,
@@ -464,7 +575,7 @@ def evaluate(
     scored requests, ``gen_batch_size`` (default: ``batch_size``) that of generated ones (see
     :func:`make_lm`); neither changes a score, so neither is part of the settings a rerun checks.
 
-    >>> rows = evaluate(load_model(), ["arc_easy"], limit=20, num_fewshot=0)   # doctest: +SKIP
+    >>> rows = evaluate_model(load_model(), ["arc_easy"], limit=20, num_fewshot=0)   # doctest: +SKIP
     """
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -483,8 +594,8 @@ def evaluate(
     config = eval_settings(loaded.name, loaded.path, stage=stage, limit=limit, num_fewshot=num_fewshot,
                            max_length=max_length, seed=seed, skip=skip, code_options=code_options)
     out = Path(out) if out is not None else None
-    if out is not None:
-        check_run_config(out, config, "evaluation", paths=SETTING_PATHS)
+    if out is not None:  # other settings are refused now; these are recorded once the work starts
+        check_run_config(out, config, "evaluation", paths=SETTING_PATHS, write=False)
 
     # resolved (and checked) once, by lm_eval_tasks above
     xsum_path = configs["xsum"][0]["dataset_kwargs"]["data_files"]["test"] if "xsum" in configs else None
@@ -497,8 +608,11 @@ def evaluate(
     rows: list[dict] = []
     layers = " ".join(str(x) for x in sorted(skip))
     skipping = loaded.blocks.skip(sorted(skip)) if skip else contextlib.nullcontext()
+    lock = run_lock(out, "evaluation") if out is not None else contextlib.nullcontext()
     try:
-        with skipping:
+        with skipping, lock:
+            if out is not None:
+                record_run_config(out, config)
             for name in tqdm(list(dict.fromkeys(tasks)), desc="eval", disable=not show_progress):
                 settings = _task_settings(config, name, xsum_path)
                 done = out / "tasks" / f"{name}.json" if out is not None else None

@@ -181,14 +181,12 @@ def _is_number(x) -> bool:
 
 # ---------------------------------------------------------------- sections
 
-def _config(run_dir: Path, doc: Doc, missing: list[str]) -> dict:
-    doc.h(2, "Configuration")
+def _read_config(run_dir: Path) -> tuple[dict, str | None, str | None]:
+    """``(config as a dict, file name, its text)``; a config that does not parse is shown as text only."""
     for name in ("config.yaml", "config.json"):
         path = run_dir / name
         if path.is_file():
-            text = path.read_text()
-            doc.p(f"From {name}:")
-            doc.code(text, "yaml" if name.endswith("yaml") else "json")
+            text = path.read_text(errors="replace")
             try:
                 if name.endswith("yaml"):
                     import yaml
@@ -198,10 +196,22 @@ def _config(run_dir: Path, doc: Doc, missing: list[str]) -> dict:
                     cfg = json.loads(text)
             except Exception:                   # shown as text anyway; only the model name is lost
                 cfg = None
-            return cfg if isinstance(cfg, dict) else {}
-    doc.p("No config.yaml or config.json in the run folder.")
-    missing.append("config.yaml / config.json")
-    return {}
+            return (cfg if isinstance(cfg, dict) else {}), name, text
+    return {}, None, None
+
+
+def _config(doc: Doc, name: str | None, text: str | None, missing: list[str]) -> None:
+    doc.h(2, "Configuration")
+    if name is None:
+        doc.p("No config.yaml or config.json in the run folder.")
+        return
+    doc.p(f"From {name}:")
+    doc.code(text, "yaml" if name.endswith("yaml") else "json")
+
+
+# what makes a folder a run folder: anything a prunescope command or the pipeline writes
+RUN_PARTS = ("config.yaml", "config.json", "eval", "probes.csv", "localize", "score", "prune", "recover",
+             "retention.csv", "sweep.csv", "patch.csv", "scores.csv", "eval.csv")
 
 
 def _wide(rows: list[dict], key_cols: list[str], value=lambda r: r["value"]) -> tuple[list[str], list[list]]:
@@ -405,14 +415,19 @@ def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PrunescopeError(f"run folder {run_dir} does not exist; pass the --out folder of a run")
+    if not any((run_dir / part).exists() for part in RUN_PARTS):
+        raise PrunescopeError(f"{run_dir} holds no prunescope run (no config, eval/, probes.csv or result tables); "
+                              "pass the --out folder of a run")
     doc = Doc(run_dir)
     missing: list[str] = []
     title = f"prunescope report: {run_dir.resolve().name}"
     doc.h(1, title)
-    doc.p(f"Run folder {run_dir.resolve()}, report written {_dt.datetime.now().isoformat(timespec='seconds')}.")
-    cfg = _config(run_dir, doc, missing)
-    doc.h(2, "Package versions")
-    doc.table(["package", "version"], [[k, v] for k, v in package_versions().items()])
+    doc.p(f"Run folder {run_dir.resolve()}, report written {_dt.datetime.now().isoformat(timespec='seconds')}. "
+          "The answer first (retention, probe accuracy per stage, failure signatures); the configuration and "
+          "package versions at the end.")
+    cfg, cfg_name, cfg_text = _read_config(run_dir)
+    if cfg_name is None:
+        missing.append("config.yaml / config.json")
     if not (run_dir / "eval" / "eval.csv").is_file() and any(run_dir.glob("eval/*/eval.csv")):
         # an evaluation still running or stopped: what is derived from it is recomputed every time
         for name in ("retention.csv", "retention.jsonl", "retention.png", "signatures.csv", "signatures.jsonl",
@@ -431,6 +446,9 @@ def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path
             missing.append(part)
     shown = {run_dir / name for name in SHOWN} | set(run_dir.glob("eval/*/eval.csv"))   # all in the eval table
     _others(run_dir, doc, shown)
+    _config(doc, cfg_name, cfg_text, missing)
+    doc.h(2, "Package versions")
+    doc.table(["package", "version"], [[k, v] for k, v in package_versions().items()])
     doc.h(2, "Missing")
     doc.p("Not in this run folder: " + ", ".join(missing) + "." if missing else "Nothing: every part of a run is here.")
     md = atomic_write_text(run_dir / "report.md", doc.markdown())

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from probe.errors import PrunescopeError
 
-# The score a task's retention is computed on, when the rows do not say (no ``primary`` column).
+# The score a task's retention is computed on, when the rows do not say (no ``primary`` column: a
+# table from another tool or an older version). Every table prunescope writes flags its primary
+# rows from the task registry (analysis.evaluate.TASKS), so this fallback is never consulted for them.
 # Classification tasks: "acc"; generative tasks by name; metric names are matched exactly first, then
 # by their part before a comma (lm-eval names such as "exact_match,strict-match"), first one listed.
 GENERATIVE_PRIMARY = {"gsm8k": "exact_match", "humaneval": "pass@1", "mbpp": "pass@1", "xsum": "rougeL"}
@@ -150,7 +152,7 @@ def plot_retention(table: list[dict], path: str | Path, base: str = "base") -> P
     """Grouped bars per stage (the base stage is left out: it is 1 by definition): classification and
     generative mean retention side by side, each task's retention as a dot on its category's bar, and
     the gap as a double arrow between the bar tops with its value above the pair. One panel per model."""
-    from probe.plots import _save, plt
+    from probe.plots import save_figure, plt
 
     table = [r for r in table if str(r["condition"]) != base]
     models = list(dict.fromkeys(r["model"] for r in table))
@@ -191,7 +193,7 @@ def plot_retention(table: list[dict], path: str | Path, base: str = "base") -> P
         ax.set_ylabel(f"retention (score / {base})")
         ax.set_title(f"{model}: retention (dots: tasks)" if model else "retention (dots: tasks)")
         ax.legend(fontsize=8, loc="upper right", ncol=2)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def probe_comparison(rows: list[dict], metric: str = "accuracy") -> list[dict]:
@@ -218,7 +220,7 @@ def probe_comparison(rows: list[dict], metric: str = "accuracy") -> list[dict]:
 
 def plot_probes(rows: list[dict], path: str | Path, metric: str = "accuracy") -> Path:
     """Grouped bars: one group per probe (and model), one bar per stage, values written on the bars."""
-    from probe.plots import _save, plt
+    from probe.plots import save_figure, plt
 
     table = probe_comparison(rows, metric)
     if not table:
@@ -238,7 +240,7 @@ def plot_probes(rows: list[dict], path: str | Path, metric: str = "accuracy") ->
     ax.set_ylabel(metric)
     ax.set_title(f"probe {metric} per stage")
     ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def item_scores(run_dir: str | Path, metrics: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], dict]:

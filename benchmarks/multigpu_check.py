@@ -104,7 +104,7 @@ def table(rows: list[list], heads: list[str]) -> str:
 def part_a(args, runs: Path | None) -> dict:
     from probe.models import LoadedModel, parse_max_memory
     from probe.scoring import ScoringPlan
-    from probe.sweep import Condition, _batch_logits_plain, _batch_logits_prefix, sweep
+    from probe.sweep import Condition, batch_logits_plain, batch_logits_prefix, sweep
     from probe.tasks import make_items
     from probe.tiny import llama3_70b_config, random_sharded_model, tiny_config
     from circuits.run import patch
@@ -149,8 +149,8 @@ def part_a(args, runs: Path | None) -> dict:
     plan = ScoringPlan(lm.tokenizer, make_items("brackets", 8, seed=1))
     batch = plan.batches(8)[0]
     with torch.no_grad():
-        pre = _batch_logits_prefix(lm.blocks, batch, check)
-        full = _batch_logits_plain(lm.blocks, batch, check)
+        pre = batch_logits_prefix(lm.blocks, batch, check)
+        full = batch_logits_plain(lm.blocks, batch, check)
     diff = max((pre[c].float() - full[c].float()).abs().max().item() for c in check)
     agree = sum((pre[c].argmax(-1) == full[c].argmax(-1)).float().mean().item() for c in check) / len(check)
     res["boundaries"] = bounds

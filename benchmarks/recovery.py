@@ -20,9 +20,10 @@ import torch
 
 from probe.models import load_model
 from probe.results import atomic_write_json, write_table
-from prune.run import probe_accuracy, prune
+from probe.options import Output, Placement
+from prune.run import PruneOptions, probe_accuracy, prune
 from recover.data import encode_all, load_prompts
-from recover.sgr import generate_responses
+from recover.sgr import SGROptions, generate_responses
 from recover.train import RecoveryConfig, perplexity, recover, split_examples
 
 PROBES = ("arithmetic_multi", "brackets", "copy")
@@ -52,23 +53,24 @@ def main() -> None:
     base = load_model(args.model, device=args.device)
     pruned_dir = out / "pruned"
     if not (pruned_dir / "config.json").is_file():
-        plan = prune(strategy="bi", out=pruned_dir, ratio=args.ratio, loaded=base, overwrite=True, show_progress=show)
+        plan = prune(PruneOptions(strategy="bi", ratio=args.ratio, overwrite=True), loaded=base,
+                     output=Output(out=str(pruned_dir), progress=show))
         print(f"bi {args.ratio:.0%}: drop {plan.drop}")
     records = load_prompts(args.prompts, n=args.n_prompts)
     sgr_file = out / "sgr.jsonl"
     t0 = time.perf_counter()
-    generate_responses(base, records, sgr_file, temperature=0.9, max_new_tokens=args.max_new_tokens,
-                       batch_size=64 if args.device != "cpu" else 8, prompts_source=str(args.prompts),
-                       show_progress=show)
+    generate_responses(SGROptions(prompts=str(args.prompts), temperature=0.9, max_new_tokens=args.max_new_tokens,
+                                  batch_size=64 if args.device != "cpu" else 8),
+                       loaded=base, records=records, output=Output(out=str(sgr_file), progress=show))
     sgr_seconds = time.perf_counter() - t0
 
     summaries = {}
     for mode in args.modes.split(","):
-        cfg = RecoveryConfig(mode=mode, quant=not args.no_quant, token_budget=args.token_budget,
-                             max_seq_len=args.max_seq_len, eval_every=25, save_every=100)
-        summaries[mode] = recover(pruned_dir, sgr_file, out / f"recovered-{mode}", cfg,
-                                  teacher=base.path if mode == "distill" else None, device=args.device,
-                                  show_progress=show)
+        cfg = RecoveryConfig(mode=mode, data=str(sgr_file), teacher=base.path if mode == "distill" else None,
+                             quant=not args.no_quant, token_budget=args.token_budget, max_seq_len=args.max_seq_len,
+                             eval_every=25, save_every=100)
+        summaries[mode] = recover(cfg, model=str(pruned_dir), placement=Placement(device=args.device),
+                                  output=Output(out=str(out / f"recovered-{mode}"), progress=show))
         print(mode, summaries[mode])
 
     # the same held-out prompts for every model: SGR responses and the file's own references

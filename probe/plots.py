@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Save atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
@@ -57,7 +57,7 @@ def plot_sweep(rows: list[dict], out: str | Path, metric: str = "accuracy") -> l
     ax.set_ylabel(metric)
     ax.set_title(f"{model}: {metric} with one layer skipped (dashed: no skip)")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out / (f"sweep{suffix}.png" if suffix else "sweep_layers.png")))
+    paths.append(save_figure(fig, out / (f"sweep{suffix}.png" if suffix else "sweep_layers.png")))
 
     windows = [r for r in rows if r["layers"] and " " in str(r["layers"])]
     if windows:
@@ -80,5 +80,5 @@ def plot_sweep(rows: list[dict], out: str | Path, metric: str = "accuracy") -> l
             ax.set_ylabel("window width")
             ax.set_title(p)
             fig.colorbar(im, ax=ax, label=metric)
-        paths.append(_save(fig, out / f"sweep_windows{suffix}.png"))
+        paths.append(save_figure(fig, out / f"sweep_windows{suffix}.png"))
     return paths

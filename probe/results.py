@@ -62,20 +62,36 @@ def write_table(rows: Iterable[dict], stem: str | Path, columns: Iterable[str] =
     return csv_path, jsonl_path
 
 
-def read_table(path: str | Path) -> list[dict]:
-    """Read a CSV or JSONL table written by :func:`write_table` (numbers come back as numbers)."""
+def read_table(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
+    """Read a CSV or JSONL table written by :func:`write_table` (numbers come back as numbers).
+
+    ``required``: columns the table must have. A file that is not such a table (binary, bad JSON,
+    a value that is not a number, missing columns) is refused with one line naming it."""
+    from .errors import PrunescopeError
+
     path = Path(path)
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("value",):
-            if r.get(k) not in (None, ""):
-                r[k] = float(r[k])
-        for k in ("n", "seed"):
-            if r.get(k) not in (None, ""):
-                r[k] = int(float(r[k]))
+    try:
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if not all(isinstance(r, dict) for r in rows):
+                raise ValueError("a line is not a JSON object")
+        else:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            for r in rows:
+                for k in ("value",):
+                    if r.get(k) not in (None, ""):
+                        r[k] = float(r[k])
+                for k in ("n", "seed"):
+                    if r.get(k) not in (None, ""):
+                        r[k] = int(float(r[k]))
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, ValueError, TypeError) as e:
+        raise PrunescopeError(f"{path} is not a results table ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                              "give a .csv or .jsonl table written by prunescope") from None
+    missing = [c for c in required if rows and c not in rows[0]]
+    if missing:
+        raise PrunescopeError(f"{path} lacks the column(s) {missing} of a results table ({', '.join(required)}); "
+                              "give a table written by prunescope sweep, patch or score")
     return rows
 
 
@@ -100,25 +116,40 @@ def same_config(old: dict, new: dict, paths: Sequence[str] = ()) -> bool:
 
 
 def check_run_config(out: Path, config: dict, what: str = "run", name: str = "config.json",
-                     paths: Sequence[str] = ()) -> None:
-    """Resume guard: record ``config`` in ``out/NAME``, or refuse a folder made with other settings.
+                     paths: Sequence[str] = (), write: bool = True) -> None:
+    """Resume guard: refuse a folder made with other settings, else record ``config`` in ``out/NAME``.
 
     ``paths``: keys whose values are file or folder paths (the model, the training data), compared by
     their last two components (``prune/bi-25``, ``models/gemma-3-270m``), so a run folder moved, or
-    copied to a machine whose model cache lies elsewhere, still resumes.
+    copied to a machine whose model cache lies elsewhere, still resumes. ``write=False`` only
+    checks: a command checks before it loads anything and records once the run can start
+    (:func:`record_run_config`), so bad input leaves no folder behind.
     """
     path = Path(out) / name
+    from .errors import PrunescopeError
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise PrunescopeError(f"--out {out} is a file, not a folder; give a folder path")
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise PrunescopeError(f"{path} is not valid JSON (a damaged run folder); delete {out} to start "
+                                  "over") from None
         if not same_config(old, config, paths):
             diff = sorted(k for k in set(old) | set(config)
                           if not same_config({k: old.get(k)}, {k: config.get(k)}, paths))
-            from .errors import PrunescopeError
-
             article = "an" if what[:1] in "aeiou" else "a"
             raise PrunescopeError(f"{out} holds {article} {what} with different settings ({', '.join(diff)}); "
                                   "use another --out folder or delete this one")
-    else:
+    elif write:
+        atomic_write_json(path, config)
+
+
+def record_run_config(out: Path, config: dict, name: str = "config.json") -> None:
+    """Write the run's settings once it can start (after :func:`check_run_config` with ``write=False``)."""
+    path = Path(out) / name
+    if not path.is_file():
         atomic_write_json(path, config)
 
 
@@ -130,12 +161,16 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise PrunescopeError(f"{what} file {path} does not exist")
-    if path.suffix == ".gz":
-        import gzip
+    try:
+        if path.suffix == ".gz":
+            import gzip
 
-        text = gzip.decompress(path.read_bytes()).decode()
-    else:
-        text = path.read_text()
+            text = gzip.decompress(path.read_bytes()).decode()
+        else:
+            text = path.read_text()
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise PrunescopeError(f"{path} is not a UTF-8 text {what} file ({type(e).__name__}); give a JSONL file, "
+                              "one JSON object per line") from None
     out = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -153,15 +188,29 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
 
 
 def read_progress(path: str | Path) -> list[dict]:
-    """Records of an append-only progress log; a line torn by a crash is skipped (recomputed)."""
+    """Records of an append-only progress log. The last line, torn by a crash, is skipped (its work
+    is redone); a damaged line anywhere else means the file is not ours to trust, and is refused."""
+    from .errors import PrunescopeError
+
     path = Path(path)
     out = []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        try:
+            lines = path.read_text().splitlines()
+        except UnicodeDecodeError:
+            raise PrunescopeError(f"progress log {path} is not text (damaged); delete it to redo its work") from None
+        for i, line in enumerate(lines):
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                if i == len(lines) - 1:
+                    continue
+                raise PrunescopeError(f"progress log {path}:{i + 1} is not valid JSON (damaged, not a torn last "
+                                      "line); delete the file to redo its work") from None
+            if not isinstance(rec, dict):
+                raise PrunescopeError(f"progress log {path}:{i + 1} is not a JSON object; delete the file to redo "
+                                      "its work")
+            out.append(rec)
     return out
 
 

@@ -220,12 +220,16 @@ def load_texts(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise PrunescopeError(f"text file {path} does not exist")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    except UnicodeDecodeError:
+        raise PrunescopeError(f"text file {path} is not UTF-8 text; give a .txt (one text per line) or a .jsonl "
+                              "file with a 'text' field") from None
     if path.suffix == ".jsonl":
         try:
             texts = [json.loads(ln)["text"] for ln in lines]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise PrunescopeError(f"{path}: every line must be JSON with a 'text' field ({e})") from e
+            raise PrunescopeError(f"{path}: every line must be JSON with a 'text' field ({e})") from None
     else:
         texts = lines
     if not texts:

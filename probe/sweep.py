@@ -26,6 +26,7 @@ every round, logs progress, aggregates with the same functions and writes the ta
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from collections.abc import Iterable, Sequence
@@ -36,11 +37,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .blocks import Blocks
-from .distributed import Dist, assign, check_devices, distributed, launch, rank_device, wants_launch
+from .distributed import Dist, assign, rank_device, spread
 from .errors import PrunescopeError
-from .results import append_progress, check_run_config, read_progress, write_table
-from .scoring import Batch, ScoringPlan, TextPlan, aggregate, load_texts
-from .tasks import Item, make_items, save_items
+from .options import Options, Output, Placement, is_legacy, legacy_call, option, positional_args
+from .lock import run_lock
+from .results import append_progress, check_run_config, read_progress, record_run_config, write_table
+from .scoring import SCORINGS, Batch, ScoringPlan, TextPlan, aggregate, load_texts
+from .tasks import PROBES, Item, make_items, save_items
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def _prefix_reuse(blocks: Blocks, ids, mask, at, conditions: Sequence[Condition]
     return out
 
 
-def _batch_logits_prefix(blocks: Blocks, batch: Batch, conditions: Sequence[Condition]) -> dict[Condition, torch.Tensor]:
+def batch_logits_prefix(blocks: Blocks, batch: Batch, conditions: Sequence[Condition]) -> dict[Condition, torch.Tensor]:
     """Logits at the scored positions for every condition, reusing one cached forward."""
     return _prefix_reuse(blocks, batch.input_ids, _causal_mask(batch), batch.at, conditions)
 
@@ -190,7 +193,7 @@ def shared_prefix_length(plan: ScoringPlan) -> int:
     return n
 
 
-def _batch_logits_shared(blocks: Blocks, batch: Batch, conditions: Sequence[Condition],
+def batch_logits_shared(blocks: Blocks, batch: Batch, conditions: Sequence[Condition],
                          shared: SharedPrefix) -> dict[Condition, torch.Tensor]:
     """Prefix reuse across layers *and* across prompts: only suffix tokens are run."""
     P = shared.length
@@ -203,7 +206,7 @@ def _batch_logits_shared(blocks: Blocks, batch: Batch, conditions: Sequence[Cond
                          extra=lambda c: {"cache": shared.expanded(c, b), "position_ids": pos})
 
 
-def _batch_logits_plain(blocks: Blocks, batch: Batch, conditions: Sequence[Condition]) -> dict[Condition, torch.Tensor]:
+def batch_logits_plain(blocks: Blocks, batch: Batch, conditions: Sequence[Condition]) -> dict[Condition, torch.Tensor]:
     """One full forward per condition (the reference schedule, for checking and benchmarks)."""
     out = {}
     for c in conditions:
@@ -308,13 +311,13 @@ def sweep_blocks(
         batches = plan.batches(bs)
         work = split_work(batches, conditions, blocks.n_layers, d.world_size, prefix_reuse)
         mine = work[d.rank]
-        run = _batch_logits_prefix if prefix_reuse else _batch_logits_plain
+        run = batch_logits_prefix if prefix_reuse else batch_logits_plain
         P = shared_prefix_length(plan) if shared_prefix is not False and prefix_reuse else 0
         if P >= (8 if shared_prefix is None else 1) and mine:   # auto: worth it from 8 shared tokens on
             # the base forward always runs on the unskipped prefix cache
             needed = list(dict.fromkeys([Condition(()), *(c for _, cs in mine for c in cs)]))
             shared = SharedPrefix(blocks, plan.rows[0].ids[:P], needed)
-            run = functools.partial(_batch_logits_shared, shared=shared)
+            run = functools.partial(batch_logits_shared, shared=shared)
         stats: dict[str, dict[int, dict]] = {c.name: {} for c in conditions}
         names = set(stats)
         for (cname, bi), s in done.items():
@@ -330,7 +333,7 @@ def sweep_blocks(
                 bi, conds = mine[k]
                 todo = [c for c in conds if (c.name, bi) not in done]
                 try:
-                    logits = _run_with_oom_retry(run, blocks, plan, batches[bi], todo) if todo else {}
+                    logits = run_with_oom_retry(run, blocks, plan, batches[bi], todo) if todo else {}
                 except PrunescopeError as e:   # reported to every rank below, so no rank waits forever
                     error, logits = str(e), {}
                 for c in todo if logits else []:
@@ -361,7 +364,7 @@ def sweep_blocks(
 
 
 @torch.no_grad()
-def _run_with_oom_retry(run, blocks, plan: ScoringPlan, batch: Batch, conditions) -> dict:
+def run_with_oom_retry(run, blocks, plan: ScoringPlan, batch: Batch, conditions) -> dict:
     """Run a batch; on out-of-memory halve it and retry. Returns {cond: [(sub_batch, logits)]}."""
     try:
         res = run(blocks, batch, conditions)
@@ -374,7 +377,7 @@ def _run_with_oom_retry(run, blocks, plan: ScoringPlan, batch: Batch, conditions
         half = len(batch.rows) // 2
         out: dict = {c: [] for c in conditions}
         for part in (batch.rows[:half], batch.rows[half:]):
-            sub = _run_with_oom_retry(run, blocks, plan, plan.make_batch(part), conditions)
+            sub = run_with_oom_retry(run, blocks, plan, plan.make_batch(part), conditions)
             for c in conditions:
                 out[c] += sub[c]
         return out
@@ -395,34 +398,56 @@ def _append_progress(progress_dir: Path, probe: str, records: list[dict]) -> Non
 
 
 # ----------------------------------------------------------------------------- the command
-def sweep(
-    model: str | None = None,
-    probe: str | Sequence[str] = "arithmetic",
-    n: int = 200,
-    out: str | Path | None = None,
-    *,
-    seed: int = 0,
-    windows: Sequence[int] = (1,),
-    sets: Sequence[Sequence[int]] = (),
-    scoring: str = "first_diff",
-    probe_options: dict | None = None,
-    text: str | Path | None = None,
-    batch_size: int | None = None,
-    prefix_reuse: bool = True,
-    device: str = "cpu",
-    dtype: str = "float32",
-    devices: int | None = None,
-    device_map: str | dict | None = None,
-    max_memory: str | dict | None = None,
-    plot: bool = True,
-    show_progress: bool = True,
-    loaded=None,
-) -> list[dict]:
+@dataclass
+class SweepOptions(Options):
+    """Settings of ``prunescope sweep`` (:func:`sweep`).
+
+    >>> SweepOptions(probe="arithmetic,brackets", n=50, windows=[1, 2]).check().probe
+    ['arithmetic', 'brackets']
+    """
+
+    probe: list = option(["arithmetic"], "comma-separated probes (arithmetic, arithmetic_multi, brackets, copy) or "
+                                         "JSONL files of items {prompt, answer, wrong, group}", kind="names")
+    n: int = option(200, "items per probe (spell it --items under torchrun, whose own options make --n "
+                         "ambiguous)", minimum=1, aliases=("--items",))
+    seed: int = option(0, "seed of the item generators", minimum=0)
+    shots: int | None = option(None, "arithmetic probes: solved examples before each item", kind="int?", minimum=0)
+    ops: str | None = option(None, "arithmetic_multi: operators, e.g. '+,-' (default: + - * //)", kind="str?")
+    digits: int | None = option(None, "arithmetic_multi: operand digit count (default: 2)", kind="int?", minimum=1)
+    carry: str | None = option(None, "arithmetic_multi: keep only items with / without a carry (default: any)",
+                               kind="str?", choices=("any", "carry", "no_carry"))
+    windows: list = option([1], "window widths to skip, comma-separated (1 = single layers)", kind="ints",
+                           minimum=1)
+    sets: list = option([], "extra layer sets to skip, e.g. '3,4;7;10-12'", kind="sets", minimum=0)
+    scoring: str = option("first_diff", "first_diff: compare answers where their tokens first differ; logprob: "
+                                        "whole-answer log-probability", choices=SCORINGS)
+    text: str | None = option(None, "also sweep teacher-forced loss on a text set: .txt (one text per line) or "
+                                    ".jsonl with a 'text' field", kind="str?")
+    batch_size: int | None = option(None, "rows per forward (default: from free memory)", kind="int?", minimum=1)
+    prefix_reuse: bool = option(True, "reuse the shared prompt prefix and each layer's cached input (off: one "
+                                      "full forward per condition, slower)", flag="--no-prefix-reuse",
+                                flag_help="one full forward per condition (slower)")
+
+    def validate(self) -> None:
+        if not self.probe and not self.text:
+            raise PrunescopeError("no probe given: pass e.g. --probe arithmetic,brackets,copy (or --text FILE)")
+        for p in self.probe:
+            if p not in PROBES and not (p.endswith((".jsonl", ".json")) or Path(p).exists()):
+                raise PrunescopeError(f"unknown probe {p!r}: choose one of {', '.join(PROBES)} or give a path to a "
+                                      "JSONL file of items")
+
+    def probe_options(self) -> dict:
+        """The item generators' keyword arguments that were set (shots, ops, digits, carry)."""
+        return {k: getattr(self, k) for k in ("shots", "ops", "digits", "carry") if getattr(self, k) is not None}
+
+
+def sweep(options: SweepOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,
+          output: Output | None = None, loaded=None, **legacy_kw) -> list[dict]:
     """``prunescope sweep``: load the model, build probe items, run, write tables and figures.
 
     Writes ``OUT/sweep.csv``, ``OUT/sweep.jsonl``, ``OUT/items/<probe>.jsonl`` (the exact items
     used), ``OUT/config.json`` and ``OUT/sweep_layers.png`` (+ ``sweep_windows.png``).
-    Re-running with the same ``--out`` and settings resumes; other settings are refused.
+    Re-running with the same ``out`` and settings resumes; other settings are refused.
 
     Placement: ``device`` (one device), ``device_map="auto"`` + ``max_memory`` (one model sharded
     over several GPUs, through accelerate), or ``devices=N`` (N processes, one model copy each,
@@ -430,45 +455,54 @@ def sweep(
     rows do not depend on the split: in fp32 they are identical; on GPUs in bf16 they are
     identical as long as the batch size is the same (pass ``batch_size``: the default is sized
     from free memory, and other batch compositions round bf16 differently).
+
+    >>> rows = sweep(SweepOptions(probe="arithmetic", n=50), output=Output(out="runs/s"))  # doctest: +SKIP
     """
-    call = dict(locals())
-    devices = check_devices(devices, device, device_map, loaded)
-    if wants_launch(devices):
-        return launch(sweep, devices, kwargs={**call, "devices": None}, device=device)
-    with distributed(device) as d:
-        return _sweep(d, **{k: v for k, v in call.items() if k != "devices"})
+    if is_legacy(options, SweepOptions, legacy, legacy_kw):
+        extra = dict(legacy_kw.pop("probe_options", None) or {})
+        options, rest = legacy_call("sweep", SweepOptions, ("model", "probe", "n", "out"),
+                                    positional_args(options, legacy), {**legacy_kw, **extra},
+                                    bound=dict(model=model, loaded=loaded))
+        return sweep(options, **rest)
+    options = (options or SweepOptions()).check()
+    placement = (placement or Placement()).check()
+    return spread(sweep, _sweep, options, model=model, placement=placement, output=output or Output(),
+                  loaded=loaded)
 
 
-def _sweep(d: Dist, model, probe, n, out, *, seed, windows, sets, scoring, probe_options, text, batch_size,
-           prefix_reuse, device, dtype, device_map, max_memory, plot, show_progress, loaded) -> list[dict]:
+def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, output: Output, loaded) -> list[dict]:
     from .models import load_model
 
-    probes = [p.strip() for p in (probe.split(",") if isinstance(probe, str) else probe or []) if p.strip()]
-    if not probes and not text:
-        raise PrunescopeError("no probe given: pass e.g. --probe arithmetic,brackets,copy (or --text FILE)")
-    probe_options = dict(probe_options or {})
+    o = options
+    probes, n, seed = list(o.probe), o.n, o.seed
+    probe_options = o.probe_options()
     items = {p: make_items(p, n=n, seed=seed, **probe_options) for p in probes}
-    texts = load_texts(text)[:n] if text else None
-    config = {"model": str(model or "default"), "probes": probes, "n": n, "seed": seed, "windows": list(windows),
-              "sets": [list(s) for s in sets], "scoring": scoring, "probe_options": probe_options, "dtype": dtype,
-              "prefix_reuse": prefix_reuse, "batch_size": batch_size, "text": str(text) if text else None}
-    out = Path(out) if out else None
-    if out:
-        d.on_main(check_run_config, out, config, "sweep", paths=("model",))
-    lm = loaded or load_model(model, device=rank_device(device, d), dtype=dtype, device_map=device_map,
-                              max_memory=max_memory)
-    if out and d.is_main:
-        for p, its in items.items():
-            save_items(its, out / "items" / f"{Path(p).stem if p.endswith('.jsonl') else p}.jsonl")
+    texts = load_texts(o.text)[:n] if o.text else None
+    config = {"model": str(model or "default"), "probes": probes, "n": n, "seed": seed, "windows": list(o.windows),
+              "sets": [list(s) for s in o.sets], "scoring": o.scoring, "probe_options": probe_options,
+              "dtype": placement.dtype, "prefix_reuse": o.prefix_reuse, "batch_size": o.batch_size,
+              "text": str(o.text) if o.text else None}
+    out = Path(output.out) if output.out else None
+    if out:  # refuse other settings before loading anything; record them once the run can start
+        d.on_main(check_run_config, out, config, "sweep", paths=("model",), write=False)
+    lm = loaded or load_model(model, **{**placement.load_kwargs(), "device": rank_device(placement.device, d)})
+    scoring, text = o.scoring, o.text
     plans: dict = {p: ScoringPlan(lm.tokenizer, its, scoring) for p, its in items.items()}
     if texts:
         plans[f"text:{Path(text).stem}"] = TextPlan(lm.tokenizer, texts)
-    rows = sweep_blocks(lm.blocks, lm.tokenizer, plans, windows=windows, sets=sets, scoring=scoring,
-                        batch_size=batch_size, prefix_reuse=prefix_reuse, model_name=lm.name, seed=seed,
-                        progress_dir=(out / ".progress") if out else None, show_progress=show_progress, dist=d)
-    if out and d.is_main:
-        write_table(rows, out / "sweep")
-        if plot:
-            from .plots import plot_sweep
-            plot_sweep(rows, out)
+    make_conditions(lm.blocks.n_layers, o.windows, o.sets)  # bad layer sets fail here, before anything is written
+    with run_lock(out, "sweep") if out and d.is_main else contextlib.nullcontext():
+        if out and d.is_main:
+            record_run_config(out, config)
+            for p, its in items.items():
+                save_items(its, out / "items" / f"{Path(p).stem if p.endswith('.jsonl') else p}.jsonl")
+        rows = sweep_blocks(lm.blocks, lm.tokenizer, plans, windows=o.windows, sets=o.sets, scoring=scoring,
+                            batch_size=o.batch_size, prefix_reuse=o.prefix_reuse, model_name=lm.name, seed=seed,
+                            progress_dir=(out / ".progress") if out else None, show_progress=output.progress,
+                            dist=d)
+        if out and d.is_main:
+            write_table(rows, out / "sweep")
+            if output.plot:
+                from .plots import plot_sweep
+                plot_sweep(rows, out)
     return rows

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import PrunescopeError
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Item:
 
 
 # ----------------------------------------------------------------------------- arithmetic
-_OPS: dict[str, Callable[[int, int], int]] = {
+OPERATORS: dict[str, Callable[[int, int], int]] = {
     "+": lambda a, b: a + b,
     "-": lambda a, b: a - b,
     "*": lambda a, b: a * b,
@@ -83,7 +84,7 @@ def _has_carry(a: int, b: int, op: str) -> bool:
                 return True
             a, b = a // 10, b // 10
         return False
-    return _OPS[op](a, b) >= 10
+    return OPERATORS[op](a, b) >= 10
 
 
 def arithmetic_single_items(n: int, seed: int = 0, *, shots: int = 0, **_) -> list[Item]:
@@ -96,8 +97,8 @@ def arithmetic_single_items(n: int, seed: int = 0, *, shots: int = 0, **_) -> li
         while True:
             a, b, c = (rng.randint(0, 9) for _ in range(3))
             op1, op2 = rng.choice("+-*"), rng.choice("+-*")
-            inner = _OPS[op1](a, b)
-            value = _OPS[op2](inner, c)
+            inner = OPERATORS[op1](a, b)
+            value = OPERATORS[op2](inner, c)
             if 0 <= value <= 9 and 0 <= inner:
                 return f"Question: What is ({a} {op1} {b}) {op2} {c}? Answer:", value, f"{op1}{op2}"
 
@@ -128,9 +129,9 @@ def arithmetic_multi_items(
     solved examples (the same few-shot prefix for every item, drawn from a separate seed).
     """
     ops = tuple(ops.split(",")) if isinstance(ops, str) else tuple(ops)
-    bad = [o for o in ops if o not in _OPS]
+    bad = [o for o in ops if o not in OPERATORS]
     if bad:
-        raise PrunescopeError(f"unknown operator(s) {bad}: choose from {list(_OPS)}")
+        raise PrunescopeError(f"unknown operator(s) {bad}: choose from {list(OPERATORS)}")
     if carry not in ("any", "carry", "no_carry"):
         raise PrunescopeError(f"carry must be any, carry or no_carry, not {carry!r}")
     da, db = (digits, digits) if isinstance(digits, int) else digits
@@ -148,7 +149,7 @@ def arithmetic_multi_items(
                 continue
             has = _has_carry(a, b, op)
             if carry == "any" or (carry == "carry") == has:
-                return a, op, b, _OPS[op](a, b)
+                return a, op, b, OPERATORS[op](a, b)
         raise PrunescopeError(f"no {carry} items exist for ops={ops} digits={digits}; relax the filter")
 
     prefix = ""
@@ -168,7 +169,7 @@ def arithmetic_multi_items(
 
 
 # ----------------------------------------------------------------------------- brackets
-_PAIRS = {"(": ")", "[": "]", "{": "}"}
+BRACKET_PAIRS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = (")", "]", "}")
 _NAMES = ("arr", "xs", "data", "items", "vals", "grid", "row", "nums", "buf", "cfg")
 _FUNCS = ("len", "max", "min", "abs", "sum", "sorted", "str", "int", "print", "range", "list")
@@ -186,11 +187,11 @@ def _synthetic_bracket(rng: random.Random, depth: int, length: int) -> tuple[str
         can_close = bool(stack) and abs(len(stack) - 1 - depth) <= left
         can_open = abs(len(stack) + 1 - depth) <= left
         if can_close and (not can_open or rng.random() < 0.5):
-            out.append(_PAIRS[stack.pop()])
+            out.append(BRACKET_PAIRS[stack.pop()])
         else:
             stack.append(rng.choice("([{"))
             out.append(stack[-1])
-    return " ".join(out), _PAIRS[stack[-1]]
+    return " ".join(out), BRACKET_PAIRS[stack[-1]]
 
 
 def _code_expr(rng: random.Random, depth: int) -> str:
@@ -268,12 +269,12 @@ def expected_closer(text: str) -> str | None:
     """
     stack = []
     for ch in text:
-        if ch in _PAIRS:
+        if ch in BRACKET_PAIRS:
             stack.append(ch)
         elif ch in _CLOSERS:
-            if not stack or _PAIRS[stack.pop()] != ch:
+            if not stack or BRACKET_PAIRS[stack.pop()] != ch:
                 raise ValueError(f"unbalanced: {text!r}")
-    return _PAIRS[stack[-1]] if stack else None
+    return BRACKET_PAIRS[stack[-1]] if stack else None
 
 
 # ----------------------------------------------------------------------------- copying (control)
@@ -329,12 +330,11 @@ def save_items(items: list[Item], path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- registry
-PROBES: dict[str, Callable[..., list[Item]]] = {
-    "arithmetic": arithmetic_single_items,
-    "arithmetic_multi": arithmetic_multi_items,
-    "brackets": bracket_items,
-    "copy": copy_items,
-}
+PROBES = Registry("probe")
+PROBES.register("arithmetic", arithmetic_single_items, help="one-digit a + b answers (next-token)")
+PROBES.register("arithmetic_multi", arithmetic_multi_items, help="multi-digit a op b, optional shots / carry")
+PROBES.register("brackets", bracket_items, help="the next closing bracket of a code line")
+PROBES.register("copy", copy_items, help="repeat a list of words (induction)")
 
 
 def make_items(probe: str, n: int = 200, seed: int = 0, **options) -> list[Item]:

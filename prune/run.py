@@ -10,18 +10,22 @@ from __future__ import annotations
 import copy
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from probe.errors import PrunescopeError
+from probe.options import Options, Output, Placement, is_legacy, legacy_call, option, positional_args
+from probe.registry import Registry
+from probe.tasks import PROBES
 from probe.results import write_table
 
 from .scores import (
     importance_table, layer_scores, ppl_increase, representation_scores, scores_from_patching, scores_from_sweep,
 )
 from .strategies import (
-    STRATEGIES, count_to_drop, iterative, lowest_block, lowest_k, protected_from_table, reverse_order,
+    Plan, count_to_drop, iterative, lowest_block, lowest_k, protected_from_table, reverse_order,
 )
 from .surgery import remove_layers, save_pruned
 
@@ -40,35 +44,65 @@ def calibration_texts(text: str | Path | None, n: int = 64, seed: int = 0) -> li
     return texts
 
 
-def score(model: str | None = None, out: str | Path | None = None, *, text: str | None = None, n_texts: int = 64,
-          seed: int = 0,
-          block_sizes: Sequence[int] = (), ppl: bool = False, sweep_table: str | None = None,
-          sweep_probe: str | None = None, patch_table: str | None = None, device: str = "cpu",
-          dtype: str = "float32", loaded=None, show_progress: bool = True) -> list[dict]:
-    """All per-layer scores in one table (BI and angular distance from one pass)."""
+@dataclass
+class ScoreOptions(Options):
+    """Settings of ``prunescope score`` (:func:`score`).
+
+    >>> ScoreOptions(block_sizes="4,8").check().block_sizes
+    [4, 8]
+    """
+
+    text: str | None = option(None, "calibration texts (.txt one per line, or .jsonl with 'text'); default: solved "
+                                    "built-in probe items", kind="str?")
+    n_texts: int = option(64, "calibration texts used", minimum=1)
+    seed: int = option(0, "draw of the built-in calibration texts", minimum=0)
+    block_sizes: list = option([], "block sizes for angular distance, e.g. 4,8", kind="ints", minimum=1,
+                               aliases=("--angular",))
+    ppl: bool = option(False, "also perplexity increase per skipped layer (a sweep)")
+    sweep_table: str | None = option(None, "a sweep table (runs/X/sweep.csv): adds skip_drop per layer", kind="str?",
+                                     aliases=("--sweep",))
+    sweep_probe: str | None = option(None, "which probe of the sweep table", kind="str?")
+    patch_table: str | None = option(None, "a patching table (runs/X/layers.csv): adds patching_effect",
+                                     kind="str?", aliases=("--patch",))
+
+
+def score(options: ScoreOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,
+          output: Output | None = None, loaded=None, **legacy_kw) -> list[dict]:
+    """All per-layer scores in one table (BI and angular distance from one pass).
+
+    >>> rows = score(ScoreOptions(block_sizes=[4]), output=Output(out="runs/scores"))  # doctest: +SKIP
+    """
     from probe.models import load_model
 
-    lm = loaded or load_model(model, device=device, dtype=dtype)
-    texts = calibration_texts(text, n_texts, seed)
+    if is_legacy(options, ScoreOptions, legacy, legacy_kw):
+        options, rest = legacy_call("score", ScoreOptions, ("model", "out"), positional_args(options, legacy),
+                                    legacy_kw,
+                                    bound=dict(model=model, loaded=loaded))
+        return score(options, **rest)
+    o = (options or ScoreOptions()).check()
+    placement, output = (placement or Placement()).check(), output or Output()
+    lm = loaded or load_model(model, **placement.load_kwargs())
+    texts = calibration_texts(o.text, o.n_texts, o.seed)
     L = lm.blocks.n_layers
-    rows = representation_scores(lm.blocks, lm.tokenizer, texts, block_sizes=block_sizes, model_name=lm.name)
-    if ppl:
-        rows += ppl_increase(lm.blocks, lm.tokenizer, texts, model_name=lm.name, show_progress=show_progress)
-    if sweep_table:
-        rows += scores_from_sweep(sweep_table, probe=sweep_probe, model_name=lm.name)
-    if patch_table:
-        rows += scores_from_patching(patch_table, model_name=lm.name)
+    rows = representation_scores(lm.blocks, lm.tokenizer, texts, block_sizes=o.block_sizes, model_name=lm.name)
+    if o.ppl:
+        rows += ppl_increase(lm.blocks, lm.tokenizer, texts, model_name=lm.name, show_progress=output.progress)
+    if o.sweep_table:
+        rows += scores_from_sweep(o.sweep_table, probe=o.sweep_probe, model_name=lm.name)
+    if o.patch_table:
+        rows += scores_from_patching(o.patch_table, model_name=lm.name)
     for r in rows:
         if str(r["layers"]).isdigit() and int(r["layers"]) >= L:
             raise PrunescopeError(f"a results table scores layer {r['layers']} but {lm.name} has {L} layers")
-    if out:
-        write_table(rows, Path(out) / "scores")
-        _plot_scores(rows, Path(out) / "scores.png", lm.name)
+    if output.out:
+        write_table(rows, Path(output.out) / "scores")
+        if output.plot:
+            _plot_scores(rows, Path(output.out) / "scores.png", lm.name)
     return rows
 
 
 def _plot_scores(rows: list[dict], path: Path, model: str) -> None:
-    from probe.plots import _save, plt
+    from probe.plots import save_figure, plt
 
     metrics = [m for m in dict.fromkeys(r["metric"] for r in rows) if not m.startswith("angular")]
     fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 1.8 * len(metrics)), squeeze=False, sharex=True,
@@ -79,7 +113,7 @@ def _plot_scores(rows: list[dict], path: Path, model: str) -> None:
         ax.set_ylabel(m, fontsize=8)
     axes[-1, 0].set_xlabel("layer")
     axes[0, 0].set_title(f"{model}: layer scores")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def make_evaluator(blocks, tokenizer, probe: str = "arithmetic_multi", n: int = 32, metric: str = "logit_diff",
@@ -134,63 +168,132 @@ def reference_evaluator(model, tokenizer, plan, metric: str, tmp_dir: str | None
     return evaluate
 
 
-def prune(model: str | None = None, strategy: str = "bi", out: str | Path | None = None, *, n: int | None = None,
-          ratio: float | None = None, protect: Sequence[int] = (), protect_from: str | Sequence[str] | None = None,
-          protect_top: int | None = None, protect_metric: str | None = None, protect_probe: str | None = None,
-          scores_table: str | None = None, score_metric: str | None = None, text: str | None = None,
-          eval_probe: str = "arithmetic_multi", eval_n: int = 32, eval_metric: str = "logit_diff",
-          overwrite: bool = False, seed: int = 0, device: str = "cpu", dtype: str = "float32", loaded=None,
-          show_progress: bool = True):
+# strategy name -> plan builder ``(lm, k, protected, options) -> Plan``; read by the CLI choices, the
+# pipeline's config check and the docs
+STRATEGIES = Registry("strategy")
+
+
+@STRATEGIES.register("bi", help="the k layers with the lowest Block Influence on calibration texts")
+def _bi_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
+    rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(o.text, seed=o.seed), model_name=lm.name)
+    return lowest_k(layer_scores(rows, "block_influence"), lm.blocks.n_layers, k, protected, "bi", "block_influence")
+
+
+@STRATEGIES.register("angular", help="the contiguous block of k layers with the lowest angular distance")
+def _angular_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
+    rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(o.text, seed=o.seed), block_sizes=[k],
+                                 model_name=lm.name)
+    blocks_scores = {int(r["condition"].split(":")[1]): r["value"] for r in rows
+                     if r["metric"] == f"angular_distance_n{k}"}
+    return lowest_block(blocks_scores, lm.blocks.n_layers, k, protected, f"angular_distance_n{k}")
+
+
+@STRATEGIES.register("reverse", help="the last k layers before the final one (the paper's Reverse Order)")
+def _reverse_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
+    return reverse_order(lm.blocks.n_layers, k, protected)
+
+
+@STRATEGIES.register("iterative", help="greedy in-memory search: drop the layer that hurts a probe metric least")
+def _iterative_plan(lm, k: int, protected: list[int], o: "PruneOptions", progress: bool = True) -> Plan:
+    ev = make_evaluator(lm.blocks, lm.tokenizer, o.eval_probe, o.eval_n, o.eval_metric, o.text, seed=o.seed)
+    return iterative(ev, lm.blocks.n_layers, k, protected, metric=ev.metric, higher_is_better=ev.higher_is_better,
+                     progress=progress)
+
+
+@STRATEGIES.register("score", help="the k layers with the lowest value of a scores table's metric (--scores-table)")
+def _score_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
+    rows = importance_table(o.scores_table, lm.name)
+    score_metric = o.score_metric
+    if any(r["metric"] == "patching_effect" for r in rows) and not score_metric:
+        score_metric = "patching_effect"
+    metrics = sorted({r["metric"] for r in rows})
+    score_metric = score_metric or (metrics[0] if len(metrics) == 1 else None)
+    if score_metric not in metrics:
+        raise PrunescopeError(f"{o.scores_table} holds metrics {metrics}; choose one with --score-metric")
+    return lowest_k(layer_scores(rows, score_metric), lm.blocks.n_layers, k, protected, "score", score_metric)
+
+
+@dataclass
+class PruneOptions(Options):
+    """Settings of ``prunescope prune`` (:func:`prune`).
+
+    >>> PruneOptions(strategy="reverse", ratio=0.25, protect="20,23").check().protect
+    [20, 23]
+    """
+
+    strategy: str = option("bi", "which layers to drop (see docs/guide.md: strategies)", choices=STRATEGIES)
+    n: int | None = option(None, "layers to drop", kind="int?", minimum=1)
+    ratio: float | None = option(None, "fraction of layers to drop, e.g. 0.25", kind="float?")
+    protect: list = option([], "layers never dropped, e.g. 3,7", kind="ints", minimum=0)
+    protect_from: list = option([], "results table(s) whose top layers are protected (runs/X/layers.csv or patch.csv "
+                                    "from patching, sweep.csv from a sweep); with several, the union of each one's "
+                                    "top layers", kind="paths", metavar="TABLE")
+    protect_top: int | None = option(None, "how many top layers of each --protect-from table", kind="int?",
+                                     minimum=1)
+    protect_metric: str | None = option(None, "metric of --protect-from to rank by", kind="str?")
+    protect_probe: str | None = option(None, "probe of a --protect-from sweep table", kind="str?")
+    scores_table: str | None = option(None, "table for --strategy score (sweep, patching or score table)",
+                                      kind="str?", aliases=("--scores",))
+    score_metric: str | None = option(None, "metric of --scores-table (lowest values are dropped)", kind="str?")
+    text: str | None = option(None, "calibration texts for bi/angular, or the loss text set for iterative "
+                                    "(default: built-in probe texts / the probe metric)", kind="str?")
+    eval_probe: str = option("arithmetic_multi", "iterative: probe to keep (default: 3-shot addition)",
+                             choices=PROBES)
+    eval_n: int = option(32, "iterative: items per evaluation", minimum=1)
+    eval_metric: str = option("logit_diff", "iterative: metric to keep high")
+    overwrite: bool = option(False, "replace an existing --out folder")
+    seed: int = option(0, "draw of the built-in calibration texts (bi, angular) and of the iterative search's "
+                          "probe items", minimum=0)
+
+    def validate(self) -> None:
+        if self.n is not None and self.ratio is not None:
+            raise PrunescopeError("give --n or --ratio, not both")
+        if self.ratio is not None and not 0 < self.ratio < 1:
+            raise PrunescopeError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}")
+        if bool(self.protect_from) != (self.protect_top is not None):
+            raise PrunescopeError("--protect-from and --protect-top go together: a table and how many top layers")
+        if self.strategy == "score" and not self.scores_table:
+            raise PrunescopeError("--strategy score needs --scores-table TABLE (a sweep, patching or score table)")
+
+
+def prune(options: PruneOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,
+          output: Output | None = None, loaded=None, **legacy_kw) -> Plan:
     """Choose layers with a strategy (honouring protected layers) and write the pruned checkpoint.
 
     ``protect_from``: one results table or several (their ``protect_top`` layers each, united).
-    ``seed``: which built-in calibration texts (BI, angular) and probe items (iterative) are drawn."""
+    ``seed``: which built-in calibration texts (BI, angular) and probe items (iterative) are drawn.
+
+    >>> plan = prune(PruneOptions(strategy="bi", ratio=0.25), output=Output(out="pruned/bi25"))  # doctest: +SKIP
+    """
     from probe.models import load_model
 
-    if strategy not in STRATEGIES:
-        raise PrunescopeError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    if out and Path(out).exists() and not overwrite:
+    if is_legacy(options, PruneOptions, legacy, legacy_kw):
+        if isinstance(legacy_kw.get("protect_from"), (str, Path)):
+            legacy_kw["protect_from"] = [str(legacy_kw["protect_from"])]
+        elif legacy_kw.get("protect_from") is None:
+            legacy_kw.pop("protect_from", None)
+        options, rest = legacy_call("prune", PruneOptions, ("model", "strategy", "out"),
+                                    positional_args(options, legacy), legacy_kw,
+                                    bound=dict(model=model, loaded=loaded))
+        return prune(options, **rest)
+    o = (options or PruneOptions()).check()
+    placement, output = (placement or Placement()).check(), output or Output()
+    out = output.out
+    if out and Path(out).exists() and not o.overwrite:
         raise PrunescopeError(f"{out} already exists; choose another --out or pass --overwrite")
-    if (protect_from is None) != (protect_top is None):
-        raise PrunescopeError("--protect-from and --protect-top go together: a table and how many top layers")
-    if strategy == "score" and not scores_table:
-        raise PrunescopeError("--strategy score needs --scores TABLE (a sweep, patching or score table)")
-    lm = loaded or load_model(model, device=device, dtype=dtype)
-    L = lm.blocks.n_layers
-    k = count_to_drop(L, n, ratio)
-    protected = list(protect)
-    for table in [protect_from] if isinstance(protect_from, (str, Path)) else (protect_from or []):
-        rows = importance_table(table, lm.name, protect_probe)
-        protected += protected_from_table(rows, protect_top, protect_metric, None)
+    lm = loaded or load_model(model, **placement.load_kwargs())
+    k = count_to_drop(lm.blocks.n_layers, o.n, o.ratio)
+    protected = list(o.protect)
+    for table in o.protect_from:
+        rows = importance_table(table, lm.name, o.protect_probe)
+        protected += protected_from_table(rows, o.protect_top, o.protect_metric, None)
     protected = sorted(set(protected))
-
-    if strategy == "reverse":
-        plan = reverse_order(L, k, protected)
-    elif strategy == "bi":
-        rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(text, seed=seed), model_name=lm.name)
-        plan = lowest_k(layer_scores(rows, "block_influence"), L, k, protected, "bi", "block_influence")
-    elif strategy == "angular":
-        rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(text, seed=seed), block_sizes=[k],
-                                     model_name=lm.name)
-        blocks_scores = {int(r["condition"].split(":")[1]): r["value"] for r in rows
-                         if r["metric"] == f"angular_distance_n{k}"}
-        plan = lowest_block(blocks_scores, L, k, protected, f"angular_distance_n{k}")
-    elif strategy == "score":
-        rows = importance_table(scores_table, lm.name)
-        if any(r["metric"] == "patching_effect" for r in rows) and not score_metric:
-            score_metric = "patching_effect"
-        metrics = sorted({r["metric"] for r in rows})
-        score_metric = score_metric or (metrics[0] if len(metrics) == 1 else None)
-        if score_metric not in metrics:
-            raise PrunescopeError(f"{scores_table} holds metrics {metrics}; choose one with --score-metric")
-        plan = lowest_k(layer_scores(rows, score_metric), L, k, protected, "score", score_metric)
-    else:
-        ev = make_evaluator(lm.blocks, lm.tokenizer, eval_probe, eval_n, eval_metric, text, seed=seed)
-        plan = iterative(ev, L, k, protected, metric=ev.metric, higher_is_better=ev.higher_is_better,
-                         progress=show_progress)
+    build = STRATEGIES.get(o.strategy)
+    plan = build(lm, k, protected, o, progress=output.progress) if o.strategy == "iterative" else \
+        build(lm, k, protected, o)
     plan.model = lm.name
     if out:
-        save_pruned(lm.model, lm.tokenizer, plan.drop, out, overwrite=overwrite,
+        save_pruned(lm.model, lm.tokenizer, plan.drop, out, overwrite=o.overwrite,
                     record={"plan": plan.to_json(), "source_model": lm.path, "source_name": lm.name})
         plan.save(Path(out) / "plan.json")
     return plan

@@ -145,7 +145,7 @@ def _read_for_model(path: str | Path, model_name: str | None) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise PrunescopeError(f"results table {path} does not exist")
-    rows = read_table(path)
+    rows = read_table(path, required=("model", "probe", "condition", "layers", "metric", "value"))
     if not rows:
         raise PrunescopeError(f"results table {path} is empty")
     models = {r["model"] for r in rows}

@@ -8,7 +8,8 @@
 * ``iterative``— greedy: each step drops the layer whose removal hurts a metric least, every
   candidate evaluated in memory by skipping layers on the block handle (no checkpoints).
 
-Every strategy takes a count or a ratio and protected layers, which are never dropped.
+Every strategy takes a count or a ratio and protected layers, which are never dropped. The
+registry of names (``prune.run.STRATEGIES``) maps each to the function that builds its plan.
 
 >>> plan = reverse_order(30, 3, protected=[27])
 >>> plan.drop
@@ -22,9 +23,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from probe.errors import PrunescopeError
-
-STRATEGIES = ("reverse", "bi", "angular", "score", "iterative")
-
 
 @dataclass
 class Plan:

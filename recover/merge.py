@@ -25,13 +25,14 @@ def merged_model(base: str | Path, adapter: str | Path, *, quant: bool = True):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from .train import load_student
+    from .student import load_student, peft_quietly
 
     if quant:
         model = load_student(base, quant=True, device="cpu").dequantize()
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    with peft_quietly():
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     if hasattr(model.config, "quantization_config"):  # a plain full-precision checkpoint
         del model.config.quantization_config
     return model.float().eval()

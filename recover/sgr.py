@@ -5,19 +5,22 @@ Each output line is a prompt record plus ``response`` (the base model's answer) 
 a crashed run resumes: finished prompts are kept, a torn last line is dropped and redone.
 
 >>> # prunescope sgr --prompts builtin --n 600 --out runs/sgr.jsonl      (the default model answers)
->>> # generate_responses(load_model(), load_prompts(), "runs/sgr.jsonl", temperature=0.9, seed=0)
+>>> # generate_responses(SGROptions(n=600, temperature=0.9), output=Output(out="runs/sgr.jsonl"))
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from probe.errors import PrunescopeError
+from probe.options import Options, Output, Placement, is_legacy, legacy_call, option, positional_args
+from probe.lock import run_lock
 from probe.results import append_progress, atomic_write_text, read_progress, same_config
 
 from .data import prompt_text
@@ -41,18 +44,67 @@ def _done(out: Path, settings: dict) -> dict[str, dict]:
     return {r["id"]: r for r in recs}
 
 
-@torch.inference_mode()
-def generate_responses(loaded, records: Sequence[dict], out: str | Path, *, temperature: float = 0.9,
-                       top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 16, seed: int = 0,
-                       prompts_source: str = "builtin", show_progress: bool = True) -> list[dict]:
-    """Answer every prompt with the base model (batched, left-padded) and append to ``out`` (JSONL).
+@dataclass
+class SGROptions(Options):
+    """Settings of ``prunescope sgr`` (:func:`generate_responses`).
 
-    ``temperature=0`` is greedy. Sampling is seeded per batch (``seed + first index``) so a
-    resumed run draws the same responses as an uninterrupted one.
+    >>> SGROptions(n=64, temperature=0).check().temperature
+    0.0
     """
+
+    prompts: str = option("builtin", "JSONL file or folder of prompts ({prompt[,response]}, Alpaca {instruction, "
+                                     "input,output}, chat {messages}, {question,answer}); 'builtin' = 600 offline "
+                                     "instruction/maths/code prompts")
+    n: int | None = option(None, "use the first N prompts (default: all; builtin: 600)", kind="int?", minimum=1)
+    temperature: float = option(0.9, "sampling temperature, 0 = greedy", minimum=0)
+    top_p: float = option(1.0, "nucleus sampling", minimum=0, maximum=1)
+    max_new_tokens: int = option(256, "response length limit", minimum=1)
+    batch_size: int = option(16, "prompts per generate call", minimum=1)
+    seed: int = option(0, "seed of the prompt draw and of sampling", minimum=0)
+
+
+def generate_responses(options: SGROptions | None = None, *legacy, model: str | None = None,
+                       placement: Placement | None = None, output: Output | None = None, loaded=None,
+                       records: Sequence[dict] | None = None, **legacy_kw) -> list[dict]:
+    """Answer every prompt with the base model (batched, left-padded) and append to ``output.out`` (JSONL).
+
+    ``records`` (already loaded prompt records) replaces reading ``options.prompts``, which then
+    only names their source. ``temperature=0`` is greedy. Sampling is seeded per batch
+    (``seed + first index``) so a resumed run draws the same responses as an uninterrupted one.
+
+    >>> generate_responses(SGROptions(n=48), output=Output(out="runs/sgr.jsonl"))  # doctest: +SKIP
+    """
+    if is_legacy(options, SGROptions, legacy, legacy_kw):
+        options, rest = legacy_call("generate_responses", SGROptions, ("loaded", "records", "out"),
+                                    positional_args(options, legacy), legacy_kw,
+                                    renames={"prompts_source": "prompts"}, extra=("records",),
+                                    bound=dict(model=model, loaded=loaded, records=records))
+        return generate_responses(options, **rest)
+    o = (options or SGROptions()).check()
+    placement, output = (placement or Placement()).check(), output or Output()
+    if not output.out:
+        raise PrunescopeError("SGR needs an output file: pass --out runs/sgr.jsonl")
+    if Path(output.out).is_dir():
+        raise PrunescopeError(f"--out {output.out} is a folder; give the JSONL file to write, e.g. "
+                              f"{Path(output.out) / 'sgr.jsonl'}")
+    if records is None:
+        from .data import load_prompts
+
+        records = load_prompts(o.prompts, n=o.n, seed=o.seed)
+    if loaded is None:
+        from probe.models import load_model
+
+        loaded = load_model(model, **placement.load_kwargs())
     if not records:
         raise PrunescopeError("no prompts to answer: the prompt file is empty")
-    out = Path(out)
+    with run_lock(output.out, "SGR run", file=True):
+        return _generate(loaded, records, Path(output.out), o, output.progress)
+
+
+@torch.inference_mode()
+def _generate(loaded, records: Sequence[dict], out: Path, o: SGROptions, show_progress: bool) -> list[dict]:
+    temperature, top_p, max_new_tokens, seed, batch_size = o.temperature, o.top_p, o.max_new_tokens, o.seed, o.batch_size
+    prompts_source = o.prompts
     settings = _settings(loaded, temperature, top_p, max_new_tokens, seed, prompts_source)
     done = _done(out, settings)
     tok, model = loaded.tokenizer, loaded.model

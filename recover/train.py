@@ -17,7 +17,7 @@ Everything lands in ``OUT/``: ``curve.csv``/``curve.png`` (train loss, held-out 
 
 from __future__ import annotations
 
-import importlib
+import copy
 import json
 import math
 import random
@@ -31,95 +31,99 @@ import torch
 from tqdm.auto import tqdm
 
 from probe.errors import PrunescopeError
-from probe.results import check_run_config, read_jsonl, write_table
+from probe.options import Options, Output, Placement, option, positional_args
+from probe.registry import Registry
+from probe.lock import run_lock
+from probe.results import check_run_config, read_jsonl, record_run_config, write_table
 
 from .data import IGNORE, Example, encode_all
+from .student import check_bitsandbytes, load_student, peft_quietly  # noqa: F401  (check_bitsandbytes: public here too)
 
-MODES = ("sgr", "external", "distill")
+MODES = Registry("recovery mode")
+MODES.register("sgr", "sgr", help="train on the base model's own responses (Self-Generated Responses, the paper's recipe)")
+MODES.register("external", "external", help="train on the prompt file's own reference responses")
+MODES.register("distill", "distill", help="KL to the unpruned base model (--teacher) on the SGR sequences")
 
 
 @dataclass
-class RecoveryConfig:
-    """Settings of one recovery run (paper defaults; ``max_seq_len`` 8192 as in the paper)."""
+class RecoveryConfig(Options):
+    """Settings of ``prunescope recover`` (:func:`recover`): paper defaults (QLoRA r=64, alpha=16,
+    lr 2e-4 after 50 warm-up steps, effective batch 8, ``max_seq_len`` 8192 as in the paper).
 
-    mode: str = "sgr"  # sgr: train on the base model's responses; external: the file's own; distill: KL to base
-    quant: bool = True  # 4-bit NF4 QLoRA; False = plain LoRA on the full-precision model
-    r: int = 64
-    alpha: int = 16
-    dropout: float = 0.0
-    lr: float = 2e-4
-    warmup: int = 50
-    batch_size: int = 8  # effective batch (examples per optimizer step)
-    micro_batch: int = 4  # examples per forward; batch_size / micro_batch accumulation steps
-    max_seq_len: int = 8192
-    steps: int | None = None  # optimizer steps; default one epoch (or until token_budget)
-    token_budget: int | None = None  # stop after this many trained (response) tokens
-    eval_n: int = 32  # held-out examples for the perplexity curve
-    eval_every: int = 25
-    save_every: int = 50
-    grad_checkpointing: bool = True
-    kl_temperature: float = 1.0
-    seed: int = 0
+    >>> RecoveryConfig(mode="external", steps=10).check().steps
+    10
+    """
 
-    def check(self) -> None:
-        if self.mode not in MODES:
-            raise PrunescopeError(f"unknown --mode {self.mode!r}: choose one of {', '.join(MODES)}")
+    mode: str = option("sgr", "training target", choices=MODES)
+    data: str | None = option(None, "an SGR file from prunescope sgr (or JSONL with response/reference)",
+                              kind="str?")
+    teacher: str | None = option(None, "distill: the unpruned base model ('default' for the embedded one)",
+                                 kind="str?")
+    quant: bool = option(True, "4-bit NF4 QLoRA (off: plain LoRA on the full-precision model, no bitsandbytes)",
+                         flag="--no-quant", flag_help="plain LoRA on the full-precision model (no bitsandbytes)")
+    rank: int = option(64, "LoRA rank", minimum=1)
+    alpha: int = option(16, "LoRA alpha", minimum=1)
+    dropout: float = option(0.0, "LoRA dropout", minimum=0, maximum=1)
+    lr: float = option(2e-4, "learning rate (AdamW)", minimum=0)
+    warmup: int = option(50, "linear warm-up steps, then constant", minimum=0)
+    batch_size: int = option(8, "effective batch (examples per optimizer step)", minimum=1)
+    micro_batch: int = option(4, "examples per forward; batch_size / micro_batch accumulation steps", minimum=1)
+    max_seq_len: int = option(8192, "tokens per example (8192 as in the paper)", minimum=1)
+    steps: int | None = option(None, "optimizer steps (default: one epoch, or until --token-budget)", kind="int?",
+                               minimum=1)
+    token_budget: int | None = option(None, "stop after this many trained response tokens (the same budget for "
+                                            "every arm)", kind="int?", minimum=1)
+    eval_n: int = option(32, "held-out examples for the perplexity curve", minimum=1)
+    eval_every: int = option(25, "steps between perplexity points", minimum=1)
+    save_every: int = option(50, "steps between checkpoints", minimum=1)
+    grad_checkpointing: bool = option(True, "gradient checkpointing (less memory, more compute)",
+                                      flag="--no-grad-checkpointing", flag_help="keep every activation (faster, "
+                                                                                 "more memory)")
+    kl_temperature: float = option(1.0, "distill: softmax temperature of the KL", minimum=0)
+    seed: int = option(0, "seed of the data order, the held-out split and the LoRA init", minimum=0)
+
+    @property
+    def r(self) -> int:
+        return self.rank
+
+    def validate(self) -> None:
         if self.batch_size % self.micro_batch:
             raise PrunescopeError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch {self.micro_batch}")
-        for k in ("r", "alpha", "batch_size", "micro_batch", "max_seq_len", "eval_every", "save_every"):
-            if getattr(self, k) <= 0:
-                raise PrunescopeError(f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}")
+        if self.mode == "distill" and self.teacher is None:
+            raise PrunescopeError("--mode distill needs --teacher BASE_MODEL (the unpruned model); "
+                                  "use 'default' for the embedded default model")
+
+
+_dataclass_init = RecoveryConfig.__init__
+
+
+def _init_accepting_r(self, *args, r: int | None = None, **kwargs):
+    """``r`` is the old name of ``rank`` (taken, with a warning, for one release)."""
+    if r is not None:
+        import warnings
+
+        warnings.warn("RecoveryConfig(r=...) is deprecated; use rank=", DeprecationWarning, stacklevel=2)
+        kwargs["rank"] = r
+    _dataclass_init(self, *args, **kwargs)
+
+
+RecoveryConfig.__init__ = _init_accepting_r
 
 
 # ---------------------------------------------------------------- models
-def check_bitsandbytes(device: str | torch.device) -> None:
-    """Fail early, with the fix, when 4-bit NF4 cannot run here."""
-    dev = torch.device(device)
-    try:
-        importlib.import_module("bitsandbytes")
-    except Exception as e:  # ImportError, or a broken native library
-        raise PrunescopeError(f"4-bit QLoRA needs bitsandbytes, which does not load here ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); `pip install bitsandbytes>=0.48`, "
-                              "or pass --no-quant for plain LoRA") from None
-    if dev.type not in ("cpu", "cuda", "xpu"):
-        raise PrunescopeError(f"bitsandbytes 4-bit has no {dev.type} backend; use cpu or cuda, or pass --no-quant")
-
-
-def load_student(path: str | Path, *, quant: bool, device: str = "cpu"):
-    """The pruned model to recover: 4-bit NF4 (double quant) or full precision, on ``device``."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    on_gpu = torch.device(device).type == "cuda"
-    compute = torch.bfloat16 if on_gpu else torch.float32
-    if not quant:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=compute).to(device)
-    check_bitsandbytes(device)
-    import bitsandbytes as bnb
-
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=compute)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=compute,
-                                                 device_map={"": torch.device(device).index or 0} if on_gpu else "cpu")
-    for m in model.modules():
-        # On CPUs with AVX512-BF16 the first no-grad forward repacks 4-bit weights into an inference
-        # layout whose kernel has no autograd: LoRA gradients would silently be wrong.
-        if isinstance(m, bnb.nn.Linear4bit):
-            m.support_avx512bf16_for_cpu = False
-    return model
-
-
 def add_lora(model, cfg: RecoveryConfig):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.quant:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif cfg.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # checkpointing is enabled below under its current name (peft would call the deprecated one)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.grad_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules="all-linear",
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules="all-linear",
                       task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    with peft_quietly():
+        return get_peft_model(model, lora)
 
 
 # ---------------------------------------------------------------- batches and losses
@@ -245,30 +249,63 @@ def _load_checkpoint(path: Path, pm, opt, sched) -> dict:
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(pm, load_file(path / "adapter_model.safetensors"))
-    st = torch.load(path / "state.pt", weights_only=False)
+    # weights_only: a run folder may come from someone else; never unpickle code from it
+    try:
+        st = torch.load(path / "state.pt", weights_only=True)
+    except Exception as e:  # an UnpicklingError for anything but tensors and plain containers
+        raise PrunescopeError(f"{path / 'state.pt'} holds more than tensors and plain values, so it is not "
+                              f"loaded ({type(e).__name__}); delete {path} to restart from the previous "
+                              "checkpoint or from scratch") from None
     opt.load_state_dict(st.pop("optimizer"))
     sched.load_state_dict(st.pop("scheduler"))
     return st
 
 
 # ---------------------------------------------------------------- the run
-def recover(model: str | Path, data: str | Path, out: str | Path, cfg: RecoveryConfig | None = None, *,
-            teacher: str | Path | None = None, device: str = "cpu", stop_after: int | None = None,
-            merge: bool = True, show_progress: bool = True) -> dict:
-    """Finetune the pruned ``model`` on ``data`` (an SGR file) and write the recovered model to ``out``.
+RUN_CONFIG = "prunescope_recovery_run.json"
 
-    ``teacher``: the base model for ``mode="distill"``. ``stop_after``: leave after this many optimizer
-    steps in this call (a later call resumes) — for time-sliced machines. Returns a summary dict.
+
+def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | None = None,
+            placement: Placement | None = None, output: Output | None = None, stop_after: int | None = None,
+            merge: bool = True, **legacy_kw) -> dict:
+    """Finetune the pruned ``model`` on ``options.data`` (an SGR file) and write the recovered model
+    to ``output.out``.
+
+    ``options.teacher``: the base model for ``mode="distill"``. ``stop_after``: leave after this many
+    optimizer steps in this call (a later call resumes) — for time-sliced machines. Returns a summary dict.
+
+    >>> recover(RecoveryConfig(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
+    ...         output=Output(out="recovered/bi25-sgr"))  # doctest: +SKIP
     """
     from probe.models import resolve_model
 
-    cfg = cfg or RecoveryConfig()
-    cfg.check()
-    out = Path(out)
+    if not isinstance(options, (RecoveryConfig, type(None))) or legacy or legacy_kw:
+        # the old call: recover(model, data, out, cfg, teacher=, device=, show_progress=)
+        import warnings
+
+        warnings.warn("recover(model, data, out, cfg, ...) is deprecated; pass a RecoveryConfig with data= and "
+                      "model=, output=Output(out=...)", DeprecationWarning, stacklevel=2)
+        given = dict(zip(("model", "data", "out", "cfg"), positional_args(options, legacy))) | legacy_kw
+        if model is not None:
+            given.setdefault("model", model)
+        cfg = copy.copy(given.get("cfg") or RecoveryConfig())
+        cfg.data = str(given["data"])
+        if given.get("teacher") is not None:
+            cfg.teacher = str(given["teacher"])
+        return recover(cfg, model=given["model"], placement=Placement(device=given.get("device", "cpu")),
+                       output=Output(out=str(given["out"]), progress=given.get("show_progress", True)),
+                       stop_after=given.get("stop_after", stop_after), merge=given.get("merge", merge))
+    cfg = (options or RecoveryConfig()).check()
+    placement, output = (placement or Placement()).check(), output or Output()
+    if model is None:
+        raise PrunescopeError("recovery needs the pruned model: pass --model PRUNED (from prunescope prune)")
+    if not cfg.data:
+        raise PrunescopeError("recovery needs training data: pass --data SGR.jsonl (from prunescope sgr)")
+    if not output.out:
+        raise PrunescopeError("recovery needs an output folder: pass --out recovered/NAME")
+    out, data, teacher, device = Path(output.out), cfg.data, cfg.teacher, placement.device
+    show_progress = output.progress
     student_path = resolve_model(model)
-    if cfg.mode == "distill" and teacher is None:
-        raise PrunescopeError("--mode distill needs --teacher BASE_MODEL (the unpruned model); "
-                              "use 'default' for the embedded default model")
     records, field = training_records(data, cfg.mode)
     from transformers import AutoTokenizer
 
@@ -277,12 +314,11 @@ def recover(model: str | Path, data: str | Path, out: str | Path, cfg: RecoveryC
         tok.pad_token = tok.eos_token
     examples = encode_all(tok, records, field if cfg.mode != "distill" else "response", cfg.max_seq_len)
     train, held = split_examples(examples, cfg.eval_n, cfg.seed)
-    run_config = {"model": str(student_path), "data": str(data), "teacher": str(teacher) if teacher else None,
-                  **asdict(cfg), "n_train": len(train), "n_eval": len(held)}
-    out.mkdir(parents=True, exist_ok=True)
+    run_config = {**asdict(cfg), "model": str(student_path), "data": str(data),
+                  "teacher": str(teacher) if teacher else None, "n_train": len(train), "n_eval": len(held)}
     # not config.json: the merged model's own config lands in the same folder
-    check_run_config(out, run_config, "recovery run", name="prunescope_recovery_run.json",
-                     paths=("model", "data", "teacher"))
+    check_run_config(out, run_config, "recovery run", name=RUN_CONFIG, paths=("model", "data", "teacher"),
+                     write=False)
 
     steps = cfg.steps
     if steps is None:
@@ -299,94 +335,98 @@ def recover(model: str | Path, data: str | Path, out: str | Path, cfg: RecoveryC
         if teacher_model.config.vocab_size != pm.config.vocab_size:
             raise PrunescopeError("teacher and student have different vocabularies: distill from the model "
                                   "the student was pruned from")
-    params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
-    state = {"step": 0, "tokens": 0, "all_tokens": 0, "train_seconds": 0.0, "curve": []}
-    ck = _latest_checkpoint(out)
-    if ck is not None:
-        state = _load_checkpoint(ck, pm, opt, sched)
-    dev = next(p.device for p in pm.parameters() if p.requires_grad)
-    pad = tok.pad_token_id
+    with run_lock(out, "recovery run"):  # the input is good: from here on the folder is written
+        record_run_config(out, run_config, RUN_CONFIG)
+        params = [p for p in pm.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
+        # "window": the step losses since the last curve point, saved with a checkpoint so that a resumed
+        # run's curve equals an uninterrupted one's
+        state = {"step": 0, "tokens": 0, "all_tokens": 0, "train_seconds": 0.0, "curve": [], "window": []}
+        ck = _latest_checkpoint(out)
+        if ck is not None:
+            state = {"window": [], **_load_checkpoint(ck, pm, opt, sched)}
+        dev = next(p.device for p in pm.parameters() if p.requires_grad)
+        pad = tok.pad_token_id
 
-    def log_eval(train_loss: float | None) -> None:
-        loss, ppl = perplexity(pm, held, pad, cfg.micro_batch)
-        secs = state["train_seconds"]
-        state["curve"].append({"step": state["step"], "tokens": state["tokens"], "train_loss": train_loss,
-                               "eval_loss": loss, "eval_ppl": ppl, "lr": sched.get_last_lr()[0],
-                               "train_seconds": round(secs, 3),
-                               "tokens_per_s": state["all_tokens"] / secs if secs else None})
-        write_table(state["curve"], out / "curve", columns=list(state["curve"][0]))
+        def log_eval(train_loss: float | None) -> None:
+            loss, ppl = perplexity(pm, held, pad, cfg.micro_batch)
+            secs = state["train_seconds"]
+            state["curve"].append({"step": state["step"], "tokens": state["tokens"], "train_loss": train_loss,
+                                   "eval_loss": loss, "eval_ppl": ppl, "lr": sched.get_last_lr()[0],
+                                   "train_seconds": round(secs, 3),
+                                   "tokens_per_s": state["all_tokens"] / secs if secs else None})
+            write_table(state["curve"], out / "curve", columns=list(state["curve"][0]))
 
-    if not state["curve"]:
-        log_eval(None)
-    bar = tqdm(total=steps if steps < 10**9 else None, initial=state["step"], desc=f"recover ({cfg.mode})",
-               unit="step", disable=not show_progress)
-    done_here, window = 0, []
-    while state["step"] < steps and (cfg.token_budget is None or state["tokens"] < cfg.token_budget):
-        if stop_after is not None and done_here >= stop_after:
-            break
-        t0 = time.perf_counter()
-        batch = [train[i] for i in _batch_indices(state["step"], cfg.batch_size, len(train), cfg.seed)]
-        n_resp = sum(e.n_response for e in batch)
-        step_loss = 0.0
-        for i in range(0, len(batch), cfg.micro_batch):
-            ids, mask, labels = collate(batch[i:i + cfg.micro_batch], pad, dev)
-            logits = pm(input_ids=ids, attention_mask=mask).logits
-            if teacher_model is not None:
-                with torch.no_grad():
-                    t_logits = teacher_model(input_ids=ids, attention_mask=mask).logits
-                loss_sum, _ = response_kl(logits, t_logits, labels, cfg.kl_temperature)
-            else:
-                loss_sum, _ = response_nll(logits, labels)
-            (loss_sum / max(n_resp, 1)).backward()
-            step_loss += float(loss_sum.detach()) / max(n_resp, 1)
-            state["all_tokens"] += int(mask.sum())
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        state["train_seconds"] += time.perf_counter() - t0
-        state["step"] += 1
-        state["tokens"] += n_resp
-        done_here += 1
-        window.append(step_loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}")
-        last = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
-        if state["step"] % cfg.eval_every == 0 or last:
-            log_eval(sum(window) / len(window))
-            window = []
-        if state["step"] % cfg.save_every == 0 or last:
-            _save_checkpoint(out, pm, opt, sched, state)
-    bar.close()
-    finished = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
-    summary = {"mode": cfg.mode, "steps": state["step"], "trained_tokens": state["tokens"],
-               "all_tokens": state["all_tokens"], "train_seconds": round(state["train_seconds"], 2),
-               "tokens_per_s": state["all_tokens"] / state["train_seconds"] if state["train_seconds"] else None,
-               "final_eval_ppl": state["curve"][-1]["eval_ppl"], "finished": finished, "out": str(out)}
-    if not finished:
-        if done_here and state["step"] % cfg.save_every:
-            _save_checkpoint(out, pm, opt, sched, state)
+        if not state["curve"]:
+            log_eval(None)
+        bar = tqdm(total=steps if steps < 10**9 else None, initial=state["step"], desc=f"recover ({cfg.mode})",
+                   unit="step", disable=not show_progress)
+        done_here = 0
+        while state["step"] < steps and (cfg.token_budget is None or state["tokens"] < cfg.token_budget):
+            if stop_after is not None and done_here >= stop_after:
+                break
+            t0 = time.perf_counter()
+            batch = [train[i] for i in _batch_indices(state["step"], cfg.batch_size, len(train), cfg.seed)]
+            n_resp = sum(e.n_response for e in batch)
+            step_loss = 0.0
+            for i in range(0, len(batch), cfg.micro_batch):
+                ids, mask, labels = collate(batch[i:i + cfg.micro_batch], pad, dev)
+                logits = pm(input_ids=ids, attention_mask=mask).logits
+                if teacher_model is not None:
+                    with torch.no_grad():
+                        t_logits = teacher_model(input_ids=ids, attention_mask=mask).logits
+                    loss_sum, _ = response_kl(logits, t_logits, labels, cfg.kl_temperature)
+                else:
+                    loss_sum, _ = response_nll(logits, labels)
+                (loss_sum / max(n_resp, 1)).backward()
+                step_loss += float(loss_sum.detach()) / max(n_resp, 1)
+                state["all_tokens"] += int(mask.sum())
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            state["train_seconds"] += time.perf_counter() - t0
+            state["step"] += 1
+            state["tokens"] += n_resp
+            done_here += 1
+            state["window"].append(step_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+            last = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
+            if state["step"] % cfg.eval_every == 0 or last:
+                log_eval(sum(state["window"]) / len(state["window"]))
+                state["window"] = []
+            if state["step"] % cfg.save_every == 0 or last:
+                _save_checkpoint(out, pm, opt, sched, state)
+        bar.close()
+        finished = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
+        summary = {"mode": cfg.mode, "steps": state["step"], "trained_tokens": state["tokens"],
+                   "all_tokens": state["all_tokens"], "train_seconds": round(state["train_seconds"], 2),
+                   "tokens_per_s": state["all_tokens"] / state["train_seconds"] if state["train_seconds"] else None,
+                   "final_eval_ppl": state["curve"][-1]["eval_ppl"], "finished": finished, "out": str(out)}
+        if not finished:
+            if done_here and state["step"] % cfg.save_every:
+                _save_checkpoint(out, pm, opt, sched, state)
+            return summary
+        plot_curve(state["curve"], out / "curve.png", f"{Path(str(student_path)).name}: {cfg.mode}")
+        adapter = out / "adapter"
+        tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out))
+        pm.save_pretrained(tmp)
+        if adapter.exists():
+            shutil.rmtree(adapter)
+        tmp.rename(adapter)
+        if merge:
+            from .merge import merge_adapter
+
+            merge_adapter(student_path, adapter, out, quant=cfg.quant, tokenizer=tok,
+                          record={"recovery": summary, "config": run_config})
         return summary
-    plot_curve(state["curve"], out / "curve.png", f"{Path(str(student_path)).name}: {cfg.mode}")
-    adapter = out / "adapter"
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out))
-    pm.save_pretrained(tmp)
-    if adapter.exists():
-        shutil.rmtree(adapter)
-    tmp.rename(adapter)
-    if merge:
-        from .merge import merge_adapter
-
-        merge_adapter(student_path, adapter, out, quant=cfg.quant, tokenizer=tok,
-                      record={"recovery": summary, "config": run_config})
-    return summary
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> Path:
-    from probe.plots import _save, plt
+    from probe.plots import save_figure, plt
 
     fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
     ax.plot([c["tokens"] for c in curve], [c["eval_ppl"] for c in curve], marker="o", label="held-out perplexity")
@@ -395,7 +435,7 @@ def plot_curve(curve: list[dict], path: Path, title: str) -> Path:
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def read_summary(out: str | Path) -> dict:

@@ -395,13 +395,17 @@ def test_report_of_an_unfinished_evaluation(tmp_path):
 
 
 def test_report_empty_run_and_versions(tmp_path):
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "localize").mkdir(parents=True)   # a run that has only started
     md, _ = report(tmp_path / "empty")
     assert "config.yaml / config.json, eval/eval.csv, probes.csv" in md.read_text()
     v = package_versions()
     assert v["torch"] != "not installed" and v["lm_eval"] != "not installed" and set(v) >= {"nnsight", "python"}
     with pytest.raises(PrunescopeError, match="does not exist"):
         report(tmp_path / "nope")
+    (tmp_path / "nothing").mkdir()                     # a folder that holds no run: refused, nothing written
+    with pytest.raises(PrunescopeError, match="holds no prunescope run"):
+        report(tmp_path / "nothing")
+    assert list((tmp_path / "nothing").iterdir()) == []
 
 
 def test_versions_of_packages_copied_without_metadata(tmp_path, monkeypatch):

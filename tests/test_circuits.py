@@ -8,7 +8,7 @@ import torch
 from circuits.backends import exact_patching_backend
 from circuits.pairs import Pair, encode_pairs, load_pairs, make_pairs
 from circuits.patching import (
-    _value_fn, attribution_patching, exact_patching, layer_importance, make_cells, run_clean_corrupt, spearman,
+    patched_value_fn, attribution_patching, exact_patching, layer_importance, make_cells, run_clean_corrupt, spearman,
 )
 from probe.blocks import Blocks
 from probe.errors import PrunescopeError
@@ -42,7 +42,7 @@ def test_sanity_values(tiny, enc):
     n = enc.clean.shape[0]
     rows = torch.arange(n)
     for cell in checked:
-        with torch.no_grad(), blocks.hooks([(cell.name, _value_fn(cell, cache_c[cell.name], enc, rows))]):
+        with torch.no_grad(), blocks.hooks([(cell.name, patched_value_fn(cell, cache_c[cell.name], enc, rows))]):
             logits = blocks.forward(enc.clean, enc.mask, at=enc.last)
         ld = logits[rows, enc.tok_clean] - logits[rows, enc.tok_corrupt]
         norm = (ld.mean() - ld_x.mean()) / (ld_c.mean() - ld_x.mean())

@@ -2,7 +2,7 @@
 
 import pytest
 
-from analysis.cli import main
+from prunescope.cli import main
 
 
 def _err(capsys):

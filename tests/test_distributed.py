@@ -34,7 +34,7 @@ PATCH = dict(probe="arithmetic", n=4, kinds="resid_post,attn_out,head", position
 
 def _worker(model_dir: str, out: str) -> dict:
     """Runs in each of 2 processes of one gloo group (started by ``launch``)."""
-    from analysis.cli import main
+    from prunescope.cli import main
     from circuits.run import patch
     from probe.distributed import distributed
 
@@ -179,7 +179,7 @@ def test_placement_options_and_errors(tiny_llama_dir):
             check_devices(2, "cuda")
     assert check_devices(None, "cpu") == 1 and not wants_launch(1) and wants_launch(2)
     assert rank_device("cuda", Dist(1, 2, 1)) == "cuda:1" and rank_device("cpu", Dist(1, 2, 1)) == "cpu"
-    from analysis.cli import main
+    from prunescope.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

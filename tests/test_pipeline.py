@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from analysis.pipeline import load_config, load_config_text
+from prunescope.pipeline import load_config, load_config_text
 from probe.errors import PrunescopeError
 from probe.results import read_table
 
@@ -26,7 +26,7 @@ evaluate: {{tasks: [arc_easy], limit: 3, probe_n: 8}}
 
 def _run(cfg, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "analysis.cli", "run", str(cfg), "--quiet"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "prunescope", "run", str(cfg), "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -79,7 +79,7 @@ def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path, m
 
     # an evaluation resumed after its stage marker is lost: every stage's tasks and probes come
     # from the run folder; nothing is scored again
-    from analysis import pipeline
+    from prunescope.pipeline import stages as pipeline
     from prune import run as prune_run
 
     calls = []
@@ -129,7 +129,7 @@ def test_config_errors_name_key_and_line(tmp_path):
 def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(f"out: {tmp_path / 'out'}\nlocalize:\n  probes: [arithmetic, brackts]\n")
-    p = subprocess.run([sys.executable, "-m", "analysis.cli", "run", str(cfg)], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "prunescope", "run", str(cfg)], capture_output=True, text=True)
     assert p.returncode == 2 and "bad.yaml:3: 'localize.probes' names an unknown probe 'brackts'" in p.stderr
     assert not (tmp_path / "out").exists()
 
@@ -142,7 +142,7 @@ def test_cli_run_overrides_device_and_out(tiny_llama_dir, tmp_path):
     cfg.write_text(f"name: gpu\nmodel: {tiny_llama_dir}\ndevice: cuda\nout: {tmp_path / 'there'}\n"
                    "localize: {probes: [copy], n: 4}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "analysis.cli", "run", str(cfg), "--only", "localize", "--quiet"]
+    cmd = [sys.executable, "-m", "prunescope", "run", str(cfg), "--only", "localize", "--quiet"]
     p = subprocess.run([*cmd, "--device", "cpu", "--out", str(tmp_path / "here")], capture_output=True, text=True,
                        env=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
@@ -205,7 +205,7 @@ def test_pipeline_seeds_ratios_union_protection_and_ablation_signatures(tiny_lla
     assert (root / "seeds.png").is_file() and "Dropped layers per seed" in (root / "seeds.md").read_text()
     # seed 1 stopped during its evaluation: `prunescope report ROOT` compares the finished seed only
     (root / "seed-1" / ".stages" / "evaluate.json").unlink()
-    p = subprocess.run([sys.executable, "-m", "analysis.cli", "report", str(root)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "prunescope", "report", str(root)], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0 and "left out, not finished: seed [1]" in p.stdout, p.stderr[-2000:]
     text = (root / "seeds.md").read_text()
@@ -221,7 +221,7 @@ def test_compare_seeds_paired_difference(tmp_path):
     import json
 
     from analysis.retention import bootstrap_retention, item_scores, retention_table
-    from analysis.seeds import compare_seeds
+    from prunescope.pipeline.seeds import compare_seeds
     from probe.results import write_table
 
     docs = {"base": [1, 1, 1, 1], "pruned-bi": [1, 0, 0, 0], "pruned-bi-protected": [1, 1, 0, 0]}
@@ -266,7 +266,7 @@ def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
     is not part of a stage's key, and a pruned checkpoint is rebuilt from plan.json, identical."""
     import torch
 
-    from analysis.pipeline import Run, _ensure_checkpoint
+    from prunescope.pipeline.stages import Run, _ensure_checkpoint
     from probe.models import load_model
     from prune.run import prune
 

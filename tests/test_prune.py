@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from analysis.cli import main
+from prunescope.cli import main
 from probe.blocks import Blocks
 from probe.errors import PrunescopeError
 from probe.models import load_model

@@ -23,9 +23,9 @@ def test_prefix_reuse_equals_naive_logits(tiny):
     shared = SharedPrefix(blocks, plan.rows[0].ids[:P], conds)
     with torch.no_grad():
         for batch in plan.batches(3):
-            naive = sw._batch_logits_plain(blocks, batch, conds)
-            prefix = sw._batch_logits_prefix(blocks, batch, conds)
-            both = sw._batch_logits_shared(blocks, batch, conds, shared)
+            naive = sw.batch_logits_plain(blocks, batch, conds)
+            prefix = sw.batch_logits_prefix(blocks, batch, conds)
+            both = sw.batch_logits_shared(blocks, batch, conds, shared)
             for c in conds:
                 assert torch.allclose(naive[c], prefix[c], atol=1e-5), c.name
                 assert torch.allclose(naive[c], both[c], atol=1e-5), c.name
@@ -49,7 +49,7 @@ def test_conditions_and_bad_input():
 def test_resume_after_crash(tiny_llama_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = []
-    real = sw._batch_logits_prefix
+    real = sw.batch_logits_prefix
 
     def crashing(blocks, batch, conds):
         calls.append(len(conds))
@@ -57,18 +57,18 @@ def test_resume_after_crash(tiny_llama_dir, tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated crash")
         return real(blocks, batch, conds)
 
-    monkeypatch.setattr(sw, "_batch_logits_prefix", crashing)
+    monkeypatch.setattr(sw, "batch_logits_prefix", crashing)
     kw = dict(n=6, batch_size=3, show_progress=False, plot=False)
     with pytest.raises(KeyboardInterrupt):
         sweep(str(tiny_llama_dir), "copy", out=out, **kw)
     assert not (out / "sweep.csv").exists()              # nothing half-written
     assert (out / "items" / "copy.jsonl").is_file()
-    monkeypatch.setattr(sw, "_batch_logits_prefix", real)
+    monkeypatch.setattr(sw, "batch_logits_prefix", real)
     counted = []
-    monkeypatch.setattr(sw, "_batch_logits_prefix", lambda b, batch, conds: counted.append(1) or real(b, batch, conds))
+    monkeypatch.setattr(sw, "batch_logits_prefix", lambda b, batch, conds: counted.append(1) or real(b, batch, conds))
     rows = sweep(str(tiny_llama_dir), "copy", out=out, **kw)
     assert len(counted) == 1                             # only the unfinished batch ran again
-    monkeypatch.setattr(sw, "_batch_logits_prefix", real)
+    monkeypatch.setattr(sw, "batch_logits_prefix", real)
     fresh = sweep(str(tiny_llama_dir), "copy", out=tmp_path / "fresh", **kw)
     assert [r["value"] for r in rows] == pytest.approx([r["value"] for r in fresh], nan_ok=True)
     table = read_table(out / "sweep.csv")

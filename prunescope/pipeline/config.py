@@ -1,0 +1,276 @@
+"""The pipeline config: one YAML file describes a whole study, checked completely before any work.
+
+Each section is an options class whose fields *are* the commands' fields (:func:`probe.options.derive`):
+the same help, kind, allowed names and bounds. Where the pipeline deliberately uses another
+default than the command (a smaller sweep, fewer pairs, shorter training examples), the field
+says so with its reason, here and in ``docs/pipeline.md``. The loaded config is a plain dict of
+sections (``cfg["prune"]["ratio"]``); its values decide each stage's cache key.
+
+>>> cfg = load_config_text("name: t\\nprune: {ratio: 0.25}\\n")
+>>> cfg["prune"]["ratio"], cfg["prune"]["strategies"]
+([0.25], ['bi'])
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from analysis.evaluate import TASKS, EvalOptions
+from circuits.pairs import PAIR_PROBES
+from circuits.run import PatchOptions
+from probe.errors import PrunescopeError
+from probe.models import is_model_alias, model_aliases
+from probe.options import DTYPES, Options, check_field, default_of, derive, option, valid_device
+from probe.sweep import SweepOptions
+from probe.tasks import PROBES
+from prune.run import PruneOptions, ScoreOptions
+from recover.sgr import SGROptions
+from recover.train import RecoveryConfig
+
+STAGES = ("localize", "score", "prune", "recover", "evaluate", "report")
+# what each stage writes: removed before a stage re-runs with changed settings (a crashed stage
+# with unchanged settings keeps its files and resumes from them)
+STAGE_OUTPUTS = {"localize": ["localize"], "score": ["score"], "prune": ["prune"], "recover": ["recover"],
+                 "evaluate": ["eval", "probes.csv", "probes.jsonl"],
+                 "report": ["report.md", "report.html", "retention.csv", "retention.jsonl", "retention.png",
+                            "probes.png", "signatures.csv", "signatures.jsonl"]}
+
+SMALLER = "pipeline-sized: a whole study runs every stage, so each stays minutes long on a CPU"
+
+
+@dataclass
+class Localize(Options):
+    """``localize``: the layer-skip sweep (``prunescope sweep``), patching (``prunescope patch``) and
+    the optional single-layer ablation of benchmarks (the paper's experiment 1)."""
+
+    probes: list = derive(SweepOptions, "probe", ["arithmetic_multi", "brackets", "copy"], choices=PROBES,
+                          why="the three probes of the paper's circuits", help="probes of the layer-skip sweep")
+    n: int = derive(SweepOptions, "n", 60, why=SMALLER)
+    shots: int = derive(SweepOptions, "shots", 3, kind="int", why="3-shot addition: the base model then answers "
+                                                                  "most items, so a skipped layer's loss shows")
+    ops: str = derive(SweepOptions, "ops", "+", kind="str", why="addition only, the paper's arithmetic probe")
+    patch: list = derive(PatchOptions, "probe", ["arithmetic", "brackets"], kind="names",
+                         choices=tuple(PAIR_PROBES), what="patching probe",
+                         help="probes to patch (one patching run each)")
+    patch_n: int = derive(PatchOptions, "n", 16, why=SMALLER)
+    patch_method: str = derive(PatchOptions, "method", "both", why="both maps and their agreement")
+    patch_positions: int = derive(PatchOptions, "positions", 6, why=SMALLER)
+    patch_kinds: list = derive(PatchOptions, "kinds")
+    ablate_tasks: list = option([], "benchmarks scored with each single layer skipped (the paper's experiment 1)",
+                                kind="names", choices=lambda: tuple(TASKS), what="task")
+    ablate_limit: int = option(20, "docs per benchmark and skipped layer", minimum=1)
+    ablate_every: int = option(1, "ablate every k-th layer (1 = all)", minimum=1)
+
+
+@dataclass
+class Score(Options):
+    """``score``: layer scores (``prunescope score``) from the sweep, the patching maps and BI."""
+
+    n_texts: int = derive(ScoreOptions, "n_texts")
+
+
+@dataclass
+class Prune(Options):
+    """``prune``: one pruned checkpoint per strategy and ratio (``prunescope prune``)."""
+
+    ratio: list = derive(PruneOptions, "ratio", [0.25], kind="numbers",
+                         help="fraction of layers to drop; a list gives one pruned model per strategy and ratio")
+    strategies: list = derive(PruneOptions, "strategy", ["bi"], kind="names", help="pruning strategies")
+    protect_top: int = derive(PruneOptions, "protect_top", 0, kind="int", minimum=0, why="0 = no protected arm",
+                              help="> 0: also 'bi-protected', BI that never drops the top layers of each protect_from "
+                                   "patching map")
+    protect_from: list = option(["arithmetic"], "patched probes whose per-layer patching effect ranks the layers to "
+                                                "protect (their union)", kind="names")
+
+
+@dataclass
+class Recover(Options):
+    """``recover``: SGR generation (``prunescope sgr``) once, then QLoRA (``prunescope recover``) per
+    pruned model and mode."""
+
+    modes: list = derive(RecoveryConfig, "mode", [], kind="names", help="recovery modes (none: no recovery)")
+    on: list = option(["bi"], "pruned models to recover (names from prune: bi, bi-protected, bi-25, ...)",
+                      kind="names")
+    prompts: str = derive(SGROptions, "prompts")
+    n_prompts: int = derive(SGROptions, "n", 600, kind="int", why="the whole built-in prompt set")
+    temperature: float = derive(SGROptions, "temperature")
+    max_new_tokens: int = derive(SGROptions, "max_new_tokens")
+    steps: int | None = derive(RecoveryConfig, "steps")
+    token_budget: int | None = derive(RecoveryConfig, "token_budget")
+    max_seq_len: int = derive(RecoveryConfig, "max_seq_len", 1024,
+                              why="the built-in prompts' answers are short; 8192 only costs memory")
+    quant: bool = derive(RecoveryConfig, "quant")
+    micro_batch: int = derive(RecoveryConfig, "micro_batch")
+    eval_n: int = derive(RecoveryConfig, "eval_n")
+    lr: float = derive(RecoveryConfig, "lr")
+    warmup: int = derive(RecoveryConfig, "warmup")
+
+
+@dataclass
+class Evaluate(Options):
+    """``evaluate``: benchmarks (``prunescope eval``) and probe accuracy for base, pruned and recovered."""
+
+    tasks: list = derive(EvalOptions, "tasks", ["arc_easy", "piqa", "gsm8k"], choices=tuple(TASKS), why="two classification tasks and "
+                                                                                  "GSM8K: the retention gap in minutes")
+    limit: int | None = derive(EvalOptions, "limit", 50, kind="int?", why=SMALLER)
+    limits: dict = option({}, "per-task limits, e.g. {gsm8k: 10}", kind="dict")
+    fewshot: int | None = derive(EvalOptions, "fewshot")
+    batch_size: int = derive(EvalOptions, "batch_size")
+    gen_batch_size: int | None = derive(EvalOptions, "gen_batch_size")
+    # with a 262k vocabulary (Gemma) one 14k-token MMLU request is 14k x 262k fp32 logits = 14 GiB
+    max_length: int | None = derive(EvalOptions, "max_length")
+    probe_n: int = option(60, "probe items per stage for the probe-accuracy table", minimum=1)
+    xsum_file: str | None = derive(EvalOptions, "xsum_file")
+
+
+@dataclass
+class Study(Options):
+    """The top level: the model, where it runs, the seed(s) and the five sections."""
+
+    name: str | None = option(None, "run name (default: the config file's name)", kind="str?")
+    out: str | None = option(None, "run folder (default: runs/NAME)", kind="str?")
+    model: str = option("default", "base model: default, an alias (gemma3-270m), a folder or a .gguf file")
+    device: str = option("cpu", "torch device: cpu, cuda or cuda:N (not part of any stage's key)")
+    dtype: str = option("float32", "weights dtype", choices=DTYPES)
+    seed: int = option(0, "seed of every stage", minimum=0)
+    seeds: list = option([], "several seeds: one run per seed under OUT/seed-N, then compared", kind="ints",
+                         minimum=0)
+
+
+SECTIONS: dict[str, type] = {"localize": Localize, "score": Score, "prune": Prune, "recover": Recover,
+                             "evaluate": Evaluate}
+
+
+# ---------------------------------------------------------------- reading
+def _line(node) -> int:
+    return node.start_mark.line + 1
+
+
+def _fill(cls: type, node, where: str, src: str) -> dict:
+    """Check one YAML mapping node against an options class; plain values with defaults."""
+    import yaml
+
+    if node is not None and not isinstance(node, yaml.MappingNode):
+        raise PrunescopeError(f"{src}:{_line(node)}: '{where or 'the file'}' must be a mapping of keys")
+    known = [f.name for f in fields(cls)] + (list(SECTIONS) if cls is Study else [])
+    given = {k.value: (k, v) for k, v in (node.value if node is not None else [])}
+    for key, (knode, _) in given.items():
+        if key not in known:
+            near = [k for k in known if k[:3] == key[:3]]
+            raise PrunescopeError(f"{src}:{_line(knode)}: unknown key '{key}'{' under ' + where if where else ''}"
+                                  f"{' (did you mean ' + near[0] + '?)' if near else ''}; known keys: "
+                                  f"{', '.join(known)}")
+    out = {}
+    for f in fields(cls):
+        full = f"{where}.{f.name}" if where else f.name
+        _, vnode = given.get(f.name, (None, None))
+        if vnode is None:
+            out[f.name] = copy.deepcopy(default_of(f))
+            continue
+        value = yaml.safe_load(yaml.serialize(vnode))
+        try:
+            out[f.name] = check_field(f, value, f"'{full}'")
+        except PrunescopeError as e:
+            raise PrunescopeError(f"{src}:{_line(vnode)}: {e}") from None
+    return out
+
+
+def _node(root, *path: str):
+    node = root
+    for key in path:
+        node = next((v for k, v in getattr(node, "value", []) or [] if getattr(k, "value", None) == key), None)
+        if node is None:
+            return None
+    return node
+
+
+def load_config_text(text: str, src: str = "<config>") -> dict:
+    """Parse and validate a config (YAML text); raises PrunescopeError naming the key and line."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise PrunescopeError(f"{src}:{mark.line + 1 if mark else '?'}: not valid YAML "
+                              f"({getattr(e, 'problem', None) or e})") from None
+    cfg = _fill(Study, root, "", src)
+    for name, cls in SECTIONS.items():
+        cfg[name] = _fill(cls, _node(root, name), name, src)
+    _check_across(cfg, root, src)
+    return cfg
+
+
+def _check_across(cfg: dict, root, src: str) -> None:
+    """Rules that tie sections together."""
+    def bad(path: tuple[str, ...], msg: str):
+        node = _node(root, *path)
+        raise PrunescopeError(f"{src}:{_line(node) if node is not None else '?'}: '{'.'.join(path)}' {msg}")
+
+    for r in cfg["prune"]["ratio"]:
+        if not 0 < r < 1:
+            bad(("prune", "ratio"), f"must be between 0 and 1, got {r}")
+    if "score" in cfg["prune"]["strategies"] and not cfg["localize"]["patch"]:
+        bad(("prune", "strategies"), "names 'score', which ranks layers by the score stage's patching_effect: "
+                                     "give localize.patch a probe")
+    for p in cfg["prune"]["protect_from"] if cfg["prune"]["protect_top"] else []:
+        if p not in cfg["localize"]["patch"]:
+            bad(("prune", "protect_from"), f"names {p!r}, which is not among the patched probes "
+                                           f"{cfg['localize']['patch']} (its per-layer patching effect ranks the "
+                                           "layers to protect)")
+    stages = set(pruned_names(cfg))
+    for s in cfg["recover"]["on"] if cfg["recover"]["modes"] else []:
+        if s not in stages:
+            bad(("recover", "on"), f"names {s!r}, which is not pruned by this config ({', '.join(sorted(stages))})")
+    prompts = cfg["recover"]["prompts"]
+    if cfg["recover"]["modes"] and prompts != "builtin" and not Path(prompts).exists():
+        bad(("recover", "prompts"), f"file {prompts} does not exist (or use 'builtin')")
+    for t in cfg["evaluate"]["limits"]:
+        if t not in cfg["evaluate"]["tasks"]:
+            bad(("evaluate", "limits"), f"names {t!r}, which is not in evaluate.tasks")
+    limits = cfg["evaluate"]["limits"]
+    if any(not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int) for k, v in limits.items()):
+        bad(("evaluate", "limits"), f"maps task names to integers, got {limits!r}")
+    xsum = cfg["evaluate"]["xsum_file"]
+    if "xsum" in cfg["evaluate"]["tasks"] and not (xsum and Path(xsum).is_file()):
+        bad(("evaluate", "xsum_file"), "must name an existing JSONL file {document, summary} when tasks include "
+                                       "xsum (XSum does not ship offline)")
+    model = cfg["model"]
+    if not is_model_alias(model) and not Path(model).expanduser().exists() and "/" not in model:
+        bad(("model",), f"is {model!r}: no such folder or .gguf file (use {', '.join(repr(a) for a in model_aliases())}, "
+                        "a model folder or a .gguf path)")
+    if not valid_device(cfg["device"]):
+        bad(("device",), f"must be cpu or cuda[:N], got {cfg['device']!r}")
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PrunescopeError(f"config file {path} does not exist")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise PrunescopeError(f"config file {path} is not UTF-8 text; give a YAML file") from None
+    cfg = load_config_text(text, str(path))
+    cfg["name"] = cfg["name"] or path.stem
+    cfg["out"] = cfg["out"] or f"runs/{cfg['name']}"
+    return cfg
+
+
+def _percent(ratio: float) -> str:
+    return f"{ratio * 100:g}"
+
+
+def pruned_names(cfg: dict) -> dict[str, tuple[str, float]]:
+    """``{name: (strategy, ratio)}`` of the pruned models a config asks for: the strategy's name
+    (``bi``, ``bi-protected``...) with one ratio, ``bi-25`` / ``bi-12.5`` with several.
+
+    >>> list(pruned_names({"prune": {"strategies": ["bi"], "ratio": [0.25, 0.125], "protect_top": 2}}))
+    ['bi-25', 'bi-12.5', 'bi-protected-25', 'bi-protected-12.5']
+    """
+    c = cfg["prune"]
+    strategies = list(c["strategies"]) + (["bi-protected"] if c["protect_top"] else [])
+    ratios = c["ratio"]
+    return {(s if len(ratios) == 1 else f"{s}-{_percent(r)}"): (s, r) for s in strategies for r in ratios}

@@ -1,0 +1,291 @@
+"""The pipeline's stages: each reads the config's section and calls the command functions with
+their options objects (the same ones the CLI builds), writing into the run folder.
+
+>>> # RUNNERS["localize"](Run(load_config("experiments/demo.yaml")))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from probe.errors import PrunescopeError
+from probe.options import Output, Placement
+from probe.results import atomic_write_json, write_table
+
+from .config import STAGE_OUTPUTS, STAGES, pruned_names
+
+
+class Run:
+    """The run folder and its stage markers."""
+
+    def __init__(self, cfg: dict, show_progress: bool = True):
+        self.cfg, self.out, self.show = cfg, Path(cfg["out"]), show_progress
+        self._base = None
+
+    def stage_key(self, stage: str) -> str:
+        """A stage re-runs when its own settings or any earlier stage's settings change. Where and
+        how fast the run happens (``device``, ``out``, the evaluation batch sizes) is not a setting:
+        a run folder started on a GPU machine continues on a CPU one with its finished stages."""
+        upto = STAGES[: STAGES.index(stage) + 1]
+        part = {k: v for k, v in self.cfg.items() if k not in (*STAGES, "device", "out")} | \
+            {s: self.cfg.get(s) for s in upto}
+        if "evaluate" in part:
+            part["evaluate"] = {k: v for k, v in part["evaluate"].items() if k not in ("batch_size", "gen_batch_size")}
+        return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+
+    def done(self, stage: str) -> bool:
+        f = self.out / ".stages" / f"{stage}.json"
+        return f.is_file() and json.loads(f.read_text()).get("key") == self.stage_key(stage)
+
+    def clear_if_changed(self, stage: str) -> None:
+        """A stage finished earlier with other settings: its old outputs would be refused or mixed in."""
+        f = self.out / ".stages" / f"{stage}.json"
+        if f.is_file():
+            import shutil
+
+            for name in STAGE_OUTPUTS[stage]:
+                path = self.out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            f.unlink()
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(device=self.cfg["device"], dtype=self.cfg["dtype"])
+
+    def output(self, out: Path) -> Output:
+        """Where one command of this run writes (figures on, progress as the run's)."""
+        return Output(out=str(out), progress=self.show)
+
+    def mark(self, stage: str, seconds: float) -> None:
+        atomic_write_json(self.out / ".stages" / f"{stage}.json", {"key": self.stage_key(stage), "seconds": seconds})
+
+    @property
+    def base(self):
+        if self._base is None:
+            from probe.models import load_model
+
+            self._base = load_model(None if self.cfg["model"] == "default" else self.cfg["model"],
+                                    **self.placement.load_kwargs())
+        return self._base
+
+    def pruned_stages(self) -> dict[str, Path]:
+        return {f"pruned-{s}": self.out / "prune" / s for s in pruned_names(self.cfg)}
+
+    def recovered_stages(self) -> dict[str, Path]:
+        r = self.cfg["recover"]
+        return {f"recovered-{s}-{m}": self.out / "recover" / f"{s}-{m}" for s in r["on"] for m in r["modes"]}
+
+
+def _localize(run: Run) -> None:
+    from circuits.run import PatchOptions, patch
+    from probe.sweep import SweepOptions, sweep
+
+    c, seed = run.cfg["localize"], run.cfg["seed"]
+    if c["probes"]:
+        multi = "arithmetic_multi" in c["probes"]
+        sweep(SweepOptions(probe=c["probes"], n=c["n"], seed=seed, shots=c["shots"] if multi else None,
+                           ops=c["ops"] if multi else None),
+              loaded=run.base, placement=run.placement, output=run.output(run.out / "localize" / "sweep"))
+    if c["ablate_tasks"]:
+        ablate(run)
+    for p in c["patch"]:
+        patch(PatchOptions(probe=p, n=c["patch_n"], method=c["patch_method"], positions=c["patch_positions"],
+                           kinds=c["patch_kinds"], seed=seed),
+              loaded=run.base, placement=run.placement, output=run.output(run.out / "localize" / f"patch-{p}"))
+
+
+def ablate(run: Run) -> list[dict]:
+    """Benchmarks with no layer and each single layer skipped: ``localize/ablate/ablation.csv`` (the
+    primary metric of each task as ``score``, conditions ``none`` / ``skip:L`` like a sweep) + figure,
+    and the failure signatures of the generated answers per condition (``signatures.csv``: wrong
+    chain-of-thought steps, unbalanced brackets, Rep-4, char Rep-16, Self-BLEU-4), which still move where a small
+    model's GSM8K or code score sits at the floor."""
+    from analysis.evaluate import TASKS, EvalOptions, evaluate
+    from analysis.signatures import ablation_signatures
+    from probe.plots import plot_sweep
+
+    c, root = run.cfg["localize"], run.out / "localize" / "ablate"
+    layers = list(range(0, run.base.blocks.n_layers, c["ablate_every"]))
+    rows = []
+    for skip in [None, *layers]:
+        cond = "none" if skip is None else f"skip:{skip}"
+        folder = root / cond.replace(":", "-")
+        e = run.cfg["evaluate"]
+        got = evaluate(EvalOptions(tasks=c["ablate_tasks"], stage=cond, limit=c["ablate_limit"],
+                                   skip=[] if skip is None else [skip], seed=run.cfg["seed"],
+                                   batch_size=e["batch_size"], max_length=e["max_length"],
+                                   gen_batch_size=e["gen_batch_size"]),
+                       loaded=run.base, output=Output(out=str(folder), progress=False))
+        rows += [{**r, "metric": "score", "primary_metric": r["metric"]} for r in got
+                 if r["metric"] == TASKS[r["probe"]].primary]
+        done = [r for r in rows if r["condition"] == cond]
+        print(f"  ablate {cond}: " + ", ".join(f"{r['probe']} {r['value']:.3f}" for r in done), flush=True)
+        write_table(rows, root / "ablation")  # after every condition: a long ablation can be read while it runs
+    plot_sweep(rows, root, metric="score")
+    sig_rows = ablation_signatures(root, run.base.name, run.cfg["seed"],
+                                   conditions=["none", *(f"skip:{L}" for L in layers)])
+    if sig_rows:
+        write_table(sig_rows, root / "signatures")
+        for metric in ("wrong_step_rate", "unbalanced_rate", "rep4", "char_rep16"):
+            plot_sweep(sig_rows, root, metric=metric)
+    return rows
+
+
+def _score(run: Run) -> None:
+    from prune.run import ScoreOptions, score
+
+    loc = run.cfg["localize"]
+    score(ScoreOptions(n_texts=run.cfg["score"]["n_texts"], seed=run.cfg["seed"],
+                       sweep_table=str(run.out / "localize" / "sweep" / "sweep.csv") if loc["probes"] else None,
+                       sweep_probe=loc["probes"][0] if loc["probes"] else None,
+                       patch_table=_patch_table(run)),
+          loaded=run.base, placement=run.placement, output=run.output(run.out / "score"))
+
+
+def _patch_table(run: Run) -> str | None:
+    """The first patching map's per-layer table (what the score stage adds as patching_effect)."""
+    return next((str(run.out / "localize" / f"patch-{p}" / "layers.csv") for p in run.cfg["localize"]["patch"]), None)
+
+
+def _prune(run: Run) -> None:
+    from prune.run import PruneOptions, prune
+
+    c = run.cfg["prune"]
+    names = pruned_names(run.cfg)
+    for stage, folder in run.pruned_stages().items():
+        if (folder / "plan.json").is_file():
+            continue  # written atomically: a complete checkpoint from an interrupted stage
+        strategy, ratio = names[stage.removeprefix("pruned-")]
+        kw = {}
+        if strategy == "bi-protected":
+            strategy = "bi"
+            kw = {"protect_from": [str(run.out / "localize" / f"patch-{p}" / "layers.csv") for p in c["protect_from"]],
+                  "protect_top": c["protect_top"]}
+        elif strategy == "score":  # the score stage's table, ranked by the patching effect
+            kw = {"scores_table": str(run.out / "score" / "scores.csv"), "score_metric": "patching_effect"}
+        plan = prune(PruneOptions(strategy=strategy, ratio=ratio, overwrite=True, seed=run.cfg["seed"], **kw),
+                     loaded=run.base, placement=run.placement, output=run.output(folder))
+        print(f"  {stage}: drop {plan.drop}" + (f" (protected {plan.protected})" if plan.protected else ""))
+
+
+def _recover(run: Run) -> None:
+    from recover.sgr import SGROptions, generate_responses
+    from recover.train import RecoveryConfig, recover
+
+    c = run.cfg["recover"]
+    if not c["modes"]:
+        return
+    sgr_file = run.out / "recover" / "sgr.jsonl"
+    generate_responses(SGROptions(prompts=c["prompts"], n=c["n_prompts"], temperature=c["temperature"],
+                                  max_new_tokens=c["max_new_tokens"], seed=run.cfg["seed"],
+                                  batch_size=16 if run.cfg["device"] == "cpu" else 64),
+                       loaded=run.base, output=run.output(sgr_file))
+    pruned = run.pruned_stages()
+    for stage, folder in run.recovered_stages().items():
+        strategy, mode = folder.name.rsplit("-", 1)
+        cfg = RecoveryConfig(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
+                             quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
+                             max_seq_len=c["max_seq_len"], micro_batch=c["micro_batch"], eval_n=c["eval_n"],
+                             lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
+                             eval_every=max(1, (c["steps"] or 100) // 4))
+        s = recover(cfg, model=pruned[f"pruned-{strategy}"], placement=Placement(device=run.cfg["device"]),
+                    output=run.output(folder))
+        print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
+              f"held-out perplexity {s['final_eval_ppl']:.2f}")
+
+
+def _ensure_checkpoint(run: Run, folder: Path) -> None:
+    """A pruned model whose weights were left behind (a run folder copied without ``*.safetensors``
+    from the machine that made it) is rebuilt from its ``plan.json``: removing the same layers from
+    the same base model gives the same checkpoint."""
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+        return
+    if not (folder / "plan.json").is_file():
+        raise PrunescopeError(f"{folder} holds no model weights and no plan.json to rebuild them from; delete "
+                              f"{folder} and {run.out / '.stages'} markers from its stage on to recompute it")
+    from prune.surgery import save_pruned
+
+    plan = json.loads((folder / "plan.json").read_text())
+    print(f"  rebuilding {folder.name} from plan.json: drop {plan['drop']}")
+    keep = {p.name: p.read_bytes() for p in folder.glob("*.json")}
+    save_pruned(run.base.model, run.base.tokenizer, plan["drop"], folder, overwrite=True,
+                record={"plan": plan, "source_model": run.base.path, "source_name": run.base.name})
+    for name, data in keep.items():
+        (folder / name).write_bytes(data)
+
+
+def _stage_probes(run: Run, stage: str, folder: Path | None, lm, probes: list[str], n: int) -> dict[str, float]:
+    """Probe accuracy of one stage, kept in ``eval/<stage>/probes.json`` (read by :func:`_cached_probes`):
+    an evaluation resumed after a crash (or moved to another machine) does not score the finished
+    stages' probes again (on 2 CPU cores that is minutes per Gemma stage)."""
+    from prune.run import probe_accuracy
+
+    acc = probe_accuracy(folder, probes, n=n, loaded=lm)
+    atomic_write_json(run.out / "eval" / stage / "probes.json", {"settings": {"probes": list(probes), "n": n},
+                                                                 "accuracy": acc})
+    return acc
+
+
+def _cached_probes(run: Run, stage: str, probes: list[str], n: int) -> dict[str, float] | None:
+    path = run.out / "eval" / stage / "probes.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == {"probes": list(probes), "n": n}:
+            return saved["accuracy"]
+    return None
+
+
+def _evaluate(run: Run) -> None:
+    from analysis.evaluate import EvalOptions, eval_settings, evaluate, finished_rows
+    from probe.models import load_model
+
+    c = run.cfg["evaluate"]
+    models = {"base": None, **run.pruned_stages(), **run.recovered_stages()}
+    probes = run.cfg["localize"]["probes"] or ["arithmetic_multi", "brackets", "copy"]
+    limit = {"default": c["limit"], **c["limits"]}
+    probe_rows, eval_rows = [], []
+    for stage, folder in models.items():
+        # a stage finished before a crash (or on another machine) is read back without building or
+        # loading its checkpoint: on a CPU that is most of a resumed Gemma evaluation's start-up
+        settings = eval_settings(run.base.name, run.base.path if folder is None else folder, stage=stage,
+                                 limit=limit, num_fewshot=c["fewshot"], max_length=c["max_length"],
+                                 seed=run.cfg["seed"])
+        done = finished_rows(run.out / "eval" / stage, c["tasks"], settings, c["xsum_file"])
+        accuracy = _cached_probes(run, stage, probes, c["probe_n"])
+        if done is not None and accuracy is not None:
+            eval_rows += done
+        else:
+            if folder is not None:
+                _ensure_checkpoint(run, folder)
+            lm = run.base if folder is None else load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
+            lm.name = run.base.name  # one model family through the stages; the stage is the condition
+            if c["tasks"]:
+                eval_rows += evaluate(EvalOptions(tasks=c["tasks"], stage=stage, limit=limit, fewshot=c["fewshot"],
+                                                  batch_size=c["batch_size"], max_length=c["max_length"],
+                                                  gen_batch_size=c["gen_batch_size"], seed=run.cfg["seed"],
+                                                  xsum_file=c["xsum_file"]),
+                                      loaded=lm, output=run.output(run.out / "eval" / stage))
+            if accuracy is None:
+                accuracy = _stage_probes(run, stage, folder, lm, probes, c["probe_n"])
+        for p, acc in accuracy.items():
+            probe_rows.append({"model": run.base.name, "probe": p, "condition": stage, "layers": "",
+                               "metric": "accuracy", "value": acc, "n": c["probe_n"], "seed": run.cfg["seed"]})
+        print(f"  {stage}: " + ", ".join(f"{r['probe']} {r['value']:.3f}" for r in probe_rows if r["condition"] == stage))
+    write_table(probe_rows, run.out / "probes")
+    if eval_rows:
+        write_table(eval_rows, run.out / "eval" / "eval")
+
+
+def _report(run: Run) -> None:
+    from analysis.report import report
+
+    for name in STAGE_OUTPUTS["report"]:
+        (run.out / name).unlink(missing_ok=True)  # recomputed from this run's evaluation
+    md, page = report(run.out, show_progress=run.show)
+    print(f"  wrote {md} and {page}")
+
+
+RUNNERS = {"localize": _localize, "score": _score, "prune": _prune, "recover": _recover, "evaluate": _evaluate,
+           "report": _report}

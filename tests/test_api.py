@@ -1,0 +1,44 @@
+"""The import root: `import prunescope` shows the API; every command takes one options object and
+the old flat keyword calls still work for one release, with a DeprecationWarning."""
+
+import pydoc
+import subprocess
+import sys
+
+import pytest
+
+import prunescope as ps
+
+
+def test_help_shows_the_api():
+    text = pydoc.render_doc(ps, renderer=pydoc.plaintext)
+    for name in ("load_model", "Blocks", "sweep", "patch", "score", "prune", "generate_responses", "recover",
+                 "evaluate", "run_pipeline", "report", "SweepOptions", "Placement", "Output"):
+        assert name in ps.__all__ and name in text
+
+
+def test_python_m_prunescope_is_the_cli():
+    p = subprocess.run([sys.executable, "-m", "prunescope", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "sweep" in p.stdout and "run" in p.stdout
+
+
+def test_new_and_old_calls_give_the_same_rows(tiny_llama_dir):
+    lm = ps.load_model(tiny_llama_dir)
+    new = ps.sweep(ps.SweepOptions(probe="arithmetic", n=6), loaded=lm, output=ps.Output(progress=False))
+    with pytest.warns(DeprecationWarning, match="SweepOptions"):
+        old = ps.sweep(None, "arithmetic", 6, loaded=lm, show_progress=False)
+    assert new == old
+    with pytest.warns(DeprecationWarning, match="PruneOptions"):
+        old_plan = ps.prune(strategy="reverse", n=1, loaded=lm, show_progress=False)
+    assert ps.prune(ps.PruneOptions(strategy="reverse", n=1), loaded=lm).drop == old_plan.drop
+    with pytest.warns(DeprecationWarning, match="rank="):
+        assert ps.RecoveryConfig(r=8).rank == 8
+
+
+def test_an_option_is_checked_wherever_it_comes_from(tiny_llama_dir):
+    with pytest.raises(ps.PrunescopeError, match="n must be a positive integer, got 0"):
+        ps.SweepOptions(n=0).check()
+    with pytest.raises(ps.PrunescopeError, match="method names an unknown patching method 'guess'"):
+        ps.PatchOptions(method="guess").check()
+    with pytest.raises(ps.PrunescopeError, match="strategy names an unknown strategy 'bii'"):
+        ps.prune(ps.PruneOptions(strategy="bii"), model=str(tiny_llama_dir))
