@@ -416,6 +416,8 @@ class SweepOptions(Options):
     digits: int | None = option(None, "arithmetic_multi: operand digit count (default: 2)", kind="int?", minimum=1)
     carry: str | None = option(None, "arithmetic_multi: keep only items with / without a carry (default: any)",
                                kind="str?", choices=("any", "carry", "no_carry"))
+    length: int | None = option(None, "brackets: tokens per code line (default: 10); copy: words per list (default: 6)",
+                                kind="int?", minimum=2)
     windows: list = option([1], "window widths to skip, comma-separated (1 = single layers)", kind="ints",
                            minimum=1)
     sets: list = option([], "extra layer sets to skip, e.g. '3,4;7;10-12'", kind="sets", minimum=0)
@@ -437,8 +439,9 @@ class SweepOptions(Options):
                                       "JSONL file of items")
 
     def probe_options(self) -> dict:
-        """The item generators' keyword arguments that were set (shots, ops, digits, carry)."""
-        return {k: getattr(self, k) for k in ("shots", "ops", "digits", "carry") if getattr(self, k) is not None}
+        """The item generators' keyword arguments that were set (shots, ops, digits, carry, length)."""
+        names = ("shots", "ops", "digits", "carry", "length")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
 def sweep(options: SweepOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,

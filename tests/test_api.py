@@ -42,3 +42,17 @@ def test_an_option_is_checked_wherever_it_comes_from(tiny_llama_dir):
         ps.PatchOptions(method="guess").check()
     with pytest.raises(ps.PrunescopeError, match="strategy names an unknown strategy 'bii'"):
         ps.prune(ps.PruneOptions(strategy="bii"), model=str(tiny_llama_dir))
+
+
+def test_a_sweep_option_reaches_the_item_generators(tiny_llama_dir, tmp_path):
+    """--length: one field of SweepOptions is a CLI flag, a check and a generator argument."""
+    from prunescope.cli import main
+
+    assert main(["sweep", "--model", str(tiny_llama_dir), "--probe", "copy", "--length", "3", "--n", "4",
+                 "--out", str(tmp_path), "--quiet", "--no-plot"]) == 0
+    import json
+
+    first = json.loads((tmp_path / "items" / "copy.jsonl").read_text().splitlines()[0])
+    assert first["prompt"].split(". Again:")[0].count(",") == 2   # three words in the list
+    with pytest.raises(ps.PrunescopeError, match="length must be at least 2"):
+        ps.SweepOptions(length=1).check()
