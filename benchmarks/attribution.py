@@ -7,8 +7,8 @@ heads, and all cells together) the script prints Spearman and Pearson correlatio
 patching, and each method's cost in forward / backward passes and seconds, with the time ratio
 to exact patching.
 
-    python benchmarks/attribution.py --model default --probe arithmetic --n 16 --positions 6
-    python benchmarks/attribution.py --model gemma3-270m --probe brackets --n 16 --positions 6 --steps 2,4,8
+    python benchmarks/attribution.py --model default --probe arithmetic --n 16
+    python benchmarks/attribution.py --model gemma3-270m --probe brackets --n 16 --steps 2,4,8
 
 Methods: ``atp`` (attribution patching, gradient at the base run: 1 forward + 1 backward) and
 ``ig-k`` (integrated gradients over k points between the base and source embeddings: k forwards
@@ -59,7 +59,8 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--probe", default="arithmetic")
     ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--positions", type=int, default=6)
+    ap.add_argument("--positions", default="all",
+                    help="last k positions of the per-position maps, or 'all' (the full layer x position map)")
     ap.add_argument("--steps", default="2,4,8", help="integrated-gradient step counts to compare")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
@@ -68,7 +69,8 @@ def main() -> None:
 
     lm = load_model(None if args.model == "default" else args.model, device=args.device, dtype=args.dtype)
     enc = encode_pairs(lm.tokenizer, make_pairs(args.probe, lm.tokenizer, n=args.n))
-    kw = dict(kinds=KINDS, positions=args.positions)
+    positions = min(enc.lengths) if args.positions == "all" else int(args.positions)
+    kw = dict(kinds=KINDS, positions=positions)
 
     def timed(fn, **extra):
         if args.device.startswith("cuda"):
@@ -82,7 +84,7 @@ def main() -> None:
     exact, t_exact = timed(exact_patching)
     methods = {"atp": dict(steps=1), **{f"ig-{k}": dict(steps=int(k)) for k in args.steps.split(",") if k}}
     rows = []
-    print(f"{lm.name}, probe {args.probe}, {args.n} pairs, {args.positions} positions, {len(exact)} cells; "
+    print(f"{lm.name}, probe {args.probe}, {args.n} pairs, {positions} positions, {len(exact)} cells; "
           f"exact patching {t_exact:.1f} s")
     print(f"{'method':8s} {'fwd+bwd':>8s} {'seconds':>8s} {'vs exact':>9s}  " +
           "  ".join(f"{k:>17s}" for k in [*KINDS, "all"]))

@@ -70,6 +70,9 @@ class PatchOptions(Options):
                             choices=DIRECTIONS)
     kinds: list = option(list(KINDS), "activations to patch", kind="names", choices=KINDS, what="activation kind")
     positions: int = option(8, "last k positions for per-position maps", minimum=1)
+    attribution_steps: int = option(1, "attribution: points on the path from the base to the source run where the "
+                                       "gradient is taken; 1 = plain attribution patching (one backward), k > 1 = "
+                                       "integrated gradients (k backwards, closer to exact patching)", minimum=1)
     seed: int = option(0, "seed of the pair generators", minimum=0)
     shots: int = option(0, "arithmetic: solved examples before each prompt", minimum=0)
 
@@ -111,7 +114,9 @@ def _patch(d: Dist, options: PatchOptions, *, model, placement: Placement, outpu
                               "model); use --backend hooks with --devices or --device-map")
     config = {"model": str(model or "default"), "probe": probe, "n": n, "method": method, "backend": backend,
               "direction": direction, "kinds": kinds, "positions": positions, "seed": seed, "shots": shots,
-              "dtype": placement.dtype}
+              "dtype": placement.dtype,
+              # recorded when it changes the result (older run folders, without the key, stay resumable)
+              **({"attribution_steps": o.attribution_steps} if o.attribution_steps != 1 and method != "exact" else {})}
     out = Path(output.out) if output.out else None
     if out:
         d.on_main(check_run_config, out, config, "patching run", paths=("model",), write=False)
@@ -148,7 +153,7 @@ def _patch_cells(d: Dist, lm, enc, pairs, o: PatchOptions, out: Path | None, out
             cells["exact"] = exact_patching_backend(backend, lm.model, lm.tokenizer, enc, **kw)
     if method in ("attribution", "both"):
         # one forward + one backward: cheaper to run once on rank 0 than to split
-        cells["attribution"] = d.on_main(attribution_patching, lm.blocks, enc, **kw)
+        cells["attribution"] = d.on_main(attribution_patching, lm.blocks, enc, steps=o.attribution_steps, **kw)
 
     agreement = {}
     if len(cells) == 2:
