@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--positions", default="all",
                     help="last k positions of the per-position maps, or 'all' (the full layer x position map)")
     ap.add_argument("--steps", default="2,4,8", help="integrated-gradient step counts to compare")
+    ap.add_argument("--graddrop", action="store_true", help="also AtP*'s GradDrop (one backward per layer; "
+                                                             "compared with |exact|)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--json", default=None, help="also write the table as JSON here")
@@ -83,6 +85,8 @@ def main() -> None:
 
     exact, t_exact = timed(exact_patching)
     methods = {"atp": dict(steps=1), **{f"ig-{k}": dict(steps=int(k)) for k in args.steps.split(",") if k}}
+    if args.graddrop:
+        methods["graddrop"] = dict(steps=1, graddrop=True)
     rows = []
     print(f"{lm.name}, probe {args.probe}, {args.n} pairs, {positions} positions, {len(exact)} cells; "
           f"exact patching {t_exact:.1f} s")
@@ -90,13 +94,16 @@ def main() -> None:
           "  ".join(f"{k:>17s}" for k in [*KINDS, "all"]))
     for name, extra in methods.items():
         cells, secs = timed(attribution_patching, **extra)
-        agree = agreement(exact, cells)
-        k = extra["steps"]
-        rows.append({"model": lm.name, "probe": args.probe, "method": name, "forward": k + 2, "backward": k,
+        # GradDrop estimates magnitudes: compare with |exact|
+        ref = [{**r, "value": abs(r["value"])} for r in exact] if extra.get("graddrop") else exact
+        agree = agreement(ref, cells)
+        k = lm.blocks.n_layers if extra.get("graddrop") else extra["steps"]
+        fwd = 3 if extra.get("graddrop") else k + 2
+        rows.append({"model": lm.name, "probe": args.probe, "method": name, "forward": fwd, "backward": k,
                      "seconds": secs, "exact_seconds": t_exact, "time_share": secs / t_exact,
                      **{f"{kind}_spearman": v[0] for kind, v in agree.items()},
                      **{f"{kind}_pearson": v[1] for kind, v in agree.items()}})
-        print(f"{name:8s} {f'{k + 2}+{k}':>8s} {secs:8.2f} {secs / t_exact:8.1%}  " +
+        print(f"{name:8s} {f'{fwd}+{k}':>8s} {secs:8.2f} {secs / t_exact:8.1%}  " +
               "  ".join(f"{agree[kind][0]:7.3f} / {agree[kind][1]:7.3f}" if kind in agree else f"{'-':>17s}"
                         for kind in [*KINDS, "all"]))
     print("(each cell: Spearman / Pearson with exact patching; forwards include the clean and corrupted runs)")

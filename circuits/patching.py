@@ -262,6 +262,7 @@ def attribution_patching(
     layers: Iterable[int] | None = None,
     heads: Iterable[int] | None = None,
     steps: int = 1,
+    graddrop: bool = False,
 ) -> list[dict]:
     """First-order estimate of every cell: ``effect ~ (a_source - a_base) . dLD/da``, summed over the
     patched positions (and d_model or d_head), averaged over pairs and normalized like exact patching.
@@ -271,9 +272,19 @@ def attribution_patching(
     gradient averaged over k points on the straight path from the base run's embeddings to the
     source run's (midpoints ``(i + 0.5) / k``), k forwards and k backwards. Every node's difference
     ``a_source - a_base`` is exact (from the two cached runs); only the gradient is approximated.
+
+    ``graddrop``: AtP*'s GradDrop (Kramar et al. 2024): one backward per layer l with the gradient
+    through layer l's attention and MLP outputs dropped, and each cell's value the mean of
+    ``|estimate|`` over the layers other than its own. Effects that cancel along different paths
+    then show up; the values are magnitudes (compare them with ``|exact|``). One forward, L backwards.
     """
     if steps < 1:
         raise PrunescopeError(f"steps must be at least 1, got {steps}")
+    if graddrop:
+        if steps != 1:
+            raise PrunescopeError("GradDrop takes the gradient at the base run: use steps=1 with graddrop")
+        return _graddrop(blocks, enc, kinds=kinds, positions=positions, direction=direction, layers=layers,
+                         heads=heads)
     cells = plan_cells(blocks, enc, kinds, positions, direction, layers, heads)
     names = sorted({c.name for c in cells})
     ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names + ["blocks.0.hook_resid_pre"])
@@ -306,19 +317,62 @@ def attribution_patching(
         if alpha == 0:  # the base activations of the gradient run itself (plain AtP as it always was)
             base = {**base, **{nm: kept[nm].detach() for nm in names}}
     denom = _denominator(ld_c, ld_x)
-    results = []
-    rows = torch.arange(n)
-    for c in cells:
-        delta = (src[c.name].to(grad[c.name].dtype) - base[c.name].to(grad[c.name].dtype)) * grad[c.name]
-        if c.kind == "head":
-            per_pair = delta[:, :, c.head].sum(dim=(1, 2))
-        elif c.position == "all":
-            per_pair = delta.sum(dim=(1, 2))
-        else:
-            pos = _abs_positions(enc, c.position)
-            per_pair = delta[rows, pos].sum(-1)
-        results.append(cell_row(c, per_pair.mean().item() / denom))
-    return results
+    return [cell_row(c, _estimate(c, src, base, grad, enc) / denom) for c in cells]
+
+
+def _estimate(c: Cell, src: dict, base: dict, grad: dict, enc: EncodedPairs) -> float:
+    """``(a_source - a_base) . grad`` of one cell, summed over its positions / head, mean over pairs."""
+    delta = (src[c.name].to(grad[c.name].dtype) - base[c.name].to(grad[c.name].dtype)) * grad[c.name]
+    if c.kind == "head":
+        per_pair = delta[:, :, c.head].sum(dim=(1, 2))
+    elif c.position == "all":
+        per_pair = delta.sum(dim=(1, 2))
+    else:
+        pos = _abs_positions(enc, c.position)
+        per_pair = delta[torch.arange(delta.shape[0]), pos].sum(-1)
+    return per_pair.mean().item()
+
+
+def _graddrop(blocks: Blocks, enc: EncodedPairs, *, kinds, positions, direction, layers, heads) -> list[dict]:
+    """AtP*'s GradDrop (see :func:`attribution_patching`)."""
+    cells = plan_cells(blocks, enc, kinds, positions, direction, layers, heads)
+    names = sorted({c.name for c in cells})
+    sub = [f"blocks.{l}.{k}" for l in range(blocks.n_layers) for k in ("hook_attn_out", "hook_mlp_out")]
+    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names)
+    base_ids, src = (enc.corrupt, cache_c) if direction == "denoise" else (enc.clean, cache_x)
+    n = enc.clean.shape[0]
+    kept: dict[str, torch.Tensor] = {}
+    outs: dict[str, torch.Tensor] = {}
+
+    def keep(t: torch.Tensor, name: str) -> torch.Tensor:
+        t = t.clone() if t.requires_grad else t.detach().clone().requires_grad_(True)
+        kept[name] = t
+        return t
+
+    def mark(t: torch.Tensor, name: str) -> torch.Tensor:  # a sublayer output whose gradient may be dropped
+        t = t.clone() if t.requires_grad else t.detach().clone().requires_grad_(True)
+        outs[name] = t
+        return t
+
+    hooks = [(nm, keep) for nm in names] + [(nm, mark) for nm in sub if nm not in names]
+    with torch.enable_grad(), blocks.hooks(hooks):
+        logits = blocks.forward(base_ids, enc.mask, at=enc.last)
+        ld = _logit_diff(logits, enc, torch.arange(n)).sum()
+        outs.update({nm: kept[nm] for nm in sub if nm in kept})
+        base = {nm: kept[nm].detach() for nm in names}
+        denom = _denominator(ld_c, ld_x)
+        total = {c.condition: 0.0 for c in cells}
+        for drop in range(blocks.n_layers):
+            handles = [outs[f"blocks.{drop}.{k}"].register_hook(torch.zeros_like)
+                       for k in ("hook_attn_out", "hook_mlp_out") if f"blocks.{drop}.{k}" in outs]
+            grads = torch.autograd.grad(ld, [kept[nm] for nm in names], retain_graph=True, allow_unused=True)
+            for h in handles:
+                h.remove()
+            grad = {nm: (g if g is not None else torch.zeros_like(kept[nm])) for nm, g in zip(names, grads)}
+            for c in cells:
+                if c.layer != drop:
+                    total[c.condition] += abs(_estimate(c, src, base, grad, enc) / denom)
+    return [cell_row(c, total[c.condition] / (blocks.n_layers - 1)) for c in cells]
 
 
 def layer_importance(cells: list[dict]) -> dict[int, float]:

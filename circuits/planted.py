@@ -262,6 +262,7 @@ def localization_check(name: str, *, n_pairs: int = 32, ig_steps: Sequence[int] 
     per_layer["attribution"] = layer_importance(attribution_patching(blocks, enc, **kw))
     for k in ig_steps:
         per_layer[f"ig-{k}"] = layer_importance(attribution_patching(blocks, enc, steps=k, **kw))
+    per_layer["graddrop"] = layer_importance(attribution_patching(blocks, enc, graddrop=True, **kw))
     planted, k = set(spec.planted_layers), spec.k
     rows = []
     for method, scores in per_layer.items():

@@ -73,6 +73,8 @@ class PatchOptions(Options):
     attribution_steps: int = option(1, "attribution: points on the path from the base to the source run where the "
                                        "gradient is taken; 1 = plain attribution patching (one backward), k > 1 = "
                                        "integrated gradients (k backwards, closer to exact patching)", minimum=1)
+    graddrop: bool = option(False, "attribution: AtP*'s GradDrop, one backward per layer with that layer's gradient "
+                                   "dropped, mean |estimate| (magnitudes that expose cancelling paths)")
     seed: int = option(0, "seed of the pair generators", minimum=0)
     shots: int = option(0, "arithmetic: solved examples before each prompt", minimum=0)
 
@@ -82,6 +84,8 @@ class PatchOptions(Options):
                                   "JSONL file")
         if self.method != "exact" and self.backend != "hooks":
             raise PrunescopeError("attribution patching runs on the hooks backend; use --backend hooks")
+        if self.graddrop and self.attribution_steps != 1:
+            raise PrunescopeError("--graddrop takes the gradient at the base run; drop --attribution-steps")
 
 
 def patch(options: PatchOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,
@@ -116,7 +120,8 @@ def _patch(d: Dist, options: PatchOptions, *, model, placement: Placement, outpu
               "direction": direction, "kinds": kinds, "positions": positions, "seed": seed, "shots": shots,
               "dtype": placement.dtype,
               # recorded when it changes the result (older run folders, without the key, stay resumable)
-              **({"attribution_steps": o.attribution_steps} if o.attribution_steps != 1 and method != "exact" else {})}
+              **({"attribution_steps": o.attribution_steps} if o.attribution_steps != 1 and method != "exact" else {}),
+              **({"graddrop": True} if o.graddrop and method != "exact" else {})}
     out = Path(output.out) if output.out else None
     if out:
         d.on_main(check_run_config, out, config, "patching run", paths=("model",), write=False)
@@ -153,7 +158,8 @@ def _patch_cells(d: Dist, lm, enc, pairs, o: PatchOptions, out: Path | None, out
             cells["exact"] = exact_patching_backend(backend, lm.model, lm.tokenizer, enc, **kw)
     if method in ("attribution", "both"):
         # one forward + one backward: cheaper to run once on rank 0 than to split
-        cells["attribution"] = d.on_main(attribution_patching, lm.blocks, enc, steps=o.attribution_steps, **kw)
+        cells["attribution"] = d.on_main(attribution_patching, lm.blocks, enc, steps=o.attribution_steps,
+                                         graddrop=o.graddrop, **kw)
 
     agreement = {}
     if len(cells) == 2:
