@@ -362,7 +362,13 @@ def run_lm_eval(lm, configs: list[dict], *, limit: int | None, seed: int = 0):
             task.set_fewshot_seed(seed=seed)
         # include_defaults=False: indexing lm-eval's 14k built-in tasks takes ~6 s and is not needed.
         task_dict = TaskManager(include_defaults=False).load(tasks)
-        res = lm_eval_evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, bootstrap_iters=1000)
+        try:
+            res = lm_eval_evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, bootstrap_iters=1000)
+        except AssertionError:  # lm-eval asserts that every answer fits the model's context
+            names = ", ".join(str(c.get("task")) for c in configs)
+            raise PrunescopeError(f"lm-eval could not score {names}: an answer is longer than the "
+                                  f"model's context ({lm.max_length} tokens); use a model with a longer context, or "
+                                  "leave this task out") from None
     return res, {t.config.task: t for t in tasks}
 
 
