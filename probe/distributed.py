@@ -3,8 +3,8 @@
 The transport is ``torch.distributed`` (NCCL between GPUs, gloo on CPU); nothing home-made. A
 run joins a process group in one of three ways:
 
-* under a launcher: ``torchrun --nproc_per_node 2 -m analysis.cli sweep ...`` or ``accelerate
-  launch -m analysis.cli sweep ...`` set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+* under a launcher: ``torchrun --nproc_per_node 2 -m prunescope sweep ...`` or ``accelerate
+  launch -m prunescope sweep ...`` set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
   ``MASTER_ADDR`` / ``MASTER_PORT``, and :func:`distributed` joins that group;
 * by itself: ``sweep(..., devices=2)`` / ``prunescope sweep --devices 2`` call :func:`launch`,
   which starts the processes with ``torch.multiprocessing`` (spawn) and returns rank 0's result;
