@@ -614,9 +614,8 @@ def evaluate_model(
     rows: list[dict] = []
     layers = " ".join(str(x) for x in sorted(skip))
     skipping = loaded.blocks.skip(sorted(skip)) if skip else contextlib.nullcontext()
-    lock = run_lock(out, "evaluation") if out is not None else contextlib.nullcontext()
     try:
-        with skipping, lock:
+        with skipping, run_lock(out, "evaluation"):
             if out is not None:
                 record_run_config(out, config)
             for name in tqdm(list(dict.fromkeys(tasks)), desc="eval", disable=not show_progress):

@@ -192,13 +192,18 @@ def make_pairs(probe: str, tokenizer, n: int = 50, seed: int = 0, **options) -> 
     """Built-in pairs for ``arithmetic`` / ``brackets``, or a JSONL file of pairs."""
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise PrunescopeError(f"n must be a positive number of pairs, got {n!r}")
+    check_pair_probe(probe)
     if probe in PAIR_PROBES:
         pairs = PAIR_PROBES[probe](tokenizer, n, seed, **options)
         if not pairs:
             raise PrunescopeError(f"could not build {probe} pairs of equal token length with this tokenizer")
         return pairs
-    if probe.endswith(".jsonl") or Path(probe).exists():
-        pairs = load_pairs(probe)[:n]
-        encode_pairs(tokenizer, pairs)          # refuse unequal lengths up front
-        return pairs
-    raise PrunescopeError(f"unknown probe {probe!r} for patching: choose {', '.join(PAIR_PROBES)} or a JSONL file")
+    pairs = load_pairs(probe)[:n]
+    encode_pairs(tokenizer, pairs)          # refuse unequal lengths up front
+    return pairs
+
+
+def check_pair_probe(probe: str) -> None:
+    """A built-in patching probe's name or a path to a JSONL file of pairs, else one clear error."""
+    if probe not in PAIR_PROBES and not (probe.endswith(".jsonl") or Path(probe).exists()):
+        raise PrunescopeError(f"unknown probe {probe!r} for patching: choose {', '.join(PAIR_PROBES)} or a JSONL file")

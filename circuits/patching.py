@@ -287,26 +287,21 @@ def attribution_patching(
                          heads=heads)
     cells = plan_cells(blocks, enc, kinds, positions, direction, layers, heads)
     names = sorted({c.name for c in cells})
-    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names + ["blocks.0.hook_resid_pre"])
+    # the embeddings are the path's ends: cached only when there is a path (integrated gradients)
+    ends = ["blocks.0.hook_resid_pre"] if steps > 1 else []
+    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names + ends)
     base_ids, src, base = (enc.corrupt, cache_c, cache_x) if direction == "denoise" else (enc.clean, cache_x, cache_c)
     n = enc.clean.shape[0]
     alphas = [0.0] if steps == 1 else [(i + 0.5) / steps for i in range(steps)]
-    emb_base, emb_src = base["blocks.0.hook_resid_pre"], src["blocks.0.hook_resid_pre"]
     grad: dict[str, torch.Tensor] = {}
     for alpha in alphas:
         kept: dict[str, torch.Tensor] = {}
 
-        def keep(t: torch.Tensor, name: str) -> torch.Tensor:
-            # stay connected to the graph (a later activation depends on an earlier one); only the
-            # first activation of a model with frozen weights needs to become a leaf
-            t = t.clone() if t.requires_grad else t.detach().clone().requires_grad_(True)
-            kept[name] = t
-            return t
-
         def mix(t: torch.Tensor, _name: str, a=alpha) -> torch.Tensor:
+            emb_base, emb_src = base["blocks.0.hook_resid_pre"], src["blocks.0.hook_resid_pre"]
             return (emb_base + a * (emb_src - emb_base)).to(t.device, t.dtype)
 
-        hooks = ([("blocks.0.hook_resid_pre", mix)] if alpha else []) + [(nm, keep) for nm in names]
+        hooks = ([("blocks.0.hook_resid_pre", mix)] if alpha else []) + [(nm, _kept_into(kept)) for nm in names]
         with torch.enable_grad(), blocks.hooks(hooks):
             logits = blocks.forward(base_ids, enc.mask, at=enc.last)
             ld = _logit_diff(logits, enc, torch.arange(n))
@@ -318,6 +313,17 @@ def attribution_patching(
             base = {**base, **{nm: kept[nm].detach() for nm in names}}
     denom = _denominator(ld_c, ld_x)
     return [cell_row(c, _estimate(c, src, base, grad, enc) / denom) for c in cells]
+
+
+def _kept_into(store: dict[str, torch.Tensor]) -> Callable[[torch.Tensor, str], torch.Tensor]:
+    """A hook that keeps its activation in ``store`` as a tensor whose gradient can be asked for. It
+    stays connected to the graph (a later activation depends on an earlier one); only the first
+    activation of a model with frozen weights needs to become a leaf."""
+    def keep(t: torch.Tensor, name: str) -> torch.Tensor:
+        t = t.clone() if t.requires_grad else t.detach().clone().requires_grad_(True)
+        store[name] = t
+        return t
+    return keep
 
 
 def _estimate(c: Cell, src: dict, base: dict, grad: dict, enc: EncodedPairs) -> float:
@@ -342,19 +348,8 @@ def _graddrop(blocks: Blocks, enc: EncodedPairs, *, kinds, positions, direction,
     base_ids, src = (enc.corrupt, cache_c) if direction == "denoise" else (enc.clean, cache_x)
     n = enc.clean.shape[0]
     kept: dict[str, torch.Tensor] = {}
-    outs: dict[str, torch.Tensor] = {}
-
-    def keep(t: torch.Tensor, name: str) -> torch.Tensor:
-        t = t.clone() if t.requires_grad else t.detach().clone().requires_grad_(True)
-        kept[name] = t
-        return t
-
-    def mark(t: torch.Tensor, name: str) -> torch.Tensor:  # a sublayer output whose gradient may be dropped
-        t = t.clone() if t.requires_grad else t.detach().clone().requires_grad_(True)
-        outs[name] = t
-        return t
-
-    hooks = [(nm, keep) for nm in names] + [(nm, mark) for nm in sub if nm not in names]
+    outs: dict[str, torch.Tensor] = {}  # the sublayer outputs whose gradient a pass may drop
+    hooks = [(nm, _kept_into(kept)) for nm in names] + [(nm, _kept_into(outs)) for nm in sub if nm not in names]
     with torch.enable_grad(), blocks.hooks(hooks):
         logits = blocks.forward(base_ids, enc.mask, at=enc.last)
         ld = _logit_diff(logits, enc, torch.arange(n)).sum()

@@ -26,7 +26,6 @@ over the GPUs instead.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from probe.results import (
     append_progress, atomic_write_json, check_run_config, read_progress, record_run_config, write_table,
 )
 
-from .pairs import PAIR_PROBES, encode_pairs, make_pairs, save_pairs
+from .pairs import check_pair_probe, encode_pairs, make_pairs, save_pairs
 from .patching import (
     DIRECTIONS, KINDS, attribution_patching, exact_patching, layer_importance, plan_cells, spearman,
 )
@@ -79,9 +78,7 @@ class PatchOptions(Options):
     shots: int = option(0, "arithmetic: solved examples before each prompt", minimum=0)
 
     def validate(self) -> None:
-        if self.probe not in PAIR_PROBES and not (self.probe.endswith((".jsonl", ".json")) or Path(self.probe).exists()):
-            raise PrunescopeError(f"unknown probe {self.probe!r} for patching: choose {', '.join(PAIR_PROBES)} or a "
-                                  "JSONL file")
+        check_pair_probe(self.probe)
         if self.method != "exact" and self.backend != "hooks":
             raise PrunescopeError("attribution patching runs on the hooks backend; use --backend hooks")
         if self.graddrop and self.attribution_steps != 1:
@@ -130,7 +127,7 @@ def _patch(d: Dist, options: PatchOptions, *, model, placement: Placement, outpu
     pairs = make_pairs(probe, lm.tokenizer, n=n, seed=seed, **opts)
     enc = encode_pairs(lm.tokenizer, pairs)
     plan_cells(lm.blocks, enc, kinds, positions, direction, None, None)  # bad positions fail before any write
-    with run_lock(out, "patching run") if out and d.is_main else contextlib.nullcontext():
+    with run_lock(out if d.is_main else None, "patching run"):
         if out and d.is_main:
             record_run_config(out, config)
             save_pairs(pairs, out / "pairs.jsonl")

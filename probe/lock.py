@@ -66,10 +66,14 @@ def _try_create(path: Path, record: dict) -> bool:
 
 
 @contextlib.contextmanager
-def run_lock(target: str | Path, what: str = "run folder", *, file: bool = False) -> Iterator[Path | None]:
-    """Hold the lock of ``target`` (a folder, or with ``file`` one output file) for the ``with`` block.
+def run_lock(target: str | Path | None, what: str = "run folder", *, file: bool = False) -> Iterator[Path | None]:
+    """Hold the lock of ``target`` (a folder, or with ``file`` one output file) for the ``with`` block;
+    ``None`` (nothing written, or another rank writes) holds nothing.
 
     Creates the folder (or the file's parent) if needed: call it once the input is known good."""
+    if target is None:
+        yield None
+        return
     path = lock_path(target, file).resolve()
     if str(path) in _held():  # our parent process (or this one, further up) holds it
         yield None

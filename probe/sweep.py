@@ -26,7 +26,6 @@ every round, logs progress, aggregates with the same functions and writes the ta
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 from collections.abc import Iterable, Sequence
@@ -43,7 +42,7 @@ from .options import Options, Output, Placement, is_legacy, legacy_call, option,
 from .lock import run_lock
 from .results import append_progress, check_run_config, read_progress, record_run_config, write_table
 from .scoring import SCORINGS, Batch, ScoringPlan, TextPlan, aggregate, load_texts
-from .tasks import PROBES, Item, make_items, save_items
+from .tasks import Item, check_probe, make_items, save_items
 
 
 @dataclass(frozen=True)
@@ -434,9 +433,7 @@ class SweepOptions(Options):
         if not self.probe and not self.text:
             raise PrunescopeError("no probe given: pass e.g. --probe arithmetic,brackets,copy (or --text FILE)")
         for p in self.probe:
-            if p not in PROBES and not (p.endswith((".jsonl", ".json")) or Path(p).exists()):
-                raise PrunescopeError(f"unknown probe {p!r}: choose one of {', '.join(PROBES)} or give a path to a "
-                                      "JSONL file of items")
+            check_probe(p)
 
     def probe_options(self) -> dict:
         """The item generators' keyword arguments that were set (shots, ops, digits, carry, length)."""
@@ -494,7 +491,7 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
     if texts:
         plans[f"text:{Path(text).stem}"] = TextPlan(lm.tokenizer, texts)
     make_conditions(lm.blocks.n_layers, o.windows, o.sets)  # bad layer sets fail here, before anything is written
-    with run_lock(out, "sweep") if out and d.is_main else contextlib.nullcontext():
+    with run_lock(out if d.is_main else None, "sweep"):
         if out and d.is_main:
             record_run_config(out, config)
             for p, its in items.items():

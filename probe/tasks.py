@@ -337,14 +337,19 @@ PROBES.register("brackets", bracket_items, help="the next closing bracket of a c
 PROBES.register("copy", copy_items, help="repeat a list of words (induction)")
 
 
+def check_probe(probe: str) -> None:
+    """A built-in probe's name or a path to a JSONL file of items, else one clear error."""
+    if probe not in PROBES and not (probe.endswith((".jsonl", ".json")) or Path(probe).exists()):
+        raise PrunescopeError(
+            f"unknown probe {probe!r}: choose one of {', '.join(PROBES)} or give a path to a JSONL file of items"
+        )
+
+
 def make_items(probe: str, n: int = 200, seed: int = 0, **options) -> list[Item]:
     """Items of a built-in probe, or of a JSONL file (``n`` then takes the first n items)."""
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise PrunescopeError(f"n must be a positive number of items, got {n!r}")
+    check_probe(probe)
     if probe in PROBES:
         return PROBES[probe](n, seed, **options)
-    if probe.endswith((".jsonl", ".json")) or Path(probe).exists():
-        return load_items(probe)[:n]
-    raise PrunescopeError(
-        f"unknown probe {probe!r}: choose one of {', '.join(PROBES)} or give a path to a JSONL file of items"
-    )
+    return load_items(probe)[:n]
