@@ -1,0 +1,494 @@
+"""One generation engine: continuous batching over a slotted KV cache.
+
+SGR answers, lm-eval's ``generate_until`` requests (GSM8K, summaries), the code tasks and every
+skipped-layer ablation of them run through :class:`Engine`. It keeps ``slots`` sequences in
+flight: a finished row (EOS, a stop string or its own ``max_new_tokens``) is refilled from the
+queue at once, new prompts are prefilled in length-sorted groups, and on CUDA the decode step is
+one captured graph (no per-step Python or launch overhead inside it).
+
+Why a slotted cache and not transformers' paged one: a slot is one row of a preallocated
+``[slots, kv_heads, capacity, head_dim]`` tensor per layer, written at each row's own position and
+read whole under a per-row mask. Every shape is fixed, so one CUDA graph serves every step, and
+the model runs its own ``forward`` (hooks, skipped layers and all), which a paged kernel path does
+not promise. Benchmarks against ``generate`` and ``generate_batch``: ``benchmarks/generation.py``.
+
+Sampling is batch-independent: a request's random numbers depend only on its own ``seed`` and
+its step (a counter-based hash drawn per token, then the Gumbel-max trick), never on which
+requests share the batch. So a resumed SGR run redraws the same answers whenever the logits are
+the same; in fp32 they are (tested), in bf16 a different batch can round a logit differently.
+
+>>> from probe.tiny import tiny_model
+>>> model, tok = tiny_model("llama")
+>>> out = Engine(model, tok).generate([Request(tok("a b c").input_ids, max_new_tokens=4)])
+>>> len(out[0].tokens)
+4
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import PrunescopeError
+from .options import Options, option
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt (token ids) and how to continue it.
+
+    ``temperature=0`` is greedy; ``seed`` picks this request's own random stream.
+    """
+
+    prompt: Sequence[int]
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    """The generated tokens (EOS excluded), their text cut at the first stop string, and why it ended."""
+
+    tokens: list[int]
+    text: str
+    finish: str  # "eos" | "stop" | "length"
+
+
+@dataclass
+class GenerationOptions(Options):
+    """Settings of the engine (shared by ``sgr`` and ``evaluate``).
+
+    >>> GenerationOptions(slots=8).check().slots
+    8
+    """
+
+    slots: int = option(64, "sequences decoded together; a finished one is replaced at once", minimum=1)
+    prefill_tokens: int = option(16384, "prompt tokens (rows x padded length) per prefill forward", minimum=1)
+    refill: float = option(0.125, "prefill new prompts once this share of the slots is free "
+                                  "(fewer, larger prefills)", minimum=0, maximum=1)
+    graphs: str = option("auto", "CUDA graph for the decode step: auto (on CUDA), on, off",
+                         choices=("auto", "on", "off"))
+
+
+# ----------------------------------------------------------------------------- sampling
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash on int64 tensors (every product stays below 2**63)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x5BD1E995) & _MASK32
+    x = x ^ (x >> 13)
+    x = (x * 0x27D4EB2D) & _MASK32
+    return x ^ (x >> 16)
+
+
+def request_uniforms(seed: torch.Tensor, step: torch.Tensor, vocab_ids: torch.Tensor) -> torch.Tensor:
+    """Uniforms in (0, 1), ``[rows, vocab]``, a function of (seed, step, token id) alone.
+
+    >>> u = request_uniforms(torch.tensor([7, 7]), torch.tensor([0, 0]), torch.arange(5))
+    >>> bool((u[0] == u[1]).all()), bool(((u > 0) & (u < 1)).all())
+    (True, True)
+    """
+    key = _mix32(_mix32(seed & _MASK32) ^ (step & _MASK32))
+    h = _mix32(key[:, None] ^ vocab_ids[None, :])
+    return ((h >> 8).to(torch.float32) + 0.5) / float(1 << 24)
+
+
+def pick_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seed: torch.Tensor,
+                step: torch.Tensor, vocab_ids: torch.Tensor, *, sample: bool, nucleus: bool) -> torch.Tensor:
+    """Greedy rows (temperature 0) take the argmax; the others sample ``softmax(logits / T)``,
+    restricted to the top-p nucleus, by the Gumbel-max trick on :func:`request_uniforms`."""
+    greedy = logits.argmax(-1)
+    if not sample:
+        return greedy
+    scaled = logits / temperature.clamp_min(1e-6)[:, None]
+    if nucleus:
+        ordered, order = scaled.sort(-1, descending=True)
+        probs = ordered.softmax(-1)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        drop = (probs.cumsum(-1) - probs) > top_p[:, None]
+        scaled = torch.empty_like(scaled).scatter_(-1, order, ordered.masked_fill(drop, float("-inf")))
+    gumbel = -torch.log(-torch.log(request_uniforms(seed, step, vocab_ids)))
+    sampled = (scaled + gumbel).argmax(-1)
+    return torch.where(temperature > 0, sampled, greedy)
+
+
+# ----------------------------------------------------------------------------- the cache
+class SlotCache:
+    """KV cache of fixed shape ``[slots, kv_heads, capacity, head_dim]`` per layer.
+
+    The model's attention calls :meth:`update`. In ``prefill`` mode it writes a group of new
+    prompts into their rows at positions ``[0, t)`` and returns just their keys and values; in
+    ``decode`` mode it writes one token per row at that row's own position (``flat_index``) and
+    returns the whole cache, which the per-row mask reads.
+    """
+
+    is_compileable = False
+
+    def __init__(self, slots: int, capacity: int):
+        self.slots, self.capacity = slots, capacity
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.mode = "prefill"
+        self.rows: torch.Tensor | None = None       # prefill: the slots being filled
+        self.flat_index: torch.Tensor | None = None  # decode: (slot, head, position) flattened
+
+    def _buffers(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer not in self.keys:
+            shape = (self.slots, like.shape[1], self.capacity, like.shape[3])
+            self.keys[layer] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+            self.values[layer] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        return self.keys[layer], self.values[layer]
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        k, v = self._buffers(layer_idx, key_states)
+        if self.mode == "prefill":
+            t = key_states.shape[2]
+            k[self.rows, :, :t] = key_states.to(k.dtype)
+            v[self.rows, :, :t] = value_states.to(v.dtype)
+            return key_states, value_states
+        d = k.shape[-1]
+        k.view(-1, d).index_copy_(0, self.flat_index, key_states.reshape(-1, d).to(k.dtype))
+        v.view(-1, d).index_copy_(0, self.flat_index, value_states.reshape(-1, d).to(v.dtype))
+        return k, v
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:  # read only when no position ids are given
+        return 0
+
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys.values(), *self.values.values()))
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype = torch.float32) -> int:
+    """Cache bytes one token takes over all layers (keys and values).
+
+    >>> from transformers import LlamaConfig
+    >>> kv_bytes_per_token(LlamaConfig(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+    ...                                hidden_size=4096), torch.bfloat16)
+    131072
+    """
+    heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    return 2 * int(config.num_hidden_layers) * heads * head_dim * dtype.itemsize
+
+
+# ----------------------------------------------------------------------------- masks
+def _layer_windows(config) -> dict[str, int | None]:
+    """Each attention type the model uses and its window (None = full attention)."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types:
+        return {t: (window if t == "sliding_attention" else None) for t in dict.fromkeys(types)}
+    return {"": window}  # one mask for every layer (Mistral's sliding window applies to all of them)
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # additive, not boolean: eager attention adds the mask, sdpa accepts either; the finite minimum
+    # keeps a row with nothing visible (an idle slot) from turning into NaN
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def _masks(windows: dict[str, int | None], key_ok: torch.Tensor, key_pos: torch.Tensor, query_pos: torch.Tensor,
+           dtype: torch.dtype):
+    """``[rows, 1, queries, keys]`` masks per attention type: keys that exist, are not in the
+    query's future, and (sliding layers) lie inside the window."""
+    out = {}
+    for kind, window in windows.items():
+        allowed = key_ok[:, None, :] & (key_pos[:, None, :] <= query_pos[:, :, None])
+        if window is not None:
+            allowed = allowed & (key_pos[:, None, :] > query_pos[:, :, None] - window)
+        out[kind] = _additive(allowed[:, None], dtype)
+    return out[""] if "" in out else out
+
+
+# ----------------------------------------------------------------------------- the engine
+@dataclass
+class _Row:
+    index: int
+    request: Request
+    tokens: list[int] = field(default_factory=list)
+
+
+class Engine:
+    """Continuous-batching generation with the model's own forward (hooks and skipped layers apply).
+
+    >>> from probe.tiny import tiny_model
+    >>> model, tok = tiny_model("qwen2")
+    >>> reqs = [Request(tok(t).input_ids, max_new_tokens=3, temperature=0.8, seed=i) for i, t in enumerate(["a", "b c"])]
+    >>> [len(c.tokens) for c in Engine(model, tok, GenerationOptions(slots=2)).generate(reqs)]
+    [3, 3]
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, options: GenerationOptions | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.options = (options or GenerationOptions()).check()
+        self.config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = eos if eos is not None else getattr(tokenizer, "eos_token_id", None)
+        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        params = inspect.signature(getattr(model, "model", model).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.windows = _layer_windows(self.config)
+        self.graph_used = False
+
+    # ------------------------------------------------------------------ public
+    def generate(self, requests: Sequence[Request], *, progress: bool = False, desc: str = "generate") -> list[Completion]:
+        """Completions in the order of ``requests``."""
+        out: list[Completion | None] = [None] * len(requests)
+        for i, completion in self.stream(requests, progress=progress, desc=desc):
+            out[i] = completion
+        return out  # type: ignore[return-value]
+
+    def stream(self, requests: Sequence[Request], *, progress: bool = False,
+               desc: str = "generate") -> Iterator[tuple[int, Completion]]:
+        """Yield ``(index, completion)`` as each request finishes (not in request order)."""
+        requests = list(requests)
+        if not requests:
+            return
+        for i, r in enumerate(requests):
+            if len(r.prompt) == 0:
+                raise PrunescopeError(f"generation request {i} has an empty prompt: give at least one token")
+            if r.max_new_tokens < 1:
+                raise PrunescopeError(f"generation request {i} asks for {r.max_new_tokens} new tokens: give at least 1")
+        with torch.no_grad():
+            yield from self._run(requests, progress, desc)
+
+    # ------------------------------------------------------------------ internals
+    def _slots_for(self, capacity: int, wanted: int) -> int:
+        """On CUDA, no more slots than 60% of the free memory holds at full capacity."""
+        if self.device.type != "cuda":
+            return wanted
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_row = capacity * kv_bytes_per_token(self.config, self.dtype)
+        return max(1, min(wanted, int(0.6 * free) // per_row))
+
+    def _setup(self, requests: list[Request]) -> None:
+        o = self.options
+        longest = max(len(r.prompt) for r in requests)
+        self.capacity = longest + max(r.max_new_tokens for r in requests) + 1
+        self.slots = self._slots_for(self.capacity, min(o.slots, len(requests)))
+        s, dev = self.slots, self.device
+        self.cache = SlotCache(s, self.capacity)
+        self.ar = torch.arange(s, device=dev)
+        self.vocab_ids = torch.arange(int(self.config.vocab_size), device=dev)
+        z = lambda dtype=torch.long: torch.zeros(s, dtype=dtype, device=dev)  # noqa: E731
+        self.tok, self.pos, self.write, self.step, self.seed = z(), z(), z(), z(), z()
+        self.temperature, self.top_p = z(torch.float32), z(torch.float32) + 1
+        self.active = z(torch.bool)
+        self.next_tokens = z()
+        self.key_ok = torch.zeros(s, self.capacity, dtype=torch.bool, device=dev)
+        self.key_pos = torch.zeros(s, self.capacity, dtype=torch.long, device=dev)
+        self.sample = any(r.temperature > 0 for r in requests)
+        self.nucleus = any(r.temperature > 0 and r.top_p < 1 for r in requests)
+        self.graph = None
+        self.heads = None
+
+    def _forward(self, ids, positions, mask) -> torch.Tensor:
+        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                         logits_to_keep=1, **{self._cache_kw: self.cache})
+        return out.logits[:, -1].float()
+
+    def _pick(self, logits, rows=None) -> torch.Tensor:
+        sel = (lambda t: t) if rows is None else (lambda t: t[rows])
+        return pick_tokens(logits, sel(self.temperature), sel(self.top_p), sel(self.seed), sel(self.step),
+                           self.vocab_ids, sample=self.sample, nucleus=self.nucleus)
+
+    def _prefill(self, group: list[_Row], slots: list[int]) -> torch.Tensor:
+        dev, n = self.device, len(group)
+        longest = max(len(r.request.prompt) for r in group)
+        ids = torch.full((n, longest), self.pad, dtype=torch.long)
+        ok = torch.zeros(n, longest, dtype=torch.bool)
+        for j, row in enumerate(group):  # left padding: every row's last prompt token is the last column
+            p = list(row.request.prompt)
+            ids[j, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+            ok[j, longest - len(p):] = True
+        ids, ok = ids.to(dev), ok.to(dev)
+        positions = (ok.long().cumsum(-1) - 1).clamp_min(0)
+        rows = torch.tensor(slots, dtype=torch.long, device=dev)
+        for j, row in enumerate(group):
+            r = row.request
+            self.temperature[slots[j]], self.top_p[slots[j]] = float(r.temperature), float(r.top_p)
+            self.seed[slots[j]] = int(r.seed) & 0x7FFFFFFFFFFFFFFF
+        self.step[rows] = 0
+        self.cache.mode, self.cache.rows = "prefill", rows
+        mask = _masks(self.windows, ok, positions, positions, self.dtype)
+        logits = self._forward(ids, positions, mask)
+        first = self._pick(logits, rows)
+        self.cache.mode = "decode"
+        # the rows' state for decoding: keys [0, longest) as prefilled, next write right after them
+        self.key_ok[rows] = False
+        self.key_ok[rows, :longest] = ok
+        self.key_pos[rows, :longest] = positions
+        self.tok[rows] = first
+        self.pos[rows] = positions[:, -1] + 1
+        self.write[rows] = longest
+        self.step[rows] = 1
+        self.active[rows] = True
+        return first
+
+    def _decode_body(self) -> None:
+        cap = self.capacity
+        flat = self.ar * cap + self.write
+        self.key_ok.view(-1).index_fill_(0, flat, True)
+        self.key_pos.view(-1).index_copy_(0, flat, self.pos)
+        if self.heads is None:
+            self.heads = next(iter(self.cache.keys.values())).shape[1]
+        h = torch.arange(self.heads, device=self.device)
+        self.cache.flat_index = ((self.ar[:, None] * self.heads + h[None, :]) * cap + self.write[:, None]).reshape(-1)
+        mask = _masks(self.windows, self.key_ok, self.key_pos, self.pos[:, None], self.dtype)
+        logits = self._forward(self.tok[:, None], self.pos[:, None], mask)
+        nxt = self._pick(logits)
+        self.next_tokens.copy_(nxt)
+        self.tok.copy_(nxt)
+        inc = self.active.long()
+        self.write.add_(inc)
+        self.pos.add_(inc)
+        self.step.add_(inc)
+
+    def _want_graph(self) -> bool:
+        g = self.options.graphs
+        if g == "on" and self.device.type != "cuda":
+            raise PrunescopeError("--graphs on needs a CUDA device; use --graphs auto or off")
+        return self.device.type == "cuda" and g != "off"
+
+    def _capture(self) -> None:
+        """Record one decode step as a CUDA graph. Warm-up and capture run with every row idle:
+        an idle row rewrites its pending key at its own position with the same token, so the
+        state a real step sees afterwards is unchanged."""
+        active = self.active.clone()
+        self.active.zero_()
+        try:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._decode_body()
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._decode_body()
+            self.graph, self.graph_used = graph, True
+        finally:
+            self.active.copy_(active)
+
+    def _decode(self) -> list[int]:
+        if self.graph is None and self._want_graph():
+            self._capture()
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._decode_body()
+        return self.next_tokens.tolist()
+
+    def _stop_hit(self, row: _Row) -> bool:
+        stops = row.request.stop
+        if not stops:
+            return False
+        window = max(len(s) for s in stops) + 4  # tokens are at least one character, bar byte pieces
+        tail = self.tokenizer.decode(row.tokens[-window:], skip_special_tokens=False)
+        return any(s in tail for s in stops)
+
+    def _finish(self, row: _Row, reason: str) -> Completion:
+        tokens = row.tokens[:-1] if reason == "eos" else row.tokens
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        if row.request.stop:
+            cut = min((i for i in (text.find(s) for s in row.request.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+        return Completion(tokens=list(tokens), text=text, finish=reason)
+
+    def _take(self, row: _Row, token: int) -> str | None:
+        row.tokens.append(token)
+        if token in self.eos:
+            return "eos"
+        if len(row.tokens) >= row.request.max_new_tokens:
+            return "length"
+        if self._stop_hit(row):
+            return "stop"
+        return None
+
+    def _run(self, requests: list[Request], progress: bool, desc: str) -> Iterator[tuple[int, Completion]]:
+        self._setup(requests)
+        # length-sorted prefill: the longest prompts first, so each group pads little
+        queue = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
+        queue.reverse()  # pop() from the end takes the longest
+        free = list(range(self.slots - 1, -1, -1))
+        running: dict[int, _Row] = {}
+        refill_at = max(1, math.ceil(self.options.refill * self.slots))
+        bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not progress)
+        made = 0
+        try:
+            while queue or running:
+                if queue and free and (not running or len(free) >= min(refill_at, len(queue))):
+                    group, slots = [], []
+                    longest = len(requests[queue[-1]].prompt)
+                    while queue and free and (len(group) + 1) * longest <= max(self.options.prefill_tokens, longest):
+                        i = queue.pop()
+                        group.append(_Row(i, requests[i]))
+                        slots.append(free.pop())
+                    finished = []
+                    for row, slot, tok in zip(group, slots, self._prefill(group, slots).tolist()):
+                        running[slot] = row
+                        reason = self._take(row, tok)
+                        if reason:
+                            finished.append((slot, reason))
+                    for slot, reason in finished:
+                        row = running.pop(slot)
+                        free.append(slot)
+                        self.active[slot] = False
+                        made += len(row.tokens)
+                        bar.update(1)
+                        yield row.index, self._finish(row, reason)
+                    continue
+                tokens = self._decode()
+                finished = []
+                for slot, row in running.items():
+                    reason = self._take(row, tokens[slot])
+                    if reason:
+                        finished.append((slot, reason))
+                if finished:
+                    idle = torch.tensor([s for s, _ in finished], device=self.device)
+                    self.active[idle] = False
+                for slot, reason in finished:
+                    row = running.pop(slot)
+                    free.append(slot)
+                    made += len(row.tokens)
+                    bar.update(1)
+                    yield row.index, self._finish(row, reason)
+                if progress:
+                    bar.set_postfix_str(f"{made} tok", refresh=False)
+        finally:
+            bar.close()
+            self.graph = None
+            self.cache = None
+
+
+def generate_texts(loaded, prompts: Iterable[str], *, max_new_tokens: int = 256, stop: Sequence[str] = (),
+                   options: GenerationOptions | None = None, progress: bool = False,
+                   add_special_tokens: bool = True) -> list[str]:
+    """Greedy texts for plain string prompts (a convenience over :class:`Engine`).
+
+    >>> from probe.models import LoadedModel
+    >>> from probe.tiny import tiny_model
+    >>> texts = generate_texts(LoadedModel(*tiny_model("gemma3"), "tiny", ""), ["a b"], max_new_tokens=2)
+    >>> len(texts)
+    1
+    """
+    tok = loaded.tokenizer
+    reqs = [Request(tok(p, add_special_tokens=add_special_tokens).input_ids, max_new_tokens=max_new_tokens,
+                    stop=tuple(stop)) for p in prompts]
+    return [c.text for c in Engine(loaded.model, tok, options).generate(reqs, progress=progress)]
