@@ -22,7 +22,7 @@ and every canonical solution passes when submitted as a sample. These are the or
 the plus tests; a user-supplied HumanEval+ or MBPP+ file (evalplus format) is used as is and
 adds ``plus_pass@1``.
 
-Generation uses lm-eval's ``HFLM.generate_until`` (greedy, batched, the evaluation's one engine);
+Generation uses the project's one engine (``probe.generation``: greedy, continuous batching);
 execution happens only inside evalplus' sandbox (per-input time limits, memory cap), in a fresh
 Python process so that the memory cap is not eaten by the parent's address space (a CUDA process
 maps tens of GB of virtual memory, which would make every forked check fail).
@@ -557,38 +557,27 @@ def _agrees(out, exp, atol: float) -> bool:
 # Generation and the public entry point
 
 
-def generate(loaded, prompts: list[str], stop: list[str], *, batch_size: int = 8, max_new_tokens: int = 384,
+def generate(loaded, prompts: list[str], stop: list[str], *, batch_size: int = 64, max_new_tokens: int = 384,
              show_progress: bool = True) -> list[str]:
-    """Greedy completions through lm-eval's ``HFLM.generate_until`` (left-padded, batched).
+    """Greedy completions through the generation engine (``batch_size`` slots), cut at the first stop.
 
-    The shared tokenizer is restored afterwards (HFLM switches its padding side per batch and may
-    set a pad token), also on error.
+    Prompts are encoded as HFLM encodes them (the tokenizer's own special tokens) and cut from the
+    left to leave ``max_new_tokens`` of the model's context.
     """
-    import logging
+    from probe.generation import Engine, GenerationOptions, Request
 
-    from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
-
+    max_length = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
+    if max_new_tokens >= max_length:
+        raise PrunescopeError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in this "
+                              f"model's {max_length}-token context; use a smaller max_new_tokens")
     tok = loaded.tokenizer
-    saved = {k: getattr(tok, k, None) for k in ("padding_side", "truncation_side", "pad_token")}
-    lm_logger = logging.getLogger("lm_eval")
-    level = lm_logger.level
-    lm_logger.setLevel(logging.ERROR)  # "pretrained is not a string" warning on every call
-    try:
-        max_length = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
-        if max_new_tokens >= max_length:
-            raise PrunescopeError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in this "
-                                  f"model's {max_length}-token context; use a smaller max_new_tokens")
-        lm = HFLM(pretrained=loaded.model, tokenizer=tok, batch_size=batch_size, max_length=max_length)
-        kwargs = {"until": list(stop), "max_gen_toks": max_new_tokens, "do_sample": False}
-        reqs = [Instance(request_type="generate_until", doc={"prompt": p}, arguments=(p, dict(kwargs)), idx=0)
-                for p in prompts]
-        return lm.generate_until(reqs, disable_tqdm=not show_progress)
-    finally:
-        lm_logger.setLevel(level)
-        for k, v in saved.items():
-            if getattr(tok, k, None) != v:
-                setattr(tok, k, v)
+    room = max_length - max_new_tokens
+    bos = getattr(tok, "bos_token", None)
+    # as HFLM encodes: no second BOS when the (chat-templated) prompt already starts with one
+    ids = [tok(p, add_special_tokens=not (bos and p.startswith(bos))).input_ids[-room:] for p in prompts]
+    reqs = [Request(i, max_new_tokens=max_new_tokens, stop=tuple(stop)) for i in ids]
+    engine = Engine(loaded.model, tok, GenerationOptions(slots=batch_size))
+    return [c.text for c in engine.generate(reqs, progress=show_progress, desc="code")]
 
 
 # evalplus' own instruction-model prompt (codegen "instruction_prefix" / "response_prefix")
@@ -615,7 +604,7 @@ def _with_prompt_imports(prompt: str, code: str) -> str:
     return "\n".join(imports) + ("\n\n" if imports else "") + code
 
 
-def run_code_task(loaded, task: str, *, limit: int | None = None, out_dir: str | Path, batch_size: int = 8,
+def run_code_task(loaded, task: str, *, limit: int | None = None, out_dir: str | Path, batch_size: int = 64,
                   max_new_tokens: int = 384, seed: int = 0, humaneval_plus: str | Path | None = None,
                   mbpp_plus: str | Path | None = None, chat: bool | None = None,
                   show_progress: bool = True) -> tuple[list[dict], list[dict]]:

@@ -245,13 +245,13 @@ def _register_metrics() -> None:
 
 # ----------------------------------------------------------------------------- lm-eval runs
 def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_progress: bool = True,
-            gen_batch_size: int | None = None):
+            gen_batch_size: int | None = None, seed: int = 0):
     """lm-eval's ``HFLM`` around the in-memory model and tokenizer (no copy, no reload).
 
-    HFLM left-pads generation batches itself and puts the tokenizer's padding side back afterwards.
-    ``gen_batch_size`` (default ``batch_size``) is the batch of generation requests: scoring holds
-    batch x length x vocabulary logits, generation only the last position's, so a large-vocabulary
-    model (Gemma: 262k) can generate in far larger batches than it can score.
+    Scored requests go through HFLM in batches of ``batch_size``. Generated ones go through the
+    engine (:mod:`probe.generation`) with ``gen_batch_size`` slots (default 64): generation keeps
+    only the last position's logits, so even a large-vocabulary model (Gemma: 262k) generates in far
+    larger batches than it can score. ``seed`` seeds sampled requests (request k draws ``seed + k``).
     """
     import inspect
 
@@ -293,12 +293,39 @@ def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_
                 return self.model(inps, logits_to_keep=keep).logits
 
         def generate_until(self, requests, disable_tqdm: bool = False):
-            scoring_batch = self.batch_size_per_gpu
-            self.batch_size_per_gpu = gen_batch_size or scoring_batch  # HFLM reads its batch size here
-            try:
-                return super().generate_until(requests, disable_tqdm=disable_tqdm or not show_progress)
-            finally:
-                self.batch_size_per_gpu = scoring_batch
+            """Every request through :class:`probe.generation.Engine` (continuous batching, each
+            request's own limit and stop strings), with HFLM's own encoding, left truncation and
+            post-processing, so the texts are the ones HFLM's batched ``generate`` would return."""
+            from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+
+            from probe.generation import Engine, GenerationOptions, Request
+
+            eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+            reqs, stops = [], []
+            for k, inst in enumerate(requests):
+                context, gen_kwargs = inst.args
+                kw = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+                until = handle_stop_sequences(kw.pop("until", None), eos=eos)
+                max_gen = kw.pop("max_gen_toks")
+                if self.max_length - max_gen <= 0:
+                    raise PrunescopeError(f"a request asks for {max_gen} new tokens, more than the "
+                                          f"{self.max_length}-token context holds; raise --max-length")
+                ids, _ = self.tok_batch_encode([context], left_truncate_len=self.max_length - max_gen,
+                                               truncation=self.truncation)
+                temperature = float(kw.get("temperature") or 0.0) if kw.get("do_sample") else 0.0
+                reqs.append(Request(ids[0].tolist(), max_new_tokens=max_gen, stop=tuple(until),
+                                    temperature=temperature, top_p=float(kw.get("top_p") or 1.0), seed=seed + k))
+                stops.append(until)
+            engine = Engine(self.model, self.tokenizer, GenerationOptions(slots=gen_batch_size or 64))
+            done = engine.generate(reqs, progress=show_progress and not disable_tqdm, desc="generate_until")
+            think = self.think_end_token if isinstance(self.think_end_token, str) else None
+            res = []
+            for inst, c, until in zip(requests, done, stops):
+                text = postprocess_generated_text(generation=self.tok_decode(c.tokens), stop=until,
+                                                  think_end_token=think)
+                self.cache_hook.add_partial("generate_until", inst.args, text)
+                res.append(text)
+            return res
 
     import logging
 
@@ -491,9 +518,10 @@ class EvalOptions(Options):
                                  kind="int?", minimum=0)
     stage: str = option("base", "the condition column: base / pruned-bi / ...")
     batch_size: int = option(8, "scored requests per forward", minimum=1)
-    gen_batch_size: int | None = option(None, "generated requests per batch (default: --batch-size); generation "
-                                              "keeps only the last position's logits, so large-vocabulary models "
-                                              "can generate in larger batches", kind="int?", minimum=1)
+    gen_batch_size: int | None = option(None, "sequences generated together (the engine's slots; default 64); "
+                                              "generation keeps only the last position's logits, so "
+                                              "large-vocabulary models can generate in larger batches",
+                                        kind="int?", minimum=1)
     max_length: int | None = option(None, "context length for lm-eval; longer requests are cut from the left "
                                           "(default: the model's)", kind="int?", minimum=1)
     max_new_tokens: int | None = option(None, "HumanEval/MBPP completion length (default: 384)", kind="int?",
@@ -578,7 +606,7 @@ def evaluate_model(
     :func:`analysis.code_eval.run_code_task` (``max_new_tokens``, ``humaneval_plus``, ``mbpp_plus``).
     ``skip``: layers skipped through the block handle while evaluating (a single-layer ablation of a
     benchmark: ``skip=[5]``); they go into the ``layers`` column. ``batch_size`` is the batch of
-    scored requests, ``gen_batch_size`` (default: ``batch_size``) that of generated ones (see
+    scored requests, ``gen_batch_size`` (default 64) the engine slots of generated ones (see
     :func:`make_lm`); neither changes a score, so neither is part of the settings a rerun checks.
 
     >>> rows = evaluate_model(load_model(), ["arc_easy"], limit=20, num_fewshot=0)   # doctest: +SKIP
@@ -629,7 +657,7 @@ def evaluate_model(
                 if name in CODE_TASKS:
                     work = out / "code" / name if out is not None else Path(tempfile.mkdtemp(prefix=f"prunescope-{name}-"))
                     code_rows, samples = _run_code_task(loaded, name, limit=limits.get(name, limits.get("default")),
-                                                        out_dir=work, batch_size=gen_batch_size or batch_size, seed=seed, show_progress=show_progress,
+                                                        out_dir=work, batch_size=gen_batch_size or 64, seed=seed, show_progress=show_progress,
                                                         code_options=code_options or {})
                     task_rows = [{**r, "model": loaded.name, "probe": name, "condition": stage, "layers": layers,
                                   "seed": seed, "category": TASKS[name].category,
@@ -637,7 +665,7 @@ def evaluate_model(
                 else:
                     if lm is None:
                         lm = make_lm(loaded, batch_size=batch_size, max_length=max_length, show_progress=show_progress,
-                                     gen_batch_size=gen_batch_size)
+                                     gen_batch_size=gen_batch_size, seed=seed)
                     leaves = configs[name]
                     limit_n = lm_eval_limit(name, limits.get(name, limits.get("default")), len(leaves))
                     res, task_objs = run_lm_eval(lm, leaves, limit=limit_n, seed=seed)

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from probe.errors import PrunescopeError
@@ -59,7 +58,8 @@ class SGROptions(Options):
     temperature: float = option(0.9, "sampling temperature, 0 = greedy", minimum=0)
     top_p: float = option(1.0, "nucleus sampling", minimum=0, maximum=1)
     max_new_tokens: int = option(256, "response length limit", minimum=1)
-    batch_size: int = option(16, "prompts per generate call", minimum=1)
+    batch_size: int = option(64, "answers generated together (the engine's slots; a finished one is replaced "
+                                 "at once)", minimum=1)
     seed: int = option(0, "seed of the prompt draw and of sampling", minimum=0)
 
 
@@ -69,8 +69,9 @@ def generate_responses(options: SGROptions | None = None, *legacy, model: str | 
     """Answer every prompt with the base model (batched, left-padded) and append to ``output.out`` (JSONL).
 
     ``records`` (already loaded prompt records) replaces reading ``options.prompts``, which then
-    only names their source. ``temperature=0`` is greedy. Sampling is seeded per batch
-    (``seed + first index``) so a resumed run draws the same responses as an uninterrupted one.
+    only names their source. ``temperature=0`` is greedy. Generation runs through
+    :class:`probe.generation.Engine`; each prompt samples from its own random stream
+    (``seed`` and its index), so a resumed run draws the answers an uninterrupted one would.
 
     >>> generate_responses(SGROptions(n=48), output=Output(out="runs/sgr.jsonl"))  # doctest: +SKIP
     """
@@ -101,37 +102,33 @@ def generate_responses(options: SGROptions | None = None, *legacy, model: str | 
         return _generate(loaded, records, Path(output.out), o, output.progress)
 
 
-@torch.inference_mode()
 def _generate(loaded, records: Sequence[dict], out: Path, o: SGROptions, show_progress: bool) -> list[dict]:
-    temperature, top_p, max_new_tokens, seed, batch_size = o.temperature, o.top_p, o.max_new_tokens, o.seed, o.batch_size
-    prompts_source = o.prompts
-    settings = _settings(loaded, temperature, top_p, max_new_tokens, seed, prompts_source)
+    from probe.generation import Engine, GenerationOptions, Request
+
+    settings = _settings(loaded, o.temperature, o.top_p, o.max_new_tokens, o.seed, o.prompts)
     done = _done(out, settings)
-    tok, model = loaded.tokenizer, loaded.model
-    device = next(model.parameters()).device
+    tok = loaded.tokenizer
     todo = [(i, r) for i, r in enumerate(records) if r["id"] not in done]
-    old_side = tok.padding_side
-    tok.padding_side = "left"  # generation appends after the last prompt token of every row
-    try:
-        bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="sgr", unit="prompt",
-                   disable=not show_progress)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            texts = [prompt_text(tok, r) for _, r in chunk]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not tok.chat_template).to(device)
-            torch.manual_seed(seed + chunk[0][0])
-            kw = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kw)
-            new = gen[:, enc.input_ids.shape[1]:]
-            recs = []
-            for (_, r), row in zip(chunk, new):
-                text = tok.decode(row, skip_special_tokens=True).strip()
-                recs.append({**r, "response": text, "response_tokens": int((row != tok.pad_token_id).sum()),
-                             "sgr": settings})
-            append_progress(out, recs)
-            done.update({r["id"]: r for r in recs})
-            bar.update(len(chunk))
-        bar.close()
-    finally:
-        tok.padding_side = old_side
+    requests = [Request(tok(prompt_text(tok, r), add_special_tokens=not tok.chat_template).input_ids,
+                        max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p,
+                        seed=o.seed * 1_000_003 + i) for i, r in todo]
+    engine = Engine(loaded.model, tok, GenerationOptions(slots=o.batch_size))
+    bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="sgr", unit="prompt",
+               disable=not show_progress)
+    pending: list[dict] = []
+    # answers finish out of order; they are appended (and fsynced) in groups so a crash loses little
+    for j, completion in engine.stream(requests):
+        r = todo[j][1]
+        pending.append({**r, "response": completion.text.strip(), "response_tokens": len(completion.tokens),
+                        "sgr": settings})
+        if len(pending) >= max(1, o.batch_size // 4):
+            append_progress(out, pending)
+            done.update({p["id"]: p for p in pending})
+            bar.update(len(pending))
+            pending = []
+    if pending:
+        append_progress(out, pending)
+        done.update({p["id"]: p for p in pending})
+        bar.update(len(pending))
+    bar.close()
     return [done[r["id"]] for r in records]

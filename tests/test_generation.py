@@ -118,3 +118,23 @@ def test_bad_requests_are_one_line_errors():
         Engine(model, tok).generate([Request([], max_new_tokens=3)])
     with pytest.raises(PrunescopeError, match="needs a CUDA device"):
         Engine(model, tok, GenerationOptions(graphs="on")).generate([Request([5, 6], max_new_tokens=3)])
+
+
+def test_lm_eval_requests_match_hflm_own_generate(default_model):
+    """Our HFLM's generate_until (the engine) returns the texts lm-eval's own batched generate does."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from analysis.evaluate import make_lm
+
+    questions = ["Question: What is 17 + 25?\nAnswer:", "Question: Tom has 3 apples and buys 4 more. How many?\nAnswer:",
+                 "Q: Name a colour.\nA:", "Question: What is 9 * 8?\nAnswer: Let's think step by step."]
+    limits = [8, 24, 5, 32]
+    reqs = [Instance(request_type="generate_until", doc={}, idx=0,
+                     arguments=(q, {"until": ["\n\n", "Question:"], "max_gen_toks": m, "do_sample": False}))
+            for q, m in zip(questions, limits)]
+    lm = make_lm(default_model, batch_size=2, gen_batch_size=2, show_progress=False)
+    ours = lm.generate_until(reqs, disable_tqdm=True)
+    stock = HFLM.generate_until(lm, reqs, disable_tqdm=True)
+    assert ours == stock
+    assert all(ours) and len(set(ours)) == len(ours)
