@@ -148,14 +148,47 @@ def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return nll, int(keep.sum())
 
 
-def response_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                temperature: float = 1.0) -> tuple[torch.Tensor, int]:
-    """Summed KL(teacher || student) over the positions that predict response tokens."""
-    keep = labels[:, 1:] != IGNORE
-    s = torch.log_softmax(student_logits[:, :-1][keep].float() / temperature, -1)
-    t = torch.log_softmax(teacher_logits[:, :-1][keep].float() / temperature, -1)
-    kl = (t.exp() * (t - s)).sum() * temperature**2
-    return kl, int(keep.sum())
+def response_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Summed KL(teacher || student) over rows of logits (the positions that predict response tokens)."""
+    s = torch.log_softmax(student_logits.float() / temperature, -1)
+    t = torch.log_softmax(teacher_logits.float() / temperature, -1)
+    return (t.exp() * (t - s)).sum() * temperature**2
+
+
+def response_logits(blocks, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Logits only where a response token is predicted (``keep``: ``[batch, seq-1]``).
+
+    The decoder runs once; the unembedding runs on the kept positions alone, so neither prompt nor
+    padding positions cost vocabulary-sized logits (at 8192 tokens and a 128k vocabulary the full
+    tensor is 2 GB in bf16, 4 GB more in fp32 for the loss)."""
+    hidden = blocks.final_hidden(ids, mask)
+    return blocks.final_logits(hidden[:, :-1][keep])
+
+
+def train_step(model, batch: list[Example], pad_id: int, device, micro_batch: int, *, teacher=None,
+               kl_temperature: float = 1.0) -> tuple[float, int]:
+    """Forward and backward over ``batch`` in micro-batches; the loss is the mean over the batch's
+    response tokens (NLL, or KL to ``teacher``). Returns (loss, tokens run). No optimizer step."""
+    from probe.blocks import Blocks
+
+    blocks = Blocks(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    teacher_blocks = Blocks(teacher) if teacher is not None else None
+    n_resp = max(sum(e.n_response for e in batch), 1)
+    loss_total, seen = 0.0, 0
+    for i in range(0, len(batch), micro_batch):
+        ids, mask, labels = collate(batch[i:i + micro_batch], pad_id, device)
+        keep = labels[:, 1:] != IGNORE
+        logits = response_logits(blocks, ids, mask, keep).float()
+        if teacher_blocks is not None:
+            with torch.no_grad():
+                t_logits = response_logits(teacher_blocks, ids, mask, keep)
+            loss_sum = response_kl(logits, t_logits, kl_temperature)
+        else:
+            loss_sum = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep], reduction="sum")
+        (loss_sum / n_resp).backward()
+        loss_total += float(loss_sum.detach()) / n_resp
+        seen += int(mask.sum())
+    return loss_total, seen
 
 
 @torch.no_grad()
@@ -369,19 +402,9 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
             t0 = time.perf_counter()
             batch = [train[i] for i in _batch_indices(state["step"], cfg.batch_size, len(train), cfg.seed)]
             n_resp = sum(e.n_response for e in batch)
-            step_loss = 0.0
-            for i in range(0, len(batch), cfg.micro_batch):
-                ids, mask, labels = collate(batch[i:i + cfg.micro_batch], pad, dev)
-                logits = pm(input_ids=ids, attention_mask=mask).logits
-                if teacher_model is not None:
-                    with torch.no_grad():
-                        t_logits = teacher_model(input_ids=ids, attention_mask=mask).logits
-                    loss_sum, _ = response_kl(logits, t_logits, labels, cfg.kl_temperature)
-                else:
-                    loss_sum, _ = response_nll(logits, labels)
-                (loss_sum / max(n_resp, 1)).backward()
-                step_loss += float(loss_sum.detach()) / max(n_resp, 1)
-                state["all_tokens"] += int(mask.sum())
+            step_loss, seen = train_step(pm, batch, pad, dev, cfg.micro_batch, teacher=teacher_model,
+                                         kl_temperature=cfg.kl_temperature)
+            state["all_tokens"] += seen
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,284 @@
+"""Generation paths side by side, in one run, on the same prompts: tokens/s, share of the step
+floor, peak memory.
+
+Paths
+  stock-B     transformers ``model.generate``, static left-padded batches of B (what SGR used to do)
+  cb          transformers continuous batching (``init_continuous_batching``), default settings
+  cb-graphs   the same with CUDA graphs on and 90% of free memory for its cache
+  ours-S      ``probe.generation.Engine`` with S slots (continuous batching, slotted cache, CUDA-graph decode)
+
+Workloads (prompts of 100-199 random tokens, sampled at temperature 1, no EOS)
+  fixed       256 new tokens per request
+  variable    per-request limits drawn from U[16, 512] (as SGR answers vary); a static batch runs
+              until its longest request is done, and only requested tokens count
+
+The step floor: one decode step must read every weight once and each row's keys and values, and
+do 2 x params FLOPs per row; bandwidth and matmul peak are measured in the same run. A path's
+"floor" column is the time that workload needs at its batch size on that floor, over its measured
+time.
+
+``--agreement N`` also checks greedy agreement on a real model (``--agreement-model``, default
+the embedded one) in the run's dtype: N chat prompts, 64 tokens, ours vs stock ``generate``.
+
+    python benchmarks/generation.py --random-llama-8b --device cuda          # H200, bf16
+    python benchmarks/generation.py --tiny --n 16                           # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probe.generation import Engine, GenerationOptions, Request, kv_bytes_per_token  # noqa: E402
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ceilings(device, dtype) -> tuple[float, float]:
+    """Measured (bytes/s of a device copy counting read + write, matmul FLOP/s)."""
+    if torch.device(device).type != "cuda":
+        return 20e9, 0.5e12
+    a = torch.empty(2 * 1024**3, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    sync(device)
+    bw = 2 * a.numel() * 10 / (time.perf_counter() - t)
+    del a, b
+    x = torch.randn(8192, 8192, dtype=dtype, device=device)
+    for _ in range(3):
+        x @ x
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(10):
+        x @ x
+    sync(device)
+    return bw, 2 * 8192**3 * 10 / (time.perf_counter() - t)
+
+
+def workload(kind: str, n: int, vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt = [rng.randrange(100, vocab) for _ in range(rng.randint(100, 199))]
+        out.append((prompt, 256 if kind == "fixed" else rng.randint(16, 512)))
+    return out
+
+
+def run_stock(model, work, batch: int, device) -> int:
+    made = 0
+    for i in range(0, len(work), batch):
+        chunk = work[i:i + batch]
+        width = max(len(p) for p, _ in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, (p, _) in enumerate(chunk):
+            ids[j, width - len(p):] = torch.tensor(p)
+            mask[j, width - len(p):] = 1
+        model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=1.0, top_p=1.0,
+                       top_k=0, max_new_tokens=max(m for _, m in chunk), pad_token_id=0, eos_token_id=None)
+        made += sum(m for _, m in chunk)  # only the requested tokens count
+    return made
+
+
+def run_cb(model, work, tuned: bool) -> int:
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    gc = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=512,
+                          eos_token_id=None, pad_token_id=0)
+    cfg = ContinuousBatchingConfig(use_cuda_graph=True, max_memory_percent=0.9) if tuned else None
+    made, want = 0, len(work)
+    with model.continuous_batching_context_manager(generation_config=gc, continuous_batching_config=cfg,
+                                                   block=True, timeout=5) as manager:
+        for i, (p, m) in enumerate(work):
+            manager.add_request(p, request_id=f"r{i}", max_new_tokens=m)
+        got = 0
+        while got < want:
+            res = manager.get_result(timeout=1)
+            if res is not None and res.is_finished():
+                got += 1
+                made += len(res.generated_tokens)
+            elif res is None and not manager.is_running():
+                raise RuntimeError("continuous batching stopped early")
+    return made
+
+
+def run_ours(model, tok, work, slots: int, graphs: str) -> tuple[int, Engine]:
+    engine = Engine(model, tok, GenerationOptions(slots=slots, graphs=graphs))
+    engine.eos = set()  # the workload asks for exactly its token counts
+    reqs = [Request(p, max_new_tokens=m, temperature=1.0, seed=i) for i, (p, m) in enumerate(work)]
+    return sum(len(c.tokens) for c in engine.generate(reqs)), engine
+
+
+def floor_seconds(model, work, batch: int, bw: float, peak: float, dtype) -> float:
+    """Decode steps at ``batch`` rows, each bounded by weight + KV bytes or by FLOPs, plus prefill FLOPs."""
+    params = sum(p.numel() for p in model.parameters())
+    wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv = kv_bytes_per_token(model.config, dtype)
+    tokens = sum(m for _, m in work)
+    prompt = sum(len(p) for p, _ in work)
+    avg_len = (prompt + tokens / 2) / len(work)
+    b = min(batch, len(work))
+    step = max((wbytes + b * avg_len * kv) / bw, 2 * params * b / peak)
+    return tokens / b * step + 2 * params * prompt / peak
+
+
+def timed(fn, device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    secs = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else float("nan")
+    return out, secs, peak
+
+
+def agreement(args, device, dtype) -> dict:
+    """Greedy, real model: share of requests whose first 64 tokens equal stock ``generate``'s."""
+    from probe.models import load_model
+    from recover.data import load_prompts, prompt_text
+
+    lm = load_model(args.agreement_model, dtype=dtype, device=str(device))
+    tok = lm.tokenizer
+    recs = load_prompts("builtin", n=args.agreement, seed=0)
+    prompts = [tok(prompt_text(tok, r), add_special_tokens=not tok.chat_template).input_ids for r in recs]
+    ours = Engine(lm.model, tok, GenerationOptions(slots=64)).generate([Request(p, max_new_tokens=64) for p in prompts])
+    tok.padding_side = "left"
+    same = 0
+    same_tokens = total = 0
+    eos = Engine(lm.model, tok).eos
+    for i in range(0, len(prompts), 32):
+        chunk = prompts[i:i + 32]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), tok.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, p in enumerate(chunk):
+            ids[j, width - len(p):] = torch.tensor(p)
+            mask[j, width - len(p):] = 1
+        gen = lm.model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False, max_new_tokens=64,
+                                pad_token_id=tok.pad_token_id)[:, width:].tolist()
+        for j, row in enumerate(gen):
+            cut = next((k for k, t in enumerate(row) if t in eos), len(row))
+            ref, got = row[:cut], ours[i + j].tokens
+            same += ref == got
+            n = min(len(ref), len(got))
+            same_tokens += sum(a == b for a, b in zip(ref[:n], got[:n]))
+            total += max(len(ref), len(got))
+    del lm
+    return {"requests": len(prompts), "identical_requests": same, "share": same / len(prompts),
+            "token_agreement": same_tokens / max(total, 1), "model": args.agreement_model or "default",
+            "dtype": str(dtype).replace("torch.", "")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--random-llama-8b", action="store_true", help="the Llama-3.1-8B shape, random weights")
+    ap.add_argument("--tiny", action="store_true", help="a tiny random Llama (CPU smoke run)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--n", type=int, default=512, help="requests for ours (the slower paths take fewer, see --n-stock)")
+    ap.add_argument("--n-stock", type=int, default=256, help="requests for stock-256 and cb (stock-16 takes 32)")
+    ap.add_argument("--slots", default="256,512", help="our engine's slot counts to time")
+    ap.add_argument("--paths", default="stock-16,stock-256,cb,cb-graphs,ours", help="paths to time")
+    ap.add_argument("--workloads", default="fixed,variable")
+    ap.add_argument("--agreement", type=int, default=0, help="real-model greedy check on this many prompts")
+    ap.add_argument("--agreement-model", default=None)
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+    from probe.tiny import llama3_8b_config, random_weight_model, tiny_model, tiny_tokenizer_dir
+    from transformers import AutoTokenizer
+
+    if args.random_llama_8b:
+        model = random_weight_model(llama3_8b_config(), device=str(device), dtype=dtype)
+    else:
+        model = tiny_model("llama")[0].to(device, dtype)
+    model.generation_config.eos_token_id = None
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())  # ids only: the workload is random tokens
+    vocab = int(model.config.vocab_size)
+    bw, peak = ceilings(device, dtype)
+    print(f"device {device} {torch.cuda.get_device_name() if device.type == 'cuda' else ''} dtype {dtype}; "
+          f"copy {bw / 1e12:.2f} TB/s, matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
+    rows = []
+    paths = args.paths.split(",")
+    for kind in args.workloads.split(","):
+        work = workload(kind, args.n, vocab)
+        plan = []
+        for p in paths:
+            if p.startswith("stock-"):
+                b = int(p.split("-")[1])
+                if kind == "variable" and b < 64:
+                    continue  # the static small batch is timed on the fixed workload only
+                sub = work[:32] if b < 64 else work[:args.n_stock]
+                plan.append((p, b, sub, lambda sub=sub, b=b: run_stock(model, sub, b, device)))
+            elif p in ("cb", "cb-graphs"):
+                if device.type != "cuda" or (p == "cb-graphs" and kind == "variable"):
+                    continue
+                sub = work[:args.n_stock]
+                plan.append((p, len(sub), sub, lambda sub=sub, t=(p == "cb-graphs"): run_cb(model, sub, t)))
+            elif p == "ours":
+                for s in map(int, args.slots.split(",")):
+                    plan.append((f"ours-{s}", s, work,
+                                 lambda s=s: run_ours(model, tok, work, s, "auto")[0]))
+                if device.type == "cuda":
+                    s = int(args.slots.split(",")[0])
+                    plan.append((f"ours-{s}-eager", s, work, lambda s=s: run_ours(model, tok, work, s, "off")[0]))
+        for name, batch, sub, fn in plan:
+            try:
+                if name.startswith("ours"):  # a short warm-up: allocator, kernels, graph capture path
+                    run_ours(model, tok, sub[:8], 8, "auto")
+                made, secs, mem = timed(fn, device)
+            except Exception as e:  # one path failing must not lose the others' numbers
+                print(f"{kind:9s} {name:16s} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+                rows.append({"workload": kind, "path": name, "error": f"{type(e).__name__}: {e}"[:500]})
+                continue
+            floor = floor_seconds(model, sub, batch, bw, peak, dtype)
+            row = {"workload": kind, "path": name, "requests": len(sub), "tokens": made, "seconds": round(secs, 2),
+                   "tokens_per_s": round(made / secs, 1), "floor_share": round(floor / secs, 3),
+                   "peak_gib": round(mem, 1)}
+            rows.append(row)
+            print(f"{kind:9s} {name:16s} {len(sub):5d} req {made:8d} tok {secs:8.1f} s {made / secs:9.0f} tok/s "
+                  f"floor {floor / secs:6.1%} peak {mem:6.1f} GiB", flush=True)
+    result = {"device": str(device), "dtype": str(dtype), "bandwidth": bw, "matmul": peak, "rows": rows}
+    if args.agreement:
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        result["agreement"] = agreement(args, device, dtype)
+        a = result["agreement"]
+        print(f"greedy agreement ({a['model']}, {a['dtype']}): {a['identical_requests']}/{a['requests']} requests "
+              f"identical over 64 tokens ({a['share']:.1%}); token agreement {a['token_agreement']:.1%}")
+    print("\n| workload | path | requests | tokens/s | share of floor | peak GiB |\n|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['workload']} | {r['path']} | failed: {r['error'][:60]} | | | |")
+        else:
+            print(f"| {r['workload']} | {r['path']} | {r['requests']} | {r['tokens_per_s']:,.0f} | "
+                  f"{r['floor_share']:.1%} | {r['peak_gib']} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
