@@ -38,6 +38,7 @@ import ast
 import gzip
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -625,10 +626,12 @@ def run_code_task(loaded, task: str, *, limit: int | None = None, out_dir: str |
     import torch
 
     _check_task(task)
-    if limit is not None and limit < 1:
-        raise PrunescopeError(f"limit must be at least 1, got {limit}")
+    if limit is not None and not (limit >= 1 or (isinstance(limit, float) and 0 < limit < 1)):
+        raise PrunescopeError(f"limit must be at least 1 or a fraction in (0, 1), got {limit}")
     plus_file = humaneval_plus if task == "humaneval" else mbpp_plus
     problems, data_label = _problems_for(task, plus_file)
+    if isinstance(limit, float) and limit < 1:
+        limit = math.ceil(limit * len(problems))  # a share of the problems, as lm-eval takes a fraction
     chosen = list(problems.values())[:limit]
     torch.manual_seed(seed)  # greedy decoding; recorded for the table
     chat = bool(getattr(loaded.tokenizer, "chat_template", None)) if chat is None else chat

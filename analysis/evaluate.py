@@ -199,12 +199,19 @@ def lm_eval_tasks(name: str, *, num_fewshot: int | None = None, xsum_file=None) 
     return [{**defaults, **item} for item in cfg["task"]]
 
 
-def lm_eval_limit(name: str, limit: int | None, n_leaves: int = 1) -> int | None:
-    """lm-eval's per-leaf-task limit for ``limit`` docs of a benchmark: spread over a group's members."""
+def lm_eval_limit(name: str, limit: int | float | None, n_leaves: int = 1) -> int | float | None:
+    """lm-eval's per-leaf-task limit for ``limit`` docs of a benchmark: spread over a group's members.
+    A fraction in (0, 1) is a share of every member's docs, passed through (lm-eval takes it as such).
+
+    >>> lm_eval_limit("mmlu", 100, 57), lm_eval_limit("mmlu", 0.2, 57)
+    (2, 0.2)
+    """
     if limit is None:
         return None
+    if isinstance(limit, float) and 0 < limit < 1:
+        return limit
     if limit < 1:
-        raise PrunescopeError(f"limit must be a positive number of docs, got {limit}")
+        raise PrunescopeError(f"limit must be a positive number of docs or a fraction in (0, 1), got {limit}")
     return math.ceil(limit / n_leaves)
 
 
@@ -512,8 +519,9 @@ class EvalOptions(Options):
     tasks: list = option(["classification"], "comma-separated task names; 'classification' = the 7-task suite, "
                                              "'generative' = gsm8k,arithmetic,humaneval,mbpp", kind="names",
                          choices=lambda: (*TASKS, *GROUPS), what="task")
-    limit: int | dict | None = option(None, "docs per task (MMLU: spread over its 57 subjects); in Python or YAML "
-                                            "also {task: n, default: n}", kind="limit", minimum=1)
+    limit: int | float | dict | None = option(None, "docs per task (MMLU: spread over its 57 subjects), or a "
+                                                    "fraction of each task's docs (0.2, as the paper's code); in "
+                                                    "Python or YAML also {task: n, default: n}", kind="limit")
     fewshot: int | None = option(None, "few-shot examples (default: the task's own: classification 5, GSM8K 8)",
                                  kind="int?", minimum=0)
     stage: str = option("base", "the condition column: base / pruned-bi / ...")
@@ -541,8 +549,8 @@ class EvalOptions(Options):
             for t, n in self.limit.items():
                 if t != "default" and t not in TASKS:
                     raise PrunescopeError(f"limit names an unknown task {t!r}; choose from {', '.join(TASKS)}")
-                if n < 1:
-                    raise PrunescopeError(f"limit must be a positive number of docs, got {n}")
+                if not (n >= 1 or 0 < n < 1):
+                    raise PrunescopeError(f"limit must be a positive number of docs or a fraction in (0, 1), got {n}")
 
     def code_options(self) -> dict:
         return {k: getattr(self, k) for k in ("max_new_tokens", "humaneval_plus", "mbpp_plus")
@@ -619,8 +627,8 @@ def evaluate_model(
         _check_name(name)
     limits = dict(limit) if isinstance(limit, dict) else {"default": limit}
     for lim in limits.values():
-        if lim is not None and lim < 1:
-            raise PrunescopeError(f"limit must be a positive number of docs, got {lim}")
+        if lim is not None and not (lim >= 1 or (isinstance(lim, float) and 0 < lim < 1)):
+            raise PrunescopeError(f"limit must be a positive number of docs or a fraction in (0, 1), got {lim}")
     # Build every config first: a missing package, a bad xsum file or few-shot count fails before any work.
     configs = {t: lm_eval_tasks(t, num_fewshot=num_fewshot, xsum_file=xsum_file)
                for t in dict.fromkeys(tasks) if t not in CODE_TASKS}

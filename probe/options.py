@@ -43,7 +43,7 @@ KINDS = {
     "int": "an integer", "int?": "an integer or null", "float": "a number", "float?": "a number or null",
     "str": "a string", "str?": "a string or null", "bool": "true or false", "names": "a list of names",
     "ints": "a list of integers", "numbers": "a number or a list of numbers", "sets": "a list of layer sets",
-    "limit": "an integer, null, or a mapping of task names to integers", "dict": "a mapping", "paths": "a list of paths",
+    "limit": "a positive integer, a fraction in (0, 1), null, or a mapping of task names to those", "dict": "a mapping", "paths": "a list of paths",
 }
 
 
@@ -112,6 +112,17 @@ def parse_sets(text: str) -> list[list[int]]:
     return out
 
 
+def _limit(v, bad):
+    """A document limit: a whole number of docs (at least 1) or a fraction of each task in (0, 1)."""
+    if _is_int(v) and v >= 1:
+        return v
+    if isinstance(v, float) and 0 < v < 1:
+        return v
+    if isinstance(v, float) and v >= 1 and v.is_integer():
+        return int(v)
+    return bad()
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -127,7 +138,9 @@ def coerce(value: Any, kind: str, name: str) -> Any:
     if isinstance(value, str) and kind not in ("str", "str?", "names", "paths"):
         text = value.strip()
         try:
-            if base == "int" or kind == "limit":
+            if kind == "limit":
+                return _limit(float(text) if "." in text else int(text), bad)
+            if base == "int":
                 return int(text)
             if base == "float":
                 return float(text)
@@ -174,11 +187,9 @@ def coerce(value: Any, kind: str, name: str) -> Any:
             return [list(s) for s in value]
         bad()
     if kind == "limit":
-        if _is_int(value):
-            return value
-        if isinstance(value, dict) and all(isinstance(k, str) and _is_int(v) for k, v in value.items()):
-            return dict(value)
-        bad()
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {k: _limit(v, bad) for k, v in value.items()}
+        return _limit(value, bad)
     if kind == "dict":
         return dict(value) if isinstance(value, dict) else bad()
     raise TypeError(f"unknown option kind {kind!r}")

