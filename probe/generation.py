@@ -385,18 +385,24 @@ class Engine:
         finally:
             self.active.copy_(active)
 
-    def _decode(self) -> list[int]:
+    def _launch(self) -> None:
+        """Queue one decode step (asynchronously on CUDA); its tokens land in ``next_tokens``."""
         if self.graph is None and self._want_graph():
             self._capture()
         if self.graph is not None:
             self.graph.replay()
         else:
             self._decode_body()
-        return self.next_tokens.tolist()
 
-    def _stop_hit(self, row: _Row) -> bool:
+    def _stop_hit(self, row: _Row, token: int) -> bool:
         stops = row.request.stop
         if not stops:
+            return False
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.tokenizer.decode([token], skip_special_tokens=False)
+        # a stop can only have just completed if this token's text holds its last character
+        if not any(s[-1] in piece for s in stops if s):
             return False
         window = max(len(s) for s in stops) + 4  # tokens are at least one character, bar byte pieces
         tail = self.tokenizer.decode(row.tokens[-window:], skip_special_tokens=False)
@@ -417,12 +423,17 @@ class Engine:
             return "eos"
         if len(row.tokens) >= row.request.max_new_tokens:
             return "length"
-        if self._stop_hit(row):
+        if self._stop_hit(row, token):
             return "stop"
         return None
 
     def _run(self, requests: list[Request], progress: bool, desc: str) -> Iterator[tuple[int, Completion]]:
+        """The scheduler. One decode step is kept in flight: step t+1 is queued before step t's
+        tokens are read back and booked, so the host's bookkeeping overlaps the GPU's work. A row
+        that finished at step t therefore runs one step more, whose token is dropped; rows are
+        retired and refilled after that, in stream order."""
         self._setup(requests)
+        self._pieces: dict[int, str] = {}
         # length-sorted prefill: the longest prompts first, so each group pads little
         queue = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
         queue.reverse()  # pop() from the end takes the longest
@@ -431,9 +442,33 @@ class Engine:
         refill_at = max(1, math.ceil(self.options.refill * self.slots))
         bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not progress)
         made = 0
+        in_flight = False  # a decode step whose tokens are not read yet
+
+        def retire(finished: list[tuple[int, str]]) -> Iterator[tuple[int, Completion]]:
+            nonlocal made
+            if finished:
+                idle = torch.tensor([s for s, _ in finished], device=self.device)
+                self.active[idle] = False
+            for slot, reason in finished:
+                row = running.pop(slot)
+                free.append(slot)
+                made += len(row.tokens)
+                bar.update(1)
+                yield row.index, self._finish(row, reason)
+
         try:
             while queue or running:
                 if queue and free and (not running or len(free) >= min(refill_at, len(queue))):
+                    if in_flight:  # book the step in flight first (retired rows' tokens are dropped)
+                        pending = self.next_tokens.tolist()
+                        in_flight = False
+                        finished = []
+                        for slot, row in running.items():
+                            reason = self._take(row, pending[slot])
+                            if reason:
+                                finished.append((slot, reason))
+                        yield from retire(finished)
+                        continue
                     group, slots = [], []
                     longest = len(requests[queue[-1]].prompt)
                     while queue and free and (len(group) + 1) * longest <= max(self.options.prefill_tokens, longest):
@@ -446,31 +481,24 @@ class Engine:
                         reason = self._take(row, tok)
                         if reason:
                             finished.append((slot, reason))
-                    for slot, reason in finished:
-                        row = running.pop(slot)
-                        free.append(slot)
-                        self.active[slot] = False
-                        made += len(row.tokens)
-                        bar.update(1)
-                        yield row.index, self._finish(row, reason)
+                    yield from retire(finished)
                     continue
-                tokens = self._decode()
+                if not in_flight:
+                    self._launch()
+                    in_flight = True
+                tokens = self.next_tokens.tolist()  # waits for the step in flight
+                self._launch()  # the next step runs while this one's tokens are booked
                 finished = []
                 for slot, row in running.items():
                     reason = self._take(row, tokens[slot])
                     if reason:
                         finished.append((slot, reason))
-                if finished:
-                    idle = torch.tensor([s for s, _ in finished], device=self.device)
-                    self.active[idle] = False
-                for slot, reason in finished:
-                    row = running.pop(slot)
-                    free.append(slot)
-                    made += len(row.tokens)
-                    bar.update(1)
-                    yield row.index, self._finish(row, reason)
+                yield from retire(finished)
                 if progress:
                     bar.set_postfix_str(f"{made} tok", refresh=False)
+                if not running:
+                    self.next_tokens.tolist()
+                    in_flight = False
         finally:
             bar.close()
             self.graph = None

@@ -180,7 +180,7 @@ def _recover(run: Run) -> None:
     sgr_file = run.out / "recover" / "sgr.jsonl"
     generate_responses(SGROptions(prompts=c["prompts"], n=c["n_prompts"], temperature=c["temperature"],
                                   max_new_tokens=c["max_new_tokens"], seed=run.cfg["seed"],
-                                  batch_size=16 if run.cfg["device"] == "cpu" else 64),
+                                  batch_size=16 if run.cfg["device"] == "cpu" else 256),
                        loaded=run.base, output=run.output(sgr_file))
     pruned = run.pruned_stages()
     for stage, folder in run.recovered_stages().items():
