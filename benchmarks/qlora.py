@@ -143,8 +143,7 @@ def run_trl(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device, s
     from probe.tiny import tiny_tokenizer_dir
     from transformers import AutoTokenizer
 
-    rows = [{"input_ids": e.input_ids, "completion_mask": [0 if lb == IGNORE else 1 for lb in e.labels]}
-            for e in data]
+    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in data]  # -100 on the prompt
     times, marks = [], {}
 
     class Clock(TrainerCallback):
@@ -164,7 +163,10 @@ def run_trl(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device, s
                      bf16=device.type == "cuda", learning_rate=cfg.lr, lr_scheduler_type="constant",
                      warmup_steps=0, max_steps=warmup + steps, logging_steps=1, report_to="none",
                      save_strategy="no", optim="adamw_torch", weight_decay=0.0, dataloader_num_workers=0,
-                     use_cpu=device.type != "cuda", seed=0)
+                     use_cpu=device.type != "cuda", seed=0,
+                     # the rows are already tokenized with their completion mask: no dataset.map (whose
+                     # fingerprinting pickles the transform, and failed on one machine's pyarrow types)
+                     dataset_kwargs={"skip_prepare_dataset": True})
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())

@@ -212,6 +212,49 @@ def _masks(windows: dict[str, int | None], key_ok: torch.Tensor, key_pos: torch.
     return out[""] if "" in out else out
 
 
+# ----------------------------------------------------------------------------- attention
+SLOT_ATTENTION = "prunescope_slots"
+
+
+def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
+    """Decode-step attention over the slotted cache that reads each key/value head once.
+
+    transformers' sdpa path repeats the key/value heads to the query heads (a copy of the whole
+    cache, 4x its size for 32/8 GQA) whenever a mask is given, and a slotted cache always needs
+    one. Here the query heads of a group attend to their shared head directly. Prompts (more than
+    one query) go to the model's own implementation. Same contract as transformers' attention
+    functions: returns ``[batch, queries, heads, head_dim]`` and no weights.
+    """
+    if query.shape[2] != 1:
+        import sys
+
+        inner = getattr(module.config, "_prunescope_inner", None) or "eager"
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        fallback = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+        fn = fallback if inner == "eager" else ALL_ATTENTION_FUNCTIONS.get_interface(inner, fallback)
+        return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, softcap=softcap,
+                  **kwargs)
+    b, h, _, d = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    groups = h // kv_heads
+    scale = scaling if scaling is not None else d**-0.5
+    scores = torch.matmul(query.reshape(b, kv_heads, groups, d), key.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:  # [b, 1, 1, length]
+        scores = scores + attention_mask[:, :, :, -length:]
+    probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value)  # [b, kv_heads, groups, d]
+    return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
+
+
+def _register_slot_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SLOT_ATTENTION, slot_attention)
+
+
 # ----------------------------------------------------------------------------- the engine
 @dataclass
 class _Row:
@@ -434,6 +477,11 @@ class Engine:
         retired and refilled after that, in stream order."""
         self._setup(requests)
         self._pieces: dict[int, str] = {}
+        _register_slot_attention()
+        cfg = self.model.config
+        inner = cfg._attn_implementation
+        cfg._prunescope_inner = inner
+        cfg._attn_implementation = SLOT_ATTENTION
         # length-sorted prefill: the longest prompts first, so each group pads little
         queue = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
         queue.reverse()  # pop() from the end takes the longest
@@ -500,6 +548,7 @@ class Engine:
                     self.next_tokens.tolist()
                     in_flight = False
         finally:
+            cfg._attn_implementation = inner
             bar.close()
             self.graph = None
             self.cache = None
