@@ -239,13 +239,18 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
     kv_heads, length = key.shape[1], key.shape[2]
     groups = h // kv_heads
     scale = scaling if scaling is not None else d**-0.5
-    scores = torch.matmul(query.reshape(b, kv_heads, groups, d), key.transpose(-1, -2)) * scale
-    if softcap is not None:
+    mask = None if attention_mask is None else attention_mask[:, :, :, -length:]  # [b, 1, 1, length]
+    # the query heads of one key/value head become that head's "queries": one read of each head
+    grouped = query.reshape(b, kv_heads, groups, d)
+    if softcap is None:
+        # fp32 accumulation inside the kernel; a bf16 matmul would round the scores before the softmax
+        out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scale)
+    else:  # Gemma 2's capped scores: no fused kernel takes them
+        scores = torch.matmul(grouped.float(), key.float().transpose(-1, -2)) * scale
         scores = torch.tanh(scores / softcap) * softcap
-    if attention_mask is not None:  # [b, 1, 1, length]
-        scores = scores + attention_mask[:, :, :, -length:]
-    probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value)  # [b, kv_heads, groups, d]
+        if mask is not None:
+            scores = scores + mask
+        out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
     return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
 
 
