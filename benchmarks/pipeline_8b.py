@@ -18,7 +18,10 @@ Stages and default sizes (``--fraction`` scales the three heavy ones; the table 
 
 The floor of a forward-only stage: every decoder forward it ran (counted by a hook) at the larger
 of its FLOPs (2 x params x tokens over the measured matmul peak) and one read of the weights (over
-the measured bandwidth). QLoRA's floor: 6 x params x tokens (forward, recompute, input gradients).
+the measured bandwidth). A generating stage (SGR, GSM8K): the engine's own count (a replayed CUDA
+graph runs no hooks), prefill FLOPs plus, per decode step, one read of the weights and of the
+slots' caches or its FLOPs, whichever is larger. QLoRA's floor: 6 x params x tokens (forward,
+recompute, input gradients).
 
     python benchmarks/pipeline_8b.py --device cuda --out /tmp/p8b                 # H200
     python benchmarks/pipeline_8b.py --tiny --fraction 0.02 --out /tmp/p8b-tiny    # CPU smoke run
@@ -160,9 +163,24 @@ def main() -> None:
     rows = []
     f = args.fraction
 
+    from probe import generation
+
+    kv = generation.kv_bytes_per_token(base.model.config, dtype)
+
+    def generation_floor(before: dict) -> float:
+        """Prefill FLOPs, and per decode step one read of the weights and of the slots' caches, or
+        its FLOPs (a replayed CUDA graph runs no hooks, so the engine counts its own work)."""
+        d = {k: generation.totals[k] - before.get(k, 0) for k in generation.totals}
+        if not d["decode_steps"]:
+            return 0.0
+        rows = d["decode_rows"] / d["decode_steps"]
+        step = max((wbytes + rows * generation.totals["capacity"] * kv) / bw, 2 * params * rows / peak)
+        return 2 * params * d["prefill_tokens"] / peak + d["decode_steps"] * step
+
     @contextmanager
     def stage(name: str, size: str, paper_scale: float | None = None, floor=None):
         counter.reset()
+        gen_before = dict(generation.totals)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -178,6 +196,10 @@ def main() -> None:
         fl = extra.pop("floor", None)
         if fl is None:
             fl = counter.floor(params, wbytes, peak, bw) if counter.forwards else None
+            gen = generation_floor(gen_before)
+            if gen:  # a generating stage (SGR, GSM8K) does nothing else: the engine's own count holds
+                fl = gen
+                extra["decode_steps"] = generation.totals["decode_steps"] - gen_before["decode_steps"]
         scale = extra.pop("scale", paper_scale)
         paper = extra.pop("paper_seconds", None)
         if paper is None and scale is not None and not error:

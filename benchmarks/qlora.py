@@ -115,7 +115,22 @@ def model_flops(model, seq: int, tokens: int) -> tuple[float, float]:
     return (4 * p + attn) * tokens, (6 * p + attn * 4 / 3) * tokens
 
 
-def run_ours(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device) -> list[float]:
+def profile_step(pm, batch, cfg, device, out) -> None:
+    """One more optimizer-free step under the profiler: where the time goes (top CUDA kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        train_step(pm, batch, 0, device, cfg.micro_batch)
+        sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=18)
+    print(table, flush=True)
+    if out:
+        Path(out).write_text(table)
+
+
+def run_ours(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device, profile_to=None) -> list[float]:
     pm = add_lora(model, cfg)
     pm.train()
     params = [p for p in pm.parameters() if p.requires_grad]
@@ -131,6 +146,8 @@ def run_ours(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device) 
         sync(device)
         if step >= warmup:
             times.append(time.perf_counter() - t)
+    if profile_to is not None:
+        profile_step(pm, data[:cfg.batch_size], cfg, device, profile_to)
     return times
 
 
@@ -186,6 +203,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--arms", default="ours,trl")
     ap.add_argument("--no-quant", dest="quant", action="store_false", help="plain LoRA (CPU smoke runs)")
+    ap.add_argument("--profile", action="store_true", help="after timing ours, profile one step (top kernels)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -208,10 +226,14 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
             try:
                 if arm == "ours":
-                    times = run_ours(model, data, cfg, steps, args.warmup, device)
+                    prof = (Path(args.out).with_suffix(f".profile-{seq}.txt") if args.out else "") if args.profile else None
+                    times = run_ours(model, data, cfg, steps, args.warmup, device, prof)
                 else:
                     times = run_trl(model, data, cfg, steps, args.warmup, device, seq, work)
             except Exception as e:
+                import traceback
+
+                traceback.print_exc()  # where it failed, for the next try on the machine
                 print(f"seq {seq} {arm}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
                 rows.append({"seq": seq, "arm": arm, "error": f"{type(e).__name__}: {e}"[:500]})
                 del model

@@ -39,6 +39,11 @@ from .options import Options, option
 
 _MASK32 = 0xFFFFFFFF
 
+# Work done by every engine in this process (benchmarks read it to compute floors: a replayed CUDA
+# graph runs no Python hooks, so a forward counter on the model would miss the decode steps).
+totals = {"prefill_forwards": 0, "prefill_tokens": 0, "decode_steps": 0, "decode_rows": 0, "new_tokens": 0,
+          "slots": 0, "capacity": 0}
+
 
 @dataclass(frozen=True)
 class Request:
@@ -365,6 +370,8 @@ class Engine:
             ids[j, longest - len(p):] = torch.tensor(p, dtype=torch.long)
             ok[j, longest - len(p):] = True
         ids, ok = ids.to(dev), ok.to(dev)
+        totals["prefill_forwards"] += 1
+        totals["prefill_tokens"] += n * longest
         positions = (ok.long().cumsum(-1) - 1).clamp_min(0)
         rows = torch.tensor(slots, dtype=torch.long, device=dev)
         for j, row in enumerate(group):
@@ -435,6 +442,8 @@ class Engine:
 
     def _launch(self) -> None:
         """Queue one decode step (asynchronously on CUDA); its tokens land in ``next_tokens``."""
+        totals["decode_steps"] += 1
+        totals["decode_rows"] += self.slots
         if self.graph is None and self._want_graph():
             self._capture()
         if self.graph is not None:
@@ -506,9 +515,11 @@ class Engine:
                 row = running.pop(slot)
                 free.append(slot)
                 made += len(row.tokens)
+                totals["new_tokens"] += len(row.tokens)
                 bar.update(1)
                 yield row.index, self._finish(row, reason)
 
+        totals["slots"], totals["capacity"] = self.slots, self.capacity
         try:
             while queue or running:
                 if queue and free and (not running or len(free) >= min(refill_at, len(queue))):
