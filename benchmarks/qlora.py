@@ -152,7 +152,6 @@ def run_ours(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device, 
 
 
 def run_trl(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device, seq: int, work: Path) -> list[float]:
-    from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -161,6 +160,16 @@ def run_trl(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device, s
     from transformers import AutoTokenizer
 
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in data]  # -100 on the prompt
+
+    from datasets import IterableDataset
+
+    def generate_rows():
+        yield from rows
+
+    # an iterable dataset: its operations are lazy and fingerprint nothing (on the GPU machine, the
+    # fingerprinting of a map-style Dataset failed pickling a pyarrow type through dill)
+    train = IterableDataset.from_generator(generate_rows)
+
     times, marks = [], {}
 
     class Clock(TrainerCallback):
@@ -187,7 +196,7 @@ def run_trl(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device, s
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
-    trainer = SFTTrainer(model=model, args=conf, train_dataset=Dataset.from_list(rows), peft_config=lora,
+    trainer = SFTTrainer(model=model, args=conf, train_dataset=train, peft_config=lora,
                          processing_class=tok, callbacks=[Clock()])
     trainer.train()
     return times
