@@ -217,54 +217,6 @@ def _masks(windows: dict[str, int | None], key_ok: torch.Tensor, key_pos: torch.
     return out[""] if "" in out else out
 
 
-# ----------------------------------------------------------------------------- attention
-SLOT_ATTENTION = "prunescope_slots"
-
-
-def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
-    """Decode-step attention over the slotted cache that reads each key/value head once.
-
-    transformers' sdpa path repeats the key/value heads to the query heads (a copy of the whole
-    cache, 4x its size for 32/8 GQA) whenever a mask is given, and a slotted cache always needs
-    one. Here the query heads of a group attend to their shared head directly. Prompts (more than
-    one query) go to the model's own implementation. Same contract as transformers' attention
-    functions: returns ``[batch, queries, heads, head_dim]`` and no weights.
-    """
-    if query.shape[2] != 1:
-        import sys
-
-        inner = getattr(module.config, "_prunescope_inner", None) or "eager"
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        fallback = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
-        fn = fallback if inner == "eager" else ALL_ATTENTION_FUNCTIONS.get_interface(inner, fallback)
-        return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, softcap=softcap,
-                  **kwargs)
-    b, h, _, d = query.shape
-    kv_heads, length = key.shape[1], key.shape[2]
-    groups = h // kv_heads
-    scale = scaling if scaling is not None else d**-0.5
-    mask = None if attention_mask is None else attention_mask[:, :, :, -length:]  # [b, 1, 1, length]
-    # the query heads of one key/value head become that head's "queries": one read of each head
-    grouped = query.reshape(b, kv_heads, groups, d)
-    if softcap is None:
-        # fp32 accumulation inside the kernel; a bf16 matmul would round the scores before the softmax
-        out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scale)
-    else:  # Gemma 2's capped scores: no fused kernel takes them
-        scores = torch.matmul(grouped.float(), key.float().transpose(-1, -2)) * scale
-        scores = torch.tanh(scores / softcap) * softcap
-        if mask is not None:
-            scores = scores + mask
-        out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
-    return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
-
-
-def _register_slot_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(SLOT_ATTENTION, slot_attention)
-
-
 # ----------------------------------------------------------------------------- the engine
 @dataclass
 class _Row:
@@ -491,11 +443,6 @@ class Engine:
         retired and refilled after that, in stream order."""
         self._setup(requests)
         self._pieces: dict[int, str] = {}
-        _register_slot_attention()
-        cfg = self.model.config
-        inner = cfg._attn_implementation
-        cfg._prunescope_inner = inner
-        cfg._attn_implementation = SLOT_ATTENTION
         # length-sorted prefill: the longest prompts first, so each group pads little
         queue = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
         queue.reverse()  # pop() from the end takes the longest
@@ -564,7 +511,6 @@ class Engine:
                     self.next_tokens.tolist()
                     in_flight = False
         finally:
-            cfg._attn_implementation = inner
             bar.close()
             self.graph = None
             self.cache = None
