@@ -36,39 +36,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ceilings import ceilings, matmul_peak, sync  # noqa: E402,F401
 
 from probe.generation import Engine, GenerationOptions, Request, kv_bytes_per_token  # noqa: E402
 
 
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
-def ceilings(device, dtype) -> tuple[float, float]:
-    """Measured (bytes/s of a device copy counting read + write, matmul FLOP/s)."""
-    if torch.device(device).type != "cuda":
-        return 20e9, 0.5e12
-    a = torch.empty(2 * 1024**3, dtype=torch.uint8, device=device)
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(10):
-        b.copy_(a)
-    sync(device)
-    bw = 2 * a.numel() * 10 / (time.perf_counter() - t)
-    del a, b
-    x = torch.randn(8192, 8192, dtype=dtype, device=device)
-    for _ in range(3):
-        x @ x
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(10):
-        x @ x
-    sync(device)
-    return bw, 2 * 8192**3 * 10 / (time.perf_counter() - t)
 
 
 def workload(kind: str, n: int, vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:

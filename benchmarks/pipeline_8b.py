@@ -41,6 +41,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ceilings import ceilings, matmul_peak, sync  # noqa: E402,F401
 
 from probe.options import Output, Placement  # noqa: E402
 
@@ -77,29 +80,6 @@ class Counter:
         self.forwards, self.tokens, self.per = 0, 0, []
 
 
-def ceilings(device, dtype) -> tuple[float, float]:
-    if torch.device(device).type != "cuda":
-        return 20e9, 0.5e12
-    a = torch.empty(2 * 1024**3, dtype=torch.uint8, device=device)
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    bw = 2 * a.numel() * 10 / (time.perf_counter() - t)
-    del a, b
-    x = torch.randn(8192, 8192, dtype=dtype, device=device)
-    for _ in range(3):
-        x @ x
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
-        x @ x
-    torch.cuda.synchronize()
-    return bw, 2 * 8192**3 * 10 / (time.perf_counter() - t)
 
 
 def base_model(args, device, dtype, work: Path):

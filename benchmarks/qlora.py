@@ -34,28 +34,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ceilings import ceilings, matmul_peak, sync  # noqa: E402,F401
 
 from recover.data import Example  # noqa: E402
 from recover.train import IGNORE, RecoveryConfig, add_lora, train_step  # noqa: E402
 
 
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
-def matmul_peak(device, dtype) -> float:
-    if torch.device(device).type != "cuda":
-        return 0.5e12
-    x = torch.randn(8192, 8192, dtype=dtype, device=device)
-    for _ in range(3):
-        x @ x
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(10):
-        x @ x
-    sync(device)
-    return 2 * 8192**3 * 10 / (time.perf_counter() - t)
 
 
 def nf4_in_memory(model, compute_dtype):

@@ -42,6 +42,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ceilings import matmul_peak, sync  # noqa: E402,F401  (also imported from here by other benchmarks)
 
 from probe.blocks import Blocks  # noqa: E402
 from probe.scoring import Row, ScoringPlan  # noqa: E402
@@ -49,30 +52,6 @@ from probe.sweep import (  # noqa: E402
     SharedPrefix, batch_logits_plain, batch_logits_prefix, batch_logits_shared, run_with_oom_retry,
     default_batch_size, make_conditions, shared_prefix_length,
 )
-
-
-def sync(device):
-    """Wait for the GPU work: of that GPU, or of every GPU for plain "cuda" (a sharded model)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        for i in [dev.index] if dev.index is not None else range(torch.cuda.device_count()):
-            torch.cuda.synchronize(i)
-
-
-def matmul_peak(device, dtype) -> float:
-    """Measured dense matmul throughput (FLOP/s) for this device and dtype."""
-    n = 8192 if torch.device(device).type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps = 50 if torch.device(device).type == "cuda" else 5
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def layer_flops_per_token(cfg) -> float:
