@@ -12,9 +12,9 @@ read whole under a per-row mask. Every shape is fixed, so one CUDA graph serves 
 the model runs its own ``forward`` (hooks, skipped layers and all), which a paged kernel path does
 not promise. Benchmarks against ``generate`` and ``generate_batch``: ``benchmarks/generation.py``.
 
-Sampling is batch-independent: a request's random numbers depend only on its own ``seed`` and
-its step (a counter-based hash drawn per token, then the Gumbel-max trick), never on which
-requests share the batch. So a resumed SGR run redraws the same answers whenever the logits are
+Sampling is batch-independent: a request's random number at each step depends only on its own
+``seed`` and the step (a counter-based hash; the token is where it falls in the cumulative
+distribution), never on which requests share the batch. So a resumed SGR run redraws the same answers whenever the logits are
 the same; in fp32 they are (tested), in bf16 a different batch can round a logit differently.
 
 >>> from probe.tiny import tiny_model
@@ -97,34 +97,38 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def request_uniforms(seed: torch.Tensor, step: torch.Tensor, vocab_ids: torch.Tensor) -> torch.Tensor:
-    """Uniforms in (0, 1), ``[rows, vocab]``, a function of (seed, step, token id) alone.
+def request_uniform(seed: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """One uniform in (0, 1) per row, a function of (seed, step) alone (float64, 32 random bits).
 
-    >>> u = request_uniforms(torch.tensor([7, 7]), torch.tensor([0, 0]), torch.arange(5))
-    >>> bool((u[0] == u[1]).all()), bool(((u > 0) & (u < 1)).all())
-    (True, True)
+    >>> u = request_uniform(torch.tensor([7, 7, 8]), torch.tensor([0, 0, 0]))
+    >>> bool(u[0] == u[1]), bool(u[0] != u[2]), bool(((u > 0) & (u < 1)).all())
+    (True, True, True)
     """
-    key = _mix32(_mix32(seed & _MASK32) ^ (step & _MASK32))
-    h = _mix32(key[:, None] ^ vocab_ids[None, :])
-    return ((h >> 8).to(torch.float32) + 0.5) / float(1 << 24)
+    h = _mix32(_mix32(_mix32(seed & _MASK32) ^ (step & _MASK32)) ^ ((seed >> 32) & _MASK32))
+    return (h.to(torch.float64) + 0.5) / float(1 << 32)
 
 
 def pick_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seed: torch.Tensor,
-                step: torch.Tensor, vocab_ids: torch.Tensor, *, sample: bool, nucleus: bool) -> torch.Tensor:
+                step: torch.Tensor, *, sample: bool, nucleus: bool) -> torch.Tensor:
     """Greedy rows (temperature 0) take the argmax; the others sample ``softmax(logits / T)``,
-    restricted to the top-p nucleus, by the Gumbel-max trick on :func:`request_uniforms`."""
+    restricted to the top-p nucleus, by inverting its cumulative distribution at the row's own
+    :func:`request_uniform`. One uniform per row and a few passes over the vocabulary: no random
+    number depends on another row, so the draw does not depend on the batch."""
     greedy = logits.argmax(-1)
     if not sample:
         return greedy
     scaled = logits / temperature.clamp_min(1e-6)[:, None]
+    order = None
     if nucleus:
-        ordered, order = scaled.sort(-1, descending=True)
-        probs = ordered.softmax(-1)
+        scaled, order = scaled.sort(-1, descending=True)
+    probs = scaled.softmax(-1)
+    if nucleus:
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        drop = (probs.cumsum(-1) - probs) > top_p[:, None]
-        scaled = torch.empty_like(scaled).scatter_(-1, order, ordered.masked_fill(drop, float("-inf")))
-    gumbel = -torch.log(-torch.log(request_uniforms(seed, step, vocab_ids)))
-    sampled = (scaled + gumbel).argmax(-1)
+        probs = probs * ((probs.cumsum(-1) - probs) <= top_p[:, None])
+    cdf = probs.double().cumsum(-1)
+    u = request_uniform(seed, step) * cdf[:, -1]
+    pick = torch.searchsorted(cdf, u[:, None]).clamp_max(cdf.shape[-1] - 1)
+    sampled = (order.gather(-1, pick) if nucleus else pick)[:, 0]
     return torch.where(temperature > 0, sampled, greedy)
 
 
@@ -289,7 +293,6 @@ class Engine:
         s, dev = self.slots, self.device
         self.cache = SlotCache(s, self.capacity)
         self.ar = torch.arange(s, device=dev)
-        self.vocab_ids = torch.arange(int(self.config.vocab_size), device=dev)
         z = lambda dtype=torch.long: torch.zeros(s, dtype=dtype, device=dev)  # noqa: E731
         self.tok, self.pos, self.write, self.step, self.seed = z(), z(), z(), z(), z()
         self.temperature, self.top_p = z(torch.float32), z(torch.float32) + 1
@@ -310,7 +313,7 @@ class Engine:
     def _pick(self, logits, rows=None) -> torch.Tensor:
         sel = (lambda t: t) if rows is None else (lambda t: t[rows])
         return pick_tokens(logits, sel(self.temperature), sel(self.top_p), sel(self.seed), sel(self.step),
-                           self.vocab_ids, sample=self.sample, nucleus=self.nucleus)
+                           sample=self.sample, nucleus=self.nucleus)
 
     def _prefill(self, group: list[_Row], slots: list[int]) -> torch.Tensor:
         dev, n = self.device, len(group)
