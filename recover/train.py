@@ -161,7 +161,9 @@ def response_logits(blocks, ids: torch.Tensor, mask: torch.Tensor, keep: torch.T
     The decoder runs once; the unembedding runs on the kept positions alone, so neither prompt nor
     padding positions cost vocabulary-sized logits (at 8192 tokens and a 128k vocabulary the full
     tensor is 2 GB in bf16, 4 GB more in fp32 for the loss)."""
-    hidden = blocks.final_hidden(ids, mask)
+    # no padding in the batch: no mask, so sdpa may take its causal flash kernel with grouped heads
+    # (with a mask transformers repeats the key/value heads and sdpa leaves the flash kernel)
+    hidden = blocks.final_hidden(ids, None if bool(mask.all()) else mask)
     return blocks.final_logits(hidden[:, :-1][keep])
 
 
