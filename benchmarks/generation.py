@@ -21,6 +21,7 @@ time.
 the embedded one) in the run's dtype: N chat prompts, 64 tokens, ours vs stock ``generate``.
 
     python benchmarks/generation.py --random-llama-8b --device cuda          # H200, bf16
+    python benchmarks/generation.py --model default --n 64 --n-stock 64 --slots 16 --paths stock-16,ours   # CPU
     python benchmarks/generation.py --tiny --n 16                           # CPU smoke run
 """
 
@@ -192,6 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--random-llama-8b", action="store_true", help="the Llama-3.1-8B shape, random weights")
     ap.add_argument("--tiny", action="store_true", help="a tiny random Llama (CPU smoke run)")
+    ap.add_argument("--model", default=None, help="a real model instead (alias, folder or .gguf; e.g. default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--n", type=int, default=512, help="requests for ours (the slower paths take fewer, see --n-stock)")
@@ -211,6 +213,10 @@ def main() -> None:
 
     if args.random_llama_8b:
         model = random_weight_model(llama3_8b_config(), device=str(device), dtype=dtype)
+    elif args.model:
+        from probe.models import load_model
+
+        model = load_model(args.model, dtype=dtype, device=str(device)).model
     else:
         model = tiny_model("llama")[0].to(device, dtype)
     model.generation_config.eos_token_id = None
