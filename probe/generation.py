@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -191,6 +192,21 @@ def kv_bytes_per_token(config, dtype: torch.dtype = torch.float32) -> int:
     return 2 * int(config.num_hidden_layers) * heads * head_dim * dtype.itemsize
 
 
+def _available_ram() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable: free plus reclaimable cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 # ----------------------------------------------------------------------------- masks
 def _layer_windows(config) -> dict[str, int | None]:
     """Each attention type the model uses and its window (None = full attention)."""
@@ -278,12 +294,18 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
     def _slots_for(self, capacity: int, wanted: int) -> int:
-        """On CUDA, no more slots than 60% of the free memory holds at full capacity."""
-        if self.device.type != "cuda":
-            return wanted
-        free, _ = torch.cuda.mem_get_info(self.device)
+        """No more slots than the cache can hold at full capacity in 60% of the free device memory
+        (on a CPU, 30% of the available RAM: long prompts times many slots add up)."""
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = 0.6 * free
+        else:
+            ram = _available_ram()
+            if ram is None:  # unknown here: trust the request
+                return wanted
+            budget = 0.3 * ram
         per_row = capacity * kv_bytes_per_token(self.config, self.dtype)
-        return max(1, min(wanted, int(0.6 * free) // per_row))
+        return max(1, min(wanted, int(budget) // per_row))
 
     def _setup(self, requests: list[Request]) -> None:
         o = self.options
