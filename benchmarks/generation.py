@@ -57,16 +57,22 @@ def workload(kind: str, n: int, vocab: int, seed: int = 0) -> list[tuple[list[in
     return out
 
 
+def left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and attention mask of prompts padded on the left to the longest (what ``generate`` takes)."""
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, p in enumerate(prompts):
+        ids[j, width - len(p):] = torch.tensor(p)
+        mask[j, width - len(p):] = 1
+    return ids, mask
+
+
 def run_stock(model, work, batch: int, device) -> int:
     made = 0
     for i in range(0, len(work), batch):
         chunk = work[i:i + batch]
-        width = max(len(p) for p, _ in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, (p, _) in enumerate(chunk):
-            ids[j, width - len(p):] = torch.tensor(p)
-            mask[j, width - len(p):] = 1
+        ids, mask = left_padded([p for p, _ in chunk], 0)
         model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=1.0, top_p=1.0,
                        top_k=0, max_new_tokens=max(m for _, m in chunk), pad_token_id=0, eos_token_id=None)
         made += sum(m for _, m in chunk)  # only the requested tokens count
@@ -144,13 +150,8 @@ def agreement(args, device, dtype) -> dict:
     same_tokens = total = 0
     eos = Engine(lm.model, tok).eos
     for i in range(0, len(prompts), 32):
-        chunk = prompts[i:i + 32]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), tok.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, p in enumerate(chunk):
-            ids[j, width - len(p):] = torch.tensor(p)
-            mask[j, width - len(p):] = 1
+        ids, mask = left_padded(prompts[i:i + 32], tok.pad_token_id or 0)
+        width = ids.shape[1]
         gen = lm.model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False, max_new_tokens=64,
                                 pad_token_id=tok.pad_token_id)[:, width:].tolist()
         for j, row in enumerate(gen):
@@ -168,17 +169,9 @@ def agreement(args, device, dtype) -> dict:
     eager = Engine(lm.model, tok, GenerationOptions(slots=64, graphs="off")).generate(
         [Request(p, max_new_tokens=64) for p in few])
     first = lambda row: row[:next((k for k, t in enumerate(row) if t in eos), len(row))]  # noqa: E731
-    stock_batched = []
-    for i in range(0, 32, 32):
-        chunk = few[i:i + 32]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), tok.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, p in enumerate(chunk):
-            ids[j, width - len(p):] = torch.tensor(p)
-            mask[j, width - len(p):] = 1
-        stock_batched += lm.model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                           max_new_tokens=64, pad_token_id=tok.pad_token_id)[:, width:].tolist()
+    ids, mask = left_padded(few, tok.pad_token_id or 0)
+    stock_batched = lm.model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                      max_new_tokens=64, pad_token_id=tok.pad_token_id)[:, ids.shape[1]:].tolist()
     floor = {"stock_solo_vs_stock_batched": sum(first(a) == first(b) for a, b in zip(solo, stock_batched)) / 32,
              "stock_solo_vs_ours": sum(first(a) == c.tokens for a, c in zip(solo, ours[:32])) / 32,
              "ours_graphs_vs_eager": sum(a.tokens == b.tokens for a, b in zip(ours[:32], eager)) / 32}

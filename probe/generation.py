@@ -492,18 +492,16 @@ class Engine:
                 yield row.index, self._finish(row, reason)
 
         totals["slots"], totals["capacity"] = self.slots, self.capacity
+        def book(tokens: list[int]) -> list[tuple[int, str]]:
+            """Append each running row's token; the rows that ended, with why."""
+            return [(slot, reason) for slot, row in running.items() if (reason := self._take(row, tokens[slot]))]
+
         try:
             while queue or running:
                 if queue and free and (not running or len(free) >= min(refill_at, len(queue))):
                     if in_flight:  # book the step in flight first (retired rows' tokens are dropped)
-                        pending = self.next_tokens.tolist()
                         in_flight = False
-                        finished = []
-                        for slot, row in running.items():
-                            reason = self._take(row, pending[slot])
-                            if reason:
-                                finished.append((slot, reason))
-                        yield from retire(finished)
+                        yield from retire(book(self.next_tokens.tolist()))
                         continue
                     group, slots = [], []
                     longest = len(requests[queue[-1]].prompt)
@@ -524,12 +522,7 @@ class Engine:
                     in_flight = True
                 tokens = self.next_tokens.tolist()  # waits for the step in flight
                 self._launch()  # the next step runs while this one's tokens are booked
-                finished = []
-                for slot, row in running.items():
-                    reason = self._take(row, tokens[slot])
-                    if reason:
-                        finished.append((slot, reason))
-                yield from retire(finished)
+                yield from retire(book(tokens))
                 if progress:
                     bar.set_postfix_str(f"{made} tok", refresh=False)
                 if not running:
