@@ -49,6 +49,8 @@ from pathlib import Path
 from probe.errors import PrunescopeError
 from probe.results import atomic_write_text, read_jsonl
 
+from .signatures import FAILURE_KINDS  # noqa: F401  (the kinds failure_kinds() returns)
+
 TASKS = ("humaneval", "mbpp")
 N_ORIGINAL = {"humaneval": 164, "mbpp": 500}
 PROBLEM_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "contract",
@@ -438,7 +440,7 @@ def _write_problems(problems: list[dict], path: Path) -> Path:
 
 
 def run_evalplus(task: str, problems: list[dict], samples: list[dict], work_dir: str | Path, *,
-                 parallel: int = 2, name: str = "samples") -> dict[str, dict]:
+                 parallel: int | None = None, name: str = "samples") -> dict[str, dict]:
     """Run evalplus on ``samples`` (``{task_id, completion}`` or ``{task_id, solution}``).
 
     Returns ``{task_id: {"base_status", "plus_status", ...}}`` (evalplus' first result per task).
@@ -464,7 +466,7 @@ def run_evalplus(task: str, problems: list[dict], samples: list[dict], work_dir:
     env["XDG_CACHE_HOME"] = str(evalplus_cache())
     env.setdefault("OMP_NUM_THREADS", "1")
     base_only = all(not p["plus_input"] for p in problems)  # empty plus inputs still fork a check each
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, task, str(samples_path), str(parallel),
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, task, str(samples_path), str(parallel or _parallel()),
                            "1" if base_only else "0"], env=env, capture_output=True, text=True)
     atomic_write_text(work / f"{name}_evalplus.log", proc.stdout + proc.stderr)
     if proc.returncode != 0 or not result_path.is_file():
@@ -472,6 +474,121 @@ def run_evalplus(task: str, problems: list[dict], samples: list[dict], work_dir:
                            + (proc.stdout + proc.stderr)[-2000:])
     res = json.loads(result_path.read_text())["eval"]
     return {tid: r[0] for tid, r in res.items()}
+
+
+
+# Runs each still-unexplained failing program once more, in a forked child under evalplus' own
+# sandbox (temp dir, reliability guard, memory cap, swallowed I/O), to see which exception it raises.
+_TAXONOMY_RUNNER = r"""
+import json, sys, time, multiprocessing as mp
+from evalplus.eval import query_maximum_memory_bytes
+from evalplus.eval.utils import create_tempdir, reliability_guard, swallow_io, time_limit
+
+dataset, prob_path, jobs_path, out_path, parallel = sys.argv[1:6]
+probs = {p["task_id"]: p for p in map(json.loads, open(prob_path))}
+if dataset == "mbpp":
+    from evalplus.data.mbpp import mbpp_deserialize_inputs
+KINDS = ["assertion", "name", "other", "timeout"]
+
+def child(code, entry, inputs, limit, out):
+    with create_tempdir():
+        import os, shutil
+        rmtree, rmdir, chdir = shutil.rmtree, os.rmdir, os.chdir
+        reliability_guard(maximum_memory_bytes=query_maximum_memory_bytes())
+        try:
+            g = {}
+            with swallow_io(), time_limit(limit):
+                exec(code, g)
+                if entry not in g:
+                    raise NameError(entry)
+                for inp in inputs:
+                    g[entry](*inp)
+            out.value = 0   # ran clean: an answer was wrong
+        except (NameError, UnboundLocalError):
+            out.value = 1
+        except BaseException as e:
+            out.value = 3 if type(e).__name__ == "TimeoutException" else 2
+        shutil.rmtree, os.rmdir, os.chdir = rmtree, rmdir, chdir
+
+jobs = [json.loads(l) for l in open(jobs_path)]
+ctx = mp.get_context("fork")
+result, running, queue = {}, [], list(jobs)
+while queue or running:
+    while queue and len(running) < int(parallel):
+        j = queue.pop()
+        p = probs[j["task_id"]]
+        inputs = p["base_input"] if dataset != "mbpp" else mbpp_deserialize_inputs(j["task_id"], p["base_input"])
+        limit = min(20.0, 2.0 + 0.2 * len(inputs))
+        v = ctx.Value("i", 2)
+        proc = ctx.Process(target=child, args=(j["code"], p["entry_point"], inputs, limit, v))
+        proc.start()
+        running.append((j["task_id"], proc, v, time.monotonic() + limit + 5))
+    for item in list(running):
+        tid, proc, v, deadline = item
+        proc.join(0.01)
+        if proc.is_alive() and time.monotonic() < deadline:
+            continue
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            result[tid] = "timeout"
+        else:
+            result[tid] = KINDS[v.value]
+        running.remove(item)
+json.dump(result, open(out_path, "w"))
+"""
+
+
+def failure_kinds(task: str, problems: list[dict], programs: dict[str, str], statuses: dict[str, str],
+                  work_dir: str | Path, *, parallel: int | None = None) -> dict[str, str | None]:
+    """The failure kind (:data:`FAILURE_KINDS`) of each program, None where it passed.
+
+    ``programs``: ``{task_id: full program}``; ``statuses``: evalplus' base status per task id.
+    Compilation is checked here; the failing programs that compile run once more in evalplus'
+    sandbox, in a fresh process, to see what they raise.
+
+    >>> p = humaneval_problems()["HumanEval/23"]
+    >>> failure_kinds("humaneval", [p], {"HumanEval/23": "def strlen(s):\\n    return len(s"},
+    ...               {"HumanEval/23": "fail"}, "/tmp/ce")
+    {'HumanEval/23': 'syntax'}
+    """
+    kinds: dict[str, str | None] = {}
+    jobs = []
+    for tid, code in programs.items():
+        status = statuses[tid]
+        if status == "pass":
+            kinds[tid] = None
+        elif status == "timeout":
+            kinds[tid] = "timeout"
+        else:
+            try:
+                compile(code, "<solution>", "exec")  # compiles only; nothing runs here
+            except (SyntaxError, ValueError):
+                kinds[tid] = "syntax"
+                continue
+            jobs.append({"task_id": tid, "code": code})
+    if jobs:
+        work = Path(work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        wanted = {j["task_id"] for j in jobs}
+        prob_path = _write_problems([p for p in problems if p["task_id"] in wanted], work / "taxonomy_problems.jsonl")
+        jobs_path = atomic_write_text(work / "taxonomy_jobs.jsonl", "".join(json.dumps(j) + "\n" for j in jobs))
+        out_path = work / "taxonomy.json"
+        out_path.unlink(missing_ok=True)
+        env = dict(os.environ, XDG_CACHE_HOME=str(evalplus_cache()))
+        env.setdefault("OMP_NUM_THREADS", "1")
+        proc = subprocess.run([sys.executable, "-c", _TAXONOMY_RUNNER, task, str(prob_path), str(jobs_path),
+                               str(out_path), str(parallel or _parallel())], env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not out_path.is_file():
+            raise RuntimeError(f"the failure taxonomy's sandbox failed (exit {proc.returncode}):\n"
+                               + (proc.stdout + proc.stderr)[-2000:])
+        kinds.update(json.loads(out_path.read_text()))
+    return kinds
+
+
+def _parallel() -> int:
+    """Sandbox processes at once: every core, up to 16 (evalplus' checks are single-threaded)."""
+    return max(1, min(16, os.cpu_count() or 2))
 
 
 def _problems_for(task: str, plus_file=None) -> tuple[dict[str, dict], str]:
@@ -647,12 +764,17 @@ def run_code_task(loaded, task: str, *, limit: int | None = None, out_dir: str |
                                max_new_tokens=max_new_tokens, show_progress=show_progress)
         to_eval = [{"task_id": p["task_id"], "completion": c} for p, c in zip(chosen, completions)]
     res = run_evalplus(task, chosen, to_eval, Path(out_dir) / f"{task}_evalplus", name=f"{task}_samples")
+    # the program evalplus ran: the sanitized solution, or the prompt with its completion
+    programs = {e["task_id"]: e["solution"] if chat else p["prompt"] + e["completion"] for p, e in zip(chosen, to_eval)}
+    kinds = failure_kinds(task, chosen, programs, {t: r["base_status"] for t, r in res.items()},
+                          Path(out_dir) / f"{task}_evalplus")
     has_plus = any(p["plus_input"] for p in chosen)
     samples = []
     for p, c in zip(chosen, completions):
         r = res[p["task_id"]]
         s = {"task": task, "doc_id": p["task_id"], "prompt": p["prompt"], "response": c, "chat": chat,
-             "target": p["canonical_solution"], "correct": r["base_status"] == "pass", "status": r["base_status"]}
+             "target": p["canonical_solution"], "correct": r["base_status"] == "pass", "status": r["base_status"],
+             "failure": kinds[p["task_id"]]}
         if has_plus:
             s["plus_correct"] = s["correct"] and r["plus_status"] == "pass"
             s["plus_status"] = r["plus_status"]

@@ -505,6 +505,7 @@ def _run_code_task(loaded, name, *, limit, out_dir, batch_size, seed, show_progr
                          show_progress=show_progress, **code_options)
 
 
+CODE_PROMPTS = ("auto", "chat", "raw")
 GROUPS = {"classification": list(CLASSIFICATION), "generative": ["gsm8k", "arithmetic", "humaneval", "mbpp"]}
 
 
@@ -534,6 +535,10 @@ class EvalOptions(Options):
                                           "(default: the model's)", kind="int?", minimum=1)
     max_new_tokens: int | None = option(None, "HumanEval/MBPP completion length (default: 384)", kind="int?",
                                         minimum=1)
+    code_prompt: str = option("auto", "HumanEval/MBPP prompt: chat (the problem as an instruction in the chat "
+                                      "template, as evalplus asks instruction models), raw (the model completes "
+                                      "the problem's own prompt), auto (chat when the tokenizer has a chat "
+                                      "template)", choices=CODE_PROMPTS)
     xsum_file: str | None = option(None, "XSum JSONL {document, summary} (XSum does not ship offline)", kind="str?")
     humaneval_plus: str | None = option(None, "HumanEvalPlus JSONL (evalplus format) for plus tests", kind="str?")
     mbpp_plus: str | None = option(None, "MbppPlus JSONL (evalplus format) for plus tests", kind="str?")
@@ -553,8 +558,11 @@ class EvalOptions(Options):
                     raise PrunescopeError(f"limit must be a positive number of docs or a fraction in (0, 1), got {n}")
 
     def code_options(self) -> dict:
-        return {k: getattr(self, k) for k in ("max_new_tokens", "humaneval_plus", "mbpp_plus")
+        opts = {k: getattr(self, k) for k in ("max_new_tokens", "humaneval_plus", "mbpp_plus")
                 if getattr(self, k) is not None}
+        if self.code_prompt != "auto":  # auto adds no key: runs recorded before this option still resume
+            opts["chat"] = self.code_prompt == "chat"
+        return opts
 
 
 def evaluate(options: EvalOptions | None = None, *legacy, model: str | None = None,

@@ -342,7 +342,9 @@ def _signatures(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dic
     headers, lines = _wide(rows, ["model", "probe", "metric"])
     headers[1] = "task"
     doc.table(headers, lines, "wrong_step_rate: wrong arithmetic steps / steps found; unbalanced_rate / "
-              "mismatch_rate: code with unclosed or extra / mismatched brackets; rep4: repeated word 4-gram rate; "
+              "mismatch_rate: code with unclosed or extra / mismatched brackets; fail_<kind>_rate: executed programs "
+              "that failed by a syntax or bracket error, an undefined name, a timeout, a wrong answer (assertion) "
+              "or another exception (the paper's HumanEval taxonomy); rep4: repeated word 4-gram rate; "
               "char_rep16: repeated character 16-gram rate (defined for runaway one-token answers like '2000…'); "
               "self_bleu4: intra-response Self-BLEU-4 (high = repetitive).")
     if not records:

@@ -26,6 +26,12 @@ from pathlib import Path
 
 from probe.results import COLUMNS, read_jsonl
 
+# The paper's HumanEval failure taxonomy (analysis.code_eval.failure_kinds sorts each failing program
+# by the first thing that goes wrong): it does not compile (syntax or bracket error); it names
+# something not defined (NameError, UnboundLocalError, no entry point); evalplus timed it out; it
+# runs but an answer is wrong (assertion failure); or it raises anything else.
+FAILURE_KINDS = ("syntax", "name", "timeout", "assertion", "other")
+
 # ---------------------------------------------------------------- arithmetic steps in chain of thought
 
 # A number as models write it in word problems: optional sign (only where it cannot be a binary minus,
@@ -416,7 +422,8 @@ def signature(sample: dict, model: str = "", stage: str = "") -> dict:
            "response": response, "rep4": rep_n(response, 4), "char_rep16": rep_n(response, 16, chars=True),
            "self_bleu4": None,
            "steps": [], "n_steps": None, "n_wrong_steps": None,
-           "unbalanced": None, "mismatch": None, "brackets": None, "bracket_excerpt": None}
+           "unbalanced": None, "mismatch": None, "brackets": None, "bracket_excerpt": None,
+           "failure": None, "executed": False}
     if kind in ("math", "text"):
         rec["self_bleu4"] = self_bleu(response, 4)
     if kind == "math":
@@ -427,6 +434,9 @@ def signature(sample: dict, model: str = "", stage: str = "") -> dict:
         code, first_line = program_text(task, str(sample.get("prompt") or ""), response)
         b = check_brackets(code)
         rec.update(brackets=b, unbalanced=b["unbalanced"], mismatch=b["mismatch"])
+        # the execution taxonomy (analysis.code_eval.failure_kinds), where the sample was run
+        rec["executed"] = "status" in sample
+        rec["failure"] = sample.get("failure")
         if b["first_problem_line"] is not None:
             lines = code.splitlines()
             i = b["first_problem_line"] - 1
@@ -481,6 +491,8 @@ def aggregate_signatures(records: Iterable[dict], seed: int = 0) -> list[dict]:
     * ``wrong_step_response_rate``: responses with at least one wrong step (n = responses);
     * ``steps_per_response`` (n = responses);
     * ``unbalanced_rate`` / ``mismatch_rate``: code with unclosed or extra / mismatched brackets;
+    * ``fail_<kind>_rate`` for each of :data:`FAILURE_KINDS` (syntax, name,
+      timeout, assertion, other): the share of executed programs that failed that way;
     * ``rep4``, ``char_rep16``, ``self_bleu4``: means over the responses where they are defined (n = those).
 
     A metric with nothing to average (no steps found) gets no row.
@@ -509,6 +521,10 @@ def aggregate_signatures(records: Iterable[dict], seed: int = 0) -> list[dict]:
         if code_recs:
             row("unbalanced_rate", _mean([r["unbalanced"] for r in code_recs]), len(code_recs))
             row("mismatch_rate", _mean([r["mismatch"] for r in code_recs]), len(code_recs))
+        run = [r for r in code_recs if r["executed"]]
+        if run:  # the paper's taxonomy: each kind's share of all programs (the shares and pass@1 sum to 1)
+            for kind in FAILURE_KINDS:
+                row(f"fail_{kind}_rate", _mean([r["failure"] == kind for r in run]), len(run))
         for metric in ("rep4", "char_rep16", "self_bleu4"):
             vals = [r[metric] for r in recs if r[metric] is not None]
             if vals:

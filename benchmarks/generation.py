@@ -17,6 +17,10 @@ do 2 x params FLOPs per row; bandwidth and matmul peak are measured in the same 
 "floor" column is the time that workload needs at its batch size on that floor, over its measured
 time.
 
+``--profile`` splits one decode step of ours (the first ``--slots``) into kernel families, and each
+ours row reports its idle slots (live share), prefill share and the share of the KV it reads that
+rows use (the slotted cache reads every slot's full capacity each step).
+
 ``--agreement N`` also checks greedy agreement on a real model (``--agreement-model``, default
 the embedded one) in the run's dtype: N chat prompts, 64 tokens, ours vs stock ``generate``.
 
@@ -41,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ceilings import ceilings, matmul_peak, sync  # noqa: E402,F401
 
+from probe import generation  # noqa: E402
 from probe.generation import Engine, GenerationOptions, Request, kv_bytes_per_token  # noqa: E402
 
 
@@ -112,14 +117,73 @@ def run_ours(model, tok, work, slots: int, graphs: str) -> tuple[int, Engine]:
 def floor_seconds(model, work, batch: int, bw: float, peak: float, dtype) -> float:
     """Decode steps at ``batch`` rows, each bounded by weight + KV bytes or by FLOPs, plus prefill FLOPs."""
     params = sum(p.numel() for p in model.parameters())
-    wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    kv = kv_bytes_per_token(model.config, dtype)
     tokens = sum(m for _, m in work)
     prompt = sum(len(p) for p, _ in work)
-    avg_len = (prompt + tokens / 2) / len(work)
     b = min(batch, len(work))
-    step = max((wbytes + b * avg_len * kv) / bw, 2 * params * b / peak)
+    step = step_floor(model, b, (prompt + tokens / 2) / len(work), bw, peak, dtype)
     return tokens / b * step + 2 * params * prompt / peak
+
+
+def step_floor(model, rows: int, avg_len: float, bw: float, peak: float, dtype) -> float:
+    """Seconds of one decode step of ``rows`` rows holding ``avg_len`` keys each: every weight and
+    each row's keys and values read once, or 2 x params FLOPs per row, whichever takes longer."""
+    params = sum(p.numel() for p in model.parameters())
+    wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv = kv_bytes_per_token(model.config, dtype)
+    return max((wbytes + rows * avg_len * kv) / bw, 2 * params * rows / peak)
+
+
+KERNEL_FAMILIES = (  # first match wins; names of cuBLAS / cutlass / SDPA / ATen kernels
+    ("attention", ("fmha", "flash", "attention", "attn", "efficient", "scaled_dot_product")),
+    ("matmul", ("gemm", "gemv", "cutlass", "nvjet", "sm90_", "sm80_", "cublas", "splitk", "aten::mm", "aten::addmm",
+                "aten::bmm", "aten::linear")),
+    ("sampling", ("softmax", "cumsum", "scan", "sort", "searchsorted", "argmax", "max_", "reduce")),
+    ("cache and masks", ("index", "scatter", "gather", "copy", "fill", "where", "cat")),
+)
+
+
+def kernel_family(name: str) -> str:
+    low = name.lower()
+    return next((fam for fam, keys in KERNEL_FAMILIES if any(k in low for k in keys)), "elementwise and other")
+
+
+def kernel_ms(fn, device) -> dict[str, float]:
+    """Kernel time (ms) of ``fn()`` by kernel family."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"  # on the CPU: ATen ops' own time (smoke runs)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        fn()
+        sync(device)
+    out: dict[str, float] = {}
+    for evt in prof.key_averages():
+        us = (getattr(evt, "self_device_time_total", 0) or getattr(evt, "self_cuda_time_total", 0) if cuda
+              else evt.self_cpu_time_total)
+        if us:
+            fam = kernel_family(evt.key)
+            out[fam] = out.get(fam, 0.0) + us / 1e3
+    return out
+
+
+def profile_step(model, tok, work, slots: int, device, steps: int = 24) -> dict:
+    """Where one decode step's time goes at ``slots`` rows: kernel time by family (eager steps, the
+    prefill-only run subtracted), against the captured step's wall time and the step floor."""
+    sub = work[:slots]
+    eager = lambda m: run_ours(model, tok, [(p, m) for p, _ in sub], slots, "off")  # noqa: E731
+    graph = lambda m: run_ours(model, tok, [(p, m) for p, _ in sub], slots, "auto")  # noqa: E731
+    eager(2), graph(2)  # warm-up
+    base, full = kernel_ms(lambda: eager(1), device), kernel_ms(lambda: eager(1 + steps), device)
+    per_step = {k: (full.get(k, 0.0) - base.get(k, 0.0)) / steps for k in full}
+    walls = []  # 2 tokens = prefill + one step, which captures the graph: the difference is replays only
+    for m in (2, 2 + steps):
+        sync(device)
+        t = time.perf_counter()
+        graph(m)
+        sync(device)
+        walls.append(time.perf_counter() - t)
+    wall_ms = (walls[1] - walls[0]) / steps * 1e3
+    return {"slots": slots, "steps": steps, "kernel_ms": {k: round(v, 3) for k, v in per_step.items()},
+            "kernel_total_ms": round(sum(per_step.values()), 3), "graph_step_ms": round(wall_ms, 3)}
 
 
 def timed(fn, device):
@@ -196,6 +260,8 @@ def main() -> None:
     ap.add_argument("--workloads", default="fixed,variable")
     ap.add_argument("--agreement", type=int, default=0, help="real-model greedy check on this many prompts")
     ap.add_argument("--agreement-model", default=None)
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one decode step of ours at the first --slots (kernel time by family)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -246,6 +312,7 @@ def main() -> None:
             try:
                 if name.startswith("ours"):  # a short warm-up: allocator, kernels, graph capture path
                     run_ours(model, tok, sub[:8], 8, "auto")
+                before = dict(generation.totals)
                 made, secs, mem = timed(fn, device)
             except Exception as e:  # one path failing must not lose the others' numbers
                 print(f"{kind:9s} {name:16s} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
@@ -255,10 +322,29 @@ def main() -> None:
             row = {"workload": kind, "path": name, "requests": len(sub), "tokens": made, "seconds": round(secs, 2),
                    "tokens_per_s": round(made / secs, 1), "floor_share": round(floor / secs, 3),
                    "peak_gib": round(mem, 1)}
+            if name.startswith("ours"):  # where the engine's time went: idle slots, prefill, KV layout
+                d = {k: generation.totals[k] - before[k] for k in ("decode_rows", "live_rows", "prefill_seconds")}
+                prompt = sum(len(p) for p, _ in sub)
+                live_len = (prompt + sum(m for _, m in sub) / 2) / len(sub)
+                row.update(live_share=round(d["live_rows"] / max(d["decode_rows"], 1), 3),
+                           prefill_share=round(d["prefill_seconds"] / secs, 3),
+                           kv_read_share=round(live_len / max(generation.totals["capacity"], 1), 3))
             rows.append(row)
             print(f"{kind:9s} {name:16s} {len(sub):5d} req {made:8d} tok {secs:8.1f} s {made / secs:9.0f} tok/s "
-                  f"floor {floor / secs:6.1%} peak {mem:6.1f} GiB", flush=True)
+                  f"floor {floor / secs:6.1%} peak {mem:6.1f} GiB"
+                  + (f" live {row['live_share']:.0%} prefill {row['prefill_share']:.0%} useful KV "
+                     f"{row['kv_read_share']:.0%}" if "live_share" in row else ""), flush=True)
     result = {"device": str(device), "dtype": str(dtype), "bandwidth": bw, "matmul": peak, "rows": rows}
+    if args.profile:
+        slots = int(args.slots.split(",")[0])
+        prof = profile_step(model, tok, workload("fixed", slots, vocab), slots, device)
+        # the profiled steps hold the prompts (150 tokens on average) plus up to 24 new ones
+        prof["floor_step_ms"] = round(step_floor(model, slots, 162, bw, peak, dtype) * 1e3, 3)
+        result["profile"] = prof
+        print(f"\none decode step at {slots} slots: captured {prof['graph_step_ms']:.2f} ms, kernels "
+              f"{prof['kernel_total_ms']:.2f} ms, floor about {prof['floor_step_ms']:.2f} ms")
+        for fam, ms in sorted(prof["kernel_ms"].items(), key=lambda kv: -kv[1]):
+            print(f"  {fam:22s} {ms:7.2f} ms  {ms / max(prof['kernel_total_ms'], 1e-9):6.1%}")
     if args.agreement:
         del model
         if device.type == "cuda":

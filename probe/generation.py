@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -42,8 +43,11 @@ _MASK32 = 0xFFFFFFFF
 
 # Work done by every engine in this process (benchmarks read it to compute floors: a replayed CUDA
 # graph runs no Python hooks, so a forward counter on the model would miss the decode steps).
-totals = {"prefill_forwards": 0, "prefill_tokens": 0, "decode_steps": 0, "decode_rows": 0, "new_tokens": 0,
-          "slots": 0, "capacity": 0}
+# ``live_rows`` counts the rows not yet retired at each launched step (the rest of ``decode_rows``
+# is idle slots: the tail and the slots waiting for a refill); ``prefill_seconds`` is host time in
+# prefill, which synchronises (it reads its first tokens back).
+totals = {"prefill_forwards": 0, "prefill_tokens": 0, "decode_steps": 0, "decode_rows": 0, "live_rows": 0,
+          "new_tokens": 0, "prefill_seconds": 0.0, "slots": 0, "capacity": 0}
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,11 @@ class Engine:
     [3, 3]
     """
 
+    # tests: run the CUDA-graph capture's idle warm-up steps before the first step on any device,
+    # so the state they leave behind is checked where no GPU is (a GPU run once lost every first
+    # group's pending token to them)
+    rehearse_capture = False
+
     def __init__(self, model: torch.nn.Module, tokenizer, options: GenerationOptions | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.options = (options or GenerationOptions()).check()
@@ -326,6 +335,8 @@ class Engine:
         self.nucleus = any(r.temperature > 0 and r.top_p < 1 for r in requests)
         self.graph = None
         self.heads = None
+        self._live = 0
+        self._rehearse = self.rehearse_capture
 
     def _forward(self, ids, positions, mask) -> torch.Tensor:
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
@@ -397,32 +408,50 @@ class Engine:
             raise PrunescopeError("--graphs on needs a CUDA device; use --graphs auto or off")
         return self.device.type == "cuda" and g != "off"
 
+    def _idle_steps(self, n: int) -> None:
+        """Run ``n`` decode steps with every row idle and leave the state a real step sees as it
+        was: an idle row's write pointer, position and step count do not move, so each idle step
+        rewrites the key slot the next real step writes anyway; but the step also replaces each
+        row's pending token with its prediction, so the pending tokens are put back."""
+        active, pending = self.active.clone(), self.tok.clone()
+        self.active.zero_()
+        try:
+            for _ in range(n):
+                self._decode_body()
+        finally:
+            self.active.copy_(active)
+            self.tok.copy_(pending)  # in place: a captured graph reads this very tensor
+
     def _capture(self) -> None:
-        """Record one decode step as a CUDA graph. Warm-up and capture run with every row idle:
-        an idle row rewrites its pending key at its own position with the same token, so the
-        state a real step sees afterwards is unchanged."""
+        """Record one decode step as a CUDA graph: two idle warm-up steps on a side stream, then
+        the capture (which runs no kernels), with the pending tokens restored after both."""
+        pending = self.tok.clone()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self._idle_steps(2)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
         active = self.active.clone()
         self.active.zero_()
         try:
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._decode_body()
-            torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._decode_body()
             self.graph, self.graph_used = graph, True
         finally:
             self.active.copy_(active)
+            self.tok.copy_(pending)
 
     def _launch(self) -> None:
         """Queue one decode step (asynchronously on CUDA); its tokens land in ``next_tokens``."""
         totals["decode_steps"] += 1
         totals["decode_rows"] += self.slots
+        totals["live_rows"] += self._live
         if self.graph is None and self._want_graph():
             self._capture()
+        elif self._rehearse and self.graph is None:  # tests: the capture's idle steps, on any device
+            self._rehearse = False
+            self._idle_steps(2)
         if self.graph is not None:
             self.graph.replay()
         else:
@@ -503,6 +532,7 @@ class Engine:
                         in_flight = False
                         yield from retire(book(self.next_tokens.tolist()))
                         continue
+                    started = time.perf_counter()
                     group, slots = [], []
                     longest = len(requests[queue[-1]].prompt)
                     while queue and free and (len(group) + 1) * longest <= max(self.options.prefill_tokens, longest):
@@ -515,8 +545,11 @@ class Engine:
                         reason = self._take(row, tok)
                         if reason:
                             finished.append((slot, reason))
+                    totals["prefill_seconds"] += time.perf_counter() - started
+                    self._live = len(running)
                     yield from retire(finished)
                     continue
+                self._live = len(running)
                 if not in_flight:
                     self._launch()
                     in_flight = True

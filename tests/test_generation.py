@@ -39,6 +39,21 @@ def test_greedy_equals_generate_for_every_prompt(family):
         assert c.finish in ("eos", "length")
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_graph_capture_warm_up_leaves_the_state_unchanged(family):
+    """The idle steps a CUDA-graph capture runs first (here on the CPU, before the first step) must
+    not change any token: they once replaced every running row's pending token with its prediction."""
+    model, tok = tiny_model(family)
+    limits = [12, 5, 16, 9, 1, 14, 11]
+    reqs = [Request(tok(p).input_ids, max_new_tokens=m) for p, m in zip(PROMPTS, limits)]
+    engine = Engine(model, tok, GenerationOptions(slots=3))
+    engine.rehearse_capture = True
+    got = engine.generate(reqs)
+    assert engine._rehearse is False  # the rehearsal ran
+    for r, c, m in zip(reqs, got, limits):
+        assert c.tokens == _reference(model, tok, list(r.prompt), m)
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
 def test_skipped_layers_equal_the_pruned_checkpoint(family):
     model, tok = tiny_model(family, n_layers=5)

@@ -128,7 +128,7 @@ def ablate(run: Run) -> list[dict]:
                                    conditions=["none", *(f"skip:{L}" for L in layers)])
     if sig_rows:
         write_table(sig_rows, root / "signatures")
-        for metric in ("wrong_step_rate", "unbalanced_rate", "rep4", "char_rep16"):
+        for metric in ("wrong_step_rate", "unbalanced_rate", "fail_syntax_rate", "fail_name_rate", "rep4", "char_rep16"):
             plot_sweep(sig_rows, root, metric=metric)
     return rows
 
