@@ -22,11 +22,15 @@ ours row reports its idle slots (live share), prefill share and the share of the
 rows use (the slotted cache reads every slot's full capacity each step).
 
 ``--agreement N`` also checks greedy agreement on a real model (``--agreement-model``, default
-the embedded one) in the run's dtype: N chat prompts, 64 tokens, ours vs stock ``generate``.
+the embedded one; ``--agreement-dtypes``, default the run's): N chat prompts, 64 tokens, the share
+of identical requests between every pair of paths (ours at 64 and 16 slots, graph on and off;
+stock ``generate`` batched and one at a time, whose mutual agreement is the check's noise floor).
 
     python benchmarks/generation.py --random-llama-8b --device cuda          # H200, bf16
     python benchmarks/generation.py --model default --n 64 --n-stock 64 --slots 16 --paths stock-16,ours   # CPU
     python benchmarks/generation.py --tiny --n 16                           # CPU smoke run
+    python benchmarks/generation.py --tiny --device cuda --paths none --agreement 64 \
+        --agreement-model qwen2.5-coder-1.5b --agreement-dtypes float32,bfloat16   # greedy agreement
 """
 
 from __future__ import annotations
@@ -199,51 +203,43 @@ def timed(fn, device):
     return out, secs, peak
 
 
-def agreement(args, device, dtype) -> dict:
-    """Greedy, real model: share of requests whose first 64 tokens equal stock ``generate``'s."""
+AGREEMENT_PATHS = (("ours-64-graph", 64, "auto"), ("ours-64-eager", 64, "off"), ("ours-16-graph", 16, "auto"),
+                   ("ours-16-eager", 16, "off"))
+
+
+def agreement(model_spec, n: int, device, dtype) -> dict:
+    """Greedy, real model, ``n`` chat prompts, 64 tokens: every pair of paths (the engine at 64 and
+    16 slots, CUDA graph on and off; stock ``generate`` in one batch of up to 64 and one prompt at
+    a time), the share of requests whose tokens are identical. Stock against stock is the check's
+    own noise floor: bf16 rounding differs with the batch shape."""
     from probe.models import load_model
     from recover.data import load_prompts, prompt_text
 
-    lm = load_model(args.agreement_model, dtype=dtype, device=str(device))
+    lm = load_model(model_spec, dtype=dtype, device=str(device))
     tok = lm.tokenizer
-    recs = load_prompts("builtin", n=args.agreement, seed=0)
+    recs = load_prompts("builtin", n=n, seed=0)
     prompts = [tok(prompt_text(tok, r), add_special_tokens=not tok.chat_template).input_ids for r in recs]
-    ours = Engine(lm.model, tok, GenerationOptions(slots=64)).generate([Request(p, max_new_tokens=64) for p in prompts])
-    tok.padding_side = "left"
-    same = 0
-    same_tokens = total = 0
     eos = Engine(lm.model, tok).eos
-    for i in range(0, len(prompts), 32):
-        ids, mask = left_padded(prompts[i:i + 32], tok.pad_token_id or 0)
-        width = ids.shape[1]
-        gen = lm.model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False, max_new_tokens=64,
-                                pad_token_id=tok.pad_token_id)[:, width:].tolist()
-        for j, row in enumerate(gen):
-            cut = next((k for k, t in enumerate(row) if t in eos), len(row))
-            ref, got = row[:cut], ours[i + j].tokens
-            same += ref == got
-            n = min(len(ref), len(got))
-            same_tokens += sum(a == b for a, b in zip(ref[:n], got[:n]))
-            total += max(len(ref), len(got))
-    # the noise floor of the check itself: stock generate one prompt at a time vs in batches of 32,
-    # and our engine without CUDA graphs, on the first 32 prompts
-    few = prompts[:32]
-    solo = [lm.model.generate(torch.tensor([p], device=device), do_sample=False, max_new_tokens=64,
-                              pad_token_id=tok.pad_token_id)[0, len(p):].tolist() for p in few]
-    eager = Engine(lm.model, tok, GenerationOptions(slots=64, graphs="off")).generate(
-        [Request(p, max_new_tokens=64) for p in few])
-    first = lambda row: row[:next((k for k, t in enumerate(row) if t in eos), len(row))]  # noqa: E731
-    ids, mask = left_padded(few, tok.pad_token_id or 0)
-    stock_batched = lm.model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                      max_new_tokens=64, pad_token_id=tok.pad_token_id)[:, ids.shape[1]:].tolist()
-    floor = {"stock_solo_vs_stock_batched": sum(first(a) == first(b) for a, b in zip(solo, stock_batched)) / 32,
-             "stock_solo_vs_ours": sum(first(a) == c.tokens for a, c in zip(solo, ours[:32])) / 32,
-             "ours_graphs_vs_eager": sum(a.tokens == b.tokens for a, b in zip(ours[:32], eager)) / 32}
+    cut = lambda row: row[:next((k for k, t in enumerate(row) if t in eos), len(row))]  # noqa: E731
+    runs = {}
+    for name, slots, graphs in AGREEMENT_PATHS:
+        if graphs == "auto" and device.type != "cuda":
+            continue  # no graph off the GPU: the eager rows are the engine
+        runs[name] = [c.tokens for c in Engine(lm.model, tok, GenerationOptions(slots=slots, graphs=graphs))
+                      .generate([Request(p, max_new_tokens=64) for p in prompts])]
+    for batch in (64, 1):
+        out = []
+        for i in range(0, len(prompts), batch):
+            ids, mask = left_padded(prompts[i:i + batch], tok.pad_token_id or 0)
+            gen = lm.model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False, max_new_tokens=64,
+                                    pad_token_id=tok.pad_token_id)[:, ids.shape[1]:].tolist()
+            out += [cut(r) for r in gen]
+        runs[f"stock-{batch}"] = out
     del lm
-    return {"requests": len(prompts), "identical_requests": same, "share": same / len(prompts),
-            "token_agreement": same_tokens / max(total, 1), "model": args.agreement_model or "default",
-            "first_32": floor,
-            "dtype": str(dtype).replace("torch.", "")}
+    names = list(runs)
+    share = {a: {b: sum(x == y for x, y in zip(runs[a], runs[b])) / len(prompts) for b in names} for a in names}
+    return {"model": model_spec or "default", "dtype": str(dtype).replace("torch.", ""), "requests": len(prompts),
+            "paths": names, "identical": share}
 
 
 def main() -> None:
@@ -259,7 +255,8 @@ def main() -> None:
     ap.add_argument("--paths", default="stock-16,stock-256,cb,cb-graphs,ours", help="paths to time")
     ap.add_argument("--workloads", default="fixed,variable")
     ap.add_argument("--agreement", type=int, default=0, help="real-model greedy check on this many prompts")
-    ap.add_argument("--agreement-model", default=None)
+    ap.add_argument("--agreement-model", default=None, help="alias or folder (default: the embedded model)")
+    ap.add_argument("--agreement-dtypes", default=None, help="e.g. float32,bfloat16 (default: the run's dtype)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one decode step of ours at the first --slots (kernel time by family)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -349,11 +346,14 @@ def main() -> None:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        result["agreement"] = agreement(args, device, dtype)
-        a = result["agreement"]
-        print(f"greedy agreement ({a['model']}, {a['dtype']}): {a['identical_requests']}/{a['requests']} requests "
-              f"identical over 64 tokens ({a['share']:.1%}); token agreement {a['token_agreement']:.1%}; "
-              f"first 32: {a['first_32']}")
+        result["agreement"] = []
+        for dt in (args.agreement_dtypes.split(",") if args.agreement_dtypes else [str(dtype).replace("torch.", "")]):
+            a = agreement(args.agreement_model, args.agreement, device, getattr(torch, dt))
+            result["agreement"].append(a)
+            print(f"\ngreedy agreement, {a['model']} {a['dtype']}, {a['requests']} requests x 64 tokens: share "
+                  "identical\n| | " + " | ".join(a["paths"]) + " |\n|---|" + "---|" * len(a["paths"]))
+            for p in a["paths"]:
+                print(f"| {p} | " + " | ".join(f"{a['identical'][p][q]:.2f}" for q in a["paths"]) + " |")
     print("\n| workload | path | requests | tokens/s | share of floor | peak GiB |\n|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:

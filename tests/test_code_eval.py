@@ -92,6 +92,53 @@ def test_run_code_task_tiny_model_end_to_end(tmp_path):
     assert [w["completion"] for w in written] == [s["response"] for s in samples]
 
 
+def test_failure_taxonomy_sorts_each_kind(tmp_path):
+    """The paper's HumanEval taxonomy: each handwritten program fails in one known way."""
+    p = ce.humaneval_problems()["HumanEval/23"]  # strlen(string) -> int
+    programs = {"syntax": "def strlen(string):\n    return len(string",
+                "bracket": "def strlen(string):\n    return len([string)]",
+                "name": "def strlen(string):\n    return lenn(string)",
+                "no-entry": "def str_len(string):\n    return len(string)",
+                "unbound": "def strlen(string):\n    if n:\n        pass\n    n = 1\n    return n",
+                "assertion": "def strlen(string):\n    return len(string) + 1",
+                "other": "def strlen(string):\n    return len(string) // 0",
+                "timeout": "def strlen(string):\n    while True:\n        pass",
+                "pass": "def strlen(string):\n    return len(string)"}
+    statuses = {k: "pass" if k == "pass" else "fail" for k in programs}
+    statuses["evalplus-timeout"], programs["evalplus-timeout"] = "timeout", "def strlen(string):\n    return 0"
+    kinds = ce.failure_kinds("humaneval", [dict(p, task_id=k) for k in programs], programs, statuses, tmp_path)
+    assert kinds == {"syntax": "syntax", "bracket": "syntax", "name": "name", "no-entry": "name", "unbound": "name",
+                     "assertion": "assertion", "other": "other", "timeout": "timeout", "pass": None,
+                     "evalplus-timeout": "timeout"}
+    # and a real evalplus run agrees that the taxonomy's failures fail
+    checked = ce.check_solutions("humaneval", {"HumanEval/23": programs["assertion"]}, tmp_path / "check")
+    assert checked == {"HumanEval/23": False}
+
+
+def test_failure_taxonomy_reaches_samples_and_signatures(tmp_path):
+    from analysis.signatures import FAILURE_KINDS, aggregate_signatures, signatures_for_samples
+    from probe.models import LoadedModel
+    from probe.tiny import tiny_model
+
+    model, tok = tiny_model("llama")
+    rows, samples = ce.run_code_task(LoadedModel(model, tok, "tiny-llama", ""), "mbpp", limit=3, out_dir=tmp_path,
+                                     batch_size=3, max_new_tokens=12, show_progress=False)
+    assert all((s["failure"] is None) == s["correct"] and (s["failure"] in (None, *FAILURE_KINDS)) for s in samples)
+    agg = {r["metric"]: r["value"] for r in aggregate_signatures(signatures_for_samples(samples, "m", "base"))}
+    shares = [agg[f"fail_{k}_rate"] for k in FAILURE_KINDS]
+    assert sum(shares) + rows[0]["value"] == pytest.approx(1.0)
+
+
+def test_code_prompt_option_chooses_the_prompt():
+    from analysis.evaluate import EvalOptions
+
+    assert "chat" not in EvalOptions(tasks="humaneval").check().code_options()  # auto: the model decides
+    assert EvalOptions(tasks="humaneval", code_prompt="raw").check().code_options() == {"chat": False}
+    assert EvalOptions(tasks="humaneval", code_prompt="chat").check().code_options() == {"chat": True}
+    with pytest.raises(PrunescopeError):
+        EvalOptions(tasks="humaneval", code_prompt="plain").check()
+
+
 def test_chat_prompt_path_sanitizes_replies(tmp_path, default_model):
     """Instruction models are asked the evalplus way; the reply is cut to the entry point."""
     prompt = ce.chat_prompt(default_model.tokenizer, "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n")
