@@ -43,6 +43,8 @@ MODES = Registry("recovery mode")
 MODES.register("sgr", "sgr", help="train on the base model's own responses (Self-Generated Responses, the paper's recipe)")
 MODES.register("external", "external", help="train on the prompt file's own reference responses")
 MODES.register("distill", "distill", help="KL to the unpruned base model (--teacher) on the SGR sequences")
+MODES.register("random", "random", help="the reference code's control: the pruned architecture freshly initialised "
+                                        "(seeded) and trained on the SGR responses the same way")
 
 
 @dataclass
@@ -210,6 +212,33 @@ def perplexity(model, examples: list[Example], pad_id: int, micro_batch: int = 4
 
 
 # ---------------------------------------------------------------- data
+def random_init(model_dir: str | Path, out: str | Path, *, seed: int = 0) -> Path:
+    """A checkpoint of ``model_dir``'s architecture with fresh weights (the model's own init,
+    seeded) and its tokenizer, written once to ``out`` (atomically; an existing one is reused, so
+    a resumed control starts from the same weights).
+
+    >>> random_init("pruned/bi25", "recovered/bi25-random/init", seed=0)  # doctest: +SKIP
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    if (out / "config.json").is_file():
+        return out
+    config = AutoConfig.from_pretrained(model_dir)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(config, "dtype", None) or torch.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
 def training_records(data: str | Path, mode: str) -> tuple[list[dict], str]:
     """Records of an SGR file (or any prompt file with responses) and the field each mode trains on."""
     recs = [d for _, d in read_jsonl(data, "training record")]
@@ -341,6 +370,7 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
     out, data, teacher, device = Path(output.out), cfg.data, cfg.teacher, placement.device
     show_progress = output.progress
     student_path = resolve_model(model)
+    pruned_path = student_path
     records, field = training_records(data, cfg.mode)
     from transformers import AutoTokenizer
 
@@ -358,6 +388,8 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
     steps = cfg.steps
     if steps is None:
         steps = math.ceil(len(train) / cfg.batch_size) if cfg.token_budget is None else 10**9
+    if cfg.mode == "random":  # the input is good: the control's starting weights become the model to recover
+        student_path = random_init(pruned_path, out / "init", seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     pm = add_lora(load_student(student_path, quant=cfg.quant, device=device), cfg)
     pm.train()

@@ -87,6 +87,34 @@ def test_plain_lora_external_and_distill(tiny_llama_dir, sgr_file, tmp_path):
         recover(tiny_llama_dir, sgr_file, tmp_path / "kd2", RecoveryConfig(mode="distill"), show_progress=False)
 
 
+def test_random_init_control_trains_a_fresh_copy(tiny_llama_dir, sgr_file, tmp_path):
+    """The reference code's control: the same architecture, freshly initialised (seeded), trained
+    the same way; its starting weights are written once and reused when the run resumes."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "ctl"
+    from probe.options import Output
+
+    cfg = RecoveryConfig(mode="random", data=str(sgr_file), quant=False, steps=4, seed=3, **FAST)
+    where = dict(model=tiny_llama_dir, output=Output(out=str(out), progress=False))
+    s = recover(cfg, **where, stop_after=2)
+    assert not s["finished"]
+    fresh = AutoModelForCausalLM.from_pretrained(out / "init", dtype=torch.float32)
+    pruned = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    a, b = fresh.state_dict(), pruned.state_dict()
+    assert a.keys() == b.keys() and fresh.config.num_hidden_layers == pruned.config.num_hidden_layers
+    assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], b["model.layers.0.mlp.up_proj.weight"])
+    before = a["model.layers.0.mlp.up_proj.weight"].clone()
+    s = recover(cfg, **where)  # resumes on the same init
+    assert s["finished"] and s["mode"] == "random"
+    again = AutoModelForCausalLM.from_pretrained(out / "init", dtype=torch.float32)
+    assert torch.equal(again.state_dict()["model.layers.0.mlp.up_proj.weight"], before)
+    curve = _curve(out)
+    assert curve[-1]["eval_loss"] < curve[0]["eval_loss"]  # it learns something from the SGR responses
+    rec = json.loads((out / "prunescope_recovery.json").read_text())
+    assert rec["recovery"]["mode"] == "random"
+
+
 def test_prompt_tokens_are_masked_on_ids(default_model, tiny):
     _, tiny_tok = tiny
     rec = {"id": "a", "prompt": "What is 12 + 7?", "response": "12 + 7 = 19."}
@@ -169,6 +197,11 @@ def test_builtin_prompt_set():
     assert sum(r["category"] == "code" for r in recs) == 20
     assert all(r["prompt"].strip() and r["reference"].strip() for r in recs)
     assert builtin_prompts(60, seed=0) == recs and builtin_prompts(60, seed=1) != recs
+    # the whole offline pool: more than the 5,000 prompts a Qwen-sized recovery study asks for
+    every = builtin_prompts(10**6, seed=0)
+    counts = {c: sum(r["category"] == c for r in every) for c in ("instruction", "maths", "code")}
+    assert len(every) == 6092 and counts == {"instruction": 4497, "maths": 583, "code": 1012}
+    assert len({r["prompt"] for r in every}) > 6000  # distinct questions, not one pool repeated
 
 
 def test_empty_sgr_answers_are_left_out_of_every_arm(tmp_path, capsys):
