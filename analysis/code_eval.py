@@ -722,12 +722,13 @@ def _with_prompt_imports(prompt: str, code: str) -> str:
     return "\n".join(imports) + ("\n\n" if imports else "") + code
 
 
-def run_code_task(loaded, task: str, *, limit: int | None = None, out_dir: str | Path, batch_size: int = 64,
+def run_code_task(loaded, task: str, *, limit: int | float | list[int] | None = None, out_dir: str | Path, batch_size: int = 64,
                   max_new_tokens: int = 384, seed: int = 0, humaneval_plus: str | Path | None = None,
                   mbpp_plus: str | Path | None = None, chat: bool | None = None,
                   show_progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Generate a completion per problem and score it with evalplus: ``(rows, samples)``.
 
+    ``limit``: the first ``limit`` problems (a fraction: that share), or a list of problem indices.
     ``rows`` are tidy result rows (``pass@1`` on the base tests, ``plus_pass@1`` when the problem
     file has plus tests); ``samples`` has one record per problem. ``chat`` (default: when the
     tokenizer has a chat template) asks the way evalplus asks instruction models: the problem inside
@@ -743,13 +744,17 @@ def run_code_task(loaded, task: str, *, limit: int | None = None, out_dir: str |
     import torch
 
     _check_task(task)
-    if limit is not None and not (limit >= 1 or (isinstance(limit, float) and 0 < limit < 1)):
+    picked = list(limit) if isinstance(limit, (list, tuple, range)) else None  # doc indices (held-out docs)
+    if picked is None and limit is not None and not (limit >= 1 or (isinstance(limit, float) and 0 < limit < 1)):
         raise PrunescopeError(f"limit must be at least 1 or a fraction in (0, 1), got {limit}")
     plus_file = humaneval_plus if task == "humaneval" else mbpp_plus
     problems, data_label = _problems_for(task, plus_file)
     if isinstance(limit, float) and limit < 1:
         limit = math.ceil(limit * len(problems))  # a share of the problems, as lm-eval takes a fraction
-    chosen = list(problems.values())[:limit]
+    every = list(problems.values())
+    if picked is not None and not all(0 <= i < len(every) for i in picked):
+        raise PrunescopeError(f"{task} has {len(every)} problems; doc indices must lie in [0, {len(every)})")
+    chosen = [every[i] for i in picked] if picked is not None else every[:limit]
     torch.manual_seed(seed)  # greedy decoding; recorded for the table
     chat = bool(getattr(loaded.tokenizer, "chat_template", None)) if chat is None else chat
     if chat:

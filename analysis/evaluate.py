@@ -215,6 +215,55 @@ def lm_eval_limit(name: str, limit: int | float | None, n_leaves: int = 1) -> in
     return math.ceil(limit / n_leaves)
 
 
+def task_size(name: str) -> int:
+    """How many docs a benchmark's evaluation split holds (HumanEval / MBPP: the converted problems).
+
+    >>> task_size("gsm8k")
+    1319
+    """
+    _check_name(name)
+    if name in CODE_TASKS:
+        from analysis.code_eval import humaneval_problems, mbpp_problems
+
+        return len(humaneval_problems() if name == "humaneval" else mbpp_problems())
+    if name == "gsm8k":  # its JSONL, without building the lm-eval task
+        with open(_package_path("GSM8K")) as f:
+            return sum(1 for line in f if line.strip())
+    from lm_eval.api.task import ConfigurableTask
+
+    with _quiet_lm_eval():
+        return sum(len(ConfigurableTask(config=dict(c)).eval_docs) for c in lm_eval_tasks(name))
+
+
+def heldout_docs(tasks: Sequence[str], n: int) -> dict[str, list[int]]:
+    """The last ``n`` docs of each task: an evaluation that takes the first ``limit`` docs stays
+    disjoint from them while ``limit <= task_size - n`` (:func:`check_heldout`).
+
+    >>> heldout_docs(["gsm8k"], 3)
+    {'gsm8k': [1316, 1317, 1318]}
+    """
+    out = {}
+    for t in tasks:
+        size = task_size(t)
+        if not 0 < n < size:
+            raise PrunescopeError(f"{t} has {size} docs; a held-out sample of {n} must be between 1 and {size - 1}")
+        out[t] = list(range(size - n, size))
+    return out
+
+
+def check_heldout(heldout: dict[str, Sequence[int]], limits: dict) -> None:
+    """Refuse an evaluation whose first-``limit`` docs would include held-out ones (``limits``:
+    ``{task: n, "default": n}``; a fraction is a share of the task's docs)."""
+    for t, ix in heldout.items():
+        lim = limits.get(t, limits.get("default"))
+        size = task_size(t)
+        n = size if lim is None else math.ceil(lim * size) if isinstance(lim, float) and lim < 1 else int(lim)
+        if n > min(ix):
+            raise PrunescopeError(f"{t}: the evaluation takes its first {n} docs, which include the {len(ix)} "
+                                  f"held-out ones the selection scored (from doc {min(ix)} on); evaluate at most "
+                                  f"{min(ix)} docs of {t} (evaluate.limits) or hold out fewer")
+
+
 # ----------------------------------------------------------------------------- ROUGE metrics
 _ROUGE = {}
 
@@ -368,7 +417,7 @@ def _quiet_lm_eval():
             datasets.utils.enable_progress_bars()
 
 
-def run_lm_eval(lm, configs: list[dict], *, limit: int | None, seed: int = 0):
+def run_lm_eval(lm, configs: list[dict], *, limit: int | None, seed: int = 0, samples: dict | None = None):
     """Score config dicts with lm-eval; returns (results dict, the Task objects by name).
 
     The same steps as ``lm_eval.simple_evaluate`` (seed python/numpy/torch, default num_fewshot 0,
@@ -397,7 +446,8 @@ def run_lm_eval(lm, configs: list[dict], *, limit: int | None, seed: int = 0):
         # include_defaults=False: indexing lm-eval's 14k built-in tasks takes ~6 s and is not needed.
         task_dict = TaskManager(include_defaults=False).load(tasks)
         try:
-            res = lm_eval_evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, bootstrap_iters=1000)
+            res = lm_eval_evaluate(lm=lm, task_dict=task_dict, limit=limit, samples=samples, log_samples=True,
+                                   bootstrap_iters=1000)
         except AssertionError:  # lm-eval asserts that every answer fits the model's context
             names = ", ".join(str(c.get("task")) for c in configs)
             raise PrunescopeError(f"lm-eval could not score {names}: an answer is longer than the "
@@ -608,6 +658,7 @@ def evaluate_model(
     code_options: dict | None = None,
     skip: Sequence[int] = (),
     show_progress: bool = True,
+    docs: dict[str, Sequence[int]] | None = None,
 ) -> list[dict]:
     """Score ``loaded`` (a ``probe.models.LoadedModel``) on benchmarks; tidy rows, one per task x metric.
 
@@ -621,7 +672,9 @@ def evaluate_model(
     skips finished tasks, other settings are refused. ``code_options`` go to
     :func:`analysis.code_eval.run_code_task` (``max_new_tokens``, ``humaneval_plus``, ``mbpp_plus``).
     ``skip``: layers skipped through the block handle while evaluating (a single-layer ablation of a
-    benchmark: ``skip=[5]``); they go into the ``layers`` column. ``batch_size`` is the batch of
+    benchmark: ``skip=[5]``); they go into the ``layers`` column. ``docs``: ``{task: doc indices}``
+    scores exactly those docs of a task instead of its first ``limit`` (held-out docs, see
+    :func:`heldout_docs`); a task with a group of leaves (MMLU) does not take it. ``batch_size`` is the batch of
     scored requests, ``gen_batch_size`` (default 64) the engine slots of generated ones (see
     :func:`make_lm`); neither changes a score, so neither is part of the settings a rerun checks.
 
@@ -641,8 +694,14 @@ def evaluate_model(
     configs = {t: lm_eval_tasks(t, num_fewshot=num_fewshot, xsum_file=xsum_file)
                for t in dict.fromkeys(tasks) if t not in CODE_TASKS}
 
+    docs = {t: sorted(int(i) for i in ix) for t, ix in (docs or {}).items()}
+    for t in docs:
+        if t not in tasks or t == "mmlu":
+            raise PrunescopeError(f"docs names {t!r}, which is not one of the tasks scored here (or is a group)")
     config = eval_settings(loaded.name, loaded.path, stage=stage, limit=limit, num_fewshot=num_fewshot,
                            max_length=max_length, seed=seed, skip=skip, code_options=code_options)
+    if docs:
+        config["docs"] = docs
     out = Path(out) if out is not None else None
     if out is not None:  # other settings are refused now; these are recorded once the work starts
         check_run_config(out, config, "evaluation", paths=SETTING_PATHS, write=False)
@@ -672,7 +731,7 @@ def evaluate_model(
                 t0 = time.perf_counter()
                 if name in CODE_TASKS:
                     work = out / "code" / name if out is not None else Path(tempfile.mkdtemp(prefix=f"prunescope-{name}-"))
-                    code_rows, samples = _run_code_task(loaded, name, limit=limits.get(name, limits.get("default")),
+                    code_rows, samples = _run_code_task(loaded, name, limit=docs.get(name) or limits.get(name, limits.get("default")),
                                                         out_dir=work, batch_size=gen_batch_size or 64, seed=seed, show_progress=show_progress,
                                                         code_options=code_options or {})
                     task_rows = [{**r, "model": loaded.name, "probe": name, "condition": stage, "layers": layers,
@@ -684,7 +743,9 @@ def evaluate_model(
                                      gen_batch_size=gen_batch_size, seed=seed)
                     leaves = configs[name]
                     limit_n = lm_eval_limit(name, limits.get(name, limits.get("default")), len(leaves))
-                    res, task_objs = run_lm_eval(lm, leaves, limit=limit_n, seed=seed)
+                    chosen = {leaves[0]["task"]: docs[name]} if name in docs else None
+                    res, task_objs = run_lm_eval(lm, leaves, limit=None if chosen else limit_n, seed=seed,
+                                                 samples=chosen)
                     metrics, samples, n = _rows_and_samples(name, res, task_objs)
                     task_rows = [{**r, "layers": layers} for r in _full_rows(loaded, name, stage, seed, metrics, n)]
                 rows += task_rows

@@ -241,6 +241,10 @@ class PruneOptions(Options):
                              choices=PROBES)
     eval_n: int = option(32, "iterative: items per evaluation", minimum=1)
     eval_metric: str = option("logit_diff", "iterative: metric to keep high")
+    select_tasks: list = option(["gsm8k", "humaneval"], "iterative-generated: benchmarks whose held-out docs "
+                                                        "(the last --eval-n of each) score every candidate "
+                                                        "by the accuracy of generated answers", kind="names")
+    gen_batch_size: int = option(64, "iterative-generated: generation engine slots", minimum=1)
     overwrite: bool = option(False, "replace an existing --out folder")
     seed: int = option(0, "draw of the built-in calibration texts (bi, angular) and of the iterative search's "
                           "probe items", minimum=0)
@@ -289,7 +293,7 @@ def prune(options: PruneOptions | None = None, *legacy, model: str | None = None
         protected += protected_from_table(rows, o.protect_top, o.protect_metric, None)
     protected = sorted(set(protected))
     build = STRATEGIES.get(o.strategy)
-    plan = build(lm, k, protected, o, progress=output.progress) if o.strategy == "iterative" else \
+    plan = build(lm, k, protected, o, progress=output.progress) if o.strategy.startswith("iterative") else \
         build(lm, k, protected, o)
     plan.model = lm.name
     if out:

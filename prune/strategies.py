@@ -116,7 +116,8 @@ def lowest_block(block_scores: dict[int, float], n_layers: int, k: int, protecte
 
 def iterative(evaluate: Callable[[list[list[int]]], list[float]], n_layers: int, k: int,
               protected: Iterable[int] = (), candidates: Sequence[int] | None = None,
-              metric: str = "", higher_is_better: bool = True, progress: bool = False) -> Plan:
+              metric: str = "", higher_is_better: bool = True, progress: bool = False,
+              name: str = "iterative") -> Plan:
     """Greedy: at each step drop the layer whose removal (with those already dropped) hurts least.
 
     ``evaluate(sets)`` scores each candidate set of skipped layers (one call per step, so it can
@@ -135,7 +136,7 @@ def iterative(evaluate: Callable[[list[list[int]]], list[float]], n_layers: int,
         history.append({str(c): v for c, v in zip(options, values)})
         if progress:
             print(f"  step {step + 1}/{k}: drop {best} ({metric} {values[best_i]:.4g})", flush=True)
-    return Plan("iterative", n_layers, sorted(dropped), protected, scores={"history": history}, reasons=reasons,
+    return Plan(name, n_layers, sorted(dropped), protected, scores={"history": history}, reasons=reasons,
                 metric=metric)
 
 

@@ -29,6 +29,7 @@ On a loaded model, ``lm.blocks`` (:class:`Blocks`) is the one handle every packa
 layer: TransformerLens activation names, temporary hooks, pass-through skips.
 """
 
+import analysis.selection  # noqa: F401  (registers the iterative-generated strategy)
 from analysis.evaluate import EvalOptions, evaluate
 from analysis.report import report
 from circuits.run import PatchOptions, patch

@@ -137,7 +137,7 @@ def _score(args, opts, placement: Placement, output: Output) -> None:
 @command("prune", "choose layers to drop (protecting some) and write a standard checkpoint",
          "Pick layers with a strategy and write a Hugging Face checkpoint without them (plus "
          "prunescope_plan.json and plan.json). Protected layers are never dropped.",
-         options="prune.run:PruneOptions", output=("out", "progress"))
+         options="analysis.selection:PruneOptions", output=("out", "progress"))  # + iterative-generated
 def _prune(args, opts, placement: Placement, output: Output) -> None:
     from prune.run import prune
 

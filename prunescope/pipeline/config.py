@@ -17,6 +17,7 @@ import copy
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import analysis.selection  # noqa: F401  (registers the iterative-generated strategy before names are checked)
 from analysis.evaluate import TASKS, EvalOptions
 from circuits.pairs import PAIR_PROBES
 from circuits.run import PatchOptions
@@ -83,6 +84,10 @@ class Prune(Options):
                                    "patching map")
     protect_from: list = option(["arithmetic"], "patched probes whose per-layer patching effect ranks the layers to "
                                                 "protect (their union)", kind="names")
+    select_tasks: list = derive(PruneOptions, "select_tasks")
+    select_n: int = derive(PruneOptions, "eval_n", 32, kind="int",
+                           help="iterative-generated: held-out docs per select task (the last ones of each; "
+                                "the evaluation must stay below them)")
 
 
 @dataclass
@@ -220,6 +225,20 @@ def _check_across(cfg: dict, root, src: str) -> None:
             bad(("prune", "protect_from"), f"names {p!r}, which is not among the patched probes "
                                            f"{cfg['localize']['patch']} (its per-layer patching effect ranks the "
                                            "layers to protect)")
+    if "iterative-generated" in cfg["prune"]["strategies"]:
+        from analysis.evaluate import check_heldout, heldout_docs
+
+        sel = cfg["prune"]["select_tasks"]
+        for t in sel:
+            if t not in TASKS:
+                bad(("prune", "select_tasks"), f"names {t!r}, not a benchmark ({', '.join(TASKS)})")
+        try:
+            held = heldout_docs(sel, cfg["prune"]["select_n"])
+            ev = cfg["evaluate"]
+            check_heldout({t: ix for t, ix in held.items() if t in ev["tasks"]},
+                          {"default": ev["limit"], **ev["limits"]})
+        except PrunescopeError as e:
+            bad(("prune", "select_n"), f"does not fit the evaluation: {e}")
     stages = set(pruned_names(cfg))
     for s in cfg["recover"]["on"] if cfg["recover"]["modes"] else []:
         if s not in stages:

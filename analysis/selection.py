@@ -1,0 +1,61 @@
+"""The paper's own layer selection: greedy iterative pruning scored on generated answers.
+
+At each step every remaining layer is tried: the model with it (and the layers already chosen)
+skipped answers a held-out sample of GSM8K (8-shot chain of thought) and HumanEval, and the layer
+whose removal keeps the mean accuracy highest is dropped. The held-out docs are the *last*
+``eval_n`` of each benchmark (:func:`analysis.evaluate.heldout_docs`), so an evaluation of the
+first docs stays disjoint from them; the pipeline refuses one that would overlap.
+
+The strategy lives here, not in ``prune/``, because it scores with the evaluation harness, which
+``prune`` must not import; it is registered in ``prune.run.STRATEGIES`` as
+``iterative-generated`` when this module is imported (``prunescope`` does). The probe-scored
+``iterative`` stays beside it.
+
+>>> from prune.run import STRATEGIES
+>>> "iterative-generated" in STRATEGIES.names()
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from prune.run import STRATEGIES, PruneOptions
+from prune.strategies import Plan, iterative
+
+__all__ = ["PruneOptions", "generated_answer_evaluator"]
+
+
+def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batch_size: int = 64, seed: int = 0,
+                               progress: bool = False) -> Callable[[list[list[int]]], list[float]]:
+    """``evaluate(sets) -> [mean primary accuracy]``: for each set of skipped layers, the mean of the
+    tasks' primary metrics (GSM8K exact match, HumanEval pass@1) on their last ``n`` docs."""
+    from .evaluate import TASKS, evaluate_model, heldout_docs
+
+    docs = heldout_docs(tasks, n)
+
+    def evaluate(sets: list[list[int]]) -> list[float]:
+        out = []
+        for s in sets:
+            rows = evaluate_model(loaded, list(tasks), skip=s, docs=docs, gen_batch_size=gen_batch_size, seed=seed,
+                                  show_progress=False)
+            prim = [r["value"] for r in rows if r["metric"] == TASKS[r["probe"]].primary]
+            out.append(sum(prim) / len(prim))
+            if progress:
+                print(f"    skip {s}: {out[-1]:.3f}", flush=True)
+        return out
+
+    evaluate.docs = docs
+    return evaluate
+
+
+@STRATEGIES.register("iterative-generated",
+                     help="the paper's selection: greedy, drop the layer that keeps the accuracy of generated "
+                          "answers (GSM8K + HumanEval, held-out docs) highest")
+def _iterative_generated_plan(lm, k: int, protected: list[int], o: PruneOptions, progress: bool = True) -> Plan:
+    ev = generated_answer_evaluator(lm, o.select_tasks, o.eval_n, gen_batch_size=o.gen_batch_size, seed=o.seed,
+                                    progress=progress)
+    plan = iterative(ev, lm.blocks.n_layers, k, protected, metric="generated_accuracy", progress=progress,
+                     name="iterative-generated")
+    plan.scores["heldout_docs"] = ev.docs
+    return plan

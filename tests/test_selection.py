@@ -1,0 +1,64 @@
+"""The paper's selection (iterative pruning scored on generated answers of held-out docs) and the
+held-out docs it scores."""
+
+import json
+
+import pytest
+
+from analysis.evaluate import check_heldout, evaluate_model, heldout_docs, task_size
+from analysis.selection import generated_answer_evaluator
+from probe.errors import PrunescopeError
+from probe.models import LoadedModel
+from probe.tiny import tiny_model
+from prune.run import PruneOptions, prune
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = tiny_model("llama")
+    return LoadedModel(model, tok, "tiny-llama", "")
+
+
+def test_heldout_docs_are_the_last_ones_and_overlap_is_refused():
+    assert task_size("gsm8k") == 1319 and task_size("humaneval") == 155
+    held = heldout_docs(["gsm8k", "humaneval"], 16)
+    assert held == {"gsm8k": list(range(1303, 1319)), "humaneval": list(range(139, 155))}
+    check_heldout(held, {"gsm8k": 1303, "humaneval": 139})           # the first docs up to them: fine
+    with pytest.raises(PrunescopeError, match="first 1319 docs"):
+        check_heldout(held, {"humaneval": 100})                        # gsm8k unlimited: every doc
+    with pytest.raises(PrunescopeError, match="humaneval"):
+        check_heldout(held, {"default": 0.95})                         # 148 of 155 HumanEval problems
+    with pytest.raises(PrunescopeError, match="between 1 and"):
+        heldout_docs(["humaneval"], 155)
+
+
+def test_evaluation_of_chosen_docs_scores_exactly_those(tiny, tmp_path):
+    rows = evaluate_model(tiny, ["arithmetic"], tmp_path, docs={"arithmetic": [2999, 2998]}, show_progress=False)
+    assert [(r["metric"], r["n"]) for r in rows] == [("exact_match", 2)]
+    samples = [json.loads(x) for x in (tmp_path / "samples" / "arithmetic.jsonl").read_text().splitlines()]
+    assert [s["doc_id"] for s in samples] == [2998, 2999]
+    with pytest.raises(PrunescopeError, match="not one of the tasks"):
+        evaluate_model(tiny, ["arithmetic"], docs={"gsm8k": [0]}, show_progress=False)
+
+
+def test_iterative_generated_tries_every_layer_and_records_its_docs(tiny):
+    plan = prune(PruneOptions(strategy="iterative-generated", n=2, eval_n=3, select_tasks=["arithmetic"],
+                              protect=[0]), loaded=tiny)
+    first, second = plan.scores["history"]
+    assert plan.strategy == "iterative-generated" and len(plan.drop) == 2 and 0 not in plan.drop
+    assert set(first) == {"1", "2", "3"} and len(second) == 2          # every unprotected layer, then the rest
+    assert plan.scores["heldout_docs"] == {"arithmetic": [2997, 2998, 2999]}
+    # the score of a candidate is the accuracy evaluate_model gives on those docs with it skipped
+    ev = generated_answer_evaluator(tiny, ["arithmetic"], 3)
+    direct = evaluate_model(tiny, ["arithmetic"], skip=[plan.drop[0]], docs=ev.docs, show_progress=False)
+    assert ev([[plan.drop[0]]]) == [direct[0]["value"]] == [first[str(plan.drop[0])]]
+
+
+def test_pipeline_refuses_an_evaluation_that_overlaps_the_selection_docs():
+    from prunescope.pipeline.config import load_config_text
+
+    text = ("model: default\nprune: {strategies: [iterative-generated], select_tasks: [gsm8k, humaneval], "
+            "select_n: 16}\nevaluate: {tasks: [gsm8k, humaneval], limit: 100}\n")
+    assert load_config_text(text)["prune"]["select_n"] == 16
+    with pytest.raises(PrunescopeError, match=r"prune.select_n.*humaneval.*at most 139"):
+        load_config_text(text.replace("limit: 100", "limit: 150"))
