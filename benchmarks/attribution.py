@@ -9,6 +9,7 @@ to exact patching.
 
     python benchmarks/attribution.py --model default --probe arithmetic --n 16
     python benchmarks/attribution.py --model gemma3-270m --probe brackets --n 16 --steps 2,4,8
+    python benchmarks/attribution.py --random-llama-8b --device cuda --dtype bfloat16 --positions 8 --steps 4
 
 Methods: ``atp`` (attribution patching, gradient at the base run: 1 forward + 1 backward) and
 ``ig-k`` (integrated gradients over k points between the base and source embeddings: k forwards
@@ -57,6 +58,9 @@ def agreement(exact: list[dict], approx: list[dict]) -> dict[str, tuple[float, f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
+    ap.add_argument("--random-llama-8b", action="store_true",
+                    help="speed only: the Llama-3.1-8B shape with random weights (e.g. --device cuda --dtype bfloat16)")
+    ap.add_argument("--tiny", action="store_true", help="a tiny random Llama (CPU smoke run of --random-llama-8b)")
     ap.add_argument("--probe", default="arithmetic")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--positions", default="all",
@@ -69,7 +73,19 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the table as JSON here")
     args = ap.parse_args()
 
-    lm = load_model(None if args.model == "default" else args.model, device=args.device, dtype=args.dtype)
+    if args.random_llama_8b or args.tiny:  # speed only: random weights make the agreement meaningless
+        from probe.models import LoadedModel
+        from probe.tiny import llama3_8b_config, random_weight_model, tiny_model
+
+        if args.random_llama_8b:
+            tok = load_model(None).tokenizer  # the default model's tokenizer; its weights are not used
+            model = random_weight_model(llama3_8b_config(), device=args.device, dtype=getattr(torch, args.dtype))
+        else:
+            model, tok = tiny_model("llama")
+            model = model.to(args.device)
+        lm = LoadedModel(model, tok, "random-llama-8b" if args.random_llama_8b else "tiny-llama", "")
+    else:
+        lm = load_model(None if args.model == "default" else args.model, device=args.device, dtype=args.dtype)
     enc = encode_pairs(lm.tokenizer, make_pairs(args.probe, lm.tokenizer, n=args.n))
     positions = min(enc.lengths) if args.positions == "all" else int(args.positions)
     kw = dict(kinds=KINDS, positions=positions)
