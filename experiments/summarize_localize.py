@@ -6,7 +6,8 @@ of probes and benchmarks), and do they coincide with the patching maps?
 
 Run folders joined by ``+`` are one model's (e.g. its probes in one run, its generative benchmark
 ablation in another) and give one table. Prints one Markdown table per model (drop when layer L is skipped, per probe / benchmark, the
-failure signatures of the generated GSM8K / MBPP answers with that layer skipped, and the
+failure signatures of the generated GSM8K / HumanEval / MBPP answers with that layer skipped (with
+the HumanEval failure taxonomy where the samples were executed), and the
 per-layer patching effect) and the Spearman correlation between skip drops and patching effects;
 writes ``OUT/<model>.png``.
 """
@@ -53,6 +54,10 @@ def summarize(runs: list[Path], out: Path) -> str:
     sigs = {}
     for task, metric, label in (("gsm8k", "wrong_step_rate", "GSM8K wrong-step rate"),
                                 ("mbpp", "unbalanced_rate", "MBPP unbalanced brackets"),
+                                ("humaneval", "fail_syntax_rate", "HumanEval syntax/bracket errors"),
+                                ("humaneval", "fail_name_rate", "HumanEval undefined names"),
+                                ("humaneval", "fail_assertion_rate", "HumanEval wrong answers"),
+                                ("mbpp", "fail_syntax_rate", "MBPP syntax/bracket errors"),
                                 ("gsm8k", "rep4", "GSM8K Rep-4"),
                                 ("gsm8k", "char_rep16", "GSM8K char Rep-16")):
         base, per = _per_layer(srows, task, metric)
