@@ -434,8 +434,9 @@ def signature(sample: dict, model: str = "", stage: str = "") -> dict:
         code, first_line = program_text(task, str(sample.get("prompt") or ""), response)
         b = check_brackets(code)
         rec.update(brackets=b, unbalanced=b["unbalanced"], mismatch=b["mismatch"])
-        # the execution taxonomy (analysis.code_eval.failure_kinds), where the sample was run
-        rec["executed"] = "status" in sample
+        # the execution taxonomy (analysis.code_eval.failure_kinds), where the sample carries it
+        # (samples written before it existed have no "failure" key: no rates from them)
+        rec["executed"] = "failure" in sample
         rec["failure"] = sample.get("failure")
         if b["first_problem_line"] is not None:
             lines = code.splitlines()
