@@ -11,7 +11,8 @@ to exact patching.
     python benchmarks/attribution.py --model gemma3-270m --probe brackets --n 16 --steps 2,4,8
     python benchmarks/attribution.py --random-llama-8b --device cuda --dtype bfloat16 --positions 8 --steps 4
 
-Methods: ``atp`` (attribution patching, gradient at the base run: 1 forward + 1 backward) and
+Methods: ``atp`` (attribution patching, gradient at the base run: 1 forward + 1 backward),
+``relp`` (``--relevance``: the same with relevance rules in the backward pass, RelP) and
 ``ig-k`` (integrated gradients over k points between the base and source embeddings: k forwards
 + k backwards). Both also run the clean and corrupted forwards that exact patching runs.
 """
@@ -68,6 +69,10 @@ def main() -> None:
     ap.add_argument("--steps", default="2,4,8", help="integrated-gradient step counts to compare")
     ap.add_argument("--graddrop", action="store_true", help="also AtP*'s GradDrop (one backward per layer; "
                                                              "compared with |exact|)")
+    ap.add_argument("--relevance", action="store_true", help="also RelP (relevance rules, one backward)")
+    ap.add_argument("--exact-cache", default=None,
+                    help="JSON file of the exact maps: read when it holds this model / probe / n / positions, "
+                         "else written after computing them (exact patching is the slow part)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--json", default=None, help="also write the table as JSON here")
@@ -99,10 +104,21 @@ def main() -> None:
             torch.cuda.synchronize()
         return cells, time.perf_counter() - t
 
-    exact, t_exact = timed(exact_patching)
+    key = {"model": lm.name, "probe": args.probe, "n": args.n, "positions": positions, "dtype": args.dtype}
+    cache = Path(args.exact_cache) if args.exact_cache else None
+    saved = json.loads(cache.read_text()) if cache and cache.is_file() else None
+    if saved and saved["key"] == key:
+        exact, t_exact = saved["cells"], saved["seconds"]
+        print(f"exact maps from {cache} (measured {t_exact:.0f} s)")
+    else:
+        exact, t_exact = timed(exact_patching)
+        if cache:
+            cache.write_text(json.dumps({"key": key, "cells": exact, "seconds": t_exact}))
     methods = {"atp": dict(steps=1), **{f"ig-{k}": dict(steps=int(k)) for k in args.steps.split(",") if k}}
     if args.graddrop:
         methods["graddrop"] = dict(steps=1, graddrop=True)
+    if args.relevance:
+        methods["relp"] = dict(steps=1, relevance=True)
     rows = []
     print(f"{lm.name}, probe {args.probe}, {args.n} pairs, {positions} positions, {len(exact)} cells; "
           f"exact patching {t_exact:.1f} s")

@@ -37,6 +37,7 @@ at once with one forward and one backward: ``(a_source - a_base) . d LD / d a``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ from probe.blocks import Blocks
 from probe.errors import PrunescopeError
 
 from .pairs import EncodedPairs
+from .relevance import relevance_rules
 
 KINDS = ("resid_post", "attn_out", "mlp_out", "head")
 DIRECTIONS = ("denoise", "noise")
@@ -263,6 +265,7 @@ def attribution_patching(
     heads: Iterable[int] | None = None,
     steps: int = 1,
     graddrop: bool = False,
+    relevance: bool = False,
 ) -> list[dict]:
     """First-order estimate of every cell: ``effect ~ (a_source - a_base) . dLD/da``, summed over the
     patched positions (and d_model or d_head), averaged over pairs and normalized like exact patching.
@@ -277,10 +280,17 @@ def attribution_patching(
     through layer l's attention and MLP outputs dropped, and each cell's value the mean of
     ``|estimate|`` over the layers other than its own. Effects that cancel along different paths
     then show up; the values are magnitudes (compare them with ``|exact|``). One forward, L backwards.
+
+    ``relevance``: RelP (arXiv 2508.21258): the gradient runs under
+    :func:`circuits.relevance.relevance_rules`, so ``dLD/da`` becomes a relevance-propagation
+    coefficient (normalisers and attention patterns held constant, gated activations linear at
+    their secant slope, gates splitting evenly); same cost as plain attribution patching.
     """
     if steps < 1:
         raise PrunescopeError(f"steps must be at least 1, got {steps}")
     if graddrop:
+        if relevance:
+            raise PrunescopeError("relevance rules and GradDrop are separate methods; choose one")
         if steps != 1:
             raise PrunescopeError("GradDrop takes the gradient at the base run: use steps=1 with graddrop")
         return _graddrop(blocks, enc, kinds=kinds, positions=positions, direction=direction, layers=layers,
@@ -302,7 +312,8 @@ def attribution_patching(
             return (emb_base + a * (emb_src - emb_base)).to(t.device, t.dtype)
 
         hooks = ([("blocks.0.hook_resid_pre", mix)] if alpha else []) + [(nm, _kept_into(kept)) for nm in names]
-        with torch.enable_grad(), blocks.hooks(hooks):
+        rules = relevance_rules(blocks.model) if relevance else contextlib.nullcontext()
+        with torch.enable_grad(), blocks.hooks(hooks), rules:
             logits = blocks.forward(base_ids, enc.mask, at=enc.last)
             ld = _logit_diff(logits, enc, torch.arange(n))
             grads = torch.autograd.grad(ld.sum(), [kept[nm] for nm in names], allow_unused=True)

@@ -263,6 +263,7 @@ def localization_check(name: str, *, n_pairs: int = 32, ig_steps: Sequence[int] 
     for k in ig_steps:
         per_layer[f"ig-{k}"] = layer_importance(attribution_patching(blocks, enc, steps=k, **kw))
     per_layer["graddrop"] = layer_importance(attribution_patching(blocks, enc, graddrop=True, **kw))
+    per_layer["relp"] = layer_importance(attribution_patching(blocks, enc, relevance=True, **kw))
     planted, k = set(spec.planted_layers), spec.k
     rows = []
     for method, scores in per_layer.items():

@@ -74,6 +74,9 @@ class PatchOptions(Options):
                                        "integrated gradients (k backwards, closer to exact patching)", minimum=1)
     graddrop: bool = option(False, "attribution: AtP*'s GradDrop, one backward per layer with that layer's gradient "
                                    "dropped, mean |estimate| (magnitudes that expose cancelling paths)")
+    relevance: bool = option(False, "attribution: RelP, relevance propagation instead of the plain gradient "
+                                    "(normalisers and attention patterns held constant, gated activations linear); "
+                                    "one backward, like plain attribution")
     seed: int = option(0, "seed of the pair generators", minimum=0)
     shots: int = option(0, "arithmetic: solved examples before each prompt", minimum=0)
 
@@ -83,6 +86,8 @@ class PatchOptions(Options):
             raise PrunescopeError("attribution patching runs on the hooks backend; use --backend hooks")
         if self.graddrop and self.attribution_steps != 1:
             raise PrunescopeError("--graddrop takes the gradient at the base run; drop --attribution-steps")
+        if self.graddrop and self.relevance:
+            raise PrunescopeError("--graddrop and --relevance are separate methods; choose one")
 
 
 def patch(options: PatchOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,
@@ -118,7 +123,8 @@ def _patch(d: Dist, options: PatchOptions, *, model, placement: Placement, outpu
               "dtype": placement.dtype,
               # recorded when it changes the result (older run folders, without the key, stay resumable)
               **({"attribution_steps": o.attribution_steps} if o.attribution_steps != 1 and method != "exact" else {}),
-              **({"graddrop": True} if o.graddrop and method != "exact" else {})}
+              **({"graddrop": True} if o.graddrop and method != "exact" else {}),
+              **({"relevance": True} if o.relevance and method != "exact" else {})}
     out = Path(output.out) if output.out else None
     if out:
         d.on_main(check_run_config, out, config, "patching run", paths=("model",), write=False)
@@ -156,7 +162,7 @@ def _patch_cells(d: Dist, lm, enc, pairs, o: PatchOptions, out: Path | None, out
     if method in ("attribution", "both"):
         # one forward + one backward: cheaper to run once on rank 0 than to split
         cells["attribution"] = d.on_main(attribution_patching, lm.blocks, enc, steps=o.attribution_steps,
-                                         graddrop=o.graddrop, **kw)
+                                         graddrop=o.graddrop, relevance=o.relevance, **kw)
 
     agreement = {}
     if len(cells) == 2:
