@@ -48,6 +48,11 @@ METHODS = Registry("patching method")
 METHODS.register("exact", "exact", help="one patched forward per cell (layer x position, head)")
 METHODS.register("attribution", "attribution", help="first-order attribution patching: one forward and one backward")
 METHODS.register("both", "both", help="exact and attribution, with their rank correlation per kind")
+# the attribution variants by name: each is 'attribution' with its setting (--attribution-steps,
+# --graddrop, --relevance say the same)
+METHODS.register("ig", "ig", help="integrated gradients (node-level EAP-IG), --attribution-steps points (default 4)")
+METHODS.register("graddrop", "graddrop", help="AtP*'s GradDrop: one backward per layer, magnitudes")
+METHODS.register("relp", "relp", help="RelP: attribution with relevance rules in the backward pass (one backward)")
 
 
 @dataclass
@@ -82,6 +87,12 @@ class PatchOptions(Options):
 
     def validate(self) -> None:
         check_pair_probe(self.probe)
+        if self.method in ("ig", "graddrop", "relp"):  # a named variant: attribution with its setting
+            if self.method == "ig" and self.attribution_steps == 1:
+                self.attribution_steps = 4
+            self.graddrop = self.graddrop or self.method == "graddrop"
+            self.relevance = self.relevance or self.method == "relp"
+            self.method = "attribution"
         if self.method != "exact" and self.backend != "hooks":
             raise PrunescopeError("attribution patching runs on the hooks backend; use --backend hooks")
         if self.graddrop and self.attribution_steps != 1:

@@ -144,3 +144,22 @@ def test_default_model_attribution_agrees_with_exact(default_model):
     # the scored position carries the answer late in the network (layer 27's residual at -1)
     late = {c["condition"]: c["value"] for c in ex}
     assert late["resid_post:L27@-1"] > 0.5
+
+
+def test_named_attribution_methods_are_attribution_with_their_setting(tiny, enc):
+    from circuits.run import PatchOptions, patch
+    from probe.models import LoadedModel
+
+    o = PatchOptions(method="relp", probe="brackets", n=6, kinds="resid_post", positions=2).check()
+    assert (o.method, o.relevance, o.attribution_steps) == ("attribution", True, 1)
+    assert PatchOptions(method="ig").check().attribution_steps == 4
+    assert PatchOptions(method="graddrop").check().graddrop is True
+    with pytest.raises(PrunescopeError, match="separate methods"):
+        PatchOptions(method="relp", graddrop=True).check()
+    model, tok = tiny
+    got = patch(o, loaded=LoadedModel(model, tok, "tiny", ""))
+    want = attribution_patching(Blocks(model), enc, kinds=["resid_post"], positions=2, relevance=True)
+    plain = attribution_patching(Blocks(model), enc, kinds=["resid_post"], positions=2)
+    values = {c["condition"]: c["value"] for c in got["cells"]["attribution"]}
+    assert values == pytest.approx({c["condition"]: c["value"] for c in want}, abs=1e-6)
+    assert values != pytest.approx({c["condition"]: c["value"] for c in plain}, abs=1e-6)  # the rules matter
