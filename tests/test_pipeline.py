@@ -292,3 +292,17 @@ def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
         f.unlink()
     with pytest.raises(PrunescopeError, match="no model weights and no plan.json"):
         _ensure_checkpoint(run, folder)
+
+
+def test_every_experiment_config_is_valid():
+    """Each study in experiments/ loads and validates (names, keys, cross-section rules such as the
+    held-out docs of iterative-generated), without loading any model."""
+    from pathlib import Path
+
+    from prunescope.pipeline import load_config, pruned_names
+
+    files = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+    assert len(files) >= 14
+    for f in files:
+        cfg = load_config(f)
+        assert cfg["name"] == f.stem and pruned_names(cfg), f
