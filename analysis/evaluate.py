@@ -252,11 +252,12 @@ def heldout_docs(tasks: Sequence[str], n: int) -> dict[str, list[int]]:
 
 
 def check_heldout(heldout: dict[str, Sequence[int]], limits: dict) -> None:
-    """Refuse an evaluation whose first-``limit`` docs would include held-out ones (``limits``:
-    ``{task: n, "default": n}``; a fraction is a share of the task's docs)."""
+    """Refuse an evaluation whose first-``limit`` docs would include held-out ones (``heldout``:
+    from :func:`heldout_docs`, a task's last docs; ``limits``: ``{task: n, "default": n}``; a
+    fraction is a share of the task's docs)."""
     for t, ix in heldout.items():
         lim = limits.get(t, limits.get("default"))
-        size = task_size(t)
+        size = max(ix) + 1  # the held-out docs are the task's last
         n = size if lim is None else math.ceil(lim * size) if isinstance(lim, float) and lim < 1 else int(lim)
         if n > min(ix):
             raise PrunescopeError(f"{t}: the evaluation takes its first {n} docs, which include the {len(ix)} "

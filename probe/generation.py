@@ -26,6 +26,7 @@ the same; in fp32 they are (tested), in bf16 a different batch can round a logit
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
@@ -408,39 +409,39 @@ class Engine:
             raise PrunescopeError("--graphs on needs a CUDA device; use --graphs auto or off")
         return self.device.type == "cuda" and g != "off"
 
-    def _idle_steps(self, n: int) -> None:
-        """Run ``n`` decode steps with every row idle and leave the state a real step sees as it
-        was: an idle row's write pointer, position and step count do not move, so each idle step
-        rewrites the key slot the next real step writes anyway; but the step also replaces each
-        row's pending token with its prediction, so the pending tokens are put back."""
+    @contextlib.contextmanager
+    def _all_idle(self) -> Iterator[None]:
+        """Decode steps inside leave the state a real step sees as it was: every row is idle, so
+        no write pointer, position or step count moves and each step rewrites the key slot the
+        next real step writes anyway; a step also replaces each row's pending token with its
+        prediction, so the pending tokens are put back."""
         active, pending = self.active.clone(), self.tok.clone()
         self.active.zero_()
         try:
-            for _ in range(n):
-                self._decode_body()
+            yield
         finally:
             self.active.copy_(active)
             self.tok.copy_(pending)  # in place: a captured graph reads this very tensor
 
+    def _idle_steps(self, n: int) -> None:
+        """``n`` decode steps with every row idle (the capture's warm-up)."""
+        with self._all_idle():
+            for _ in range(n):
+                self._decode_body()
+
     def _capture(self) -> None:
         """Record one decode step as a CUDA graph: two idle warm-up steps on a side stream, then
-        the capture (which runs no kernels), with the pending tokens restored after both."""
-        pending = self.tok.clone()
+        the capture itself (which runs no kernels), both with every row idle."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             self._idle_steps(2)
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        active = self.active.clone()
-        self.active.zero_()
-        try:
+        with self._all_idle():
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._decode_body()
             self.graph, self.graph_used = graph, True
-        finally:
-            self.active.copy_(active)
-            self.tok.copy_(pending)
 
     def _launch(self) -> None:
         """Queue one decode step (asynchronously on CUDA); its tokens land in ``next_tokens``."""
