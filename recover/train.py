@@ -370,7 +370,6 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
     out, data, teacher, device = Path(output.out), cfg.data, cfg.teacher, placement.device
     show_progress = output.progress
     student_path = resolve_model(model)
-    pruned_path = student_path
     records, field = training_records(data, cfg.mode)
     from transformers import AutoTokenizer
 
@@ -389,7 +388,7 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
     if steps is None:
         steps = math.ceil(len(train) / cfg.batch_size) if cfg.token_budget is None else 10**9
     if cfg.mode == "random":  # the input is good: the control's starting weights become the model to recover
-        student_path = random_init(pruned_path, out / "init", seed=cfg.seed)
+        student_path = random_init(student_path, out / "init", seed=cfg.seed)  # run_config keeps the pruned path
     torch.manual_seed(cfg.seed)
     pm = add_lora(load_student(student_path, quant=cfg.quant, device=device), cfg)
     pm.train()
