@@ -108,6 +108,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         _check_gguf_tokenizer(tok, gguf)
+        _stop_on_every_end(model, tok)
         packed = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
         if packed:
             raise PrunescopeError(f"{gguf} still holds packed GGUF tensors ({packed[:3]}...): not supported")
@@ -125,6 +126,33 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+# Tokens that end a generation, as llama.cpp marks them (its vocabulary's end-of-generation set): a
+# GGUF names one eos, but its model may end a turn or a document with another. Qwen2.5-Instruct's
+# eos is <|im_end|>, yet a raw completion ends with <|endoftext|>; stopping on the eos alone ran
+# GSM8K answers on into new "Human:" turns. The upstream generation configs list both (Qwen:
+# [151645, 151643]; Gemma 3: [1, 106]).
+END_OF_GENERATION = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>",
+                     "<EOT>")
+
+
+def end_of_generation_ids(tok) -> list[int]:
+    """The eos id first, then every other end-of-generation token the tokenizer has as a special token.
+
+    >>> end_of_generation_ids(load_model("qwen2.5-coder-1.5b").tokenizer)   # doctest: +SKIP
+    [151645, 151643]
+    """
+    added = tok.get_added_vocab()
+    ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    return ids + sorted({added[t] for t in END_OF_GENERATION if t in added} - set(ids))
+
+
+def _stop_on_every_end(model, tok) -> None:
+    """Give a GGUF-converted model's generation config every end-of-generation id (see above)."""
+    ids = end_of_generation_ids(tok)
+    if len(ids) > 1:
+        model.generation_config.eos_token_id = ids
 
 
 _PLAIN_SENTENCE = "The capital of France is Paris, and the river that runs through it is the Seine."
@@ -516,6 +544,8 @@ def load_model(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"  # scoring gathers each row's own last position
+    if (Path(str(where)) / "prunescope_source.json").is_file():  # converted from a GGUF, perhaps by an older
+        _stop_on_every_end(model, tok)                           # prunescope that kept the eos alone
     name = DEFAULT_MODEL if str(spec) in DEFAULT_ALIASES or spec is None else Path(str(where)).name
     if str(spec) == GEMMA3_ALIAS:
         name = "gemma-3-270m"

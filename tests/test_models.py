@@ -144,3 +144,25 @@ def test_logit_fingerprint_catches_a_changed_model(tmp_path):
         model.lm_head.weight.mul_(1.01)  # a 1% change of the unembedding
     with pytest.raises(PrunescopeError, match="does not match its conversion"):
         check_fingerprint(lm, ref)
+
+
+def test_a_gguf_model_stops_on_every_end_of_generation_token(default_model):
+    """A GGUF names one eos (SmolLM2: <|im_end|>, 2); the model also ends raw text with
+    <|endoftext|> (0). Both must stop generation: Qwen once ran GSM8K answers on past <|endoftext|>."""
+    from probe.generation import Engine, GenerationOptions, Request
+    from probe.models import end_of_generation_ids
+
+    lm = default_model
+    assert end_of_generation_ids(lm.tokenizer) == [2, 0]
+    assert lm.model.generation_config.eos_token_id == [2, 0]
+    # force the second id: a bias on the unembedding makes <|endoftext|> the greedy choice at once
+    head = lm.model.get_output_embeddings()
+    bias = torch.zeros(head.out_features)
+    bias[0] = 1e4
+    handle = head.register_forward_hook(lambda m, i, out: out + bias)
+    try:
+        got = Engine(lm.model, lm.tokenizer, GenerationOptions(slots=2)).generate(
+            [Request(lm.tokenizer("Once upon a time").input_ids, max_new_tokens=8)])
+    finally:
+        handle.remove()
+    assert got[0].finish == "eos" and got[0].tokens == []

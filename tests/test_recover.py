@@ -1,6 +1,7 @@
 """Recovery: prompts, SGR generation with resume, QLoRA training, resume, merge, distillation, errors."""
 
 import json
+import math
 import sys
 
 import pytest
@@ -218,3 +219,31 @@ def test_empty_sgr_answers_are_left_out_of_every_arm(tmp_path, capsys):
     f.write_text('{"id": "1", "prompt": "Yo", "response": ""}\n')
     with pytest.raises(PrunescopeError, match="every SGR response is empty"):
         training_records(f, "sgr")
+
+
+def test_4bit_bf16_training_computes_in_bf16(tiny_llama_dir):
+    """On a 4-bit model with bf16 compute everything runs in bf16, adapters included, as in TRL.
+    peft's k-bit preparation (fp32 norms and embeddings) once kept every layer in fp32, and sdpa took
+    its fp32 math kernel: 0.17-0.35x the tokens/s of peft + TRL on the 8B shape (H200)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from recover.data import Example
+    from recover.train import add_lora, compute_dtype, train_step
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=q, dtype=torch.bfloat16,
+                                                 device_map="cpu")
+    pm = add_lora(model, RecoveryConfig(rank=8, alpha=16, grad_checkpointing=True))
+    assert compute_dtype(pm) == torch.bfloat16 and model.model.norm.weight.dtype == torch.bfloat16
+    trainable = [p for p in pm.parameters() if p.requires_grad]
+    assert trainable and {p.dtype for p in trainable} == {torch.bfloat16}
+    seen = []
+    hook = model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    ids = list(range(5, 29))
+    batch = [Example(ids, [IGNORE] * 8 + ids[8:], 16)] * 2
+    loss, n = train_step(pm, batch, 0, torch.device("cpu"), micro_batch=2)
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16} and n == 48 and math.isfinite(loss)
+    grads = [p.grad for name, p in pm.named_parameters() if "lora_B" in name]
+    assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
