@@ -96,8 +96,11 @@ def model_flops(model, seq: int, tokens: int) -> tuple[float, float]:
     cfg = model.config
     emb = cfg.vocab_size * cfg.hidden_size
     # 4-bit weights count as their logical shape
-    p = sum(getattr(m, "in_features", 0) * getattr(m, "out_features", 0) for m in model.modules()
-            if hasattr(m, "in_features") and hasattr(m, "out_features") and "lora" not in type(m).__name__.lower())
+    # each frozen weight once: peft's wrapper of a layer (it has a ``base_layer``) repeats its shape,
+    # and the adapters' own small matmuls are left out (counting the wrappers once doubled every MFU)
+    p = sum(m.in_features * m.out_features for name, m in model.named_modules()
+            if hasattr(m, "in_features") and hasattr(m, "out_features") and not hasattr(m, "base_layer")
+            and "lora_" not in name)
     p = p or sum(x.numel() for x in model.parameters()) - emb
     attn = 6 * cfg.num_hidden_layers * seq * cfg.hidden_size
     return (4 * p + attn) * tokens, (6 * p + attn * 4 / 3) * tokens
