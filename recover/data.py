@@ -129,8 +129,29 @@ def _request_docs(path: Path) -> list[dict]:
     return docs
 
 
+def _even_shares(n: int, sizes: list[int]) -> list[int]:
+    """``n`` split as evenly as the pool sizes allow: a pool too small for its share gives the rest to
+    the others, so any ``n`` up to the pools' total is met.
+
+    >>> _even_shares(6, [9, 9, 9]), _even_shares(10, [9, 1, 9]), _even_shares(99, [2, 3, 4])
+    ([2, 2, 2], [5, 1, 4], [2, 3, 4])
+    """
+    got = [0] * len(sizes)
+    left = n
+    room = [i for i, s in enumerate(sizes) if s > 0]
+    while left > 0 and room:
+        per = [left // len(room) + (1 if j < left % len(room) else 0) for j in range(len(room))]
+        for j, i in enumerate(room):
+            take = min(per[j], sizes[i] - got[i])
+            got[i] += take
+            left -= take
+        room = [i for i in room if got[i] < sizes[i]]
+    return got
+
+
 def builtin_prompts(n: int = 600, seed: int = 0) -> list[dict]:
-    """A mixed instruction / maths / code prompt set (one third each) with reference responses.
+    """A mixed instruction / maths / code prompt set (one third each while each pool lasts; past
+    that the larger pools fill the rest, up to all 6,092) with reference responses.
 
     None of it overlaps the evaluation suite (GSM8K, HumanEval, MBPP and the classification tasks).
     Sources and licences: :data:`BUILTIN_SOURCES`.
@@ -163,7 +184,7 @@ def builtin_prompts(n: int = 600, seed: int = 0) -> list[dict]:
                               "reference": f"```python\n{code}\n```", "source": "basic_skills_coding"})
     rng = random.Random(seed)
     out = []
-    per = [n // 3 + (1 if i < n % 3 else 0) for i in range(3)]
+    per = _even_shares(n, [len(p) for p in pools.values()])
     for (cat, pool), k in zip(pools.items(), per):
         rng.shuffle(pool)
         for i, r in enumerate(pool[:k]):

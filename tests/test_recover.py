@@ -203,6 +203,11 @@ def test_builtin_prompt_set():
     counts = {c: sum(r["category"] == c for r in every) for c in ("instruction", "maths", "code")}
     assert len(every) == 6092 and counts == {"instruction": 4497, "maths": 583, "code": 1012}
     assert len({r["prompt"] for r in every}) > 6000  # distinct questions, not one pool repeated
+    # a request for 5,000 gets 5,000: the small maths and code pools give their share to instructions
+    some = builtin_prompts(5000, seed=0)
+    counts = {c: sum(r["category"] == c for r in some) for c in ("instruction", "maths", "code")}
+    assert len(some) == 5000 and counts == {"instruction": 3405, "maths": 583, "code": 1012}
+    assert len(builtin_prompts(6092, seed=0)) == 6092
 
 
 def test_empty_sgr_answers_are_left_out_of_every_arm(tmp_path, capsys):
