@@ -360,7 +360,8 @@ def bootstrap_difference(items: Mapping[tuple[str, str], dict], tasks: Mapping[s
     out = {}
     lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     for cat, pairs in per_cat.items():
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # a draw where every task's base mean is 0 stays nan
+            warnings.simplefilter("ignore", RuntimeWarning)
             boot = np.nanmean(np.vstack([bt for _, bt in pairs]), 0)
         lo, hi = np.nanpercentile(boot, [lo_q, hi_q]) if np.isfinite(boot).any() else (float("nan"),) * 2
         out[cat] = (float(np.mean([d for d, _ in pairs])), float(lo), float(hi))

@@ -203,6 +203,10 @@ def test_pipeline_seeds_ratios_union_protection_and_ablation_signatures(tiny_lla
     assert {r["reference"] for r in diffs} <= {"pruned-bi-25", "pruned-bi-50"}
     assert all(r["condition"].endswith(r["reference"].rsplit("-", 1)[1]) for r in diffs)
     assert (root / "seeds.png").is_file() and "Dropped layers per seed" in (root / "seeds.md").read_text()
+    # every pruned stage lists its dropped layers per seed, also where generative retention is undefined
+    dropped = (root / "seeds.md").read_text().split("Dropped layers per seed:")[1]
+    plan = json.loads((root / "seed-0/prune/bi-25/plan.json").read_text())
+    assert f"| pruned-bi-25 | {' '.join(map(str, plan['drop']))}" in dropped
     # seed 1 stopped during its evaluation: `prunescope report ROOT` compares the finished seed only
     (root / "seed-1" / ".stages" / "evaluate.json").unlink()
     p = subprocess.run([sys.executable, "-m", "prunescope", "report", str(root)], capture_output=True, text=True,

@@ -152,7 +152,10 @@ def markdown(rows: list[dict], seeds: list[int]) -> str:
     lines += ["", "Dropped layers per seed:", "", "| stage | " + " | ".join(f"seed {s}" for s in seeds) + " |",
               "|---|" + "---|" * len(seeds)]
     for s in stages:
-        drops = {r["seed"]: r["layers"] for r in per if r["condition"] == s and r["probe"] == "generative"}
+        drops: dict = {}
+        for r in per:  # any category's row names the stage's dropped layers (generative may be undefined)
+            if r["condition"] == s and r["layers"]:
+                drops.setdefault(r["seed"], r["layers"])
         if any(drops.values()):
             lines.append(f"| {s} | " + " | ".join(drops.get(sd, "") for sd in seeds) + " |")
     return "\n".join(lines) + "\n"
