@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import platform
+import re
 from pathlib import Path
 
 from probe.errors import PrunescopeError
@@ -67,6 +68,8 @@ def package_versions() -> dict[str, str]:
 
 # ---------------------------------------------------------------- a tiny document model, two renderers
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
 class Doc:
     """Blocks (heading, paragraph, code, table, image) rendered to Markdown and to HTML."""
 
@@ -81,7 +84,9 @@ class Doc:
         self.blocks.append(("p", text))
 
     def code(self, text: str, lang: str = "") -> None:
-        self.blocks.append(("code", text, lang))
+        # a model's raw text can hold control characters (a NUL makes the report a "binary" file to
+        # grep and diff): shown as U+FFFD, newlines and tabs kept
+        self.blocks.append(("code", _CONTROL.sub("\ufffd", text), lang))
 
     def table(self, headers: list[str], rows: list[list], note: str = "") -> None:
         self.blocks.append(("table", headers, [[_cell(c) for c in r] for r in rows], note))

@@ -455,3 +455,14 @@ def test_step_checker_degenerate_chain_without_result():
     text = " Dana had 23 - 15 - 15 - 15 is 2. 3" + " - 15" * 60 + ".\n\nA: The answer is 25. 50 - 15 + 15 + 15."
     assert arithmetic_steps(text) == []
     assert [(s["ok"], s["value"]) for s in arithmetic_steps("15" + " - 15" * 60 + " + 3 = 7")] == [(False, "-882")]
+
+
+def test_report_code_blocks_drop_control_characters(tmp_path):
+    """A random or broken model's text can hold NULs: the report stays a text file."""
+    from analysis.report import Doc
+
+    doc = Doc(tmp_path)
+    doc.code("def f():\n\treturn 1\x00\x07 + 2\x1b[0m")
+    md, page = doc.markdown(), doc.html("t")
+    assert "\x00" not in md + page and "\x07" not in md and "\x1b" not in md
+    assert "def f():\n\treturn 1\ufffd\ufffd + 2\ufffd[0m" in md
