@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -310,3 +311,17 @@ def test_every_experiment_config_is_valid():
     for f in files:
         cfg = load_config(f)
         assert cfg["name"] == f.stem and pruned_names(cfg), f
+
+
+def test_every_experiment_config_shrinks_to_a_valid_preflight():
+    """experiments/preflight.py's shrunk copies are valid configs, on the CPU, at pre-flight size."""
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from preflight import shrink
+
+    for path in sorted(Path(__file__).resolve().parents[1].glob("experiments/*.yaml")):
+        small = load_config_text(yaml.safe_dump(shrink(load_config_text(path.read_text(), str(path)), "/tiny")),
+                                 f"shrunk {path.name}")
+        assert small["device"] == "cpu" and small["model"] == "/tiny" and small["evaluate"]["limit"] == 4
+        assert small["localize"]["n"] == 8 and small["recover"]["n_prompts"] == 24
