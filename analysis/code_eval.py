@@ -786,12 +786,15 @@ def run_code_task(loaded, task: str, *, limit: int | float | list[int] | None = 
         samples.append(s)
     n = len(samples)
 
-    def row(metric: str, value: float, primary: bool) -> dict:  # probe.results.COLUMNS order, then extras
+    def row(metric: str, passed: list[bool], primary: bool) -> dict:  # probe.results.COLUMNS order, then extras
+        value = sum(passed) / n
+        # lm-eval's mean_stderr: the sample standard deviation over sqrt(n), for 0/1 scores
+        stderr = math.sqrt(value * (1 - value) / (n - 1)) if n > 1 else None
         return {"model": loaded.name, "probe": task, "condition": "", "layers": "", "metric": metric,
-                "value": value, "n": n, "seed": seed, "category": "generative", "primary": primary,
-                "data": data_label + ("; chat prompt" if chat else "")}
+                "value": value, "n": n, "seed": seed, "stderr": stderr, "category": "generative",
+                "primary": primary, "data": data_label + ("; chat prompt" if chat else "")}
 
-    rows = [row("pass@1", sum(s["correct"] for s in samples) / n, True)]
+    rows = [row("pass@1", [s["correct"] for s in samples], True)]
     if has_plus:
-        rows.append(row("plus_pass@1", sum(s["plus_correct"] for s in samples) / n, False))
+        rows.append(row("plus_pass@1", [s["plus_correct"] for s in samples], False))
     return rows, samples

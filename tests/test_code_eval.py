@@ -146,6 +146,8 @@ def test_chat_prompt_path_sanitizes_replies(tmp_path, default_model):
     rows, samples = ce.run_code_task(default_model, "humaneval", limit=2, out_dir=tmp_path, batch_size=2,
                                      max_new_tokens=48, show_progress=False)
     assert rows[0]["data"].endswith("; chat prompt") and all(s["chat"] for s in samples)
+    p = sum(s["correct"] for s in samples) / 2  # the binomial standard error, as lm-eval's mean_stderr
+    assert rows[0]["stderr"] == pytest.approx((p * (1 - p) / 1) ** 0.5)
     written = [json.loads(x) for x in (tmp_path / "humaneval_evalplus" / "humaneval_samples.jsonl").read_text().splitlines()]
     assert [w["solution"] for w in written] == [s["response"] for s in samples]
     # whatever the model wrote, the program evalplus ran defines the entry point (or is empty)
