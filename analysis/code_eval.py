@@ -786,10 +786,11 @@ def run_code_task(loaded, task: str, *, limit: int | float | list[int] | None = 
         samples.append(s)
     n = len(samples)
 
+    from lm_eval.api.metrics import mean_stderr
+
     def row(metric: str, passed: list[bool], primary: bool) -> dict:  # probe.results.COLUMNS order, then extras
         value = sum(passed) / n
-        # lm-eval's mean_stderr: the sample standard deviation over sqrt(n), for 0/1 scores
-        stderr = math.sqrt(value * (1 - value) / (n - 1)) if n > 1 else None
+        stderr = mean_stderr([float(x) for x in passed]) if n > 1 else None  # as lm-eval reports its tasks
         return {"model": loaded.name, "probe": task, "condition": "", "layers": "", "metric": metric,
                 "value": value, "n": n, "seed": seed, "stderr": stderr, "category": "generative",
                 "primary": primary, "data": data_label + ("; chat prompt" if chat else "")}

@@ -532,12 +532,12 @@ def _rows_and_samples(name: str, res: dict, tasks: dict) -> tuple[list[dict], li
     else:
         # A group: lm-eval's size-weighted mean over members equals the mean over all docs; the stderr
         # is that of the pooled docs (sample standard deviation / sqrt(n)).
+        from lm_eval.api.metrics import mean_stderr
+
         metrics = []
         for m in sorted({k for s in samples for k in s["scores"]}):
             vals = [s["scores"][m] for s in samples]
-            mean = sum(vals) / len(vals)
-            var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else float("nan")
-            metrics.append((m, mean, math.sqrt(var / len(vals))))
+            metrics.append((m, sum(vals) / len(vals), mean_stderr(vals) if len(vals) > 1 else float("nan")))
     return [{"metric": m, "value": v, "stderr": se} for m, v, se in metrics], samples, n
 
 

@@ -70,6 +70,7 @@ def package_versions() -> dict[str, str]:
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
+
 class Doc:
     """Blocks (heading, paragraph, code, table, image) rendered to Markdown and to HTML."""
 

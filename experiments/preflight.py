@@ -22,21 +22,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from probe.errors import PrunescopeError  # noqa: E402
 from probe.tiny import save_tiny_model  # noqa: E402
-from prunescope.pipeline.config import load_config_text  # noqa: E402
+from prunescope.pipeline.config import load_config  # noqa: E402
 
 TINY_LAYERS = 8
 
 
 def shrink(cfg: dict, model: str) -> dict:
-    """A validated config (``load_config_text``) at pre-flight size, on ``model``, on the CPU in fp32.
+    """A validated config (``load_config``) at pre-flight size, on ``model``, on the CPU in fp32; its
+    run folder is left to ``prunescope run --out`` (never the real config's).
 
-    >>> c = shrink(load_config_text(open("experiments/demo.yaml").read()), "/tmp/tiny")  # doctest: +SKIP
+    >>> c = shrink(load_config("experiments/demo.yaml"), "/tmp/tiny")                   # doctest: +SKIP
     >>> c["device"], c["evaluate"]["limit"]                                             # doctest: +SKIP
     ('cpu', 4)
     """
     c = json.loads(json.dumps(cfg))  # a deep copy of plain data
-    c.update(model=model, device="cpu", dtype="float32", name=f"{c.get('name') or 'run'}-preflight")
+    c.update(model=model, device="cpu", dtype="float32", name=f"{c.get('name') or 'run'}-preflight", out=None)
     loc = c["localize"]
     loc.update(n=8, patch_n=4, ablate_limit=2, ablate_every=TINY_LAYERS // 2)
     prune = c["prune"]
@@ -61,8 +63,11 @@ def main() -> int:
     import yaml
 
     out = Path(args.out)
-    # validate every config before anything runs or is written
-    cfgs = [(Path(p), load_config_text(Path(p).read_text(), src=p)) for p in args.configs]
+    try:  # validate every config before anything runs or is written
+        cfgs = [(Path(p), load_config(p)) for p in args.configs]
+    except PrunescopeError as e:
+        print(f"preflight: error: {e}", file=sys.stderr)
+        return 2
     model = out / "tiny-llama"
     if not (model / "config.json").is_file():
         save_tiny_model("llama", model, n_layers=TINY_LAYERS)
