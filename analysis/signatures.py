@@ -431,7 +431,13 @@ def signature(sample: dict, model: str = "", stage: str = "") -> dict:
         rec["n_steps"] = len(rec["steps"])
         rec["n_wrong_steps"] = sum(not s["ok"] for s in rec["steps"])
     if kind == "code":
-        code, first_line = program_text(task, str(sample.get("prompt") or ""), response)
+        reply = sample.get("reply")
+        if reply is not None:
+            # a chat reply as the model wrote it: the scored program went through evalplus.sanitize,
+            # which drops the code that does not parse, and with it the bracket errors
+            code, first_line = str(reply), 1
+        else:
+            code, first_line = program_text(task, str(sample.get("prompt") or ""), response)
         b = check_brackets(code)
         rec.update(brackets=b, unbalanced=b["unbalanced"], mismatch=b["mismatch"])
         # the execution taxonomy (analysis.code_eval.failure_kinds), where the sample carries it

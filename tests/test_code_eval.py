@@ -28,6 +28,59 @@ def test_conversion_keeps_most_problems():
     assert "Mbpp/367" in ce.skipped_problems("mbpp")           # needs test_setup_code
 
 
+def test_every_problem_is_scored_the_rest_by_its_own_test_code(tmp_path):
+    """The problems evalplus cannot take are judged by their original test code: all 164 and 500."""
+    for task, n, own in (("humaneval", 164, 9), ("mbpp", 500, 38)):
+        every, programs = ce.all_problems(task), ce.program_problems(task)
+        assert len(every) == n and len(programs) == own and set(programs) == set(ce.skipped_problems(task))
+        assert list(every)[:n - own] == list(ce.humaneval_problems() if task == "humaneval" else ce.mbpp_problems())
+        assert all(p["test"] and not p["base_input"] for p in programs.values())
+    assert "check(find_zero)" in ce.program_problems("humaneval")["HumanEval/32"]["test"]
+    assert ce.program_problems("mbpp")["Mbpp/367"]["test"].startswith("root = Node(1) \n")  # its test_setup_code first
+    # every reference solution passes its own tests, in the sandbox
+    he, mb = ce.program_problems("humaneval"), ce.program_problems("mbpp")
+    got = ce.run_test_programs("humaneval", list(he.values()),
+                               {k: p["prompt"] + p["canonical_solution"] for k, p in he.items()}, tmp_path / "he")
+    assert got == {k: ("pass", None) for k in he}
+    got = ce.run_test_programs("mbpp", list(mb.values()), {k: p["canonical_solution"] for k, p in mb.items()},
+                               tmp_path / "mbpp")
+    assert got == {k: ("pass", None) for k in mb}
+
+
+def test_test_program_failures_get_the_taxonomy(tmp_path, monkeypatch):
+    monkeypatch.setattr(ce, "TEST_PROGRAM_SECONDS", 1.0)
+    p = ce.program_problems("humaneval")["HumanEval/151"]  # double_the_difference(lst), checked by check()
+    head = "def double_the_difference(lst):\n"
+    programs = {"pass": p["prompt"] + p["canonical_solution"], "assertion": head + "    return 0",
+                "syntax": head + "    return (0", "name": head + "    return zero", "no-entry": "x = 1",
+                "other": head + "    return 1 // 0", "timeout": head + "    while True:\n        pass"}
+    got = ce.run_test_programs("humaneval", [dict(p, task_id=k) for k in programs], programs, tmp_path)
+    assert got == {"pass": ("pass", None), "assertion": ("fail", "assertion"), "syntax": ("fail", "syntax"),
+                   "name": ("fail", "name"), "no-entry": ("fail", "name"), "other": ("fail", "other"),
+                   "timeout": ("timeout", "timeout")}
+    # check_solutions takes them too
+    assert ce.check_solutions("humaneval", {"HumanEval/151": programs["assertion"]}, tmp_path / "c") == {
+        "HumanEval/151": False}
+
+
+def test_a_code_result_from_another_problem_set_is_scored_again(tmp_path):
+    """A task recorded before the test-program problems joined (155 problems) is not reused."""
+    from analysis.evaluate import evaluate_model, finished_rows
+    from probe.models import LoadedModel
+    from probe.tiny import tiny_model
+
+    model, tok = tiny_model("llama")
+    lm = LoadedModel(model, tok, "tiny-llama", "")
+    evaluate_model(lm, ["humaneval"], tmp_path, limit=2, code_options={"max_new_tokens": 4}, show_progress=False)
+    settings = json.loads((tmp_path / "config.json").read_text())
+    assert finished_rows(tmp_path, ["humaneval"], settings) is not None
+    record = json.loads((tmp_path / "tasks" / "humaneval.json").read_text())
+    assert record["config"]["problems"] == ce.problem_set_label("humaneval")
+    del record["config"]["problems"]
+    (tmp_path / "tasks" / "humaneval.json").write_text(json.dumps(record))
+    assert finished_rows(tmp_path, ["humaneval"], settings) is None
+
+
 def test_parse_assert_forms():
     import ast
 
@@ -52,7 +105,7 @@ def test_asserted_values_agree_with_evalplus_ground_truth(tmp_path):
 
 def test_canonical_solutions_pass_and_wrong_ones_fail(tmp_path):
     he, mb = ce.humaneval_problems(), ce.mbpp_problems()
-    # A spread of canonical solutions as samples (all 155 + 462 pass; measured once, 20 s).
+    # A spread of canonical solutions as samples (all 155 + 462 evalplus problems pass; measured once, 20 s).
     sols = {k: p["prompt"] + p["canonical_solution"] for k, p in list(he.items())[::16]}
     assert all(ce.check_solutions("humaneval", sols, tmp_path / "he").values())
     sols = {k: p["prompt"] + p["canonical_solution"] for k, p in list(mb.items())[::40]}
@@ -153,6 +206,22 @@ def test_chat_prompt_path_sanitizes_replies(tmp_path, default_model):
     # whatever the model wrote, the program evalplus ran defines the entry point (or is empty)
     assert all(s["response"] == "" or f"def {e}" in s["response"]
                for s, e in zip(samples, ("has_close_elements", "separate_paren_groups")))
+    # the reply as written is kept: sanitize drops code that does not parse, the signatures need it
+    assert all(isinstance(s["reply"], str) for s in samples)
+    assert all(s["failure"] != "syntax" or not ce._compiles(s["reply"]) or not ce._compiles(s["response"])
+               for s in samples)
+
+
+def test_a_chat_reply_that_does_not_parse_is_a_syntax_failure_with_its_brackets():
+    from analysis.signatures import signature
+
+    reply = "def add(a, b):\n    return (a + b\n"
+    sample = {"task": "humaneval", "prompt": "def add(a, b):\n", "response": "", "reply": reply, "chat": True,
+              "correct": False, "failure": "syntax"}
+    rec = signature(sample)
+    assert rec["unbalanced"] is True and "( unclosed" in rec["bracket_excerpt"]
+    # without the reply (a raw completion, or an older sample) the scored program is checked
+    assert signature({**sample, "reply": None, "response": "    return a + b\n"})["unbalanced"] is False
 
 
 def test_plus_file_adds_plus_metric(tmp_path):

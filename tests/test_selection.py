@@ -20,16 +20,16 @@ def tiny():
 
 
 def test_heldout_docs_are_the_last_ones_and_overlap_is_refused():
-    assert task_size("gsm8k") == 1319 and task_size("humaneval") == 155
+    assert task_size("gsm8k") == 1319 and task_size("humaneval") == 164
     held = heldout_docs(["gsm8k", "humaneval"], 16)
-    assert held == {"gsm8k": list(range(1303, 1319)), "humaneval": list(range(139, 155))}
-    check_heldout(held, {"gsm8k": 1303, "humaneval": 139})           # the first docs up to them: fine
+    assert held == {"gsm8k": list(range(1303, 1319)), "humaneval": list(range(148, 164))}
+    check_heldout(held, {"gsm8k": 1303, "humaneval": 148})           # the first docs up to them: fine
     with pytest.raises(PrunescopeError, match="first 1319 docs"):
         check_heldout(held, {"humaneval": 100})                        # gsm8k unlimited: every doc
     with pytest.raises(PrunescopeError, match="humaneval"):
-        check_heldout(held, {"default": 0.95})                         # 148 of 155 HumanEval problems
+        check_heldout(held, {"default": 0.95})                         # 156 of 164 HumanEval problems
     with pytest.raises(PrunescopeError, match="between 1 and"):
-        heldout_docs(["humaneval"], 155)
+        heldout_docs(["humaneval"], 164)
 
 
 def test_evaluation_of_chosen_docs_scores_exactly_those(tiny, tmp_path):
@@ -60,5 +60,5 @@ def test_pipeline_refuses_an_evaluation_that_overlaps_the_selection_docs():
     text = ("model: default\nprune: {strategies: [iterative-generated], select_tasks: [gsm8k, humaneval], "
             "select_n: 16}\nevaluate: {tasks: [gsm8k, humaneval], limit: 100}\n")
     assert load_config_text(text)["prune"]["select_n"] == 16
-    with pytest.raises(PrunescopeError, match=r"prune.select_n.*humaneval.*at most 139"):
+    with pytest.raises(PrunescopeError, match=r"prune.select_n.*humaneval.*at most 148"):
         load_config_text(text.replace("limit: 100", "limit: 150"))
