@@ -97,14 +97,21 @@ def summarize(runs: list[Path], out: Path) -> str:
 def _plot(model: str, cols, patch, path: Path) -> None:
     from probe.plots import save_figure, plt
 
-    fig, (a, b) = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True, layout="constrained")
+    if patch:
+        fig, (a, b) = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True, layout="constrained")
+    else:  # no patching maps in these runs (yet): the skips alone
+        fig, a = plt.subplots(1, 1, figsize=(8, 3.2), layout="constrained")
+        a.set_xlabel("layer")
     for c, (base, per) in cols.items():
         xs = sorted(per)
         a.plot(xs, [base - per[i] for i in xs], "o-", ms=3, label=c)
     a.axhline(0, color="grey", lw=0.6)
     a.set_ylabel("drop when skipped")
-    a.set_title(f"{model}: single-layer skips vs patching")
+    a.set_title(f"{model}: single-layer skips" + (" vs patching" if patch else ""))
     a.legend(fontsize=7, ncol=2)
+    if not patch:
+        save_figure(fig, path)
+        return
     for p, eff in patch.items():
         xs = sorted(eff)
         b.bar([x + (0.2 if p == "brackets" else -0.2) for x in xs], [eff[i] for i in xs], width=0.4, label=p)
