@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from prune.run import STRATEGIES, PruneOptions
 from prune.strategies import Plan, iterative
@@ -27,20 +28,39 @@ __all__ = ["PruneOptions", "generated_answer_evaluator"]
 
 
 def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batch_size: int = 64, seed: int = 0,
-                               progress: bool = False) -> Callable[[list[list[int]]], list[float]]:
+                               progress: bool = False, cache: str | Path | None = None
+                               ) -> Callable[[list[list[int]]], list[float]]:
     """``evaluate(sets) -> [mean primary accuracy]``: for each set of skipped layers, the mean of the
-    tasks' primary metrics (GSM8K exact match, HumanEval pass@1) on their last ``n`` docs."""
+    tasks' primary metrics (GSM8K exact match, HumanEval pass@1) on their last ``n`` docs.
+
+    ``cache``: an append-only JSONL log of scored sets. A set it holds for the same model, tasks,
+    ``n`` and seed is read back instead of generated: the 12.5% search repeats the first steps of
+    the 25% one (greedy picks the same layers from the same scores), and a search that crashed
+    resumes where it stopped. One log can serve several models; other settings' records are ignored.
+    """
+    from probe.results import append_progress, read_progress
+
     from .evaluate import TASKS, evaluate_model, heldout_docs
 
     docs = heldout_docs(tasks, n)
+    key = {"model": loaded.name, "tasks": list(tasks), "n": n, "seed": seed}
+    known = {tuple(r["skip"]): r["value"] for r in (read_progress(cache) if cache else [])
+             if r.get("key") == key}
 
     def evaluate(sets: list[list[int]]) -> list[float]:
         out = []
         for s in sets:
+            s = sorted(s)
+            if tuple(s) in known:
+                out.append(known[tuple(s)])
+                continue
             rows = evaluate_model(loaded, list(tasks), skip=s, docs=docs, gen_batch_size=gen_batch_size, seed=seed,
                                   show_progress=False)
             prim = [r["value"] for r in rows if r["metric"] == TASKS[r["probe"]].primary]
             out.append(sum(prim) / len(prim))
+            known[tuple(s)] = out[-1]
+            if cache:
+                append_progress(cache, [{"key": key, "skip": s, "value": out[-1]}])
             if progress:
                 print(f"    skip {s}: {out[-1]:.3f}", flush=True)
         return out
@@ -54,7 +74,7 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
                           "answers (GSM8K + HumanEval, held-out docs) highest")
 def _iterative_generated_plan(lm, k: int, protected: list[int], o: PruneOptions, progress: bool = True) -> Plan:
     ev = generated_answer_evaluator(lm, o.select_tasks, o.eval_n, gen_batch_size=o.gen_batch_size, seed=o.seed,
-                                    progress=progress)
+                                    progress=progress, cache=o.select_cache)
     plan = iterative(ev, lm.blocks.n_layers, k, protected, metric="generated_accuracy", progress=progress,
                      name="iterative-generated")
     plan.scores["heldout_docs"] = ev.docs

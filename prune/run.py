@@ -245,6 +245,9 @@ class PruneOptions(Options):
                                                         "(the last --eval-n of each) score every candidate "
                                                         "by the accuracy of generated answers", kind="names")
     gen_batch_size: int = option(64, "iterative-generated: generation engine slots", minimum=1)
+    select_cache: str | None = option(None, "iterative-generated: a JSONL log of scored layer sets, shared by "
+                                            "searches on the same model (a set scored once is read back, and "
+                                            "a crashed search resumes)", kind="str?")
     overwrite: bool = option(False, "replace an existing --out folder")
     seed: int = option(0, "draw of the built-in calibration texts (bi, angular) and of the iterative search's "
                           "probe items", minimum=0)

@@ -54,6 +54,24 @@ def test_iterative_generated_tries_every_layer_and_records_its_docs(tiny):
     assert ev([[plan.drop[0]]]) == [direct[0]["value"]] == [first[str(plan.drop[0])]]
 
 
+def test_selection_cache_reads_back_scored_sets_and_the_smaller_search_repeats_the_larger(tiny, tmp_path):
+    from probe.results import read_progress
+
+    cache = tmp_path / "selection-cache.jsonl"
+    opts = dict(strategy="iterative-generated", eval_n=3, select_tasks=["arithmetic"], select_cache=str(cache))
+    big = prune(PruneOptions(n=2, **opts), loaded=tiny)
+    logged = read_progress(cache)
+    assert len(logged) == 4 + 3 and {tuple(r["skip"]) for r in logged} >= {(0,), (1,), (2,), (3,)}
+    # the one-layer search is the two-layer one's first step, read back: nothing new is generated
+    small = prune(PruneOptions(n=1, **opts), loaded=tiny)
+    first = big.scores["history"][0]
+    assert small.drop == [int(max(first, key=lambda c: (first[c], -int(c))))] and small.drop[0] in big.drop
+    assert small.scores["history"][0] == big.scores["history"][0] and len(read_progress(cache)) == 7
+    # other settings (here: another eval_n) are not read back
+    prune(PruneOptions(n=1, **{**opts, "eval_n": 2}), loaded=tiny)
+    assert len(read_progress(cache)) == 7 + 4
+
+
 def test_pipeline_refuses_an_evaluation_that_overlaps_the_selection_docs():
     from prunescope.pipeline.config import load_config_text
 

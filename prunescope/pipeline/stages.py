@@ -167,7 +167,9 @@ def _prune(run: Run) -> None:
             kw = {"scores_table": str(run.out / "score" / "scores.csv"), "score_metric": "patching_effect"}
         elif strategy == "iterative-generated":  # held-out docs, disjoint from evaluate's (checked with the config)
             kw = {"select_tasks": c["select_tasks"], "eval_n": c["select_n"],
-                  "gen_batch_size": run.cfg["evaluate"]["gen_batch_size"] or 64}
+                  "gen_batch_size": run.cfg["evaluate"]["gen_batch_size"] or 64,
+                  # one log for both ratios: the smaller search reads back the larger one's first steps
+                  "select_cache": str(run.out / "prune" / "selection-cache.jsonl")}
         plan = prune(PruneOptions(strategy=strategy, ratio=ratio, overwrite=True, seed=run.cfg["seed"], **kw),
                      loaded=run.base, placement=run.placement, output=run.output(folder))
         print(f"  {stage}: drop {plan.drop}" + (f" (protected {plan.protected})" if plan.protected else ""))
