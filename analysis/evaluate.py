@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import contextlib
+import functools
 import json
 import math
 import os
@@ -398,6 +399,34 @@ def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_
         hf_log.setLevel(level)
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled_template(template: str):
+    from lm_eval.utils import env
+
+    return env.from_string(template)
+
+
+def _render_compiled(template: str, doc: dict) -> str:
+    return _compiled_template(template).render(**doc)
+
+
+@contextlib.contextmanager
+def _compiled_templates():
+    """lm-eval 0.4.13 compiles a task's Jinja template again for every render
+    (``lm_eval.utils.apply_template``: ``env.from_string`` each time; upstream issue #1286): about
+    4 ms a doc of the classification suite, 1.15x of an evaluation's time where the forwards cost
+    little (``benchmarks/evaluate.py --tiny``). Here each template string is compiled once, in
+    lm-eval's own environment, so every render is the same text; restored after the call."""
+    import lm_eval.utils as lm_utils
+
+    real = lm_utils.apply_template
+    lm_utils.apply_template = _render_compiled
+    try:
+        yield
+    finally:
+        lm_utils.apply_template = real
+
+
 @contextlib.contextmanager
 def _quiet_lm_eval():
     """lm-eval's per-task "building contexts" bar (no switch of its own) and the datasets library's
@@ -438,7 +467,7 @@ def run_lm_eval(lm, configs: list[dict], *, limit: int | None, seed: int = 0, sa
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    with _quiet_lm_eval():
+    with _quiet_lm_eval(), _compiled_templates():
         tasks = [ConfigurableTask(config=dict(c)) for c in configs]  # built here so choices/gold can be read back
         for task in tasks:
             if task.get_config("num_fewshot") is None:

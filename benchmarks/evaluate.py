@@ -12,6 +12,10 @@ It prints docs/s of each, the ratio (goal >= 0.95x) and whether the metrics agre
 
     python benchmarks/evaluate.py                       # default model, CPU, classification suite, 20 docs each, 0-shot
     python benchmarks/evaluate.py --limit 50 --fewshot 5 --tasks arc_easy,piqa --device cuda --model path/to/model
+    python benchmarks/evaluate.py --tiny --limit 100    # the work around the forwards alone
+
+``evaluate`` compiles each task's Jinja template once (lm-eval compiles it for every render), so
+on ``--tiny``, where the forwards cost nothing, the ratio shows what that saves.
 """
 
 from __future__ import annotations
@@ -69,13 +73,28 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tiny", action="store_true", help="a tiny random Qwen2 model instead: its forwards cost "
+                    "almost nothing, so what is timed is everything around them (what a large GPU waits on)")
     args = ap.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
 
     import torch
 
     print(f"torch threads: {torch.get_num_threads()}; device {args.device}")
-    loaded = load_model(args.model, device=args.device)
+    if args.tiny:
+        from transformers import AutoModelForCausalLM
+
+        from probe.models import LoadedModel
+        from probe.tiny import tiny_model, tiny_config
+
+        _, tok = tiny_model("qwen2")
+        cfg = tiny_config("qwen2", 4)
+        cfg.max_position_embeddings = 4096  # room for every task's longest context
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(cfg).eval()
+        loaded = LoadedModel(model.to(args.device), tok, "tiny-qwen2", "")
+    else:
+        loaded = load_model(args.model, device=args.device)
     # Warm-up outside the timers: builds every task once (datasets caches the Arrow splits) and runs a forward.
     from lm_eval.api.task import ConfigurableTask
 
@@ -97,11 +116,30 @@ def main(argv=None) -> None:
     ours = {(r["probe"], r["metric"]): r["value"] for r in rows}
     ours_docs = sum({r["probe"]: r["n"] for r in rows}.values())
 
+    # the same evaluate with lm-eval's own rendering (each Jinja template compiled for every render)
+    import contextlib
+
+    import analysis.evaluate as ev
+
+    compiled, ev._compiled_templates = ev._compiled_templates, contextlib.nullcontext
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            rows_plain = evaluate_model(loaded, tasks, Path(tmp) / "out", limit=args.limit, num_fewshot=args.fewshot,
+                                        batch_size=args.batch_size, seed=args.seed, show_progress=False)
+            t_plain = time.perf_counter() - t0
+    finally:
+        ev._compiled_templates = compiled
+    same_plain = {(r["probe"], r["metric"]): r["value"] for r in rows_plain} == ours
+
     print(f"\n{len(tasks)} tasks, limit {args.limit}, {args.fewshot}-shot, {docs} docs")
     print(f"{'path':<10}{'seconds':>10}{'docs/s':>10}")
     print(f"{'direct':<10}{t_direct:>10.1f}{docs / t_direct:>10.2f}")
     print(f"{'evaluate':<10}{t_ours:>10.1f}{ours_docs / t_ours:>10.2f}")
+    print(f"{'(plain)':<10}{t_plain:>10.1f}{ours_docs / t_plain:>10.2f}   evaluate with lm-eval's per-render "
+          "template compilation")
     print(f"ratio evaluate/direct (docs/s): {(ours_docs / t_ours) / (docs / t_direct):.3f}x  (goal >= 0.95x)")
+    print(f"ratio evaluate/plain (compiled templates): {t_plain / t_ours:.3f}x; same metrics: {same_plain}")
     diffs = {k: (ref[k], ours.get(k)) for k in ref if ours.get(k) is None or abs(ref[k] - ours[k]) > 1e-9}
     print("metrics agree: " + ("yes, all " + str(len(ref)) if not diffs and ours_docs == docs else f"NO: {diffs}"))
     print("\n" + "\n".join(f"{t:<14}{m:<10}{v:.3f}" for (t, m), v in sorted(ours.items())))
