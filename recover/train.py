@@ -186,10 +186,71 @@ def response_logits(blocks, ids: torch.Tensor, mask: torch.Tensor, keep: torch.T
     The decoder runs once; the unembedding runs on the kept positions alone, so neither prompt nor
     padding positions cost vocabulary-sized logits (at 8192 tokens and a 128k vocabulary the full
     tensor is 2 GB in bf16, 4 GB more in fp32 for the loss)."""
+    return blocks.final_logits(response_hidden(blocks, ids, mask, keep))
+
+
+def response_hidden(blocks, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Final-normed hidden states of the positions that predict a response token (``keep``)."""
     # no padding in the batch: no mask, so sdpa may take its causal flash kernel with grouped heads
     # (with a mask transformers repeats the key/value heads and sdpa leaves the flash kernel)
     hidden = blocks.final_hidden(ids, None if bool(mask.all()) else mask)
-    return blocks.final_logits(hidden[:, :-1][keep])
+    return hidden[:, :-1][keep]
+
+
+# rows of vocabulary-sized logits that exist at once in the response loss (LOSS_CHUNK_ROWS x 128k
+# entries: 0.5 GB as fp32); the whole [response tokens, vocabulary] tensor never does
+LOSS_CHUNK_ROWS = 1024
+
+
+class _ChunkedNLL(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, a chunk of rows at a
+    time: the forward keeps only each row's log-sum-exp, the backward recomputes each chunk's logits
+    (one more unembedding matmul, about 1% of a QLoRA step). Same numerics as the plain path:
+    logits in the weight's dtype, softmax and loss in fp32, gradients cast back."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        total = hidden.new_zeros((), dtype=torch.float32)
+        lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        for i in range(0, hidden.shape[0], chunk):
+            logits = (hidden[i:i + chunk] @ weight.T).float()
+            lse[i:i + chunk] = logits.logsumexp(-1)
+            total += (lse[i:i + chunk] - logits.gather(1, targets[i:i + chunk, None]).squeeze(1)).sum()
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk = chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        for i in range(0, hidden.shape[0], ctx.chunk):
+            h = hidden[i:i + ctx.chunk]
+            probs = ((h @ weight.T).float() - lse[i:i + ctx.chunk, None]).exp_()
+            probs[torch.arange(h.shape[0], device=h.device), targets[i:i + ctx.chunk]] -= 1.0
+            g = (probs * grad).to(weight.dtype)
+            if grad_hidden is not None:
+                grad_hidden[i:i + ctx.chunk] = g @ weight
+            if grad_weight is not None:
+                grad_weight += (g.T @ h).float()
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
+
+
+def response_nll_chunked(blocks, hidden: torch.Tensor, targets: torch.Tensor,
+                         chunk: int = LOSS_CHUNK_ROWS) -> torch.Tensor | None:
+    """Summed NLL of ``targets`` under the unembedding of ``hidden`` (final-normed, one row per
+    predicted token), without the whole logits tensor; None where the head is not a plain bias-free
+    linear layer or the model caps its logits (Gemma 2): the caller takes the plain path.
+
+    At 8192 tokens and a 128k vocabulary that tensor is 1.6 GB in bf16, 3.2 GB as fp32 for the
+    loss and 3.2 GB more for its gradient: most of the memory of a QLoRA step at 8B.
+    """
+    head = blocks.lm_head
+    if type(head) is not torch.nn.Linear or head.bias is not None or \
+            getattr(blocks.config, "final_logit_softcapping", None) is not None:
+        return None
+    return _ChunkedNLL.apply(hidden.to(head.weight.device), head.weight, targets.to(head.weight.device), chunk)
 
 
 def train_step(model, batch: list[Example], pad_id: int, device, micro_batch: int, *, teacher=None,
@@ -205,13 +266,17 @@ def train_step(model, batch: list[Example], pad_id: int, device, micro_batch: in
     for i in range(0, len(batch), micro_batch):
         ids, mask, labels = collate(batch[i:i + micro_batch], pad_id, device)
         keep = labels[:, 1:] != IGNORE
-        logits = response_logits(blocks, ids, mask, keep).float()
-        if teacher_blocks is not None:
+        if teacher_blocks is None:  # NLL: chunk by chunk where the head allows it
+            hidden = response_hidden(blocks, ids, mask, keep)
+            loss_sum = response_nll_chunked(blocks, hidden, labels[:, 1:][keep])
+            if loss_sum is None:
+                loss_sum = torch.nn.functional.cross_entropy(blocks.final_logits(hidden).float(),
+                                                             labels[:, 1:][keep], reduction="sum")
+        else:
+            logits = response_logits(blocks, ids, mask, keep).float()
             with torch.no_grad():
                 t_logits = response_logits(teacher_blocks, ids, mask, keep)
             loss_sum = response_kl(logits, t_logits, kl_temperature)
-        else:
-            loss_sum = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep], reduction="sum")
         (loss_sum / n_resp).backward()
         loss_total += float(loss_sum.detach()) / n_resp
         seen += int(mask.sum())
