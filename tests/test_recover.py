@@ -294,3 +294,20 @@ def test_chunked_loss_leaves_a_capped_head_to_the_plain_path():
     model, _ = tiny_model("gemma2")  # final_logit_softcapping
     assert getattr(model.config, "final_logit_softcapping", None) is not None
     assert response_nll_chunked(Blocks(model), torch.zeros(2, model.config.hidden_size), torch.zeros(2).long()) is None
+
+
+def test_perplexity_in_chunks_equals_the_whole_logits_one():
+    import math
+
+    from probe.tiny import tiny_model
+    from recover.data import Example
+    from recover.train import collate, perplexity, response_nll
+
+    model, _ = tiny_model("qwen2")
+    examples = [Example(list(range(5, 25)), [IGNORE] * 6 + list(range(11, 25)), 14),
+                Example(list(range(30, 42)), [IGNORE] * 4 + list(range(34, 42)), 8)]  # padded: a mask
+    ids, mask, labels = collate(examples, 0, torch.device("cpu"))
+    with torch.no_grad():
+        nll, n = response_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
+    loss, ppl = perplexity(model, examples, 0, micro_batch=2)
+    assert n == 22 and loss == pytest.approx(float(nll) / n, rel=1e-5) and ppl == pytest.approx(math.exp(loss))
