@@ -356,7 +356,11 @@ def _convert_mbpp(raw: list[dict]) -> tuple[dict[str, dict], dict[str, str], dic
                 raise _Skip("inputs change in evalplus' JSON problem file (tuple/set/int-keyed dict)")
         except (_Skip, SyntaxError) as e:
             skipped[tid] = str(e)
-            entry = _first_call_name(_parse(d["test_list"][0].strip()).body[0].test) if d["test_list"] else ""
+            try:
+                first = _parse(d["test_list"][0].strip()).body[0] if d["test_list"] else None
+            except SyntaxError:
+                first = None
+            entry = _first_call_name(first.test) if isinstance(first, ast.Assert) else ""
             if entry:  # the original asserts (after their setup code) still judge it
                 setup = d.get("test_setup_code", "").replace("\r\n", "\n").strip()
                 programs[tid] = _program_problem(tid, mbpp_prompt(d["text"], d["test_list"][0]), entry, code,
@@ -521,7 +525,7 @@ def run_evalplus(task: str, problems: list[dict], samples: list[dict], work_dir:
 # cap, swallowed I/O): each still-unexplained failing evalplus program once more, on its inputs, to
 # see which exception it raises; and each test-program problem's program followed by its own test
 # code (a job with "test"), which passes when that runs clean.
-_TAXONOMY_RUNNER = r"""
+_SANDBOX_RUNNER = r"""
 import json, sys, time, multiprocessing as mp
 from evalplus.eval import query_maximum_memory_bytes
 from evalplus.eval.utils import create_tempdir, reliability_guard, swallow_io, time_limit
@@ -649,7 +653,7 @@ def run_test_programs(task: str, problems: list[dict], programs: dict[str, str],
 
 def _sandbox(task: str, problems: list[dict], jobs: list[dict], work: Path, name: str,
              parallel: int | None) -> dict[str, str]:
-    """Run ``jobs`` (``{task_id, code}``) through :data:`_TAXONOMY_RUNNER` in a fresh process:
+    """Run ``jobs`` (``{task_id, code}``) through :data:`_SANDBOX_RUNNER` in a fresh process:
     ``{task_id: kind}`` (a failure kind, or ``pass`` for a test-program job that ran clean)."""
     work.mkdir(parents=True, exist_ok=True)
     wanted = {j["task_id"] for j in jobs}
@@ -659,7 +663,7 @@ def _sandbox(task: str, problems: list[dict], jobs: list[dict], work: Path, name
     out_path.unlink(missing_ok=True)
     env = dict(os.environ, XDG_CACHE_HOME=str(evalplus_cache()))
     env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.run([sys.executable, "-c", _TAXONOMY_RUNNER, task, str(prob_path), str(jobs_path),
+    proc = subprocess.run([sys.executable, "-c", _SANDBOX_RUNNER, task, str(prob_path), str(jobs_path),
                            str(out_path), str(parallel or _parallel()), str(TEST_PROGRAM_SECONDS)],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not out_path.is_file():
