@@ -33,8 +33,8 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
     """``evaluate(sets) -> [mean primary accuracy]``: for each set of skipped layers, the mean of the
     tasks' primary metrics (GSM8K exact match, HumanEval pass@1) on their last ``n`` docs.
 
-    ``cache``: an append-only JSONL log of scored sets. A set it holds for the same model, tasks,
-    ``n`` and seed is read back instead of generated: the 12.5% search repeats the first steps of
+    ``cache``: an append-only JSONL log of scored sets. A set it holds for the same model, held-out
+    docs (tasks, ``n`` and the tasks' sizes decide them) and seed is read back instead of generated: the 12.5% search repeats the first steps of
     the 25% one (greedy picks the same layers from the same scores), and a search that crashed
     resumes where it stopped. One log can serve several models; other settings' records are ignored.
     """
@@ -43,7 +43,7 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
     from .evaluate import TASKS, evaluate_model, heldout_docs
 
     docs = heldout_docs(tasks, n)
-    key = {"model": loaded.name, "tasks": list(tasks), "n": n, "seed": seed}
+    key = {"model": loaded.name, "docs": docs, "seed": seed}  # what is scored, not what chose it
     known = {tuple(r["skip"]): r["value"] for r in (read_progress(cache) if cache else [])
              if r.get("key") == key}
 

@@ -264,22 +264,27 @@ def response_nll_sum(blocks, ids: torch.Tensor, mask: torch.Tensor, labels: torc
     return nll, int(keep.sum())
 
 
+def _blocks(model):
+    """The block handle of a model, through peft's wrapper (its adapters sit inside the base model)."""
+    from probe.blocks import Blocks
+
+    return Blocks(model.get_base_model() if hasattr(model, "get_base_model") else model)
+
+
 def train_step(model, batch: list[Example], pad_id: int, device, micro_batch: int, *, teacher=None,
                kl_temperature: float = 1.0) -> tuple[float, int]:
     """Forward and backward over ``batch`` in micro-batches; the loss is the mean over the batch's
     response tokens (NLL, or KL to ``teacher``). Returns (loss, tokens run). No optimizer step."""
-    from probe.blocks import Blocks
-
-    blocks = Blocks(model.get_base_model() if hasattr(model, "get_base_model") else model)
-    teacher_blocks = Blocks(teacher) if teacher is not None else None
+    blocks = _blocks(model)
+    teacher_blocks = _blocks(teacher) if teacher is not None else None
     n_resp = max(sum(e.n_response for e in batch), 1)
     loss_total, seen = 0.0, 0
     for i in range(0, len(batch), micro_batch):
         ids, mask, labels = collate(batch[i:i + micro_batch], pad_id, device)
-        keep = labels[:, 1:] != IGNORE
         if teacher_blocks is None:
             loss_sum, _ = response_nll_sum(blocks, ids, mask, labels)
         else:
+            keep = labels[:, 1:] != IGNORE
             logits = response_logits(blocks, ids, mask, keep).float()
             with torch.no_grad():
                 t_logits = response_logits(teacher_blocks, ids, mask, keep)
@@ -295,12 +300,10 @@ def perplexity(model, examples: list[Example], pad_id: int, micro_batch: int = 4
     """(mean NLL per response token, perplexity) of ``model`` on ``examples``; the logits are made a
     chunk of rows at a time, as in training (at 2048 tokens, micro-batch 4 and Qwen's 152k vocabulary
     the whole fp32 logits would be 5 GB)."""
-    from probe.blocks import Blocks
-
     was_training = model.training
     model.eval()
     device = next(p.device for p in model.parameters())
-    blocks = Blocks(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    blocks = _blocks(model)
     total, count = 0.0, 0
     for i in range(0, len(examples), micro_batch):
         ids, mask, labels = collate(examples[i:i + micro_batch], pad_id, device)
