@@ -414,7 +414,7 @@ def _render_compiled(template: str, doc: dict) -> str:
 def _compiled_templates():
     """lm-eval 0.4.13 compiles a task's Jinja template again for every render
     (``lm_eval.utils.apply_template``: ``env.from_string`` each time; upstream issue #1286): about
-    4 ms a doc of the classification suite, 1.15x of an evaluation's time where the forwards cost
+    8 ms a doc of the classification suite, 1.27x of an evaluation's time where the forwards cost
     little (``benchmarks/evaluate.py --tiny``). Here each template string is compiled once, in
     lm-eval's own environment, so every render is the same text; restored after the call."""
     import lm_eval.utils as lm_utils

@@ -82,16 +82,11 @@ def main(argv=None) -> None:
 
     print(f"torch threads: {torch.get_num_threads()}; device {args.device}")
     if args.tiny:
-        from transformers import AutoModelForCausalLM
-
         from probe.models import LoadedModel
-        from probe.tiny import tiny_model, tiny_config
+        from probe.tiny import tiny_model
 
-        _, tok = tiny_model("qwen2")
-        cfg = tiny_config("qwen2", 4)
-        cfg.max_position_embeddings = 4096  # room for every task's longest context
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(cfg).eval()
+        # 4096 positions: room for every task's longest context
+        model, tok = tiny_model("qwen2", attn_implementation="sdpa", max_positions=4096)
         loaded = LoadedModel(model.to(args.device), tok, "tiny-qwen2", "")
     else:
         loaded = load_model(args.model, device=args.device)

@@ -58,13 +58,14 @@ def tiny_tokenizer_dir() -> str:
     return folder
 
 
-def tiny_config(family: str, n_layers: int = 4):
-    """The transformers config of a tiny model (hidden 64, 4 heads, 2 KV heads, vocab 512)."""
+def tiny_config(family: str, n_layers: int = 4, max_positions: int = 256):
+    """The transformers config of a tiny model (hidden 64, 4 heads, 2 KV heads, vocab 512;
+    ``max_positions`` of context: more for benchmark prompts such as GSM8K's 8-shot ones)."""
     from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(
         vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
         pad_token_id=1, bos_token_id=2, eos_token_id=3,
     )
     alternating = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
@@ -82,7 +83,8 @@ def tiny_config(family: str, n_layers: int = 4):
     raise ValueError(f"unknown tiny family {family!r}; choose from {FAMILIES}")
 
 
-def tiny_model(family: str, *, seed: int = 0, n_layers: int = 4, attn_implementation: str = "eager"):
+def tiny_model(family: str, *, seed: int = 0, n_layers: int = 4, attn_implementation: str = "eager",
+               max_positions: int = 256):
     """Build ``(model, tokenizer)``: a random-weight fp32 model in eval mode.
 
     >>> m, tok = tiny_model("llama", n_layers=3)
@@ -91,7 +93,7 @@ def tiny_model(family: str, *, seed: int = 0, n_layers: int = 4, attn_implementa
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = tiny_config(family, n_layers)
+    cfg = tiny_config(family, n_layers, max_positions)
     cfg._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg).eval()
