@@ -88,12 +88,14 @@ def _localize(run: Run) -> None:
         sweep(SweepOptions(probe=c["probes"], n=c["n"], seed=seed, shots=c["shots"] if multi else None,
                            ops=c["ops"] if multi else None),
               loaded=run.base, placement=run.placement, output=run.output(run.out / "localize" / "sweep"))
-    if c["ablate_tasks"]:
-        ablate(run)
+    # the patching maps before the benchmark ablation: they take minutes where the ablation takes
+    # the better part of an hour on a 1.5B model, and a run cut short still has them
     for p in c["patch"]:
         patch(PatchOptions(probe=p, n=c["patch_n"], method=c["patch_method"], positions=c["patch_positions"],
                            kinds=c["patch_kinds"], seed=seed),
               loaded=run.base, placement=run.placement, output=run.output(run.out / "localize" / f"patch-{p}"))
+    if c["ablate_tasks"]:
+        ablate(run)
 
 
 def ablate(run: Run) -> list[dict]:
