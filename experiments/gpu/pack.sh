@@ -1,0 +1,12 @@
+# pack every run folder under /root/runs (no weights, no tokenizer copies) into $OUT, atomically and in
+# pieces of 15 MB (the device tool returns files of up to 16 MiB): cat RUN.tgz.* > RUN.tgz here
+pack() {
+  mkdir -p /root/pk
+  for d in /root/runs/*/; do
+    r=$(basename $d); [ $r = logs ] && continue
+    tar czf /root/pk/$r.tgz --exclude='*.safetensors' --exclude='*.bin' --exclude='*.gguf' --exclude='tokenizer.json' -C /root/runs $r 2>/dev/null
+    rm -f $OUT/$r.tgz*; split -b 15000000 /root/pk/$r.tgz $OUT/$r.tgz.; rm /root/pk/$r.tgz
+  done
+  tar czf /root/pk/logs.tgz -C /root/runs logs 2>/dev/null; mv /root/pk/logs.tgz $OUT/logs.tgz
+  ls -la $OUT; df -h /root | tail -1; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+}
