@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
     """
     from probe.results import append_progress, read_progress
 
+    from probe.generation import skip_sets
+
     from .evaluate import TASKS, evaluate_model, heldout_docs
 
     docs = heldout_docs(tasks, n)
@@ -47,23 +50,35 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
     known = {tuple(r["skip"]): r["value"] for r in (read_progress(cache) if cache else [])
              if r.get("key") == key}
 
+    # every candidate of a greedy step answers the same prompts: generate them all in one engine run
+    # (a row per prompt and candidate) instead of one run per candidate; only generated tasks can
+    generated = all(TASKS[t].category == "generative" for t in tasks)
+
     def evaluate(sets: list[list[int]]) -> list[float]:
+        todo = [sorted(s) for s in sets if tuple(sorted(s)) not in known]
+        fan = skip_sets(todo) if generated and len(todo) > 1 else contextlib.nullcontext()
         out = []
-        for s in sets:
-            s = sorted(s)
-            if tuple(s) in known:
-                out.append(known[tuple(s)])
-                continue
-            rows = evaluate_model(loaded, list(tasks), skip=s, docs=docs, gen_batch_size=gen_batch_size, seed=seed,
-                                  show_progress=False)
-            prim = [r["value"] for r in rows if r["metric"] == TASKS[r["probe"]].primary]
-            out.append(sum(prim) / len(prim))
-            known[tuple(s)] = out[-1]
-            if cache:
-                append_progress(cache, [{"key": key, "skip": s, "value": out[-1]}])
-            if progress:
-                print(f"    skip {s}: {out[-1]:.3f}", flush=True)
+        with fan as together:
+            for s in sets:
+                s = sorted(s)
+                if tuple(s) in known:
+                    out.append(known[tuple(s)])
+                    continue
+                if together is not None:
+                    together.select(s)  # the engine skips s row by row: no layer is swapped out here
+                rows = evaluate_model(loaded, list(tasks), skip=[] if together is not None else s, docs=docs,
+                                      gen_batch_size=gen_batch_size, seed=seed, show_progress=False)
+                out.append(_record(s, rows))
         return out
+
+    def _record(s: list[int], rows: list[dict]) -> float:
+        prim = [r["value"] for r in rows if r["metric"] == TASKS[r["probe"]].primary]
+        value = known[tuple(s)] = sum(prim) / len(prim)
+        if cache:
+            append_progress(cache, [{"key": key, "skip": s, "value": value}])
+        if progress:
+            print(f"    skip {s}: {value:.3f}", flush=True)
+        return value
 
     evaluate.docs = docs
     return evaluate

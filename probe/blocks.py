@@ -312,6 +312,43 @@ class Blocks:
             for i, layer in originals.items():
                 self.layers[i] = layer
 
+    @contextmanager
+    def skip_rows(self, layers: Iterable[int], mask: Callable[[int], torch.Tensor]) -> Iterator[None]:
+        """Skip ``layers`` for some rows of the batch only: layer ``i`` returns its input on the rows
+        where ``mask(i)`` (a bool ``[batch]`` tensor, read at every forward) is True and its own
+        output on the others. Each row then sees what :meth:`skip` of its own layers gives (up to
+        the rounding of another batch), so differently pruned models share one batch: the
+        generation engine decodes a row per (prompt, skip set). The layer still runs on every row
+        (and fills their cache entries, which the skipping rows never read back through it).
+
+        >>> from probe.tiny import tiny_model
+        >>> model, tok = tiny_model("llama"); blocks = Blocks(model)
+        >>> ids = tok(["a b c", "a b c"], return_tensors="pt").input_ids
+        >>> with blocks.skip_rows([1], lambda i: torch.tensor([True, False])):
+        ...     both = blocks.forward(ids)
+        >>> with blocks.skip([1]):
+        ...     alone = blocks.forward(ids[:1])
+        >>> bool(torch.allclose(both[0], alone[0], atol=1e-5)) and not torch.allclose(both[0], both[1])
+        True
+        """
+        layers = self.check_layers(layers, allow_all=True)  # their union: each row keeps some layers
+        inputs: dict[int, torch.Tensor] = {}
+
+        def keep_input(i: int) -> HookFn:
+            def fn(t: torch.Tensor, _name: str) -> None:
+                inputs[i] = t
+            return fn
+
+        def choose(i: int) -> HookFn:
+            def fn(t: torch.Tensor, _name: str) -> torch.Tensor:
+                m = mask(i).to(t.device).view(-1, *([1] * (t.dim() - 1)))
+                return torch.where(m, inputs.pop(i), t)
+            return fn
+
+        with self.hooks([(f"blocks.{i}.hook_resid_pre", keep_input(i)) for i in layers]
+                        + [(f"blocks.{i}.hook_resid_post", choose(i)) for i in layers]):
+            yield
+
     # ----------------------------------------------------------------- running
     def new_cache(self):
         """An empty transformers ``DynamicCache`` for this model (sliding layers included)."""

@@ -27,6 +27,8 @@ the same; in fp32 they are (tested), in bf16 a different batch can round a logit
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import inspect
 import math
 import os
@@ -55,7 +57,9 @@ totals = {"prefill_forwards": 0, "prefill_tokens": 0, "decode_steps": 0, "decode
 class Request:
     """One prompt (token ids) and how to continue it.
 
-    ``temperature=0`` is greedy; ``seed`` picks this request's own random stream.
+    ``temperature=0`` is greedy; ``seed`` picks this request's own random stream. ``skip``: layers
+    this request alone skips (its row of the batch; the others keep them), as if it ran on a model
+    pruned of those layers.
     """
 
     prompt: Sequence[int]
@@ -64,6 +68,7 @@ class Request:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    skip: tuple[int, ...] = ()
 
 
 @dataclass
@@ -282,7 +287,10 @@ class Engine:
 
     # ------------------------------------------------------------------ public
     def generate(self, requests: Sequence[Request], *, progress: bool = False, desc: str = "generate") -> list[Completion]:
-        """Completions in the order of ``requests``."""
+        """Completions in the order of ``requests`` (inside :func:`skip_sets`: those of its current set)."""
+        fan = _FAN_OUT.get()
+        if fan is not None and not any(r.skip for r in requests):
+            return fan.answer(self, list(requests), progress, desc)
         out: list[Completion | None] = [None] * len(requests)
         for i, completion in self.stream(requests, progress=progress, desc=desc):
             out[i] = completion
@@ -299,7 +307,16 @@ class Engine:
                 raise PrunescopeError(f"generation request {i} has an empty prompt: give at least one token")
             if r.max_new_tokens < 1:
                 raise PrunescopeError(f"generation request {i} asks for {r.max_new_tokens} new tokens: give at least 1")
-        with torch.no_grad():
+        skipped = sorted({i for r in requests for i in r.skip})
+        rows = contextlib.nullcontext()
+        if skipped:
+            from .blocks import Blocks
+
+            blocks = Blocks(self.model)
+            for r in requests:
+                blocks.check_layers(r.skip)  # each request keeps at least one layer
+            rows = blocks.skip_rows(skipped, lambda i: self._skip_now[i])
+        with torch.no_grad(), rows:
             yield from self._run(requests, progress, desc)
 
     # ------------------------------------------------------------------ internals
@@ -330,6 +347,11 @@ class Engine:
         self.temperature, self.top_p = z(torch.float32), z(torch.float32) + 1
         self.active = z(torch.bool)
         self.next_tokens = z()
+        # per-row skipped layers ([layer, slot]); a forward reads the rows it runs (_skip_now)
+        n_layers = int(self.config.num_hidden_layers)
+        self.row_skip = torch.zeros(n_layers, s, dtype=torch.bool, device=dev)
+        self._skip_now = self.row_skip
+        self.per_row = any(r.skip for r in requests)
         self.key_ok = torch.zeros(s, self.capacity, dtype=torch.bool, device=dev)
         self.key_pos = torch.zeros(s, self.capacity, dtype=torch.long, device=dev)
         self.sample = any(r.temperature > 0 for r in requests)
@@ -369,8 +391,15 @@ class Engine:
             self.seed[slots[j]] = int(r.seed) & 0x7FFFFFFFFFFFFFFF
         self.step[rows] = 0
         self.cache.mode, self.cache.rows = "prefill", rows
+        if self.per_row:  # the slots' skipped layers are their new rows' own
+            own = torch.zeros(self.row_skip.shape[0], n, dtype=torch.bool)
+            for j, row in enumerate(group):
+                own[list(row.request.skip), j] = True
+            self.row_skip[:, rows] = own.to(dev)
+            self._skip_now = self.row_skip[:, rows]
         mask = _masks(self.windows, ok, positions, positions, self.dtype)
         logits = self._forward(ids, positions, mask)
+        self._skip_now = self.row_skip  # decode steps run every slot (a captured graph reads this tensor)
         first = self._pick(logits, rows)
         self.cache.mode = "decode"
         # the rows' state for decoding: keys [0, longest) as prefilled, next write right after them
@@ -566,6 +595,73 @@ class Engine:
             bar.close()
             self.graph = None
             self.cache = None
+
+
+class SkipSets:
+    """The skip sets of a :func:`skip_sets` block, the one being answered (``current``) and the
+    completions generated so far, by (set, request)."""
+
+    def __init__(self, sets: Iterable[Iterable[int]]):
+        self.sets = list(dict.fromkeys(tuple(sorted(s)) for s in sets))
+        if not self.sets:
+            raise PrunescopeError("skip_sets needs at least one set of layers")
+        self.current = self.sets[0]
+        self.done: dict[tuple, Completion] = {}
+
+    def select(self, layers: Iterable[int]) -> None:
+        """Answer the following ``generate`` calls as the model with ``layers`` skipped."""
+        key = tuple(sorted(layers))
+        if key not in self.sets:
+            raise PrunescopeError(f"skip set {list(key)} is not one of this block's {len(self.sets)} sets")
+        self.current = key
+
+    @staticmethod
+    def _key(r: Request) -> tuple:
+        return (tuple(r.prompt), r.max_new_tokens, tuple(r.stop), r.temperature, r.top_p, r.seed)
+
+    def answer(self, engine: Engine, requests: list[Request], progress: bool, desc: str) -> list[Completion]:
+        keys = [self._key(r) for r in requests]
+        if any((self.current, k) not in self.done for k in keys):
+            # every set's rows in one run: a row per (request, set) not generated yet
+            todo = [(s, k, r) for s in self.sets for k, r in zip(keys, requests) if (s, k) not in self.done]
+            todo = list({(s, k): (s, k, r) for s, k, r in todo}.values())
+            made = Engine.generate(engine, [dataclasses.replace(r, skip=s) for s, _, r in todo],
+                                   progress=progress, desc=f"{desc} x{len(self.sets)} skip sets")
+            self.done.update({(s, k): c for (s, k, _), c in zip(todo, made)})
+        return [self.done[(self.current, k)] for k in keys]
+
+
+_FAN_OUT: contextvars.ContextVar[SkipSets | None] = contextvars.ContextVar("prunescope_skip_sets", default=None)
+
+
+@contextlib.contextmanager
+def skip_sets(sets: Iterable[Iterable[int]]) -> Iterator[SkipSets]:
+    """Generate under several sets of skipped layers at once. Inside the block, the first
+    :meth:`Engine.generate` of some requests runs each of them once per set, in one engine run (a
+    row per request and set, :attr:`Request.skip`), and returns the current set's completions;
+    the same requests asked again after ``fan.select(other)`` are answered from that run. The
+    paper's selection scores some 25 layer sets a greedy step on the same held-out prompts: one
+    run keeps the slots full where 25 runs of 64 rows leave most of them idle at their tails.
+    Code that generates through the engine (lm-eval's requests, the code tasks) runs unchanged;
+    only generation is fanned out, so score nothing else (log-likelihoods) inside.
+
+    >>> from probe.tiny import tiny_model
+    >>> model, tok = tiny_model("llama"); req = [Request(tok("a b").input_ids, max_new_tokens=3)]
+    >>> with skip_sets([[1], [2]]) as fan:
+    ...     one = Engine(model, tok).generate(req)
+    ...     fan.select([2]); two = Engine(model, tok).generate(req)
+    >>> from probe.blocks import Blocks
+    >>> with Blocks(model).skip([2]):
+    ...     alone = Engine(model, tok).generate(req)
+    >>> two[0].tokens == alone[0].tokens
+    True
+    """
+    fan = SkipSets(sets)
+    token = _FAN_OUT.set(fan)
+    try:
+        yield fan
+    finally:
+        _FAN_OUT.reset(token)
 
 
 def generate_texts(loaded, prompts: Iterable[str], *, max_new_tokens: int = 256, stop: Sequence[str] = (),

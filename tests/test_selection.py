@@ -80,3 +80,30 @@ def test_pipeline_refuses_an_evaluation_that_overlaps_the_selection_docs():
     assert load_config_text(text)["prune"]["select_n"] == 16
     with pytest.raises(PrunescopeError, match=r"prune.select_n.*humaneval.*at most 148"):
         load_config_text(text.replace("limit: 100", "limit: 150"))
+
+
+def test_the_candidates_of_a_step_generated_together_answer_as_each_alone(default_model, tmp_path):
+    """The greedy step's candidates are generated in one engine run (a row per prompt and skip set,
+    analysis.selection through probe.generation.skip_sets): each candidate's answers, and so its
+    score, are those of evaluating it alone with its layers skipped."""
+    from probe.generation import skip_sets
+
+    docs = {"arithmetic": [2990, 2991, 2992, 2993]}
+    sets = [[3], [20], [28, 29], [0]]
+
+    def answers(folder):
+        return [json.loads(x)["response"] for x in (folder / "samples" / "arithmetic.jsonl").read_text().splitlines()]
+
+    with skip_sets(sets) as fan:
+        together = []
+        for k, s in enumerate(sets):
+            fan.select(s)
+            evaluate_model(default_model, ["arithmetic"], tmp_path / f"t{k}", docs=docs, show_progress=False)
+            together.append(answers(tmp_path / f"t{k}"))
+    for k, s in enumerate(sets):
+        evaluate_model(default_model, ["arithmetic"], tmp_path / f"a{k}", skip=s, docs=docs, show_progress=False)
+        assert together[k] == answers(tmp_path / f"a{k}"), s
+    assert len({tuple(a) for a in together}) > 1  # the candidates answer differently: not vacuous
+    ev = generated_answer_evaluator(default_model, ["arithmetic"], 4)
+    assert ev(sets) == [evaluate_model(default_model, ["arithmetic"], skip=s, docs=ev.docs,
+                                       show_progress=False)[0]["value"] for s in sets]
