@@ -3,14 +3,17 @@
 # (git-ignored through .git/info/exclude): the Qwen GGUF in 19 pieces of 62 MB (q00..q18), the wheels
 # of requirements.txt in pieces (p00..), and the scripts below. About 2 minutes here.
 #   bash experiments/gpu/bundle.sh
-# Then, calls back to back (the machine goes back after 30 s idle): carry [.carry/setup.sh, .carry/qNN]
-# with `source .carry/setup.sh` for q00..q17 and p00, p01; then carry [.carry/setup.sh, .carry/pack.sh,
-# .carry/job_n1.sh, .carry/job_n2.sh, .carry/jobs.txt, .carry/q18, .carry/p02] with `bash .carry/job_n1.sh`; then
-# `bash .carry/job_n2.sh 540` (carry setup.sh, pack.sh, job_n2.sh, jobs.txt) until the budget is spent. Results
-# come back as $OUT/<run>.tgz (pieces of 15 MB: cat them), without weights.
+# Then, calls back to back (the machine goes back after 30 s idle): carry [.carry/setup.sh, .carry/NN]
+# with `source .carry/setup.sh` for each of q00..q17 and p00..p02 (one piece a call: a call carries
+# 64 MiB with the repo); then carry [.carry/setup.sh, .carry/pack.sh, .carry/job_n1.sh,
+# .carry/job_n2.sh, .carry/jobs.txt, .carry/q18] with `bash .carry/job_n1.sh` (installs, joins and
+# checks the model, fingerprints it, starts jobs.txt); then `bash .carry/job_n2.sh 540` (carry
+# setup.sh, pack.sh, job_n2.sh, jobs.txt) until the budget is spent. Results come back as
+# $OUT/<run>.tgz.aa, .ab, ... (pieces of 15 MB: cat them), without weights.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-grep -qx '.carry/' .git/info/exclude 2>/dev/null || echo '.carry/' >> .git/info/exclude
+EXCLUDE=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$EXCLUDE")"
+grep -qx '.carry/' "$EXCLUDE" 2>/dev/null || echo '.carry/' >> "$EXCLUDE"
 C=.carry; mkdir -p $C/dl
 PIP="python3 -m pip download -q --no-deps -d"
 PLAT="--python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform linux_x86_64 --platform any"
