@@ -25,7 +25,17 @@ from pathlib import Path
 from prune.run import STRATEGIES, PruneOptions
 from prune.strategies import Plan, iterative
 
-__all__ = ["PruneOptions", "generated_answer_evaluator"]
+__all__ = ["PruneOptions", "generated_answer_evaluator", "mean_primary"]
+
+
+def mean_primary(rows: list[dict]) -> float:
+    """The mean of the tasks' primary metrics in ``evaluate_model``'s rows (a candidate's score).
+
+    >>> mean_primary([{"value": 0.5, "primary": True}, {"value": 0.9, "primary": False}, {"value": 0.25, "primary": True}])
+    0.375
+    """
+    prim = [r["value"] for r in rows if r["primary"]]
+    return sum(prim) / len(prim)
 
 
 def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batch_size: int = 64, seed: int = 0,
@@ -72,8 +82,7 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
         return out
 
     def _record(s: list[int], rows: list[dict]) -> float:
-        prim = [r["value"] for r in rows if r["metric"] == TASKS[r["probe"]].primary]
-        value = known[tuple(s)] = sum(prim) / len(prim)
+        value = known[tuple(s)] = mean_primary(rows)
         if cache:
             append_progress(cache, [{"key": key, "skip": s, "value": value}])
         if progress:

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from analysis.evaluate import TASKS, evaluate_model  # noqa: E402
-from analysis.selection import generated_answer_evaluator  # noqa: E402
+from analysis.evaluate import evaluate_model  # noqa: E402
+from analysis.selection import generated_answer_evaluator, mean_primary  # noqa: E402
 from probe.models import load_model  # noqa: E402
 
 
@@ -55,9 +55,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     alone = []
     for s in sets:
-        rows = evaluate_model(lm, tasks, skip=s, docs=ev.docs, gen_batch_size=args.gen_batch_size, show_progress=False)
-        prim = [r["value"] for r in rows if r["metric"] == TASKS[r["probe"]].primary]
-        alone.append(sum(prim) / len(prim))
+        alone.append(mean_primary(evaluate_model(lm, tasks, skip=s, docs=ev.docs, gen_batch_size=args.gen_batch_size,
+                                                 show_progress=False)))
     _sync(args.device)
     t_alone = time.perf_counter() - t0
 

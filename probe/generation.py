@@ -623,11 +623,10 @@ class SkipSets:
         keys = [self._key(r) for r in requests]
         if any((self.current, k) not in self.done for k in keys):
             # every set's rows in one run: a row per (request, set) not generated yet
-            todo = [(s, k, r) for s in self.sets for k, r in zip(keys, requests) if (s, k) not in self.done]
-            todo = list({(s, k): (s, k, r) for s, k, r in todo}.values())
-            made = Engine.generate(engine, [dataclasses.replace(r, skip=s) for s, _, r in todo],
+            todo = {(s, k): r for s in self.sets for k, r in zip(keys, requests) if (s, k) not in self.done}
+            made = Engine.generate(engine, [dataclasses.replace(r, skip=s) for (s, _), r in todo.items()],
                                    progress=progress, desc=f"{desc} x{len(self.sets)} skip sets")
-            self.done.update({(s, k): c for (s, k, _), c in zip(todo, made)})
+            self.done.update(zip(todo, made))
         return [self.done[(self.current, k)] for k in keys]
 
 
