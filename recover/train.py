@@ -78,6 +78,11 @@ class RecoveryConfig(Options):
     eval_n: int = option(32, "held-out examples for the perplexity curve", minimum=1)
     eval_every: int = option(25, "steps between perplexity points", minimum=1)
     save_every: int = option(50, "steps between checkpoints", minimum=1)
+    max_grad_norm: float | None = option(1.0, "clip the adapters' gradient norm to this (HF Trainer's default; "
+                                              "0 or none: no clipping)", kind="float?", minimum=0)
+    max_bad_steps: int = option(3, "stop when this many optimizer steps in a row have a non-finite loss or "
+                                   "gradient (each is skipped: the adapters and optimizer state stay as they were)",
+                                minimum=1)
     grad_checkpointing: bool = option(True, "gradient checkpointing (less memory, more compute)",
                                       flag="--no-grad-checkpointing", flag_help="keep every activation (faster, "
                                                                                  "more memory)")
@@ -377,6 +382,17 @@ def split_examples(examples: list[Example], eval_n: int, seed: int) -> tuple[lis
     return train, held
 
 
+def _grad_norm(params: list[torch.Tensor], max_norm: float | None) -> float:
+    """The adapters' total gradient norm (before clipping), clipped to ``max_norm`` where set; inf or
+    NaN when a gradient is not finite (the caller then skips the step)."""
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    if max_norm:
+        return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in grads]))
+
+
 def _batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
     """Example indices of optimizer step ``step``: a fresh seeded permutation per epoch, so a
     resumed run sees exactly the examples an uninterrupted one would."""
@@ -518,20 +534,21 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
         dev = next(p.device for p in pm.parameters() if p.requires_grad)
         pad = tok.pad_token_id
 
-        def log_eval(train_loss: float | None) -> None:
+        def log_eval(train_loss: float | None, grad_norm: float | None = None) -> None:
             loss, ppl = perplexity(pm, held, pad, cfg.micro_batch)
             secs = state["train_seconds"]
             state["curve"].append({"step": state["step"], "tokens": state["tokens"], "train_loss": train_loss,
                                    "eval_loss": loss, "eval_ppl": ppl, "lr": sched.get_last_lr()[0],
                                    "train_seconds": round(secs, 3),
-                                   "tokens_per_s": state["all_tokens"] / secs if secs else None})
+                                   "tokens_per_s": state["all_tokens"] / secs if secs else None,
+                                   "grad_norm": grad_norm})
             write_table(state["curve"], out / "curve", columns=list(state["curve"][0]))
 
         if not state["curve"]:
             log_eval(None)
         bar = tqdm(total=steps if steps < 10**9 else None, initial=state["step"], desc=f"recover ({cfg.mode})",
                    unit="step", disable=not show_progress)
-        done_here = 0
+        done_here, bad_in_row = 0, 0
         while state["step"] < steps and (cfg.token_budget is None or state["tokens"] < cfg.token_budget):
             if stop_after is not None and done_here >= stop_after:
                 break
@@ -541,6 +558,22 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
             step_loss, seen = train_step(pm, batch, pad, dev, cfg.micro_batch, teacher=teacher_model,
                                          kl_temperature=cfg.kl_temperature)
             state["all_tokens"] += seen
+            grad_norm = _grad_norm(params, cfg.max_grad_norm)
+            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                # one bad batch must not poison the adapters (a NaN gradient makes AdamW's weights NaN for
+                # good): skip its update, and stop when the run keeps diverging
+                opt.zero_grad(set_to_none=True)
+                bad_in_row += 1
+                state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+                state["step"] += 1  # the next step takes the next batch, not this one again
+                bar.update(1)
+                if bad_in_row >= cfg.max_bad_steps:
+                    raise PrunescopeError(
+                        f"recovery ({cfg.mode}) diverged: {bad_in_row} steps in a row with a non-finite loss or "
+                        f"gradient at step {state['step']} (loss {step_loss}, gradient norm {grad_norm}); lower --lr "
+                        f"or --max-grad-norm and resume from {out}")
+                continue
+            bad_in_row = 0
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -551,17 +584,20 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
             state["tokens"] += n_resp
             done_here += 1
             state["window"].append(step_loss)
+            state.setdefault("grad_window", []).append(grad_norm)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             last = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
             if state["step"] % cfg.eval_every == 0 or last:
-                log_eval(sum(state["window"]) / len(state["window"]))
+                g = state.pop("grad_window", [])
+                log_eval(sum(state["window"]) / len(state["window"]), sum(g) / len(g) if g else None)
                 state["window"] = []
             if state["step"] % cfg.save_every == 0 or last:
                 _save_checkpoint(out, pm, opt, sched, state)
         bar.close()
         finished = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
         summary = {"mode": cfg.mode, "steps": state["step"], "trained_tokens": state["tokens"],
+                   "skipped_steps": state.get("skipped_steps", 0),
                    "all_tokens": state["all_tokens"], "train_seconds": round(state["train_seconds"], 2),
                    "tokens_per_s": state["all_tokens"] / state["train_seconds"] if state["train_seconds"] else None,
                    "final_eval_ppl": state["curve"][-1]["eval_ppl"], "finished": finished, "out": str(out)}

@@ -311,3 +311,43 @@ def test_perplexity_in_chunks_equals_the_whole_logits_one():
         nll, n = response_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
     loss, ppl = perplexity(model, examples, 0, micro_batch=2)
     assert n == 22 and loss == pytest.approx(float(nll) / n, rel=1e-5) and ppl == pytest.approx(math.exp(loss))
+
+
+def test_a_non_finite_step_is_skipped_and_a_diverging_run_stops(tiny_llama_dir, sgr_file, tmp_path, monkeypatch):
+    """A NaN gradient in one step must not reach AdamW (it would make the adapters NaN for good, as
+    the first Qwen 1.5B SGR run on the GPU did): that step is skipped, the run goes on with finite
+    adapters; steps that keep diverging stop the run with a clear error."""
+    import recover.train as rt
+
+    real, calls = rt.train_step, {"n": 0}
+
+    def poisoned(model, *a, bad=lambda n: n == 2, **kw):
+        loss, seen = real(model, *a, **kw)
+        calls["n"] += 1
+        if bad(calls["n"]):
+            next(p for p in model.parameters() if p.requires_grad).grad.fill_(float("nan"))
+        return loss, seen
+
+    monkeypatch.setattr(rt, "train_step", poisoned)
+    s = recover(tiny_llama_dir, sgr_file, tmp_path / "one", RecoveryConfig(quant=False, steps=6, **FAST),
+                show_progress=False, merge=False)
+    assert s["finished"] and s["skipped_steps"] == 1 and s["steps"] == 6
+    assert all(math.isfinite(c["eval_loss"]) for c in _curve(tmp_path / "one"))
+    calls["n"] = 0
+    monkeypatch.setattr(rt, "train_step", lambda *a, **kw: poisoned(*a, bad=lambda n: n >= 2, **kw))
+    with pytest.raises(PrunescopeError, match="diverged: 3 steps in a row"):
+        recover(tiny_llama_dir, sgr_file, tmp_path / "all", RecoveryConfig(quant=False, steps=8, **FAST),
+                show_progress=False, merge=False)
+
+
+def test_gradient_norm_is_clipped_and_recorded():
+    from recover.train import _grad_norm
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    w.grad = torch.tensor([3.0, 4.0, 0.0])
+    assert _grad_norm([w], 1.0) == pytest.approx(5.0)  # the norm before clipping
+    assert float(w.grad.norm()) == pytest.approx(1.0, rel=1e-5)
+    w.grad = torch.tensor([3.0, 4.0, 0.0])
+    assert _grad_norm([w], None) == pytest.approx(5.0) and float(w.grad.norm()) == pytest.approx(5.0)
+    w.grad[0] = float("inf")
+    assert not math.isfinite(_grad_norm([w], 1.0))

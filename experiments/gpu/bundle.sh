@@ -10,6 +10,10 @@
 # checks the model, fingerprints it, starts jobs.txt); then `bash .carry/job_n2.sh 540` (carry
 # setup.sh, pack.sh, job_n2.sh, jobs.txt) until the budget is spent. Results come back as
 # $OUT/<run>.tgz.aa, .ab, ... (pieces of 15 MB: cat them), without weights.
+# Send every call of a session in ONE batch of tool calls (22 pieces, job_n1, two job_n2): a pause
+# between turns longer than 30 s gives the machine back and loses the pieces already there (it
+# happened twice on 2026-12-02). Unfinished run folders from a session go in experiments/gpu/resume/
+# (<run>.tgz, no weights; job_n1 unpacks them) so the next one resumes instead of starting over.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 EXCLUDE=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$EXCLUDE")"

@@ -20,4 +20,7 @@ for dt in ("float32", "bfloat16"):
 PY
 tail -5 /root/runs/logs/fp.log; echo "setup done at $((SECONDS-t0)) s, fingerprint rc $rc"
 [ $rc = 0 ] || { pack; exit 1; }
+# run folders an earlier session left unfinished (no weights): the run resumes from them
+for t in experiments/gpu/resume/*.tgz; do [ -f "$t" ] && [ ! -d /root/runs/$(basename $t .tgz) ] && tar xzf $t -C /root/runs; done
+ls /root/runs
 bash .carry/job_n2.sh $((570 - (SECONDS-t0)))

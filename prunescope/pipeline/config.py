@@ -107,7 +107,9 @@ class Recover(Options):
     max_seq_len: int = derive(RecoveryConfig, "max_seq_len", 1024,
                               why="the built-in prompts' answers are short; 8192 only costs memory")
     quant: bool = derive(RecoveryConfig, "quant")
+    batch_size: int = derive(RecoveryConfig, "batch_size")
     micro_batch: int = derive(RecoveryConfig, "micro_batch")
+    max_grad_norm: float | None = derive(RecoveryConfig, "max_grad_norm")
     eval_n: int = derive(RecoveryConfig, "eval_n")
     lr: float = derive(RecoveryConfig, "lr")
     warmup: int = derive(RecoveryConfig, "warmup")
