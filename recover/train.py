@@ -525,12 +525,13 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
         params = [p for p in pm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
-        # "window": the step losses since the last curve point, saved with a checkpoint so that a resumed
-        # run's curve equals an uninterrupted one's
-        state = {"step": 0, "tokens": 0, "all_tokens": 0, "train_seconds": 0.0, "curve": [], "window": []}
+        # "window" and "grad_window": the step losses and gradient norms since the last curve point, saved
+        # with a checkpoint so that a resumed run's curve equals an uninterrupted one's
+        state = {"step": 0, "tokens": 0, "all_tokens": 0, "train_seconds": 0.0, "curve": [], "window": [],
+                 "grad_window": []}
         ck = _latest_checkpoint(out)
         if ck is not None:
-            state = {"window": [], **_load_checkpoint(ck, pm, opt, sched)}
+            state = {"window": [], "grad_window": [], **_load_checkpoint(ck, pm, opt, sched)}
         dev = next(p.device for p in pm.parameters() if p.requires_grad)
         pad = tok.pad_token_id
 
@@ -584,14 +585,14 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
             state["tokens"] += n_resp
             done_here += 1
             state["window"].append(step_loss)
-            state.setdefault("grad_window", []).append(grad_norm)
+            state["grad_window"].append(grad_norm)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             last = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
             if state["step"] % cfg.eval_every == 0 or last:
-                g = state.pop("grad_window", [])
+                g = state["grad_window"]  # empty only when resuming a checkpoint from before it was kept
                 log_eval(sum(state["window"]) / len(state["window"]), sum(g) / len(g) if g else None)
-                state["window"] = []
+                state["window"], state["grad_window"] = [], []
             if state["step"] % cfg.save_every == 0 or last:
                 _save_checkpoint(out, pm, opt, sched, state)
         bar.close()
