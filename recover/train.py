@@ -66,6 +66,10 @@ class RecoveryConfig(Options):
     rank: int = option(64, "LoRA rank", minimum=1)
     alpha: int = option(16, "LoRA alpha", minimum=1)
     dropout: float = option(0.0, "LoRA dropout", minimum=0, maximum=1)
+    adapter_dtype: str = option("compute", "dtype of the LoRA weights and their AdamW state on a 4-bit model: "
+                                           "compute (the NF4 layers' compute dtype, bf16 on a GPU, as in the "
+                                           "QLoRA paper) or float32 (peft's own default: slower, more headroom)",
+                                choices=("compute", "float32"))
     lr: float = option(2e-4, "learning rate (AdamW)", minimum=0)
     warmup: int = option(50, "linear warm-up steps, then constant", minimum=0)
     batch_size: int = option(8, "effective batch (examples per optimizer step)", minimum=1)
@@ -148,7 +152,7 @@ def add_lora(model, cfg: RecoveryConfig):
                       task_type="CAUSAL_LM")
     with peft_quietly():
         pm = get_peft_model(model, lora)
-    dtype = compute_dtype(model)
+    dtype = compute_dtype(model) if cfg.adapter_dtype == "compute" else None
     if dtype is not None:  # peft keeps adapters of a 4-bit layer in fp32
         for p in pm.parameters():
             if p.requires_grad:

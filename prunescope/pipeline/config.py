@@ -110,6 +110,7 @@ class Recover(Options):
     batch_size: int = derive(RecoveryConfig, "batch_size")
     micro_batch: int = derive(RecoveryConfig, "micro_batch")
     max_grad_norm: float | None = derive(RecoveryConfig, "max_grad_norm")
+    adapter_dtype: str = derive(RecoveryConfig, "adapter_dtype")
     eval_n: int = derive(RecoveryConfig, "eval_n")
     lr: float = derive(RecoveryConfig, "lr")
     warmup: int = derive(RecoveryConfig, "warmup")

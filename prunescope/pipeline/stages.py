@@ -196,7 +196,7 @@ def _recover(run: Run) -> None:
         cfg = RecoveryConfig(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
                              quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
                              max_seq_len=c["max_seq_len"], batch_size=c["batch_size"], micro_batch=c["micro_batch"],
-                             max_grad_norm=c["max_grad_norm"], eval_n=c["eval_n"],
+                             max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], eval_n=c["eval_n"],
                              lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
                              eval_every=max(1, (c["steps"] or 100) // 4))
         s = recover(cfg, model=pruned[f"pruned-{strategy}"], placement=Placement(device=run.cfg["device"]),
