@@ -1,3 +1,4 @@
+# $1: seconds this call may run in all (default 570; less when little device time is left)
 set -x
 t0=$SECONDS
 source .carry/setup.sh; source .carry/pack.sh
@@ -23,4 +24,4 @@ tail -5 /root/runs/logs/fp.log; echo "setup done at $((SECONDS-t0)) s, fingerpri
 # run folders an earlier session left unfinished (no weights): the run resumes from them
 for t in experiments/gpu/resume/*.tgz; do [ -f "$t" ] && [ ! -d /root/runs/$(basename $t .tgz) ] && tar xzf $t -C /root/runs; done
 ls /root/runs
-bash .carry/job_n2.sh $((570 - (SECONDS-t0)))
+bash .carry/job_n2.sh $((${1:-570} - (SECONDS-t0)))

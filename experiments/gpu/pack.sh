@@ -5,7 +5,9 @@ pack() {
   for d in /root/runs/*/; do
     r=$(basename $d); [ $r = logs ] && continue
     tar czf /root/pk/$r.tgz --exclude='*.safetensors' --exclude='*.bin' --exclude='*.gguf' --exclude='tokenizer.json' -C /root/runs $r 2>/dev/null
-    rm -f $OUT/$r.tgz*; split -b 15000000 /root/pk/$r.tgz $OUT/$r.tgz.; rm /root/pk/$r.tgz
+    # split beside $OUT, then swap in: a call cut off mid-pack still returns whole pieces
+    rm -rf /root/pk/s; mkdir -p /root/pk/s; split -b 15000000 /root/pk/$r.tgz /root/pk/s/$r.tgz.; rm /root/pk/$r.tgz
+    rm -f $OUT/$r.tgz*; mv /root/pk/s/* $OUT/
   done
   tar czf /root/pk/logs.tgz -C /root/runs logs 2>/dev/null; mv /root/pk/logs.tgz $OUT/logs.tgz
   ls -la $OUT; df -h /root | tail -1; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
