@@ -254,6 +254,33 @@ def test_4bit_bf16_training_computes_in_bf16(tiny_llama_dir):
     assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
 
 
+def test_fp32_adapters_on_a_bf16_4bit_model(tiny_llama_dir):
+    """adapter_dtype float32 keeps the LoRA weights (and so their AdamW state) in fp32 while the
+    frozen model computes in bf16: the first Qwen 1.5B SGR arm with bf16 adapters went NaN. A bf16
+    adapter also loses an update much smaller than itself, which an fp32 one keeps."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from recover.data import Example
+    from recover.train import add_lora, train_step
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=q, dtype=torch.bfloat16,
+                                                 device_map="cpu")
+    pm = add_lora(model, RecoveryConfig(rank=8, alpha=16, adapter_dtype="float32"))
+    trainable = [p for p in pm.parameters() if p.requires_grad]
+    assert trainable and {p.dtype for p in trainable} == {torch.float32}
+    assert model.model.norm.weight.dtype == torch.bfloat16
+    ids = list(range(5, 29))
+    loss, n = train_step(pm, [Example(ids, [IGNORE] * 8 + ids[8:], 16)] * 2, 0, torch.device("cpu"), micro_batch=2)
+    assert n == 48 and math.isfinite(loss)
+    grads = [p.grad for name, p in pm.named_parameters() if "lora_B" in name]
+    assert grads and all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
+    a = next(p for name, p in pm.named_parameters() if "lora_A" in name).detach()
+    step = a.abs().max() * 1e-4  # an lr-sized step on the adapter's largest entry
+    assert torch.equal((a.bfloat16() + step.bfloat16()).max(), a.bfloat16().max())  # bf16 rounds it away
+    assert (a + step).max() > a.max()
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
 def test_chunked_response_loss_equals_the_whole_logits_one(family):
     """The loss is computed a chunk of rows at a time; loss and every gradient equal the plain path's."""
