@@ -564,38 +564,37 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
                                          kl_temperature=cfg.kl_temperature)
             state["all_tokens"] += seen
             grad_norm = _grad_norm(params, cfg.max_grad_norm)
-            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+            if math.isfinite(step_loss) and math.isfinite(grad_norm):
+                bad_in_row = 0
+                opt.step()
+                sched.step()
+                state["tokens"] += n_resp
+                state["window"].append(step_loss)
+                state["grad_window"].append(grad_norm)
+                bar.set_postfix(loss=f"{step_loss:.3f}")
+            else:
                 # one bad batch must not poison the adapters (a NaN gradient makes AdamW's weights NaN for
                 # good): skip its update, and stop when the run keeps diverging
-                opt.zero_grad(set_to_none=True)
                 bad_in_row += 1
                 state["skipped_steps"] = state.get("skipped_steps", 0) + 1
-                state["step"] += 1  # the next step takes the next batch, not this one again
-                bar.update(1)
                 if bad_in_row >= cfg.max_bad_steps:
                     raise PrunescopeError(
                         f"recovery ({cfg.mode}) diverged: {bad_in_row} steps in a row with a non-finite loss or "
-                        f"gradient at step {state['step']} (loss {step_loss}, gradient norm {grad_norm}); lower --lr "
-                        f"or --max-grad-norm and resume from {out}")
-                continue
-            bad_in_row = 0
-            opt.step()
-            sched.step()
+                        f"gradient at step {state['step'] + 1} (loss {step_loss}, gradient norm {grad_norm}); lower "
+                        f"--lr or --max-grad-norm and resume from {out}")
             opt.zero_grad(set_to_none=True)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            state["train_seconds"] += time.perf_counter() - t0
+            state["train_seconds"] += time.perf_counter() - t0  # a skipped step's tokens count in all_tokens too
+            # a skipped step still advances: the next step takes the next batch, and a curve point or
+            # checkpoint due at this step is written (from the steps of the window that did train)
             state["step"] += 1
-            state["tokens"] += n_resp
             done_here += 1
-            state["window"].append(step_loss)
-            state["grad_window"].append(grad_norm)
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}")
             last = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
             if state["step"] % cfg.eval_every == 0 or last:
-                g = state["grad_window"]  # empty only when resuming a checkpoint from before it was kept
-                log_eval(sum(state["window"]) / len(state["window"]), sum(g) / len(g) if g else None)
+                w, g = state["window"], state["grad_window"]  # g is empty only when resuming an old checkpoint
+                log_eval(sum(w) / len(w) if w else None, sum(g) / len(g) if g else None)
                 state["window"], state["grad_window"] = [], []
             if state["step"] % cfg.save_every == 0 or last:
                 _save_checkpoint(out, pm, opt, sched, state)

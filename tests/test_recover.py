@@ -359,7 +359,10 @@ def test_a_non_finite_step_is_skipped_and_a_diverging_run_stops(tiny_llama_dir, 
     s = recover(tiny_llama_dir, sgr_file, tmp_path / "one", RecoveryConfig(quant=False, steps=6, **FAST),
                 show_progress=False, merge=False)
     assert s["finished"] and s["skipped_steps"] == 1 and s["steps"] == 6
-    assert all(math.isfinite(c["eval_loss"]) for c in _curve(tmp_path / "one"))
+    curve = _curve(tmp_path / "one")
+    assert all(math.isfinite(c["eval_loss"]) for c in curve)
+    # the skipped step 2 still gets its curve point (its window: step 1 alone) and its checkpoint
+    assert [c["step"] for c in curve] == [0, 2, 4, 6] and math.isfinite(curve[1]["train_loss"])
     calls["n"] = 0
     monkeypatch.setattr(rt, "train_step", lambda *a, **kw: poisoned(*a, bad=lambda n: n >= 2, **kw))
     with pytest.raises(PrunescopeError, match="diverged: 3 steps in a row"):
