@@ -546,7 +546,19 @@ def load_model(
     tok.padding_side = "right"  # scoring gathers each row's own last position
     if (Path(str(where)) / "prunescope_source.json").is_file():  # converted from a GGUF, perhaps by an older
         _stop_on_every_end(model, tok)                           # prunescope that kept the eos alone
-    name = DEFAULT_MODEL if str(spec) in DEFAULT_ALIASES or spec is None else Path(str(where)).name
+    return LoadedModel(model=model, tokenizer=tok, name=model_name(spec, where), path=str(where))
+
+
+def model_name(spec: str | os.PathLike | None, where: str | os.PathLike) -> str:
+    """The name results carry for the model ``spec`` resolved to ``where`` (:func:`check_model`):
+    :func:`load_model` names a model so, and a caller that needs the name without the weights (a
+    pipeline worker that evaluates a pruned stage) asks here.
+
+    >>> model_name(None, "/cache/x"), model_name("gemma3-270m", "/cache/y"), model_name("m/Qwen-7B", "m/Qwen-7B")
+    ('SmolLM2-135M-Instruct', 'gemma-3-270m', 'Qwen-7B')
+    """
+    if spec is None or str(spec) in DEFAULT_ALIASES:
+        return DEFAULT_MODEL
     if str(spec) == GEMMA3_ALIAS:
-        name = "gemma-3-270m"
-    return LoadedModel(model=model, tokenizer=tok, name=name, path=str(where))
+        return "gemma-3-270m"
+    return Path(str(where)).name

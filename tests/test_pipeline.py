@@ -347,3 +347,15 @@ def test_stages_evaluated_side_by_side_equal_one_after_another(tiny_llama_dir, t
     for name in ("probes.csv", "eval/eval.csv"):
         one, three = (sorted(tuple(r[k] for k in keep) for r in read_table(outs[w] / name)) for w in (1, 3))
         assert one == three and {r[2] for r in one} == {"base", "pruned-bi", "pruned-reverse"}
+    # a worker evaluating a pruned stage names its rows without loading the base model's weights
+    import shutil
+
+    from prunescope.pipeline.stages import _evaluate_stage
+
+    before = sorted((r["metric"], r["value"]) for r in read_table(outs[1] / "eval/eval.csv")
+                    if r["condition"] == "pruned-bi")
+    shutil.rmtree(outs[1] / "eval" / "pruned-bi")
+    run = Run(load_config(tmp_path / "w1.yaml"))
+    rows, _ = _evaluate_stage(run, "pruned-bi", outs[1] / "prune" / "bi")
+    assert run._base is None and {r["model"] for r in rows} == {Path(str(tiny_llama_dir)).name}
+    assert sorted((r["metric"], r["value"]) for r in rows) == before

@@ -22,7 +22,7 @@ class Run:
 
     def __init__(self, cfg: dict, show_progress: bool = True):
         self.cfg, self.out, self.show = cfg, Path(cfg["out"]), show_progress
-        self._base = None
+        self._base, self._identity = None, None
 
     def stage_key(self, stage: str) -> str:
         """A stage re-runs when its own settings or any earlier stage's settings change. Where and
@@ -67,9 +67,26 @@ class Run:
         if self._base is None:
             from probe.models import load_model
 
-            self._base = load_model(None if self.cfg["model"] == "default" else self.cfg["model"],
-                                    **self.placement.load_kwargs())
+            self._base = load_model(self._spec, **self.placement.load_kwargs())
         return self._base
+
+    @property
+    def _spec(self) -> str | None:
+        return None if self.cfg["model"] == "default" else self.cfg["model"]
+
+    @property
+    def base_identity(self) -> tuple[str, str]:
+        """The base model's (name, path) without loading its weights: a worker that evaluates a
+        pruned stage needs them for its settings and rows, not the base model itself (which took
+        about 3 GB of GPU memory per worker on a 1.5B model, 16 GB on an 8B one)."""
+        if self._base is not None:
+            return self._base.name, self._base.path
+        if self._identity is None:
+            from probe.models import check_model, model_name
+
+            where = check_model(self._spec)
+            self._identity = model_name(self._spec, where), str(where)
+        return self._identity
 
     def pruned_stages(self) -> dict[str, Path]:
         return {f"pruned-{s}": self.out / "prune" / s for s in pruned_names(self.cfg)}
@@ -251,7 +268,8 @@ def _finished(run: Run, stage: str, folder: Path | None) -> tuple[list[dict] | N
     from analysis.evaluate import eval_settings, finished_rows
 
     c = run.cfg["evaluate"]
-    settings = eval_settings(run.base.name, run.base.path if folder is None else folder, stage=stage,
+    name, path = run.base_identity
+    settings = eval_settings(name, path if folder is None else folder, stage=stage,
                              limit={"default": c["limit"], **c["limits"]}, num_fewshot=c["fewshot"],
                              max_length=c["max_length"], seed=run.cfg["seed"])
     return (finished_rows(run.out / "eval" / stage, c["tasks"], settings, c["xsum_file"]),
@@ -278,7 +296,7 @@ def _evaluate_stage(run: Run, stage: str, folder: Path | None) -> tuple[list[dic
     if folder is not None:
         _ensure_checkpoint(run, folder)
     lm = run.base if folder is None else load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
-    lm.name = run.base.name  # one model family through the stages; the stage is the condition
+    lm.name = run.base_identity[0]  # one model family through the stages; the stage is the condition
     rows = []
     if c["tasks"]:
         rows = evaluate(EvalOptions(tasks=c["tasks"], stage=stage, limit=limit, fewshot=c["fewshot"],
@@ -329,7 +347,7 @@ def _evaluate(run: Run) -> None:
         rows, accuracy = _evaluate_stage(run, stage, folder)
         eval_rows += rows
         for p, acc in accuracy.items():
-            probe_rows.append({"model": run.base.name, "probe": p, "condition": stage, "layers": "",
+            probe_rows.append({"model": run.base_identity[0], "probe": p, "condition": stage, "layers": "",
                                "metric": "accuracy", "value": acc, "n": c["probe_n"], "seed": run.cfg["seed"]})
         print(f"  {stage}: " + ", ".join(f"{r['probe']} {r['value']:.3f}" for r in probe_rows if r["condition"] == stage))
     write_table(probe_rows, run.out / "probes")
