@@ -3,16 +3,20 @@
 # (git-ignored through .git/info/exclude): the Qwen GGUF in 20 pieces of 57 MB (q00..q19), the wheels
 # of requirements.txt in pieces (p00..), and the scripts below. About 2 minutes here.
 #   bash experiments/gpu/bundle.sh
-# Then, calls back to back (the machine goes back after 30 s idle): carry [.carry/setup.sh, .carry/NN]
-# with `source .carry/setup.sh` for each of q00..q18 and p00..p02 (one piece a call: a call carries
-# 64 MiB with the repo); then carry [.carry/setup.sh, .carry/pack.sh, .carry/job_n1.sh,
-# .carry/job_n2.sh, .carry/jobs.txt, .carry/q19] with `bash .carry/job_n1.sh` (installs, joins and
-# checks the model, fingerprints it, starts jobs.txt); then `bash .carry/job_n2.sh 540` (carry
-# setup.sh, pack.sh, job_n2.sh, jobs.txt) until the budget is spent. Results come back as
-# $OUT/<run>.tgz.aa, .ab, ... (pieces of 15 MB: cat them), without weights.
-# Send every call of a session in ONE batch of tool calls (22 pieces, job_n1, two job_n2): a pause
-# between turns longer than 30 s gives the machine back and loses the pieces already there (it
-# happened twice on 2026-12-02). Unfinished run folders from a session go in experiments/gpu/resume/
+# Then, in this order (the machine goes back after 30 s idle, losing the pieces already there):
+# 1. `status` first: budget_left_s must hold the start (1-2 min), the pieces (~5 s each) and the jobs.
+# 2. ONE call alone: carry [.carry/setup.sh, .carry/q00] with `source .carry/setup.sh`. If the machine
+#    does not start, stop there: in a batch every later call is refused too, each at a cost (on
+#    2026-12-07 a failed start took 270 s, leaving too little to start another).
+# 3. Right after it, in ONE batch of tool calls: carry [.carry/setup.sh, .carry/NN] with
+#    `source .carry/setup.sh` for each of q01..q18 and p00..p02 (one piece a call: a call carries
+#    64 MiB with the 5 MB tree); then carry [.carry/setup.sh, .carry/pack.sh, .carry/job_n1.sh,
+#    .carry/job_n2.sh, .carry/jobs.txt, .carry/q19, .carry/p03] with `bash .carry/job_n1.sh 570`
+#    (installs, joins and checks the model, fingerprints it, starts jobs.txt; the argument: seconds
+#    for the whole call); then `bash .carry/job_n2.sh 540` (carry setup.sh, pack.sh, job_n2.sh,
+#    jobs.txt) until the budget is spent. Results come back as $OUT/<run>.tgz.aa, .ab, ... (pieces
+#    of 15 MB: cat them), without weights; a call cut off at the budget still returns the last pack.
+# Unfinished run folders from a session go in experiments/gpu/resume/
 # (<run>.tgz, no weights; job_n1 unpacks them) so the next one resumes instead of starting over.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
