@@ -132,7 +132,8 @@ class Evaluate(Options):
     probe_n: int = option(60, "probe items per stage for the probe-accuracy table", minimum=1)
     xsum_file: str | None = derive(EvalOptions, "xsum_file")
     workers: int = option(1, "stages evaluated side by side, one process each (a GPU with memory to spare: "
-                             "one evaluation leaves it idle while lm-eval and the code sandbox use the CPU)",
+                             "one evaluation leaves it idle while lm-eval and the code sandbox use the CPU; "
+                             "each process holds only the model of the stage it evaluates)",
                           minimum=1)
 
 
