@@ -388,13 +388,16 @@ def split_examples(examples: list[Example], eval_n: int, seed: int) -> tuple[lis
 
 def _grad_norm(params: list[torch.Tensor], max_norm: float | None) -> float:
     """The adapters' total gradient norm (before clipping), clipped to ``max_norm`` where set; inf or
-    NaN when a gradient is not finite (the caller then skips the step)."""
-    grads = [p for p in params if p.grad is not None]
-    if not grads:
+    NaN when a gradient is not finite (the caller then skips the step). Non-finite gradients are
+    left as they are (clipping by a NaN norm would make every gradient NaN), so the skipped step's
+    record names the weights where they started."""
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
         return 0.0
-    if max_norm:
-        return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
-    return float(torch.nn.utils.get_total_norm([p.grad for p in grads]))
+    norm = torch.nn.utils.get_total_norm([p.grad for p in with_grad])
+    if max_norm and bool(torch.isfinite(norm)):
+        torch.nn.utils.clip_grads_with_norm_(with_grad, max_norm, norm)  # as clip_grad_norm_ would
+    return float(norm)
 
 
 def _batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
@@ -429,6 +432,19 @@ def _save_checkpoint(out: Path, pm, opt, sched, state: dict) -> Path:
     for old in sorted(root.glob("step-*"))[:-1]:  # keep the newest only
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _non_finite_record(step: int, loss: float, grad_norm: float, named, most: int = 5) -> dict:
+    """What a skipped step looked like, for finding where training first goes non-finite: its loss
+    and gradient norm (a finite loss with a non-finite gradient points at the backward pass), and
+    the first adapter weights (in the model's order, so the lowest layer first) whose gradient is
+    not finite, or whose value already is not."""
+    bad_grads = [n for n, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+    bad_weights = [n for n, p in named if not bool(torch.isfinite(p.detach()).all())]
+    return {"step": step, "loss": loss if math.isfinite(loss) else str(loss),
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else str(grad_norm),
+            "bad_grads": len(bad_grads), "first_bad_grads": bad_grads[:most],
+            "bad_weights": len(bad_weights), "first_bad_weights": bad_weights[:most]}
 
 
 def _load_checkpoint(path: Path, pm, opt, sched) -> dict:
@@ -526,7 +542,8 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
                                   "the student was pruned from")
     with run_lock(out, "recovery run"):  # the input is good: from here on the folder is written
         record_run_config(out, run_config, RUN_CONFIG)
-        params = [p for p in pm.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
         # "window" and "grad_window": the step losses and gradient norms since the last curve point, saved
@@ -577,6 +594,8 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
                 # good): skip its update, and stop when the run keeps diverging
                 bad_in_row += 1
                 state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+                state.setdefault("non_finite", []).append(_non_finite_record(state["step"] + 1, step_loss, grad_norm, named))
+                bar.write(f"recover ({cfg.mode}): step {state['step'] + 1} skipped: {state['non_finite'][-1]}")
                 if bad_in_row >= cfg.max_bad_steps:
                     raise PrunescopeError(
                         f"recovery ({cfg.mode}) diverged: {bad_in_row} steps in a row with a non-finite loss or "
@@ -601,7 +620,7 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
         bar.close()
         finished = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
         summary = {"mode": cfg.mode, "steps": state["step"], "trained_tokens": state["tokens"],
-                   "skipped_steps": state.get("skipped_steps", 0),
+                   "skipped_steps": state.get("skipped_steps", 0), "non_finite": state.get("non_finite", []),
                    "all_tokens": state["all_tokens"], "train_seconds": round(state["train_seconds"], 2),
                    "tokens_per_s": state["all_tokens"] / state["train_seconds"] if state["train_seconds"] else None,
                    "final_eval_ppl": state["curve"][-1]["eval_ppl"], "finished": finished, "out": str(out)}
