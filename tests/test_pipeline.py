@@ -273,7 +273,8 @@ def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
 
     from prunescope.pipeline.stages import Run, _ensure_checkpoint
     from probe.models import load_model
-    from prune.run import prune
+    from probe.options import Output
+    from prune.run import PruneOptions, prune
 
     text = f"name: m\nmodel: {tiny_llama_dir}\nprune: {{ratio: 0.5}}\n"
     cfg = {**load_config_text(text), "out": str(tmp_path)}
@@ -285,7 +286,8 @@ def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
 
     run = Run(cfg, show_progress=False)
     folder = tmp_path / "prune" / "bi"
-    prune(strategy="bi", out=folder, ratio=0.5, loaded=run.base, overwrite=True, show_progress=False)
+    prune(PruneOptions(strategy="bi", ratio=0.5, overwrite=True), loaded=run.base,
+          output=Output(out=str(folder), progress=False))
     ids = torch.tensor([[1, 5, 9, 13, 2]])
     want = load_model(folder).model(ids).logits
     for f in folder.glob("*.safetensors"):

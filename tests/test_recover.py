@@ -9,11 +9,12 @@ import torch
 
 from probe.errors import PrunescopeError
 from probe.models import load_model
+from probe.options import Output, Placement
 from recover.data import IGNORE, builtin_prompts, encode_example, load_prompts, prompt_text
-from recover.sgr import generate_responses
+from recover.sgr import SGROptions, generate_responses
 from recover.train import RecoveryConfig, check_bitsandbytes, recover
 
-FAST = dict(warmup=2, eval_every=2, save_every=2, micro_batch=4, batch_size=8, eval_n=6, lr=2e-3, r=8, alpha=16)
+FAST = dict(warmup=2, eval_every=2, save_every=2, micro_batch=4, batch_size=8, eval_n=6, lr=2e-3, rank=8, alpha=16)
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,11 @@ def sgr_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "sgr.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return path
+
+
+def _where(model, out) -> dict:
+    """``model=``, ``placement=`` and ``output=`` of a quiet recovery on the CPU into ``out``."""
+    return dict(model=model, placement=Placement(device="cpu"), output=Output(out=str(out), progress=False))
 
 
 def _curve(out):
@@ -36,7 +42,7 @@ def test_qlora_loss_falls_and_merge_matches_adapter(tiny_llama_dir, sgr_file, tm
     from recover.train import load_student
 
     out = tmp_path / "rec"
-    s = recover(tiny_llama_dir, sgr_file, out, RecoveryConfig(steps=6, **FAST), show_progress=False)
+    s = recover(RecoveryConfig(data=str(sgr_file), steps=6, **FAST), **_where(tiny_llama_dir, out))
     curve = _curve(out)
     assert s["finished"] and s["steps"] == 6 and [c["step"] for c in curve] == [0, 2, 4, 6]
     assert curve[-1]["eval_loss"] < curve[0]["eval_loss"] - 0.5  # held-out response loss falls
@@ -56,36 +62,40 @@ def test_qlora_loss_falls_and_merge_matches_adapter(tiny_llama_dir, sgr_file, tm
 def test_resume_continues_from_saved_step(tiny_llama_dir, sgr_file, tmp_path):
     cfg = dict(steps=6, **FAST)
     full = tmp_path / "full"
-    recover(tiny_llama_dir, sgr_file, full, RecoveryConfig(**cfg), show_progress=False, merge=False)
+    # recover's legacy positional call, kept on purpose (the one test of that shim): it still warns,
+    # and its curve equals the new-form run's (part, below)
+    with pytest.warns(DeprecationWarning, match=r"recover\(model, data, out, cfg, \.\.\.\) is deprecated"):
+        recover(tiny_llama_dir, sgr_file, full, RecoveryConfig(**cfg), show_progress=False, merge=False)
     part = tmp_path / "part"
-    s = recover(tiny_llama_dir, sgr_file, part, RecoveryConfig(**cfg), stop_after=3, show_progress=False)
+    cfg = dict(cfg, data=str(sgr_file))
+    s = recover(RecoveryConfig(**cfg), **_where(tiny_llama_dir, part), stop_after=3)
     assert not s["finished"] and s["steps"] == 3
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step-000003"]
-    s = recover(tiny_llama_dir, sgr_file, part, RecoveryConfig(**cfg), show_progress=False, merge=False)
+    s = recover(RecoveryConfig(**cfg), **_where(tiny_llama_dir, part), merge=False)
     assert s["finished"] and s["steps"] == 6
     a, b = _curve(full), _curve(part)
     assert [c["step"] for c in b] == [0, 2, 4, 6]
     for x, y in zip(a, b):
         assert x["eval_loss"] == pytest.approx(y["eval_loss"], abs=1e-4)
     with pytest.raises(PrunescopeError, match="different settings"):
-        recover(tiny_llama_dir, sgr_file, part, RecoveryConfig(**{**cfg, "lr": 1e-3}), show_progress=False)
+        recover(RecoveryConfig(**{**cfg, "lr": 1e-3}), **_where(tiny_llama_dir, part))
 
 
 def test_plain_lora_external_and_distill(tiny_llama_dir, sgr_file, tmp_path):
-    s = recover(tiny_llama_dir, sgr_file, tmp_path / "ext", RecoveryConfig(mode="external", quant=False, steps=4, **FAST),
-                show_progress=False, merge=False)
+    s = recover(RecoveryConfig(mode="external", data=str(sgr_file), quant=False, steps=4, **FAST),
+                **_where(tiny_llama_dir, tmp_path / "ext"), merge=False)
     assert s["trained_tokens"] < 4 * 8 * 12  # the short references, not the long SGR responses
     # distill the 4-layer model into itself with layer 2 removed: the KL on responses falls
     from prune.surgery import save_pruned
 
     lm = load_model(tiny_llama_dir)
     pruned = save_pruned(lm.model, lm.tokenizer, [2], tmp_path / "pruned")
-    s = recover(pruned, sgr_file, tmp_path / "kd", RecoveryConfig(mode="distill", quant=False, steps=8, **FAST),
-                teacher=tiny_llama_dir, show_progress=False, merge=False)
+    s = recover(RecoveryConfig(mode="distill", data=str(sgr_file), teacher=str(tiny_llama_dir), quant=False, steps=8,
+                               **FAST), **_where(pruned, tmp_path / "kd"), merge=False)
     kl = [c["train_loss"] for c in _curve(tmp_path / "kd")[1:]]
     assert s["finished"] and kl[-1] < 0.7 * kl[0], kl
     with pytest.raises(PrunescopeError, match="--teacher"):
-        recover(tiny_llama_dir, sgr_file, tmp_path / "kd2", RecoveryConfig(mode="distill"), show_progress=False)
+        recover(RecoveryConfig(mode="distill", data=str(sgr_file)), **_where(tiny_llama_dir, tmp_path / "kd2"))
 
 
 def test_random_init_control_trains_a_fresh_copy(tiny_llama_dir, sgr_file, tmp_path):
@@ -136,26 +146,31 @@ def test_prompt_tokens_are_masked_on_ids(default_model, tiny):
 def test_sgr_resumes_without_duplicates(tiny_llama_dir, tmp_path):
     lm = load_model(tiny_llama_dir)
     records = [{"id": str(i), "prompt": f"Tell me about {w}."} for i, w in enumerate("abcdefghij")]
-    kw = dict(temperature=0.9, max_new_tokens=6, batch_size=3, seed=1, show_progress=False)
-    ref = generate_responses(lm, records, tmp_path / "full.jsonl", **kw)
+    kw = dict(temperature=0.9, max_new_tokens=6, batch_size=3, seed=1)
+    # generate_responses' legacy flat-keyword call, kept on purpose (the one test of that shim): it
+    # still warns, and its answers equal the new-form runs' (got, below)
+    with pytest.warns(DeprecationWarning, match=r"generate_responses\(\.\.\.\) with flat keyword arguments is "
+                                                r"deprecated; pass a SGROptions"):
+        ref = generate_responses(lm, records, tmp_path / "full.jsonl", **kw, show_progress=False)
     out = tmp_path / "part.jsonl"
-    generate_responses(lm, records[:6], out, **kw)  # "crash" after 2 batches ...
+    quiet = Output(out=str(out), progress=False)
+    generate_responses(SGROptions(**kw), loaded=lm, records=records[:6], output=quiet)  # "crash" after 2 batches ...
     out.write_text(out.read_text() + '{"id": "6", "prom')  # ... while writing the third
-    got = generate_responses(lm, records, out, **kw)
+    got = generate_responses(SGROptions(**kw), loaded=lm, records=records, output=quiet)
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert sorted(r["id"] for r in lines) == [str(i) for i in range(10)]  # none dropped, none twice
     assert [r["response"] for r in got] == [r["response"] for r in ref]  # same draws as one uninterrupted run
     assert lines[0]["sgr"]["temperature"] == 0.9 and lines[0]["sgr"]["base_model"] == lm.name
     assert lm.tokenizer.padding_side == "right"  # left padding only while generating
     with pytest.raises(PrunescopeError, match="other settings"):
-        generate_responses(lm, records, out, **{**kw, "seed": 2})
+        generate_responses(SGROptions(**{**kw, "seed": 2}), loaded=lm, records=records, output=quiet)
     # the same base model from another cache folder (another machine) continues the file
     import shutil
 
     moved = tmp_path / "other-cache" / tiny_llama_dir.parent.name / tiny_llama_dir.name
     shutil.copytree(tiny_llama_dir, moved)
     more = [{"id": "10", "prompt": "Tell me about k."}]
-    got = generate_responses(load_model(moved), records + more, out, **kw)
+    got = generate_responses(SGROptions(**kw), loaded=load_model(moved), records=records + more, output=quiet)
     assert [r["response"] for r in got[:10]] == [r["response"] for r in ref] and len(got) == 11
 
 
@@ -188,7 +203,7 @@ def test_missing_bitsandbytes_and_missing_responses(monkeypatch, tiny_llama_dir,
     f = tmp_path / "prompts.jsonl"
     f.write_text('{"id": "0", "prompt": "Hi"}\n{"id": "1", "prompt": "Yo"}\n')
     with pytest.raises(PrunescopeError, match="run `prunescope sgr`"):
-        recover(tiny_llama_dir, f, tmp_path / "x", RecoveryConfig(), show_progress=False)
+        recover(RecoveryConfig(data=str(f)), **_where(tiny_llama_dir, tmp_path / "x"))
     assert not (tmp_path / "x").exists()  # nothing written before the input was checked
 
 
@@ -356,9 +371,14 @@ def test_a_non_finite_step_is_skipped_and_a_diverging_run_stops(tiny_llama_dir, 
         return loss, seen
 
     monkeypatch.setattr(rt, "train_step", poisoned)
-    s = recover(tiny_llama_dir, sgr_file, tmp_path / "one", RecoveryConfig(quant=False, steps=6, **FAST),
-                show_progress=False, merge=False)
+    s = recover(RecoveryConfig(data=str(sgr_file), quant=False, steps=6, **FAST),
+                **_where(tiny_llama_dir, tmp_path / "one"), merge=False)
     assert s["finished"] and s["skipped_steps"] == 1 and s["steps"] == 6
+    # what the skipped step looked like: a finite loss, a NaN gradient in exactly the poisoned weight
+    (bad,) = s["non_finite"]
+    assert bad["step"] == 2 and math.isfinite(bad["loss"]) and bad["grad_norm"] == "nan"
+    assert bad["bad_grads"] == 1 and bad["first_bad_grads"][0].endswith("lora_A.default.weight")
+    assert bad["bad_weights"] == 0
     curve = _curve(tmp_path / "one")
     assert all(math.isfinite(c["eval_loss"]) for c in curve)
     # the skipped step 2 still gets its curve point (its window: step 1 alone) and its checkpoint
@@ -366,8 +386,8 @@ def test_a_non_finite_step_is_skipped_and_a_diverging_run_stops(tiny_llama_dir, 
     calls["n"] = 0
     monkeypatch.setattr(rt, "train_step", lambda *a, **kw: poisoned(*a, bad=lambda n: n >= 2, **kw))
     with pytest.raises(PrunescopeError, match="diverged: 3 steps in a row"):
-        recover(tiny_llama_dir, sgr_file, tmp_path / "all", RecoveryConfig(quant=False, steps=8, **FAST),
-                show_progress=False, merge=False)
+        recover(RecoveryConfig(data=str(sgr_file), quant=False, steps=8, **FAST),
+                **_where(tiny_llama_dir, tmp_path / "all"), merge=False)
 
 
 def test_gradient_norm_is_clipped_and_recorded():

@@ -7,9 +7,10 @@ import torch
 import probe.sweep as sw
 from probe.blocks import Blocks
 from probe.errors import PrunescopeError
+from probe.options import Output
 from probe.results import read_table
 from probe.scoring import ScoringPlan
-from probe.sweep import SharedPrefix, make_conditions, shared_prefix_length, sweep, sweep_blocks
+from probe.sweep import SharedPrefix, SweepOptions, make_conditions, shared_prefix_length, sweep, sweep_blocks
 from probe.tasks import make_items
 
 
@@ -58,23 +59,25 @@ def test_resume_after_crash(tiny_llama_dir, tmp_path, monkeypatch):
         return real(blocks, batch, conds)
 
     monkeypatch.setattr(sw, "batch_logits_prefix", crashing)
-    kw = dict(n=6, batch_size=3, show_progress=False, plot=False)
+    model = str(tiny_llama_dir)
+    opts = dict(probe="copy", n=6, batch_size=3)
     with pytest.raises(KeyboardInterrupt):
-        sweep(str(tiny_llama_dir), "copy", out=out, **kw)
+        sweep(SweepOptions(**opts), model=model, output=Output(out=str(out), progress=False, plot=False))
     assert not (out / "sweep.csv").exists()              # nothing half-written
     assert (out / "items" / "copy.jsonl").is_file()
     monkeypatch.setattr(sw, "batch_logits_prefix", real)
     counted = []
     monkeypatch.setattr(sw, "batch_logits_prefix", lambda b, batch, conds: counted.append(1) or real(b, batch, conds))
-    rows = sweep(str(tiny_llama_dir), "copy", out=out, **kw)
+    rows = sweep(SweepOptions(**opts), model=model, output=Output(out=str(out), progress=False, plot=False))
     assert len(counted) == 1                             # only the unfinished batch ran again
     monkeypatch.setattr(sw, "batch_logits_prefix", real)
-    fresh = sweep(str(tiny_llama_dir), "copy", out=tmp_path / "fresh", **kw)
+    fresh = sweep(SweepOptions(**opts), model=model,
+                  output=Output(out=str(tmp_path / "fresh"), progress=False, plot=False))
     assert [r["value"] for r in rows] == pytest.approx([r["value"] for r in fresh], nan_ok=True)
     table = read_table(out / "sweep.csv")
     assert {"model", "probe", "condition", "layers", "metric", "value", "n", "seed"} <= set(table[0])
     with pytest.raises(PrunescopeError, match="different settings"):
-        sweep(str(tiny_llama_dir), "copy", out=out, n=7, show_progress=False)
+        sweep(SweepOptions(probe="copy", n=7), model=model, output=Output(out=str(out), progress=False))
 
 
 def test_default_model_bracket_profile(default_model):
