@@ -219,7 +219,8 @@ def _recover(run: Run) -> None:
         s = recover(cfg, model=pruned[f"pruned-{strategy}"], placement=Placement(device=run.cfg["device"]),
                     output=run.output(folder))
         print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
-              f"held-out perplexity {s['final_eval_ppl']:.2f}")
+              f"held-out perplexity {s['final_eval_ppl']:.2f}"
+              + (f", {s['skipped_steps']} non-finite steps skipped (prunescope_recovery.json: recovery.non_finite)" if s["skipped_steps"] else ""))
 
 
 def _ensure_checkpoint(run: Run, folder: Path) -> None:
