@@ -594,8 +594,9 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
                 # good): skip its update, and stop when the run keeps diverging
                 bad_in_row += 1
                 state["skipped_steps"] = state.get("skipped_steps", 0) + 1
-                state.setdefault("non_finite", []).append(_non_finite_record(state["step"] + 1, step_loss, grad_norm, named))
-                bar.write(f"recover ({cfg.mode}): step {state['step'] + 1} skipped: {state['non_finite'][-1]}")
+                record = _non_finite_record(state["step"] + 1, step_loss, grad_norm, named)
+                state.setdefault("non_finite", []).append(record)
+                bar.write(f"recover ({cfg.mode}): step {state['step'] + 1} skipped: {record}")
                 if bad_in_row >= cfg.max_bad_steps:
                     raise PrunescopeError(
                         f"recovery ({cfg.mode}) diverged: {bad_in_row} steps in a row with a non-finite loss or "

@@ -218,9 +218,10 @@ def _recover(run: Run) -> None:
                              eval_every=max(1, (c["steps"] or 100) // 4))
         s = recover(cfg, model=pruned[f"pruned-{strategy}"], placement=Placement(device=run.cfg["device"]),
                     output=run.output(folder))
+        skipped = (f", {s['skipped_steps']} non-finite steps skipped (prunescope_recovery.json: "
+                   "recovery.non_finite)") if s["skipped_steps"] else ""
         print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
-              f"held-out perplexity {s['final_eval_ppl']:.2f}"
-              + (f", {s['skipped_steps']} non-finite steps skipped (prunescope_recovery.json: recovery.non_finite)" if s["skipped_steps"] else ""))
+              f"held-out perplexity {s['final_eval_ppl']:.2f}{skipped}")
 
 
 def _ensure_checkpoint(run: Run, folder: Path) -> None:
