@@ -33,6 +33,10 @@ def test_new_and_old_calls_give_the_same_rows(tiny_llama_dir):
     assert ps.prune(ps.PruneOptions(strategy="reverse", n=1), loaded=lm).drop == old_plan.drop
     with pytest.warns(DeprecationWarning, match="rank="):
         assert ps.RecoveryConfig(r=8).rank == 8
+    with pytest.warns(DeprecationWarning, match="ScoreOptions"):
+        old_scores = ps.score(n_texts=8, block_sizes=[2], loaded=lm, show_progress=False)
+    new_scores = ps.score(ps.ScoreOptions(n_texts=8, block_sizes=[2]), loaded=lm, output=ps.Output(progress=False))
+    assert new_scores == old_scores and {r["metric"] for r in new_scores} == {"block_influence", "angular_distance_n2"}
 
 
 def test_an_option_is_checked_wherever_it_comes_from(tiny_llama_dir):
