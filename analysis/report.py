@@ -365,6 +365,23 @@ def _signatures(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dic
                 doc.code(item)
 
 
+def _diverged(run_dir: Path, doc: Doc) -> None:
+    """Recovery arms whose training diverged (``recover/<arm>/diverged.json``): no stage of the
+    tables above, so say why they are missing and where they went non-finite."""
+    arms = sorted(run_dir.glob("recover/*/diverged.json"))
+    if not arms:
+        return
+    doc.h(2, "Recovery arms that diverged")
+    rows = []
+    for path in arms:
+        info = json.loads(path.read_text())
+        first = (info.get("non_finite") or [{}])[0]
+        rows.append([f"recovered-{path.parent.name}", first.get("step"), first.get("loss"), first.get("grad_norm"),
+                     ", ".join(first.get("first_bad_grads") or []), info.get("error")])
+    doc.table(["stage", "first skipped step", "its loss", "its gradient norm", "first non-finite gradients",
+               "error"], rows, "Left out of the evaluation; their curves are in recover/<arm>/curve.csv.")
+
+
 def _others(run_dir: Path, doc: Doc, shown: set[Path]) -> None:
     def listed(pattern):      # hidden files (temp files of an atomic write in progress) are skipped
         return sorted(p for p in run_dir.rglob(pattern)
@@ -447,6 +464,7 @@ def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path
         doc.p(f"Evaluation not finished: {', '.join(partial)} left out (fewer tasks than the base stage; "
               "rerun the config to finish them).")
         missing += [f"eval/{st} (partial)" for st in partial]
+    _diverged(run_dir, doc)
     _probes(run_dir, doc, missing, eval_rows)
     _signatures(run_dir, doc, missing, eval_rows, cfg, show_progress)
     for part in ("localize", "score/scores.csv"):

@@ -47,6 +47,16 @@ MODES.register("random", "random", help="the reference code's control: the prune
                                         "(seeded) and trained on the SGR responses the same way")
 
 
+class RecoveryDiverged(PrunescopeError):
+    """Training kept going non-finite (``max_bad_steps`` skipped steps in a row). ``records``: those
+    steps as :func:`_non_finite_record` describes them. The pipeline records the arm as diverged and
+    goes on with the others."""
+
+    def __init__(self, message: str, records: list[dict]):
+        super().__init__(message)
+        self.records = records
+
+
 @dataclass
 class RecoveryConfig(Options):
     """Settings of ``prunescope recover`` (:func:`recover`): paper defaults (QLoRA r=64, alpha=16,
@@ -598,10 +608,10 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
                 state.setdefault("non_finite", []).append(record)
                 bar.write(f"recover ({cfg.mode}): step {state['step'] + 1} skipped: {record}")
                 if bad_in_row >= cfg.max_bad_steps:
-                    raise PrunescopeError(
+                    raise RecoveryDiverged(
                         f"recovery ({cfg.mode}) diverged: {bad_in_row} steps in a row with a non-finite loss or "
                         f"gradient at step {state['step'] + 1} (loss {step_loss}, gradient norm {grad_norm}); lower "
-                        f"--lr or --max-grad-norm and resume from {out}")
+                        f"--lr or --max-grad-norm and resume from {out}", state["non_finite"][-bad_in_row:])
             opt.zero_grad(set_to_none=True)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)

@@ -361,3 +361,48 @@ def test_stages_evaluated_side_by_side_equal_one_after_another(tiny_llama_dir, t
     rows, _ = _evaluate_stage(run, "pruned-bi", outs[1] / "prune" / "bi")
     assert run._base is None and {r["model"] for r in rows} == {Path(str(tiny_llama_dir)).name}
     assert sorted((r["metric"], r["value"]) for r in rows) == before
+
+
+def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """One arm whose training keeps going non-finite (here: every gradient of the SGR arm poisoned
+    with NaN) must not end the run: it is recorded in recover/<arm>/diverged.json, the other arm
+    trains and every other stage is evaluated, and the report says which arm diverged and where."""
+    import json
+
+    import recover.train as rt
+    from prunescope.pipeline import run_pipeline
+    from prunescope.pipeline.stages import Run, _recover
+
+    real_recover, real_step, poison = rt.recover, rt.train_step, {"on": False}
+
+    def recover(options=None, *a, **kw):
+        poison["on"] = options is not None and getattr(options, "mode", None) == "sgr"
+        return real_recover(options, *a, **kw)
+
+    def train_step(model, *a, **kw):
+        loss, seen = real_step(model, *a, **kw)
+        if poison["on"]:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
+        return loss, seen
+
+    monkeypatch.setattr(rt, "recover", recover)
+    monkeypatch.setattr(rt, "train_step", train_step)
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(f"name: d\nout: {tmp_path / 'd'}\nmodel: {tiny_llama_dir}\n"
+                   "localize: {probes: [brackets], n: 8, patch: []}\nprune: {ratio: 0.25, strategies: [bi]}\n"
+                   "recover: {modes: [sgr, external], on: [bi], n_prompts: 16, max_new_tokens: 8, steps: 4, "
+                   "micro_batch: 4, eval_n: 4}\nevaluate: {tasks: [arc_easy], limit: 3, probe_n: 8}\n")
+    run_pipeline(str(cfg), show_progress=False)
+    out = tmp_path / "d"
+    info = json.loads((out / "recover/bi-sgr/diverged.json").read_text())
+    assert "diverged: 3 steps in a row" in info["error"] and [r["step"] for r in info["non_finite"]] == [1, 2, 3]
+    assert (out / "recover/bi-external/model.safetensors").is_file()
+    assert {r["condition"] for r in read_table(out / "probes.csv")} == {"base", "pruned-bi", "recovered-bi-external"}
+    md = (out / "report.md").read_text()
+    assert "Recovery arms that diverged" in md and "recovered-bi-sgr" in md
+    # a rerun of the stage leaves the diverged arm as it is
+    capsys.readouterr()
+    _recover(Run(load_config(cfg), show_progress=False))
+    assert "recovered-bi-sgr: diverged in an earlier run" in capsys.readouterr().out

@@ -197,7 +197,7 @@ def _prune(run: Run) -> None:
 
 def _recover(run: Run) -> None:
     from recover.sgr import SGROptions, generate_responses
-    from recover.train import RecoveryConfig, recover
+    from recover.train import RecoveryConfig, RecoveryDiverged, recover
 
     c = run.cfg["recover"]
     if not c["modes"]:
@@ -210,18 +210,37 @@ def _recover(run: Run) -> None:
     pruned = run.pruned_stages()
     for stage, folder in run.recovered_stages().items():
         strategy, mode = folder.name.rsplit("-", 1)
+        if diverged(folder):
+            print(f"  {stage}: diverged in an earlier run ({folder / DIVERGED}); change lr or max_grad_norm "
+                  "to train it again")
+            continue
         cfg = RecoveryConfig(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
                              quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
                              max_seq_len=c["max_seq_len"], batch_size=c["batch_size"], micro_batch=c["micro_batch"],
                              max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], eval_n=c["eval_n"],
                              lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
                              eval_every=max(1, (c["steps"] or 100) // 4))
-        s = recover(cfg, model=pruned[f"pruned-{strategy}"], placement=Placement(device=run.cfg["device"]),
-                    output=run.output(folder))
+        try:
+            s = recover(cfg, model=pruned[f"pruned-{strategy}"], placement=Placement(device=run.cfg["device"]),
+                        output=run.output(folder))
+        except RecoveryDiverged as e:
+            # one arm that diverges is a result, not the end of the run: the other arms and the
+            # evaluation go on (on a lent GPU the rest of the session would be lost otherwise)
+            atomic_write_json(folder / DIVERGED, {"error": str(e), "non_finite": e.records})
+            print(f"  {stage}: {e}; the other arms go on, the evaluation leaves this one out", flush=True)
+            continue
         skipped = (f", {s['skipped_steps']} non-finite steps skipped (prunescope_recovery.json: "
                    "recovery.non_finite)") if s["skipped_steps"] else ""
         print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
               f"held-out perplexity {s['final_eval_ppl']:.2f}{skipped}")
+
+
+DIVERGED = "diverged.json"  # in a recovery arm's folder: it diverged; evaluation and reports leave it out
+
+
+def diverged(folder: Path) -> bool:
+    """Whether the recovery arm in ``folder`` diverged (see :class:`recover.train.RecoveryDiverged`)."""
+    return (folder / DIVERGED).is_file()
 
 
 def _ensure_checkpoint(run: Run, folder: Path) -> None:
@@ -339,7 +358,8 @@ def _evaluate_side_by_side(run: Run, stages: dict[str, Path | None], workers: in
 
 def _evaluate(run: Run) -> None:
     c = run.cfg["evaluate"]
-    models = {"base": None, **run.pruned_stages(), **run.recovered_stages()}
+    models = {"base": None, **run.pruned_stages(),
+              **{st: f for st, f in run.recovered_stages().items() if not diverged(f)}}
     if c["workers"] > 1:
         todo = {st: f for st, f in models.items() if None in _finished(run, st, f)}
         if len(todo) > 1:
