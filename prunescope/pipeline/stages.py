@@ -356,22 +356,37 @@ def _evaluate_side_by_side(run: Run, stages: dict[str, Path | None], workers: in
             print(f"  {job.result()}: evaluated", flush=True)
 
 
+def evaluation_order(stages: list[str]) -> list[str]:
+    """The order stages are evaluated in: recovered ones first. A pruned checkpoint left behind is
+    rebuilt from its plan, a recovered one is not (its adapter would have to be trained again), so
+    a run cut short (a lent GPU's session ending) should already hold the recovered stages' scores.
+
+    >>> evaluation_order(["base", "pruned-bi", "recovered-bi-sgr", "recovered-bi-random"])
+    ['recovered-bi-sgr', 'recovered-bi-random', 'base', 'pruned-bi']
+    """
+    return sorted(stages, key=lambda st: not st.startswith("recovered-"))
+
+
 def _evaluate(run: Run) -> None:
     c = run.cfg["evaluate"]
     models = {"base": None, **run.pruned_stages(),
               **{st: f for st, f in run.recovered_stages().items() if not diverged(f)}}
+    order = evaluation_order(list(models))
     if c["workers"] > 1:
-        todo = {st: f for st, f in models.items() if None in _finished(run, st, f)}
+        todo = {st: models[st] for st in order if None in _finished(run, st, models[st])}
         if len(todo) > 1:
             _evaluate_side_by_side(run, todo, min(c["workers"], len(todo)))
+    done = {}
+    for stage in order:
+        done[stage] = _evaluate_stage(run, stage, models[stage])
+        print(f"  {stage}: " + ", ".join(f"{p} {acc:.3f}" for p, acc in done[stage][1].items()))
     probe_rows, eval_rows = [], []
-    for stage, folder in models.items():
-        rows, accuracy = _evaluate_stage(run, stage, folder)
+    for stage in models:  # the tables keep base, pruned, recovered
+        rows, accuracy = done[stage]
         eval_rows += rows
         for p, acc in accuracy.items():
             probe_rows.append({"model": run.base_identity[0], "probe": p, "condition": stage, "layers": "",
                                "metric": "accuracy", "value": acc, "n": c["probe_n"], "seed": run.cfg["seed"]})
-        print(f"  {stage}: " + ", ".join(f"{r['probe']} {r['value']:.3f}" for r in probe_rows if r["condition"] == stage))
     write_table(probe_rows, run.out / "probes")
     if eval_rows:
         write_table(eval_rows, run.out / "eval" / "eval")
