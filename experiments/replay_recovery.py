@@ -1,0 +1,103 @@
+"""Replay the first optimizer steps of a recovery arm on this machine, to tell whether a divergence
+seen on a GPU comes from the recipe (data order, learning rate, adapter dtype) or from the device's
+kernels. Same split, batch order, LoRA and AdamW schedule as ``recover.train.recover``; no gradient
+clipping (as the Qwen SGR arm that went NaN on the H200 by step 50); logs each step's loss, gradient
+norm and largest adapter weight as JSONL.
+
+    python experiments/replay_recovery.py --model qwen2.5-coder-1.5b --drop 14,15,16,17,18,24,25 \\
+        --data sgr.jsonl --steps 60 --adapters bf16 --nf4 --out replay.jsonl
+
+``--nf4``: the student in 4-bit NF4 with bf16 compute, as on a GPU (on a CPU the bitsandbytes
+inference repacking is switched off, as ``recover.student.load_student`` does); without it, bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from probe.results import atomic_write_text  # noqa: E402
+from recover.data import encode_all  # noqa: E402
+from recover.train import (RecoveryConfig, _batch_indices, _grad_norm, add_lora, split_examples,  # noqa: E402
+                           train_step, training_records)
+
+
+def student(model: str, drop: list[int], nf4: bool, cache: Path):
+    """The pruned model in bf16 (or NF4 with bf16 compute) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from probe.models import load_model
+    from prune.surgery import save_pruned
+
+    folder = cache / f"pruned-{'-'.join(map(str, drop))}" if drop else Path(model)
+    if drop and not (folder / "config.json").is_file():
+        lm = load_model(model, dtype="bfloat16")
+        save_pruned(lm.model, lm.tokenizer, drop, folder)
+        del lm
+    kw = {}
+    if nf4:
+        kw = dict(quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                         bnb_4bit_use_double_quant=True,
+                                                         bnb_4bit_compute_dtype=torch.bfloat16), device_map="cpu")
+    m = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kw)
+    if nf4:
+        import bitsandbytes as bnb
+
+        for layer in m.modules():
+            if isinstance(layer, bnb.nn.Linear4bit):
+                layer.support_avx512bf16_for_cpu = False
+    return m, AutoTokenizer.from_pretrained(folder)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--drop", default="", help="layers to remove first, e.g. 14,15,16 (none: --model is pruned)")
+    ap.add_argument("--data", required=True, help="the arm's SGR file")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--adapters", choices=("bf16", "fp32"), default="bf16")
+    ap.add_argument("--nf4", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default="runs/replay")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    torch.manual_seed(a.seed)
+    model, tok = student(a.model, [int(x) for x in a.drop.split(",") if x], a.nf4, Path(a.cache))
+    pm = add_lora(model, RecoveryConfig(rank=64, alpha=16, grad_checkpointing=False, seed=a.seed))
+    params = [p for p in pm.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.to(torch.bfloat16 if a.adapters == "bf16" else torch.float32)
+    records, field = training_records(a.data, "sgr")
+    train, _ = split_examples(encode_all(tok, records, field, 2048), 32, a.seed)
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup) if a.warmup else 1.0)
+    pm.train()
+    lines = []
+    for step in range(a.steps):
+        t0 = time.time()
+        batch = [train[i] for i in _batch_indices(step, a.batch_size, len(train), a.seed)]
+        loss, _ = train_step(pm, batch, tok.pad_token_id, torch.device("cpu"), a.micro_batch)
+        row = {"step": step + 1, "loss": loss, "grad_norm": _grad_norm(params, None),
+               "adapter_absmax": max(float(p.detach().abs().max()) for p in params),
+               "seconds": round(time.time() - t0, 1)}
+        print(json.dumps(row), flush=True)
+        lines.append(json.dumps(row))
+        atomic_write_text(Path(a.out), "\n".join(lines) + "\n")
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+
+
+if __name__ == "__main__":
+    main()
