@@ -558,11 +558,12 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
         # "window" and "grad_window": the step losses and gradient norms since the last curve point, saved
         # with a checkpoint so that a resumed run's curve equals an uninterrupted one's
+        # "non_finite": the skipped steps, described (their count is the summary's skipped_steps)
         state = {"step": 0, "tokens": 0, "all_tokens": 0, "train_seconds": 0.0, "curve": [], "window": [],
-                 "grad_window": []}
+                 "grad_window": [], "non_finite": []}
         ck = _latest_checkpoint(out)
         if ck is not None:
-            state = {"window": [], "grad_window": [], **_load_checkpoint(ck, pm, opt, sched)}
+            state = {"window": [], "grad_window": [], "non_finite": [], **_load_checkpoint(ck, pm, opt, sched)}
         dev = next(p.device for p in pm.parameters() if p.requires_grad)
         pad = tok.pad_token_id
 
@@ -603,9 +604,8 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
                 # one bad batch must not poison the adapters (a NaN gradient makes AdamW's weights NaN for
                 # good): skip its update, and stop when the run keeps diverging
                 bad_in_row += 1
-                state["skipped_steps"] = state.get("skipped_steps", 0) + 1
                 record = _non_finite_record(state["step"] + 1, step_loss, grad_norm, named)
-                state.setdefault("non_finite", []).append(record)
+                state["non_finite"].append(record)
                 bar.write(f"recover ({cfg.mode}): step {state['step'] + 1} skipped: {record}")
                 if bad_in_row >= cfg.max_bad_steps:
                     raise RecoveryDiverged(
@@ -631,7 +631,7 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
         bar.close()
         finished = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
         summary = {"mode": cfg.mode, "steps": state["step"], "trained_tokens": state["tokens"],
-                   "skipped_steps": state.get("skipped_steps", 0), "non_finite": state.get("non_finite", []),
+                   "skipped_steps": len(state["non_finite"]), "non_finite": state["non_finite"],
                    "all_tokens": state["all_tokens"], "train_seconds": round(state["train_seconds"], 2),
                    "tokens_per_s": state["all_tokens"] / state["train_seconds"] if state["train_seconds"] else None,
                    "final_eval_ppl": state["curve"][-1]["eval_ppl"], "finished": finished, "out": str(out)}
