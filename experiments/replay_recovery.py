@@ -7,8 +7,8 @@ norm and largest adapter weight as JSONL.
     python experiments/replay_recovery.py --model qwen2.5-coder-1.5b --drop 14,15,16,17,18,24,25 \\
         --data sgr.jsonl --steps 60 --adapters bf16 --nf4 --out replay.jsonl
 
-``--nf4``: the student in 4-bit NF4 with bf16 compute, as on a GPU (on a CPU the bitsandbytes
-inference repacking is switched off, as ``recover.student.load_student`` does); without it, bf16.
+``--nf4``: the student in 4-bit NF4 with bf16 compute, as on a GPU (``recover.student.load_student``,
+which switches the CPU's bitsandbytes inference repacking off); without it, bf16.
 """
 
 from __future__ import annotations
@@ -30,30 +30,19 @@ from recover.train import (RecoveryConfig, _batch_indices, _grad_norm, add_lora,
 
 
 def student(model: str, drop: list[int], nf4: bool, cache: Path):
-    """The pruned model in bf16 (or NF4 with bf16 compute) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    """The pruned model (``load_student``, computing in bf16 as on a GPU) and its tokenizer."""
+    from transformers import AutoTokenizer
 
     from probe.models import load_model
     from prune.surgery import save_pruned
+    from recover.student import load_student
 
     folder = cache / f"pruned-{'-'.join(map(str, drop))}" if drop else Path(model)
     if drop and not (folder / "config.json").is_file():
         lm = load_model(model, dtype="bfloat16")
         save_pruned(lm.model, lm.tokenizer, drop, folder)
         del lm
-    kw = {}
-    if nf4:
-        kw = dict(quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                         bnb_4bit_use_double_quant=True,
-                                                         bnb_4bit_compute_dtype=torch.bfloat16), device_map="cpu")
-    m = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kw)
-    if nf4:
-        import bitsandbytes as bnb
-
-        for layer in m.modules():
-            if isinstance(layer, bnb.nn.Linear4bit):
-                layer.support_avx512bf16_for_cpu = False
-    return m, AutoTokenizer.from_pretrained(folder)
+    return load_student(folder, quant=nf4, compute=torch.bfloat16), AutoTokenizer.from_pretrained(folder)
 
 
 def main() -> None:

@@ -35,12 +35,14 @@ def check_bitsandbytes(device: str | torch.device) -> None:
         raise PrunescopeError(f"bitsandbytes 4-bit has no {dev.type} backend; use cpu or cuda, or pass --no-quant")
 
 
-def load_student(path: str | Path, *, quant: bool, device: str = "cpu"):
-    """The pruned model to recover: 4-bit NF4 (double quant) or full precision, on ``device``."""
+def load_student(path: str | Path, *, quant: bool, device: str = "cpu", compute: torch.dtype | None = None):
+    """The pruned model to recover: 4-bit NF4 (double quant) or full precision, on ``device``.
+    ``compute``: the dtype it computes in; None: bf16 on a GPU, fp32 on a CPU (where
+    ``experiments/replay_recovery.py`` passes bf16 to replay a GPU run)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     on_gpu = torch.device(device).type == "cuda"
-    compute = torch.bfloat16 if on_gpu else torch.float32
+    compute = compute or (torch.bfloat16 if on_gpu else torch.float32)
     if not quant:
         return AutoModelForCausalLM.from_pretrained(path, dtype=compute).to(device)
     check_bitsandbytes(device)
