@@ -27,23 +27,15 @@ from probe.sweep import SweepOptions, make_conditions, split_work, sweep, sweep_
 from probe.tasks import make_items
 
 
-def _sweep_options():
-    return SweepOptions(probe="copy,arithmetic", n=6, batch_size=2)
-
-
-def _one_batch_options():  # one batch, a shared few-shot prefix
-    return SweepOptions(probe="arithmetic_multi", shots=2, n=5, batch_size=8, windows=[1, 2])
+SWEEP = dict(probe="copy,arithmetic", n=6, batch_size=2)
+ONE_BATCH = dict(probe="arithmetic_multi", shots=2, n=5, batch_size=8, windows=[1, 2])  # one batch, a shared prefix
+PATCH = dict(probe="arithmetic", n=4, kinds="resid_post,attn_out,head", positions=2, method="both")
 
 
 def _patch_options():
     from circuits.run import PatchOptions
 
-    return PatchOptions(probe="arithmetic", n=4, kinds="resid_post,attn_out,head", positions=2, method="both")
-
-
-# _patch_options() as the legacy flat keywords (for patch's one kept old-style call, below)
-PATCH_LEGACY = dict(probe="arithmetic", n=4, kinds="resid_post,attn_out,head", positions=2, method="both",
-                    show_progress=False, plot=False)
+    return PatchOptions(**PATCH)
 
 
 def _quiet(out=None) -> Output:
@@ -62,9 +54,9 @@ def _worker(model_dir: str, out: str) -> dict:
             code = main(["sweep", "--model", model_dir, "--probe", "copy,arithmetic", "--n", "6", "--batch-size", "2",
                          "--quiet", "--out", f"{out}/cli"])
         printed = d.gather(text.getvalue())
-        one_batch = sweep(_one_batch_options(), model=model_dir, output=_quiet(f"{out}/one_batch"))
+        one_batch = sweep(SweepOptions(**ONE_BATCH), model=model_dir, output=_quiet(f"{out}/one_batch"))
         cells = patch(_patch_options(), model=model_dir, output=_quiet(f"{out}/patch"))
-        resumed = sweep(_sweep_options(), model=model_dir, output=_quiet(f"{out}/resume"))
+        resumed = sweep(SweepOptions(**SWEEP), model=model_dir, output=_quiet(f"{out}/resume"))
         return {"code": code, "printed": printed, "one_batch": one_batch, "patch": cells, "resumed": resumed,
                 "world": d.world_size}
 
@@ -77,10 +69,10 @@ def _same(a: list[dict], b: list[dict]) -> bool:
 
 def test_two_processes_equal_one(tiny_llama_dir, tmp_path):
     model = str(tiny_llama_dir)
-    single = sweep(_sweep_options(), model=model, output=_quiet(tmp_path / "single"))
+    single = sweep(SweepOptions(**SWEEP), model=model, output=_quiet(tmp_path / "single"))
     # a half-finished run for the group to resume: drop the table and the second half of the log
     resume = tmp_path / "group" / "resume"
-    sweep(_sweep_options(), model=model, output=_quiet(resume))
+    sweep(SweepOptions(**SWEEP), model=model, output=_quiet(resume))
     (resume / "sweep.csv").unlink()
     for log in (resume / ".progress").iterdir():
         lines = log.read_text().splitlines(keepends=True)
@@ -103,7 +95,7 @@ def test_two_processes_equal_one(tiny_llama_dir, tmp_path):
         assert sorted(keys) == sorted((r["condition"], r["batch"]) for r in full)
 
     # one batch: the conditions were split between the ranks, and the rows are the same
-    assert _same(got["one_batch"], sweep(_one_batch_options(), model=model, output=_quiet()))
+    assert _same(got["one_batch"], sweep(SweepOptions(**ONE_BATCH), model=model, output=_quiet()))
 
     from circuits.run import patch
 
@@ -111,7 +103,7 @@ def test_two_processes_equal_one(tiny_llama_dir, tmp_path):
     # and its cells equal the new-form call's (the group's, above)
     with pytest.warns(DeprecationWarning, match=r"patch\(\.\.\.\) with flat keyword arguments is deprecated; "
                                                 r"pass a PatchOptions"):
-        ref = patch(model, **PATCH_LEGACY)
+        ref = patch(model, **PATCH, show_progress=False, plot=False)
     assert got["patch"]["cells"] == ref["cells"]            # exact (split by layer) and attribution
     assert got["patch"]["agreement"] == ref["agreement"]
     logged = read_progress(tmp_path / "group" / "patch" / ".progress" / "exact.jsonl")
