@@ -245,15 +245,11 @@ def test_4bit_bf16_training_computes_in_bf16(tiny_llama_dir):
     """On a 4-bit model with bf16 compute everything runs in bf16, adapters included, as in TRL.
     peft's k-bit preparation (fp32 norms and embeddings) once kept every layer in fp32, and sdpa took
     its fp32 math kernel: 0.17-0.35x the tokens/s of peft + TRL on the 8B shape (H200)."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     from recover.data import Example
+    from recover.student import load_student
     from recover.train import add_lora, compute_dtype, train_step
 
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=q, dtype=torch.bfloat16,
-                                                 device_map="cpu")
+    model = load_student(tiny_llama_dir, quant=True, compute=torch.bfloat16)  # as on a GPU
     pm = add_lora(model, RecoveryConfig(rank=8, alpha=16, grad_checkpointing=True))
     assert compute_dtype(pm) == torch.bfloat16 and model.model.norm.weight.dtype == torch.bfloat16
     trainable = [p for p in pm.parameters() if p.requires_grad]
@@ -273,14 +269,11 @@ def test_fp32_adapters_on_a_bf16_4bit_model(tiny_llama_dir):
     """adapter_dtype float32 keeps the LoRA weights (and so their AdamW state) in fp32 while the
     frozen model computes in bf16: the first Qwen 1.5B SGR arm with bf16 adapters went NaN. A bf16
     adapter also loses an update much smaller than itself, which an fp32 one keeps."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     from recover.data import Example
+    from recover.student import load_student
     from recover.train import add_lora, train_step
 
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=q, dtype=torch.bfloat16,
-                                                 device_map="cpu")
+    model = load_student(tiny_llama_dir, quant=True, compute=torch.bfloat16)  # as on a GPU
     pm = add_lora(model, RecoveryConfig(rank=8, alpha=16, adapter_dtype="float32"))
     trainable = [p for p in pm.parameters() if p.requires_grad]
     assert trainable and {p.dtype for p in trainable} == {torch.float32}
