@@ -112,6 +112,8 @@ class Recover(Options):
     max_grad_norm: float | None = derive(RecoveryConfig, "max_grad_norm")
     adapter_dtype: str = derive(RecoveryConfig, "adapter_dtype")
     eval_n: int = derive(RecoveryConfig, "eval_n")
+    eval_every: int | None = derive(RecoveryConfig, "eval_every", None, kind="int?",
+                                    why="none: a quarter of steps, or 25 steps under a token budget")
     lr: float = derive(RecoveryConfig, "lr")
     warmup: int = derive(RecoveryConfig, "warmup")
 

@@ -219,7 +219,7 @@ def _recover(run: Run) -> None:
                              max_seq_len=c["max_seq_len"], batch_size=c["batch_size"], micro_batch=c["micro_batch"],
                              max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], eval_n=c["eval_n"],
                              lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
-                             eval_every=max(1, (c["steps"] or 100) // 4))
+                             eval_every=c["eval_every"] or max(1, (c["steps"] or 100) // 4))
         try:
             s = recover(cfg, model=pruned[f"pruned-{strategy}"], placement=Placement(device=run.cfg["device"]),
                         output=run.output(folder))
