@@ -406,3 +406,39 @@ def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir
     capsys.readouterr()
     _recover(Run(load_config(cfg), show_progress=False))
     assert "recovered-bi-sgr: diverged in an earlier run" in capsys.readouterr().out
+
+
+def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_path, monkeypatch):
+    """The recover stage scores each arm's probes right after training it (a lent GPU's session can
+    end during the evaluation, taking the merged arm with it); the evaluation reads that score back
+    instead of probing again, and an arm trained again drops its older scores."""
+    import json
+
+    import prunescope.pipeline.stages as st
+    from prunescope.pipeline import run_pipeline
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"name: p\nout: {tmp_path / 'p'}\nmodel: {tiny_llama_dir}\n"
+                   "localize: {probes: [brackets], n: 8, patch: []}\nprune: {ratio: 0.25, strategies: [bi]}\n"
+                   "recover: {modes: [sgr], on: [bi], n_prompts: 16, max_new_tokens: 8, steps: 4, "
+                   "micro_batch: 4, eval_n: 4}\nevaluate: {tasks: [], probe_n: 8}\n")
+    run_pipeline(str(cfg), show_progress=False, only=["localize", "score", "prune", "recover"])
+    out = tmp_path / "p"
+    early = json.loads((out / "eval/recovered-bi-sgr/probes.json").read_text())
+    assert early["settings"] == {"probes": ["brackets"], "n": 8} and 0 <= early["accuracy"]["brackets"] <= 1
+    assert not (out / "eval/base").exists()  # only the arm: the evaluation stage has not run
+
+    probed = []
+    real = st._stage_probes
+    monkeypatch.setattr(st, "_stage_probes", lambda run, stage, *a: probed.append(stage) or real(run, stage, *a))
+    run_pipeline(str(cfg), show_progress=False)
+    assert sorted(probed) == ["base", "pruned-bi"]  # the arm's score is read back, not recomputed
+    rows = {r["condition"]: float(r["value"]) for r in read_table(out / "probes.csv")}
+    assert rows["recovered-bi-sgr"] == early["accuracy"]["brackets"]
+
+    # the arm trained again (its record gone, as after changed recovery settings): its old score goes
+    (out / "recover/bi-sgr/prunescope_recovery.json").unlink()
+    (out / "eval/recovered-bi-sgr/stale.txt").write_text("x")
+    st._recover(st.Run(load_config(cfg), show_progress=False))
+    assert not (out / "eval/recovered-bi-sgr/stale.txt").exists()
+    assert (out / "eval/recovered-bi-sgr/probes.json").is_file()

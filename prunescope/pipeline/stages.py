@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from probe.errors import PrunescopeError
@@ -44,8 +45,6 @@ class Run:
         """A stage finished earlier with other settings: its old outputs would be refused or mixed in."""
         f = self.out / ".stages" / f"{stage}.json"
         if f.is_file():
-            import shutil
-
             for name in STAGE_OUTPUTS[stage]:
                 path = self.out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -214,6 +213,8 @@ def _recover(run: Run) -> None:
             print(f"  {stage}: diverged in an earlier run ({folder / DIVERGED}); change lr or max_grad_norm "
                   "to train it again")
             continue
+        if not (folder / "prunescope_recovery.json").is_file():  # (re)trained now: older scores are stale
+            shutil.rmtree(run.out / "eval" / stage, ignore_errors=True)
         cfg = RecoveryConfig(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
                              quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
                              max_seq_len=c["max_seq_len"], batch_size=c["batch_size"], micro_batch=c["micro_batch"],
@@ -233,6 +234,26 @@ def _recover(run: Run) -> None:
                    "recovery.non_finite)") if s["skipped_steps"] else ""
         print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
               f"held-out perplexity {s['final_eval_ppl']:.2f}{skipped}")
+        _probe_arm(run, stage, folder)
+
+
+def _probe_arm(run: Run, stage: str, folder: Path) -> None:
+    """A recovered arm's probe accuracy right after its training, where the evaluation stage reads
+    it back: on a lent GPU whose session ends during the evaluation the merged arms are lost with
+    the machine, and the probes (the paper's arithmetic 96 -> 37 -> 74) should not be lost with them."""
+    n = run.cfg["evaluate"]["probe_n"]
+    if _cached_probes(run, stage, _probes(run), n) is not None:
+        return
+    from probe.models import load_model
+
+    lm = load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
+    acc = _stage_probes(run, stage, folder, lm, _probes(run), n)
+    print(f"  {stage}: " + ", ".join(f"{p} {a:.3f}" for p, a in acc.items()), flush=True)
+    del lm
+    if run.cfg["device"].startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 DIVERGED = "diverged.json"  # in a recovery arm's folder: it diverged; evaluation and reports leave it out
