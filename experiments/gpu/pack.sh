@@ -1,5 +1,6 @@
 # pack every run folder under /root/runs (no weights, no recovery checkpoints: their state.pt holds
-# the optimizer, 440 MB for Qwen; no tokenizer copies) into $OUT, atomically and in pieces of 15 MB (the device tool returns files of up to 16 MiB): cat RUN.tgz.* > RUN.tgz here
+# the optimizer, 440 MB for Qwen; no tokenizer copies) into $OUT, atomically and in pieces of 15 MB (the
+# device tool returns files of up to 16 MiB): cat RUN.tgz.* > RUN.tgz here
 pack() {
   mkdir -p /root/pk
   for d in /root/runs/*/; do
