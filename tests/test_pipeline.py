@@ -436,9 +436,12 @@ def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_
     rows = {r["condition"]: float(r["value"]) for r in read_table(out / "probes.csv")}
     assert rows["recovered-bi-sgr"] == early["accuracy"]["brackets"]
 
-    # the arm trained again (its record gone, as after changed recovery settings): its old score goes
-    (out / "recover/bi-sgr/prunescope_recovery.json").unlink()
-    (out / "eval/recovered-bi-sgr/stale.txt").write_text("x")
-    st._recover(st.Run(load_config(cfg), show_progress=False))
-    assert not (out / "eval/recovered-bi-sgr/stale.txt").exists()
-    assert (out / "eval/recovered-bi-sgr/probes.json").is_file()
+    # the arm trained again (its record gone, as after changed recovery settings, or its weights, as
+    # in a run folder brought back from a lent GPU): its old scores go
+    for gone in ("prunescope_recovery.json", "model.safetensors"):
+        (out / "recover/bi-sgr" / gone).unlink()
+        (out / "eval/recovered-bi-sgr/stale.txt").write_text("x")
+        st._recover(st.Run(load_config(cfg), show_progress=False))
+        assert not (out / "eval/recovered-bi-sgr/stale.txt").exists()
+        assert (out / "eval/recovered-bi-sgr/probes.json").is_file()
+        assert (out / "recover/bi-sgr/model.safetensors").is_file()

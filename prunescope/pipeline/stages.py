@@ -213,7 +213,7 @@ def _recover(run: Run) -> None:
             print(f"  {stage}: diverged in an earlier run ({folder / DIVERGED}); change lr or max_grad_norm "
                   "to train it again")
             continue
-        if not (folder / "prunescope_recovery.json").is_file():  # (re)trained now: older scores are stale
+        if not _trained(folder):  # (re)trained now: scores of an earlier training are stale
             shutil.rmtree(run.out / "eval" / stage, ignore_errors=True)
         cfg = RecoveryConfig(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
                              quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
@@ -235,6 +235,12 @@ def _recover(run: Run) -> None:
         print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
               f"held-out perplexity {s['final_eval_ppl']:.2f}{skipped}")
         _probe_arm(run, stage, folder)
+
+
+def _trained(folder: Path) -> bool:
+    """A recovery arm whose merged model is there (a run folder packed on a lent GPU comes back
+    without weights: its arms train again wherever the run goes on)."""
+    return (folder / "prunescope_recovery.json").is_file() and any(folder.glob("*.safetensors"))
 
 
 def _probe_arm(run: Run, stage: str, folder: Path) -> None:
