@@ -9,6 +9,7 @@ norm and largest adapter weight as JSONL.
 
 ``--nf4``: the student in 4-bit NF4 with bf16 compute, as on a GPU (``recover.student.load_student``,
 which switches the CPU's bitsandbytes inference repacking off); without it, bf16.
+``--grad-checkpointing``: as ``recover`` trains by default (the GPU arm that went NaN had it on).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--adapters", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--nf4", action="store_true")
+    ap.add_argument("--grad-checkpointing", action="store_true",
+                    help="recompute activations in the backward pass, as recovery does by default")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -63,7 +66,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     model, tok = student(a.model, [int(x) for x in a.drop.split(",") if x], a.nf4, Path(a.cache))
-    pm = add_lora(model, RecoveryConfig(rank=64, alpha=16, grad_checkpointing=False, seed=a.seed))
+    pm = add_lora(model, RecoveryConfig(rank=64, alpha=16, grad_checkpointing=a.grad_checkpointing, seed=a.seed))
     params = [p for p in pm.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.to(torch.bfloat16 if a.adapters == "bf16" else torch.float32)
