@@ -19,7 +19,7 @@
 # Budget: the start and the pieces take about 4 minutes and job_n1's setup 3 more. With less than
 # about 20 minutes left for jobs after that, take `rec` out of .carry/jobs.txt: its arms are lost
 # with the machine unless the whole recovery finishes (their probe scores do come back), while
-# `ret` resumes task by task (on 2026-12-07 ten failed starts left 524 s of 1,800).
+# `ret` resumes task by task (on 2026-12-07 eleven failed starts left 434 s of 1,800).
 # Unfinished run folders from a session go in experiments/gpu/resume/
 # (<run>.tgz, no weights; job_n1 unpacks them) so the next one resumes instead of starting over.
 set -euo pipefail
