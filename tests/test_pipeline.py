@@ -445,3 +445,17 @@ def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_
         assert not (out / "eval/recovered-bi-sgr/stale.txt").exists()
         assert (out / "eval/recovered-bi-sgr/probes.json").is_file()
         assert (out / "recover/bi-sgr/model.safetensors").is_file()
+
+    # a finished run folder brought back without weights and with its evaluation to redo: the run
+    # trains the arm again (keeping the SGR answers) instead of failing on the missing checkpoint
+    sgr = (out / "recover/sgr.jsonl").stat().st_mtime_ns
+    for f in out.glob("recover/bi-sgr/*.safetensors"):
+        f.unlink()
+    (out / ".stages/evaluate.json").unlink()
+    probed.clear()
+    run_pipeline(str(cfg), show_progress=False)
+    assert (out / "recover/bi-sgr/model.safetensors").is_file() and "recovered-bi-sgr" in probed
+    assert (out / "recover/sgr.jsonl").stat().st_mtime_ns == sgr
+    # with the evaluation done, arms without weights are no reason to train again
+    (out / "recover/bi-sgr/model.safetensors").unlink()
+    assert st.Run(load_config(cfg), show_progress=False).done("recover")

@@ -38,13 +38,22 @@ class Run:
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
 
     def done(self, stage: str) -> bool:
+        if not self._marked(stage):
+            return False
+        if stage == "recover" and not self.done("evaluate"):
+            # a run folder brought back from a lent GPU has no merged arms: they train again
+            return all(_trained(f) or diverged(f) for f in self.recovered_stages().values())
+        return True
+
+    def _marked(self, stage: str) -> bool:
         f = self.out / ".stages" / f"{stage}.json"
         return f.is_file() and json.loads(f.read_text()).get("key") == self.stage_key(stage)
 
     def clear_if_changed(self, stage: str) -> None:
-        """A stage finished earlier with other settings: its old outputs would be refused or mixed in."""
+        """A stage finished earlier with other settings: its old outputs would be refused or mixed in
+        (one that is only incomplete, such as recovery arms without their weights, keeps them)."""
         f = self.out / ".stages" / f"{stage}.json"
-        if f.is_file():
+        if f.is_file() and not self._marked(stage):
             for name in STAGE_OUTPUTS[stage]:
                 path = self.out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
