@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from probe.results import atomic_write_text  # noqa: E402
 from recover.data import encode_all  # noqa: E402
 from recover.train import (RecoveryConfig, _batch_indices, _grad_norm, add_lora, split_examples,  # noqa: E402
-                           train_step, training_records)
+                           train_step, training_records, warmup_schedule)
 
 
 def student(model: str, drop: list[int], nf4: bool, cache: Path):
@@ -66,14 +66,14 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     model, tok = student(a.model, [int(x) for x in a.drop.split(",") if x], a.nf4, Path(a.cache))
-    pm = add_lora(model, RecoveryConfig(rank=64, alpha=16, grad_checkpointing=a.grad_checkpointing, seed=a.seed))
+    # the student computes in bf16, so "compute" makes bf16 adapters
+    pm = add_lora(model, RecoveryConfig(rank=64, alpha=16, grad_checkpointing=a.grad_checkpointing, seed=a.seed,
+                                        adapter_dtype="compute" if a.adapters == "bf16" else "float32"))
     params = [p for p in pm.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.to(torch.bfloat16 if a.adapters == "bf16" else torch.float32)
     records, field = training_records(a.data, "sgr")
     train, _ = split_examples(encode_all(tok, records, field, 2048), 32, a.seed)
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup) if a.warmup else 1.0)
+    sched = warmup_schedule(opt, a.warmup)
     pm.train()
     lines = []
     for step in range(a.steps):

@@ -422,6 +422,19 @@ def _batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
     return out
 
 
+def warmup_schedule(opt, warmup: int):
+    """The learning rate rises linearly over ``warmup`` steps, then stays (the QLoRA recipe's constant).
+
+    >>> opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    >>> sched, lrs = warmup_schedule(opt, 4), []
+    >>> for _ in range(6):
+    ...     lrs.append(sched.get_last_lr()[0]); opt.step(); sched.step()
+    >>> lrs
+    [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    """
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+
+
 # ---------------------------------------------------------------- checkpoints
 def _latest_checkpoint(out: Path) -> Path | None:
     ck = sorted((out / "checkpoints").glob("step-*"))
@@ -555,7 +568,7 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
         named = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0)
+        sched = warmup_schedule(opt, cfg.warmup)
         # "window" and "grad_window": the step losses and gradient norms since the last curve point, saved
         # with a checkpoint so that a resumed run's curve equals an uninterrupted one's
         # "non_finite": the skipped steps, described (their count is the summary's skipped_steps)

@@ -263,7 +263,7 @@ def _probe_arm(run: Run, stage: str, folder: Path) -> None:
 
     lm = load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
     acc = _stage_probes(run, stage, folder, lm, _probes(run), n)
-    print(f"  {stage}: " + ", ".join(f"{p} {a:.3f}" for p, a in acc.items()), flush=True)
+    print(_probe_line(stage, acc), flush=True)
     del lm
     if run.cfg["device"].startswith("cuda"):
         import torch
@@ -331,6 +331,10 @@ def _finished(run: Run, stage: str, folder: Path | None) -> tuple[list[dict] | N
                              max_length=c["max_length"], seed=run.cfg["seed"])
     return (finished_rows(run.out / "eval" / stage, c["tasks"], settings, c["xsum_file"]),
             _cached_probes(run, stage, _probes(run), c["probe_n"]))
+
+
+def _probe_line(stage: str, accuracy: dict[str, float]) -> str:
+    return f"  {stage}: " + ", ".join(f"{p} {a:.3f}" for p, a in accuracy.items())
 
 
 def _probes(run: Run) -> list[str]:
@@ -415,7 +419,7 @@ def _evaluate(run: Run) -> None:
     done = {}
     for stage in order:
         done[stage] = _evaluate_stage(run, stage, models[stage])
-        print(f"  {stage}: " + ", ".join(f"{p} {acc:.3f}" for p, acc in done[stage][1].items()))
+        print(_probe_line(stage, done[stage][1]))
     probe_rows, eval_rows = [], []
     for stage in models:  # the tables keep base, pruned, recovered
         rows, accuracy = done[stage]
