@@ -243,10 +243,22 @@ def plot_probes(rows: list[dict], path: str | Path, metric: str = "accuracy") ->
     return save_figure(fig, Path(path))
 
 
+def sample_item(sample: Mapping) -> str:
+    """The item one per-doc sample scores: its doc id, within its subtask where it has one.
+
+    >>> sample_item({"doc_id": 3}), sample_item({"doc_id": 3, "subtask": "anatomy"})
+    ('3', 'anatomy/3')
+    """
+    doc = str(sample.get("doc_id"))
+    return f"{sample['subtask']}/{doc}" if sample.get("subtask") else doc
+
+
 def item_scores(run_dir: str | Path, metrics: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], dict]:
-    """``{(stage, task): {doc_id: score}}`` from ``eval/<stage>/samples/<task>.jsonl``: the per-doc value
+    """``{(stage, task): {item: score}}`` from ``eval/<stage>/samples/<task>.jsonl``: the per-doc value
     of the task's retention metric (``scores[metric]``, else ``correct`` as 0/1). ``metrics`` maps
-    ``(stage, task)`` to the metric name used in the retention table."""
+    ``(stage, task)`` to the metric name used in the retention table. An item is ``subtask/doc_id``
+    where the sample names a subtask: a group such as MMLU numbers each subject's docs from 0, so
+    its doc ids alone would fold 570 questions into 10 items."""
     import json
 
     out = {}
@@ -264,7 +276,7 @@ def item_scores(run_dir: str | Path, metrics: Mapping[tuple[str, str], str]) -> 
             if sc is None and d.get("correct") is not None:
                 sc = float(bool(d["correct"]))
             if sc is not None:
-                per[str(d.get("doc_id"))] = float(sc)
+                per[sample_item(d)] = float(sc)
         out[(stage, task)] = per
     return out
 

@@ -449,6 +449,24 @@ def test_bootstrap_retention_intervals():
     assert again[("gap", "pruned")]["ci_low"] == gap["ci_low"]  # seeded
 
 
+def test_item_scores_keep_each_subject_of_a_group_apart(tmp_path):
+    """MMLU numbers each subject's docs from 0: the paired bootstrap must see 4 questions here, not
+    2 (the Qwen retention run's MMLU intervals once rested on the last subject's 10 questions)."""
+    import json
+
+    from analysis.retention import item_scores
+
+    d = tmp_path / "eval" / "base" / "samples"
+    d.mkdir(parents=True)
+    lines = [{"task": "mmlu", "doc_id": i, "subtask": sub, "scores": {"acc": float(ok)}, "correct": ok}
+             for sub, oks in (("anatomy", (True, False)), ("virology", (False, False))) for i, ok in enumerate(oks)]
+    (d / "mmlu.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (d / "arc_easy.jsonl").write_text(json.dumps({"task": "arc_easy", "doc_id": 7, "correct": True}) + "\n")
+    items = item_scores(tmp_path, {("base", "mmlu"): "acc", ("base", "arc_easy"): "acc_norm"})
+    assert items[("base", "mmlu")] == {"anatomy/0": 1.0, "anatomy/1": 0.0, "virology/0": 0.0, "virology/1": 0.0}
+    assert items[("base", "arc_easy")] == {"7": 1.0}  # no subtask: the doc id alone, scored by `correct`
+
+
 def test_step_checker_degenerate_chain_without_result():
     # a pruned model's GSM8K answer (GPU run): a long chain and no "=" once made the step regex
     # backtrack through every split of its spaces (exponential time; the report stage never ended)
@@ -466,3 +484,33 @@ def test_report_code_blocks_drop_control_characters(tmp_path):
     md, page = doc.markdown(), doc.html("t")
     assert "\x00" not in md + page and "\x07" not in md and "\x1b" not in md
     assert "def f():\n\treturn 1\ufffd\ufffd + 2\ufffd[0m" in md
+
+
+def test_retention_summary_keeps_an_unfinished_stage(tmp_path):
+    """experiments/summarize_retention.py: a stage whose evaluation stopped part-way (a lent GPU's
+    session ended) gets its classification retention over the tasks every stage finished."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from summarize_retention import summary
+
+    scores = {"base": {"arc_easy": 0.8, "piqa": 0.5, "gsm8k": 0.4},
+              "pruned-bi-25": {"arc_easy": 0.4, "piqa": 0.5},           # gsm8k not reached
+              "pruned-reverse-25": {"arc_easy": 0.6, "piqa": 0.25, "gsm8k": 0.1}}
+    for stage, tasks in scores.items():
+        rows = [{"model": "m", "probe": t, "condition": stage, "metric": "acc", "value": v, "n": 10,
+                 "category": "generative" if t == "gsm8k" else "classification", "primary": True}
+                for t, v in tasks.items()]
+        write_table(rows, tmp_path / "eval" / stage / "eval")
+        (tmp_path / "eval" / stage / "probes.json").write_text(
+            json.dumps({"settings": {"probes": ["copy"], "n": 8}, "accuracy": {"copy": len(tasks) / 4}}))
+    for name, drop in (("bi-25", [2, 3]), ("reverse-25", [4, 5])):
+        (tmp_path / "prune" / name).mkdir(parents=True)
+        (tmp_path / "prune" / name / "plan.json").write_text(json.dumps({"drop": drop}))
+    md, rows, probes = summary(tmp_path)
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in md.splitlines()}
+    assert lines["bi-25"].startswith("| bi-25 | 2 3 | (unfinished) | 0.750 |")       # (0.5 + 1.0) / 2
+    assert lines["reverse-25"].startswith("| reverse-25 | 4 5 |  | 0.625 |")         # no report: no 2-task cell
+    assert "| 0.100 |" in lines["reverse-25"] and lines["bi-25"].endswith("| 0.500 |")  # gsm8k; copy probe
+    assert len(rows) == 8 and {p["condition"] for p in probes} == set(scores)

@@ -363,6 +363,43 @@ def test_stages_evaluated_side_by_side_equal_one_after_another(tiny_llama_dir, t
     assert sorted((r["metric"], r["value"]) for r in rows) == before
 
 
+def test_a_stage_failing_beside_the_others_is_evaluated_alone(tiny_llama_dir, tmp_path, monkeypatch):
+    """Stages side by side share one GPU, and one can run out of memory there that fits alone (Qwen's
+    MMLU log-softmax on the H200, 2026-12-07): the other stages finish, and the failed one is
+    evaluated again after them, alone, instead of the run ending. The out-of-memory error is raised
+    in the worker processes only, through a sitecustomize that they import at start-up."""
+    from prunescope.pipeline import run_pipeline
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import torch\n"
+        "import prunescope.pipeline.stages as st\n"
+        "real = st._evaluate_stage\n"
+        "def oom_for_reverse(run, stage, folder):\n"
+        "    if stage == 'pruned-reverse':\n"
+        "        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 14.13 GiB (simulated)')\n"
+        "    return real(run, stage, folder)\n"
+        "st._evaluate_stage = oom_for_reverse\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *sys.path]))  # read by spawned workers only
+    cfg = tmp_path / "o.yaml"
+    cfg.write_text(f"name: o\nout: {tmp_path / 'o'}\nmodel: {tiny_llama_dir}\n"
+                   "localize: {probes: [brackets], n: 8, patch: []}\nprune: {ratio: 0.25, strategies: [bi, reverse]}\n"
+                   "evaluate: {tasks: [arc_easy], limit: 3, probe_n: 8, workers: 3}\n")
+    import contextlib
+    import io
+
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        run_pipeline(str(cfg), show_progress=False)
+    text = log.getvalue()
+    assert "pruned-reverse: failed beside the others (OutOfMemoryError: CUDA out of memory" in text
+    assert "pruned-bi: evaluated" in text and "base: evaluated" in text
+    conds = {r["condition"] for r in read_table(tmp_path / "o" / "eval/eval.csv")}
+    assert conds == {"base", "pruned-bi", "pruned-reverse"}
+    assert {r["condition"] for r in read_table(tmp_path / "o" / "probes.csv")} == conds
+
+
 def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     """One arm whose training keeps going non-finite (here: every gradient of the SGR arm poisoned
     with NaN) must not end the run: it is recorded in recover/<arm>/diverged.json, the other arm
@@ -449,8 +486,8 @@ def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_
     # a finished run folder brought back without weights and with its evaluation to redo: the run
     # trains the arm again (keeping the SGR answers) instead of failing on the missing checkpoint
     sgr = (out / "recover/sgr.jsonl").stat().st_mtime_ns
-    for f in out.glob("recover/bi-sgr/*.safetensors"):
-        f.unlink()
+    for f in [*out.glob("recover/bi-sgr/*.safetensors"), *out.glob("prune/bi/*.safetensors")]:
+        f.unlink()  # the pruned model too: it is rebuilt from its plan.json before the arm trains
     (out / ".stages/evaluate.json").unlink()
     probed.clear()
     run_pipeline(str(cfg), show_progress=False)
