@@ -85,7 +85,8 @@ def summary(run: Path) -> tuple[str, list[dict], list[dict]]:
         cells = [stage.removeprefix("pruned-"), dropped.get(stage, ""),
                  _fmt(cat(report, stage, "classification")) if full else "(unfinished)",
                  _fmt(cat(partial, stage, "classification")),
-                 _fmt(cat(report, stage, "generative")) if full else "", _fmt(cat(report, stage, "gap")) if full else "",
+                 _fmt(cat(report, stage, "generative")) if full else "",
+                 _fmt(cat(report, stage, "gap")) if full else "",
                  *(f"{score[(stage, t)]:.3f}" if (stage, t) in score else "" for t in GENERATIVE),
                  *(f"{acc[(stage, p)]:.3f}" if (stage, p) in acc else "" for p in names)]
         lines.append("| " + " | ".join(cells) + " |")
