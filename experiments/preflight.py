@@ -9,12 +9,18 @@ GPU lease. The scores mean nothing (random weights). On 2 CPU cores the four Qwe
 the 6,092 prompts asked for, an empty dropped-layers table, and control characters in a report.
 
     python experiments/preflight.py experiments/qwen-*.yaml --out /tmp/preflight
+
+``--moved`` runs each config the way a lent GPU resumes it: first up to the prune stage, then,
+with what ``experiments/gpu/pack.sh`` leaves behind stripped (weights, recovery checkpoints,
+tokenizer copies), to the end. It would have caught the recovery that stopped on a brought-back
+folder's missing pruned model (2026-12-07).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -54,11 +60,33 @@ def shrink(cfg: dict, model: str) -> dict:
     return c
 
 
+PACK_LEAVES = ("*.safetensors", "*.bin", "*.gguf", "tokenizer.json", "*.pt")  # experiments/gpu/pack.sh
+
+
+def strip_like_pack(run: Path) -> int:
+    """Remove from a run folder what packing it on the GPU leaves behind; the number of paths removed."""
+    gone = [p for pattern in PACK_LEAVES for p in run.rglob(pattern)] + list(run.rglob("checkpoints"))
+    for p in gone:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    return len(gone)
+
+
+def _run(small: Path, out: Path, log, timeout: int, only: str | None = None) -> int | str:
+    cmd = [sys.executable, "-m", "prunescope", "run", str(small), "--out", str(out), "--quiet"]
+    try:
+        return subprocess.run(cmd + (["--only", only] if only else []), stdout=log, stderr=subprocess.STDOUT,
+                              timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        return "timeout"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("configs", nargs="+", help="pipeline configs (YAML)")
     ap.add_argument("--out", default="/tmp/prunescope-preflight", help="shrunk configs, the tiny model and the runs")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per config")
+    ap.add_argument("--moved", action="store_true",
+                    help="run up to prune, strip what the GPU's pack.sh leaves behind, then run to the end")
     args = ap.parse_args()
     import yaml
 
@@ -78,13 +106,12 @@ def main() -> int:
         small.write_text(yaml.safe_dump(shrink(cfg, str(model)), sort_keys=False))
         log = out / f"{path.stem}.log"
         t = time.perf_counter()
+        run = out / "runs" / path.stem
         with open(log, "w") as f:
-            try:
-                rc = subprocess.run([sys.executable, "-m", "prunescope", "run", str(small), "--out",
-                                     str(out / "runs" / path.stem), "--quiet"], stdout=f, stderr=subprocess.STDOUT,
-                                    timeout=args.timeout).returncode
-            except subprocess.TimeoutExpired:
-                rc = "timeout"
+            rc = _run(small, run, f, args.timeout, only="localize,score,prune" if args.moved else None)
+            if args.moved and rc == 0:
+                print(f"preflight: stripped {strip_like_pack(run)} paths as pack.sh would", file=f, flush=True)
+                rc = _run(small, run, f, args.timeout)
         last = log.read_text().strip().splitlines()[-1:] or [""]
         print(f"{path}: {'ok' if rc == 0 else f'FAILED ({rc})'} in {time.perf_counter() - t:.0f} s; "
               f"log {log}{'' if rc == 0 else ': ' + last[0]}", flush=True)
