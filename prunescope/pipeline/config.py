@@ -135,7 +135,8 @@ class Evaluate(Options):
     xsum_file: str | None = derive(EvalOptions, "xsum_file")
     workers: int = option(1, "stages evaluated side by side, one process each (a GPU with memory to spare: "
                              "one evaluation leaves it idle while lm-eval and the code sandbox use the CPU; "
-                             "each process holds only the model of the stage it evaluates)",
+                             "each process holds only the model of the stage it evaluates; a stage that "
+                             "fails beside the others, out of memory say, is evaluated again alone after them)",
                           minimum=1)
 
 
