@@ -9,12 +9,16 @@ export PS="python3 -m prunescope"
 gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
 one_at_a_time=$(( ${gpu_mib:-0} < ${SIDE_BY_SIDE_GIB:-100} * 1024 ))
 echo "GPU memory ${gpu_mib:-?} MiB: $([ $one_at_a_time = 1 ] && echo 'jobs one at a time' || echo 'jobs side by side')"
-finished() { [ -f /root/runs/logs/$1.rc ]; }
+# done: exited 0, or started twice in this call and not running (a job that failed or was killed starts
+# again once: its run folder resumes where it stopped, as the retention run would have after one
+# stage ran out of GPU memory on 2026-12-07)
+finished() { [ "$(cat /root/runs/logs/$1.rc 2>/dev/null)" = 0 ] || { [ ${starts[$1]:-0} -ge 2 ] && ! running $1; }; }
 running() { pgrep -f "JOB=$1 " >/dev/null; }
 declare -A starts
 start() {  # name, command: runs detached (in a subshell, so an `exit` in it still leaves logs/<name>.rc)
   local n=$1; shift
   starts[$n]=$(( ${starts[$n]:-0} + 1 ))
+  rm -f /root/runs/logs/$n.rc
   echo "starting $n"
   setsid nohup bash -c "JOB=$n ; cd $PWD; ( $* ) ; echo \$? > /root/runs/logs/$n.rc" >> /root/runs/logs/$n.log 2>&1 < /dev/null &
 }
@@ -26,8 +30,7 @@ done < .carry/jobs.txt
 launch() {  # start what may start now
   for n in "${names[@]}"; do
     finished $n && continue
-    # a job killed without its rc (out of memory, say) is started again once: its run folder resumes
-    if ! running $n && [ ${starts[$n]:-0} -lt 2 ]; then start "$n" "${cmds[$n]}"; fi
+    running $n || start "$n" "${cmds[$n]}"
     [ $one_at_a_time = 1 ] && return
   done
 }
