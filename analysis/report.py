@@ -177,6 +177,16 @@ def _cell(x) -> str:
     return str(x)
 
 
+def with_ci(r: dict) -> str:
+    """A retention row's value with its bootstrap interval, as the report's tables show it.
+
+    >>> with_ci({"value": "0.8831", "ci_low": 0.858, "ci_high": 0.909}), with_ci({"value": 0.5, "ci_low": ""})
+    ('0.883 [0.858, 0.909]', '0.500')
+    """
+    lo, hi = r.get("ci_low", ""), r.get("ci_high", "")
+    return _cell(r["value"]) + (f" [{_cell(lo)}, {_cell(hi)}]" if lo not in ("", None) else "")
+
+
 def _is_number(x) -> bool:
     try:
         float(x)
@@ -274,11 +284,7 @@ def _retention(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict
                            lambda r: f"{_cell(r['value'])} ({_cell(r['score'])})")
     headers[1], headers[3] = "task", "metric"
     doc.table(headers, lines, "Cells: retention (score) per task and stage.")
-    def _with_ci(r: dict) -> str:
-        lo, hi = r.get("ci_low", ""), r.get("ci_high", "")
-        return _cell(r["value"]) + (f" [{_cell(lo)}, {_cell(hi)}]" if lo not in ("", None) else "")
-
-    headers, lines = _wide([r for r in table if r.get("level") in ("category", "gap")], ["model", "probe"], _with_ci)
+    headers, lines = _wide([r for r in table if r.get("level") in ("category", "gap")], ["model", "probe"], with_ci)
     headers[1] = "mean over tasks"
     doc.table(headers, lines, "Mean retention of each category's tasks; gap = classification minus generative.")
     fig = run_dir / "retention.png"
@@ -292,7 +298,7 @@ def _probes(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict] |
     doc.h(2, "Probe accuracy per stage")
     path = run_dir / "probes.csv"
     models = {r["condition"]: r.get("model", "") for r in eval_rows or []}
-    rows = read_table(path) if path.is_file() else _stage_probe_rows(run_dir, models)
+    rows = read_table(path) if path.is_file() else stage_probe_rows(run_dir, models)
     if not rows:
         doc.p("No probes.csv (or eval/<stage>/probes.json) in the run folder.")
         missing.append("probes.csv")
@@ -311,11 +317,17 @@ def _probes(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict] |
     doc.image(fig, "probes.png: probe accuracy per stage")
 
 
-def _stage_probe_rows(run_dir: Path, models: dict[str, str]) -> list[dict]:
+def _base_first(paths) -> list[Path]:
+    """``eval/<stage>/<file>`` paths sorted by stage, the base stage first."""
+    return sorted(paths, key=lambda p: (p.parent.name != "base", p.parent.name))
+
+
+def stage_probe_rows(run_dir: Path, models: dict[str, str] | None = None) -> list[dict]:
     """Probe accuracy rows from each evaluated stage's ``eval/<stage>/probes.json`` (base first);
-    ``models``: the model name per stage, from the evaluation rows."""
+    ``models``: the model name per stage, from the evaluation rows (none: left empty)."""
+    models = models or {}
     rows = []
-    for f in sorted(run_dir.glob("eval/*/probes.json"), key=lambda p: (p.parent.name != "base", p.parent.name)):
+    for f in _base_first(run_dir.glob("eval/*/probes.json")):
         saved = json.loads(f.read_text())
         rows += [{"model": models.get(f.parent.name, ""), "probe": probe, "condition": f.parent.name, "layers": "", "metric": "accuracy",
                   "value": acc, "n": saved["settings"]["n"], "seed": ""} for probe, acc in saved["accuracy"].items()]
@@ -411,6 +423,11 @@ def _others(run_dir: Path, doc: Doc, shown: set[Path]) -> None:
             doc.table(headers, [[r.get(h) for h in headers] for r in rows[:MAX_TABLE_ROWS]], note)
 
 
+def stage_eval_tables(run_dir: Path) -> dict[str, list[dict]]:
+    """``{stage: rows}`` of every per-stage ``eval/<stage>/eval.csv``, finished or not (base first)."""
+    return {p.parent.name: read_table(p) for p in _base_first(run_dir.glob("eval/*/eval.csv"))}
+
+
 def _eval_rows(run_dir: Path) -> tuple[list[dict] | None, list[str]]:
     """eval/eval.csv; without it (an evaluation still running or stopped), the per-stage tables
     eval/<stage>/eval.csv joined (base first), keeping the stages that have every task of the base
@@ -419,8 +436,7 @@ def _eval_rows(run_dir: Path) -> tuple[list[dict] | None, list[str]]:
     path = run_dir / "eval" / "eval.csv"
     if path.is_file():
         return read_table(path), []
-    parts = sorted(run_dir.glob("eval/*/eval.csv"), key=lambda p: (p.parent.name != "base", p.parent.name))
-    per_stage = {p.parent.name: read_table(p) for p in parts}
+    per_stage = stage_eval_tables(run_dir)
     if not per_stage:
         return None, []
     tasks = {st: {r["probe"] for r in rows} for st, rows in per_stage.items()}

@@ -18,16 +18,11 @@ import json
 import shutil
 from pathlib import Path
 
+from analysis.report import stage_eval_tables, stage_probe_rows, with_ci
 from analysis.retention import retention_table
 from probe.results import read_table, write_table
 
 GENERATIVE = ("gsm8k", "humaneval", "mbpp", "arithmetic")
-
-
-def stage_rows(run: Path) -> dict[str, list[dict]]:
-    """``{stage: eval rows}`` from every ``eval/<stage>/eval.csv`` (base first)."""
-    stages = sorted(run.glob("eval/*/eval.csv"), key=lambda p: (p.parent.name != "base", p.parent.name))
-    return {p.parent.name: read_table(p) for p in stages}
 
 
 def drops(run: Path) -> dict[str, str]:
@@ -39,26 +34,9 @@ def drops(run: Path) -> dict[str, str]:
     return out
 
 
-def probe_rows(run: Path) -> list[dict]:
-    rows = []
-    for f in sorted(run.glob("eval/*/probes.json")):
-        saved = json.loads(f.read_text())
-        for probe, acc in saved["accuracy"].items():
-            rows.append({"model": "", "probe": probe, "condition": f.parent.name, "layers": "", "metric": "accuracy",
-                         "value": acc, "n": saved["settings"]["n"], "seed": ""})
-    return rows
-
-
-def _fmt(r: dict | None) -> str:
-    if r is None:
-        return ""
-    ci = f" [{float(r['ci_low']):.3f}, {float(r['ci_high']):.3f}]" if r.get("ci_low") not in ("", None) else ""
-    return f"{float(r['value']):.3f}{ci}"
-
-
 def summary(run: Path) -> tuple[str, list[dict], list[dict]]:
     """The Markdown table, every stage's eval rows and the probe rows."""
-    by_stage = stage_rows(run)
+    by_stage = stage_eval_tables(run)
     rows = [r for rs in by_stage.values() for r in rs]
     base_tasks = {r["probe"] for r in by_stage["base"]}
     finished = [s for s, rs in by_stage.items() if {r["probe"] for r in rs} >= base_tasks]
@@ -68,11 +46,12 @@ def summary(run: Path) -> tuple[str, list[dict], list[dict]]:
     report = read_table(run / "retention.csv") if (run / "retention.csv").is_file() else []
 
     def cat(table, stage, probe):
-        return next((r for r in table if r["condition"] == stage and r["probe"] == probe
-                     and r["level"] in ("category", "gap")), None)
+        r = next((r for r in table if r["condition"] == stage and r["probe"] == probe
+                  and r["level"] in ("category", "gap")), None)
+        return "" if r is None else with_ci(r)
 
     score = {(r["condition"], r["probe"]): float(r["value"]) for r in rows if str(r.get("primary")) == "True"}
-    probes = probe_rows(run)
+    probes = stage_probe_rows(run)
     acc = {(r["condition"], r["probe"]): r["value"] for r in probes}
     names = sorted({r["probe"] for r in probes})
     dropped = drops(run)
@@ -83,10 +62,10 @@ def summary(run: Path) -> tuple[str, list[dict], list[dict]]:
     for stage in by_stage:
         full = stage in finished
         cells = [stage.removeprefix("pruned-"), dropped.get(stage, ""),
-                 _fmt(cat(report, stage, "classification")) if full else "(unfinished)",
-                 _fmt(cat(partial, stage, "classification")),
-                 _fmt(cat(report, stage, "generative")) if full else "",
-                 _fmt(cat(report, stage, "gap")) if full else "",
+                 cat(report, stage, "classification") if full else "(unfinished)",
+                 cat(partial, stage, "classification"),
+                 cat(report, stage, "generative") if full else "",
+                 cat(report, stage, "gap") if full else "",
                  *(f"{score[(stage, t)]:.3f}" if (stage, t) in score else "" for t in GENERATIVE),
                  *(f"{acc[(stage, p)]:.3f}" if (stage, p) in acc else "" for p in names)]
         lines.append("| " + " | ".join(cells) + " |")

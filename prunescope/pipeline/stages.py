@@ -403,7 +403,7 @@ def _evaluate_side_by_side(run: Run, stages: dict[str, Path | None], workers: in
                 # stages side by side share the GPU: one stage's peak (lm-eval's log-softmax over
                 # 32 MMLU rows, 14 GB for Qwen) can run out of memory beside the others and fit alone.
                 # The other stages go on; a real error comes back from the lone attempt.
-                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                first = (str(e).strip().splitlines() or [""])[0][:200]
                 print(f"  {st}: failed beside the others ({type(e).__name__}: {first}); "
                       "evaluating it alone after them", flush=True)
 
