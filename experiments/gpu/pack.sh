@@ -1,6 +1,7 @@
 # pack every run folder under /root/runs (no weights, no recovery checkpoints: their state.pt holds
 # the optimizer, 440 MB for Qwen; no tokenizer copies) into $OUT, atomically and in pieces of 15 MB (the
 # device tool returns files of up to 16 MiB): cat RUN.tgz.* > RUN.tgz here
+# (experiments/preflight.py PACK_LEAVES strips the same files for its --moved rehearsal: keep them alike)
 pack() {
   mkdir -p /root/pk
   for d in /root/runs/*/; do
