@@ -1,6 +1,7 @@
 """`prunescope run`: a tiny model through every stage, killed mid-stage and resumed; config errors."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -445,7 +446,7 @@ def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir
     assert "recovered-bi-sgr: diverged in an earlier run" in capsys.readouterr().out
 
 
-def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_path, monkeypatch):
+def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     """The recover stage scores each arm's probes right after training it (a lent GPU's session can
     end during the evaluation, taking the merged arm with it); the evaluation reads that score back
     instead of probing again, and an arm trained again drops its older scores."""
@@ -473,26 +474,59 @@ def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_
     rows = {r["condition"]: float(r["value"]) for r in read_table(out / "probes.csv")}
     assert rows["recovered-bi-sgr"] == early["accuracy"]["brackets"]
 
-    # the arm trained again (its record gone, as after changed recovery settings, or its weights, as
-    # in a run folder brought back from a lent GPU): its old scores go
-    for gone in ("prunescope_recovery.json", "model.safetensors"):
-        (out / "recover/bi-sgr" / gone).unlink()
-        (out / "eval/recovered-bi-sgr/stale.txt").write_text("x")
-        st._recover(st.Run(load_config(cfg), show_progress=False))
-        assert not (out / "eval/recovered-bi-sgr/stale.txt").exists()
-        assert (out / "eval/recovered-bi-sgr/probes.json").is_file()
-        assert (out / "recover/bi-sgr/model.safetensors").is_file()
+    # the arm trained again (its record gone, as after changed recovery settings): its old scores go
+    (out / "recover/bi-sgr/prunescope_recovery.json").unlink()
+    (out / "eval/recovered-bi-sgr/stale.txt").write_text("x")
+    st._recover(st.Run(load_config(cfg), show_progress=False))
+    assert not (out / "eval/recovered-bi-sgr/stale.txt").exists()
+    assert (out / "eval/recovered-bi-sgr/probes.json").is_file()
+    assert (out / "recover/bi-sgr/model.safetensors").is_file()
 
-    # a finished run folder brought back without weights and with its evaluation to redo: the run
-    # trains the arm again (keeping the SGR answers) instead of failing on the missing checkpoint
-    sgr = (out / "recover/sgr.jsonl").stat().st_mtime_ns
-    for f in [*out.glob("recover/bi-sgr/*.safetensors"), *out.glob("prune/bi/*.safetensors")]:
-        f.unlink()  # the pruned model too: it is rebuilt from its plan.json before the arm trains
+    # an arm whose scores are finished needs no weights (a run folder brought back from a lent GPU
+    # has none): it is not trained again, and the recover stage counts as done
+    (out / "recover/bi-sgr/model.safetensors").unlink()
     (out / ".stages/evaluate.json").unlink()
+    assert st.Run(load_config(cfg), show_progress=False).done("recover")
+    capsys.readouterr()
+    st._recover(st.Run(load_config(cfg), show_progress=False))
+    assert "recovered-bi-sgr: trained and evaluated in an earlier run" in capsys.readouterr().out
+    assert not (out / "recover/bi-sgr/model.safetensors").exists()
+
+    # brought back without weights and with the arm's scores gone: the run trains the arm again
+    # (keeping the SGR answers) instead of failing on the missing checkpoint
+    sgr = (out / "recover/sgr.jsonl").stat().st_mtime_ns
+    for f in out.glob("prune/bi/*.safetensors"):
+        f.unlink()  # the pruned model too: it is rebuilt from its plan.json before the arm trains
+    shutil.rmtree(out / "eval/recovered-bi-sgr")
     probed.clear()
     run_pipeline(str(cfg), show_progress=False)
     assert (out / "recover/bi-sgr/model.safetensors").is_file() and "recovered-bi-sgr" in probed
     assert (out / "recover/sgr.jsonl").stat().st_mtime_ns == sgr
-    # with the evaluation done, arms without weights are no reason to train again
-    (out / "recover/bi-sgr/model.safetensors").unlink()
+
+
+def test_each_recovered_arm_is_evaluated_beside_the_next_ones_training(tiny_llama_dir, tmp_path):
+    """With evaluate.workers > 1 the recover stage evaluates each arm's benchmarks in a worker process
+    as soon as the arm is trained (beside the next arm's training): a lent GPU's session that ends
+    during a later arm keeps the earlier arms' scores, and those arms are not trained again."""
+    import prunescope.pipeline.stages as st
+    from prunescope.pipeline import run_pipeline
+
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text(f"name: w\nout: {tmp_path / 'w'}\nmodel: {tiny_llama_dir}\n"
+                   "localize: {probes: [brackets], n: 8, patch: []}\nprune: {ratio: 0.25, strategies: [bi]}\n"
+                   "recover: {modes: [sgr, external], on: [bi], n_prompts: 16, max_new_tokens: 8, steps: 2, "
+                   "micro_batch: 4, eval_n: 4}\nevaluate: {tasks: [arc_easy], limit: 3, probe_n: 8, workers: 2}\n")
+    run_pipeline(str(cfg), show_progress=False, only=["localize", "score", "prune", "recover"])
+    out = tmp_path / "w"
+    for arm in ("sgr", "external"):
+        rows = read_table(out / f"eval/recovered-bi-{arm}/eval.csv")
+        assert {r["probe"] for r in rows} == {"arc_easy"} and {r["condition"] for r in rows} == {f"recovered-bi-{arm}"}
+    assert not (out / "eval/base").exists()  # base and pruned wait for the evaluation stage
+    # packed without weights (as from a lent GPU): nothing to train again
+    for f in out.glob("recover/*/*.safetensors"):
+        f.unlink()
     assert st.Run(load_config(cfg), show_progress=False).done("recover")
+    run_pipeline(str(cfg), show_progress=False)
+    conds = {r["condition"] for r in read_table(out / "eval/eval.csv")}
+    assert conds == {"base", "pruned-bi", "recovered-bi-sgr", "recovered-bi-external"}
+    assert not list(out.glob("recover/*/*.safetensors"))

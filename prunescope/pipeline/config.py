@@ -93,7 +93,10 @@ class Prune(Options):
 @dataclass
 class Recover(Options):
     """``recover``: SGR generation (``prunescope sgr``) once, then QLoRA (``prunescope recover``) per
-    pruned model and mode."""
+    pruned model and mode. Each arm is evaluated (the ``evaluate`` section's benchmarks and probes)
+    as soon as it is trained, beside the next arm's training when ``evaluate.workers`` > 1: an arm
+    whose scores are finished is not trained again, so a run folder brought back from a lent GPU
+    without weights resumes at the first arm not evaluated."""
 
     modes: list = derive(RecoveryConfig, "mode", [], kind="names", help="recovery modes (none: no recovery)")
     on: list = option(["bi"], "pruned models to recover (names from prune: bi, bi-protected, bi-25, ...)",

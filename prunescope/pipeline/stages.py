@@ -42,7 +42,9 @@ class Run:
             return False
         if stage == "recover" and not self.done("evaluate"):
             # a run folder brought back from a lent GPU has no merged arms: they train again
-            return all(_trained(f) or diverged(f) for f in self.recovered_stages().values())
+            # (an arm whose scores are finished needs none)
+            return all(_trained(f) or diverged(f) or _evaluated(self, st, f)
+                       for st, f in self.recovered_stages().items())
         return True
 
     def _marked(self, stage: str) -> bool:
@@ -205,7 +207,6 @@ def _prune(run: Run) -> None:
 
 def _recover(run: Run) -> None:
     from recover.sgr import SGROptions, generate_responses
-    from recover.train import RecoveryConfig, RecoveryDiverged, recover
 
     c = run.cfg["recover"]
     if not c["modes"]:
@@ -215,37 +216,99 @@ def _recover(run: Run) -> None:
                                   max_new_tokens=c["max_new_tokens"], seed=run.cfg["seed"],
                                   batch_size=16 if run.cfg["device"] == "cpu" else 256),
                        loaded=run.base, output=run.output(sgr_file))
-    pruned = run.pruned_stages()
-    for stage, folder in run.recovered_stages().items():
-        strategy, mode = folder.name.rsplit("-", 1)
-        if diverged(folder):
-            print(f"  {stage}: diverged in an earlier run ({folder / DIVERGED}); change lr or max_grad_norm "
-                  "to train it again")
-            continue
-        if not _trained(folder):  # (re)trained now: scores of an earlier training are stale
-            shutil.rmtree(run.out / "eval" / stage, ignore_errors=True)
-            # a run folder brought back from a lent GPU has no weights: the pruned model neither
-            _ensure_checkpoint(run, pruned[f"pruned-{strategy}"])
-        cfg = RecoveryConfig(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
-                             quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
-                             max_seq_len=c["max_seq_len"], batch_size=c["batch_size"], micro_batch=c["micro_batch"],
-                             max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], eval_n=c["eval_n"],
-                             lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
-                             eval_every=c["eval_every"] or max(1, (c["steps"] or 100) // 4))
-        try:
-            s = recover(cfg, model=pruned[f"pruned-{strategy}"], placement=Placement(device=run.cfg["device"]),
-                        output=run.output(folder))
-        except RecoveryDiverged as e:
-            # one arm that diverges is a result, not the end of the run: the other arms and the
-            # evaluation go on (on a lent GPU the rest of the session would be lost otherwise)
-            atomic_write_json(folder / DIVERGED, {"error": str(e), "non_finite": e.records})
-            print(f"  {stage}: {e}; the other arms go on, the evaluation leaves this one out", flush=True)
-            continue
-        skipped = (f", {s['skipped_steps']} non-finite steps skipped (prunescope_recovery.json: "
-                   "recovery.non_finite)") if s["skipped_steps"] else ""
-        print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
-              f"held-out perplexity {s['final_eval_ppl']:.2f}{skipped}")
-        _probe_arm(run, stage, folder)
+    # the arms are evaluated here as they finish (:class:`_ArmEvaluation`): scores made under other
+    # evaluation settings go first, as the evaluation stage itself would drop them
+    run.clear_if_changed("evaluate")
+    with _ArmEvaluation(run) as evaluation:
+        for stage, folder in run.recovered_stages().items():
+            if diverged(folder):
+                print(f"  {stage}: diverged in an earlier run ({folder / DIVERGED}); change lr or max_grad_norm "
+                      "to train it again")
+            elif _evaluated(run, stage, folder):
+                print(f"  {stage}: trained and evaluated in an earlier run", flush=True)
+            elif _trained(folder) or _train_arm(run, stage, folder, sgr_file):
+                evaluation.submit(stage, folder)
+
+
+def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
+    """Train one recovery arm (``recover/<strategy>-<mode>``) and score its probes; False when it
+    diverged (recorded in its folder)."""
+    from recover.train import RecoveryConfig, RecoveryDiverged, recover
+
+    c = run.cfg["recover"]
+    strategy, mode = folder.name.rsplit("-", 1)
+    shutil.rmtree(run.out / "eval" / stage, ignore_errors=True)  # scores of an earlier training are stale
+    pruned = run.pruned_stages()[f"pruned-{strategy}"]
+    _ensure_checkpoint(run, pruned)  # a run folder brought back from a lent GPU has no weights
+    cfg = RecoveryConfig(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
+                         quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
+                         max_seq_len=c["max_seq_len"], batch_size=c["batch_size"], micro_batch=c["micro_batch"],
+                         max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], eval_n=c["eval_n"],
+                         lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
+                         eval_every=c["eval_every"] or max(1, (c["steps"] or 100) // 4))
+    try:
+        s = recover(cfg, model=pruned, placement=Placement(device=run.cfg["device"]), output=run.output(folder))
+    except RecoveryDiverged as e:
+        # one arm that diverges is a result, not the end of the run: the other arms and the
+        # evaluation go on (on a lent GPU the rest of the session would be lost otherwise)
+        atomic_write_json(folder / DIVERGED, {"error": str(e), "non_finite": e.records})
+        print(f"  {stage}: {e}; the other arms go on, the evaluation leaves this one out", flush=True)
+        return False
+    skipped = (f", {s['skipped_steps']} non-finite steps skipped (prunescope_recovery.json: "
+               "recovery.non_finite)") if s["skipped_steps"] else ""
+    print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
+          f"held-out perplexity {s['final_eval_ppl']:.2f}{skipped}")
+    _probe_arm(run, stage, folder)
+    return True
+
+
+def _evaluated(run: Run, stage: str, folder: Path) -> bool:
+    """A trained recovery arm whose benchmarks and probes are finished under the run's evaluation
+    settings: its weights are no longer needed (a run folder brought back from a lent GPU has none)."""
+    return (folder / "prunescope_recovery.json").is_file() and None not in _finished(run, stage, folder)
+
+
+class _ArmEvaluation:
+    """Each recovery arm is evaluated as soon as it is trained, so that the scores of the arms done so
+    far survive a lent GPU's session that ends with the later ones (their merged weights do not
+    travel; an arm with finished scores is not trained again). With ``evaluate.workers`` > 1 an arm
+    is evaluated in a worker process beside the next arm's training, else in this process. An arm
+    whose evaluation fails in its worker is left to the evaluation stage, as in
+    :func:`_evaluate_side_by_side`.
+
+    >>> # with _ArmEvaluation(run) as ev: ev.submit("recovered-bi-sgr", run.out / "recover/bi-sgr")
+    """
+
+    def __init__(self, run: Run):
+        self.run, self.pool, self.jobs = run, None, {}
+
+    def submit(self, stage: str, folder: Path) -> None:
+        if self.run.cfg["evaluate"]["workers"] <= 1:
+            _evaluate_stage(self.run, stage, folder)
+            print(f"  {stage}: evaluated", flush=True)
+            return
+        if self.pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.jobs[stage] = self.pool.submit(_stage_worker, self.run.cfg, self.run.show, stage, str(folder))
+
+    def __enter__(self) -> "_ArmEvaluation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is None:
+            return
+        for stage, job in self.jobs.items():
+            try:
+                job.result()
+                print(f"  {stage}: evaluated beside the training", flush=True)
+            except Exception as e:  # noqa: BLE001 - the evaluation stage evaluates it again, alone
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                print(f"  {stage}: its evaluation failed beside the training ({type(e).__name__}: {first}); "
+                      "the evaluation stage evaluates it again", flush=True)
+        self.pool.shutdown()
 
 
 def _trained(folder: Path) -> bool:
