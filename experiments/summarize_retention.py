@@ -55,15 +55,17 @@ def summary(run: Path) -> tuple[str, list[dict], list[dict]]:
     acc = {(r["condition"], r["probe"]): r["value"] for r in probes}
     names = sorted({r["probe"] for r in probes})
     dropped = drops(run)
+    # the classification retention over the tasks every stage finished: only while some are unfinished
+    some_unfinished = len(finished) < len(by_stage)
     head = (["stage", "dropped layers", f"classification, {len(base_tasks - set(GENERATIVE))} tasks",
-             f"classification, {len(common_cls)} tasks ({' '.join(common_cls)})", "generative, 4 tasks", "gap",
-             *GENERATIVE, *(f"{p} probe" for p in names)])
+             *([f"classification, {len(common_cls)} tasks ({' '.join(common_cls)})"] if some_unfinished else []),
+             "generative, 4 tasks", "gap", *GENERATIVE, *(f"{p} probe" for p in names)])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for stage in by_stage:
         full = stage in finished
         cells = [stage.removeprefix("pruned-"), dropped.get(stage, ""),
                  cat(report, stage, "classification") if full else "(unfinished)",
-                 cat(partial, stage, "classification"),
+                 *([cat(partial, stage, "classification")] if some_unfinished else []),
                  cat(report, stage, "generative") if full else "",
                  cat(report, stage, "gap") if full else "",
                  *(f"{score[(stage, t)]:.3f}" if (stage, t) in score else "" for t in GENERATIVE),

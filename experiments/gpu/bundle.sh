@@ -8,7 +8,7 @@
 # 2. ONE call alone: carry [.carry/setup.sh, .carry/q00] with `source .carry/setup.sh`. If the machine
 #    does not start, stop there: in a batch every later call is refused too, each at a cost (on
 #    2026-12-07 a failed start took 270 s, leaving too little to start another).
-# 3. Right after it, in ONE batch of tool calls: carry [.carry/setup.sh, .carry/NN] with
+# 3. Right after it, in batches of tool calls (see Budget): carry [.carry/setup.sh, .carry/NN] with
 #    `source .carry/setup.sh` for each of q01..q18 and p00..p02 (one piece a call: a call carries
 #    64 MiB with the 5 MB tree); then carry [.carry/setup.sh, .carry/pack.sh, .carry/job_n1.sh,
 #    .carry/job_n2.sh, .carry/jobs.txt, .carry/q19, .carry/p03] with `bash .carry/job_n1.sh 570`
@@ -16,10 +16,10 @@
 #    for the whole call); then `bash .carry/job_n2.sh 540` (carry setup.sh, pack.sh, job_n2.sh,
 #    jobs.txt) until the budget is spent. Results come back as $OUT/<run>.tgz.aa, .ab, ... (pieces
 #    of 15 MB: cat them), without weights; a call cut off at the budget still returns the last pack.
-# Budget: the start and the pieces take about 4 minutes and job_n1's setup 3 more. With less than
-# about 20 minutes left for jobs after that, take `rec` out of .carry/jobs.txt: its arms are lost
-# with the machine unless the whole recovery finishes (their probe scores do come back), while
-# `ret` resumes task by task (on 2026-12-07 eleven failed starts left 434 s of 1,800).
+# Budget: the start and the pieces take about 4 minutes and job_n1's setup 2 more. The runs resume
+# where a session left them: the recovery arm by arm (an arm cut off in its training starts over),
+# an evaluation task by task. Send the pieces in batches of about 7 calls: when the machine is taken
+# back, every later call of a batch is refused at 15 s each (on 2026-12-07, 16 calls: 240 s).
 # Unfinished run folders from a session go in experiments/gpu/resume/
 # (<run>.tgz, no weights; job_n1 unpacks them) so the next one resumes instead of starting over.
 set -euo pipefail
