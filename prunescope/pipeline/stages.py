@@ -292,7 +292,10 @@ class _ArmEvaluation:
             from concurrent.futures import ProcessPoolExecutor
 
             self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self.jobs[stage] = self.pool.submit(_stage_worker, self.run.cfg, self.run.show, stage, str(folder))
+        job = self.jobs[stage] = self.pool.submit(_stage_worker, self.run.cfg, self.run.show, stage, str(folder))
+        # said when it happens, not when the last arm is trained
+        job.add_done_callback(lambda j: j.exception() is None and print(f"  {stage}: evaluated beside the training",
+                                                                           flush=True))
 
     def __enter__(self) -> "_ArmEvaluation":
         return self
@@ -303,7 +306,6 @@ class _ArmEvaluation:
         for stage, job in self.jobs.items():
             try:
                 job.result()
-                print(f"  {stage}: evaluated beside the training", flush=True)
             except Exception as e:  # noqa: BLE001 - the evaluation stage evaluates it again, alone
                 first = (str(e).strip().splitlines() or [""])[0][:200]
                 print(f"  {stage}: its evaluation failed beside the training ({type(e).__name__}: {first}); "
