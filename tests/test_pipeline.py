@@ -401,6 +401,17 @@ def test_a_stage_failing_beside_the_others_is_evaluated_alone(tiny_llama_dir, tm
     assert {r["condition"] for r in read_table(tmp_path / "o" / "probes.csv")} == conds
 
 
+def _recovery_config(tmp_path, model, name: str, modes: str, steps: int, evaluate: str):
+    """A tiny BI-25% run with recovery arms ``modes`` (YAML list) of ``steps`` steps each and the
+    ``evaluate`` section ``evaluate`` (YAML mapping body); returns the config's path (out: tmp_path/name)."""
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(f"name: {name}\nout: {tmp_path / name}\nmodel: {model}\n"
+                   "localize: {probes: [brackets], n: 8, patch: []}\nprune: {ratio: 0.25, strategies: [bi]}\n"
+                   f"recover: {{modes: {modes}, on: [bi], n_prompts: 16, max_new_tokens: 8, steps: {steps}, "
+                   f"micro_batch: 4, eval_n: 4}}\nevaluate: {{{evaluate}}}\n")
+    return cfg
+
+
 def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     """One arm whose training keeps going non-finite (here: every gradient of the SGR arm poisoned
     with NaN) must not end the run: it is recorded in recover/<arm>/diverged.json, the other arm
@@ -427,11 +438,8 @@ def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir
 
     monkeypatch.setattr(rt, "recover", recover)
     monkeypatch.setattr(rt, "train_step", train_step)
-    cfg = tmp_path / "d.yaml"
-    cfg.write_text(f"name: d\nout: {tmp_path / 'd'}\nmodel: {tiny_llama_dir}\n"
-                   "localize: {probes: [brackets], n: 8, patch: []}\nprune: {ratio: 0.25, strategies: [bi]}\n"
-                   "recover: {modes: [sgr, external], on: [bi], n_prompts: 16, max_new_tokens: 8, steps: 4, "
-                   "micro_batch: 4, eval_n: 4}\nevaluate: {tasks: [arc_easy], limit: 3, probe_n: 8}\n")
+    cfg = _recovery_config(tmp_path, tiny_llama_dir, "d", "[sgr, external]", 4,
+                           "tasks: [arc_easy], limit: 3, probe_n: 8")
     run_pipeline(str(cfg), show_progress=False)
     out = tmp_path / "d"
     info = json.loads((out / "recover/bi-sgr/diverged.json").read_text())
@@ -455,11 +463,7 @@ def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_
     import prunescope.pipeline.stages as st
     from prunescope.pipeline import run_pipeline
 
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"name: p\nout: {tmp_path / 'p'}\nmodel: {tiny_llama_dir}\n"
-                   "localize: {probes: [brackets], n: 8, patch: []}\nprune: {ratio: 0.25, strategies: [bi]}\n"
-                   "recover: {modes: [sgr], on: [bi], n_prompts: 16, max_new_tokens: 8, steps: 4, "
-                   "micro_batch: 4, eval_n: 4}\nevaluate: {tasks: [], probe_n: 8}\n")
+    cfg = _recovery_config(tmp_path, tiny_llama_dir, "p", "[sgr]", 4, "tasks: [], probe_n: 8")
     run_pipeline(str(cfg), show_progress=False, only=["localize", "score", "prune", "recover"])
     out = tmp_path / "p"
     early = json.loads((out / "eval/recovered-bi-sgr/probes.json").read_text())
@@ -511,11 +515,8 @@ def test_each_recovered_arm_is_evaluated_beside_the_next_ones_training(tiny_llam
     import prunescope.pipeline.stages as st
     from prunescope.pipeline import run_pipeline
 
-    cfg = tmp_path / "w.yaml"
-    cfg.write_text(f"name: w\nout: {tmp_path / 'w'}\nmodel: {tiny_llama_dir}\n"
-                   "localize: {probes: [brackets], n: 8, patch: []}\nprune: {ratio: 0.25, strategies: [bi]}\n"
-                   "recover: {modes: [sgr, external], on: [bi], n_prompts: 16, max_new_tokens: 8, steps: 2, "
-                   "micro_batch: 4, eval_n: 4}\nevaluate: {tasks: [arc_easy], limit: 3, probe_n: 8, workers: 2}\n")
+    cfg = _recovery_config(tmp_path, tiny_llama_dir, "w", "[sgr, external]", 2,
+                           "tasks: [arc_easy], limit: 3, probe_n: 8, workers: 2")
     run_pipeline(str(cfg), show_progress=False, only=["localize", "score", "prune", "recover"])
     out = tmp_path / "w"
     for arm in ("sgr", "external"):

@@ -307,8 +307,7 @@ class _ArmEvaluation:
             try:
                 job.result()
             except Exception as e:  # noqa: BLE001 - the evaluation stage evaluates it again, alone
-                first = (str(e).strip().splitlines() or [""])[0][:200]
-                print(f"  {stage}: its evaluation failed beside the training ({type(e).__name__}: {first}); "
+                print(f"  {stage}: its evaluation failed beside the training ({_first_line(e)}); "
                       "the evaluation stage evaluates it again", flush=True)
         self.pool.shutdown()
 
@@ -468,9 +467,17 @@ def _evaluate_side_by_side(run: Run, stages: dict[str, Path | None], workers: in
                 # stages side by side share the GPU: one stage's peak (lm-eval's log-softmax over
                 # 32 MMLU rows, 14 GB for Qwen) can run out of memory beside the others and fit alone.
                 # The other stages go on; a real error comes back from the lone attempt.
-                first = (str(e).strip().splitlines() or [""])[0][:200]
-                print(f"  {st}: failed beside the others ({type(e).__name__}: {first}); "
+                print(f"  {st}: failed beside the others ({_first_line(e)}); "
                       "evaluating it alone after them", flush=True)
+
+
+def _first_line(e: BaseException) -> str:
+    """An error in one line, for a progress message (a CUDA out-of-memory error runs to many).
+
+    >>> _first_line(RuntimeError("CUDA out of memory.\\nTried to allocate 14 GiB"))
+    'RuntimeError: CUDA out of memory.'
+    """
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
 
 def evaluation_order(stages: list[str]) -> list[str]:
