@@ -2,17 +2,23 @@
 in one figure, and a table of probe accuracy and benchmark scores base -> pruned -> recovered.
 
     python experiments/summarize_recovery.py runs/smollm2-recovery --out docs/results
+    python experiments/summarize_recovery.py runs/qwen-recovery --out docs/results/qwen/recover --tables
 
 Reads ``RUN/recover/<arm>/curve.csv``, ``RUN/probes.csv`` and ``RUN/eval/eval.csv``; writes
-``OUT/<run name>-curves.png`` and prints the Markdown table.
+``OUT/<run name>-curves.png`` and prints the Markdown table. With ``--tables`` also the tidy tables
+a packed run folder holds (every arm's curve and training summary, the evaluation, probes, the
+report's retention with intervals and failure signatures), the paired differences between stages
+(``differences.csv``) and ``summary.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from pathlib import Path
 
-from probe.results import read_table
+from probe.results import read_table, write_table
 
 
 def curves(run: Path) -> dict[str, list[dict]]:
@@ -56,14 +62,125 @@ def table(run: Path) -> str:
     return "\n".join(lines)
 
 
+def training_rows(run: Path) -> list[dict]:
+    """One row per arm from ``recover/<arm>/prunescope_recovery.json``: steps, tokens, speed and the
+    steps skipped for a non-finite loss or gradient (with the adapters whose gradient was not finite)."""
+    rows = []
+    for f in sorted((run / "recover").glob("*/prunescope_recovery.json")):
+        r = json.loads(f.read_text())["recovery"]
+        bad = sorted({g.removeprefix("base_model.model.model.").removesuffix(".default.weight")  # peft's wrapping
+                      for step in r.get("non_finite") or [] for g in step.get("first_bad_grads", [])})
+        rows.append({"arm": f.parent.name, "mode": r["mode"], "steps": r["steps"], "trained_tokens": r["trained_tokens"],
+                     "skipped_steps": r.get("skipped_steps", 0),
+                     "skipped_at": " ".join(str(x["step"]) for x in r.get("non_finite") or []),
+                     "first_bad_grads": " ".join(bad), "train_seconds": r["train_seconds"],
+                     "tokens_per_s": round(r["tokens_per_s"]), "final_eval_ppl": round(r["final_eval_ppl"], 3)})
+    return rows
+
+
+def pairs(stages: list[str]) -> list[tuple[str, str]]:
+    """``(stage, reference)`` pairs to compare on the same items: every recovered arm against its
+    pruned model (did training help?), and the SGR arm against every other arm of its model."""
+    out = []
+    for s in stages:
+        if s.startswith("recovered-"):
+            strategy = s.removeprefix("recovered-").rsplit("-", 1)[0]
+            if f"pruned-{strategy}" in stages:
+                out.append((s, f"pruned-{strategy}"))
+    for s in stages:
+        if s.startswith("recovered-") and s.endswith("-sgr"):
+            prefix = s.removesuffix("sgr")
+            out += [(s, o) for o in stages if o.startswith(prefix) and o != s]
+    return out
+
+
+def differences(run: Path, n_boot: int = 1000) -> list[dict]:
+    """Retention of a stage minus a reference's per category, paired bootstrap over the same items
+    (:func:`analysis.retention.bootstrap_difference`), for every pair of :func:`pairs`."""
+    from analysis.retention import bootstrap_difference, item_scores
+
+    table = read_table(run / "retention.csv")
+    task_rows = [r for r in table if r.get("level") == "task"]
+    items = item_scores(run, {(r["condition"], r["probe"]): r["score_metric"] for r in task_rows})
+    tasks = {r["probe"]: r["category"] for r in task_rows}
+    stages = list(dict.fromkeys(r["condition"] for r in table))
+    rows = []
+    for stage, ref in pairs(stages):
+        for cat, (d, lo, hi) in bootstrap_difference(items, tasks, stage, ref, n_boot=n_boot).items():
+            rows.append({"model": task_rows[0]["model"], "probe": cat, "condition": stage, "reference": ref,
+                         "metric": "retention_minus_reference", "value": d, "ci_low": lo, "ci_high": hi,
+                         "n": sum(c == cat for c in tasks.values())})
+    return rows
+
+
+def runaway_docstrings(run: Path, tasks: tuple[str, ...] = ("humaneval", "mbpp")) -> list[dict]:
+    """Per stage and code task: the replies that fail on their syntax, and how many of them leave a
+    triple-quoted string open (an odd count of \"\"\" or \'\'\'): the model rewrote the prompt's
+    docstring and looped in it up to the token limit, rather than writing broken code."""
+    import json
+
+    rows = []
+    for f in sorted(run.glob("eval/*/samples/*.jsonl")):
+        if f.stem not in tasks:
+            continue
+        samples = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        syntax = [d for d in samples if d.get("failure") == "syntax"]
+        open_string = [d for d in syntax if (d.get("reply", "").count('"""') + d.get("reply", "").count("'''")) % 2]
+        rows.append({"condition": f.parent.parent.name, "probe": f.stem, "n": len(samples),
+                     "syntax_failures": len(syntax), "open_docstring": len(open_string)})
+    return rows
+
+
+def summary(run: Path, diffs: list[dict], training: list[dict]) -> str:
+    """summary.md: the stage table with the report's retention and intervals, the paired differences
+    and the training rows."""
+    from analysis.report import with_ci
+
+    report = read_table(run / "retention.csv")
+    ret = {(r["condition"], r["probe"]): with_ci(r) for r in report if r.get("level") in ("category", "gap")}
+    stages = list(dict.fromkeys(r["condition"] for r in report))
+    head = ["stage", "classification", "generative", "gap"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join([s, *(ret.get((s, c), "") for c in head[1:])]) + " |" for s in stages]
+    out += ["", table(run), "", "| stage | minus | category | difference [95% paired bootstrap] |", "|---|---|---|---|"]
+    out += [f"| {d['condition']} | {d['reference']} | {d['probe']} | {with_ci(d)} |" for d in diffs]
+    for rows in (training, runaway_docstrings(run)):
+        cols = list(rows[0]) if rows else []
+        out += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def write_tables(run: Path, out: Path) -> str:
+    """The tidy tables and summary.md of ``--tables`` (see the module docstring); returns the summary."""
+    curve_rows = [{"arm": arm, **r} for arm, rows in curves(run).items() for r in rows]
+    write_table(curve_rows, out / "curves")
+    training = training_rows(run)
+    write_table(training, out / "training")
+    diffs = differences(run)
+    write_table(diffs, out / "differences")
+    for name in ("eval/eval.csv", "probes.csv", "retention.csv", "signatures.csv", "retention.png", "probes.png"):
+        if (run / name).is_file():
+            shutil.copyfile(run / name, out / Path(name).name)
+    md = summary(run, diffs, training)
+    (out / "summary.md").write_text(md)
+    return md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
     ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--tables", action="store_true",
+                    help="also write the run's tidy tables, paired differences and summary.md to OUT")
     args = ap.parse_args()
-    run = Path(args.run)
-    print(table(run))
-    print(f"\nwrote {plot_curves(run, Path(args.out))}")
+    run, out = Path(args.run), Path(args.out)
+    if not (run / "probes.csv").is_file() or not (run / "eval" / "eval.csv").is_file():
+        raise SystemExit(f"{run} has no probes.csv or eval/eval.csv: point at a recovery run whose report stage "
+                         "has run (prunescope run CONFIG, or prunescope report RUN)")
+    out.mkdir(parents=True, exist_ok=True)
+    print(write_tables(run, out) if args.tables else table(run))
+    print(f"\nwrote {plot_curves(run, out)}")
 
 
 if __name__ == "__main__":

@@ -514,3 +514,37 @@ def test_retention_summary_keeps_an_unfinished_stage(tmp_path):
     assert lines["reverse-25"].startswith("| reverse-25 | 4 5 |  | 0.625 |")         # no report: no 2-task cell
     assert "| 0.100 |" in lines["reverse-25"] and lines["bi-25"].endswith("| 0.500 |")  # gsm8k; copy probe
     assert len(rows) == 8 and {p["condition"] for p in probes} == set(scores)
+
+
+def test_recovery_summary_compares_arms_on_the_same_items(tmp_path):
+    """experiments/summarize_recovery.py: each recovered arm minus its pruned model and the SGR arm
+    minus every other arm, on the same items; a syntax failure that leaves a docstring open is
+    counted as a runaway docstring."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from summarize_recovery import differences, pairs, runaway_docstrings
+
+    stages = {"base": [1, 1, 1, 1], "pruned-bi": [0, 0, 0, 0], "recovered-bi-sgr": [1, 0, 0, 0],
+              "recovered-bi-external": [1, 1, 0, 0]}
+    assert pairs(list(stages)) == [("recovered-bi-sgr", "pruned-bi"), ("recovered-bi-external", "pruned-bi"),
+                                   ("recovered-bi-sgr", "recovered-bi-external")]
+    table = []
+    for stage, correct in stages.items():
+        table.append({"model": "m", "probe": "humaneval", "condition": stage, "level": "task", "category": "generative",
+                      "score_metric": "pass@1", "value": sum(correct) / 4})
+        samples = [{"doc_id": f"H/{i}", "correct": c, "failure": "" if c else "syntax",
+                    "reply": 'def f():\n    """loops' if (stage == "recovered-bi-sgr" and i == 1) else "def f(:"}
+                   for i, c in enumerate(correct)]
+        (tmp_path / "eval" / stage / "samples").mkdir(parents=True)
+        (tmp_path / "eval" / stage / "samples" / "humaneval.jsonl").write_text(
+            "\n".join(json.dumps(s) for s in samples))
+    write_table(table, tmp_path / "retention")
+    diff = {(d["condition"], d["reference"]): d for d in differences(tmp_path, n_boot=200)}
+    assert diff[("recovered-bi-sgr", "pruned-bi")]["value"] == pytest.approx(0.25)
+    assert diff[("recovered-bi-external", "pruned-bi")]["value"] == pytest.approx(0.5)
+    sgr_ext = diff[("recovered-bi-sgr", "recovered-bi-external")]
+    assert sgr_ext["value"] == pytest.approx(-0.25) and sgr_ext["ci_low"] <= -0.25 <= sgr_ext["ci_high"] <= 0.0
+    runaway = {r["condition"]: (r["syntax_failures"], r["open_docstring"]) for r in runaway_docstrings(tmp_path)}
+    assert runaway == {"base": (0, 0), "pruned-bi": (4, 0), "recovered-bi-sgr": (3, 1), "recovered-bi-external": (2, 0)}

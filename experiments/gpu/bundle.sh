@@ -20,6 +20,10 @@
 # where a session left them: the recovery arm by arm (an arm cut off in its training starts over),
 # an evaluation task by task. Send the pieces in batches of about 7 calls: when the machine is taken
 # back, every later call of a batch is refused at 15 s each (on 2026-12-07, 16 calls: 240 s).
+# On 2026-12-07 one job_n2 call stopped printing after two polls while the run finished beside it,
+# and was cut off at its 600 s limit; a short call with `source .carry/setup.sh; source .carry/pack.sh;
+# pack` right after it brought the finished run back. Keep a call in flight while a job runs: the
+# machine goes back 30 s after the last call ends, jobs and all.
 # Unfinished run folders from a session go in experiments/gpu/resume/
 # (<run>.tgz, no weights; job_n1 unpacks them) so the next one resumes instead of starting over.
 set -euo pipefail
