@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from probe.results import read_table, write_table
@@ -117,8 +118,6 @@ def runaway_docstrings(run: Path, tasks: tuple[str, ...] = ("humaneval", "mbpp")
     """Per stage and code task: the replies that fail on their syntax, and how many of them leave a
     triple-quoted string open (an odd count of \"\"\" or \'\'\'): the model rewrote the prompt's
     docstring and looped in it up to the token limit, rather than writing broken code."""
-    import json
-
     rows = []
     for f in sorted(run.glob("eval/*/samples/*.jsonl")):
         if f.stem not in tasks:
@@ -176,8 +175,9 @@ def main() -> None:
     args = ap.parse_args()
     run, out = Path(args.run), Path(args.out)
     if not (run / "probes.csv").is_file() or not (run / "eval" / "eval.csv").is_file():
-        raise SystemExit(f"{run} has no probes.csv or eval/eval.csv: point at a recovery run whose report stage "
-                         "has run (prunescope run CONFIG, or prunescope report RUN)")
+        print(f"{run} has no probes.csv or eval/eval.csv: point at a recovery run whose report stage has run "
+              "(prunescope run CONFIG, or prunescope report RUN)", file=sys.stderr)
+        raise SystemExit(2)
     out.mkdir(parents=True, exist_ok=True)
     print(write_tables(run, out) if args.tables else table(run))
     print(f"\nwrote {plot_curves(run, out)}")

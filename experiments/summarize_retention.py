@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from analysis.report import stage_eval_tables, stage_probe_rows, with_ci
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="folder for the tables, figures and summary.md")
     a = ap.parse_args(argv)
     if not (a.run / "eval" / "base" / "eval.csv").is_file():
-        raise SystemExit(f"{a.run} has no eval/base/eval.csv: point at a retention run whose evaluation has started")
+        print(f"{a.run} has no eval/base/eval.csv: point at a retention run whose evaluation has started",
+              file=sys.stderr)
+        raise SystemExit(2)
     md, rows, probes = summary(a.run)
     a.out.mkdir(parents=True, exist_ok=True)
     write_table(rows, a.out / "eval", columns=("model", "probe", "condition", "layers", "metric", "value", "n", "seed",
