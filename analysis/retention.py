@@ -378,3 +378,27 @@ def bootstrap_difference(items: Mapping[tuple[str, str], dict], tasks: Mapping[s
         lo, hi = np.nanpercentile(boot, [lo_q, hi_q]) if np.isfinite(boot).any() else (float("nan"),) * 2
         out[cat] = (float(np.mean([d for d, _ in pairs])), float(lo), float(hi))
     return out
+
+
+def retention_differences(run_dir: str | Path, table: list[dict], pairs: list[tuple[str, str]], base: str = "base",
+                          n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """For each ``(stage, reference)`` of ``pairs``, in order: the stage's category retention minus the
+    reference's, with the paired bootstrap interval of :func:`bootstrap_difference` over the items of
+    the run's ``eval/<stage>/samples``. ``table``: the run's retention table (its task rows name each
+    task's category and metric). One row per pair and category: ``metric`` =
+    ``retention_minus_reference``, ``n`` = the category's tasks, ``reference`` = the other stage.
+
+    >>> # retention_differences("runs/x", read_table("runs/x/retention.csv"), [("pruned-bi-p", "pruned-bi")])
+    """
+    task_rows = [r for r in table if r.get("level") == "task"]
+    items = item_scores(run_dir, {(r["condition"], r["probe"]): r["score_metric"] for r in task_rows})
+    tasks = {r["probe"]: r["category"] for r in task_rows}
+    model = task_rows[0]["model"] if task_rows else ""
+    rows = []
+    for stage, ref in pairs:
+        for cat, (d, lo, hi) in bootstrap_difference(items, tasks, stage, ref, base=base, n_boot=n_boot,
+                                                     seed=seed).items():
+            rows.append({"model": model, "probe": cat, "condition": stage, "metric": "retention_minus_reference",
+                         "value": d, "n": sum(c == cat for c in tasks.values()), "ci_low": lo, "ci_high": hi,
+                         "reference": ref})
+    return rows

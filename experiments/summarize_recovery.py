@@ -22,6 +22,18 @@ from pathlib import Path
 from probe.results import read_table, write_table
 
 
+def md_table(head: list[str], rows: list[list]) -> str:
+    """A Markdown table (cells as given).
+
+    >>> print(md_table(["a", "b"], [[1, "x"]]))
+    | a | b |
+    |---|---|
+    | 1 | x |
+    """
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(map(str, r)) + " |" for r in rows)])
+
+
 def curves(run: Path) -> dict[str, list[dict]]:
     """``{arm: curve rows}`` for every ``recover/<arm>/curve.csv`` of a run."""
     return {f.parent.name: read_table(f) for f in sorted((run / "recover").glob("*/curve.csv"))}
@@ -50,17 +62,15 @@ def table(run: Path) -> str:
            [("eval", t) for t in dict.fromkeys(r["probe"] for r in evals)]
     val = {("probe", r["probe"], r["condition"]): r["value"] for r in probes} | \
           {("eval", r["probe"], r["condition"]): r["value"] for r in evals}
-    last = {arm: rows[-1] for arm, rows in curves(run).items()}
+    arms = curves(run)
     head = ["stage", *[c for _, c in cols], "held-out ppl (first -> last)", "steps", "tokens"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for s in stages:
-        arm = s.removeprefix("recovered-")
-        rows = curves(run).get(arm)
+        rows = arms.get(s.removeprefix("recovered-"))
         ppl = f"{float(rows[0]['eval_ppl']):.1f} -> {float(rows[-1]['eval_ppl']):.1f}" if rows else ""
         cells = [f"{float(val[(k, c, s)]):.3f}" if (k, c, s) in val else "" for k, c in cols]
-        lines.append("| " + " | ".join([s, *cells, ppl, str(last[arm]["step"]) if rows else "",
-                                         str(last[arm]["tokens"]) if rows else ""]) + " |")
-    return "\n".join(lines)
+        lines.append([s, *cells, ppl, rows[-1]["step"] if rows else "", rows[-1]["tokens"] if rows else ""])
+    return md_table(head, lines)
 
 
 def training_rows(run: Path) -> list[dict]:
@@ -71,8 +81,8 @@ def training_rows(run: Path) -> list[dict]:
         r = json.loads(f.read_text())["recovery"]
         bad = sorted({g.removeprefix("base_model.model.model.").removesuffix(".default.weight")  # peft's wrapping
                       for step in r.get("non_finite") or [] for g in step.get("first_bad_grads", [])})
-        rows.append({"arm": f.parent.name, "mode": r["mode"], "steps": r["steps"], "trained_tokens": r["trained_tokens"],
-                     "skipped_steps": r.get("skipped_steps", 0),
+        rows.append({"arm": f.parent.name, "mode": r["mode"], "steps": r["steps"],
+                     "trained_tokens": r["trained_tokens"], "skipped_steps": r.get("skipped_steps", 0),
                      "skipped_at": " ".join(str(x["step"]) for x in r.get("non_finite") or []),
                      "first_bad_grads": " ".join(bad), "train_seconds": r["train_seconds"],
                      "tokens_per_s": round(r["tokens_per_s"]), "final_eval_ppl": round(r["final_eval_ppl"], 3)})
@@ -97,21 +107,11 @@ def pairs(stages: list[str]) -> list[tuple[str, str]]:
 
 def differences(run: Path, n_boot: int = 1000) -> list[dict]:
     """Retention of a stage minus a reference's per category, paired bootstrap over the same items
-    (:func:`analysis.retention.bootstrap_difference`), for every pair of :func:`pairs`."""
-    from analysis.retention import bootstrap_difference, item_scores
+    (:func:`analysis.retention.retention_differences`), for every pair of :func:`pairs`."""
+    from analysis.retention import retention_differences
 
     table = read_table(run / "retention.csv")
-    task_rows = [r for r in table if r.get("level") == "task"]
-    items = item_scores(run, {(r["condition"], r["probe"]): r["score_metric"] for r in task_rows})
-    tasks = {r["probe"]: r["category"] for r in task_rows}
-    stages = list(dict.fromkeys(r["condition"] for r in table))
-    rows = []
-    for stage, ref in pairs(stages):
-        for cat, (d, lo, hi) in bootstrap_difference(items, tasks, stage, ref, n_boot=n_boot).items():
-            rows.append({"model": task_rows[0]["model"], "probe": cat, "condition": stage, "reference": ref,
-                         "metric": "retention_minus_reference", "value": d, "ci_low": lo, "ci_high": hi,
-                         "n": sum(c == cat for c in tasks.values())})
-    return rows
+    return retention_differences(run, table, pairs(list(dict.fromkeys(r["condition"] for r in table))), n_boot=n_boot)
 
 
 def runaway_docstrings(run: Path, tasks: tuple[str, ...] = ("humaneval", "mbpp")) -> list[dict]:
@@ -138,16 +138,13 @@ def summary(run: Path, diffs: list[dict], training: list[dict]) -> str:
     report = read_table(run / "retention.csv")
     ret = {(r["condition"], r["probe"]): with_ci(r) for r in report if r.get("level") in ("category", "gap")}
     stages = list(dict.fromkeys(r["condition"] for r in report))
-    head = ["stage", "classification", "generative", "gap"]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join([s, *(ret.get((s, c), "") for c in head[1:])]) + " |" for s in stages]
-    out += ["", table(run), "", "| stage | minus | category | difference [95% paired bootstrap] |", "|---|---|---|---|"]
-    out += [f"| {d['condition']} | {d['reference']} | {d['probe']} | {with_ci(d)} |" for d in diffs]
+    cats = ["classification", "generative", "gap"]
+    out = [md_table(["stage", *cats], [[s, *(ret.get((s, c), "") for c in cats)] for s in stages]), table(run),
+           md_table(["stage", "minus", "category", "difference [95% paired bootstrap]"],
+                    [[d["condition"], d["reference"], d["probe"], with_ci(d)] for d in diffs])]
     for rows in (training, runaway_docstrings(run)):
-        cols = list(rows[0]) if rows else []
-        out += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(out) + "\n"
+        out.append(md_table(list(rows[0]) if rows else [], [list(r.values()) for r in rows]))
+    return "\n\n".join(out) + "\n"
 
 
 def write_tables(run: Path, out: Path) -> str:

@@ -56,7 +56,7 @@ def _dropped(seed_dir: Path, stage: str) -> str:
 def seed_rows(seed_dir: str | Path, seed: int, n_boot: int = 1000) -> list[dict]:
     """One seed's rows: ``level`` = ``seed`` (category retention / gap with CI) and ``difference``
     (stage minus its plain-BI reference, paired bootstrap CI)."""
-    from analysis.retention import bootstrap_difference, item_scores
+    from analysis.retention import retention_differences
 
     seed_dir = Path(seed_dir)
     path = seed_dir / "retention.csv"
@@ -74,20 +74,13 @@ def seed_rows(seed_dir: str | Path, seed: int, n_boot: int = 1000) -> list[dict]
                     _dropped(seed_dir, r["condition"]), "metric": "retention", "value": float(r["value"]),
                     "n": r["n"], "seed": seed, "level": "seed", "ci_low": r.get("ci_low", ""),
                     "ci_high": r.get("ci_high", ""), "reference": ""})
-    task_rows = [r for r in table if r.get("level") == "task"]
-    items = item_scores(seed_dir, {(r["condition"], r["probe"]): r["score_metric"] for r in task_rows})
-    tasks = {r["probe"]: r["category"] for r in task_rows}
-    model = task_rows[0]["model"] if task_rows else ""
     references = _references(seed_dir)
-    for stage in stages:
-        ref = references.get(stage)
-        if ref is None or ref not in stages:
-            continue
-        for cat, (d, lo, hi) in bootstrap_difference(items, tasks, stage, ref, base=base, n_boot=n_boot,
-                                                     seed=seed).items():
-            out.append({"model": model, "probe": cat, "condition": stage, "layers": _dropped(seed_dir, stage),
-                        "metric": "retention_minus_reference", "value": d, "n": sum(c == cat for c in tasks.values()),
-                        "seed": seed, "level": "difference", "ci_low": lo, "ci_high": hi, "reference": ref})
+    pairs = [(stage, references[stage]) for stage in stages if references.get(stage) in stages]
+    for d in retention_differences(seed_dir, table, pairs, base=base, n_boot=n_boot, seed=seed):
+        out.append({"model": d["model"], "probe": d["probe"], "condition": d["condition"],
+                    "layers": _dropped(seed_dir, d["condition"]), "metric": d["metric"], "value": d["value"],
+                    "n": d["n"], "seed": seed, "level": "difference", "ci_low": d["ci_low"],
+                    "ci_high": d["ci_high"], "reference": d["reference"]})
     return out
 
 
