@@ -34,7 +34,7 @@ demo: check
 
 # the tests, and every docstring example of the packages (so the examples stay true)
 test: check
-	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --doctest-modules prunescope probe circuits prune recover analysis
+	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 clean:
 	rm -rf $(VENV) runs/demo

@@ -25,7 +25,7 @@ as evalplus computes it (:func:`reference_disagreements`), and every canonical s
 when submitted as a sample. These are the original tests, not the plus tests; a user-supplied
 HumanEval+ or MBPP+ file (evalplus format) is used as is and adds ``plus_pass@1``.
 
-Generation uses the project's one engine (``probe.generation``: greedy, continuous batching);
+Generation uses the project's one engine (``prunescope.generation``: greedy, continuous batching);
 execution happens only inside evalplus' sandbox (per-input time limits, memory cap), in a fresh
 Python process so that the memory cap is not eaten by the parent's address space (a CUDA process
 maps tens of GB of virtual memory, which would make every forked check fail).
@@ -49,10 +49,10 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-from probe.errors import PrunescopeError
-from probe.results import atomic_write_text, read_jsonl
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.results import atomic_write_text, read_jsonl
 
-from .signatures import FAILURE_KINDS  # noqa: F401  (the kinds failure_kinds() returns)
+from prunescope.analysis.signatures import FAILURE_KINDS  # noqa: F401  (the kinds failure_kinds() returns)
 
 TASKS = ("humaneval", "mbpp")
 N_ORIGINAL = {"humaneval": 164, "mbpp": 500}
@@ -734,7 +734,7 @@ def _judge(task: str, chosen: list[dict], samples: list[dict], programs: dict[st
 
 def evalplus_cache() -> Path:
     """Where evalplus keeps its ground-truth pickles: this user's prunescope cache, not a run folder."""
-    from probe.models import cache_dir
+    from prunescope.probe.models import cache_dir
 
     return cache_dir() / "evalplus-cache"
 
@@ -797,7 +797,7 @@ def generate(loaded, prompts: list[str], stop: list[str], *, batch_size: int = 6
     Prompts are encoded as HFLM encodes them (the tokenizer's own special tokens) and cut from the
     left to leave ``max_new_tokens`` of the model's context.
     """
-    from probe.generation import Engine, GenerationOptions, Request
+    from prunescope.generation import Engine, GenerationOptions, Request
 
     max_length = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
     if max_new_tokens >= max_length:
@@ -859,7 +859,7 @@ def run_code_task(loaded, task: str, *, limit: int | float | list[int] | None = 
     point and what it needs with ``evalplus.sanitize``; otherwise the raw prompt is completed. ``out_dir`` receives the problem
     file evalplus used, the samples, evalplus' results and its log.
 
-    >>> from probe.models import load_model
+    >>> from prunescope.probe.models import load_model
     >>> rows, samples = run_code_task(load_model(), "humaneval", limit=20, out_dir="runs/code")  # doctest: +SKIP
     >>> rows[0]["metric"], rows[0]["data"]                                                       # doctest: +SKIP
     ('pass@1', 'original HumanEval tests (164 of 164; 9 by their own test code)')
@@ -917,7 +917,7 @@ def run_code_task(loaded, task: str, *, limit: int | float | list[int] | None = 
 
     from lm_eval.api.metrics import mean_stderr
 
-    def row(metric: str, passed: list[bool], primary: bool) -> dict:  # probe.results.COLUMNS order, then extras
+    def row(metric: str, passed: list[bool], primary: bool) -> dict:  # prunescope.core.results.COLUMNS order, then extras
         value = sum(passed) / n
         stderr = mean_stderr([float(x) for x in passed]) if n > 1 else None  # as lm-eval reports its tasks
         return {"model": loaded.name, "probe": task, "condition": "", "layers": "", "metric": metric,

@@ -8,7 +8,7 @@ resulting config dict. :func:`evaluate` runs ``lm_eval.simple_evaluate`` on an `
 around ``loaded.model`` / ``loaded.tokenizer`` one task at a time, writes a tidy table and the
 per-document samples, and resumes a crashed run task by task.
 
->>> from probe.models import load_model                                   # doctest: +SKIP
+>>> from prunescope.probe.models import load_model                                   # doctest: +SKIP
 >>> rows = evaluate(load_model(), ["arc_easy", "piqa"], "runs/eval", limit=50, num_fewshot=0)   # doctest: +SKIP
 >>> [(r["probe"], r["metric"], round(r["value"], 2)) for r in rows if r["primary"]]   # doctest: +SKIP
 [('arc_easy', 'acc_norm', 0.4), ('piqa', 'acc_norm', 0.7)]
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import yaml
 
-from probe.errors import PrunescopeError
-from probe.lock import run_lock
-from probe.options import Options, Output, Placement, is_legacy, option, positional_args
-from probe.results import (
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.lock import run_lock
+from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.results import (
     COLUMNS, atomic_write_json, atomic_write_text, check_run_config, read_jsonl, record_run_config, same_config,
     write_table,
 )
@@ -224,7 +224,7 @@ def task_size(name: str) -> int:
     """
     _check_name(name)
     if name in CODE_TASKS:
-        from analysis.code_eval import all_problems
+        from prunescope.analysis.code_eval import all_problems
 
         return len(all_problems(name))
     if name == "gsm8k":  # its JSONL, without building the lm-eval task
@@ -307,7 +307,7 @@ def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_
     """lm-eval's ``HFLM`` around the in-memory model and tokenizer (no copy, no reload).
 
     Scored requests go through HFLM in batches of ``batch_size``. Generated ones go through the
-    engine (:mod:`probe.generation`) with ``gen_batch_size`` slots (default 64): generation keeps
+    engine (:mod:`prunescope.generation`) with ``gen_batch_size`` slots (default 64): generation keeps
     only the last position's logits, so even a large-vocabulary model (Gemma: 262k) generates in far
     larger batches than it can score. ``seed`` seeds sampled requests (request k draws ``seed + k``).
     """
@@ -351,12 +351,12 @@ def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_
                 return self.model(inps, logits_to_keep=keep).logits
 
         def generate_until(self, requests, disable_tqdm: bool = False):
-            """Every request through :class:`probe.generation.Engine` (continuous batching, each
+            """Every request through :class:`prunescope.generation.Engine` (continuous batching, each
             request's own limit and stop strings), with HFLM's own encoding, left truncation and
             post-processing, so the texts are the ones HFLM's batched ``generate`` would return."""
             from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
-            from probe.generation import Engine, GenerationOptions, Request
+            from prunescope.generation import Engine, GenerationOptions, Request
 
             eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
             reqs, stops = [], []
@@ -579,7 +579,7 @@ def _full_rows(loaded, name: str, stage: str, seed: int, metrics: list[dict], n:
 
 
 def _run_code_task(loaded, name, *, limit, out_dir, batch_size, seed, show_progress, code_options):
-    from analysis.code_eval import run_code_task
+    from prunescope.analysis.code_eval import run_code_task
 
     return run_code_task(loaded, name, limit=limit, out_dir=out_dir, batch_size=batch_size, seed=seed,
                          show_progress=show_progress, **code_options)
@@ -645,25 +645,16 @@ class EvalOptions(Options):
         return opts
 
 
-def evaluate(options: EvalOptions | None = None, *legacy, model: str | None = None,
-             placement: Placement | None = None, output: Output | None = None, loaded=None,
-             **legacy_kw) -> list[dict]:
+def evaluate(options: EvalOptions | None = None, *, model: str | None = None,
+             placement: Placement | None = None, output: Output | None = None, loaded=None) -> list[dict]:
     """Score a model on benchmarks; tidy rows, one per task x metric (see :func:`evaluate_model`).
 
     >>> rows = evaluate(EvalOptions(tasks=["arc_easy"], limit=20, fewshot=0))   # doctest: +SKIP
     """
-    if is_legacy(options, EvalOptions, legacy, legacy_kw):
-        import warnings
-
-        warnings.warn("evaluate(loaded, tasks, out, ...) is deprecated; pass an EvalOptions (and loaded=, output=)",
-                      DeprecationWarning, stacklevel=2)
-        if loaded is not None:
-            legacy_kw["loaded"] = loaded
-        return evaluate_model(*positional_args(options, legacy), **legacy_kw)
     o = (options or EvalOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
     if loaded is None:
-        from probe.models import load_model
+        from prunescope.probe.models import load_model
 
         loaded = load_model(model, **placement.load_kwargs())
     return evaluate_model(loaded, o.tasks, output.out, stage=o.stage, limit=o.limit, num_fewshot=o.fewshot,
@@ -690,7 +681,7 @@ def evaluate_model(
     show_progress: bool = True,
     docs: dict[str, Sequence[int]] | None = None,
 ) -> list[dict]:
-    """Score ``loaded`` (a ``probe.models.LoadedModel``) on benchmarks; tidy rows, one per task x metric.
+    """Score ``loaded`` (a ``prunescope.probe.models.LoadedModel``) on benchmarks; tidy rows, one per task x metric.
 
     ``tasks``: names from :data:`TASKS` (a comma-separated string also works). ``limit``: docs per
     benchmark (MMLU: spread over its 57 subjects), or a dict ``{task: n, "default": n}`` for
@@ -700,7 +691,7 @@ def evaluate_model(
     task of the folder), ``samples/<task>.jsonl`` (one object per doc: task, doc_id, prompt,
     response, target, correct, scores) and ``tasks/<task>.json``; a rerun with the same settings
     skips finished tasks, other settings are refused. ``code_options`` go to
-    :func:`analysis.code_eval.run_code_task` (``max_new_tokens``, ``humaneval_plus``, ``mbpp_plus``).
+    :func:`prunescope.analysis.code_eval.run_code_task` (``max_new_tokens``, ``humaneval_plus``, ``mbpp_plus``).
     ``skip``: layers skipped through the block handle while evaluating (a single-layer ablation of a
     benchmark: ``skip=[5]``); they go into the ``layers`` column. ``docs``: ``{task: doc indices}``
     scores exactly those docs of a task instead of its first ``limit`` (held-out docs, see
@@ -793,7 +784,7 @@ def evaluate_model(
     return rows
 
 
-# where the model, the xsum file and the run folder lie is not a setting (probe.results.same_config)
+# where the model, the xsum file and the run folder lie is not a setting (prunescope.core.results.same_config)
 SETTING_PATHS = ("model_path", "xsum_file")
 
 
@@ -814,7 +805,7 @@ def _task_settings(config: dict, task: str, xsum_path: str | None) -> dict:
     # the xsum file is a setting of that task only: other tasks of the folder stay valid without it;
     # a code task records its problem set, so a result from a smaller one is scored again
     if task in CODE_TASKS:
-        from analysis.code_eval import problem_set_label
+        from prunescope.analysis.code_eval import problem_set_label
 
         return {**config, "problems": problem_set_label(task)}
     return {**config, "xsum_file": xsum_path} if task == "xsum" else config

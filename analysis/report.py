@@ -29,11 +29,11 @@ import platform
 import re
 from pathlib import Path
 
-from probe.errors import PrunescopeError
-from probe.results import atomic_write_text, read_table, write_table
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.results import atomic_write_text, read_table, write_table
 
-from .retention import bootstrap_retention, item_scores, plot_probes, plot_retention, probe_comparison, retention_table
-from .signatures import aggregate_signatures, examples, run_signatures
+from prunescope.analysis.retention import bootstrap_retention, item_scores, plot_probes, plot_retention, probe_comparison, retention_table
+from prunescope.analysis.signatures import aggregate_signatures, examples, run_signatures
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "lm_eval", "evalplus", "transformer_lens", "nnsight")
 MAX_TABLE_ROWS = 40         # longer tables (patching cells: thousands of rows) are cut, with a note

@@ -1,7 +1,7 @@
 """Retention (pruned score / base score) per task, per category, and the classification-vs-generative gap.
 
 The paper's headline: pruning keeps 0.70-0.84 of classification scores but only 0.14-0.33 of
-generative ones. Input: tidy eval rows (``probe.results.COLUMNS`` + ``category``), ``probe`` = task,
+generative ones. Input: tidy eval rows (``prunescope.core.results.COLUMNS`` + ``category``), ``probe`` = task,
 ``condition`` = stage ("base", "pruned-bi", "pruned-bi+sgr", ...), several metrics per task.
 
 >>> rows = [dict(model="m", probe=t, condition=s, metric=m, value=v, category=c) for t, c, m, s, v in [
@@ -19,11 +19,11 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
-from probe.errors import PrunescopeError
+from prunescope.core.errors import PrunescopeError
 
 # The score a task's retention is computed on, when the rows do not say (no ``primary`` column: a
 # table from another tool or an older version). Every table prunescope writes flags its primary
-# rows from the task registry (analysis.evaluate.TASKS), so this fallback is never consulted for them.
+# rows from the task registry (prunescope.analysis.evaluate.TASKS), so this fallback is never consulted for them.
 # Classification tasks: "acc"; generative tasks by name; metric names are matched exactly first, then
 # by their part before a comma (lm-eval names such as "exact_match,strict-match"), first one listed.
 GENERATIVE_PRIMARY = {"gsm8k": "exact_match", "humaneval": "pass@1", "mbpp": "pass@1", "xsum": "rougeL"}
@@ -152,7 +152,7 @@ def plot_retention(table: list[dict], path: str | Path, base: str = "base") -> P
     """Grouped bars per stage (the base stage is left out: it is 1 by definition): classification and
     generative mean retention side by side, each task's retention as a dot on its category's bar, and
     the gap as a double arrow between the bar tops with its value above the pair. One panel per model."""
-    from probe.plots import save_figure, plt
+    from prunescope.core.plots import save_figure, plt
 
     table = [r for r in table if str(r["condition"]) != base]
     models = list(dict.fromkeys(r["model"] for r in table))
@@ -220,7 +220,7 @@ def probe_comparison(rows: list[dict], metric: str = "accuracy") -> list[dict]:
 
 def plot_probes(rows: list[dict], path: str | Path, metric: str = "accuracy") -> Path:
     """Grouped bars: one group per probe (and model), one bar per stage, values written on the bars."""
-    from probe.plots import save_figure, plt
+    from prunescope.core.plots import save_figure, plt
 
     table = probe_comparison(rows, metric)
     if not table:

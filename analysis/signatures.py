@@ -3,7 +3,7 @@
 The paper ("On the Limits of Layer Pruning ...") reads pruning damage off the responses themselves:
 chain-of-thought steps whose arithmetic is wrong ("32 x 6 = 364"), generated code whose brackets
 do not pair up (``arr[n - 1 - i)``), and repetition (Rep-4, intra-response Self-BLEU-4). This module
-measures each one per response and aggregates them into tidy rows (``probe.results.COLUMNS``).
+measures each one per response and aggregates them into tidy rows (``prunescope.core.results.COLUMNS``).
 
 >>> [s["ok"] for s in arithmetic_steps("So 32 x 6 = 364, and 12 + 7 = 19.")]
 [False, True]
@@ -24,9 +24,9 @@ from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
-from probe.results import COLUMNS, read_jsonl
+from prunescope.core.results import COLUMNS, read_jsonl
 
-# The paper's HumanEval failure taxonomy (analysis.code_eval.failure_kinds sorts each failing program
+# The paper's HumanEval failure taxonomy (prunescope.analysis.code_eval.failure_kinds sorts each failing program
 # by the first thing that goes wrong): it does not compile (syntax or bracket error); it names
 # something not defined (NameError, UnboundLocalError, no entry point); evalplus timed it out; it
 # runs but an answer is wrong (assertion failure); or it raises anything else.
@@ -440,7 +440,7 @@ def signature(sample: dict, model: str = "", stage: str = "") -> dict:
             code, first_line = program_text(task, str(sample.get("prompt") or ""), response)
         b = check_brackets(code)
         rec.update(brackets=b, unbalanced=b["unbalanced"], mismatch=b["mismatch"])
-        # the execution taxonomy (analysis.code_eval.failure_kinds), where the sample carries it
+        # the execution taxonomy (prunescope.analysis.code_eval.failure_kinds), where the sample carries it
         # (samples written before it existed have no "failure" key: no rates from them)
         rec["executed"] = "failure" in sample
         rec["failure"] = sample.get("failure")
@@ -457,7 +457,7 @@ def signature(sample: dict, model: str = "", stage: str = "") -> dict:
 
 def is_choice_sample(sample: dict) -> bool:
     """A multiple-choice (classification) sample: ``category`` says so, or its ``scores`` are acc /
-    acc_norm (how ``analysis.evaluate`` writes them)."""
+    acc_norm (how ``prunescope.analysis.evaluate`` writes them)."""
     if str(sample.get("category", "")).lower() == "classification":
         return True
     scores = sample.get("scores")
@@ -492,7 +492,7 @@ def _mean(xs: list[float]) -> float:
 
 
 def aggregate_signatures(records: Iterable[dict], seed: int = 0) -> list[dict]:
-    """Tidy rows (``probe.results.COLUMNS``: probe = task, condition = stage) per model x task x stage:
+    """Tidy rows (``prunescope.core.results.COLUMNS``: probe = task, condition = stage) per model x task x stage:
 
     * ``wrong_step_rate``: wrong steps / all steps found (n = steps);
     * ``wrong_step_response_rate``: responses with at least one wrong step (n = responses);
@@ -597,7 +597,7 @@ def run_signatures(run_dir: str | Path, model: str = "", stages: Iterable[str] |
 def ablation_signatures(root: str | Path, model: str = "", seed: int = 0,
                         conditions: Iterable[str] | None = None) -> list[dict]:
     """Aggregated signature rows of a single-layer benchmark ablation, from the generated samples
-    of its condition folders (``root/none``, ``root/skip-L``: :func:`analysis.evaluate.evaluate`
+    of its condition folders (``root/none``, ``root/skip-L``: :func:`prunescope.analysis.evaluate.evaluate`
     output), ``condition`` ``none`` / ``skip:L`` and ``layers`` the skipped layer, as the pipeline's
     ``localize/ablate/signatures.csv``. ``conditions`` limits it to those (default: every folder).
     Recomputing from the samples gives a table written by an older version the newer signatures.
@@ -619,7 +619,7 @@ def ablation_signatures(root: str | Path, model: str = "", seed: int = 0,
 
 def signatures_for_files(files: Iterable[Path], model: str = "", stage: str = "",
                          show_progress: bool = False) -> list[dict]:
-    """Records for sample files ``<task>.jsonl`` as :func:`analysis.evaluate.evaluate` writes them
+    """Records for sample files ``<task>.jsonl`` as :func:`prunescope.analysis.evaluate.evaluate` writes them
     (a sample without its own ``task`` takes the file's name)."""
     records = []
     for f in files:

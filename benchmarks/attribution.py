@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from circuits.pairs import encode_pairs, make_pairs  # noqa: E402
-from circuits.patching import KINDS, attribution_patching, exact_patching, spearman  # noqa: E402
-from probe.models import load_model  # noqa: E402
+from prunescope.circuits.pairs import encode_pairs, make_pairs  # noqa: E402
+from prunescope.circuits.patching import KINDS, attribution_patching, exact_patching, spearman  # noqa: E402
+from prunescope.probe.models import load_model  # noqa: E402
 
 
 def pearson(a, b) -> float:
@@ -79,8 +79,8 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.random_llama_8b or args.tiny:  # speed only: random weights make the agreement meaningless
-        from probe.models import LoadedModel
-        from probe.tiny import llama3_8b_config, random_weight_model, tiny_model
+        from prunescope.probe.models import LoadedModel
+        from prunescope.probe.tiny import llama3_8b_config, random_weight_model, tiny_model
 
         if args.random_llama_8b:
             tok = load_model(None).tokenizer  # the default model's tokenizer; its weights are not used

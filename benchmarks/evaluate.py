@@ -5,7 +5,7 @@ Both paths score the same in-memory model on the same task configs (the YAMLs in
 
   direct    ``lm_eval.simple_evaluate(HFLM(model), tasks=[config dicts])``: one call for the tasks,
             one more for MMLU's 57 subjects (its limit is spread over the subjects)
-  evaluate  ``analysis.evaluate.evaluate_model(loaded, tasks, out=tmp)``: one lm-eval run per task, plus
+  evaluate  ``prunescope.analysis.evaluate.evaluate_model(loaded, tasks, out=tmp)``: one lm-eval run per task, plus
             the tidy table, per-doc samples and resume records it writes
 
 It prints docs/s of each, the ratio (goal >= 0.95x) and whether the metrics agree.
@@ -28,10 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.evaluate import (  # noqa: E402
+from prunescope.analysis.evaluate import (  # noqa: E402
     CLASSIFICATION, _metric_name, _split_key, evaluate_model, lm_eval_limit, lm_eval_tasks,
 )
-from probe.models import load_model  # noqa: E402
+from prunescope.probe.models import load_model  # noqa: E402
 
 
 def direct(loaded, tasks: list[str], limit: int | None, num_fewshot: int | None, batch_size: int, seed: int):
@@ -82,8 +82,8 @@ def main(argv=None) -> None:
 
     print(f"torch threads: {torch.get_num_threads()}; device {args.device}")
     if args.tiny:
-        from probe.models import LoadedModel
-        from probe.tiny import tiny_model
+        from prunescope.probe.models import LoadedModel
+        from prunescope.probe.tiny import tiny_model
 
         # 4096 positions: room for every task's longest context
         model, tok = tiny_model("qwen2", attn_implementation="sdpa", max_positions=4096)
@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     # the same evaluate with lm-eval's own rendering (each Jinja template compiled for every render)
     import contextlib
 
-    import analysis.evaluate as ev
+    import prunescope.analysis.evaluate as ev
 
     compiled, ev._compiled_templates = ev._compiled_templates, contextlib.nullcontext
     try:

@@ -5,7 +5,7 @@ Paths
   stock-B     transformers ``model.generate``, static left-padded batches of B (what SGR used to do)
   cb          transformers continuous batching (``init_continuous_batching``), default settings
   cb-graphs   the same with CUDA graphs on and 90% of free memory for its cache
-  ours-S      ``probe.generation.Engine`` with S slots (continuous batching, slotted cache, CUDA-graph decode)
+  ours-S      ``prunescope.generation.Engine`` with S slots (continuous batching, slotted cache, CUDA-graph decode)
 
 Workloads (prompts of 100-199 random tokens, sampled at temperature 1, no EOS)
   fixed       256 new tokens per request
@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ceilings import ceilings, matmul_peak, sync  # noqa: E402,F401
 
-from probe import generation  # noqa: E402
-from probe.generation import Engine, GenerationOptions, Request, kv_bytes_per_token  # noqa: E402
+from prunescope.probe import generation  # noqa: E402
+from prunescope.generation import Engine, GenerationOptions, Request, kv_bytes_per_token  # noqa: E402
 
 
 
@@ -212,8 +212,8 @@ def agreement(model_spec, n: int, device, dtype) -> dict:
     16 slots, CUDA graph on and off; stock ``generate`` in one batch of up to 64 and one prompt at
     a time), the share of requests whose tokens are identical. Stock against stock is the check's
     own noise floor: bf16 rounding differs with the batch shape."""
-    from probe.models import load_model
-    from recover.data import load_prompts, prompt_text
+    from prunescope.probe.models import load_model
+    from prunescope.recover.data import load_prompts, prompt_text
 
     lm = load_model(model_spec, dtype=dtype, device=str(device))
     tok = lm.tokenizer
@@ -264,13 +264,13 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
-    from probe.tiny import llama3_8b_config, random_weight_model, tiny_model, tiny_tokenizer_dir
+    from prunescope.probe.tiny import llama3_8b_config, random_weight_model, tiny_model, tiny_tokenizer_dir
     from transformers import AutoTokenizer
 
     if args.random_llama_8b:
         model = random_weight_model(llama3_8b_config(), device=str(device), dtype=dtype)
     elif args.model:
-        from probe.models import load_model
+        from prunescope.probe.models import load_model
 
         model = load_model(args.model, dtype=dtype, device=str(device)).model
     else:

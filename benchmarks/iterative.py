@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe.models import load_model  # noqa: E402
-from prune.run import make_evaluator, reference_evaluator  # noqa: E402
-from prune.strategies import iterative  # noqa: E402
+from prunescope.probe.models import load_model  # noqa: E402
+from prunescope.prune.run import make_evaluator, reference_evaluator  # noqa: E402
+from prunescope.prune.strategies import iterative  # noqa: E402
 
 
 def main(argv=None):
@@ -41,8 +41,8 @@ def main(argv=None):
         import torch
 
         from benchmarks.sweep import random_plan
-        from probe.blocks import Blocks
-        from probe.tiny import llama3_8b_config, random_weight_model
+        from prunescope.probe.blocks import Blocks
+        from prunescope.probe.tiny import llama3_8b_config, random_weight_model
 
         cfg = llama3_8b_config()
         model = random_weight_model(cfg, args.device, torch.bfloat16)

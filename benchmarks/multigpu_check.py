@@ -1,9 +1,9 @@
 """Multi-GPU checks, in one run on a machine with 2 or more GPUs (written for 2 x H200).
 
 (a) A random-weight Llama-3.1-70B shape in bf16 (141 GB, more than one GPU), built directly
-    sharded over the GPUs with accelerate (``probe.tiny.random_sharded_model``), runs a
-    single-layer skip sweep (none + 80 conditions) of three probes through ``probe.sweep.sweep``
-    and exact + attribution patching through ``circuits.run.patch``; at every GPU boundary the
+    sharded over the GPUs with accelerate (``prunescope.probe.tiny.random_sharded_model``), runs a
+    single-layer skip sweep (none + 80 conditions) of three probes through ``prunescope.probe.sweep.sweep``
+    and exact + attribution patching through ``prunescope.circuits.run.patch``; at every GPU boundary the
     prefix-reuse schedule (cached activations carried to the next GPU) must equal one full
     forward per condition.
 (b) A smaller model (a random Llama-3.1-8B shape in bf16, saved to a temp folder; or ``--model``)
@@ -71,7 +71,7 @@ def tokenizer():
     """The tiny offline BPE tokenizer (ids < 512, valid in any vocabulary): real probe items, no download."""
     from transformers import AutoTokenizer
 
-    from probe.tiny import tiny_tokenizer_dir
+    from prunescope.probe.tiny import tiny_tokenizer_dir
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir())
     tok.padding_side = "right"
@@ -102,12 +102,12 @@ def table(rows: list[list], heads: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- (a)
 def part_a(args, runs: Path | None) -> dict:
-    from probe.models import LoadedModel, parse_max_memory
-    from probe.scoring import ScoringPlan
-    from probe.sweep import Condition, batch_logits_plain, batch_logits_prefix, sweep
-    from probe.tasks import make_items
-    from probe.tiny import llama3_70b_config, random_sharded_model, tiny_config
-    from circuits.run import patch
+    from prunescope.probe.models import LoadedModel, parse_max_memory
+    from prunescope.probe.scoring import ScoringPlan
+    from prunescope.probe.sweep import Condition, batch_logits_plain, batch_logits_prefix, sweep
+    from prunescope.probe.tasks import make_items
+    from prunescope.probe.tiny import llama3_70b_config, random_sharded_model, tiny_config
+    from prunescope.circuits.run import patch
 
     res: dict = {}
     t = time.perf_counter()
@@ -187,7 +187,7 @@ def part_a(args, runs: Path | None) -> dict:
 def small_model(args, tmp: Path) -> str:
     if args.model:
         return args.model
-    from probe.tiny import fill_random_, llama3_8b_config, random_weight_model, save_tiny_model
+    from prunescope.probe.tiny import fill_random_, llama3_8b_config, random_weight_model, save_tiny_model
 
     if SMOKE:
         return str(save_tiny_model("llama", tmp / "tiny-llama"))
@@ -204,7 +204,7 @@ def small_model(args, tmp: Path) -> str:
 
 
 def progress_records(folder: Path) -> dict:
-    from probe.results import read_progress
+    from prunescope.core.results import read_progress
 
     out = {}
     for f in sorted((folder / ".progress").glob("*.jsonl")):
@@ -215,7 +215,7 @@ def progress_records(folder: Path) -> dict:
 
 
 def compare_sweeps(ref_dir: Path, other_dir: Path) -> dict:
-    from probe.results import read_table
+    from prunescope.core.results import read_table
 
     a, b = progress_records(ref_dir), progress_records(other_dir)
     same, max_logit = 0, 0.0
@@ -247,9 +247,9 @@ def compare_patch(a: dict, b: dict) -> dict:
 
 
 def part_b(args, runs: Path, tmp: Path) -> dict:
-    from circuits.run import patch
-    from probe.models import load_model
-    from probe.sweep import sweep
+    from prunescope.circuits.run import patch
+    from prunescope.probe.models import load_model
+    from prunescope.probe.sweep import sweep
 
     n_gpu = n_devices()
     dev, dtype = ("cpu", "float32") if SMOKE else ("cuda", "bfloat16")
@@ -315,11 +315,11 @@ def part_b(args, runs: Path, tmp: Path) -> dict:
 def part_c(args) -> dict:
     import sweep as bench   # benchmarks/sweep.py
 
-    from probe.tiny import llama3_8b_config
+    from prunescope.probe.tiny import llama3_8b_config
 
     n_gpu = n_devices()
     if SMOKE:
-        from probe.tiny import save_tiny_model
+        from prunescope.probe.tiny import save_tiny_model
 
         folder = str(save_tiny_model("llama", tempfile.mkdtemp(prefix="multigpu-smoke-")))
         plan = bench.random_plan(12, 512, 10, 20, 0, seed=0)
@@ -388,7 +388,7 @@ def main(argv=None) -> int:
     print(table([[p, "PASS" if report[p]["pass"] else "FAIL", report[p]["wall_s"]] for p in parts if p in report],
                 ["part", "result", "seconds"]))
     if out:
-        from probe.results import atomic_write_json
+        from prunescope.core.results import atomic_write_json
 
         atomic_write_json(Path(out) / "multigpu_check.json", report)
         print(f"wrote {out}/multigpu_check.json and {out}/runs/")

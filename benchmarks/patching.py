@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from circuits.pairs import EncodedPairs, encode_pairs, make_pairs  # noqa: E402
-from circuits.patching import attribution_patching, exact_patching, spearman  # noqa: E402
-from probe.blocks import Blocks  # noqa: E402
+from prunescope.circuits.pairs import EncodedPairs, encode_pairs, make_pairs  # noqa: E402
+from prunescope.circuits.patching import attribution_patching, exact_patching, spearman  # noqa: E402
+from prunescope.probe.blocks import Blocks  # noqa: E402
 
 
 def sync(device):
@@ -59,14 +59,14 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
 
     if args.random_llama_8b:
-        from probe.tiny import llama3_8b_config, random_weight_model
+        from prunescope.probe.tiny import llama3_8b_config, random_weight_model
 
         cfg = llama3_8b_config()
         model = random_weight_model(cfg, args.device, dtype)
         enc = random_pairs(args.n, args.tokens, cfg.vocab_size)
         name = "random Llama-3.1-8B shape"
     else:
-        from probe.models import load_model
+        from prunescope.probe.models import load_model
 
         lm = load_model(args.model, device=args.device, dtype=dtype)
         model = lm.model

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ceilings import ceilings, matmul_peak, sync  # noqa: E402,F401
 
-from probe.options import Output, Placement  # noqa: E402
+from prunescope.core.options import Output, Placement  # noqa: E402
 
 # the paper's sizes, for the projection (stated assumptions where the paper gives none)
 PAPER = {
@@ -83,8 +83,8 @@ class Counter:
 
 
 def base_model(args, device, dtype, work: Path):
-    from probe.models import LoadedModel, load_model
-    from probe.tiny import llama3_8b_config, random_weight_model, tiny_model
+    from prunescope.probe.models import LoadedModel, load_model
+    from prunescope.probe.tiny import llama3_8b_config, random_weight_model, tiny_model
 
     if args.tiny:
         model, tok = tiny_model("llama", n_layers=8)
@@ -100,7 +100,7 @@ def base_model(args, device, dtype, work: Path):
 
 
 def prompts(n: int) -> list[dict]:
-    from recover.data import load_prompts
+    from prunescope.recover.data import load_prompts
 
     base = load_prompts("builtin", n=None, seed=0)
     out = []
@@ -143,7 +143,7 @@ def main() -> None:
     rows = []
     f = args.fraction
 
-    from probe import generation
+    from prunescope.probe import generation
 
     kv = generation.kv_bytes_per_token(base.model.config, dtype)
 
@@ -197,32 +197,32 @@ def main() -> None:
 
     todo = args.stages.split(",")
     if "probes" in todo:
-        from probe.sweep import SweepOptions, sweep
+        from prunescope.probe.sweep import SweepOptions, sweep
 
         with stage("probes", "3 probes x 200 items, every layer skipped", 1.0):
             sweep(SweepOptions(probe=["arithmetic_multi", "brackets", "copy"], n=200, shots=3, ops="+"),
                   loaded=base, placement=placement, output=quiet("sweep"))
     if "patching" in todo:
-        from circuits.run import PatchOptions, patch
+        from prunescope.circuits.run import PatchOptions, patch
 
         with stage("patching", "arithmetic, 32 pairs, exact + attribution", 1.0):
             patch(PatchOptions(probe="arithmetic", n=32, method="both"), loaded=base, placement=placement,
                   output=quiet("patch"))
     if "scores" in todo:
-        from prune.run import ScoreOptions, score
+        from prunescope.prune.run import ScoreOptions, score
 
         with stage("scores", "64 calibration texts", 1.0):
             score(ScoreOptions(), loaded=base, placement=placement, output=quiet("score"))
     pruned = work / "pruned-bi25"
     if "prune" in todo:
-        from prune.run import PruneOptions, prune
+        from prunescope.prune.run import PruneOptions, prune
 
         with stage("prune", "BI 25%, checkpoint written", 1.0):
             prune(PruneOptions(strategy="bi", ratio=0.25, overwrite=True), loaded=base, placement=placement,
                   output=quiet("pruned-bi25"))
     sgr = work / "sgr.jsonl"
     if "sgr" in todo:
-        from recover.sgr import SGROptions, generate_responses
+        from prunescope.recover.sgr import SGROptions, generate_responses
 
         n = max(1, round(2000 * f))
         with stage("sgr", f"{n} prompts, answers <= 512 tokens", None) as extra:
@@ -232,7 +232,7 @@ def main() -> None:
             extra["answer_tokens"] = made
             extra["scale"] = PAPER["sgr"][1] / max(made, 1)
     if "qlora" in todo:
-        from recover.train import RecoveryConfig, recover
+        from prunescope.recover.train import RecoverOptions, recover
 
         steps = max(2, round(200 * f))
         counter.handle.remove()
@@ -240,7 +240,7 @@ def main() -> None:
             if device.type == "cuda":
                 base.model.to("cpu")  # room for the student; the base comes back for the evaluation
                 torch.cuda.empty_cache()
-            s = recover(RecoveryConfig(data=str(sgr), steps=steps, max_seq_len=2048, eval_n=8, eval_every=10**6,
+            s = recover(RecoverOptions(data=str(sgr), steps=steps, max_seq_len=2048, eval_n=8, eval_every=10**6,
                                        save_every=10**6, warmup=min(50, steps)),
                         model=str(pruned), placement=placement, output=quiet("recovered"), merge=False)
             extra.update(train_seconds=s["train_seconds"], trained_tokens=s["all_tokens"],
@@ -253,14 +253,14 @@ def main() -> None:
             base.model.to(device)
         counter = Counter(base.model)
     if "classification" in todo:
-        from analysis.evaluate import EvalOptions, evaluate
+        from prunescope.analysis.evaluate import EvalOptions, evaluate
 
         lim = args.classification_limit
         with stage("classification", f"7 tasks, limit {lim:g}", PAPER["classification"][1] / lim):
             evaluate(EvalOptions(tasks=["classification"], limit=lim, batch_size=args.eval_batch,
                                  gen_batch_size=args.slots), loaded=base, output=quiet("eval-classification"))
     if "gsm8k" in todo:
-        from analysis.evaluate import EvalOptions, evaluate
+        from prunescope.analysis.evaluate import EvalOptions, evaluate
 
         lim = None if f >= 1 else max(1, round(1319 * f))
         with stage("gsm8k", f"8-shot CoT, {lim or 1319} questions", 1319 / (lim or 1319)):

@@ -4,7 +4,7 @@ Recipe: NF4 with double quantization, bf16 compute, LoRA r=64 / alpha=16 on ever
 gradient checkpointing, AdamW lr 2e-4, effective batch 8 (micro-batch x accumulation), every
 example exactly ``seq`` tokens (a quarter prompt, three quarters response, loss on the response).
 
-  ours   ``recover.train.add_lora`` + ``recover.train.train_step`` (what ``prunescope recover`` runs)
+  ours   ``prunescope.recover.train.add_lora`` + ``prunescope.recover.train.train_step`` (what ``prunescope recover`` runs)
   trl    ``trl.SFTTrainer`` with a ``peft.LoraConfig`` of the same settings, pre-tokenized data
          with a completion mask, ``max_steps`` = warm-up + timed steps
 
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ceilings import ceilings, matmul_peak, sync  # noqa: E402,F401
 
-from recover.data import Example  # noqa: E402
-from recover.train import IGNORE, RecoveryConfig, add_lora, train_step  # noqa: E402
+from prunescope.recover.data import Example  # noqa: E402
+from prunescope.recover.train import IGNORE, RecoverOptions, add_lora, train_step  # noqa: E402
 
 
 
@@ -67,7 +67,7 @@ def nf4_in_memory(model, compute_dtype):
 
 
 def build(args, device, dtype):
-    from probe.tiny import llama3_8b_config, random_weight_model, tiny_model
+    from prunescope.probe.tiny import llama3_8b_config, random_weight_model, tiny_model
 
     if args.random_llama_8b:
         model = random_weight_model(llama3_8b_config(), device=str(device), dtype=dtype, seed=0)
@@ -121,7 +121,7 @@ def profile_step(pm, batch, cfg, device, out) -> None:
         Path(out).write_text(table)
 
 
-def run_ours(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device, profile_to=None) -> list[float]:
+def run_ours(model, data, cfg: RecoverOptions, steps: int, warmup: int, device, profile_to=None) -> list[float]:
     pm = add_lora(model, cfg)
     pm.train()
     params = [p for p in pm.parameters() if p.requires_grad]
@@ -142,12 +142,12 @@ def run_ours(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device, 
     return times
 
 
-def run_trl(model, data, cfg: RecoveryConfig, steps: int, warmup: int, device, seq: int, work: Path) -> list[float]:
+def run_trl(model, data, cfg: RecoverOptions, steps: int, warmup: int, device, seq: int, work: Path) -> list[float]:
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from probe.tiny import tiny_tokenizer_dir
+    from prunescope.probe.tiny import tiny_tokenizer_dir
     from transformers import AutoTokenizer
 
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in data]  # -100 on the prompt
@@ -217,7 +217,7 @@ def main() -> None:
     for seq in map(int, args.seq.split(",")):
         micro = 4 if seq <= 2048 else 1
         steps = args.steps if seq <= 2048 else max(2, args.steps // 2)
-        cfg = RecoveryConfig(rank=64, alpha=16, lr=2e-4, batch_size=8, micro_batch=micro, quant=args.quant,
+        cfg = RecoverOptions(rank=64, alpha=16, lr=2e-4, batch_size=8, micro_batch=micro, quant=args.quant,
                              grad_checkpointing=True).check()
         for arm in args.arms.split(","):
             model = build(args, device, dtype)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
-from probe.models import load_model
-from probe.results import atomic_write_json, write_table
-from probe.options import Output, Placement
-from prune.run import PruneOptions, probe_accuracy, prune
-from recover.data import encode_all, load_prompts
-from recover.sgr import SGROptions, generate_responses
-from recover.train import RecoveryConfig, perplexity, recover, split_examples
+from prunescope.probe.models import load_model
+from prunescope.core.results import atomic_write_json, write_table
+from prunescope.core.options import Output, Placement
+from prunescope.probe.scoring import probe_accuracy  # noqa: E402
+from prunescope.prune.run import PruneOptions, prune
+from prunescope.recover.data import encode_all, load_prompts
+from prunescope.recover.sgr import SGROptions, generate_responses
+from prunescope.recover.train import RecoverOptions, perplexity, recover, split_examples
 
 PROBES = ("arithmetic_multi", "brackets", "copy")
 
@@ -66,7 +67,7 @@ def main() -> None:
 
     summaries = {}
     for mode in args.modes.split(","):
-        cfg = RecoveryConfig(mode=mode, data=str(sgr_file), teacher=base.path if mode == "distill" else None,
+        cfg = RecoverOptions(mode=mode, data=str(sgr_file), teacher=base.path if mode == "distill" else None,
                              quant=not args.no_quant, token_budget=args.token_budget, max_seq_len=args.max_seq_len,
                              eval_every=25, save_every=100)
         summaries[mode] = recover(cfg, model=str(pruned_dir), placement=Placement(device=args.device),

@@ -5,7 +5,7 @@ YAML in ``analysis/tasks``) on the same in-memory model with the same batch size
 
   stock     ``lm_eval.models.huggingface.HFLM``: the output layer runs on every position of the
             padded batch (batch x length x vocabulary fp32 logits)
-  trimmed   ``analysis.evaluate.make_lm``: ``logits_to_keep`` = right padding + longest continuation
+  trimmed   ``prunescope.analysis.evaluate.make_lm``: ``logits_to_keep`` = right padding + longest continuation
 
 It prints seconds, requests/s and their ratio, the largest logits tensor of one forward (MiB), and
 whether the scores agree (max |difference| of log-likelihoods, greedy flags equal).
@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.evaluate import lm_eval_tasks, make_lm  # noqa: E402
-from probe.models import load_model  # noqa: E402
+from prunescope.analysis.evaluate import lm_eval_tasks, make_lm  # noqa: E402
+from prunescope.probe.models import load_model  # noqa: E402
 
 
 def mmlu_requests(subjects: int, docs: int, seed: int) -> list:

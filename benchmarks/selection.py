@@ -2,7 +2,7 @@
 
 Each candidate of a step (a layer to drop next) answers the same held-out prompts. Scored alone,
 each is one engine run of ``n`` prompts per task, whose slots sit idle while its longest answers
-finish; together (``probe.generation.skip_sets``, as ``iterative-generated`` does), one run holds a
+finish; together (``prunescope.generation.skip_sets``, as ``iterative-generated`` does), one run holds a
 row per prompt and candidate, each row skipping its candidate's layers. Both are timed side by side
 on the same docs and must give the same scores (exactly in fp32; bf16 rounds another batch
 differently, so a few answers may change).
@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from analysis.evaluate import evaluate_model  # noqa: E402
-from analysis.selection import generated_answer_evaluator, mean_primary  # noqa: E402
-from probe.models import load_model  # noqa: E402
+from prunescope.analysis.evaluate import evaluate_model  # noqa: E402
+from prunescope.prune.selection import generated_answer_evaluator, mean_primary  # noqa: E402
+from prunescope.probe.models import load_model  # noqa: E402
 
 
 def _sync(device: str) -> None:

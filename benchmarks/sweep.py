@@ -23,10 +23,10 @@ tokens, divided by the matmul peak measured in the same run.
 
 ``--devices N`` times the prefix-reuse sweep (``sweep_blocks``, the code ``prunescope sweep`` runs)
 in 1 process on 1 GPU and in N processes on N GPUs (NCCL; each process builds the same random
-weights, see ``probe.tiny.fill_random_``, or loads ``--model``), after a warm-up, and prints
+weights, see ``prunescope.probe.tiny.fill_random_``, or loads ``--model``), after a warm-up, and prints
 seconds, speed-up, efficiency and whether every row's numbers are identical.
 ``--random-llama-70b`` builds the Llama-3.1-70B shape (141 GB in bf16) directly sharded over the
-visible GPUs with accelerate (``probe.tiny.random_sharded_model``).
+visible GPUs with accelerate (``prunescope.probe.tiny.random_sharded_model``).
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ceilings import matmul_peak, sync  # noqa: E402,F401  (also imported from here by other benchmarks)
 
-from probe.blocks import Blocks  # noqa: E402
-from probe.scoring import Row, ScoringPlan  # noqa: E402
-from probe.sweep import (  # noqa: E402
+from prunescope.probe.blocks import Blocks  # noqa: E402
+from prunescope.probe.scoring import Row, ScoringPlan  # noqa: E402
+from prunescope.probe.sweep import (  # noqa: E402
     SharedPrefix, batch_logits_plain, batch_logits_prefix, batch_logits_shared, run_with_oom_retry,
     default_batch_size, make_conditions, shared_prefix_length,
 )
@@ -137,18 +137,18 @@ def _dp_worker(kind: str, model_spec: str | None, shape: str | None, dtype_name:
     ``kind``: ``cuda`` (NCCL, rank r on GPU r) or ``cpu`` (gloo; only to check the code path)."""
     import torch.distributed as tdist
 
-    from probe.distributed import distributed, rank_device
-    from probe.sweep import sweep_blocks
+    from prunescope.core.distributed import distributed, rank_device
+    from prunescope.probe.sweep import sweep_blocks
 
     dtype = getattr(torch, dtype_name)
     with distributed(kind) as d:
         device = "cpu" if kind == "cpu" else rank_device("cuda", d) if d.world_size > 1 else "cuda:0"
         if shape:
-            from probe.tiny import fill_random_, llama3_8b_config, random_weight_model
+            from prunescope.probe.tiny import fill_random_, llama3_8b_config, random_weight_model
 
             model = fill_random_(random_weight_model(llama3_8b_config(), device, dtype))
         else:
-            from probe.models import load_model
+            from prunescope.probe.models import load_model
 
             model = load_model(model_spec, device=device, dtype=dtype).model
         blocks = Blocks(model)
@@ -186,7 +186,7 @@ def compare_runs(a: dict, b: dict) -> dict:
 def scaling(devices: int, model_spec: str | None, shape: str | None, dtype_name: str, plan: ScoringPlan,
             batch_size: int, kind: str = "cuda") -> dict:
     """Time the sweep on 1 GPU and on ``devices`` GPUs (one process each); print and return the table."""
-    from probe.distributed import launch
+    from prunescope.core.distributed import launch
 
     runs = {k: launch(_dp_worker, k, (kind, model_spec, shape, dtype_name, plan, batch_size), device=kind)
             for k in dict.fromkeys([1, devices])}
@@ -230,12 +230,12 @@ def main(argv=None):
         kind = torch.device(args.device).type   # cpu: gloo processes, to check the code path only
         shape = "8b" if args.random_llama_8b else None
         if shape:
-            from probe.tiny import llama3_8b_config
+            from prunescope.probe.tiny import llama3_8b_config
 
             plan = random_plan(args.n or 200, llama3_8b_config().vocab_size, 100, 200, args.shared, seed=0)
         else:
-            from probe.models import load_model
-            from probe.tasks import make_items
+            from prunescope.probe.models import load_model
+            from prunescope.probe.tasks import make_items
 
             tok = load_model(args.model).tokenizer
             plan = ScoringPlan(tok, make_items("arithmetic_multi", n=args.n or 24, seed=0, ops="+", shots=args.shots))
@@ -249,8 +249,8 @@ def main(argv=None):
         return
 
     if args.random_llama_70b:
-        from probe.models import parse_max_memory
-        from probe.tiny import llama3_70b_config, random_sharded_model
+        from prunescope.probe.models import parse_max_memory
+        from prunescope.probe.tiny import llama3_70b_config, random_sharded_model
 
         cfg = llama3_70b_config()
         t = time.perf_counter()
@@ -261,7 +261,7 @@ def main(argv=None):
         plan = random_plan(n, cfg.vocab_size, 100, 200, args.shared, seed=0)
         name = "random Llama-3.1-70B shape (sharded)"
     elif args.random_llama_8b:
-        from probe.tiny import llama3_8b_config, random_weight_model
+        from prunescope.probe.tiny import llama3_8b_config, random_weight_model
 
         cfg = llama3_8b_config()
         model = random_weight_model(cfg, args.device, dtype)
@@ -269,8 +269,8 @@ def main(argv=None):
         plan = random_plan(n, cfg.vocab_size, 100, 200, args.shared, seed=0)
         name = "random Llama-3.1-8B shape"
     else:
-        from probe.models import load_model
-        from probe.tasks import make_items
+        from prunescope.probe.models import load_model
+        from prunescope.probe.tasks import make_items
 
         lm = load_model(args.model, device=args.device, dtype=dtype)
         model, cfg = lm.model, lm.model.config

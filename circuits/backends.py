@@ -6,8 +6,8 @@ through the architecture table (``blocks.3.hook_mlp_out`` -> ``model.layers[3].m
 Llama, ``model.layers[3].post_feedforward_layernorm.output`` on Gemma). These backends run one
 condition per forward, so they are slower; the numbers match the hooks backend (tested).
 
->>> from probe.tiny import tiny_model
->>> from circuits.pairs import make_pairs, encode_pairs
+>>> from prunescope.probe.tiny import tiny_model
+>>> from prunescope.circuits.pairs import make_pairs, encode_pairs
 >>> model, tok = tiny_model("llama")
 >>> enc = encode_pairs(tok, make_pairs("arithmetic", tok, n=3))
 >>> cells = exact_patching_backend("nnsight", model, tok, enc, kinds=("mlp_out",), positions=1, layers=[2])
@@ -21,13 +21,13 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from probe.architectures import get_path
-from probe.blocks import Blocks
-from probe.errors import PrunescopeError
-from probe.interop import BACKENDS, nnsight_model, transformer_lens_bridge
+from prunescope.probe.architectures import get_path
+from prunescope.probe.blocks import Blocks
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.interop import BACKENDS, nnsight_model, transformer_lens_bridge
 
-from .pairs import EncodedPairs
-from .patching import KINDS, cell_row, _logit_diff, _normalize, patched_value_fn, plan_cells
+from prunescope.circuits.pairs import EncodedPairs
+from prunescope.circuits.patching import KINDS, cell_row, _logit_diff, _normalize, patched_value_fn, plan_cells
 
 _ORDER = {"hook_resid_pre": 0, "attn.hook_z": 1, "hook_attn_out": 2, "hook_mlp_out": 3, "hook_resid_post": 4}
 

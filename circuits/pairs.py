@@ -10,7 +10,7 @@ shared leading tokens appended (the default model spells " 68" as " ", "6", "8",
 " 75" appends " " and compares "6" with "7"). ``logit_diff`` = logit(clean answer token) -
 logit(corrupt answer token) at the last position.
 
->>> from probe.tiny import tiny_model
+>>> from prunescope.probe.tiny import tiny_model
 >>> _, tok = tiny_model("llama")
 >>> pairs = make_pairs("arithmetic", tok, n=4, seed=0)
 >>> pairs[0].answer_clean != pairs[0].answer_corrupt
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from probe.errors import PrunescopeError
-from probe.results import atomic_write_text, read_jsonl
-from probe.tasks import OPERATORS, BRACKET_PAIRS, bracket_items, expected_closer
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.results import atomic_write_text, read_jsonl
+from prunescope.probe.tasks import OPERATORS, BRACKET_PAIRS, bracket_items, expected_closer
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ so they are not recomputed). ``transformer_lens`` and ``nnsight`` run one condit
 through their own hook systems, to cross-check. Attribution patching approximates every cell
 at once with one forward and one backward: ``(a_source - a_base) . d LD / d a``.
 
->>> from probe.tiny import tiny_model
->>> from probe.blocks import Blocks
->>> from circuits.pairs import make_pairs, encode_pairs
+>>> from prunescope.probe.tiny import tiny_model
+>>> from prunescope.probe.blocks import Blocks
+>>> from prunescope.circuits.pairs import make_pairs, encode_pairs
 >>> model, tok = tiny_model("llama")
 >>> enc = encode_pairs(tok, make_pairs("arithmetic", tok, n=4))
 >>> cells = exact_patching(Blocks(model), enc, kinds=("resid_post",), positions=2)
@@ -43,11 +43,11 @@ from dataclasses import dataclass
 
 import torch
 
-from probe.blocks import Blocks
-from probe.errors import PrunescopeError
+from prunescope.probe.blocks import Blocks
+from prunescope.core.errors import PrunescopeError
 
-from .pairs import EncodedPairs
-from .relevance import relevance_rules
+from prunescope.circuits.pairs import EncodedPairs
+from prunescope.circuits.relevance import relevance_rules
 
 KINDS = ("resid_post", "attn_out", "mlp_out", "head")
 DIRECTIONS = ("denoise", "noise")
@@ -282,7 +282,7 @@ def attribution_patching(
     then show up; the values are magnitudes (compare them with ``|exact|``). One forward, L backwards.
 
     ``relevance``: RelP (arXiv 2508.21258): the gradient runs under
-    :func:`circuits.relevance.relevance_rules`, so ``dLD/da`` becomes a relevance-propagation
+    :func:`prunescope.circuits.relevance.relevance_rules`, so ``dLD/da`` becomes a relevance-propagation
     coefficient (normalisers and attention patterns held constant, gated activations linear at
     their secant slope, gates splitting evenly); same cost as plain attribution patching.
     """

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from probe.blocks import Blocks
-from probe.models import cache_dir
+from prunescope.probe.blocks import Blocks
+from prunescope.probe.models import cache_dir
 
-from .pairs import EncodedPairs
-from .patching import KINDS, attribution_patching, exact_patching, layer_importance
+from prunescope.circuits.pairs import EncodedPairs
+from prunescope.circuits.patching import KINDS, attribution_patching, exact_patching, layer_importance
 
 BOS, PLUS, EQ, DIGIT0 = 0, 1, 2, 3   # token ids: digits are 3..12
 VOCAB = 16
@@ -291,5 +291,5 @@ def format_check(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m circuits.planted: the table of docs/guide.md
+if __name__ == "__main__":  # python -m prunescope.circuits.planted: the table of docs/guide.md
     print(format_check([r for name in SPECS for r in localization_check(name, ig_steps=(2, 4, 8))]))

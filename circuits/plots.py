@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from probe.plots import save_figure, plt
+from prunescope.core.plots import save_figure, plt
 
 
 def plot_patching(cells: list[dict], out: str | Path, title: str, prefix: str = "patch") -> list[Path]:

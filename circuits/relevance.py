@@ -16,7 +16,7 @@ so ``(a_source - a_base) . grad`` becomes a relevance-propagation estimate at th
 backward pass, like plain attribution patching (``patch --relevance``).
 
 >>> import torch
->>> from probe.tiny import tiny_model
+>>> from prunescope.probe.tiny import tiny_model
 >>> model, _ = tiny_model("llama")
 >>> ids = torch.tensor([[5, 6, 7, 8]])
 >>> with relevance_rules(model):
@@ -33,7 +33,7 @@ from collections.abc import Iterator
 
 import torch
 
-from probe.errors import PrunescopeError
+from prunescope.core.errors import PrunescopeError
 
 
 def _norm_forward(mod: torch.nn.Module, gemma: bool):

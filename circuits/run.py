@@ -29,18 +29,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from probe.distributed import Dist, assign, rank_device, spread
-from probe.errors import PrunescopeError
-from probe.interop import BACKENDS
-from probe.options import Options, Output, Placement, is_legacy, legacy_call, option, positional_args
-from probe.registry import Registry
-from probe.lock import run_lock
-from probe.results import (
+from prunescope.core.distributed import Dist, assign, rank_device, spread
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.interop import BACKENDS
+from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.registry import Registry
+from prunescope.core.lock import run_lock
+from prunescope.core.results import (
     append_progress, atomic_write_json, check_run_config, read_progress, record_run_config, write_table,
 )
 
-from .pairs import check_pair_probe, encode_pairs, make_pairs, save_pairs
-from .patching import (
+from prunescope.circuits.pairs import check_pair_probe, encode_pairs, make_pairs, save_pairs
+from prunescope.circuits.patching import (
     DIRECTIONS, KINDS, attribution_patching, exact_patching, layer_importance, plan_cells, spearman,
 )
 
@@ -101,8 +101,8 @@ class PatchOptions(Options):
             raise PrunescopeError("--graddrop and --relevance are separate methods; choose one")
 
 
-def patch(options: PatchOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,
-          output: Output | None = None, loaded=None, **legacy_kw) -> dict:
+def patch(options: PatchOptions | None = None, *, model: str | None = None, placement: Placement | None = None,
+          output: Output | None = None, loaded=None) -> dict:
     """Run patching and write results; returns ``{"cells": [...], "layers": {...}, "agreement": {...}}``.
 
     ``placement.devices=N`` splits exact patching's layers over N processes (one per GPU; also what
@@ -110,18 +110,13 @@ def patch(options: PatchOptions | None = None, *legacy, model: str | None = None
 
     >>> result = patch(PatchOptions(probe="arithmetic", method="both"), output=Output(out="runs/p"))  # doctest: +SKIP
     """
-    if is_legacy(options, PatchOptions, legacy, legacy_kw):
-        options, rest = legacy_call("patch", PatchOptions, ("model", "probe", "n", "out"),
-                                    positional_args(options, legacy), legacy_kw,
-                                    bound=dict(model=model, loaded=loaded))
-        return patch(options, **rest)
     options = (options or PatchOptions()).check()
     placement = (placement or Placement()).check()
     return spread(patch, _patch, options, model=model, placement=placement, output=output or Output(), loaded=loaded)
 
 
 def _patch(d: Dist, options: PatchOptions, *, model, placement: Placement, output: Output, loaded) -> dict:
-    from probe.models import load_model
+    from prunescope.probe.models import load_model
 
     o = options
     probe, n, method, backend, direction, kinds = o.probe, o.n, o.method, o.backend, o.direction, list(o.kinds)
@@ -167,7 +162,7 @@ def _patch_cells(d: Dist, lm, enc, pairs, o: PatchOptions, out: Path | None, out
                                             on_layer=(lambda layer, rows: _append_progress(out, rows)) if out else None,
                                             **kw)
         else:
-            from .backends import exact_patching_backend
+            from prunescope.circuits.backends import exact_patching_backend
 
             cells["exact"] = exact_patching_backend(backend, lm.model, lm.tokenizer, enc, **kw)
     if method in ("attribution", "both"):
@@ -200,7 +195,7 @@ def _patch_cells(d: Dist, lm, enc, pairs, o: PatchOptions, out: Path | None, out
         if agreement:
             atomic_write_json(out / "agreement.json", agreement)
         if plot:
-            from .plots import plot_patching
+            from prunescope.circuits.plots import plot_patching
 
             for m, cs in cells.items():
                 plot_patching(cs, out, f"{lm.name} {probe} ({m}, {direction})", prefix=f"patch_{m}")

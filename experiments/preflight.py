@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe.errors import PrunescopeError  # noqa: E402
-from probe.tiny import save_tiny_model  # noqa: E402
+from prunescope.core.errors import PrunescopeError  # noqa: E402
+from prunescope.probe.tiny import save_tiny_model  # noqa: E402
 from prunescope.pipeline.config import load_config  # noqa: E402
 
 TINY_LAYERS = 8

@@ -1,13 +1,13 @@
 """Replay the first optimizer steps of a recovery arm on this machine, to tell whether a divergence
 seen on a GPU comes from the recipe (data order, learning rate, adapter dtype) or from the device's
-kernels. Same split, batch order, LoRA and AdamW schedule as ``recover.train.recover``; no gradient
+kernels. Same split, batch order, LoRA and AdamW schedule as ``prunescope.recover.train.recover``; no gradient
 clipping (as the Qwen SGR arm that went NaN on the H200 by step 50); logs each step's loss, gradient
 norm and largest adapter weight as JSONL.
 
     python experiments/replay_recovery.py --model qwen2.5-coder-1.5b --drop 14,15,16,17,18,24,25 \\
         --data sgr.jsonl --steps 60 --adapters bf16 --nf4 --out replay.jsonl
 
-``--nf4``: the student in 4-bit NF4 with bf16 compute, as on a GPU (``recover.student.load_student``,
+``--nf4``: the student in 4-bit NF4 with bf16 compute, as on a GPU (``prunescope.recover.student.load_student``,
 which switches the CPU's bitsandbytes inference repacking off); without it, bf16.
 ``--grad-checkpointing``: as ``recover`` trains by default (the GPU arm that went NaN had it on).
 """
@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from probe.results import atomic_write_text  # noqa: E402
-from recover.data import encode_all  # noqa: E402
-from recover.train import (RecoveryConfig, _batch_indices, _grad_norm, add_lora, split_examples,  # noqa: E402
+from prunescope.core.results import atomic_write_text  # noqa: E402
+from prunescope.recover.data import encode_all  # noqa: E402
+from prunescope.recover.train import (RecoverOptions, _batch_indices, _grad_norm, add_lora, split_examples,  # noqa: E402
                            train_step, training_records, warmup_schedule)
 
 
@@ -34,9 +34,9 @@ def student(model: str, drop: list[int], nf4: bool, cache: Path):
     """The pruned model (``load_student``, computing in bf16 as on a GPU) and its tokenizer."""
     from transformers import AutoTokenizer
 
-    from probe.models import load_model
-    from prune.surgery import save_pruned
-    from recover.student import load_student
+    from prunescope.probe.models import load_model
+    from prunescope.prune.surgery import save_pruned
+    from prunescope.recover.student import load_student
 
     folder = cache / f"pruned-{'-'.join(map(str, drop))}" if drop else Path(model)
     if drop and not (folder / "config.json").is_file():
@@ -67,7 +67,7 @@ def main() -> None:
     torch.manual_seed(a.seed)
     model, tok = student(a.model, [int(x) for x in a.drop.split(",") if x], a.nf4, Path(a.cache))
     # the student computes in bf16, so "compute" makes bf16 adapters
-    pm = add_lora(model, RecoveryConfig(rank=64, alpha=16, grad_checkpointing=a.grad_checkpointing, seed=a.seed,
+    pm = add_lora(model, RecoverOptions(rank=64, alpha=16, grad_checkpointing=a.grad_checkpointing, seed=a.seed,
                                         adapter_dtype="compute" if a.adapters == "bf16" else "float32"))
     params = [p for p in pm.parameters() if p.requires_grad]
     records, field = training_records(a.data, "sgr")

@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from analysis.signatures import ablation_signatures
-from circuits.patching import spearman
-from probe.results import read_table
+from prunescope.analysis.signatures import ablation_signatures
+from prunescope.circuits.patching import spearman
+from prunescope.core.results import read_table
 
 
 def _per_layer(rows: list[dict], probe: str, metric: str) -> tuple[float | None, dict[int, float]]:
@@ -95,7 +95,7 @@ def summarize(runs: list[Path], out: Path) -> str:
 
 
 def _plot(model: str, cols, patch, path: Path) -> None:
-    from probe.plots import save_figure, plt
+    from prunescope.core.plots import save_figure, plt
 
     if patch:
         fig, (a, b) = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True, layout="constrained")

@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from probe.results import read_table, write_table
+from prunescope.core.results import read_table, write_table
 
 
 def md_table(head: list[str], rows: list[list]) -> str:
@@ -40,7 +40,7 @@ def curves(run: Path) -> dict[str, list[dict]]:
 
 
 def plot_curves(run: Path, out: Path) -> Path:
-    from probe.plots import save_figure, plt
+    from prunescope.core.plots import save_figure, plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
     for arm, rows in curves(run).items():
@@ -107,8 +107,8 @@ def pairs(stages: list[str]) -> list[tuple[str, str]]:
 
 def differences(run: Path, n_boot: int = 1000) -> list[dict]:
     """Retention of a stage minus a reference's per category, paired bootstrap over the same items
-    (:func:`analysis.retention.retention_differences`), for every pair of :func:`pairs`."""
-    from analysis.retention import retention_differences
+    (:func:`prunescope.analysis.retention.retention_differences`), for every pair of :func:`pairs`."""
+    from prunescope.analysis.retention import retention_differences
 
     table = read_table(run / "retention.csv")
     return retention_differences(run, table, pairs(list(dict.fromkeys(r["condition"] for r in table))), n_boot=n_boot)
@@ -133,7 +133,7 @@ def runaway_docstrings(run: Path, tasks: tuple[str, ...] = ("humaneval", "mbpp")
 def summary(run: Path, diffs: list[dict], training: list[dict]) -> str:
     """summary.md: the stage table with the report's retention and intervals, the paired differences
     and the training rows."""
-    from analysis.report import with_ci
+    from prunescope.analysis.report import with_ci
 
     report = read_table(run / "retention.csv")
     ret = {(r["condition"], r["probe"]): with_ci(r) for r in report if r.get("level") in ("category", "gap")}

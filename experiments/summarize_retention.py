@@ -19,9 +19,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from analysis.report import stage_eval_tables, stage_probe_rows, with_ci
-from analysis.retention import retention_table
-from probe.results import read_table, write_table
+from prunescope.analysis.report import stage_eval_tables, stage_probe_rows, with_ci
+from prunescope.analysis.retention import retention_table
+from prunescope.core.results import read_table, write_table
 
 GENERATIVE = ("gsm8k", "humaneval", "mbpp", "arithmetic")
 

@@ -1,6 +1,6 @@
 """Where each supported architecture keeps its decoder blocks: the one table of differences.
 
-Everything else in prunescope reaches a layer through :class:`probe.blocks.Blocks`, which reads
+Everything else in prunescope reaches a layer through :class:`prunescope.probe.blocks.Blocks`, which reads
 this table; no other module branches on ``model_type``.
 
 Two families differ in how a sublayer writes to the residual stream:
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import PrunescopeError
+from prunescope.core.errors import PrunescopeError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ backends)::
 A hook is a plain function ``fn(tensor, name) -> tensor | None`` (``None`` keeps the tensor).
 Hooks live only inside a ``with`` block and are removed on exit, also when the body raises.
 
->>> from probe.tiny import tiny_model
+>>> from prunescope.probe.tiny import tiny_model
 >>> model, tok = tiny_model("llama")
 >>> blocks = Blocks(model)
 >>> ids = tok(["1 + 2 = 3"], return_tensors="pt").input_ids
@@ -38,8 +38,8 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from .architectures import Architecture, architecture_for, get_path
-from .errors import PrunescopeError
+from prunescope.probe.architectures import Architecture, architecture_for, get_path
+from prunescope.core.errors import PrunescopeError
 
 HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
 
@@ -104,7 +104,7 @@ def _replace_first(out, new):
 class Blocks:
     """One handle on a causal LM's decoder blocks: read, skip, replace and patch by name.
 
-    >>> from probe.tiny import tiny_model
+    >>> from prunescope.probe.tiny import tiny_model
     >>> blocks = Blocks(tiny_model("qwen2")[0])
     >>> blocks.n_layers
     4
@@ -146,7 +146,7 @@ class Blocks:
     def check_layers(self, layers: Iterable[int], *, allow_all: bool = False) -> tuple[int, ...]:
         """Validate layer indices: integers in range, no duplicates (and not every layer).
 
-        >>> from probe.tiny import tiny_model
+        >>> from prunescope.probe.tiny import tiny_model
         >>> Blocks(tiny_model("llama")[0]).check_layers([3, 1])
         (1, 3)
         """
@@ -233,7 +233,7 @@ class Blocks:
     def capture(self, names: Iterable[str], *, detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
         """Record named activations of every forward run inside the block.
 
-        >>> from probe.tiny import tiny_model
+        >>> from prunescope.probe.tiny import tiny_model
         >>> model, tok = tiny_model("llama"); blocks = Blocks(model)
         >>> with blocks.capture(["blocks.0.hook_resid_post"]) as acts:
         ...     _ = blocks.forward(tok(["a b c"], return_tensors="pt").input_ids)
@@ -297,7 +297,7 @@ class Blocks:
     def skip(self, layers: Iterable[int]) -> Iterator[None]:
         """Skip layers inside the block: each returns its input (no compute, no cache entry).
 
-        >>> from probe.tiny import tiny_model
+        >>> from prunescope.probe.tiny import tiny_model
         >>> blocks = Blocks(tiny_model("gemma2")[0])
         >>> with blocks.skip([0, 2]):
         ...     pass
@@ -321,7 +321,7 @@ class Blocks:
         generation engine decodes a row per (prompt, skip set). The layer still runs on every row
         (and fills their cache entries, which the skipping rows never read back through it).
 
-        >>> from probe.tiny import tiny_model
+        >>> from prunescope.probe.tiny import tiny_model
         >>> model, tok = tiny_model("llama"); blocks = Blocks(model)
         >>> ids = tok(["a b c", "a b c"], return_tensors="pt").input_ids
         >>> with blocks.skip_rows([1], lambda i: torch.tensor([True, False])):

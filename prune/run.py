@@ -9,32 +9,31 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
-from probe.errors import PrunescopeError
-from probe.options import Options, Output, Placement, is_legacy, legacy_call, option, positional_args
-from probe.registry import Registry
-from probe.tasks import PROBES
-from probe.results import write_table
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.registry import Registry
+from prunescope.probe.tasks import PROBES, pruning_probe_options
+from prunescope.core.results import write_table
 
-from .scores import (
+from prunescope.prune.scores import (
     importance_table, layer_scores, ppl_increase, representation_scores, scores_from_patching, scores_from_sweep,
 )
-from .strategies import (
+from prunescope.prune.strategies import (
     Plan, count_to_drop, iterative, lowest_block, lowest_k, protected_from_table, reverse_order,
 )
-from .surgery import remove_layers, save_pruned
+from prunescope.prune.selection import iterative_generated_plan
+from prunescope.prune.surgery import remove_layers, save_pruned
 
 
 def calibration_texts(text: str | Path | None, n: int = 64, seed: int = 0) -> list[str]:
     """Calibration texts: a user file, or (default) solved probe items — few-shot arithmetic with
     answers, bracket and code contexts closed, copy lists — so scores run offline."""
-    from probe.scoring import load_texts
-    from probe.tasks import make_items
+    from prunescope.probe.scoring import load_texts
+    from prunescope.probe.tasks import make_items
 
     if text:
         return load_texts(text)[:n]
@@ -66,19 +65,14 @@ class ScoreOptions(Options):
                                      kind="str?", aliases=("--patch",))
 
 
-def score(options: ScoreOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,
-          output: Output | None = None, loaded=None, **legacy_kw) -> list[dict]:
+def score(options: ScoreOptions | None = None, *, model: str | None = None, placement: Placement | None = None,
+          output: Output | None = None, loaded=None) -> list[dict]:
     """All per-layer scores in one table (BI and angular distance from one pass).
 
     >>> rows = score(ScoreOptions(block_sizes=[4]), output=Output(out="runs/scores"))  # doctest: +SKIP
     """
-    from probe.models import load_model
+    from prunescope.probe.models import load_model
 
-    if is_legacy(options, ScoreOptions, legacy, legacy_kw):
-        options, rest = legacy_call("score", ScoreOptions, ("model", "out"), positional_args(options, legacy),
-                                    legacy_kw,
-                                    bound=dict(model=model, loaded=loaded))
-        return score(options, **rest)
     o = (options or ScoreOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
     lm = loaded or load_model(model, **placement.load_kwargs())
@@ -102,7 +96,7 @@ def score(options: ScoreOptions | None = None, *legacy, model: str | None = None
 
 
 def _plot_scores(rows: list[dict], path: Path, model: str) -> None:
-    from probe.plots import save_figure, plt
+    from prunescope.core.plots import save_figure, plt
 
     metrics = [m for m in dict.fromkeys(r["metric"] for r in rows) if not m.startswith("angular")]
     fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 1.8 * len(metrics)), squeeze=False, sharex=True,
@@ -120,18 +114,17 @@ def make_evaluator(blocks, tokenizer, probe: str = "arithmetic_multi", n: int = 
                    text: str | None = None, seed: int = 0, probe_options: dict | None = None, plan=None):
     """``evaluate(sets) -> [value]``: a probe metric (or text loss) with each set of layers skipped,
     all sets of one step run as one prefix-reused sweep (in memory, no checkpoints). ``plan``: an
-    already tokenized :class:`probe.scoring.ScoringPlan` instead of a probe name."""
-    from probe.scoring import ScoringPlan, TextPlan
-    from probe.sweep import Condition, sweep_blocks
-    from probe.tasks import make_items
+    already tokenized :class:`prunescope.probe.scoring.ScoringPlan` instead of a probe name."""
+    from prunescope.probe.scoring import ScoringPlan, TextPlan
+    from prunescope.probe.sweep import Condition, sweep_blocks
+    from prunescope.probe.tasks import make_items
 
     if plan is not None:
         higher = True
     elif text:
         plan, metric, higher = TextPlan(tokenizer, calibration_texts(text, n)), "loss", False
     else:
-        opts = probe_options if probe_options is not None else (
-            {"shots": 3, "ops": "+"} if probe == "arithmetic_multi" else {})
+        opts = probe_options if probe_options is not None else pruning_probe_options(probe)
         plan, higher = ScoringPlan(tokenizer, make_items(probe, n=n, seed=seed, **opts)), True
         if metric not in plan.metric_names:
             raise PrunescopeError(f"unknown metric {metric!r}: choose one of {', '.join(plan.metric_names)}")
@@ -150,8 +143,8 @@ def reference_evaluator(model, tokenizer, plan, metric: str, tmp_dir: str | None
     checkpoint, reload it with transformers (onto the model's device) and score it."""
     from transformers import AutoModelForCausalLM
 
-    from probe.blocks import Blocks
-    from probe.scoring import aggregate, score_items
+    from prunescope.probe.blocks import Blocks
+    from prunescope.probe.scoring import aggregate, score_items
 
     def evaluate(sets: list[list[int]]) -> list[float]:
         out = []
@@ -213,6 +206,11 @@ def _score_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
     return lowest_k(layer_scores(rows, score_metric), lm.blocks.n_layers, k, protected, "score", score_metric)
 
 
+STRATEGIES.register("iterative-generated", iterative_generated_plan,
+                    help="the paper's selection: greedy, drop the layer that keeps the accuracy of generated answers "
+                         "(GSM8K + HumanEval, held-out docs) highest")
+
+
 @dataclass
 class PruneOptions(Options):
     """Settings of ``prunescope prune`` (:func:`prune`).
@@ -263,8 +261,8 @@ class PruneOptions(Options):
             raise PrunescopeError("--strategy score needs --scores-table TABLE (a sweep, patching or score table)")
 
 
-def prune(options: PruneOptions | None = None, *legacy, model: str | None = None, placement: Placement | None = None,
-          output: Output | None = None, loaded=None, **legacy_kw) -> Plan:
+def prune(options: PruneOptions | None = None, *, model: str | None = None, placement: Placement | None = None,
+          output: Output | None = None, loaded=None) -> Plan:
     """Choose layers with a strategy (honouring protected layers) and write the pruned checkpoint.
 
     ``protect_from``: one results table or several (their ``protect_top`` layers each, united).
@@ -272,17 +270,8 @@ def prune(options: PruneOptions | None = None, *legacy, model: str | None = None
 
     >>> plan = prune(PruneOptions(strategy="bi", ratio=0.25), output=Output(out="pruned/bi25"))  # doctest: +SKIP
     """
-    from probe.models import load_model
+    from prunescope.probe.models import load_model
 
-    if is_legacy(options, PruneOptions, legacy, legacy_kw):
-        if isinstance(legacy_kw.get("protect_from"), (str, Path)):
-            legacy_kw["protect_from"] = [str(legacy_kw["protect_from"])]
-        elif legacy_kw.get("protect_from") is None:
-            legacy_kw.pop("protect_from", None)
-        options, rest = legacy_call("prune", PruneOptions, ("model", "strategy", "out"),
-                                    positional_args(options, legacy), legacy_kw,
-                                    bound=dict(model=model, loaded=loaded))
-        return prune(options, **rest)
     o = (options or PruneOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
     out = output.out
@@ -304,19 +293,3 @@ def prune(options: PruneOptions | None = None, *legacy, model: str | None = None
                     record={"plan": plan.to_json(), "source_model": lm.path, "source_name": lm.name})
         plan.save(Path(out) / "plan.json")
     return plan
-
-
-@torch.no_grad()
-def probe_accuracy(model_dir: str | Path, probes: Sequence[str] = ("arithmetic_multi", "brackets", "copy"),
-                   n: int = 60, device: str = "cpu", loaded=None) -> dict[str, float]:
-    """Accuracy of a (pruned) checkpoint on the built-in probes (3-shot addition, brackets, copy)."""
-    from probe.models import load_model
-    from probe.scoring import ScoringPlan, aggregate, score_items
-    from probe.tasks import make_items
-
-    lm = loaded or load_model(model_dir, device=device)
-    out = {}
-    for p in probes:
-        opts = {"shots": 3, "ops": "+"} if p == "arithmetic_multi" else {}
-        out[p] = aggregate(score_items(lm.blocks, ScoringPlan(lm.tokenizer, make_items(p, n=n, **opts))))["accuracy"]
-    return out

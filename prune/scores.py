@@ -12,8 +12,8 @@ entering each layer. Rows: ``condition = layer:<l>``, ``layers = "<l>"`` (for an
 ``metric`` as above, ``value``. Higher = more important, except that a *low* BI or angular
 distance marks a layer (block) that changes little and is safe to drop.
 
->>> from probe.tiny import tiny_model
->>> from probe.blocks import Blocks
+>>> from prunescope.probe.tiny import tiny_model
+>>> from prunescope.probe.blocks import Blocks
 >>> model, tok = tiny_model("llama")
 >>> rows = representation_scores(Blocks(model), tok, ["a b c d e f", "1 + 2 = 3"], block_sizes=[2])
 >>> sorted({r["metric"] for r in rows})
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from probe.blocks import Blocks
-from probe.errors import PrunescopeError
-from probe.results import read_table
+from prunescope.probe.blocks import Blocks
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.results import read_table
 
 
 def _row(model: str, source: str, layer_label: str, layers: str, metric: str, value: float, n: int) -> dict:
@@ -81,8 +81,8 @@ def representation_scores(blocks: Blocks, tokenizer, texts: Sequence[str], *, bl
 def ppl_increase(blocks: Blocks, tokenizer, texts: Sequence[str], *, model_name: str = "model",
                  show_progress: bool = False) -> list[dict]:
     """Perplexity with each single layer skipped minus the unpruned perplexity (prefix-reused sweep)."""
-    from probe.scoring import TextPlan
-    from probe.sweep import sweep_blocks
+    from prunescope.probe.scoring import TextPlan
+    from prunescope.probe.sweep import sweep_blocks
 
     rows = sweep_blocks(blocks, tokenizer, {"calibration": TextPlan(tokenizer, list(texts))}, windows=[1],
                         model_name=model_name, show_progress=show_progress)

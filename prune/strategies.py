@@ -9,7 +9,7 @@
   candidate evaluated in memory by skipping layers on the block handle (no checkpoints).
 
 Every strategy takes a count or a ratio and protected layers, which are never dropped. The
-registry of names (``prune.run.STRATEGIES``) maps each to the function that builds its plan.
+registry of names (``prunescope.prune.run.STRATEGIES``) maps each to the function that builds its plan.
 
 >>> plan = reverse_order(30, 3, protected=[27])
 >>> plan.drop
@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from probe.errors import PrunescopeError
+from prunescope.core.errors import PrunescopeError
 
 @dataclass
 class Plan:
@@ -47,7 +47,7 @@ class Plan:
         return d
 
     def save(self, path) -> None:
-        from probe.results import atomic_write_text
+        from prunescope.core.results import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
@@ -143,7 +143,7 @@ def iterative(evaluate: Callable[[list[list[int]]], list[float]], n_layers: int,
 def protected_from_table(rows: list[dict], top: int, metric: str | None = None,
                          probe: str | None = None) -> list[int]:
     """The ``top`` layers with the largest values in a results table (patching effect, skip drop...)."""
-    from .scores import layer_scores
+    from prunescope.prune.scores import layer_scores
 
     if top < 1:
         raise PrunescopeError(f"--protect-top must be >= 1, got {top}")

@@ -5,7 +5,7 @@ Every place the architecture keys by layer is updated: the ModuleList, each atte
 lists such as ``layer_types`` (Qwen2 / Gemma sliding-vs-full masks), which are indexed by the
 kept layers, never truncated: truncating silently shifts mask types onto the wrong layers.
 
->>> from probe.tiny import tiny_model
+>>> from prunescope.probe.tiny import tiny_model
 >>> model, _ = tiny_model("qwen2")
 >>> _ = remove_layers(model, [1])
 >>> model.config.num_hidden_layers, len(model.config.layer_types)
@@ -18,8 +18,8 @@ from collections.abc import Iterable
 
 import torch
 
-from probe.architectures import get_path
-from probe.blocks import Blocks
+from prunescope.probe.architectures import get_path
+from prunescope.probe.blocks import Blocks
 
 
 def remove_layers(model: torch.nn.Module, drop: Iterable[int]) -> torch.nn.Module:
@@ -59,7 +59,7 @@ def save_pruned(model: torch.nn.Module, tokenizer, drop: Iterable[int], out, *, 
     import tempfile
     from pathlib import Path
 
-    from probe.errors import PrunescopeError
+    from prunescope.core.errors import PrunescopeError
 
     out = Path(out)
     if out.exists() and not overwrite:

@@ -18,7 +18,7 @@ A tour (each writes tidy CSV/JSONL tables and figures into ``out``; re-running r
     scores = ps.score(ps.ScoreOptions(block_sizes=[4]), output=ps.Output(out="runs/scores"))
     plan = ps.prune(ps.PruneOptions(strategy="bi", ratio=0.25, protect=[20, 23]), output=ps.Output(out="pruned/bi25"))
     ps.generate_responses(ps.SGROptions(n=600), output=ps.Output(out="runs/sgr.jsonl"))
-    ps.recover(ps.RecoveryConfig(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
+    ps.recover(ps.RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
                output=ps.Output(out="recovered/bi25-sgr"))
     rows = ps.evaluate(ps.EvalOptions(tasks=["arc_easy", "gsm8k"], limit=50), model="pruned/bi25",
                        output=ps.Output(out="runs/eval"))
@@ -29,23 +29,49 @@ On a loaded model, ``lm.blocks`` (:class:`Blocks`) is the one handle every packa
 layer: TransformerLens activation names, temporary hooks, pass-through skips.
 """
 
-import analysis.selection  # noqa: F401  (registers the iterative-generated strategy)
-from analysis.evaluate import EvalOptions, evaluate
-from analysis.report import report
-from circuits.run import PatchOptions, patch
-from probe.blocks import Blocks
-from probe.errors import PrunescopeError
-from probe.models import load_model
-from probe.options import Output, Placement
-from probe.sweep import SweepOptions, sweep
-from prune.run import PruneOptions, ScoreOptions, prune, score
-from recover.sgr import SGROptions, generate_responses
-from recover.train import RecoveryConfig, recover
+from __future__ import annotations
 
-from .pipeline import run_pipeline
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "Blocks", "EvalOptions", "Output", "PatchOptions", "Placement", "PruneOptions", "PrunescopeError",
-    "RecoveryConfig", "SGROptions", "ScoreOptions", "SweepOptions", "evaluate", "generate_responses", "load_model",
-    "patch", "prune", "recover", "report", "run_pipeline", "score", "sweep",
-]
+# the public API, imported on first use: ``import prunescope.probe.blocks`` (or the CLI's --help)
+# does not load lm-eval, peft and the pipeline
+_API = {
+    "Blocks": "prunescope.probe.blocks", "PrunescopeError": "prunescope.core.errors",
+    "load_model": "prunescope.probe.models", "Output": "prunescope.core.options",
+    "Placement": "prunescope.core.options", "SweepOptions": "prunescope.probe.sweep", "sweep": "prunescope.probe.sweep",
+    "PatchOptions": "prunescope.circuits.run", "patch": "prunescope.circuits.run",
+    "PruneOptions": "prunescope.prune.run", "ScoreOptions": "prunescope.prune.run", "prune": "prunescope.prune.run",
+    "score": "prunescope.prune.run", "SGROptions": "prunescope.recover.sgr",
+    "generate_responses": "prunescope.recover.sgr", "RecoverOptions": "prunescope.recover.train",
+    "recover": "prunescope.recover.train", "EvalOptions": "prunescope.analysis.evaluate",
+    "evaluate": "prunescope.analysis.evaluate", "report": "prunescope.analysis.report",
+    "run_pipeline": "prunescope.pipeline",
+}
+__all__ = sorted(_API)
+
+if TYPE_CHECKING:
+    from prunescope.analysis.evaluate import EvalOptions, evaluate
+    from prunescope.analysis.report import report
+    from prunescope.circuits.run import PatchOptions, patch
+    from prunescope.core.errors import PrunescopeError
+    from prunescope.core.options import Output, Placement
+    from prunescope.pipeline import run_pipeline
+    from prunescope.probe.blocks import Blocks
+    from prunescope.probe.models import load_model
+    from prunescope.probe.sweep import SweepOptions, sweep
+    from prunescope.prune.run import PruneOptions, ScoreOptions, prune, score
+    from prunescope.recover.sgr import SGROptions, generate_responses
+    from prunescope.recover.train import RecoverOptions, recover
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'prunescope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -1,7 +1,7 @@
 """The ``prunescope`` command line: a thin layer over the Python functions of the same names.
 
 Every subcommand is one :class:`Command` in :data:`COMMANDS`: its flags are built from the fields
-of its options class (:mod:`probe.options`), plus the shared placement (``--device``, ``--dtype``,
+of its options class (:mod:`prunescope.core.options`), plus the shared placement (``--device``, ``--dtype``,
 ...) and output (``--out``, ``--quiet``, ``--no-plot``) flags. A user mistake prints one line,
 ``prunescope: error: ...``, and exits with status 2.
 
@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from probe.errors import PrunescopeError
-from probe.options import SINGLE_DEVICE, Output, Placement, add_arguments, from_namespace
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import SINGLE_DEVICE, Output, Placement, add_arguments, from_namespace
 
 
 @dataclass
@@ -68,7 +68,7 @@ def command(name: str, help: str, description: str, **kw) -> Callable:
          "Load the model and print its family, layers, heads, hidden size and an example of the activation "
          "names.", output=())
 def _info(args, _opts, placement: Placement, _output: Output) -> None:
-    from probe.models import load_model
+    from prunescope.probe.models import load_model
 
     lm = load_model(args.model, **placement.load_kwargs())
     b = lm.blocks
@@ -84,11 +84,11 @@ def _sweep_extra(p: argparse.ArgumentParser) -> None:
 @command("sweep", "probe accuracy with each layer (or window, or set) skipped",
          "Layer-skip sweep: score probes with no layer skipped, each single layer skipped, contiguous windows, "
          "and any given sets. Writes OUT/sweep.csv, .jsonl, the items used, and figures. Re-running resumes.",
-         options="probe.sweep:SweepOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"),
+         options="prunescope.probe.sweep:SweepOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"),
          extra=_sweep_extra)
 def _sweep(args, opts, placement: Placement, output: Output) -> None:
-    from probe.distributed import env_world
-    from probe.sweep import sweep
+    from prunescope.core.distributed import env_world
+    from prunescope.probe.sweep import sweep
 
     rows = sweep(opts, model=args.model, placement=placement, output=output)
     if env_world().rank != 0:  # under torchrun every rank gets the rows; rank 0 prints
@@ -103,10 +103,10 @@ def _sweep(args, opts, placement: Placement, output: Output) -> None:
          "Patch activations from clean into corrupted prompts (denoise) or back (noise): the residual stream per "
          "layer x position, attention and MLP outputs, and attention heads. Writes OUT/patch.csv, layers.csv "
          "(per-layer effect), the pairs used and heatmaps. Re-running resumes.",
-         options="circuits.run:PatchOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"))
+         options="prunescope.circuits.run:PatchOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"))
 def _patch(args, opts, placement: Placement, output: Output) -> None:
-    from circuits.run import patch
-    from probe.distributed import env_world
+    from prunescope.circuits.run import patch
+    from prunescope.core.distributed import env_world
 
     result = patch(opts, model=args.model, placement=placement, output=output)
     if env_world().rank != 0:
@@ -119,9 +119,9 @@ def _patch(args, opts, placement: Placement, output: Output) -> None:
 @command("score", "per-layer importance scores (Block Influence, angular distance, ...)",
          "Score every layer: Block Influence and angular distance from one pass over calibration texts, "
          "optionally perplexity increase, skip drops from a sweep table and patching effects from a patching "
-         "table. Writes OUT/scores.csv and scores.png.", options="prune.run:ScoreOptions")
+         "table. Writes OUT/scores.csv and scores.png.", options="prunescope.prune.run:ScoreOptions")
 def _score(args, opts, placement: Placement, output: Output) -> None:
-    from prune.run import score
+    from prunescope.prune.run import score
 
     rows = score(opts, model=args.model, placement=placement, output=output)
     metrics = [m for m in dict.fromkeys(r["metric"] for r in rows) if not m.startswith("angular")]
@@ -137,9 +137,9 @@ def _score(args, opts, placement: Placement, output: Output) -> None:
 @command("prune", "choose layers to drop (protecting some) and write a standard checkpoint",
          "Pick layers with a strategy and write a Hugging Face checkpoint without them (plus "
          "prunescope_plan.json and plan.json). Protected layers are never dropped.",
-         options="analysis.selection:PruneOptions", output=("out", "progress"))  # + iterative-generated
+         options="prunescope.prune.run:PruneOptions", output=("out", "progress"))
 def _prune(args, opts, placement: Placement, output: Output) -> None:
-    from prune.run import prune
+    from prunescope.prune.run import prune
 
     plan = prune(opts, model=args.model, placement=placement, output=output)
     print(f"strategy {plan.strategy}: drop {plan.drop} of {plan.n_layers} layers"
@@ -153,9 +153,9 @@ def _prune(args, opts, placement: Placement, output: Output) -> None:
 @command("sgr", "Self-Generated Responses: the base model answers the training prompts",
          "The unpruned base model answers every prompt (chat template applied when the model has one). Writes "
          "JSONL: each prompt record plus 'response' and provenance. Re-running resumes; the file's own responses "
-         "stay as 'reference' for the external arm.", options="recover.sgr:SGROptions", output=("out", "progress"))
+         "stay as 'reference' for the external arm.", options="prunescope.recover.sgr:SGROptions", output=("out", "progress"))
 def _sgr(args, opts, placement: Placement, output: Output) -> None:
-    from recover.sgr import generate_responses
+    from prunescope.recover.sgr import generate_responses
 
     if not output.out:
         raise PrunescopeError("sgr needs --out FILE.jsonl (where the responses go)")
@@ -167,10 +167,10 @@ def _sgr(args, opts, placement: Placement, output: Output) -> None:
          "Finetune a pruned model with QLoRA (4-bit NF4 + LoRA r=64, alpha=16 on all linear layers, lr 2e-4 after "
          "50 warm-up steps, effective batch 8, loss on responses only). Writes OUT/curve.csv+png, checkpoints "
          "(re-running resumes), adapter/ and the merged model as a standard checkpoint in OUT.",
-         options="recover.train:RecoveryConfig", placement=("device",), output=("out", "progress"),
+         options="prunescope.recover.train:RecoverOptions", placement=("device",), output=("out", "progress"),
          model_help="the pruned model folder (from prunescope prune)", model_required=True)
 def _recover(args, opts, placement: Placement, output: Output) -> None:
-    from recover.train import recover
+    from prunescope.recover.train import recover
 
     if not output.out:
         raise PrunescopeError("recover needs --out FOLDER (where the recovered model goes)")
@@ -185,9 +185,9 @@ def _recover(args, opts, placement: Placement, output: Output) -> None:
          "Score a model on benchmarks defined as lm-eval YAML tasks (analysis/tasks/) with data read offline from "
          "installed packages; HumanEval/MBPP run through evalplus' sandbox. Writes OUT/eval.csv (+ stderr, "
          "category, primary columns) and OUT/samples/<task>.jsonl; re-running resumes task by task.",
-         options="analysis.evaluate:EvalOptions", output=("out", "progress"))
+         options="prunescope.analysis.evaluate:EvalOptions", output=("out", "progress"))
 def _eval(args, opts, placement: Placement, output: Output) -> None:
-    from analysis.evaluate import evaluate
+    from prunescope.analysis.evaluate import evaluate
 
     if not output.out:
         raise PrunescopeError("eval needs --out FOLDER (e.g. runs/NAME/eval)")
@@ -241,7 +241,7 @@ def _report_extra(p: argparse.ArgumentParser) -> None:
          "are missing, and signatures.csv from the generated samples whenever the run folder has them.",
          placement=(), output=("progress",), model_help="", extra=_report_extra)
 def _report(args, _opts, _placement, output: Output) -> None:
-    from analysis.report import report
+    from prunescope.analysis.report import report
     from prunescope.pipeline.seeds import compare_finished_seeds
 
     root = Path(args.run_dir)

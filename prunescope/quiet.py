@@ -3,7 +3,7 @@
 transformers' own progress bars (weight loading, GGUF conversion) would interleave with ours,
 which carry the rates that matter; its info/warning log lines are about loading internals a user
 cannot act on. Warnings that one call raises are silenced at that call instead (see
-``recover.train.add_lora`` and ``analysis.evaluate.make_lm``).
+``prunescope.recover.train.add_lora`` and ``prunescope.analysis.evaluate.make_lm``).
 """
 
 

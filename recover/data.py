@@ -14,7 +14,7 @@ Accepted user files (JSONL, one object per line) — the first matching schema w
 
 A folder holding ``*.jsonl`` files or a ``datasets.save_to_disk`` split (``*.arrow``) works too.
 
->>> from probe.tiny import tiny_model
+>>> from prunescope.probe.tiny import tiny_model
 >>> _, tok = tiny_model("llama")
 >>> ex = encode_example(tok, {"prompt": "2+2=", "response": " 4"}, "response", max_len=64)
 >>> ex.labels[:len(ex.input_ids) - ex.n_response] == [-100] * (len(ex.input_ids) - ex.n_response)
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from probe.errors import PrunescopeError
-from probe.results import read_jsonl
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.results import read_jsonl
 
 IGNORE = -100  # label of tokens without loss (prompt tokens, padding)
 

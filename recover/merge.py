@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from probe.results import atomic_write_json
+from prunescope.core.results import atomic_write_json
 
 
 def merged_model(base: str | Path, adapter: str | Path, *, quant: bool = True):
@@ -25,7 +25,7 @@ def merged_model(base: str | Path, adapter: str | Path, *, quant: bool = True):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from .student import load_student, peft_quietly
+    from prunescope.recover.student import load_student, peft_quietly
 
     if quant:
         model = load_student(base, quant=True, device="cpu").dequantize()

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from probe.errors import PrunescopeError
-from probe.options import Options, Output, Placement, is_legacy, legacy_call, option, positional_args
-from probe.lock import run_lock
-from probe.results import append_progress, atomic_write_text, read_progress, same_config
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.lock import run_lock
+from prunescope.core.results import append_progress, atomic_write_text, read_progress, same_config
 
-from .data import prompt_text
+from prunescope.recover.data import prompt_text
 
 
 def _settings(loaded, temperature: float, top_p: float, max_new_tokens: int, seed: int, prompts_source: str) -> dict:
@@ -63,24 +63,18 @@ class SGROptions(Options):
     seed: int = option(0, "seed of the prompt draw and of sampling", minimum=0)
 
 
-def generate_responses(options: SGROptions | None = None, *legacy, model: str | None = None,
+def generate_responses(options: SGROptions | None = None, *, model: str | None = None,
                        placement: Placement | None = None, output: Output | None = None, loaded=None,
-                       records: Sequence[dict] | None = None, **legacy_kw) -> list[dict]:
+                       records: Sequence[dict] | None = None) -> list[dict]:
     """Answer every prompt with the base model (batched, left-padded) and append to ``output.out`` (JSONL).
 
     ``records`` (already loaded prompt records) replaces reading ``options.prompts``, which then
     only names their source. ``temperature=0`` is greedy. Generation runs through
-    :class:`probe.generation.Engine`; each prompt samples from its own random stream
+    :class:`prunescope.generation.Engine`; each prompt samples from its own random stream
     (``seed`` and its index), so a resumed run draws the answers an uninterrupted one would.
 
     >>> generate_responses(SGROptions(n=48), output=Output(out="runs/sgr.jsonl"))  # doctest: +SKIP
     """
-    if is_legacy(options, SGROptions, legacy, legacy_kw):
-        options, rest = legacy_call("generate_responses", SGROptions, ("loaded", "records", "out"),
-                                    positional_args(options, legacy), legacy_kw,
-                                    renames={"prompts_source": "prompts"}, extra=("records",),
-                                    bound=dict(model=model, loaded=loaded, records=records))
-        return generate_responses(options, **rest)
     o = (options or SGROptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
     if not output.out:
@@ -89,11 +83,11 @@ def generate_responses(options: SGROptions | None = None, *legacy, model: str | 
         raise PrunescopeError(f"--out {output.out} is a folder; give the JSONL file to write, e.g. "
                               f"{Path(output.out) / 'sgr.jsonl'}")
     if records is None:
-        from .data import load_prompts
+        from prunescope.recover.data import load_prompts
 
         records = load_prompts(o.prompts, n=o.n, seed=o.seed)
     if loaded is None:
-        from probe.models import load_model
+        from prunescope.probe.models import load_model
 
         loaded = load_model(model, **placement.load_kwargs())
     if not records:
@@ -103,7 +97,7 @@ def generate_responses(options: SGROptions | None = None, *legacy, model: str | 
 
 
 def _generate(loaded, records: Sequence[dict], out: Path, o: SGROptions, show_progress: bool) -> list[dict]:
-    from probe.generation import Engine, GenerationOptions, Request
+    from prunescope.generation import Engine, GenerationOptions, Request
 
     settings = _settings(loaded, o.temperature, o.top_p, o.max_new_tokens, o.seed, o.prompts)
     done = _done(out, settings)

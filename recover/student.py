@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from probe.errors import PrunescopeError
+from prunescope.core.errors import PrunescopeError
 
 # bitsandbytes, when imported on a CPU with AVX512-BF16, tries to fetch an optional inference kernel
 # from the hub ("Failed to load CPU gemm_4bit_forward from kernels-community"). Training here turns

@@ -12,12 +12,11 @@ Everything lands in ``OUT/``: ``curve.csv``/``curve.png`` (train loss, held-out 
 ``adapter/`` (final LoRA weights) and the merged model itself (a standard checkpoint).
 
 >>> # prunescope recover --model pruned/bi25 --data runs/sgr.jsonl --mode sgr --out recovered/bi25-sgr
->>> # recover("pruned/bi25", "runs/sgr.jsonl", "recovered/bi25-sgr", RecoveryConfig(mode="sgr"))
+>>> # recover(RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25", output=Output(out="recovered/bi25-sgr"))
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -30,14 +29,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from probe.errors import PrunescopeError
-from probe.options import Options, Output, Placement, option, positional_args
-from probe.registry import Registry
-from probe.lock import run_lock
-from probe.results import check_run_config, read_jsonl, record_run_config, write_table
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.registry import Registry
+from prunescope.core.lock import run_lock
+from prunescope.core.results import check_run_config, read_jsonl, record_run_config, write_table
 
-from .data import IGNORE, Example, encode_all
-from .student import check_bitsandbytes, load_student, peft_quietly  # noqa: F401  (check_bitsandbytes: public here too)
+from prunescope.recover.data import IGNORE, Example, encode_all
+from prunescope.recover.student import check_bitsandbytes, load_student, peft_quietly  # noqa: F401  (check_bitsandbytes: public here too)
 
 MODES = Registry("recovery mode")
 MODES.register("sgr", "sgr", help="train on the base model's own responses (Self-Generated Responses, the paper's recipe)")
@@ -58,11 +57,11 @@ class RecoveryDiverged(PrunescopeError):
 
 
 @dataclass
-class RecoveryConfig(Options):
+class RecoverOptions(Options):
     """Settings of ``prunescope recover`` (:func:`recover`): paper defaults (QLoRA r=64, alpha=16,
     lr 2e-4 after 50 warm-up steps, effective batch 8, ``max_seq_len`` 8192 as in the paper).
 
-    >>> RecoveryConfig(mode="external", steps=10).check().steps
+    >>> RecoverOptions(mode="external", steps=10).check().steps
     10
     """
 
@@ -103,32 +102,12 @@ class RecoveryConfig(Options):
     kl_temperature: float = option(1.0, "distill: softmax temperature of the KL", minimum=0)
     seed: int = option(0, "seed of the data order, the held-out split and the LoRA init", minimum=0)
 
-    @property
-    def r(self) -> int:
-        return self.rank
-
     def validate(self) -> None:
         if self.batch_size % self.micro_batch:
             raise PrunescopeError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch {self.micro_batch}")
         if self.mode == "distill" and self.teacher is None:
             raise PrunescopeError("--mode distill needs --teacher BASE_MODEL (the unpruned model); "
                                   "use 'default' for the embedded default model")
-
-
-_dataclass_init = RecoveryConfig.__init__
-
-
-def _init_accepting_r(self, *args, r: int | None = None, **kwargs):
-    """``r`` is the old name of ``rank`` (taken, with a warning, for one release)."""
-    if r is not None:
-        import warnings
-
-        warnings.warn("RecoveryConfig(r=...) is deprecated; use rank=", DeprecationWarning, stacklevel=2)
-        kwargs["rank"] = r
-    _dataclass_init(self, *args, **kwargs)
-
-
-RecoveryConfig.__init__ = _init_accepting_r
 
 
 # ---------------------------------------------------------------- models
@@ -141,7 +120,7 @@ def compute_dtype(model) -> torch.dtype | None:
     return None
 
 
-def add_lora(model, cfg: RecoveryConfig):
+def add_lora(model, cfg: RecoverOptions):
     """LoRA on every linear layer; the frozen model keeps its own dtype, and on a 4-bit model the
     adapters take its compute dtype (bf16 on a GPU), as in the QLoRA paper and TRL's ``SFTTrainer``.
 
@@ -151,7 +130,7 @@ def add_lora(model, cfg: RecoveryConfig):
     H200 that made ours 0.35x (seq 2048) and 0.17x (8192) the tokens/s of peft + TRL, which skips it
     too (``benchmarks/qlora.py --profile``: the math kernel tops the 8192 profile).
 
-    >>> pm = add_lora(load_student("pruned/bi25", quant=True, device="cuda"), RecoveryConfig())  # doctest: +SKIP
+    >>> pm = add_lora(load_student("pruned/bi25", quant=True, device="cuda"), RecoverOptions())  # doctest: +SKIP
     """
     from peft import LoraConfig, get_peft_model
 
@@ -285,7 +264,7 @@ def response_nll_sum(blocks, ids: torch.Tensor, mask: torch.Tensor, labels: torc
 
 def _blocks(model):
     """The block handle of a model, through peft's wrapper (its adapters sit inside the base model)."""
-    from probe.blocks import Blocks
+    from prunescope.probe.blocks import Blocks
 
     return Blocks(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
@@ -491,37 +470,21 @@ def _load_checkpoint(path: Path, pm, opt, sched) -> dict:
 RUN_CONFIG = "prunescope_recovery_run.json"
 
 
-def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | None = None,
+def recover(options: RecoverOptions | None = None, *, model: str | Path | None = None,
             placement: Placement | None = None, output: Output | None = None, stop_after: int | None = None,
-            merge: bool = True, **legacy_kw) -> dict:
+            merge: bool = True) -> dict:
     """Finetune the pruned ``model`` on ``options.data`` (an SGR file) and write the recovered model
     to ``output.out``.
 
     ``options.teacher``: the base model for ``mode="distill"``. ``stop_after``: leave after this many
     optimizer steps in this call (a later call resumes) — for time-sliced machines. Returns a summary dict.
 
-    >>> recover(RecoveryConfig(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
+    >>> recover(RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
     ...         output=Output(out="recovered/bi25-sgr"))  # doctest: +SKIP
     """
-    from probe.models import resolve_model
+    from prunescope.probe.models import resolve_model
 
-    if not isinstance(options, (RecoveryConfig, type(None))) or legacy or legacy_kw:
-        # the old call: recover(model, data, out, cfg, teacher=, device=, show_progress=)
-        import warnings
-
-        warnings.warn("recover(model, data, out, cfg, ...) is deprecated; pass a RecoveryConfig with data= and "
-                      "model=, output=Output(out=...)", DeprecationWarning, stacklevel=2)
-        given = dict(zip(("model", "data", "out", "cfg"), positional_args(options, legacy))) | legacy_kw
-        if model is not None:
-            given.setdefault("model", model)
-        cfg = copy.copy(given.get("cfg") or RecoveryConfig())
-        cfg.data = str(given["data"])
-        if given.get("teacher") is not None:
-            cfg.teacher = str(given["teacher"])
-        return recover(cfg, model=given["model"], placement=Placement(device=given.get("device", "cpu")),
-                       output=Output(out=str(given["out"]), progress=given.get("show_progress", True)),
-                       stop_after=given.get("stop_after", stop_after), merge=given.get("merge", merge))
-    cfg = (options or RecoveryConfig()).check()
+    cfg = (options or RecoverOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
     if model is None:
         raise PrunescopeError("recovery needs the pruned model: pass --model PRUNED (from prunescope prune)")
@@ -660,7 +623,7 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
             shutil.rmtree(adapter)
         tmp.rename(adapter)
         if merge:
-            from .merge import merge_adapter
+            from prunescope.recover.merge import merge_adapter
 
             merge_adapter(student_path, adapter, out, quant=cfg.quant, tokenizer=tok,
                           record={"recovery": summary, "config": run_config})
@@ -668,7 +631,7 @@ def recover(options: RecoveryConfig | None = None, *legacy, model: str | Path | 
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> Path:
-    from probe.plots import save_figure, plt
+    from prunescope.core.plots import save_figure, plt
 
     fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
     ax.plot([c["tokens"] for c in curve], [c["eval_ppl"] for c in curve], marker="o", label="held-out perplexity")
@@ -685,5 +648,5 @@ def read_summary(out: str | Path) -> dict:
     return json.loads((Path(out) / "prunescope_recovery.json").read_text())
 
 
-__all__ = ["RecoveryConfig", "recover", "load_student", "add_lora", "compute_dtype", "perplexity",
+__all__ = ["RecoverOptions", "recover", "load_student", "add_lora", "compute_dtype", "perplexity",
            "response_nll", "response_kl", "collate", "check_bitsandbytes", "plot_curve", "read_summary"]

@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from probe.tiny import FAMILIES, save_tiny_model, tiny_model  # noqa: E402
+from prunescope.probe.tiny import FAMILIES, save_tiny_model, tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
@@ -32,7 +32,7 @@ def tiny_llama_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def default_model():
-    from probe.models import load_model
+    from prunescope.probe.models import load_model
 
     return load_model()
 

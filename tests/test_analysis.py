@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from analysis.report import package_versions, report
-from analysis.retention import plot_probes, plot_retention, probe_comparison, retention_table
-from analysis.signatures import (
+from prunescope.analysis.report import package_versions, report
+from prunescope.analysis.retention import plot_probes, plot_retention, probe_comparison, retention_table
+from prunescope.analysis.signatures import (
     ablation_signatures, aggregate_signatures, arithmetic_steps, check_brackets, examples, program_text, rep_n, self_bleu,
     signatures_for_samples,
 )
-from probe.errors import PrunescopeError
-from probe.results import COLUMNS, read_table, write_table
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.results import COLUMNS, read_table, write_table
 
 
 # ---------------------------------------------------------------- arithmetic steps
@@ -299,7 +299,7 @@ def _run_dir(tmp_path):
         (d / "humaneval.jsonl").write_text(json.dumps(
             {"task": "humaneval", "doc_id": 0, "prompt": "def f(x):\n", "target": "", "correct": None,
              "response": "    return (x + [1, 2)\n" if bad else "    return x\n"}) + "\n")
-        (d / "piqa.jsonl").write_text(json.dumps(   # multiple choice, as analysis.evaluate writes it
+        (d / "piqa.jsonl").write_text(json.dumps(   # multiple choice, as prunescope.analysis.evaluate writes it
             {"task": "piqa", "doc_id": 0, "prompt": "Q", "response": "a a a a a a", "target": "b",
              "correct": False, "scores": {"acc": 0.0}}) + "\n")
     write_table([{"model": "m", "probe": "copy", "condition": s, "layers": "", "metric": "accuracy", "value": v,
@@ -413,7 +413,7 @@ def test_versions_of_packages_copied_without_metadata(tmp_path, monkeypatch):
     "not installed". Such a package now reports its module's version, or that it is importable."""
     import sys
 
-    from analysis import report as rep
+    from prunescope.analysis import report as rep
 
     for name, body in (("ps_copied_a", "__version__ = '1.2.3'\n"), ("ps_copied_b", "")):
         (tmp_path / name).mkdir()
@@ -429,7 +429,7 @@ def test_versions_of_packages_copied_without_metadata(tmp_path, monkeypatch):
 
 
 def test_bootstrap_retention_intervals():
-    from analysis.retention import bootstrap_retention, retention_table
+    from prunescope.analysis.retention import bootstrap_retention, retention_table
 
     rows = [{"model": "m", "probe": t, "condition": st, "metric": "acc", "value": v, "n": 4, "category": c}
             for t, c, vals in (("arc", "classification", (1.0, 0.5)), ("gsm", "generative", (0.5, 0.25)))
@@ -454,7 +454,7 @@ def test_item_scores_keep_each_subject_of_a_group_apart(tmp_path):
     2 (the Qwen retention run's MMLU intervals once rested on the last subject's 10 questions)."""
     import json
 
-    from analysis.retention import item_scores
+    from prunescope.analysis.retention import item_scores
 
     d = tmp_path / "eval" / "base" / "samples"
     d.mkdir(parents=True)
@@ -477,7 +477,7 @@ def test_step_checker_degenerate_chain_without_result():
 
 def test_report_code_blocks_drop_control_characters(tmp_path):
     """A random or broken model's text can hold NULs: the report stays a text file."""
-    from analysis.report import Doc
+    from prunescope.analysis.report import Doc
 
     doc = Doc(tmp_path)
     doc.code("def f():\n\treturn 1\x00\x07 + 2\x1b[0m")

@@ -22,19 +22,20 @@ def test_python_m_prunescope_is_the_cli():
     assert p.returncode == 0 and "sweep" in p.stdout and "run" in p.stdout
 
 
-def test_new_and_old_calls_give_the_same_rows(tiny_llama_dir):
+def test_a_command_gives_the_same_rows_with_or_without_its_default_options(tiny_llama_dir):
     lm = ps.load_model(tiny_llama_dir)
-    new = ps.sweep(ps.SweepOptions(probe="arithmetic", n=6), loaded=lm, output=ps.Output(progress=False))
-    with pytest.warns(DeprecationWarning, match="SweepOptions"):
-        old = ps.sweep(None, "arithmetic", 6, loaded=lm, show_progress=False)
-    assert new == old
-    with pytest.warns(DeprecationWarning, match="PruneOptions"):
-        old_plan = ps.prune(strategy="reverse", n=1, loaded=lm, show_progress=False)
-    assert ps.prune(ps.PruneOptions(strategy="reverse", n=1), loaded=lm).drop == old_plan.drop
-    with pytest.warns(DeprecationWarning, match="rank="):
-        assert ps.RecoveryConfig(r=8).rank == 8
-    with pytest.warns(DeprecationWarning, match="ScoreOptions"):
-        old_scores = ps.score(n_texts=8, block_sizes=[2], loaded=lm, show_progress=False)
+    quiet = ps.Output(progress=False)
+    new = ps.sweep(ps.SweepOptions(probe="arithmetic", n=6), loaded=lm, output=quiet)
+    again = ps.sweep(ps.SweepOptions(probe="arithmetic", n=6), loaded=lm, output=quiet)
+    assert new == again
+    plan = ps.prune(ps.PruneOptions(strategy="reverse", n=1), loaded=lm, output=quiet)
+    assert ps.prune(ps.PruneOptions(strategy="reverse", n=1), loaded=lm).drop == plan.drop
+    assert ps.RecoverOptions(rank=8).rank == 8
+    with pytest.raises(TypeError):
+        ps.RecoverOptions(r=8)  # the old name of rank is gone
+    with pytest.raises(TypeError):
+        ps.sweep(None, "arithmetic", 6, loaded=lm)  # the old flat call is gone
+    old_scores = ps.score(ps.ScoreOptions(n_texts=8, block_sizes=[2]), loaded=lm, output=quiet)
     new_scores = ps.score(ps.ScoreOptions(n_texts=8, block_sizes=[2]), loaded=lm, output=ps.Output(progress=False))
     assert new_scores == old_scores and {r["metric"] for r in new_scores} == {"block_influence", "angular_distance_n2"}
 

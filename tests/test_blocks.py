@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from probe.blocks import Blocks
-from probe.errors import PrunescopeError
-from prune.surgery import remove_layers
+from prunescope.probe.blocks import Blocks
+from prunescope.core.errors import PrunescopeError
+from prunescope.prune.surgery import remove_layers
 
 
 def _logits(model, ids, mask):

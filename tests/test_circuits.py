@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from circuits.backends import exact_patching_backend
-from circuits.pairs import Pair, encode_pairs, load_pairs, make_pairs
-from circuits.patching import (
+from prunescope.circuits.backends import exact_patching_backend
+from prunescope.circuits.pairs import Pair, encode_pairs, load_pairs, make_pairs
+from prunescope.circuits.patching import (
     patched_value_fn, attribution_patching, exact_patching, layer_importance, make_cells, run_clean_corrupt, spearman,
 )
-from probe.blocks import Blocks
-from probe.errors import PrunescopeError
+from prunescope.probe.blocks import Blocks
+from prunescope.core.errors import PrunescopeError
 
 
 @pytest.fixture()
@@ -147,8 +147,8 @@ def test_default_model_attribution_agrees_with_exact(default_model):
 
 
 def test_named_attribution_methods_are_attribution_with_their_setting(tiny, enc):
-    from circuits.run import PatchOptions, patch
-    from probe.models import LoadedModel
+    from prunescope.circuits.run import PatchOptions, patch
+    from prunescope.probe.models import LoadedModel
 
     o = PatchOptions(method="relp", probe="brackets", n=6, kinds="resid_post", positions=2).check()
     assert (o.method, o.relevance, o.attribution_steps) == ("attribution", True, 1)

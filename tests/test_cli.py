@@ -43,7 +43,7 @@ def test_info_and_sweep(tiny_llama_dir, tmp_path, capsys):
 
 
 def test_patch_command_writes_tables_and_resumes(tiny_llama_dir, tmp_path, capsys):
-    from probe.results import COLUMNS, read_table
+    from prunescope.core.results import COLUMNS, read_table
 
     out = tmp_path / "patch"
     args = ["patch", "--model", str(tiny_llama_dir), "--probe", "brackets", "--n", "4", "--positions", "2",

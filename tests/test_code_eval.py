@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from analysis import code_eval as ce
-from probe.errors import PrunescopeError
+from prunescope.analysis import code_eval as ce
+from prunescope.core.errors import PrunescopeError
 
 
 def test_conversion_keeps_most_problems():
@@ -65,9 +65,9 @@ def test_test_program_failures_get_the_taxonomy(tmp_path, monkeypatch):
 
 def test_a_code_result_from_another_problem_set_is_scored_again(tmp_path):
     """A task recorded before the test-program problems joined (155 problems) is not reused."""
-    from analysis.evaluate import evaluate_model, finished_rows
-    from probe.models import LoadedModel
-    from probe.tiny import tiny_model
+    from prunescope.analysis.evaluate import evaluate_model, finished_rows
+    from prunescope.probe.models import LoadedModel
+    from prunescope.probe.tiny import tiny_model
 
     model, tok = tiny_model("llama")
     lm = LoadedModel(model, tok, "tiny-llama", "")
@@ -126,8 +126,8 @@ def test_canonical_solutions_pass_and_wrong_ones_fail(tmp_path):
 
 
 def test_run_code_task_tiny_model_end_to_end(tmp_path):
-    from probe.models import LoadedModel
-    from probe.tiny import tiny_model
+    from prunescope.probe.models import LoadedModel
+    from prunescope.probe.tiny import tiny_model
 
     model, tok = tiny_model("llama")
     loaded = LoadedModel(model, tok, "tiny-llama", "")
@@ -169,9 +169,9 @@ def test_failure_taxonomy_sorts_each_kind(tmp_path):
 
 
 def test_failure_taxonomy_reaches_samples_and_signatures(tmp_path):
-    from analysis.signatures import FAILURE_KINDS, aggregate_signatures, signatures_for_samples
-    from probe.models import LoadedModel
-    from probe.tiny import tiny_model
+    from prunescope.analysis.signatures import FAILURE_KINDS, aggregate_signatures, signatures_for_samples
+    from prunescope.probe.models import LoadedModel
+    from prunescope.probe.tiny import tiny_model
 
     model, tok = tiny_model("llama")
     rows, samples = ce.run_code_task(LoadedModel(model, tok, "tiny-llama", ""), "mbpp", limit=3, out_dir=tmp_path,
@@ -183,7 +183,7 @@ def test_failure_taxonomy_reaches_samples_and_signatures(tmp_path):
 
 
 def test_code_prompt_option_chooses_the_prompt():
-    from analysis.evaluate import EvalOptions
+    from prunescope.analysis.evaluate import EvalOptions
 
     assert "chat" not in EvalOptions(tasks="humaneval").check().code_options()  # auto: the model decides
     assert EvalOptions(tasks="humaneval", code_prompt="raw").check().code_options() == {"chat": False}
@@ -213,7 +213,7 @@ def test_chat_prompt_path_sanitizes_replies(tmp_path, default_model):
 
 
 def test_a_chat_reply_that_does_not_parse_is_a_syntax_failure_with_its_brackets():
-    from analysis.signatures import signature
+    from prunescope.analysis.signatures import signature
 
     reply = "def add(a, b):\n    return (a + b\n"
     sample = {"task": "humaneval", "prompt": "def add(a, b):\n", "response": "", "reply": reply, "chat": True,
@@ -226,8 +226,8 @@ def test_a_chat_reply_that_does_not_parse_is_a_syntax_failure_with_its_brackets(
 
 def test_plus_file_adds_plus_metric(tmp_path):
     """A user-supplied evalplus file with plus inputs is used as is and adds plus_pass@1."""
-    from probe.models import LoadedModel
-    from probe.tiny import tiny_model
+    from prunescope.probe.models import LoadedModel
+    from prunescope.probe.tiny import tiny_model
 
     he = ce.humaneval_problems()
     p = dict(he["HumanEval/0"], plus_input=[[[1.0, 1.05], 0.1], [[], 1.0]])

@@ -17,14 +17,14 @@ import math
 import pytest
 import torch
 
-from probe.distributed import Dist, assign, check_devices, launch, rank_device, wants_launch
-from probe.errors import PrunescopeError
-from probe.models import LoadedModel, load_model, parse_max_memory
-from probe.options import Output
-from probe.results import read_progress, read_table
-from probe.scoring import ScoringPlan
-from probe.sweep import SweepOptions, make_conditions, split_work, sweep, sweep_blocks
-from probe.tasks import make_items
+from prunescope.core.distributed import Dist, assign, check_devices, launch, rank_device, wants_launch
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.models import LoadedModel, load_model, parse_max_memory
+from prunescope.core.options import Output
+from prunescope.core.results import read_progress, read_table
+from prunescope.probe.scoring import ScoringPlan
+from prunescope.probe.sweep import SweepOptions, make_conditions, split_work, sweep, sweep_blocks
+from prunescope.probe.tasks import make_items
 
 
 SWEEP = dict(probe="copy,arithmetic", n=6, batch_size=2)
@@ -33,7 +33,7 @@ PATCH = dict(probe="arithmetic", n=4, kinds="resid_post,attn_out,head", position
 
 
 def _patch_options():
-    from circuits.run import PatchOptions
+    from prunescope.circuits.run import PatchOptions
 
     return PatchOptions(**PATCH)
 
@@ -45,8 +45,8 @@ def _quiet(out=None) -> Output:
 def _worker(model_dir: str, out: str) -> dict:
     """Runs in each of 2 processes of one gloo group (started by ``launch``)."""
     from prunescope.cli import main
-    from circuits.run import patch
-    from probe.distributed import distributed
+    from prunescope.circuits.run import PatchOptions, patch
+    from prunescope.core.distributed import distributed
 
     with distributed("cpu") as d:
         text = io.StringIO()
@@ -97,13 +97,10 @@ def test_two_processes_equal_one(tiny_llama_dir, tmp_path):
     # one batch: the conditions were split between the ranks, and the rows are the same
     assert _same(got["one_batch"], sweep(SweepOptions(**ONE_BATCH), model=model, output=_quiet()))
 
-    from circuits.run import patch
+    from prunescope.circuits.run import PatchOptions, patch
 
-    # patch's legacy flat-keyword call, kept on purpose (the one test of that shim): it still warns,
-    # and its cells equal the new-form call's (the group's, above)
-    with pytest.warns(DeprecationWarning, match=r"patch\(\.\.\.\) with flat keyword arguments is deprecated; "
-                                                r"pass a PatchOptions"):
-        ref = patch(model, **PATCH, show_progress=False, plot=False)
+    # one process gives the cells of the group (above)
+    ref = patch(PatchOptions(**PATCH), model=model, output=Output(progress=False, plot=False))
     assert got["patch"]["cells"] == ref["cells"]            # exact (split by layer) and attribution
     assert got["patch"]["agreement"] == ref["agreement"]
     logged = read_progress(tmp_path / "group" / "patch" / ".progress" / "exact.jsonl")
@@ -115,7 +112,7 @@ def test_two_processes_equal_one(tiny_llama_dir, tmp_path):
 def test_work_split_covers_everything_once():
     assert assign([5.0, 1.0, 4.0, 2.0], 2) == [[0, 1], [2, 3]]
     assert assign([1.0], 3) == [[0], [], []]
-    model, tok = __import__("probe.tiny", fromlist=["tiny_model"]).tiny_model("llama", n_layers=6)
+    model, tok = __import__("prunescope.probe.tiny", fromlist=["tiny_model"]).tiny_model("llama", n_layers=6)
     plan = ScoringPlan(tok, make_items("copy", 11, seed=1))
     conds = make_conditions(6, windows=[1, 2])
     for bs, world in [(2, 2), (2, 3), (11, 2), (4, 4), (3, 1)]:
@@ -136,8 +133,8 @@ def test_layers_offloaded_by_accelerate(tiny_llama_dir, tmp_path):
     """Layers whose weights accelerate keeps off the module (``meta``) run where its hook says."""
     from transformers import AutoModelForCausalLM
 
-    from circuits.pairs import encode_pairs, make_pairs
-    from circuits.patching import exact_patching
+    from prunescope.circuits.pairs import encode_pairs, make_pairs
+    from prunescope.circuits.patching import exact_patching
 
     plain = load_model(str(tiny_llama_dir))
     dmap = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
@@ -157,8 +154,8 @@ def test_layers_offloaded_by_accelerate(tiny_llama_dir, tmp_path):
 
 def test_random_sharded_model_matches_plain_build():
     """The 70B check builds its model sharded from empty weights; on CPU it equals a plain build."""
-    from probe.blocks import Blocks
-    from probe.tiny import fill_random_, random_sharded_model, random_weight_model, tiny_config
+    from prunescope.probe.blocks import Blocks
+    from prunescope.probe.tiny import fill_random_, random_sharded_model, random_weight_model, tiny_config
 
     sharded = random_sharded_model(tiny_config("llama", 3), {"cpu": "1GiB"}, torch.float32, attn_implementation="eager")
     plain = fill_random_(random_weight_model(tiny_config("llama", 3), "cpu", torch.float32, attn_implementation="eager"))

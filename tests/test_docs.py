@@ -25,7 +25,7 @@ def test_every_option_has_help_and_one_flag():
     """One name per setting: no two fields of a command share a flag (aliases included)."""
     from dataclasses import fields
 
-    from probe.options import Output, Placement, flag_of
+    from prunescope.core.options import Output, Placement, flag_of
     from prunescope.cli import COMMANDS
 
     for c in COMMANDS.values():

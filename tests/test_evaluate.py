@@ -7,14 +7,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from analysis import evaluate as ev
-from analysis.evaluate import (TASKS, EvalOptions, evaluate, gsm8k_answer, lm_eval_tasks, normalize_number,
+from prunescope.analysis import evaluate as ev
+from prunescope.analysis.evaluate import (TASKS, EvalOptions, evaluate, evaluate_model, gsm8k_answer, lm_eval_tasks, normalize_number,
                                 read_samples)
-from probe.errors import PrunescopeError
-from probe.options import Output
-from probe.models import LoadedModel
-from probe.results import read_table
-from probe.tiny import tiny_model
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import Output
+from prunescope.probe.models import LoadedModel
+from prunescope.core.results import read_table
+from prunescope.probe.tiny import tiny_model
 
 LM_EVAL_TASKS = [t for t in TASKS if t not in ev.CODE_TASKS]
 LM_EVAL_DIR = Path(importlib.util.find_spec("lm_eval").submodule_search_locations[0]) / "tasks"
@@ -144,11 +144,9 @@ def test_resume_skips_finished_tasks(tiny_run, monkeypatch):
     calls = []
     real = ev.run_lm_eval
     monkeypatch.setattr(ev, "run_lm_eval", lambda *a, **k: calls.append(1) or real(*a, **k))
-    # evaluate's legacy positional call, kept on purpose (the one test of that shim): it still warns,
-    # resumes the new-form run of tiny_run and gives its rows
-    with pytest.warns(DeprecationWarning, match=r"evaluate\(loaded, tasks, out, \.\.\.\) is deprecated"):
-        again = evaluate(loaded, ["arc_easy", "gsm8k"], out, limit=2, num_fewshot=0, max_length=512,
-                         xsum_file=out.parent / "xsum.jsonl", show_progress=False)
+    # evaluate_model on the same settings resumes the run of tiny_run and gives its rows
+    again = evaluate_model(loaded, ["arc_easy", "gsm8k"], out, limit=2, num_fewshot=0, max_length=512,
+                           xsum_file=out.parent / "xsum.jsonl", show_progress=False)
     assert calls == []
     assert again == [r for r in rows if r["probe"] in ("arc_easy", "gsm8k")]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()} == stamps
@@ -221,7 +219,7 @@ def test_generation_has_its_own_batch_size():
     """Scoring batches follow batch_size and generation gen_batch_size (the engine's slots; Gemma's
     262k vocabulary needs small scoring batches but can generate in large ones); the rows do not
     depend on them."""
-    from probe.generation import SlotCache
+    from prunescope.generation import SlotCache
 
     loaded = _tiny_loaded()
     shapes = []
@@ -323,8 +321,8 @@ def test_missing_data_package_names_the_pip_install(monkeypatch):
 
 
 def test_a_fractional_limit_takes_that_share_of_each_task(default_model):
-    from analysis.evaluate import EvalOptions
-    from analysis.evaluate import evaluate as evaluate_options
+    from prunescope.analysis.evaluate import EvalOptions
+    from prunescope.analysis.evaluate import evaluate as evaluate_options
 
     assert EvalOptions(limit="0.2").check().limit == 0.2 and EvalOptions(limit="3").check().limit == 3
     rows = evaluate_options(EvalOptions(tasks=["arc_easy"], limit=0.02, fewshot=0), loaded=default_model,

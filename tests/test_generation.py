@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from probe.blocks import Blocks
-from probe.generation import Engine, GenerationOptions, Request, pick_tokens, request_uniform
-from probe.tiny import FAMILIES, tiny_model
-from prune.surgery import remove_layers
+from prunescope.probe.blocks import Blocks
+from prunescope.generation import Engine, GenerationOptions, Request, pick_tokens, request_uniform
+from prunescope.probe.tiny import FAMILIES, tiny_model
+from prunescope.prune.surgery import remove_layers
 
 PROMPTS = ["a b c", "The quick brown fox jumps over", "def f(arr, n):\n    return", "1 2", "Alice went to the market",
            "Question: What is (4 * 4) * 1? Answer:", "x"]
@@ -72,7 +72,7 @@ def test_per_row_skip_sets_equal_each_set_skipped_alone(family):
 
 
 def test_skip_sets_generate_every_set_in_one_run_and_answer_from_it():
-    from probe.generation import skip_sets, totals
+    from prunescope.generation import skip_sets, totals
 
     model, tok = tiny_model("qwen2", n_layers=4)
     reqs = [Request(tok(p).input_ids, max_new_tokens=6) for p in PROMPTS[:4]]
@@ -167,7 +167,7 @@ def test_stop_strings_cut_the_text():
 
 
 def test_bad_requests_are_one_line_errors():
-    from probe.errors import PrunescopeError
+    from prunescope.core.errors import PrunescopeError
 
     model, tok = tiny_model("llama")
     with pytest.raises(PrunescopeError, match="empty prompt"):
@@ -181,7 +181,7 @@ def test_lm_eval_requests_match_hflm_own_generate(default_model):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from analysis.evaluate import make_lm
+    from prunescope.analysis.evaluate import make_lm
 
     questions = ["Question: What is 17 + 25?\nAnswer:", "Question: Tom has 3 apples and buys 4 more. How many?\nAnswer:",
                  "Q: Name a colour.\nA:", "Question: What is 9 * 8?\nAnswer: Let's think step by step."]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from probe.interop import nnsight_model, skip_logits, transformer_lens_bridge
+from prunescope.probe.interop import nnsight_model, skip_logits, transformer_lens_bridge
 
 
 @pytest.mark.parametrize("layers", [[1], [0, 2]])
@@ -21,7 +21,7 @@ def test_backends_agree_on_skips(tiny, prompts, layers):
 def test_bridge_leaves_model_untouched_and_shares_names(tiny, prompts):
     model, tok = tiny
     ids, _ = prompts
-    from probe.blocks import Blocks
+    from prunescope.probe.blocks import Blocks
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     bridge = transformer_lens_bridge(model, tok)

@@ -97,7 +97,7 @@ def test_recovery_killed_and_resumed(tiny_llama_dir, tmp_path, quant):
     _kill_when(args + ["--out", str(out)], ready=lambda: any((out / "checkpoints").glob("step-*")),
                done=lambda: (out / "adapter").exists())
     _run(args + ["--out", str(out)])
-    from probe.results import read_table
+    from prunescope.core.results import read_table
 
     timing = ("train_seconds", "tokens_per_s")  # wall-clock columns: the only ones allowed to differ
     assert [{k: v for k, v in r.items() if k not in timing} for r in read_table(out / "curve.csv")] == \

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from probe.errors import PrunescopeError
-from probe.models import DEFAULT_MODEL, load_model, resolve_model
-from probe.scoring import ScoringPlan, aggregate, score_items
-from probe.tasks import make_items
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.models import DEFAULT_MODEL, load_model, resolve_model
+from prunescope.probe.scoring import ScoringPlan, aggregate, score_items
+from prunescope.probe.tasks import make_items
 
 
 def test_load_tiny_folder(tiny_llama_dir):
@@ -82,7 +82,7 @@ def test_character_level_gguf_tokenizer_is_refused(default_model):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from probe.models import _PLAIN_SENTENCE, _check_gguf_tokenizer
+    from prunescope.probe.models import _PLAIN_SENTENCE, _check_gguf_tokenizer
 
     chars = sorted(set(_PLAIN_SENTENCE))
     raw = Tokenizer(models.Unigram([(c, -1.0) for c in ["<unk>", *chars]], unk_id=0))
@@ -99,7 +99,7 @@ def test_qwen_alias_refuses_without_its_parts_and_names_the_install(monkeypatch,
     (the model itself is never used in tests)."""
     import importlib.util
 
-    from probe import models
+    from prunescope.probe import models
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -112,7 +112,7 @@ def test_qwen_alias_refuses_without_its_parts_and_names_the_install(monkeypatch,
 def test_assemble_parts_checks_size_and_sha256(tmp_path):
     import hashlib
 
-    from probe.models import assemble_parts
+    from prunescope.probe.models import assemble_parts
 
     parts = []
     for i, data in enumerate([b"GGUF" + b"a" * 100, b"b" * 50, b"c" * 7]):
@@ -132,8 +132,8 @@ def test_logit_fingerprint_catches_a_changed_model(tmp_path):
 
     import torch
 
-    from probe.models import LoadedModel, check_fingerprint, logit_fingerprint
-    from probe.tiny import tiny_model
+    from prunescope.probe.models import LoadedModel, check_fingerprint, logit_fingerprint
+    from prunescope.probe.tiny import tiny_model
 
     model, tok = tiny_model("qwen2")
     ref = tmp_path / "fp.json"
@@ -149,8 +149,8 @@ def test_logit_fingerprint_catches_a_changed_model(tmp_path):
 def test_a_gguf_model_stops_on_every_end_of_generation_token(default_model):
     """A GGUF names one eos (SmolLM2: <|im_end|>, 2); the model also ends raw text with
     <|endoftext|> (0). Both must stop generation: Qwen once ran GSM8K answers on past <|endoftext|>."""
-    from probe.generation import Engine, GenerationOptions, Request
-    from probe.models import end_of_generation_ids
+    from prunescope.generation import Engine, GenerationOptions, Request
+    from prunescope.probe.models import end_of_generation_ids
 
     lm = default_model
     assert end_of_generation_ids(lm.tokenizer) == [2, 0]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from prunescope.pipeline import load_config, load_config_text
-from probe.errors import PrunescopeError
-from probe.results import read_table
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.results import read_table
 
 CONFIG = """name: tiny
 out: {out}
@@ -82,11 +82,11 @@ def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path, m
     # an evaluation resumed after its stage marker is lost: every stage's tasks and probes come
     # from the run folder; nothing is scored again
     from prunescope.pipeline import stages as pipeline
-    from prune import run as prune_run
+    from prunescope.probe import scoring as probe_scoring
 
     calls = []
-    real = prune_run.probe_accuracy
-    monkeypatch.setattr(prune_run, "probe_accuracy", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = probe_scoring.probe_accuracy
+    monkeypatch.setattr(probe_scoring, "probe_accuracy", lambda *a, **k: calls.append(a) or real(*a, **k))
     pipeline._evaluate(pipeline.Run({**load_config(cfg), "out": str(tmp_path / "kill")}, show_progress=False))
     assert calls == [] and _tables(tmp_path / "kill") == _tables(ref)
     assert json.loads((tmp_path / "kill/eval/pruned-bi/probes.json").read_text())["settings"]["n"] > 0
@@ -95,7 +95,7 @@ def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path, m
     # stages are read back without rebuilding or loading any stage's checkpoint
     import shutil
 
-    from probe import models
+    from prunescope.probe import models
 
     moved = tmp_path / "elsewhere" / "kill"
     shutil.copytree(tmp_path / "kill", moved)
@@ -226,9 +226,9 @@ def test_compare_seeds_paired_difference(tmp_path):
     """Two seeds of hand-made runs: retention rows, paired differences to BI and their mean are exact."""
     import json
 
-    from analysis.retention import bootstrap_retention, item_scores, retention_table
+    from prunescope.analysis.retention import bootstrap_retention, item_scores, retention_table
     from prunescope.pipeline.seeds import compare_seeds
-    from probe.results import write_table
+    from prunescope.core.results import write_table
 
     docs = {"base": [1, 1, 1, 1], "pruned-bi": [1, 0, 0, 0], "pruned-bi-protected": [1, 1, 0, 0]}
     for seed in (0, 1):
@@ -273,9 +273,9 @@ def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
     import torch
 
     from prunescope.pipeline.stages import Run, _ensure_checkpoint
-    from probe.models import load_model
-    from probe.options import Output
-    from prune.run import PruneOptions, prune
+    from prunescope.probe.models import load_model
+    from prunescope.core.options import Output
+    from prunescope.prune.run import PruneOptions, prune
 
     text = f"name: m\nmodel: {tiny_llama_dir}\nprune: {{ratio: 0.5}}\n"
     cfg = {**load_config_text(text), "out": str(tmp_path)}
@@ -418,7 +418,7 @@ def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir
     trains and every other stage is evaluated, and the report says which arm diverged and where."""
     import json
 
-    import recover.train as rt
+    import prunescope.recover.train as rt
     from prunescope.pipeline import run_pipeline
     from prunescope.pipeline.stages import Run, _recover
 

@@ -2,14 +2,14 @@
 by construction (circuits/planted.py). Each method must find the planted layers of `sum-planted`,
 and none may claim a sharp circuit in `count-spread`, whose mechanism is spread over five layers.
 
-Bounds (measured values in docs/guide.md, `python -m circuits.planted`): planted layers found at
+Bounds (measured values in docs/guide.md, `python -m prunescope.circuits.planted`): planted layers found at
 precision and recall 1 by every method, the top-2 layers holding >= 99% of the per-layer effect;
 in the control every method's top-2 share is <= 0.7 (measured 0.41-0.59) and each of layers 1-5
 costs >= 30% accuracy when skipped (measured 0.49-0.51)."""
 
 import pytest
 
-from circuits.planted import SPECS, localization_check
+from prunescope.circuits.planted import SPECS, localization_check
 
 
 @pytest.fixture(scope="module")

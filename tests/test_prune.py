@@ -7,14 +7,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prunescope.cli import main
-from probe.blocks import Blocks
-from probe.errors import PrunescopeError
-from probe.models import load_model
-from probe.results import write_table
-from prune.run import PruneOptions, make_evaluator, prune, reference_evaluator
-from prune.scores import layer_scores, representation_scores
-from prune.strategies import count_to_drop, iterative, lowest_block, lowest_k, protected_from_table, reverse_order
-from prune.surgery import save_pruned
+from prunescope.probe.blocks import Blocks
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.models import load_model
+from prunescope.core.results import write_table
+from prunescope.prune.run import PruneOptions, make_evaluator, prune, reference_evaluator
+from prunescope.prune.scores import layer_scores, representation_scores
+from prunescope.prune.strategies import count_to_drop, iterative, lowest_block, lowest_k, protected_from_table, reverse_order
+from prunescope.prune.surgery import save_pruned
 
 
 @pytest.mark.parametrize("drop", [[1], [0, 2]])

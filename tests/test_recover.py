@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
-from probe.errors import PrunescopeError
-from probe.models import load_model
-from probe.options import Output, Placement
-from recover.data import IGNORE, builtin_prompts, encode_example, load_prompts, prompt_text
-from recover.sgr import SGROptions, generate_responses
-from recover.train import RecoveryConfig, check_bitsandbytes, recover
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.models import load_model
+from prunescope.core.options import Output, Placement
+from prunescope.recover.data import IGNORE, builtin_prompts, encode_example, load_prompts, prompt_text
+from prunescope.recover.sgr import SGROptions, generate_responses
+from prunescope.recover.train import RecoverOptions, check_bitsandbytes, recover
 
 FAST = dict(warmup=2, eval_every=2, save_every=2, micro_batch=4, batch_size=8, eval_n=6, lr=2e-3, rank=8, alpha=16)
 
@@ -39,10 +39,10 @@ def test_qlora_loss_falls_and_merge_matches_adapter(tiny_llama_dir, sgr_file, tm
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from recover.train import load_student
+    from prunescope.recover.train import load_student
 
     out = tmp_path / "rec"
-    s = recover(RecoveryConfig(data=str(sgr_file), steps=6, **FAST), **_where(tiny_llama_dir, out))
+    s = recover(RecoverOptions(data=str(sgr_file), steps=6, **FAST), **_where(tiny_llama_dir, out))
     curve = _curve(out)
     assert s["finished"] and s["steps"] == 6 and [c["step"] for c in curve] == [0, 2, 4, 6]
     assert curve[-1]["eval_loss"] < curve[0]["eval_loss"] - 0.5  # held-out response loss falls
@@ -62,40 +62,38 @@ def test_qlora_loss_falls_and_merge_matches_adapter(tiny_llama_dir, sgr_file, tm
 def test_resume_continues_from_saved_step(tiny_llama_dir, sgr_file, tmp_path):
     cfg = dict(steps=6, **FAST)
     full = tmp_path / "full"
-    # recover's legacy positional call, kept on purpose (the one test of that shim): it still warns,
-    # and its curve equals the new-form run's (part, below)
-    with pytest.warns(DeprecationWarning, match=r"recover\(model, data, out, cfg, \.\.\.\) is deprecated"):
-        recover(tiny_llama_dir, sgr_file, full, RecoveryConfig(**cfg), show_progress=False, merge=False)
+    # one uninterrupted run, whose curve the resumed one (part, below) equals
+    recover(RecoverOptions(**cfg, data=str(sgr_file)), **_where(tiny_llama_dir, full), merge=False)
     part = tmp_path / "part"
     cfg = dict(cfg, data=str(sgr_file))
-    s = recover(RecoveryConfig(**cfg), **_where(tiny_llama_dir, part), stop_after=3)
+    s = recover(RecoverOptions(**cfg), **_where(tiny_llama_dir, part), stop_after=3)
     assert not s["finished"] and s["steps"] == 3
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step-000003"]
-    s = recover(RecoveryConfig(**cfg), **_where(tiny_llama_dir, part), merge=False)
+    s = recover(RecoverOptions(**cfg), **_where(tiny_llama_dir, part), merge=False)
     assert s["finished"] and s["steps"] == 6
     a, b = _curve(full), _curve(part)
     assert [c["step"] for c in b] == [0, 2, 4, 6]
     for x, y in zip(a, b):
         assert x["eval_loss"] == pytest.approx(y["eval_loss"], abs=1e-4)
     with pytest.raises(PrunescopeError, match="different settings"):
-        recover(RecoveryConfig(**{**cfg, "lr": 1e-3}), **_where(tiny_llama_dir, part))
+        recover(RecoverOptions(**{**cfg, "lr": 1e-3}), **_where(tiny_llama_dir, part))
 
 
 def test_plain_lora_external_and_distill(tiny_llama_dir, sgr_file, tmp_path):
-    s = recover(RecoveryConfig(mode="external", data=str(sgr_file), quant=False, steps=4, **FAST),
+    s = recover(RecoverOptions(mode="external", data=str(sgr_file), quant=False, steps=4, **FAST),
                 **_where(tiny_llama_dir, tmp_path / "ext"), merge=False)
     assert s["trained_tokens"] < 4 * 8 * 12  # the short references, not the long SGR responses
     # distill the 4-layer model into itself with layer 2 removed: the KL on responses falls
-    from prune.surgery import save_pruned
+    from prunescope.prune.surgery import save_pruned
 
     lm = load_model(tiny_llama_dir)
     pruned = save_pruned(lm.model, lm.tokenizer, [2], tmp_path / "pruned")
-    s = recover(RecoveryConfig(mode="distill", data=str(sgr_file), teacher=str(tiny_llama_dir), quant=False, steps=8,
+    s = recover(RecoverOptions(mode="distill", data=str(sgr_file), teacher=str(tiny_llama_dir), quant=False, steps=8,
                                **FAST), **_where(pruned, tmp_path / "kd"), merge=False)
     kl = [c["train_loss"] for c in _curve(tmp_path / "kd")[1:]]
     assert s["finished"] and kl[-1] < 0.7 * kl[0], kl
     with pytest.raises(PrunescopeError, match="--teacher"):
-        recover(RecoveryConfig(mode="distill", data=str(sgr_file)), **_where(tiny_llama_dir, tmp_path / "kd2"))
+        recover(RecoverOptions(mode="distill", data=str(sgr_file)), **_where(tiny_llama_dir, tmp_path / "kd2"))
 
 
 def test_random_init_control_trains_a_fresh_copy(tiny_llama_dir, sgr_file, tmp_path):
@@ -104,9 +102,9 @@ def test_random_init_control_trains_a_fresh_copy(tiny_llama_dir, sgr_file, tmp_p
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "ctl"
-    from probe.options import Output
+    from prunescope.core.options import Output
 
-    cfg = RecoveryConfig(mode="random", data=str(sgr_file), quant=False, steps=4, seed=3, **FAST)
+    cfg = RecoverOptions(mode="random", data=str(sgr_file), quant=False, steps=4, seed=3, **FAST)
     where = dict(model=tiny_llama_dir, output=Output(out=str(out), progress=False))
     s = recover(cfg, **where, stop_after=2)
     assert not s["finished"]
@@ -147,11 +145,9 @@ def test_sgr_resumes_without_duplicates(tiny_llama_dir, tmp_path):
     lm = load_model(tiny_llama_dir)
     records = [{"id": str(i), "prompt": f"Tell me about {w}."} for i, w in enumerate("abcdefghij")]
     kw = dict(temperature=0.9, max_new_tokens=6, batch_size=3, seed=1)
-    # generate_responses' legacy flat-keyword call, kept on purpose (the one test of that shim): it
-    # still warns, and its answers equal the new-form runs' (got, below)
-    with pytest.warns(DeprecationWarning, match=r"generate_responses\(\.\.\.\) with flat keyword arguments is "
-                                                r"deprecated; pass a SGROptions"):
-        ref = generate_responses(lm, records, tmp_path / "full.jsonl", **kw, show_progress=False)
+    # one uninterrupted run, whose answers the resumed one (got, below) equals
+    ref = generate_responses(SGROptions(**kw), loaded=lm, records=records,
+                             output=Output(out=str(tmp_path / "full.jsonl"), progress=False))
     out = tmp_path / "part.jsonl"
     quiet = Output(out=str(out), progress=False)
     generate_responses(SGROptions(**kw), loaded=lm, records=records[:6], output=quiet)  # "crash" after 2 batches ...
@@ -203,7 +199,7 @@ def test_missing_bitsandbytes_and_missing_responses(monkeypatch, tiny_llama_dir,
     f = tmp_path / "prompts.jsonl"
     f.write_text('{"id": "0", "prompt": "Hi"}\n{"id": "1", "prompt": "Yo"}\n')
     with pytest.raises(PrunescopeError, match="run `prunescope sgr`"):
-        recover(RecoveryConfig(data=str(f)), **_where(tiny_llama_dir, tmp_path / "x"))
+        recover(RecoverOptions(data=str(f)), **_where(tiny_llama_dir, tmp_path / "x"))
     assert not (tmp_path / "x").exists()  # nothing written before the input was checked
 
 
@@ -226,7 +222,7 @@ def test_builtin_prompt_set():
 
 
 def test_empty_sgr_answers_are_left_out_of_every_arm(tmp_path, capsys):
-    from recover.train import training_records
+    from prunescope.recover.train import training_records
 
     f = tmp_path / "sgr.jsonl"
     f.write_text('{"id": "0", "prompt": "Hi", "response": "Hello", "reference": "Hey"}\n'
@@ -245,12 +241,12 @@ def test_4bit_bf16_training_computes_in_bf16(tiny_llama_dir):
     """On a 4-bit model with bf16 compute everything runs in bf16, adapters included, as in TRL.
     peft's k-bit preparation (fp32 norms and embeddings) once kept every layer in fp32, and sdpa took
     its fp32 math kernel: 0.17-0.35x the tokens/s of peft + TRL on the 8B shape (H200)."""
-    from recover.data import Example
-    from recover.student import load_student
-    from recover.train import add_lora, compute_dtype, train_step
+    from prunescope.recover.data import Example
+    from prunescope.recover.student import load_student
+    from prunescope.recover.train import add_lora, compute_dtype, train_step
 
     model = load_student(tiny_llama_dir, quant=True, compute=torch.bfloat16)  # as on a GPU
-    pm = add_lora(model, RecoveryConfig(rank=8, alpha=16, grad_checkpointing=True))
+    pm = add_lora(model, RecoverOptions(rank=8, alpha=16, grad_checkpointing=True))
     assert compute_dtype(pm) == torch.bfloat16 and model.model.norm.weight.dtype == torch.bfloat16
     trainable = [p for p in pm.parameters() if p.requires_grad]
     assert trainable and {p.dtype for p in trainable} == {torch.bfloat16}
@@ -269,12 +265,12 @@ def test_fp32_adapters_on_a_bf16_4bit_model(tiny_llama_dir):
     """adapter_dtype float32 keeps the LoRA weights (and so their AdamW state) in fp32 while the
     frozen model computes in bf16: the first Qwen 1.5B SGR arm with bf16 adapters went NaN. A bf16
     adapter also loses an update much smaller than itself, which an fp32 one keeps."""
-    from recover.data import Example
-    from recover.student import load_student
-    from recover.train import add_lora, train_step
+    from prunescope.recover.data import Example
+    from prunescope.recover.student import load_student
+    from prunescope.recover.train import add_lora, train_step
 
     model = load_student(tiny_llama_dir, quant=True, compute=torch.bfloat16)  # as on a GPU
-    pm = add_lora(model, RecoveryConfig(rank=8, alpha=16, adapter_dtype="float32"))
+    pm = add_lora(model, RecoverOptions(rank=8, alpha=16, adapter_dtype="float32"))
     trainable = [p for p in pm.parameters() if p.requires_grad]
     assert trainable and {p.dtype for p in trainable} == {torch.float32}
     assert model.model.norm.weight.dtype == torch.bfloat16
@@ -292,9 +288,9 @@ def test_fp32_adapters_on_a_bf16_4bit_model(tiny_llama_dir):
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
 def test_chunked_response_loss_equals_the_whole_logits_one(family):
     """The loss is computed a chunk of rows at a time; loss and every gradient equal the plain path's."""
-    from probe.blocks import Blocks
-    from probe.tiny import tiny_model
-    from recover.train import response_hidden, response_nll_chunked
+    from prunescope.probe.blocks import Blocks
+    from prunescope.probe.tiny import tiny_model
+    from prunescope.recover.train import response_hidden, response_nll_chunked
 
     model, _ = tiny_model(family)
     blocks = Blocks(model)
@@ -322,9 +318,9 @@ def test_chunked_response_loss_equals_the_whole_logits_one(family):
 
 
 def test_chunked_loss_leaves_a_capped_head_to_the_plain_path():
-    from probe.blocks import Blocks
-    from probe.tiny import tiny_model
-    from recover.train import response_nll_chunked
+    from prunescope.probe.blocks import Blocks
+    from prunescope.probe.tiny import tiny_model
+    from prunescope.recover.train import response_nll_chunked
 
     model, _ = tiny_model("gemma2")  # final_logit_softcapping
     assert getattr(model.config, "final_logit_softcapping", None) is not None
@@ -334,9 +330,9 @@ def test_chunked_loss_leaves_a_capped_head_to_the_plain_path():
 def test_perplexity_in_chunks_equals_the_whole_logits_one():
     import math
 
-    from probe.tiny import tiny_model
-    from recover.data import Example
-    from recover.train import collate, perplexity, response_nll
+    from prunescope.probe.tiny import tiny_model
+    from prunescope.recover.data import Example
+    from prunescope.recover.train import collate, perplexity, response_nll
 
     model, _ = tiny_model("qwen2")
     examples = [Example(list(range(5, 25)), [IGNORE] * 6 + list(range(11, 25)), 14),
@@ -352,7 +348,7 @@ def test_a_non_finite_step_is_skipped_and_a_diverging_run_stops(tiny_llama_dir, 
     """A NaN gradient in one step must not reach AdamW (it would make the adapters NaN for good, as
     the first Qwen 1.5B SGR run on the GPU did): that step is skipped, the run goes on with finite
     adapters; steps that keep diverging stop the run with a clear error."""
-    import recover.train as rt
+    import prunescope.recover.train as rt
 
     real, calls = rt.train_step, {"n": 0}
 
@@ -364,7 +360,7 @@ def test_a_non_finite_step_is_skipped_and_a_diverging_run_stops(tiny_llama_dir, 
         return loss, seen
 
     monkeypatch.setattr(rt, "train_step", poisoned)
-    s = recover(RecoveryConfig(data=str(sgr_file), quant=False, steps=6, **FAST),
+    s = recover(RecoverOptions(data=str(sgr_file), quant=False, steps=6, **FAST),
                 **_where(tiny_llama_dir, tmp_path / "one"), merge=False)
     assert s["finished"] and s["skipped_steps"] == 1 and s["steps"] == 6
     # what the skipped step looked like: a finite loss, a NaN gradient in exactly the poisoned weight
@@ -379,12 +375,12 @@ def test_a_non_finite_step_is_skipped_and_a_diverging_run_stops(tiny_llama_dir, 
     calls["n"] = 0
     monkeypatch.setattr(rt, "train_step", lambda *a, **kw: poisoned(*a, bad=lambda n: n >= 2, **kw))
     with pytest.raises(PrunescopeError, match="diverged: 3 steps in a row"):
-        recover(RecoveryConfig(data=str(sgr_file), quant=False, steps=8, **FAST),
+        recover(RecoverOptions(data=str(sgr_file), quant=False, steps=8, **FAST),
                 **_where(tiny_llama_dir, tmp_path / "all"), merge=False)
 
 
 def test_gradient_norm_is_clipped_and_recorded():
-    from recover.train import _grad_norm
+    from prunescope.recover.train import _grad_norm
 
     w = torch.nn.Parameter(torch.zeros(3))
     w.grad = torch.tensor([3.0, 4.0, 0.0])

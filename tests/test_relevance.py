@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from circuits.relevance import relevance_rules
-from probe.errors import PrunescopeError
-from probe.tiny import FAMILIES, tiny_model
+from prunescope.circuits.relevance import relevance_rules
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.tiny import FAMILIES, tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from probe.errors import PrunescopeError
-from probe.lock import LOCK_NAME, run_lock
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.lock import LOCK_NAME, run_lock
 from prunescope.cli import main
 
 
@@ -51,7 +51,7 @@ def test_a_lock_from_another_host_is_refused(tmp_path):
 def test_the_lock_is_held_through_spawned_children(tmp_path):
     """A command's own child processes (devices=N) and nested commands pass the lock down."""
     with run_lock(tmp_path):
-        code = "from probe.lock import run_lock; import sys\nwith run_lock(sys.argv[1]): print('ok')"
+        code = "from prunescope.core.lock import run_lock; import sys\nwith run_lock(sys.argv[1]): print('ok')"
         p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                            env=os.environ.copy())
         assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
@@ -69,14 +69,14 @@ class _Payload:
 
 
 def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_run(tiny_llama_dir, tmp_path, capsys):
-    from recover.train import RecoveryConfig, recover
-    from probe.options import Output, Placement
+    from prunescope.recover.train import RecoverOptions, recover
+    from prunescope.core.options import Output, Placement
 
     data = tmp_path / "sgr.jsonl"
     data.write_text("".join(json.dumps({"id": str(i), "prompt": f"Q{i}?", "response": f"A{i} " * 5}) + "\n"
                             for i in range(12)))
     out = tmp_path / "rec"
-    cfg = RecoveryConfig(data=str(data), quant=False, steps=6, save_every=2, eval_every=2, eval_n=2, micro_batch=2,
+    cfg = RecoverOptions(data=str(data), quant=False, steps=6, save_every=2, eval_every=2, eval_n=2, micro_batch=2,
                          warmup=1)
     s = recover(cfg, model=str(tiny_llama_dir), placement=Placement(), output=Output(out=str(out), progress=False),
                 stop_after=2)

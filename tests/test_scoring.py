@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from probe.blocks import Blocks
-from probe.errors import PrunescopeError
-from probe.scoring import ScoringPlan, TextPlan, aggregate, score_items
-from probe.tasks import Item, make_items
+from prunescope.probe.blocks import Blocks
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.scoring import ScoringPlan, TextPlan, aggregate, score_items
+from prunescope.probe.tasks import Item, make_items
 
 
 def test_default_tokenizer_splits_the_space(default_model):

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from analysis.evaluate import check_heldout, evaluate_model, heldout_docs, task_size
-from analysis.selection import generated_answer_evaluator
-from probe.errors import PrunescopeError
-from probe.models import LoadedModel
-from probe.tiny import tiny_model
-from prune.run import PruneOptions, prune
+from prunescope.analysis.evaluate import check_heldout, evaluate_model, heldout_docs, task_size
+from prunescope.prune.selection import generated_answer_evaluator
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.models import LoadedModel
+from prunescope.probe.tiny import tiny_model
+from prunescope.prune.run import PruneOptions, prune
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_iterative_generated_tries_every_layer_and_records_its_docs(tiny):
 
 
 def test_selection_cache_reads_back_scored_sets_and_the_smaller_search_repeats_the_larger(tiny, tmp_path):
-    from probe.results import read_progress
+    from prunescope.core.results import read_progress
 
     cache = tmp_path / "selection-cache.jsonl"
     opts = dict(strategy="iterative-generated", eval_n=3, select_tasks=["arithmetic"], select_cache=str(cache))
@@ -84,9 +84,9 @@ def test_pipeline_refuses_an_evaluation_that_overlaps_the_selection_docs():
 
 def test_the_candidates_of_a_step_generated_together_answer_as_each_alone(default_model, tmp_path):
     """The greedy step's candidates are generated in one engine run (a row per prompt and skip set,
-    analysis.selection through probe.generation.skip_sets): each candidate's answers, and so its
+    prunescope.prune.selection through prunescope.generation.skip_sets): each candidate's answers, and so its
     score, are those of evaluating it alone with its layers skipped."""
-    from probe.generation import skip_sets
+    from prunescope.generation import skip_sets
 
     docs = {"arithmetic": [2990, 2991, 2992, 2993]}
     sets = [[3], [20], [28, 29], [0]]

@@ -8,23 +8,35 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# lower packages never import higher ones: probe -> circuits -> prune -> recover -> analysis -> prunescope
-ORDER = ["probe", "circuits", "prune", "recover", "analysis", "prunescope"]
-# deprecated re-exports of modules that moved to prunescope/ (kept for one release): the only
-# modules allowed to import upward, and only the module they replace
-SHIMS = {"analysis.cli": "prunescope.cli", "analysis.pipeline": "prunescope.pipeline",
-         "analysis.seeds": "prunescope.pipeline.seeds"}
+# the stage folders at the top of the repository install as prunescope.<folder> (pyproject.toml)
+STAGE_FOLDERS = ["probe", "circuits", "prune", "recover", "analysis"]
+# lower layers never import higher ones: the shared infrastructure, then the stages in the order
+# data flows (probe -> circuits -> prune -> recover -> analysis) with the generation engine after
+# probe (it skips layers through the block handle; prune, recover and analysis generate), then the
+# public API, the CLI and the pipeline (the rest of prunescope/)
+ORDER = ["prunescope.core", "prunescope.probe", "prunescope.generation",
+         *(f"prunescope.{f}" for f in STAGE_FOLDERS[1:]), "prunescope"]
+# the one upward edge: the paper's layer selection scores each candidate by answering benchmark
+# questions, which is the evaluation harness's work (imported when a search runs)
+UPWARD = {("prunescope.prune.selection", "prunescope.analysis.evaluate")}
 
 
 def _modules() -> dict[str, Path]:
     mods = {}
-    for pkg in ORDER:
-        for path in (ROOT / pkg).rglob("*.py"):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for folder in ["prunescope", *STAGE_FOLDERS]:
+        prefix = [] if folder == "prunescope" else ["prunescope"]
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = prefix + list(path.relative_to(ROOT).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             mods[".".join(parts)] = path
     return mods
+
+
+def _layer(module: str) -> int:
+    """The index in ORDER of the longest layer prefix of ``module``."""
+    best = max((p for p in ORDER if module == p or module.startswith(p + ".")), key=len)
+    return ORDER.index(best)
 
 
 def _imports(name: str, path: Path, mods: dict) -> list[tuple[str, list[str], int]]:
@@ -35,7 +47,7 @@ def _imports(name: str, path: Path, mods: dict) -> list[tuple[str, list[str], in
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
-                if a.name.split(".")[0] in ORDER:
+                if a.name.split(".")[0] == "prunescope":
                     out.append((a.name, [], node.lineno))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -45,7 +57,7 @@ def _imports(name: str, path: Path, mods: dict) -> list[tuple[str, list[str], in
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            if target.split(".")[0] not in ORDER:
+            if target.split(".")[0] != "prunescope":
                 continue
             names = [a.name for a in node.names]
             # "from pkg import module" imports a module
@@ -108,13 +120,31 @@ def test_no_import_cycle():
 
 def test_packages_import_only_lower_ones():
     _, edges = _graph()
-    bad = [(m, t, line) for m, t, _, line in edges
-           if ORDER.index(t.split(".")[0]) > ORDER.index(m.split(".")[0]) and not t.startswith(SHIMS.get(m, "-"))]
-    assert bad == [], f"a package imports a higher one (data flows probe -> ... -> prunescope): {bad}"
+    bad = [(m, t, line) for m, t, _, line in edges if _layer(t) > _layer(m) and (m, t) not in UPWARD]
+    assert bad == [], f"a module imports a higher layer (order: {' -> '.join(ORDER)}): {bad}"
 
 
 def test_no_private_names_across_packages():
     _, edges = _graph()
     bad = [(m, t, n, line) for m, t, names, line in edges for n in names
-           if n.startswith("_") and t.split(".")[0] != m.split(".")[0]]
+           if n.startswith("_") and ORDER[_layer(t)] != ORDER[_layer(m)]]
     assert bad == [], f"private names imported across packages: {bad}"
+
+
+def test_one_import_namespace():
+    """Installing prunescope adds one top-level name: the stage folders are prunescope.probe, ...,
+    and nothing (code, tests, benchmarks, experiments) imports them by their bare folder names."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert {p.split(".")[0] for p in cfg["packages"]} == {"prunescope"}
+    assert cfg["package-dir"] == {f"prunescope.{f}": f for f in STAGE_FOLDERS}
+    bare = []
+    for folder in ["prunescope", *STAGE_FOLDERS, "tests", "benchmarks", "experiments"]:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+                bare += [(str(path.relative_to(ROOT)), node.lineno, n) for n in names
+                         if n.split(".")[0] in STAGE_FOLDERS]
+    assert bare == [], f"bare stage imports (write prunescope.<stage>): {bare}"

@@ -4,14 +4,14 @@
 import pytest
 import torch
 
-import probe.sweep as sw
-from probe.blocks import Blocks
-from probe.errors import PrunescopeError
-from probe.options import Output
-from probe.results import read_table
-from probe.scoring import ScoringPlan
-from probe.sweep import SharedPrefix, SweepOptions, make_conditions, shared_prefix_length, sweep, sweep_blocks
-from probe.tasks import make_items
+import prunescope.probe.sweep as sw
+from prunescope.probe.blocks import Blocks
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import Output
+from prunescope.core.results import read_table
+from prunescope.probe.scoring import ScoringPlan
+from prunescope.probe.sweep import SharedPrefix, SweepOptions, make_conditions, shared_prefix_length, sweep, sweep_blocks
+from prunescope.probe.tasks import make_items
 
 
 def test_prefix_reuse_equals_naive_logits(tiny):

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from probe.errors import PrunescopeError
-from probe.tasks import expected_closer, load_items, make_items, save_items
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.tasks import expected_closer, load_items, make_items, save_items
 
 PROBES = ["arithmetic", "arithmetic_multi", "brackets", "copy"]
 

@@ -13,7 +13,7 @@ sha256sum /root/cache/gguf/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 python3 -c "import transformers, lm_eval, evalplus, datasets, torch; print(transformers.__version__, torch.__version__, torch.cuda.is_available())"
 python3 - <<'PY' > /root/runs/logs/fp.log 2>&1; rc=$?
 import torch
-from probe.models import load_model, check_fingerprint
+from prunescope.probe.models import load_model, check_fingerprint
 for dt in ("float32", "bfloat16"):
     lm = load_model("qwen2.5-coder-1.5b", device="cuda", dtype=dt)
     print(dt, "fingerprint max diff", check_fingerprint(lm, "benchmarks/fingerprints/qwen2.5-coder-1.5b.json"))

@@ -20,10 +20,10 @@ names the key and its line. ``seeds: [0, 1, 2]`` runs the whole study once per s
 ['bi-25', 'bi-12.5']
 """
 
-from .config import SECTIONS, STAGE_OUTPUTS, STAGES, Study, load_config, load_config_text, pruned_names
-from .run import retention_summary, run_pipeline
-from .seeds import compare_finished_seeds, compare_seeds
-from .stages import RUNNERS, Run, ablate
+from prunescope.pipeline.config import SECTIONS, STAGE_OUTPUTS, STAGES, Study, load_config, load_config_text, pruned_names
+from prunescope.pipeline.run import retention_summary, run_pipeline
+from prunescope.pipeline.seeds import compare_finished_seeds, compare_seeds
+from prunescope.pipeline.stages import RUNNERS, Run, ablate
 
 __all__ = ["SECTIONS", "STAGES", "STAGE_OUTPUTS", "RUNNERS", "Run", "Study", "ablate", "compare_finished_seeds",
            "compare_seeds", "load_config", "load_config_text", "pruned_names", "retention_summary", "run_pipeline"]

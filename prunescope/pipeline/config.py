@@ -1,6 +1,6 @@
 """The pipeline config: one YAML file describes a whole study, checked completely before any work.
 
-Each section is an options class whose fields *are* the commands' fields (:func:`probe.options.derive`):
+Each section is an options class whose fields *are* the commands' fields (:func:`prunescope.core.options.derive`):
 the same help, kind, allowed names and bounds. Where the pipeline deliberately uses another
 default than the command (a smaller sweep, fewer pairs, shorter training examples), the field
 says so with its reason, here and in ``docs/pipeline.md``. The loaded config is a plain dict of
@@ -17,18 +17,17 @@ import copy
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import analysis.selection  # noqa: F401  (registers the iterative-generated strategy before names are checked)
-from analysis.evaluate import TASKS, EvalOptions
-from circuits.pairs import PAIR_PROBES
-from circuits.run import PatchOptions
-from probe.errors import PrunescopeError
-from probe.models import is_model_alias, model_aliases
-from probe.options import DTYPES, Options, check_field, default_of, derive, option, valid_device
-from probe.sweep import SweepOptions
-from probe.tasks import PROBES
-from prune.run import PruneOptions, ScoreOptions
-from recover.sgr import SGROptions
-from recover.train import RecoveryConfig
+from prunescope.analysis.evaluate import TASKS, EvalOptions
+from prunescope.circuits.pairs import PAIR_PROBES
+from prunescope.circuits.run import PatchOptions
+from prunescope.core.errors import PrunescopeError
+from prunescope.probe.models import is_model_alias, model_aliases
+from prunescope.core.options import DTYPES, Options, check_field, default_of, derive, option, valid_device
+from prunescope.probe.sweep import SweepOptions
+from prunescope.probe.tasks import PROBES
+from prunescope.prune.run import PruneOptions, ScoreOptions
+from prunescope.recover.sgr import SGROptions
+from prunescope.recover.train import RecoverOptions
 
 STAGES = ("localize", "score", "prune", "recover", "evaluate", "report")
 # what each stage writes: removed before a stage re-runs with changed settings (a crashed stage
@@ -98,27 +97,27 @@ class Recover(Options):
     whose scores are finished is not trained again, so a run folder brought back from a lent GPU
     without weights resumes at the first arm not evaluated."""
 
-    modes: list = derive(RecoveryConfig, "mode", [], kind="names", help="recovery modes (none: no recovery)")
+    modes: list = derive(RecoverOptions, "mode", [], kind="names", help="recovery modes (none: no recovery)")
     on: list = option(["bi"], "pruned models to recover (names from prune: bi, bi-protected, bi-25, ...)",
                       kind="names")
     prompts: str = derive(SGROptions, "prompts")
     n_prompts: int = derive(SGROptions, "n", 600, kind="int", why="the whole built-in prompt set")
     temperature: float = derive(SGROptions, "temperature")
     max_new_tokens: int = derive(SGROptions, "max_new_tokens")
-    steps: int | None = derive(RecoveryConfig, "steps")
-    token_budget: int | None = derive(RecoveryConfig, "token_budget")
-    max_seq_len: int = derive(RecoveryConfig, "max_seq_len", 1024,
+    steps: int | None = derive(RecoverOptions, "steps")
+    token_budget: int | None = derive(RecoverOptions, "token_budget")
+    max_seq_len: int = derive(RecoverOptions, "max_seq_len", 1024,
                               why="the built-in prompts' answers are short; 8192 only costs memory")
-    quant: bool = derive(RecoveryConfig, "quant")
-    batch_size: int = derive(RecoveryConfig, "batch_size")
-    micro_batch: int = derive(RecoveryConfig, "micro_batch")
-    max_grad_norm: float | None = derive(RecoveryConfig, "max_grad_norm")
-    adapter_dtype: str = derive(RecoveryConfig, "adapter_dtype")
-    eval_n: int = derive(RecoveryConfig, "eval_n")
-    eval_every: int | None = derive(RecoveryConfig, "eval_every", None, kind="int?",
+    quant: bool = derive(RecoverOptions, "quant")
+    batch_size: int = derive(RecoverOptions, "batch_size")
+    micro_batch: int = derive(RecoverOptions, "micro_batch")
+    max_grad_norm: float | None = derive(RecoverOptions, "max_grad_norm")
+    adapter_dtype: str = derive(RecoverOptions, "adapter_dtype")
+    eval_n: int = derive(RecoverOptions, "eval_n")
+    eval_every: int | None = derive(RecoverOptions, "eval_every", None, kind="int?",
                                     why="none: a quarter of steps, or 25 steps under a token budget")
-    lr: float = derive(RecoveryConfig, "lr")
-    warmup: int = derive(RecoveryConfig, "warmup")
+    lr: float = derive(RecoverOptions, "lr")
+    warmup: int = derive(RecoverOptions, "warmup")
 
 
 @dataclass
@@ -239,7 +238,7 @@ def _check_across(cfg: dict, root, src: str) -> None:
                                            f"{cfg['localize']['patch']} (its per-layer patching effect ranks the "
                                            "layers to protect)")
     if "iterative-generated" in cfg["prune"]["strategies"]:
-        from analysis.evaluate import check_heldout, heldout_docs
+        from prunescope.analysis.evaluate import check_heldout, heldout_docs
 
         sel = cfg["prune"]["select_tasks"]
         for t in sel:

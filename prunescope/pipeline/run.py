@@ -10,14 +10,14 @@ import copy
 import time
 from pathlib import Path
 
-from probe.errors import PrunescopeError
-from probe.lock import run_lock
-from probe.models import check_model
-from probe.options import valid_device
-from probe.results import atomic_write_json, atomic_write_text, read_table
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.lock import run_lock
+from prunescope.probe.models import check_model
+from prunescope.core.options import valid_device
+from prunescope.core.results import atomic_write_json, atomic_write_text, read_table
 
-from .config import STAGES, load_config
-from .stages import RUNNERS, Run
+from prunescope.pipeline.config import STAGES, load_config
+from prunescope.pipeline.stages import RUNNERS, Run
 
 
 def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only: list[str] | None = None,
@@ -51,7 +51,7 @@ def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only:
             _run_one({**copy.deepcopy(cfg), "seed": seed, "seeds": [], "out": str(root / f"seed-{seed}")}, text,
                      show_progress, only)
         if only is None or "report" in only:
-            from .seeds import compare_seeds
+            from prunescope.pipeline.seeds import compare_seeds
 
             md = compare_seeds(root, cfg["seeds"])
             print(f"[seeds] compared {len(cfg['seeds'])} seeds: {md}")

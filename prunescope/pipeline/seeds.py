@@ -8,7 +8,7 @@ puts them side by side:
 * per seed, each stage's category retention and gap with its item-bootstrap interval (from the
   run's ``retention.csv``) and the layers the stage dropped (``prune/<name>/plan.json``);
 * per seed, each pruned stage minus the plain-BI stage of the same ratio — a *paired* bootstrap over
-  the same items (:func:`analysis.retention.bootstrap_difference`), the test of "does protecting the
+  the same items (:func:`prunescope.analysis.retention.bootstrap_difference`), the test of "does protecting the
   circuit layers keep more than BI?";
 * across seeds: mean and standard deviation.
 
@@ -24,8 +24,8 @@ import math
 import statistics
 from pathlib import Path
 
-from probe.errors import PrunescopeError
-from probe.results import atomic_write_text, read_table, write_table
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.results import atomic_write_text, read_table, write_table
 
 CATEGORIES = ("classification", "generative", "gap")
 
@@ -33,7 +33,7 @@ CATEGORIES = ("classification", "generative", "gap")
 def _references(seed_dir: Path) -> dict[str, str]:
     """``{pruned stage: the plain-BI stage of the same ratio}`` for every other pruned stage of a run,
     from the run's own ``config.json`` (the names :func:`prunescope.pipeline.config.pruned_names` gives)."""
-    from .config import pruned_names
+    from prunescope.pipeline.config import pruned_names
 
     path = seed_dir / "config.json"
     if not path.is_file():
@@ -56,7 +56,7 @@ def _dropped(seed_dir: Path, stage: str) -> str:
 def seed_rows(seed_dir: str | Path, seed: int, n_boot: int = 1000) -> list[dict]:
     """One seed's rows: ``level`` = ``seed`` (category retention / gap with CI) and ``difference``
     (stage minus its plain-BI reference, paired bootstrap CI)."""
-    from analysis.retention import retention_differences
+    from prunescope.analysis.retention import retention_differences
 
     seed_dir = Path(seed_dir)
     path = seed_dir / "retention.csv"
@@ -157,7 +157,7 @@ def markdown(rows: list[dict], seeds: list[int]) -> str:
 def plot_seeds(rows: list[dict], path: str | Path) -> Path:
     """One panel per category: each stage's retention per seed (dot + 95% item-bootstrap interval)
     and the mean over seeds (bar)."""
-    from probe.plots import save_figure, plt
+    from prunescope.core.plots import save_figure, plt
 
     per = [r for r in rows if r["level"] == "seed"]
     stages = [s for s in dict.fromkeys(r["condition"] for r in per) if s != "base"]
@@ -206,7 +206,7 @@ def compare_seeds(root: str | Path, seeds: list[int], n_boot: int = 1000, left_o
 def score_markdown(root: str | Path, seeds: list[int]) -> str:
     """Raw scores behind the retention: each task's primary metric and each probe's accuracy per
     stage, mean ± sd over the seeds (from ``seed-N/eval/eval.csv`` and ``seed-N/probes.csv``)."""
-    from analysis.retention import primary_rows
+    from prunescope.analysis.retention import primary_rows
 
     root = Path(root)
     vals: dict[tuple[str, str], list[float]] = {}
@@ -242,7 +242,7 @@ def compare_finished_seeds(root: str | Path, n_boot: int = 1000) -> tuple[Path, 
 
     >>> md, left_out = compare_finished_seeds("runs/gemma3-protect")   # doctest: +SKIP
     """
-    from analysis.report import report
+    from prunescope.analysis.report import report
 
     root = Path(root)
     cfg_path = root / "config.json"

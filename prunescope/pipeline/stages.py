@@ -11,11 +11,11 @@ import json
 import shutil
 from pathlib import Path
 
-from probe.errors import PrunescopeError
-from probe.options import Output, Placement
-from probe.results import atomic_write_json, write_table
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import Output, Placement
+from prunescope.core.results import atomic_write_json, write_table
 
-from .config import STAGE_OUTPUTS, STAGES, pruned_names
+from prunescope.pipeline.config import STAGE_OUTPUTS, STAGES, pruned_names
 
 
 class Run:
@@ -75,7 +75,7 @@ class Run:
     @property
     def base(self):
         if self._base is None:
-            from probe.models import load_model
+            from prunescope.probe.models import load_model
 
             self._base = load_model(self._spec, **self.placement.load_kwargs())
         return self._base
@@ -92,7 +92,7 @@ class Run:
         if self._base is not None:
             return self._base.name, self._base.path
         if self._identity is None:
-            from probe.models import check_model, model_name
+            from prunescope.probe.models import check_model, model_name
 
             where = check_model(self._spec)
             self._identity = model_name(self._spec, where), str(where)
@@ -107,8 +107,8 @@ class Run:
 
 
 def _localize(run: Run) -> None:
-    from circuits.run import PatchOptions, patch
-    from probe.sweep import SweepOptions, sweep
+    from prunescope.circuits.run import PatchOptions, patch
+    from prunescope.probe.sweep import SweepOptions, sweep
 
     c, seed = run.cfg["localize"], run.cfg["seed"]
     if c["probes"]:
@@ -132,9 +132,9 @@ def ablate(run: Run) -> list[dict]:
     and the failure signatures of the generated answers per condition (``signatures.csv``: wrong
     chain-of-thought steps, unbalanced brackets, Rep-4, char Rep-16, Self-BLEU-4), which still move where a small
     model's GSM8K or code score sits at the floor."""
-    from analysis.evaluate import TASKS, EvalOptions, evaluate
-    from analysis.signatures import ablation_signatures
-    from probe.plots import plot_sweep
+    from prunescope.analysis.evaluate import TASKS, EvalOptions, evaluate
+    from prunescope.analysis.signatures import ablation_signatures
+    from prunescope.core.plots import plot_sweep
 
     c, root = run.cfg["localize"], run.out / "localize" / "ablate"
     layers = list(range(0, run.base.blocks.n_layers, c["ablate_every"]))
@@ -164,7 +164,7 @@ def ablate(run: Run) -> list[dict]:
 
 
 def _score(run: Run) -> None:
-    from prune.run import ScoreOptions, score
+    from prunescope.prune.run import ScoreOptions, score
 
     loc = run.cfg["localize"]
     score(ScoreOptions(n_texts=run.cfg["score"]["n_texts"], seed=run.cfg["seed"],
@@ -180,7 +180,7 @@ def _patch_table(run: Run) -> str | None:
 
 
 def _prune(run: Run) -> None:
-    from prune.run import PruneOptions, prune
+    from prunescope.prune.run import PruneOptions, prune
 
     c = run.cfg["prune"]
     names = pruned_names(run.cfg)
@@ -206,7 +206,7 @@ def _prune(run: Run) -> None:
 
 
 def _recover(run: Run) -> None:
-    from recover.sgr import SGROptions, generate_responses
+    from prunescope.recover.sgr import SGROptions, generate_responses
 
     c = run.cfg["recover"]
     if not c["modes"]:
@@ -233,14 +233,14 @@ def _recover(run: Run) -> None:
 def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
     """Train one recovery arm (``recover/<strategy>-<mode>``) and score its probes; False when it
     diverged (recorded in its folder)."""
-    from recover.train import RecoveryConfig, RecoveryDiverged, recover
+    from prunescope.recover.train import RecoverOptions, RecoveryDiverged, recover
 
     c = run.cfg["recover"]
     strategy, mode = folder.name.rsplit("-", 1)
     shutil.rmtree(run.out / "eval" / stage, ignore_errors=True)  # scores of an earlier training are stale
     pruned = run.pruned_stages()[f"pruned-{strategy}"]
     _ensure_checkpoint(run, pruned)  # a run folder brought back from a lent GPU has no weights
-    cfg = RecoveryConfig(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
+    cfg = RecoverOptions(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
                          quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
                          max_seq_len=c["max_seq_len"], batch_size=c["batch_size"], micro_batch=c["micro_batch"],
                          max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], eval_n=c["eval_n"],
@@ -325,7 +325,7 @@ def _probe_arm(run: Run, stage: str, folder: Path) -> None:
     n = run.cfg["evaluate"]["probe_n"]
     if _cached_probes(run, stage, _probes(run), n) is not None:
         return
-    from probe.models import load_model
+    from prunescope.probe.models import load_model
 
     lm = load_model(folder, device=run.cfg["device"], dtype=run.cfg["dtype"])
     acc = _stage_probes(run, stage, folder, lm, _probes(run), n)
@@ -341,7 +341,7 @@ DIVERGED = "diverged.json"  # in a recovery arm's folder: it diverged; evaluatio
 
 
 def diverged(folder: Path) -> bool:
-    """Whether the recovery arm in ``folder`` diverged (see :class:`recover.train.RecoveryDiverged`)."""
+    """Whether the recovery arm in ``folder`` diverged (see :class:`prunescope.recover.train.RecoveryDiverged`)."""
     return (folder / DIVERGED).is_file()
 
 
@@ -354,7 +354,7 @@ def _ensure_checkpoint(run: Run, folder: Path) -> None:
     if not (folder / "plan.json").is_file():
         raise PrunescopeError(f"{folder} holds no model weights and no plan.json to rebuild them from; delete "
                               f"{folder} and {run.out / '.stages'} markers from its stage on to recompute it")
-    from prune.surgery import save_pruned
+    from prunescope.prune.surgery import save_pruned
 
     plan = json.loads((folder / "plan.json").read_text())
     print(f"  rebuilding {folder.name} from plan.json: drop {plan['drop']}")
@@ -369,7 +369,7 @@ def _stage_probes(run: Run, stage: str, folder: Path | None, lm, probes: list[st
     """Probe accuracy of one stage, kept in ``eval/<stage>/probes.json`` (read by :func:`_cached_probes`):
     an evaluation resumed after a crash (or moved to another machine) does not score the finished
     stages' probes again (on 2 CPU cores that is minutes per Gemma stage)."""
-    from prune.run import probe_accuracy
+    from prunescope.probe.scoring import probe_accuracy
 
     acc = probe_accuracy(folder, probes, n=n, loaded=lm)
     atomic_write_json(run.out / "eval" / stage / "probes.json", {"settings": {"probes": list(probes), "n": n},
@@ -388,7 +388,7 @@ def _cached_probes(run: Run, stage: str, probes: list[str], n: int) -> dict[str,
 
 def _finished(run: Run, stage: str, folder: Path | None) -> tuple[list[dict] | None, dict[str, float] | None]:
     """A stage's benchmark rows and probe accuracy as its run folder holds them (None: not yet)."""
-    from analysis.evaluate import eval_settings, finished_rows
+    from prunescope.analysis.evaluate import eval_settings, finished_rows
 
     c = run.cfg["evaluate"]
     name, path = run.base_identity
@@ -410,8 +410,8 @@ def _probes(run: Run) -> list[str]:
 def _evaluate_stage(run: Run, stage: str, folder: Path | None) -> tuple[list[dict], dict[str, float]]:
     """One stage's benchmark rows and probe accuracy: read back when finished (before a crash, on
     another machine, or by a worker of :func:`_evaluate_side_by_side`), else computed and written."""
-    from analysis.evaluate import EvalOptions, evaluate
-    from probe.models import load_model
+    from prunescope.analysis.evaluate import EvalOptions, evaluate
+    from prunescope.probe.models import load_model
 
     c = run.cfg["evaluate"]
     limit = {"default": c["limit"], **c["limits"]}
@@ -517,7 +517,7 @@ def _evaluate(run: Run) -> None:
 
 
 def _report(run: Run) -> None:
-    from analysis.report import report
+    from prunescope.analysis.report import report
 
     for name in STAGE_OUTPUTS["report"]:
         (run.out / name).unlink(missing_ok=True)  # recomputed from this run's evaluation

@@ -11,5 +11,5 @@ class PrunescopeError(ValueError):
     >>> raise PrunescopeError("layer 40 is out of range: the model has 30 layers (0-29)")
     Traceback (most recent call last):
     ...
-    probe.errors.PrunescopeError: layer 40 is out of range: the model has 30 layers (0-29)
+    prunescope.core.errors.PrunescopeError: layer 40 is out of range: the model has 30 layers (0-29)
     """

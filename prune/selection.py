@@ -3,15 +3,15 @@
 At each step every remaining layer is tried: the model with it (and the layers already chosen)
 skipped answers a held-out sample of GSM8K (8-shot chain of thought) and HumanEval, and the layer
 whose removal keeps the mean accuracy highest is dropped. The held-out docs are the *last*
-``eval_n`` of each benchmark (:func:`analysis.evaluate.heldout_docs`), so an evaluation of the
+``eval_n`` of each benchmark (:func:`prunescope.analysis.evaluate.heldout_docs`), so an evaluation of the
 first docs stays disjoint from them; the pipeline refuses one that would overlap.
 
-The strategy lives here, not in ``prune/``, because it scores with the evaluation harness, which
-``prune`` must not import; it is registered in ``prune.run.STRATEGIES`` as
-``iterative-generated`` when this module is imported (``prunescope`` does). The probe-scored
-``iterative`` stays beside it.
+It is registered in ``prunescope.prune.run.STRATEGIES`` as ``iterative-generated``, beside the
+probe-scored ``iterative``. Scoring a candidate means answering benchmark questions, so this is
+the one place where ``prune`` reaches the evaluation harness (``prunescope.analysis.evaluate``),
+imported when a search runs.
 
->>> from prune.run import STRATEGIES
+>>> from prunescope.prune.run import STRATEGIES
 >>> "iterative-generated" in STRATEGIES.names()
 True
 """
@@ -22,10 +22,9 @@ import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prune.run import STRATEGIES, PruneOptions
-from prune.strategies import Plan, iterative
+from prunescope.prune.strategies import Plan, iterative
 
-__all__ = ["PruneOptions", "generated_answer_evaluator", "mean_primary"]
+__all__ = ["generated_answer_evaluator", "iterative_generated_plan", "mean_primary"]
 
 
 def mean_primary(rows: list[dict]) -> float:
@@ -49,11 +48,11 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
     the 25% one (greedy picks the same layers from the same scores), and a search that crashed
     resumes where it stopped. One log can serve several models; other settings' records are ignored.
     """
-    from probe.results import append_progress, read_progress
+    from prunescope.core.results import append_progress, read_progress
 
-    from probe.generation import skip_sets
+    from prunescope.generation import skip_sets
 
-    from .evaluate import TASKS, evaluate_model, heldout_docs
+    from prunescope.analysis.evaluate import TASKS, evaluate_model, heldout_docs
 
     docs = heldout_docs(tasks, n)
     key = {"model": loaded.name, "docs": docs, "seed": seed}  # what is scored, not what chose it
@@ -93,10 +92,8 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
     return evaluate
 
 
-@STRATEGIES.register("iterative-generated",
-                     help="the paper's selection: greedy, drop the layer that keeps the accuracy of generated "
-                          "answers (GSM8K + HumanEval, held-out docs) highest")
-def _iterative_generated_plan(lm, k: int, protected: list[int], o: PruneOptions, progress: bool = True) -> Plan:
+def iterative_generated_plan(lm, k: int, protected: list[int], o, progress: bool = True) -> Plan:
+    """The plan builder of ``iterative-generated`` (``o``: the :class:`prunescope.prune.run.PruneOptions`)."""
     ev = generated_answer_evaluator(lm, o.select_tasks, o.eval_n, gen_batch_size=o.gen_batch_size, seed=o.seed,
                                     progress=progress, cache=o.select_cache)
     plan = iterative(ev, lm.blocks.n_layers, k, protected, metric="generated_accuracy", progress=progress,

@@ -23,7 +23,7 @@ Demo(n=5, kinds=['a', 'c'])
 >>> Demo(n=0).check()
 Traceback (most recent call last):
 ...
-probe.errors.PrunescopeError: n must be a positive integer, got 0
+prunescope.core.errors.PrunescopeError: n must be a positive integer, got 0
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import PrunescopeError
+from prunescope.core.errors import PrunescopeError
 
 # kind -> what a value must be (for messages)
 KINDS = {
@@ -268,7 +267,7 @@ class Placement(Options):
             raise PrunescopeError(f"device must be cpu or cuda[:N], got {self.device!r}")
 
     def load_kwargs(self) -> dict:
-        """Keyword arguments of :func:`probe.models.load_model`."""
+        """Keyword arguments of :func:`prunescope.probe.models.load_model`."""
         return dict(device=self.device, dtype=self.dtype, device_map=self.device_map, max_memory=self.max_memory)
 
 
@@ -355,53 +354,3 @@ def derive(cls: type, name: str, default: Any = dataclasses.MISSING, *, why: str
     if isinstance(value, (list, dict)):
         return field(default_factory=lambda d=value: copy.deepcopy(d), metadata=meta)
     return field(default=value, metadata=meta)
-
-
-# ---------------------------------------------------------------- old keyword signatures
-def legacy_call(command: str, cls: type, positional: Sequence[str], args: Sequence, kwargs: dict,
-                renames: dict[str, str] | None = None, extra: Sequence[str] = (),
-                bound: dict | None = None) -> tuple[Any, dict]:
-    """Turn an old flat call (``sweep(model, "arithmetic", 200, out, seed=1)``) into
-    ``(options, rest)`` with a DeprecationWarning; ``rest`` holds model / placement / output /
-    ``extra`` keywords. ``bound``: the new signature's keyword-only arguments the call also gave
-    (``loaded=``, ``model=``). Kept for one release."""
-    renames = renames or {}
-    if len(args) > len(positional):
-        raise TypeError(f"{command}() takes at most {len(positional)} positional arguments")
-    given = dict(zip(positional, args)) | {k: v for k, v in (bound or {}).items() if v is not None} | kwargs
-    warnings.warn(f"{command}(...) with flat keyword arguments is deprecated; pass a {cls.__name__} "
-                  f"(see help(prunescope.{command}))", DeprecationWarning, stacklevel=3)
-    own = {f.name for f in fields(cls)}
-    place = {f.name for f in fields(Placement)}
-    opt_kw, place_kw, rest = {}, {}, {}
-    output = Output()
-    for key, value in given.items():
-        key = renames.get(key, key)
-        if key in own:
-            opt_kw[key] = value
-        elif key in place:
-            place_kw[key] = value
-        elif key == "out":
-            output.out = None if value is None else str(value)
-        elif key == "plot":
-            output.plot = bool(value)
-        elif key == "show_progress":
-            output.progress = bool(value)
-        elif key in ("model", "loaded", *extra):
-            rest[key] = value
-        else:
-            raise TypeError(f"{command}() got an unexpected keyword argument {key!r}")
-    rest["placement"] = Placement(**place_kw)
-    rest["output"] = output
-    return cls(**opt_kw), rest
-
-
-def is_legacy(options: Any, cls: type, args: Sequence, kwargs: dict) -> bool:
-    """True for an old flat call: anything but ``cls`` (or nothing) as the first argument, or
-    positional / keyword arguments beyond the new ones."""
-    return bool(args or kwargs) or not (options is None or isinstance(options, cls))
-
-
-def positional_args(first: Any, rest: Sequence) -> tuple:
-    """The old call's positional arguments (its first one arrived in the ``options`` slot)."""
-    return (first, *rest) if (rest or first is not None) else ()

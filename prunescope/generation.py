@@ -17,7 +17,7 @@ Sampling is batch-independent: a request's random number at each step depends on
 distribution), never on which requests share the batch. So a resumed SGR run redraws the same answers whenever the logits are
 the same; in fp32 they are (tested), in bf16 a different batch can round a logit differently.
 
->>> from probe.tiny import tiny_model
+>>> from prunescope.probe.tiny import tiny_model
 >>> model, tok = tiny_model("llama")
 >>> out = Engine(model, tok).generate([Request(tok("a b c").input_ids, max_new_tokens=4)])
 >>> len(out[0].tokens)
@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .errors import PrunescopeError
-from .options import Options, option
+from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import Options, option
 
 _MASK32 = 0xFFFFFFFF
 
@@ -258,7 +258,7 @@ class _Row:
 class Engine:
     """Continuous-batching generation with the model's own forward (hooks and skipped layers apply).
 
-    >>> from probe.tiny import tiny_model
+    >>> from prunescope.probe.tiny import tiny_model
     >>> model, tok = tiny_model("qwen2")
     >>> reqs = [Request(tok(t).input_ids, max_new_tokens=3, temperature=0.8, seed=i) for i, t in enumerate(["a", "b c"])]
     >>> [len(c.tokens) for c in Engine(model, tok, GenerationOptions(slots=2)).generate(reqs)]
@@ -310,7 +310,7 @@ class Engine:
         skipped = sorted({i for r in requests for i in r.skip})
         rows = contextlib.nullcontext()
         if skipped:
-            from .blocks import Blocks
+            from prunescope.probe.blocks import Blocks
 
             blocks = Blocks(self.model)
             for r in requests:
@@ -644,12 +644,12 @@ def skip_sets(sets: Iterable[Iterable[int]]) -> Iterator[SkipSets]:
     Code that generates through the engine (lm-eval's requests, the code tasks) runs unchanged;
     only generation is fanned out, so score nothing else (log-likelihoods) inside.
 
-    >>> from probe.tiny import tiny_model
+    >>> from prunescope.probe.tiny import tiny_model
     >>> model, tok = tiny_model("llama"); req = [Request(tok("a b").input_ids, max_new_tokens=3)]
     >>> with skip_sets([[1], [2]]) as fan:
     ...     one = Engine(model, tok).generate(req)
     ...     fan.select([2]); two = Engine(model, tok).generate(req)
-    >>> from probe.blocks import Blocks
+    >>> from prunescope.probe.blocks import Blocks
     >>> with Blocks(model).skip([2]):
     ...     alone = Engine(model, tok).generate(req)
     >>> two[0].tokens == alone[0].tokens
@@ -668,8 +668,8 @@ def generate_texts(loaded, prompts: Iterable[str], *, max_new_tokens: int = 256,
                    add_special_tokens: bool = True) -> list[str]:
     """Greedy texts for plain string prompts (a convenience over :class:`Engine`).
 
-    >>> from probe.models import LoadedModel
-    >>> from probe.tiny import tiny_model
+    >>> from prunescope.probe.models import LoadedModel
+    >>> from prunescope.probe.tiny import tiny_model
     >>> texts = generate_texts(LoadedModel(*tiny_model("gemma3"), "tiny", ""), ["a b"], max_new_tokens=2)
     >>> len(texts)
     1

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import PrunescopeError
+from prunescope.core.errors import PrunescopeError
 
 LOCK_NAME = ".prunescope.lock"
 _ENV = "PRUNESCOPE_LOCKS"

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PrunescopeError
+from prunescope.core.errors import PrunescopeError
 
 
 @dataclass(frozen=True)

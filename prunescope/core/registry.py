@@ -10,7 +10,7 @@ config check and the generated docs.
 >>> colours.get("blue")
 Traceback (most recent call last):
 ...
-probe.errors.PrunescopeError: unknown colour 'blue': choose one of red
+prunescope.core.errors.PrunescopeError: unknown colour 'blue': choose one of red
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import PrunescopeError
+from prunescope.core.errors import PrunescopeError
 
 
 _DECORATE = object()  # register() without an object: used as a decorator

@@ -67,7 +67,7 @@ def read_table(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
 
     ``required``: columns the table must have. A file that is not such a table (binary, bad JSON,
     a value that is not a number, missing columns) is refused with one line naming it."""
-    from .errors import PrunescopeError
+    from prunescope.core.errors import PrunescopeError
 
     path = Path(path)
     try:
@@ -98,7 +98,7 @@ def read_table(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
 def path_tail(value, parts: int = 2):
     """The last ``parts`` components of a path-like value (``"prune/bi-25"``); other values as they are.
 
-    >>> path_tail("/root/runs/gemma3-retention/prune/bi-25"), path_tail("runs/x/prune/bi-25"), path_tail(None)
+    >>> path_tail("/home/me/runs/gemma3-retention/prune/bi-25"), path_tail("runs/x/prune/bi-25"), path_tail(None)
     ('prune/bi-25', 'prune/bi-25', None)
     """
     if not isinstance(value, str) or not value:
@@ -126,7 +126,7 @@ def check_run_config(out: Path, config: dict, what: str = "run", name: str = "co
     (:func:`record_run_config`), so bad input leaves no folder behind.
     """
     path = Path(out) / name
-    from .errors import PrunescopeError
+    from prunescope.core.errors import PrunescopeError
 
     if Path(out).exists() and not Path(out).is_dir():
         raise PrunescopeError(f"--out {out} is a file, not a folder; give a folder path")
@@ -156,7 +156,7 @@ def record_run_config(out: Path, config: dict, name: str = "config.json") -> Non
 def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
     """``(line number, object)`` for each non-empty line (``.jsonl`` or ``.jsonl.gz``), with a clear error
     for bad JSON or a missing file."""
-    from .errors import PrunescopeError
+    from prunescope.core.errors import PrunescopeError
 
     path = Path(path)
     if not path.is_file():
@@ -190,7 +190,7 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
 def read_progress(path: str | Path) -> list[dict]:
     """Records of an append-only progress log. The last line, torn by a crash, is skipped (its work
     is redone); a damaged line anywhere else means the file is not ours to trust, and is refused."""
-    from .errors import PrunescopeError
+    from prunescope.core.errors import PrunescopeError
 
     path = Path(path)
     out = []
