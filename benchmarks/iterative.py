@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prunescope.probe.models import load_model  # noqa: E402
-from prunescope.prune.run import make_evaluator, reference_evaluator  # noqa: E402
+from prunescope.prune.commands import make_evaluator, reference_evaluator  # noqa: E402
 from prunescope.prune.strategies import iterative  # noqa: E402
 
 

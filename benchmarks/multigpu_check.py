@@ -3,7 +3,7 @@
 (a) A random-weight Llama-3.1-70B shape in bf16 (141 GB, more than one GPU), built directly
     sharded over the GPUs with accelerate (``prunescope.probe.tiny.random_sharded_model``), runs a
     single-layer skip sweep (none + 80 conditions) of three probes through ``prunescope.probe.sweep.sweep``
-    and exact + attribution patching through ``prunescope.circuits.run.patch``; at every GPU boundary the
+    and exact + attribution patching through ``prunescope.circuits.commands.patch``; at every GPU boundary the
     prefix-reuse schedule (cached activations carried to the next GPU) must equal one full
     forward per condition.
 (b) A smaller model (a random Llama-3.1-8B shape in bf16, saved to a temp folder; or ``--model``)
@@ -107,7 +107,7 @@ def part_a(args, runs: Path | None) -> dict:
     from prunescope.probe.sweep import Condition, batch_logits_plain, batch_logits_prefix, sweep
     from prunescope.probe.tasks import make_items
     from prunescope.probe.tiny import llama3_70b_config, random_sharded_model, tiny_config
-    from prunescope.circuits.run import patch
+    from prunescope.circuits.commands import patch
 
     res: dict = {}
     t = time.perf_counter()
@@ -247,7 +247,7 @@ def compare_patch(a: dict, b: dict) -> dict:
 
 
 def part_b(args, runs: Path, tmp: Path) -> dict:
-    from prunescope.circuits.run import patch
+    from prunescope.circuits.commands import patch
     from prunescope.probe.models import load_model
     from prunescope.probe.sweep import sweep
 

@@ -203,22 +203,22 @@ def main() -> None:
             sweep(SweepOptions(probe=["arithmetic_multi", "brackets", "copy"], n=200, shots=3, ops="+"),
                   loaded=base, placement=placement, output=quiet("sweep"))
     if "patching" in todo:
-        from prunescope.circuits.run import PatchOptions, patch
+        from prunescope.circuits.commands import PatchOptions, patch
 
         with stage("patching", "arithmetic, 32 pairs, exact + attribution", 1.0):
             patch(PatchOptions(probe="arithmetic", n=32, method="both"), loaded=base, placement=placement,
                   output=quiet("patch"))
     if "scores" in todo:
-        from prunescope.prune.run import ScoreOptions, score
+        from prunescope.prune.commands import ScoreOptions, score
 
         with stage("scores", "64 calibration texts", 1.0):
             score(ScoreOptions(), loaded=base, placement=placement, output=quiet("score"))
     pruned = work / "pruned-bi25"
     if "prune" in todo:
-        from prunescope.prune.run import PruneOptions, prune
+        from prunescope.prune.commands import PruneOptions, prune_model
 
         with stage("prune", "BI 25%, checkpoint written", 1.0):
-            prune(PruneOptions(strategy="bi", ratio=0.25, overwrite=True), loaded=base, placement=placement,
+            prune_model(PruneOptions(strategy="bi", ratio=0.25, overwrite=True), loaded=base, placement=placement,
                   output=quiet("pruned-bi25"))
     sgr = work / "sgr.jsonl"
     if "sgr" in todo:
@@ -232,7 +232,7 @@ def main() -> None:
             extra["answer_tokens"] = made
             extra["scale"] = PAPER["sgr"][1] / max(made, 1)
     if "qlora" in todo:
-        from prunescope.recover.train import RecoverOptions, recover
+        from prunescope.recover.train import RecoverOptions, recover_model
 
         steps = max(2, round(200 * f))
         counter.handle.remove()
@@ -240,7 +240,7 @@ def main() -> None:
             if device.type == "cuda":
                 base.model.to("cpu")  # room for the student; the base comes back for the evaluation
                 torch.cuda.empty_cache()
-            s = recover(RecoverOptions(data=str(sgr), steps=steps, max_seq_len=2048, eval_n=8, eval_every=10**6,
+            s = recover_model(RecoverOptions(data=str(sgr), steps=steps, max_seq_len=2048, eval_n=8, eval_every=10**6,
                                        save_every=10**6, warmup=min(50, steps)),
                         model=str(pruned), placement=placement, output=quiet("recovered"), merge=False)
             extra.update(train_seconds=s["train_seconds"], trained_tokens=s["all_tokens"],

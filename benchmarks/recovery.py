@@ -22,10 +22,10 @@ from prunescope.probe.models import load_model
 from prunescope.core.results import atomic_write_json, write_table
 from prunescope.core.options import Output, Placement
 from prunescope.probe.scoring import probe_accuracy  # noqa: E402
-from prunescope.prune.run import PruneOptions, prune
+from prunescope.prune.commands import PruneOptions, prune_model
 from prunescope.recover.data import encode_all, load_prompts
 from prunescope.recover.sgr import SGROptions, generate_responses
-from prunescope.recover.train import RecoverOptions, perplexity, recover, split_examples
+from prunescope.recover.train import RecoverOptions, perplexity, recover_model, split_examples
 
 PROBES = ("arithmetic_multi", "brackets", "copy")
 
@@ -54,7 +54,7 @@ def main() -> None:
     base = load_model(args.model, device=args.device)
     pruned_dir = out / "pruned"
     if not (pruned_dir / "config.json").is_file():
-        plan = prune(PruneOptions(strategy="bi", ratio=args.ratio, overwrite=True), loaded=base,
+        plan = prune_model(PruneOptions(strategy="bi", ratio=args.ratio, overwrite=True), loaded=base,
                      output=Output(out=str(pruned_dir), progress=show))
         print(f"bi {args.ratio:.0%}: drop {plan.drop}")
     records = load_prompts(args.prompts, n=args.n_prompts)
@@ -70,7 +70,7 @@ def main() -> None:
         cfg = RecoverOptions(mode=mode, data=str(sgr_file), teacher=base.path if mode == "distill" else None,
                              quant=not args.no_quant, token_budget=args.token_budget, max_seq_len=args.max_seq_len,
                              eval_every=25, save_every=100)
-        summaries[mode] = recover(cfg, model=str(pruned_dir), placement=Placement(device=args.device),
+        summaries[mode] = recover_model(cfg, model=str(pruned_dir), placement=Placement(device=args.device),
                                   output=Output(out=str(out / f"recovered-{mode}"), progress=show))
         print(mode, summaries[mode])
 

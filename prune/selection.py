@@ -6,12 +6,12 @@ whose removal keeps the mean accuracy highest is dropped. The held-out docs are 
 ``eval_n`` of each benchmark (:func:`prunescope.analysis.evaluate.heldout_docs`), so an evaluation of the
 first docs stays disjoint from them; the pipeline refuses one that would overlap.
 
-It is registered in ``prunescope.prune.run.STRATEGIES`` as ``iterative-generated``, beside the
+It is registered in ``prunescope.prune.commands.STRATEGIES`` as ``iterative-generated``, beside the
 probe-scored ``iterative``. Scoring a candidate means answering benchmark questions, so this is
 the one place where ``prune`` reaches the evaluation harness (``prunescope.analysis.evaluate``),
 imported when a search runs.
 
->>> from prunescope.prune.run import STRATEGIES
+>>> from prunescope.prune.commands import STRATEGIES
 >>> "iterative-generated" in STRATEGIES.names()
 True
 """
@@ -93,7 +93,7 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
 
 
 def iterative_generated_plan(lm, k: int, protected: list[int], o, progress: bool = True) -> Plan:
-    """The plan builder of ``iterative-generated`` (``o``: the :class:`prunescope.prune.run.PruneOptions`)."""
+    """The plan builder of ``iterative-generated`` (``o``: the :class:`prunescope.prune.commands.PruneOptions`)."""
     ev = generated_answer_evaluator(lm, o.select_tasks, o.eval_n, gen_batch_size=o.gen_batch_size, seed=o.seed,
                                     progress=progress, cache=o.select_cache)
     plan = iterative(ev, lm.blocks.n_layers, k, protected, metric="generated_accuracy", progress=progress,

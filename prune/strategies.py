@@ -9,7 +9,7 @@
   candidate evaluated in memory by skipping layers on the block handle (no checkpoints).
 
 Every strategy takes a count or a ratio and protected layers, which are never dropped. The
-registry of names (``prunescope.prune.run.STRATEGIES``) maps each to the function that builds its plan.
+registry of names (``prunescope.prune.commands.STRATEGIES``) maps each to the function that builds its plan.
 
 >>> plan = reverse_order(30, 3, protected=[27])
 >>> plan.drop

@@ -16,9 +16,9 @@ A tour (each writes tidy CSV/JSONL tables and figures into ``out``; re-running r
     rows = ps.sweep(ps.SweepOptions(probe="arithmetic_multi,brackets", n=200), output=ps.Output(out="runs/s"))
     maps = ps.patch(ps.PatchOptions(probe="arithmetic", method="both"), output=ps.Output(out="runs/p"))
     scores = ps.score(ps.ScoreOptions(block_sizes=[4]), output=ps.Output(out="runs/scores"))
-    plan = ps.prune(ps.PruneOptions(strategy="bi", ratio=0.25, protect=[20, 23]), output=ps.Output(out="pruned/bi25"))
+    plan = ps.prune_model(ps.PruneOptions(strategy="bi", ratio=0.25, protect=[20, 23]), output=ps.Output(out="pruned/bi25"))
     ps.generate_responses(ps.SGROptions(n=600), output=ps.Output(out="runs/sgr.jsonl"))
-    ps.recover(ps.RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
+    ps.recover_model(ps.RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
                output=ps.Output(out="recovered/bi25-sgr"))
     rows = ps.evaluate(ps.EvalOptions(tasks=["arc_easy", "gsm8k"], limit=50), model="pruned/bi25",
                        output=ps.Output(out="runs/eval"))
@@ -40,11 +40,11 @@ _API = {
     "Blocks": "prunescope.probe.blocks", "PrunescopeError": "prunescope.core.errors",
     "load_model": "prunescope.probe.models", "Output": "prunescope.core.options",
     "Placement": "prunescope.core.options", "SweepOptions": "prunescope.probe.sweep", "sweep": "prunescope.probe.sweep",
-    "PatchOptions": "prunescope.circuits.run", "patch": "prunescope.circuits.run",
-    "PruneOptions": "prunescope.prune.run", "ScoreOptions": "prunescope.prune.run", "prune": "prunescope.prune.run",
-    "score": "prunescope.prune.run", "SGROptions": "prunescope.recover.sgr",
+    "PatchOptions": "prunescope.circuits.commands", "patch": "prunescope.circuits.commands",
+    "PruneOptions": "prunescope.prune.commands", "ScoreOptions": "prunescope.prune.commands", "prune_model": "prunescope.prune.commands",
+    "score": "prunescope.prune.commands", "SGROptions": "prunescope.recover.sgr",
     "generate_responses": "prunescope.recover.sgr", "RecoverOptions": "prunescope.recover.train",
-    "recover": "prunescope.recover.train", "EvalOptions": "prunescope.analysis.evaluate",
+    "recover_model": "prunescope.recover.train", "EvalOptions": "prunescope.analysis.evaluate",
     "evaluate": "prunescope.analysis.evaluate", "report": "prunescope.analysis.report",
     "run_pipeline": "prunescope.pipeline",
 }
@@ -53,16 +53,16 @@ __all__ = sorted(_API)
 if TYPE_CHECKING:
     from prunescope.analysis.evaluate import EvalOptions, evaluate
     from prunescope.analysis.report import report
-    from prunescope.circuits.run import PatchOptions, patch
+    from prunescope.circuits.commands import PatchOptions, patch
     from prunescope.core.errors import PrunescopeError
     from prunescope.core.options import Output, Placement
     from prunescope.pipeline import run_pipeline
     from prunescope.probe.blocks import Blocks
     from prunescope.probe.models import load_model
     from prunescope.probe.sweep import SweepOptions, sweep
-    from prunescope.prune.run import PruneOptions, ScoreOptions, prune, score
+    from prunescope.prune.commands import PruneOptions, ScoreOptions, prune_model, score
     from prunescope.recover.sgr import SGROptions, generate_responses
-    from prunescope.recover.train import RecoverOptions, recover
+    from prunescope.recover.train import RecoverOptions, recover_model
 
 
 def __getattr__(name: str) -> Any:

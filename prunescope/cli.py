@@ -103,9 +103,9 @@ def _sweep(args, opts, placement: Placement, output: Output) -> None:
          "Patch activations from clean into corrupted prompts (denoise) or back (noise): the residual stream per "
          "layer x position, attention and MLP outputs, and attention heads. Writes OUT/patch.csv, layers.csv "
          "(per-layer effect), the pairs used and heatmaps. Re-running resumes.",
-         options="prunescope.circuits.run:PatchOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"))
+         options="prunescope.circuits.commands:PatchOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"))
 def _patch(args, opts, placement: Placement, output: Output) -> None:
-    from prunescope.circuits.run import patch
+    from prunescope.circuits.commands import patch
     from prunescope.core.distributed import env_world
 
     result = patch(opts, model=args.model, placement=placement, output=output)
@@ -119,9 +119,9 @@ def _patch(args, opts, placement: Placement, output: Output) -> None:
 @command("score", "per-layer importance scores (Block Influence, angular distance, ...)",
          "Score every layer: Block Influence and angular distance from one pass over calibration texts, "
          "optionally perplexity increase, skip drops from a sweep table and patching effects from a patching "
-         "table. Writes OUT/scores.csv and scores.png.", options="prunescope.prune.run:ScoreOptions")
+         "table. Writes OUT/scores.csv and scores.png.", options="prunescope.prune.commands:ScoreOptions")
 def _score(args, opts, placement: Placement, output: Output) -> None:
-    from prunescope.prune.run import score
+    from prunescope.prune.commands import score
 
     rows = score(opts, model=args.model, placement=placement, output=output)
     metrics = [m for m in dict.fromkeys(r["metric"] for r in rows) if not m.startswith("angular")]
@@ -137,11 +137,11 @@ def _score(args, opts, placement: Placement, output: Output) -> None:
 @command("prune", "choose layers to drop (protecting some) and write a standard checkpoint",
          "Pick layers with a strategy and write a Hugging Face checkpoint without them (plus "
          "prunescope_plan.json and plan.json). Protected layers are never dropped.",
-         options="prunescope.prune.run:PruneOptions", output=("out", "progress"))
+         options="prunescope.prune.commands:PruneOptions", output=("out", "progress"))
 def _prune(args, opts, placement: Placement, output: Output) -> None:
-    from prunescope.prune.run import prune
+    from prunescope.prune.commands import prune_model
 
-    plan = prune(opts, model=args.model, placement=placement, output=output)
+    plan = prune_model(opts, model=args.model, placement=placement, output=output)
     print(f"strategy {plan.strategy}: drop {plan.drop} of {plan.n_layers} layers"
           + (f" (protected {plan.protected})" if plan.protected else ""))
     for layer in plan.drop:
@@ -170,11 +170,11 @@ def _sgr(args, opts, placement: Placement, output: Output) -> None:
          options="prunescope.recover.train:RecoverOptions", placement=("device",), output=("out", "progress"),
          model_help="the pruned model folder (from prunescope prune)", model_required=True)
 def _recover(args, opts, placement: Placement, output: Output) -> None:
-    from prunescope.recover.train import recover
+    from prunescope.recover.train import recover_model
 
     if not output.out:
         raise PrunescopeError("recover needs --out FOLDER (where the recovered model goes)")
-    s = recover(opts, model=args.model, placement=placement, output=output)
+    s = recover_model(opts, model=args.model, placement=placement, output=output)
     print(f"{s['mode']}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
           f"{s['tokens_per_s']:.0f} tokens/s, held-out perplexity {s['final_eval_ppl']:.2f}")
     print(f"wrote {output.out} (merged standard checkpoint, adapter/, curve.csv, curve.png)")

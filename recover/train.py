@@ -12,7 +12,7 @@ Everything lands in ``OUT/``: ``curve.csv``/``curve.png`` (train loss, held-out 
 ``adapter/`` (final LoRA weights) and the merged model itself (a standard checkpoint).
 
 >>> # prunescope recover --model pruned/bi25 --data runs/sgr.jsonl --mode sgr --out recovered/bi25-sgr
->>> # recover(RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25", output=Output(out="recovered/bi25-sgr"))
+>>> # recover_model(RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25", output=Output(out="recovered/bi25-sgr"))
 """
 
 from __future__ import annotations
@@ -470,7 +470,7 @@ def _load_checkpoint(path: Path, pm, opt, sched) -> dict:
 RUN_CONFIG = "prunescope_recovery_run.json"
 
 
-def recover(options: RecoverOptions | None = None, *, model: str | Path | None = None,
+def recover_model(options: RecoverOptions | None = None, *, model: str | Path | None = None,
             placement: Placement | None = None, output: Output | None = None, stop_after: int | None = None,
             merge: bool = True) -> dict:
     """Finetune the pruned ``model`` on ``options.data`` (an SGR file) and write the recovered model
@@ -479,7 +479,7 @@ def recover(options: RecoverOptions | None = None, *, model: str | Path | None =
     ``options.teacher``: the base model for ``mode="distill"``. ``stop_after``: leave after this many
     optimizer steps in this call (a later call resumes) — for time-sliced machines. Returns a summary dict.
 
-    >>> recover(RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
+    >>> recover_model(RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
     ...         output=Output(out="recovered/bi25-sgr"))  # doctest: +SKIP
     """
     from prunescope.probe.models import resolve_model

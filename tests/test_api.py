@@ -12,7 +12,7 @@ import prunescope as ps
 
 def test_help_shows_the_api():
     text = pydoc.render_doc(ps, renderer=pydoc.plaintext)
-    for name in ("load_model", "Blocks", "sweep", "patch", "score", "prune", "generate_responses", "recover",
+    for name in ("load_model", "Blocks", "sweep", "patch", "score", "prune_model", "generate_responses", "recover_model",
                  "evaluate", "run_pipeline", "report", "SweepOptions", "Placement", "Output"):
         assert name in ps.__all__ and name in text
 
@@ -28,8 +28,8 @@ def test_a_command_gives_the_same_rows_with_or_without_its_default_options(tiny_
     new = ps.sweep(ps.SweepOptions(probe="arithmetic", n=6), loaded=lm, output=quiet)
     again = ps.sweep(ps.SweepOptions(probe="arithmetic", n=6), loaded=lm, output=quiet)
     assert new == again
-    plan = ps.prune(ps.PruneOptions(strategy="reverse", n=1), loaded=lm, output=quiet)
-    assert ps.prune(ps.PruneOptions(strategy="reverse", n=1), loaded=lm).drop == plan.drop
+    plan = ps.prune_model(ps.PruneOptions(strategy="reverse", n=1), loaded=lm, output=quiet)
+    assert ps.prune_model(ps.PruneOptions(strategy="reverse", n=1), loaded=lm).drop == plan.drop
     assert ps.RecoverOptions(rank=8).rank == 8
     with pytest.raises(TypeError):
         ps.RecoverOptions(r=8)  # the old name of rank is gone
@@ -46,7 +46,7 @@ def test_an_option_is_checked_wherever_it_comes_from(tiny_llama_dir):
     with pytest.raises(ps.PrunescopeError, match="method names an unknown patching method 'guess'"):
         ps.PatchOptions(method="guess").check()
     with pytest.raises(ps.PrunescopeError, match="strategy names an unknown strategy 'bii'"):
-        ps.prune(ps.PruneOptions(strategy="bii"), model=str(tiny_llama_dir))
+        ps.prune_model(ps.PruneOptions(strategy="bii"), model=str(tiny_llama_dir))
 
 
 def test_a_sweep_option_reaches_the_item_generators(tiny_llama_dir, tmp_path):

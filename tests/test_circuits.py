@@ -147,7 +147,7 @@ def test_default_model_attribution_agrees_with_exact(default_model):
 
 
 def test_named_attribution_methods_are_attribution_with_their_setting(tiny, enc):
-    from prunescope.circuits.run import PatchOptions, patch
+    from prunescope.circuits.commands import PatchOptions, patch
     from prunescope.probe.models import LoadedModel
 
     o = PatchOptions(method="relp", probe="brackets", n=6, kinds="resid_post", positions=2).check()

@@ -33,7 +33,7 @@ PATCH = dict(probe="arithmetic", n=4, kinds="resid_post,attn_out,head", position
 
 
 def _patch_options():
-    from prunescope.circuits.run import PatchOptions
+    from prunescope.circuits.commands import PatchOptions
 
     return PatchOptions(**PATCH)
 
@@ -45,7 +45,7 @@ def _quiet(out=None) -> Output:
 def _worker(model_dir: str, out: str) -> dict:
     """Runs in each of 2 processes of one gloo group (started by ``launch``)."""
     from prunescope.cli import main
-    from prunescope.circuits.run import PatchOptions, patch
+    from prunescope.circuits.commands import PatchOptions, patch
     from prunescope.core.distributed import distributed
 
     with distributed("cpu") as d:
@@ -97,7 +97,7 @@ def test_two_processes_equal_one(tiny_llama_dir, tmp_path):
     # one batch: the conditions were split between the ranks, and the rows are the same
     assert _same(got["one_batch"], sweep(SweepOptions(**ONE_BATCH), model=model, output=_quiet()))
 
-    from prunescope.circuits.run import PatchOptions, patch
+    from prunescope.circuits.commands import PatchOptions, patch
 
     # one process gives the cells of the group (above)
     ref = patch(PatchOptions(**PATCH), model=model, output=Output(progress=False, plot=False))

@@ -275,7 +275,7 @@ def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
     from prunescope.pipeline.stages import Run, _ensure_checkpoint
     from prunescope.probe.models import load_model
     from prunescope.core.options import Output
-    from prunescope.prune.run import PruneOptions, prune
+    from prunescope.prune.commands import PruneOptions, prune_model
 
     text = f"name: m\nmodel: {tiny_llama_dir}\nprune: {{ratio: 0.5}}\n"
     cfg = {**load_config_text(text), "out": str(tmp_path)}
@@ -287,7 +287,7 @@ def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
 
     run = Run(cfg, show_progress=False)
     folder = tmp_path / "prune" / "bi"
-    prune(PruneOptions(strategy="bi", ratio=0.5, overwrite=True), loaded=run.base,
+    prune_model(PruneOptions(strategy="bi", ratio=0.5, overwrite=True), loaded=run.base,
           output=Output(out=str(folder), progress=False))
     ids = torch.tensor([[1, 5, 9, 13, 2]])
     want = load_model(folder).model(ids).logits

@@ -11,7 +11,7 @@ from prunescope.probe.blocks import Blocks
 from prunescope.core.errors import PrunescopeError
 from prunescope.probe.models import load_model
 from prunescope.core.results import write_table
-from prunescope.prune.run import PruneOptions, make_evaluator, prune, reference_evaluator
+from prunescope.prune.commands import PruneOptions, make_evaluator, prune_model, reference_evaluator
 from prunescope.prune.scores import layer_scores, representation_scores
 from prunescope.prune.strategies import count_to_drop, iterative, lowest_block, lowest_k, protected_from_table, reverse_order
 from prunescope.prune.surgery import save_pruned
@@ -81,7 +81,7 @@ def test_bad_counts():
     with pytest.raises(PrunescopeError, match="leaves only"):
         lowest_k({i: 0.0 for i in range(4)}, 4, 3, protected=[0, 1])
     with pytest.raises(PrunescopeError, match="unknown strategy"):
-        prune(PruneOptions(strategy="magic", n=1))
+        prune_model(PruneOptions(strategy="magic", n=1))
 
 
 def test_block_influence_matches_definition(tiny):

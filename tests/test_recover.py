@@ -12,7 +12,7 @@ from prunescope.probe.models import load_model
 from prunescope.core.options import Output, Placement
 from prunescope.recover.data import IGNORE, builtin_prompts, encode_example, load_prompts, prompt_text
 from prunescope.recover.sgr import SGROptions, generate_responses
-from prunescope.recover.train import RecoverOptions, check_bitsandbytes, recover
+from prunescope.recover.train import RecoverOptions, check_bitsandbytes, recover_model
 
 FAST = dict(warmup=2, eval_every=2, save_every=2, micro_batch=4, batch_size=8, eval_n=6, lr=2e-3, rank=8, alpha=16)
 
@@ -42,7 +42,7 @@ def test_qlora_loss_falls_and_merge_matches_adapter(tiny_llama_dir, sgr_file, tm
     from prunescope.recover.train import load_student
 
     out = tmp_path / "rec"
-    s = recover(RecoverOptions(data=str(sgr_file), steps=6, **FAST), **_where(tiny_llama_dir, out))
+    s = recover_model(RecoverOptions(data=str(sgr_file), steps=6, **FAST), **_where(tiny_llama_dir, out))
     curve = _curve(out)
     assert s["finished"] and s["steps"] == 6 and [c["step"] for c in curve] == [0, 2, 4, 6]
     assert curve[-1]["eval_loss"] < curve[0]["eval_loss"] - 0.5  # held-out response loss falls
@@ -63,24 +63,24 @@ def test_resume_continues_from_saved_step(tiny_llama_dir, sgr_file, tmp_path):
     cfg = dict(steps=6, **FAST)
     full = tmp_path / "full"
     # one uninterrupted run, whose curve the resumed one (part, below) equals
-    recover(RecoverOptions(**cfg, data=str(sgr_file)), **_where(tiny_llama_dir, full), merge=False)
+    recover_model(RecoverOptions(**cfg, data=str(sgr_file)), **_where(tiny_llama_dir, full), merge=False)
     part = tmp_path / "part"
     cfg = dict(cfg, data=str(sgr_file))
-    s = recover(RecoverOptions(**cfg), **_where(tiny_llama_dir, part), stop_after=3)
+    s = recover_model(RecoverOptions(**cfg), **_where(tiny_llama_dir, part), stop_after=3)
     assert not s["finished"] and s["steps"] == 3
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step-000003"]
-    s = recover(RecoverOptions(**cfg), **_where(tiny_llama_dir, part), merge=False)
+    s = recover_model(RecoverOptions(**cfg), **_where(tiny_llama_dir, part), merge=False)
     assert s["finished"] and s["steps"] == 6
     a, b = _curve(full), _curve(part)
     assert [c["step"] for c in b] == [0, 2, 4, 6]
     for x, y in zip(a, b):
         assert x["eval_loss"] == pytest.approx(y["eval_loss"], abs=1e-4)
     with pytest.raises(PrunescopeError, match="different settings"):
-        recover(RecoverOptions(**{**cfg, "lr": 1e-3}), **_where(tiny_llama_dir, part))
+        recover_model(RecoverOptions(**{**cfg, "lr": 1e-3}), **_where(tiny_llama_dir, part))
 
 
 def test_plain_lora_external_and_distill(tiny_llama_dir, sgr_file, tmp_path):
-    s = recover(RecoverOptions(mode="external", data=str(sgr_file), quant=False, steps=4, **FAST),
+    s = recover_model(RecoverOptions(mode="external", data=str(sgr_file), quant=False, steps=4, **FAST),
                 **_where(tiny_llama_dir, tmp_path / "ext"), merge=False)
     assert s["trained_tokens"] < 4 * 8 * 12  # the short references, not the long SGR responses
     # distill the 4-layer model into itself with layer 2 removed: the KL on responses falls
@@ -88,12 +88,12 @@ def test_plain_lora_external_and_distill(tiny_llama_dir, sgr_file, tmp_path):
 
     lm = load_model(tiny_llama_dir)
     pruned = save_pruned(lm.model, lm.tokenizer, [2], tmp_path / "pruned")
-    s = recover(RecoverOptions(mode="distill", data=str(sgr_file), teacher=str(tiny_llama_dir), quant=False, steps=8,
+    s = recover_model(RecoverOptions(mode="distill", data=str(sgr_file), teacher=str(tiny_llama_dir), quant=False, steps=8,
                                **FAST), **_where(pruned, tmp_path / "kd"), merge=False)
     kl = [c["train_loss"] for c in _curve(tmp_path / "kd")[1:]]
     assert s["finished"] and kl[-1] < 0.7 * kl[0], kl
     with pytest.raises(PrunescopeError, match="--teacher"):
-        recover(RecoverOptions(mode="distill", data=str(sgr_file)), **_where(tiny_llama_dir, tmp_path / "kd2"))
+        recover_model(RecoverOptions(mode="distill", data=str(sgr_file)), **_where(tiny_llama_dir, tmp_path / "kd2"))
 
 
 def test_random_init_control_trains_a_fresh_copy(tiny_llama_dir, sgr_file, tmp_path):
@@ -106,7 +106,7 @@ def test_random_init_control_trains_a_fresh_copy(tiny_llama_dir, sgr_file, tmp_p
 
     cfg = RecoverOptions(mode="random", data=str(sgr_file), quant=False, steps=4, seed=3, **FAST)
     where = dict(model=tiny_llama_dir, output=Output(out=str(out), progress=False))
-    s = recover(cfg, **where, stop_after=2)
+    s = recover_model(cfg, **where, stop_after=2)
     assert not s["finished"]
     fresh = AutoModelForCausalLM.from_pretrained(out / "init", dtype=torch.float32)
     pruned = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
@@ -114,7 +114,7 @@ def test_random_init_control_trains_a_fresh_copy(tiny_llama_dir, sgr_file, tmp_p
     assert a.keys() == b.keys() and fresh.config.num_hidden_layers == pruned.config.num_hidden_layers
     assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], b["model.layers.0.mlp.up_proj.weight"])
     before = a["model.layers.0.mlp.up_proj.weight"].clone()
-    s = recover(cfg, **where)  # resumes on the same init
+    s = recover_model(cfg, **where)  # resumes on the same init
     assert s["finished"] and s["mode"] == "random"
     again = AutoModelForCausalLM.from_pretrained(out / "init", dtype=torch.float32)
     assert torch.equal(again.state_dict()["model.layers.0.mlp.up_proj.weight"], before)
@@ -199,7 +199,7 @@ def test_missing_bitsandbytes_and_missing_responses(monkeypatch, tiny_llama_dir,
     f = tmp_path / "prompts.jsonl"
     f.write_text('{"id": "0", "prompt": "Hi"}\n{"id": "1", "prompt": "Yo"}\n')
     with pytest.raises(PrunescopeError, match="run `prunescope sgr`"):
-        recover(RecoverOptions(data=str(f)), **_where(tiny_llama_dir, tmp_path / "x"))
+        recover_model(RecoverOptions(data=str(f)), **_where(tiny_llama_dir, tmp_path / "x"))
     assert not (tmp_path / "x").exists()  # nothing written before the input was checked
 
 
@@ -360,7 +360,7 @@ def test_a_non_finite_step_is_skipped_and_a_diverging_run_stops(tiny_llama_dir, 
         return loss, seen
 
     monkeypatch.setattr(rt, "train_step", poisoned)
-    s = recover(RecoverOptions(data=str(sgr_file), quant=False, steps=6, **FAST),
+    s = recover_model(RecoverOptions(data=str(sgr_file), quant=False, steps=6, **FAST),
                 **_where(tiny_llama_dir, tmp_path / "one"), merge=False)
     assert s["finished"] and s["skipped_steps"] == 1 and s["steps"] == 6
     # what the skipped step looked like: a finite loss, a NaN gradient in exactly the poisoned weight
@@ -375,7 +375,7 @@ def test_a_non_finite_step_is_skipped_and_a_diverging_run_stops(tiny_llama_dir, 
     calls["n"] = 0
     monkeypatch.setattr(rt, "train_step", lambda *a, **kw: poisoned(*a, bad=lambda n: n >= 2, **kw))
     with pytest.raises(PrunescopeError, match="diverged: 3 steps in a row"):
-        recover(RecoverOptions(data=str(sgr_file), quant=False, steps=8, **FAST),
+        recover_model(RecoverOptions(data=str(sgr_file), quant=False, steps=8, **FAST),
                 **_where(tiny_llama_dir, tmp_path / "all"), merge=False)
 
 

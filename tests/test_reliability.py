@@ -69,7 +69,7 @@ class _Payload:
 
 
 def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_run(tiny_llama_dir, tmp_path, capsys):
-    from prunescope.recover.train import RecoverOptions, recover
+    from prunescope.recover.train import RecoverOptions, recover_model
     from prunescope.core.options import Output, Placement
 
     data = tmp_path / "sgr.jsonl"
@@ -78,7 +78,7 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_run(tiny_llama_di
     out = tmp_path / "rec"
     cfg = RecoverOptions(data=str(data), quant=False, steps=6, save_every=2, eval_every=2, eval_n=2, micro_batch=2,
                          warmup=1)
-    s = recover(cfg, model=str(tiny_llama_dir), placement=Placement(), output=Output(out=str(out), progress=False),
+    s = recover_model(cfg, model=str(tiny_llama_dir), placement=Placement(), output=Output(out=str(out), progress=False),
                 stop_after=2)
     assert not s["finished"]
     ck = next((out / "checkpoints").glob("step-*"))

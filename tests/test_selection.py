@@ -10,7 +10,7 @@ from prunescope.prune.selection import generated_answer_evaluator
 from prunescope.core.errors import PrunescopeError
 from prunescope.probe.models import LoadedModel
 from prunescope.probe.tiny import tiny_model
-from prunescope.prune.run import PruneOptions, prune
+from prunescope.prune.commands import PruneOptions, prune_model
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_evaluation_of_chosen_docs_scores_exactly_those(tiny, tmp_path):
 
 
 def test_iterative_generated_tries_every_layer_and_records_its_docs(tiny):
-    plan = prune(PruneOptions(strategy="iterative-generated", n=2, eval_n=3, select_tasks=["arithmetic"],
+    plan = prune_model(PruneOptions(strategy="iterative-generated", n=2, eval_n=3, select_tasks=["arithmetic"],
                               protect=[0]), loaded=tiny)
     first, second = plan.scores["history"]
     assert plan.strategy == "iterative-generated" and len(plan.drop) == 2 and 0 not in plan.drop
@@ -59,16 +59,16 @@ def test_selection_cache_reads_back_scored_sets_and_the_smaller_search_repeats_t
 
     cache = tmp_path / "selection-cache.jsonl"
     opts = dict(strategy="iterative-generated", eval_n=3, select_tasks=["arithmetic"], select_cache=str(cache))
-    big = prune(PruneOptions(n=2, **opts), loaded=tiny)
+    big = prune_model(PruneOptions(n=2, **opts), loaded=tiny)
     logged = read_progress(cache)
     assert len(logged) == 4 + 3 and {tuple(r["skip"]) for r in logged} >= {(0,), (1,), (2,), (3,)}
     # the one-layer search is the two-layer one's first step, read back: nothing new is generated
-    small = prune(PruneOptions(n=1, **opts), loaded=tiny)
+    small = prune_model(PruneOptions(n=1, **opts), loaded=tiny)
     first = big.scores["history"][0]
     assert small.drop == [int(max(first, key=lambda c: (first[c], -int(c))))] and small.drop[0] in big.drop
     assert small.scores["history"][0] == big.scores["history"][0] and len(read_progress(cache)) == 7
     # other settings (here: another eval_n) are not read back
-    prune(PruneOptions(n=1, **{**opts, "eval_n": 2}), loaded=tiny)
+    prune_model(PruneOptions(n=1, **{**opts, "eval_n": 2}), loaded=tiny)
     assert len(read_progress(cache)) == 7 + 4
 
 

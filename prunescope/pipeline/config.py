@@ -19,13 +19,13 @@ from pathlib import Path
 
 from prunescope.analysis.evaluate import TASKS, EvalOptions
 from prunescope.circuits.pairs import PAIR_PROBES
-from prunescope.circuits.run import PatchOptions
+from prunescope.circuits.commands import PatchOptions
 from prunescope.core.errors import PrunescopeError
 from prunescope.probe.models import is_model_alias, model_aliases
 from prunescope.core.options import DTYPES, Options, check_field, default_of, derive, option, valid_device
 from prunescope.probe.sweep import SweepOptions
 from prunescope.probe.tasks import PROBES
-from prunescope.prune.run import PruneOptions, ScoreOptions
+from prunescope.prune.commands import PruneOptions, ScoreOptions
 from prunescope.recover.sgr import SGROptions
 from prunescope.recover.train import RecoverOptions
 

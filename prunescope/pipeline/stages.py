@@ -107,7 +107,7 @@ class Run:
 
 
 def _localize(run: Run) -> None:
-    from prunescope.circuits.run import PatchOptions, patch
+    from prunescope.circuits.commands import PatchOptions, patch
     from prunescope.probe.sweep import SweepOptions, sweep
 
     c, seed = run.cfg["localize"], run.cfg["seed"]
@@ -164,7 +164,7 @@ def ablate(run: Run) -> list[dict]:
 
 
 def _score(run: Run) -> None:
-    from prunescope.prune.run import ScoreOptions, score
+    from prunescope.prune.commands import ScoreOptions, score
 
     loc = run.cfg["localize"]
     score(ScoreOptions(n_texts=run.cfg["score"]["n_texts"], seed=run.cfg["seed"],
@@ -180,7 +180,7 @@ def _patch_table(run: Run) -> str | None:
 
 
 def _prune(run: Run) -> None:
-    from prunescope.prune.run import PruneOptions, prune
+    from prunescope.prune.commands import PruneOptions, prune_model
 
     c = run.cfg["prune"]
     names = pruned_names(run.cfg)
@@ -200,7 +200,7 @@ def _prune(run: Run) -> None:
                   "gen_batch_size": run.cfg["evaluate"]["gen_batch_size"] or 64,
                   # one log for both ratios: the smaller search reads back the larger one's first steps
                   "select_cache": str(run.out / "prune" / "selection-cache.jsonl")}
-        plan = prune(PruneOptions(strategy=strategy, ratio=ratio, overwrite=True, seed=run.cfg["seed"], **kw),
+        plan = prune_model(PruneOptions(strategy=strategy, ratio=ratio, overwrite=True, seed=run.cfg["seed"], **kw),
                      loaded=run.base, placement=run.placement, output=run.output(folder))
         print(f"  {stage}: drop {plan.drop}" + (f" (protected {plan.protected})" if plan.protected else ""))
 
@@ -233,7 +233,7 @@ def _recover(run: Run) -> None:
 def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
     """Train one recovery arm (``recover/<strategy>-<mode>``) and score its probes; False when it
     diverged (recorded in its folder)."""
-    from prunescope.recover.train import RecoverOptions, RecoveryDiverged, recover
+    from prunescope.recover.train import RecoverOptions, RecoveryDiverged, recover_model
 
     c = run.cfg["recover"]
     strategy, mode = folder.name.rsplit("-", 1)
@@ -247,7 +247,7 @@ def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
                          lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
                          eval_every=c["eval_every"] or max(1, (c["steps"] or 100) // 4))
     try:
-        s = recover(cfg, model=pruned, placement=Placement(device=run.cfg["device"]), output=run.output(folder))
+        s = recover_model(cfg, model=pruned, placement=Placement(device=run.cfg["device"]), output=run.output(folder))
     except RecoveryDiverged as e:
         # one arm that diverges is a result, not the end of the run: the other arms and the
         # evaluation go on (on a lent GPU the rest of the session would be lost otherwise)

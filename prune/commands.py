@@ -1,7 +1,7 @@
 """``prunescope score`` and ``prunescope prune``: score layers, choose a plan, write the checkpoint.
 
 >>> # score(out="runs/scores")                       -> runs/scores/scores.csv, scores.png
->>> # prune(strategy="bi", ratio=0.25, protect_from="runs/arith/layers.csv", protect_top=4,
+>>> # prune_model(strategy="bi", ratio=0.25, protect_from="runs/arith/layers.csv", protect_top=4,
 >>> #       out="pruned/bi25")                       -> a standard HF checkpoint + prunescope_plan.json
 """
 
@@ -261,14 +261,14 @@ class PruneOptions(Options):
             raise PrunescopeError("--strategy score needs --scores-table TABLE (a sweep, patching or score table)")
 
 
-def prune(options: PruneOptions | None = None, *, model: str | None = None, placement: Placement | None = None,
+def prune_model(options: PruneOptions | None = None, *, model: str | None = None, placement: Placement | None = None,
           output: Output | None = None, loaded=None) -> Plan:
     """Choose layers with a strategy (honouring protected layers) and write the pruned checkpoint.
 
     ``protect_from``: one results table or several (their ``protect_top`` layers each, united).
     ``seed``: which built-in calibration texts (BI, angular) and probe items (iterative) are drawn.
 
-    >>> plan = prune(PruneOptions(strategy="bi", ratio=0.25), output=Output(out="pruned/bi25"))  # doctest: +SKIP
+    >>> plan = prune_model(PruneOptions(strategy="bi", ratio=0.25), output=Output(out="pruned/bi25"))  # doctest: +SKIP
     """
     from prunescope.probe.models import load_model
 
