@@ -46,13 +46,19 @@ import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import check_doc_limit
 from prunescope.core.results import atomic_write_text, read_jsonl
 
 from prunescope.analysis.signatures import FAILURE_KINDS  # noqa: F401  (the kinds failure_kinds() returns)
+
+if TYPE_CHECKING:  # the engine (and torch) load when something is generated
+    from prunescope.generation import EngineSettings
 
 TASKS = ("humaneval", "mbpp")
 N_ORIGINAL = {"humaneval": 164, "mbpp": 500}
@@ -790,14 +796,15 @@ def _agrees(out, exp, atol: float) -> bool:
 # Generation and the public entry point
 
 
-def generate(loaded, prompts: list[str], stop: list[str], *, batch_size: int = 64, max_new_tokens: int = 384,
-             show_progress: bool = True) -> list[str]:
-    """Greedy completions through the generation engine (``batch_size`` slots), cut at the first stop.
+def generate(loaded, prompts: list[str], stop: list[str], *, max_new_tokens: int = 384,
+             engine: EngineSettings | None = None) -> list[str]:
+    """Greedy completions through the generation engine (``engine``: its slots, progress bar and
+    fan-out over skip sets), cut at the first stop.
 
     Prompts are encoded as HFLM encodes them (the tokenizer's own special tokens) and cut from the
     left to leave ``max_new_tokens`` of the model's context.
     """
-    from prunescope.generation import Engine, GenerationOptions, Request
+    from prunescope.generation import Engine, EngineSettings, GenerationOptions, Request
 
     max_length = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
     if max_new_tokens >= max_length:
@@ -809,8 +816,10 @@ def generate(loaded, prompts: list[str], stop: list[str], *, batch_size: int = 6
     # as HFLM encodes: no second BOS when the (chat-templated) prompt already starts with one
     ids = [tok(p, add_special_tokens=not (bos and p.startswith(bos))).input_ids[-room:] for p in prompts]
     reqs = [Request(i, max_new_tokens=max_new_tokens, stop=tuple(stop)) for i in ids]
-    engine = Engine(loaded.model, tok, GenerationOptions(slots=batch_size))
-    return [c.text for c in engine.generate(reqs, progress=show_progress, desc="code")]
+    engine = engine or EngineSettings()
+    done = Engine(loaded.model, tok, GenerationOptions(slots=engine.slots)).generate(
+        reqs, progress=engine.progress, desc="code", fan_out=engine.fan_out)
+    return [c.text for c in done]
 
 
 # evalplus' own instruction-model prompt (codegen "instruction_prefix" / "response_prefix")
@@ -845,19 +854,26 @@ def _with_prompt_imports(prompt: str, code: str) -> str:
     return "\n".join(imports) + ("\n\n" if imports else "") + code
 
 
-def run_code_task(loaded, task: str, *, limit: int | float | list[int] | None = None, out_dir: str | Path, batch_size: int = 64,
-                  max_new_tokens: int = 384, seed: int = 0, humaneval_plus: str | Path | None = None,
-                  mbpp_plus: str | Path | None = None, chat: bool | None = None,
-                  show_progress: bool = True) -> tuple[list[dict], list[dict]]:
+# the keys of code_options (prunescope.analysis.evaluate.EvalOptions.code_options) and their defaults
+CODE_OPTION_DEFAULTS = {"max_new_tokens": 384, "humaneval_plus": None, "mbpp_plus": None, "chat": None}
+
+
+def run_code_task(loaded, task: str, *, limit: int | float | list[int] | None = None, out_dir: str | Path,
+                  seed: int = 0, code_options: Mapping | None = None,
+                  engine: EngineSettings | None = None) -> tuple[list[dict], list[dict]]:
     """Generate a completion per problem and score it with evalplus: ``(rows, samples)``.
 
     ``limit``: the first ``limit`` problems (a fraction: that share), or a list of problem indices.
     ``rows`` are tidy result rows (``pass@1`` on the base tests, ``plus_pass@1`` when the problem
-    file has plus tests); ``samples`` has one record per problem. ``chat`` (default: when the
-    tokenizer has a chat template) asks the way evalplus asks instruction models: the problem inside
-    an instruction, the answer opened as a ```python block, and the reply cut down to the entry
-    point and what it needs with ``evalplus.sanitize``; otherwise the raw prompt is completed. ``out_dir`` receives the problem
-    file evalplus used, the samples, evalplus' results and its log.
+    file has plus tests); ``samples`` has one record per problem. ``code_options``, as
+    :meth:`prunescope.analysis.evaluate.EvalOptions.code_options` gives them: ``max_new_tokens``
+    (default 384), ``humaneval_plus`` / ``mbpp_plus`` (an evalplus problem file with plus tests) and
+    ``chat`` (default: when the tokenizer has a chat template), which asks the way evalplus asks
+    instruction models: the problem inside an instruction, the answer opened as a ```python block,
+    and the reply cut down to the entry point and what it needs with ``evalplus.sanitize``;
+    otherwise the raw prompt is completed. ``engine``: the generation engine's slots, progress bar
+    and fan-out over skip sets (:class:`prunescope.generation.EngineSettings`). ``out_dir`` receives the problem file evalplus used, the
+    samples, evalplus' results and its log.
 
     >>> from prunescope.probe.models import load_model
     >>> rows, samples = run_code_task(load_model(), "humaneval", limit=20, out_dir="runs/code")  # doctest: +SKIP
@@ -867,64 +883,103 @@ def run_code_task(loaded, task: str, *, limit: int | float | list[int] | None = 
     import torch
 
     _check_task(task)
-    picked = list(limit) if isinstance(limit, (list, tuple, range)) else None  # doc indices (held-out docs)
-    if picked is None and limit is not None and not (limit >= 1 or (isinstance(limit, float) and 0 < limit < 1)):
-        raise PrunescopeError(f"limit must be at least 1 or a fraction in (0, 1), got {limit}")
-    plus_file = humaneval_plus if task == "humaneval" else mbpp_plus
-    problems, data_label = _problems_for(task, plus_file)
-    if isinstance(limit, float) and limit < 1:
-        limit = math.ceil(limit * len(problems))  # a share of the problems, as lm-eval takes a fraction
-    every = list(problems.values())
-    if picked is not None and not all(0 <= i < len(every) for i in picked):
-        raise PrunescopeError(f"{task} has {len(every)} problems; doc indices must lie in [0, {len(every)})")
-    chosen = [every[i] for i in picked] if picked is not None else every[:limit]
+    opts = _code_settings(code_options)
+    chosen, data_label = _chosen_problems(task, limit, opts["humaneval_plus" if task == "humaneval" else "mbpp_plus"])
     torch.manual_seed(seed)  # greedy decoding; recorded for the table
-    chat = bool(getattr(loaded.tokenizer, "chat_template", None)) if chat is None else chat
-    if chat:
-        from evalplus.sanitize import sanitize
-
-        replies = generate(loaded, [chat_prompt(loaded.tokenizer, p["prompt"]) for p in chosen], ["\n```"],
-                           batch_size=batch_size, max_new_tokens=max_new_tokens, show_progress=show_progress)
-        completions = [_with_prompt_imports(p["prompt"], sanitize(r, p["entry_point"])) for p, r in zip(chosen, replies)]
-        to_eval = [{"task_id": p["task_id"], "solution": c} for p, c in zip(chosen, completions)]
-    else:
-        completions = generate(loaded, [p["prompt"] for p in chosen], STOP[task], batch_size=batch_size,
-                               max_new_tokens=max_new_tokens, show_progress=show_progress)
-        to_eval = [{"task_id": p["task_id"], "completion": c} for p, c in zip(chosen, completions)]
-    # the program that runs: the sanitized solution, or the prompt with its completion; a test-program
-    # problem's tests may call helpers its prompt defines (HumanEval/38's encode_cyclic), so a chat
-    # solution runs after the prompt there, as a completion does
-    programs = {e["task_id"]: (p["prompt"] + "\n\n" + e["solution"] if "test" in p and e["solution"] else e["solution"])
-                if chat else p["prompt"] + e["completion"] for p, e in zip(chosen, to_eval)}
-    res, kinds = _judge(task, chosen, to_eval, programs, Path(out_dir) / f"{task}_evalplus", f"{task}_samples")
+    chat = bool(getattr(loaded.tokenizer, "chat_template", None)) if opts["chat"] is None else opts["chat"]
+    completions, to_eval, replies = _answers(loaded, task, chosen, chat, max_new_tokens=opts["max_new_tokens"],
+                                             engine=engine)
+    res, kinds = _judge(task, chosen, to_eval, _programs(chosen, to_eval, chat), Path(out_dir) / f"{task}_evalplus",
+                        f"{task}_samples")
     if chat:  # a failed reply that does not parse as written failed on its syntax, whatever sanitize left of it
         for p, r in zip(chosen, replies):
             if kinds.get(p["task_id"]) is not None and not _compiles(_with_prompt_imports(p["prompt"], r)):
                 kinds[p["task_id"]] = "syntax"
     has_plus = any(p["plus_input"] for p in chosen)
+    samples = _code_samples(task, chosen, completions, replies, res, kinds)
+    return _pass_rows(loaded, task, samples, seed, data_label + ("; chat prompt" if chat else ""), has_plus), samples
+
+
+def _code_settings(code_options: Mapping | None) -> dict:
+    """``code_options`` with every default filled in; an unknown key is a PrunescopeError."""
+    unknown = sorted(set(code_options or {}) - set(CODE_OPTION_DEFAULTS))
+    if unknown:
+        raise PrunescopeError(f"unknown code option(s) {', '.join(unknown)}; "
+                              f"choose from {', '.join(CODE_OPTION_DEFAULTS)}")
+    return {**CODE_OPTION_DEFAULTS, **(code_options or {})}
+
+
+def _chosen_problems(task: str, limit, plus_file) -> tuple[list[dict], str]:
+    """The problems a run scores (the first ``limit``, that share of them, or the listed indices)
+    and the label of their problem set."""
+    picked = list(limit) if isinstance(limit, (list, tuple, range)) else None  # doc indices (held-out docs)
+    if picked is None:
+        limit = check_doc_limit(limit)
+    problems, data_label = _problems_for(task, plus_file)
+    if isinstance(limit, float):
+        limit = math.ceil(limit * len(problems))  # a share of the problems, as lm-eval takes a fraction
+    every = list(problems.values())
+    if picked is not None and not all(0 <= i < len(every) for i in picked):
+        raise PrunescopeError(f"{task} has {len(every)} problems; doc indices must lie in [0, {len(every)})")
+    return ([every[i] for i in picked] if picked is not None else every[:limit]), data_label
+
+
+def _answers(loaded, task: str, chosen: list[dict], chat: bool, *, max_new_tokens: int,
+             engine: EngineSettings | None) -> tuple[list[str], list[dict], list[str] | None]:
+    """``(completions, evalplus samples, chat replies)``: the code each problem is judged on (a chat
+    reply sanitized down to its solution, or a raw completion) and the replies as generated (None
+    without chat)."""
+    if not chat:
+        completions = generate(loaded, [p["prompt"] for p in chosen], STOP[task], max_new_tokens=max_new_tokens,
+                               engine=engine)
+        return completions, [{"task_id": p["task_id"], "completion": c} for p, c in zip(chosen, completions)], None
+    from evalplus.sanitize import sanitize
+
+    replies = generate(loaded, [chat_prompt(loaded.tokenizer, p["prompt"]) for p in chosen], ["\n```"],
+                       max_new_tokens=max_new_tokens, engine=engine)
+    completions = [_with_prompt_imports(p["prompt"], sanitize(r, p["entry_point"])) for p, r in zip(chosen, replies)]
+    return completions, [{"task_id": p["task_id"], "solution": c} for p, c in zip(chosen, completions)], replies
+
+
+def _programs(chosen: list[dict], to_eval: list[dict], chat: bool) -> dict[str, str]:
+    """The program that runs per problem: the sanitized solution, or the prompt with its completion.
+    A test-program problem's tests may call helpers its prompt defines (HumanEval/38's
+    encode_cyclic), so a chat solution runs after the prompt there, as a completion does."""
+    return {e["task_id"]: (p["prompt"] + "\n\n" + e["solution"] if "test" in p and e["solution"] else e["solution"])
+            if chat else p["prompt"] + e["completion"] for p, e in zip(chosen, to_eval)}
+
+
+def _code_samples(task: str, chosen: list[dict], completions: list[str], replies: list[str] | None, res: dict,
+                  kinds: dict) -> list[dict]:
+    """One record per problem: the answer, the evalplus verdicts and the failure kind."""
+    has_plus = any(p["plus_input"] for p in chosen)
     samples = []
     for i, (p, c) in enumerate(zip(chosen, completions)):
         r = res[p["task_id"]]
-        s = {"task": task, "doc_id": p["task_id"], "prompt": p["prompt"], "response": c, "chat": chat,
-             **({"reply": replies[i]} if chat else {}),
+        s = {"task": task, "doc_id": p["task_id"], "prompt": p["prompt"], "response": c, "chat": replies is not None,
+             **({"reply": replies[i]} if replies is not None else {}),
              "target": p["canonical_solution"], "correct": r["base_status"] == "pass", "status": r["base_status"],
              "failure": kinds[p["task_id"]]}
         if has_plus:
             s["plus_correct"] = s["correct"] and r["plus_status"] == "pass"
             s["plus_status"] = r["plus_status"]
         samples.append(s)
-    n = len(samples)
+    return samples
 
+
+def _pass_rows(loaded, task: str, samples: list[dict], seed: int, data: str, has_plus: bool) -> list[dict]:
+    """``pass@1`` (and ``plus_pass@1``) as tidy rows: prunescope.core.results.COLUMNS order, then extras."""
     from lm_eval.api.metrics import mean_stderr
 
-    def row(metric: str, passed: list[bool], primary: bool) -> dict:  # prunescope.core.results.COLUMNS order, then extras
-        value = sum(passed) / n
+    n = len(samples)
+
+    def row(metric: str, passed: list[bool], primary: bool) -> dict:
         stderr = mean_stderr([float(x) for x in passed]) if n > 1 else None  # as lm-eval reports its tasks
         return {"model": loaded.name, "probe": task, "condition": "", "layers": "", "metric": metric,
-                "value": value, "n": n, "seed": seed, "stderr": stderr, "category": "generative",
-                "primary": primary, "data": data_label + ("; chat prompt" if chat else "")}
+                "value": sum(passed) / n, "n": n, "seed": seed, "stderr": stderr, "category": "generative",
+                "primary": primary, "data": data}
 
     rows = [row("pass@1", [s["correct"] for s in samples], True)]
     if has_plus:
         rows.append(row("plus_pass@1", [s["plus_correct"] for s in samples], False))
-    return rows, samples
+    return rows

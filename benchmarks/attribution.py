@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prunescope.circuits.pairs import encode_pairs, make_pairs  # noqa: E402
-from prunescope.circuits.patching import KINDS, attribution_patching, exact_patching, spearman  # noqa: E402
+from prunescope.circuits.patching import KINDS, attribution_patching, exact_patching, plan_cells, spearman  # noqa: E402
 from prunescope.probe.models import load_model  # noqa: E402
 
 
@@ -93,13 +93,13 @@ def main() -> None:
         lm = load_model(None if args.model == "default" else args.model, device=args.device, dtype=args.dtype)
     enc = encode_pairs(lm.tokenizer, make_pairs(args.probe, lm.tokenizer, n=args.n))
     positions = min(enc.lengths) if args.positions == "all" else int(args.positions)
-    kw = dict(kinds=KINDS, positions=positions)
+    plan = plan_cells(lm.blocks, enc, kinds=KINDS, positions=positions)
 
     def timed(fn, **extra):
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t = time.perf_counter()
-        cells = fn(lm.blocks, enc, **kw, **extra)
+        cells = fn(lm.blocks, plan, **extra)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         return cells, time.perf_counter() - t
@@ -120,7 +120,7 @@ def main() -> None:
     if args.relevance:
         methods["relp"] = dict(steps=1, relevance=True)
     if args.device.startswith("cuda"):  # the first backward pays one-off setup (cuBLAS, autograd): untimed
-        attribution_patching(lm.blocks, enc, **kw, steps=1)
+        attribution_patching(lm.blocks, plan, steps=1)
     rows = []
     print(f"{lm.name}, probe {args.probe}, {args.n} pairs, {positions} positions, {len(exact)} cells; "
           f"exact patching {t_exact:.1f} s")

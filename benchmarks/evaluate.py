@@ -5,7 +5,7 @@ Both paths score the same in-memory model on the same task configs (the YAMLs in
 
   direct    ``lm_eval.simple_evaluate(HFLM(model), tasks=[config dicts])``: one call for the tasks,
             one more for MMLU's 57 subjects (its limit is spread over the subjects)
-  evaluate  ``prunescope.analysis.evaluate.evaluate_model(loaded, tasks, out=tmp)``: one lm-eval run per task, plus
+  evaluate  ``prunescope.analysis.evaluate.run_benchmarks(loaded, options, out=tmp)``: one lm-eval run per task, plus
             the tidy table, per-doc samples and resume records it writes
 
 It prints docs/s of each, the ratio (goal >= 0.95x) and whether the metrics agree.
@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prunescope.analysis.evaluate import (  # noqa: E402
-    CLASSIFICATION, _metric_name, _split_key, evaluate_model, lm_eval_limit, lm_eval_tasks,
+    CLASSIFICATION, EvalOptions, _metric_name, _split_key, lm_eval_limit, lm_eval_tasks, run_benchmarks,
 )
 from prunescope.probe.models import load_model  # noqa: E402
 
@@ -103,10 +103,11 @@ def main(argv=None) -> None:
     ref, docs = direct(loaded, tasks, args.limit, args.fewshot, args.batch_size, args.seed)
     t_direct = time.perf_counter() - t0
 
+    options = EvalOptions(tasks=tasks, limit=args.limit, fewshot=args.fewshot, batch_size=args.batch_size,
+                          seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        rows = evaluate_model(loaded, tasks, Path(tmp) / "out", limit=args.limit, num_fewshot=args.fewshot,
-                              batch_size=args.batch_size, seed=args.seed, show_progress=False)
+        rows = run_benchmarks(loaded, options, Path(tmp) / "out", progress=False)
         t_ours = time.perf_counter() - t0
     ours = {(r["probe"], r["metric"]): r["value"] for r in rows}
     ours_docs = sum({r["probe"]: r["n"] for r in rows}.values())
@@ -120,8 +121,7 @@ def main(argv=None) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            rows_plain = evaluate_model(loaded, tasks, Path(tmp) / "out", limit=args.limit, num_fewshot=args.fewshot,
-                                        batch_size=args.batch_size, seed=args.seed, show_progress=False)
+            rows_plain = run_benchmarks(loaded, options, Path(tmp) / "out", progress=False)
             t_plain = time.perf_counter() - t0
     finally:
         ev._compiled_templates = compiled

@@ -49,12 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ceilings import ceilings, matmul_peak, sync  # noqa: E402,F401
 
-from prunescope.probe import generation  # noqa: E402
-from prunescope.generation import Engine, GenerationOptions, Request, kv_bytes_per_token  # noqa: E402
-
-
-
-
+from prunescope.generation import Engine, GenerationOptions, GenerationStats, Request, kv_bytes_per_token  # noqa: E402
 
 
 def workload(kind: str, n: int, vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:
@@ -111,11 +106,13 @@ def run_cb(model, work, tuned: bool) -> int:
     return made
 
 
-def run_ours(model, tok, work, slots: int, graphs: str) -> tuple[int, Engine]:
+def run_ours(model, tok, work, slots: int, graphs: str) -> tuple[int, GenerationStats]:
+    """Tokens made and the engine's own account of the run (idle slots, prefill time, capacity)."""
     engine = Engine(model, tok, GenerationOptions(slots=slots, graphs=graphs))
     engine.eos = set()  # the workload asks for exactly its token counts
     reqs = [Request(p, max_new_tokens=m, temperature=1.0, seed=i) for i, (p, m) in enumerate(work)]
-    return sum(len(c.tokens) for c in engine.generate(reqs)), engine
+    run = engine.run(reqs)
+    return sum(len(c.tokens) for c in run.completions), run.stats
 
 
 def floor_seconds(model, work, batch: int, bw: float, peak: float, dtype) -> float:
@@ -300,17 +297,16 @@ def main() -> None:
                 plan.append((p, len(sub), sub, lambda sub=sub, t=(p == "cb-graphs"): run_cb(model, sub, t)))
             elif p == "ours":
                 for s in map(int, args.slots.split(",")):
-                    plan.append((f"ours-{s}", s, work,
-                                 lambda s=s: run_ours(model, tok, work, s, "auto")[0]))
+                    plan.append((f"ours-{s}", s, work, lambda s=s: run_ours(model, tok, work, s, "auto")))
                 if device.type == "cuda":
                     s = int(args.slots.split(",")[0])
-                    plan.append((f"ours-{s}-eager", s, work, lambda s=s: run_ours(model, tok, work, s, "off")[0]))
+                    plan.append((f"ours-{s}-eager", s, work, lambda s=s: run_ours(model, tok, work, s, "off")))
         for name, batch, sub, fn in plan:
             try:
                 if name.startswith("ours"):  # a short warm-up: allocator, kernels, graph capture path
                     run_ours(model, tok, sub[:8], 8, "auto")
-                before = dict(generation.totals)
-                made, secs, mem = timed(fn, device)
+                out, secs, mem = timed(fn, device)
+                made, stats = out if name.startswith("ours") else (out, None)  # ours also counts its own work
             except Exception as e:  # one path failing must not lose the others' numbers
                 print(f"{kind:9s} {name:16s} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
                 rows.append({"workload": kind, "path": name, "error": f"{type(e).__name__}: {e}"[:500]})
@@ -320,12 +316,11 @@ def main() -> None:
                    "tokens_per_s": round(made / secs, 1), "floor_share": round(floor / secs, 3),
                    "peak_gib": round(mem, 1)}
             if name.startswith("ours"):  # where the engine's time went: idle slots, prefill, KV layout
-                d = {k: generation.totals[k] - before[k] for k in ("decode_rows", "live_rows", "prefill_seconds")}
                 prompt = sum(len(p) for p, _ in sub)
                 live_len = (prompt + sum(m for _, m in sub) / 2) / len(sub)
-                row.update(live_share=round(d["live_rows"] / max(d["decode_rows"], 1), 3),
-                           prefill_share=round(d["prefill_seconds"] / secs, 3),
-                           kv_read_share=round(live_len / max(generation.totals["capacity"], 1), 3))
+                row.update(live_share=round(stats.live_rows / max(stats.decode_rows, 1), 3),
+                           prefill_share=round(stats.prefill_seconds / secs, 3),
+                           kv_read_share=round(live_len / max(stats.capacity, 1), 3))
             rows.append(row)
             print(f"{kind:9s} {name:16s} {len(sub):5d} req {made:8d} tok {secs:8.1f} s {made / secs:9.0f} tok/s "
                   f"floor {floor / secs:6.1%} peak {mem:6.1f} GiB"

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prunescope.probe.models import load_model  # noqa: E402
-from prunescope.prune.commands import make_evaluator, reference_evaluator  # noqa: E402
+from prunescope.prune.commands import checkpoint_scorer, probe_scorer  # noqa: E402
 from prunescope.prune.strategies import iterative  # noqa: E402
 
 
@@ -53,8 +53,8 @@ def main(argv=None):
         model, blocks, tok, name, plan = lm.model, lm.blocks, lm.tokenizer, lm.name, None
     L = blocks.n_layers
     cands = [int(x) for x in args.candidates.split(",")] if args.candidates else None
-    ev = make_evaluator(blocks, tok, args.probe, n=args.n, metric=args.metric, plan=plan)
-    ref = reference_evaluator(model, tok, ev.plan, args.metric)
+    ev = probe_scorer(blocks, tok, args.probe, n=args.n, metric=args.metric, plan=plan)
+    ref = checkpoint_scorer(model, tok, ev.plan, args.metric)
     n_c = len(cands) if cands else L
     print(f"{name}: {L} layers, greedy {args.steps} steps over {n_c} candidates "
           f"({sum(n_c - s for s in range(args.steps))} candidate evaluations), {len(ev.plan.rows)} items, "

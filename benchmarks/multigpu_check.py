@@ -1,4 +1,4 @@
-"""Multi-GPU checks, in one run on a machine with 2 or more GPUs (written for 2 x H200).
+"""Multi-GPU checks, in one run on a machine with 2 or more GPUs (results of 2 x H200: docs/benchmarks.md).
 
 (a) A random-weight Llama-3.1-70B shape in bf16 (141 GB, more than one GPU), built directly
     sharded over the GPUs with accelerate (``prunescope.probe.tiny.random_sharded_model``), runs a
@@ -17,9 +17,9 @@
     python benchmarks/multigpu_check.py --parts b,c      # or some of them; --model DIR for (b)
     python benchmarks/multigpu_check.py --smoke          # CPU dry run of the code paths, tiny models, gloo
 
-Plain tables are printed; with ``$OUT`` set, ``$OUT/multigpu_check.json`` holds every number and
-``$OUT/runs/`` the runs' tables. Exit status 0 when every check passed. Needs only torch,
-transformers, accelerate, tqdm and numpy (no network, no model download).
+Plain tables are printed; ``OUT/multigpu_check.json`` (``--out``, default runs/multigpu-check)
+holds every number and ``OUT/runs/`` the runs' tables. Exit status 0 when every check passed.
+Needs only torch, transformers, accelerate, tqdm and numpy (no network, no model download).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 for _k, _v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
-    os.environ.setdefault(_k, _v)   # NVLink multicast stays off on shared hosts; nothing is downloaded
+    os.environ.setdefault(_k, _v)   # NVLink multicast off unless asked for (not needed here); nothing is downloaded
 
 import torch  # noqa: E402
 
@@ -92,6 +92,13 @@ def layers_per_device(device_map: dict, n_layers: int) -> dict[str, int]:
     return out
 
 
+def quiet_output(runs: Path, name: str):
+    """Where one run of the checks writes its tables: no figures, no progress bars."""
+    from prunescope.core.options import Output
+
+    return Output(out=str(runs / name), plot=False, progress=False)
+
+
 def table(rows: list[list], heads: list[str]) -> str:
     cells = [heads] + [[f"{x:.4g}" if isinstance(x, float) else str(x) for x in r] for r in rows]
     w = [max(len(r[i]) for r in cells) for i in range(len(heads))]
@@ -101,13 +108,14 @@ def table(rows: list[list], heads: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- (a)
-def part_a(args, runs: Path | None) -> dict:
+def part_a(args, runs: Path) -> dict:
+    from prunescope.core.options import Placement
     from prunescope.probe.models import LoadedModel, parse_max_memory
     from prunescope.probe.scoring import ScoringPlan
-    from prunescope.probe.sweep import Condition, batch_logits_plain, batch_logits_prefix, sweep
+    from prunescope.probe.sweep import Condition, SweepOptions, batch_logits_plain, batch_logits_prefix, sweep
     from prunescope.probe.tasks import make_items
     from prunescope.probe.tiny import llama3_70b_config, random_sharded_model, tiny_config
-    from prunescope.circuits.commands import patch
+    from prunescope.circuits.commands import PatchOptions, patch
 
     res: dict = {}
     t = time.perf_counter()
@@ -127,8 +135,9 @@ def part_a(args, runs: Path | None) -> dict:
     lm = LoadedModel(model=model, tokenizer=tokenizer(), name="random-Llama-3.1-70B-shape", path="(random weights)")
 
     t = time.perf_counter()
-    rows = sweep("random-llama-3.1-70b-seed0", args.a_probes, args.a_n, (runs / "a_70b_sweep") if runs else None,
-                 loaded=lm, batch_size=args.a_n, dtype="bfloat16", plot=False, show_progress=False)
+    name, bf16 = "random-llama-3.1-70b-seed0", Placement(dtype="bfloat16")
+    rows = sweep(SweepOptions(probe=args.a_probes, n=args.a_n, batch_size=args.a_n), model=name, placement=bf16,
+                 output=quiet_output(runs, "a_70b_sweep"), loaded=lm)
     sync_all()
     res["sweep_s"] = time.perf_counter() - t
     conds = list(dict.fromkeys(r["condition"] for r in rows))
@@ -161,9 +170,9 @@ def part_a(args, runs: Path | None) -> dict:
 
     t = time.perf_counter()
     try:
-        p = patch("random-llama-3.1-70b-seed0", "arithmetic", args.a_patch_n, (runs / "a_70b_patch") if runs else None,
-                  loaded=lm, method="both", kinds="resid_post,attn_out", positions=2, dtype="bfloat16", plot=False,
-                  show_progress=False)
+        p = patch(PatchOptions(probe="arithmetic", n=args.a_patch_n, method="both", kinds="resid_post,attn_out",
+                               positions=2),
+                  model=name, placement=bf16, output=quiet_output(runs, "a_70b_patch"), loaded=lm)
         sync_all()
         res["patch_s"] = time.perf_counter() - t
         res["patch_cells"] = {m: len(c) for m, c in p["cells"].items()}
@@ -247,9 +256,10 @@ def compare_patch(a: dict, b: dict) -> dict:
 
 
 def part_b(args, runs: Path, tmp: Path) -> dict:
-    from prunescope.circuits.commands import patch
+    from prunescope.circuits.commands import PatchOptions, patch
+    from prunescope.core.options import Placement
     from prunescope.probe.models import load_model
-    from prunescope.probe.sweep import sweep
+    from prunescope.probe.sweep import SweepOptions, sweep
 
     n_gpu = n_devices()
     dev, dtype = ("cpu", "float32") if SMOKE else ("cuda", "bfloat16")
@@ -257,10 +267,13 @@ def part_b(args, runs: Path, tmp: Path) -> dict:
     size = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
     per_gpu = f"{size * 0.75 / 2**30:.3f}GiB"   # less than the model: forces the shard onto every GPU
     max_memory = "cpu=1GiB" if SMOKE else ",".join(f"{i}={per_gpu}" for i in range(n_gpu))
-    sweep_kw = dict(probe=args.b_probes, n=args.b_n, batch_size=args.b_batch, dtype=dtype, plot=False,
-                    show_progress=False)
-    patch_kw = dict(probe="arithmetic", n=args.b_patch_n, method="both", kinds="resid_post,attn_out,mlp_out,head",
-                    positions=4, dtype=dtype, plot=False, show_progress=False)
+    def sweep_options() -> SweepOptions:
+        return SweepOptions(probe=args.b_probes, n=args.b_n, batch_size=args.b_batch)
+
+    def patch_options() -> PatchOptions:
+        return PatchOptions(probe="arithmetic", n=args.b_patch_n, method="both",
+                            kinds="resid_post,attn_out,mlp_out,head", positions=4)
+
     res: dict = {"model": path, "max_memory": max_memory, "runs": {}}
     results = {}
     for name in ("1 GPU", f"data parallel x{n_gpu}", f"sharded x{n_gpu}"):
@@ -268,9 +281,10 @@ def part_b(args, runs: Path, tmp: Path) -> dict:
         t = time.perf_counter()
         info: dict = {}
         if name.startswith("data"):
-            rows = sweep(path, out=runs / f"b_{slug}_sweep", device=dev, devices=n_gpu, **sweep_kw)
+            spread = Placement(device=dev, dtype=dtype, devices=n_gpu)
+            rows = sweep(sweep_options(), model=path, placement=spread, output=quiet_output(runs, f"b_{slug}_sweep"))
             ts = time.perf_counter()
-            pat = patch(path, out=runs / f"b_{slug}_patch", device=dev, devices=n_gpu, **patch_kw)
+            pat = patch(patch_options(), model=path, placement=spread, output=quiet_output(runs, f"b_{slug}_patch"))
         else:
             one = dict(device="cpu" if SMOKE else "cuda:0")
             placement = one if name == "1 GPU" else dict(device_map="auto", max_memory=max_memory)
@@ -279,10 +293,12 @@ def part_b(args, runs: Path, tmp: Path) -> dict:
             if hasattr(lm.model, "hf_device_map"):
                 info["layers_per_device"] = layers_per_device(lm.model.hf_device_map, lm.blocks.n_layers)
             t = time.perf_counter()
-            rows = sweep(path, out=runs / f"b_{slug}_sweep", loaded=lm, **sweep_kw)
+            rows = sweep(sweep_options(), model=path, placement=Placement(dtype=dtype),
+                         output=quiet_output(runs, f"b_{slug}_sweep"), loaded=lm)
             sync_all()
             ts = time.perf_counter()
-            pat = patch(path, out=runs / f"b_{slug}_patch", loaded=lm, **patch_kw)
+            pat = patch(patch_options(), model=path, placement=Placement(dtype=dtype),
+                        output=quiet_output(runs, f"b_{slug}_patch"), loaded=lm)
             sync_all()
             del lm
             free_gpus()
@@ -349,6 +365,8 @@ def main(argv=None) -> int:
     ap.add_argument("--c-n", type=int, default=200, help="(c) prompts (default 200, as in the README benchmark)")
     ap.add_argument("--c-batch", type=int, default=30)
     ap.add_argument("--smoke", action="store_true", help="CPU dry run with tiny models (checks the code paths only)")
+    ap.add_argument("--out", default="runs/multigpu-check",
+                    help="where multigpu_check.json and the runs' tables (OUT/runs/) go (default runs/multigpu-check)")
     args = ap.parse_args(argv)
     global SMOKE
     SMOKE = args.smoke
@@ -360,14 +378,17 @@ def main(argv=None) -> int:
     if n_gpu < 2:
         print(f"needs 2 or more GPUs; {n_gpu} visible")
         return 2
-    out = os.environ.get("OUT")
+    out = Path(args.out)
+    if (out / "runs").exists():  # its runs would resume from the earlier ones instead of being timed
+        print(f"{out / 'runs'} exists: delete it or pass another --out")
+        return 2
     names = ["cpu (smoke)"] * 2 if SMOKE else [torch.cuda.get_device_name(i) for i in range(n_gpu)]
     report: dict = {"gpus": names, "torch": torch.__version__, "transformers": transformers.__version__}
     print(f"{n_gpu} x {report['gpus'][0]}, torch {torch.__version__}, transformers {transformers.__version__}", flush=True)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="multigpu-check-") as tmp:
-        runs = Path(out) / "runs" if out else Path(tmp) / "runs"
+        runs = out / "runs"
         for part, fn in (("a", lambda: part_a(args, runs)), ("b", lambda: part_b(args, runs, Path(tmp))),
                          ("c", lambda: part_c(args))):
             if part not in parts:
@@ -387,11 +408,10 @@ def main(argv=None) -> int:
     report["wall_s"] = time.perf_counter() - t0
     print(table([[p, "PASS" if report[p]["pass"] else "FAIL", report[p]["wall_s"]] for p in parts if p in report],
                 ["part", "result", "seconds"]))
-    if out:
-        from prunescope.core.results import atomic_write_json
+    from prunescope.core.results import atomic_write_json
 
-        atomic_write_json(Path(out) / "multigpu_check.json", report)
-        print(f"wrote {out}/multigpu_check.json and {out}/runs/")
+    atomic_write_json(out / "multigpu_check.json", report)
+    print(f"wrote {out}/multigpu_check.json and {out}/runs/")
     return 0 if all(report[p]["pass"] for p in parts if p in report) else 1
 
 

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prunescope.circuits.pairs import EncodedPairs, encode_pairs, make_pairs  # noqa: E402
-from prunescope.circuits.patching import attribution_patching, exact_patching, spearman  # noqa: E402
+from prunescope.circuits.patching import attribution_patching, exact_patching, plan_cells, spearman  # noqa: E402
 from prunescope.probe.blocks import Blocks  # noqa: E402
 
 
@@ -76,18 +76,18 @@ def main(argv=None):
                          (enc.clean, enc.corrupt, enc.mask, enc.last, enc.tok_clean, enc.tok_corrupt, enc.lengths)))
     blocks = Blocks(model)
     P = args.positions or min(enc.lengths)
-    kw = dict(kinds=["resid_post"], positions=P)
+    plan = plan_cells(blocks, enc, kinds=["resid_post"], positions=P)
     print(f"{name}: {blocks.n_layers} layers x {P} positions = {blocks.n_layers * P} cells, {enc.clean.shape[0]} pairs, "
           f"{dtype}, {args.device}")
 
-    attribution_patching(blocks, enc, **kw)        # warm-up
+    attribution_patching(blocks, plan)        # warm-up
     sync(args.device)
     t = time.perf_counter()
-    at = attribution_patching(blocks, enc, **kw)
+    at = attribution_patching(blocks, plan)
     sync(args.device)
     t_attr = time.perf_counter() - t
     t = time.perf_counter()
-    ex = exact_patching(blocks, enc, max_rows=args.max_rows, **kw)
+    ex = exact_patching(blocks, plan, max_rows=args.max_rows)
     sync(args.device)
     t_exact = time.perf_counter() - t
     rho = spearman([c["value"] for c in ex], [c["value"] for c in at])

@@ -99,6 +99,32 @@ def base_model(args, device, dtype, work: Path):
     return LoadedModel(model, tok, "random-llama-8b" if not args.tiny else "tiny-llama", str(folder))
 
 
+ENGINE_COUNTS = ("prefill_forwards", "prefill_tokens", "decode_steps", "decode_rows", "live_rows", "new_tokens",
+                 "prefill_seconds")
+
+
+def count_engine_runs() -> dict:
+    """The work of every generation engine run from here on, summed (``slots`` and ``capacity``:
+    the last run's). The stages build their engines themselves, so ``Engine.stream``, which every
+    run passes through, is wrapped for the rest of this process to add each run's own stats."""
+    from prunescope.generation import Engine, GenerationStats
+
+    total = dict.fromkeys((*ENGINE_COUNTS, "slots", "capacity"), 0)
+    stream = Engine.stream
+
+    def counted(engine, requests, **kw):
+        stats = kw.pop("stats", None)
+        stats = stats if stats is not None else GenerationStats()
+        try:
+            yield from stream(engine, requests, stats=stats, **kw)
+        finally:
+            total.update({k: total[k] + getattr(stats, k) for k in ENGINE_COUNTS},
+                         slots=stats.slots, capacity=stats.capacity)
+
+    Engine.stream = counted
+    return total
+
+
 def prompts(n: int) -> list[dict]:
     from prunescope.recover.data import load_prompts
 
@@ -143,24 +169,25 @@ def main() -> None:
     rows = []
     f = args.fraction
 
-    from prunescope.probe import generation
+    from prunescope import generation
 
     kv = generation.kv_bytes_per_token(base.model.config, dtype)
+    engine_totals = count_engine_runs()
 
     def generation_floor(before: dict) -> float:
         """Prefill FLOPs, and per decode step one read of the weights and of the slots' caches, or
         its FLOPs (a replayed CUDA graph runs no hooks, so the engine counts its own work)."""
-        d = {k: generation.totals[k] - before.get(k, 0) for k in generation.totals}
+        d = {k: engine_totals[k] - before.get(k, 0) for k in engine_totals}
         if not d["decode_steps"]:
             return 0.0
         rows = d["decode_rows"] / d["decode_steps"]
-        step = max((wbytes + rows * generation.totals["capacity"] * kv) / bw, 2 * params * rows / peak)
+        step = max((wbytes + rows * engine_totals["capacity"] * kv) / bw, 2 * params * rows / peak)
         return 2 * params * d["prefill_tokens"] / peak + d["decode_steps"] * step
 
     @contextmanager
     def stage(name: str, size: str, paper_scale: float | None = None, floor=None):
         counter.reset()
-        gen_before = dict(generation.totals)
+        gen_before = dict(engine_totals)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -179,7 +206,7 @@ def main() -> None:
             gen = generation_floor(gen_before)
             if gen:  # a generating stage (SGR, GSM8K) does nothing else: the engine's own count holds
                 fl = gen
-                extra["decode_steps"] = generation.totals["decode_steps"] - gen_before["decode_steps"]
+                extra["decode_steps"] = engine_totals["decode_steps"] - gen_before["decode_steps"]
         scale = extra.pop("scale", paper_scale)
         paper = extra.pop("paper_seconds", None)
         if paper is None and scale is not None and not error:

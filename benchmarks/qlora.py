@@ -97,7 +97,7 @@ def model_flops(model, seq: int, tokens: int) -> tuple[float, float]:
     emb = cfg.vocab_size * cfg.hidden_size
     # 4-bit weights count as their logical shape
     # each frozen weight once: peft's wrapper of a layer (it has a ``base_layer``) repeats its shape,
-    # and the adapters' own small matmuls are left out (counting the wrappers once doubled every MFU)
+    # and the adapters' own small matmuls are left out (counting the wrappers would double every MFU)
     p = sum(m.in_features * m.out_features for name, m in model.named_modules()
             if hasattr(m, "in_features") and hasattr(m, "out_features") and not hasattr(m, "base_layer")
             and "lora_" not in name)

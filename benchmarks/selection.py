@@ -2,8 +2,9 @@
 
 Each candidate of a step (a layer to drop next) answers the same held-out prompts. Scored alone,
 each is one engine run of ``n`` prompts per task, whose slots sit idle while its longest answers
-finish; together (``prunescope.generation.skip_sets``, as ``iterative-generated`` does), one run holds a
-row per prompt and candidate, each row skipping its candidate's layers. Both are timed side by side
+finish; together (a ``prunescope.generation.SkipSets`` as the engine's ``fan_out``, as
+``iterative-generated`` does), one run holds a row per prompt and candidate, each row skipping its
+candidate's layers. Both are timed side by side
 on the same docs and must give the same scores (exactly in fp32; bf16 rounds another batch
 differently, so a few answers may change).
 
@@ -22,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from prunescope.analysis.evaluate import evaluate_model  # noqa: E402
-from prunescope.prune.selection import generated_answer_evaluator, mean_primary  # noqa: E402
+from prunescope.analysis.evaluate import EvalOptions, run_benchmarks  # noqa: E402
+from prunescope.prune.selection import generated_answer_scorer, mean_primary  # noqa: E402
 from prunescope.probe.models import load_model  # noqa: E402
 
 
@@ -47,16 +48,16 @@ def main(argv=None) -> None:
     tasks = args.tasks.split(",")
     layers = range(lm.blocks.n_layers) if args.candidates is None else [int(x) for x in args.candidates.split(",")]
     sets = [[i] for i in layers]
-    ev = generated_answer_evaluator(lm, tasks, args.n, gen_batch_size=args.gen_batch_size)
+    ev = generated_answer_scorer(lm, tasks, args.n, gen_batch_size=args.gen_batch_size)
     # warm-up (tokenizer, lm-eval task building, a first graph capture) on one candidate, timed by neither
-    evaluate_model(lm, tasks, skip=sets[0], docs=ev.docs, gen_batch_size=args.gen_batch_size, show_progress=False)
+    options = EvalOptions(tasks=tasks, gen_batch_size=args.gen_batch_size)
+    run_benchmarks(lm, options.replace(skip=sets[0]), docs=ev.docs, progress=False)
 
     _sync(args.device)
     t0 = time.perf_counter()
     alone = []
     for s in sets:
-        alone.append(mean_primary(evaluate_model(lm, tasks, skip=s, docs=ev.docs, gen_batch_size=args.gen_batch_size,
-                                                 show_progress=False)))
+        alone.append(mean_primary(run_benchmarks(lm, options.replace(skip=s), docs=ev.docs, progress=False)))
     _sync(args.device)
     t_alone = time.perf_counter() - t0
 

@@ -138,7 +138,7 @@ def _dp_worker(kind: str, model_spec: str | None, shape: str | None, dtype_name:
     import torch.distributed as tdist
 
     from prunescope.core.distributed import distributed, rank_device
-    from prunescope.probe.sweep import sweep_blocks
+    from prunescope.probe.sweep import SweepSettings, sweep_blocks
 
     dtype = getattr(torch, dtype_name)
     with distributed(kind) as d:
@@ -154,14 +154,15 @@ def _dp_worker(kind: str, model_spec: str | None, shape: str | None, dtype_name:
         blocks = Blocks(model)
         warm = ScoringPlan.__new__(ScoringPlan)
         warm.items, warm.scoring, warm.pad_id, warm.rows = plan.items[:2], plan.scoring, plan.pad_id, plan.rows[:2]
-        sweep_blocks(blocks, None, {"warm": warm}, batch_size=2, windows=[1], show_progress=False, dist=d)
+        sweep_blocks(blocks, None, {"warm": warm}, SweepSettings(batch_size=2, windows=[1], show_progress=False),
+                     dist=d)
         if d.world_size > 1:
             tdist.barrier()
         sync(device)
         t = time.perf_counter()
         stats: dict = {}
-        rows = sweep_blocks(blocks, None, {"sweep": plan}, batch_size=batch_size, show_progress=False, dist=d,
-                            keep_stats=stats)
+        rows = sweep_blocks(blocks, None, {"sweep": plan}, SweepSettings(batch_size=batch_size, show_progress=False),
+                            dist=d, keep_stats=stats)
         sync(device)
         secs = time.perf_counter() - t   # the last round's gather already waited for every rank
         return {"seconds": secs, "rows": rows, "stats": stats["sweep"], "world": d.world_size}

@@ -7,17 +7,20 @@ Llama, ``model.layers[3].post_feedforward_layernorm.output`` on Gemma). These ba
 condition per forward, so they are slower; the numbers match the hooks backend (tested).
 
 >>> from prunescope.probe.tiny import tiny_model
+>>> from prunescope.probe.blocks import Blocks
 >>> from prunescope.circuits.pairs import make_pairs, encode_pairs
+>>> from prunescope.circuits.patching import plan_cells
 >>> model, tok = tiny_model("llama")
 >>> enc = encode_pairs(tok, make_pairs("arithmetic", tok, n=3))
->>> cells = exact_patching_backend("nnsight", model, tok, enc, kinds=("mlp_out",), positions=1, layers=[2])
+>>> plan = plan_cells(Blocks(model), enc, kinds=("mlp_out",), positions=1, layers=[2])
+>>> cells = exact_patching_backend("nnsight", model, tok, plan)
 >>> [c["condition"] for c in cells]
 ['mlp_out:L2@-1', 'mlp_out:L2@all']
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -26,8 +29,7 @@ from prunescope.probe.blocks import Blocks
 from prunescope.core.errors import PrunescopeError
 from prunescope.probe.interop import BACKENDS, nnsight_model, transformer_lens_bridge
 
-from prunescope.circuits.pairs import EncodedPairs
-from prunescope.circuits.patching import KINDS, cell_row, _logit_diff, _normalize, patched_value_fn, plan_cells
+from prunescope.circuits.patching import CellPlan, cell_row, _logit_diff, _normalize, patched_value_fn
 
 _ORDER = {"hook_resid_pre": 0, "attn.hook_z": 1, "hook_attn_out": 2, "hook_mlp_out": 3, "hook_resid_post": 4}
 
@@ -110,30 +112,18 @@ class _Runner:
         return logits[rows, last], {k: v.detach().clone() for k, v in saved.items()}
 
 
-def exact_patching_backend(
-    backend: str,
-    model,
-    tokenizer,
-    enc: EncodedPairs,
-    *,
-    kinds: Sequence[str] = KINDS,
-    positions: int = 8,
-    direction: str = "denoise",
-    layers: Iterable[int] | None = None,
-    heads: Iterable[int] | None = None,
-) -> list[dict]:
-    """Exact patching with one condition per forward through ``backend``."""
+def exact_patching_backend(backend: str, model, tokenizer, plan: CellPlan) -> list[dict]:
+    """Exact patching of the cells of ``plan`` with one condition per forward through ``backend``."""
     runner = _Runner(backend, model, tokenizer)
-    cells = plan_cells(runner.blocks, enc, kinds, positions, direction, layers, heads)
-    names = sorted({c.name for c in cells})
-    n = enc.clean.shape[0]
-    rows = torch.arange(n)
+    enc, names = plan.enc, plan.names
+    rows = torch.arange(plan.n_pairs)
     lc, cache_c = runner.run(enc.clean, enc.mask, enc.last, capture=names)
     lx, cache_x = runner.run(enc.corrupt, enc.mask, enc.last, capture=names)
     ld_c, ld_x = _logit_diff(lc, enc, rows), _logit_diff(lx, enc, rows)
-    base_ids, src = (enc.corrupt, cache_c) if direction == "denoise" else (enc.clean, cache_x)
+    _, src = plan.base_and_source(cache_c, cache_x)
     out = []
-    for c in cells:
-        logits, _ = runner.run(base_ids, enc.mask, enc.last, hooks=[(c.name, patched_value_fn(c, src[c.name], enc, rows))])
+    for c in plan.cells:
+        hooks = [(c.name, patched_value_fn(c, src[c.name], enc, rows))]
+        logits, _ = runner.run(plan.base_ids, enc.mask, enc.last, hooks=hooks)
         out.append(cell_row(c, _normalize(_logit_diff(logits, enc, rows), ld_c, ld_x)))
     return out

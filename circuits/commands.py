@@ -32,7 +32,7 @@ from pathlib import Path
 from prunescope.core.distributed import Dist, assign, rank_device, spread
 from prunescope.core.errors import PrunescopeError
 from prunescope.probe.interop import BACKENDS
-from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.options import Flag, Options, Output, Placement, option
 from prunescope.core.registry import Registry
 from prunescope.core.lock import run_lock
 from prunescope.core.results import (
@@ -41,7 +41,7 @@ from prunescope.core.results import (
 
 from prunescope.circuits.pairs import check_pair_probe, encode_pairs, make_pairs, save_pairs
 from prunescope.circuits.patching import (
-    DIRECTIONS, KINDS, attribution_patching, exact_patching, layer_importance, plan_cells, spearman,
+    DIRECTIONS, KINDS, CellPlan, attribution_patching, exact_patching, layer_importance, plan_cells, spearman,
 )
 
 METHODS = Registry("patching method")
@@ -65,14 +65,14 @@ class PatchOptions(Options):
 
     probe: str = option("arithmetic", "arithmetic, brackets, or a JSONL file of pairs {clean, corrupt, answer_clean, "
                                       "answer_corrupt}")
-    n: int = option(32, "pairs (spell it --pairs under torchrun)", minimum=1, aliases=("--pairs",))
+    n: int = option(32, "pairs (spell it --pairs under torchrun)", minimum=1, cli=Flag(aliases=("--pairs",)))
     method: str = option("exact", "exact patching, first-order attribution patching, or both with their rank "
                                   "correlation", choices=METHODS)
     backend: str = option("hooks", "native hooks (fast, batched), or one condition per forward through "
                                    "TransformerLens or nnsight", choices=BACKENDS)
     direction: str = option("denoise", "denoise: clean into corrupted; noise: corrupted into clean",
                             choices=DIRECTIONS)
-    kinds: list = option(list(KINDS), "activations to patch", kind="names", choices=KINDS, what="activation kind")
+    kinds: list[str] = option(list(KINDS), "activations to patch", choices=KINDS, what="activation kind")
     positions: int = option(8, "last k positions for per-position maps", minimum=1)
     attribution_steps: int = option(1, "attribution: points on the path from the base to the source run where the "
                                        "gradient is taken; 1 = plain attribution patching (one backward), k > 1 = "
@@ -138,37 +138,36 @@ def _patch(d: Dist, options: PatchOptions, *, model, placement: Placement, outpu
     opts = {"shots": shots} if shots and probe == "arithmetic" else {}
     pairs = make_pairs(probe, lm.tokenizer, n=n, seed=seed, **opts)
     enc = encode_pairs(lm.tokenizer, pairs)
-    plan_cells(lm.blocks, enc, kinds, positions, direction, None, None)  # bad positions fail before any write
+    # the cells are validated here, so bad positions fail before any write
+    plan = plan_cells(lm.blocks, enc, kinds=kinds, positions=positions, direction=direction)
     with run_lock(out if d.is_main else None, "patching run"):
         if out and d.is_main:
             record_run_config(out, config)
             save_pairs(pairs, out / "pairs.jsonl")
-        return _patch_cells(d, lm, enc, pairs, o, out, output)
+        return _patch_cells(d, lm, plan, pairs, o, out, output)
 
 
-def _patch_cells(d: Dist, lm, enc, pairs, o: PatchOptions, out: Path | None, output: Output) -> dict:
-    """Exact and / or attribution maps of the encoded pairs, their tables, agreement and figures."""
+def _patch_cells(d: Dist, lm, plan: CellPlan, pairs, o: PatchOptions, out: Path | None, output: Output) -> dict:
+    """Exact and / or attribution maps of the planned cells, their tables, agreement and figures."""
     probe, method, backend, direction, kinds = o.probe, o.method, o.backend, o.direction, list(o.kinds)
-    positions, seed, show_progress, plot = o.positions, o.seed, output.progress, output.plot
-    kw = dict(kinds=kinds, positions=positions, direction=direction)
+    seed, show_progress, plot = o.seed, output.progress, output.plot
 
     cells: dict[str, list[dict]] = {}
     if method in ("exact", "both"):
         if backend == "hooks" and d.world_size > 1:
-            cells["exact"] = _exact_split(d, lm.blocks, enc, out, show_progress, kw)
+            cells["exact"] = _exact_split(d, lm.blocks, plan, out, show_progress)
         elif backend == "hooks":
             done = _read_progress(out) if out else {}
-            cells["exact"] = exact_patching(lm.blocks, enc, done=done, show_progress=show_progress,
-                                            on_layer=(lambda layer, rows: _append_progress(out, rows)) if out else None,
-                                            **kw)
+            cells["exact"] = exact_patching(lm.blocks, plan, done=done, show_progress=show_progress,
+                                            on_layer=(lambda layer, rows: _append_progress(out, rows)) if out else None)
         else:
             from prunescope.circuits.backends import exact_patching_backend
 
-            cells["exact"] = exact_patching_backend(backend, lm.model, lm.tokenizer, enc, **kw)
+            cells["exact"] = exact_patching_backend(backend, lm.model, lm.tokenizer, plan)
     if method in ("attribution", "both"):
         # one forward + one backward: cheaper to run once on rank 0 than to split
-        cells["attribution"] = d.on_main(attribution_patching, lm.blocks, enc, steps=o.attribution_steps,
-                                         graddrop=o.graddrop, relevance=o.relevance, **kw)
+        cells["attribution"] = d.on_main(attribution_patching, lm.blocks, plan, steps=o.attribution_steps,
+                                         graddrop=o.graddrop, relevance=o.relevance)
 
     agreement = {}
     if len(cells) == 2:
@@ -202,7 +201,7 @@ def _patch_cells(d: Dist, lm, enc, pairs, o: PatchOptions, out: Path | None, out
     return {"cells": cells, "layers": layers, "agreement": agreement, "n": len(pairs)}
 
 
-def _exact_split(d: Dist, blocks, enc, out: Path | None, show_progress: bool, kw: dict) -> list[dict]:
+def _exact_split(d: Dist, blocks, plan: CellPlan, out: Path | None, show_progress: bool) -> list[dict]:
     """Exact patching with the layers split over the ranks; every rank returns all cells, in layer order.
 
     Layer l's cells run from layer l (or l + 1) onward, so they cost about ``n_layers - l``: the
@@ -225,8 +224,8 @@ def _exact_split(d: Dist, blocks, enc, out: Path | None, show_progress: bool, kw
     mine_cells: list[dict] = []
     if mine:
         try:
-            mine_cells = exact_patching(blocks, enc, layers=mine, done=done, on_layer=sync,
-                                        show_progress=show_progress and d.is_main, **kw)
+            mine_cells = exact_patching(blocks, plan.only_layers(mine), done=done, on_layer=sync,
+                                        show_progress=show_progress and d.is_main)
         except PrunescopeError as e:   # keep meeting the other ranks, then raise everywhere
             state["error"] = str(e)
     for _ in range(max(len(p) for p in parts) - state["rounds"]):

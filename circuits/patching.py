@@ -19,6 +19,9 @@ Activations patched (``kind``):
 
 Positions are counted from the scored (last) token: -1 is the last token, -2 the one before...
 
+Every method takes a :class:`CellPlan` from :func:`plan_cells`: the encoded pairs, the direction
+and the cells, validated once.
+
 Exact patching on the ``hooks`` backend is batched: the conditions of one layer are stacked
 along the batch and run from that layer onward (the earlier layers are identical to the base run,
 so they are not recomputed). ``transformer_lens`` and ``nnsight`` run one condition per forward
@@ -30,7 +33,8 @@ at once with one forward and one backward: ``(a_source - a_base) . d LD / d a``.
 >>> from prunescope.circuits.pairs import make_pairs, encode_pairs
 >>> model, tok = tiny_model("llama")
 >>> enc = encode_pairs(tok, make_pairs("arithmetic", tok, n=4))
->>> cells = exact_patching(Blocks(model), enc, kinds=("resid_post",), positions=2)
+>>> blocks = Blocks(model)
+>>> cells = exact_patching(blocks, plan_cells(blocks, enc, kinds=("resid_post",), positions=2))
 >>> cells[0]["kind"], cells[0]["position"]
 ('resid_post', -1)
 """
@@ -39,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -141,12 +145,72 @@ def patched_value_fn(cell: Cell, src: torch.Tensor, enc: EncodedPairs, rows: tor
     return fn
 
 
-def plan_cells(blocks: Blocks, enc: EncodedPairs, kinds, positions: int, direction: str, layers, heads) -> list[Cell]:
-    """Validate the arguments shared by every patching method and list the cells."""
+@dataclass(frozen=True)
+class CellPlan:
+    """What a patching run patches: the encoded pairs, the direction and the validated cells.
+
+    Built by :func:`plan_cells`; every patching method (exact, attribution, the cross-checking
+    backends) takes one, so the cells are chosen and checked in one place.
+    """
+
+    enc: EncodedPairs
+    direction: str
+    positions: int
+    kinds: tuple[str, ...]
+    cells: tuple[Cell, ...]
+
+    @property
+    def names(self) -> list[str]:
+        """The activation names the cells patch, sorted (each cached once)."""
+        return sorted({c.name for c in self.cells})
+
+    @property
+    def n_pairs(self) -> int:
+        return self.enc.clean.shape[0]
+
+    @property
+    def base_ids(self) -> torch.Tensor:
+        """The prompts that are run and patched: corrupted when denoising, clean when noising."""
+        return self.enc.corrupt if self.direction == "denoise" else self.enc.clean
+
+    def base_and_source(self, cache_clean: dict, cache_corrupt: dict) -> tuple[dict, dict]:
+        """``(base, source)`` activations of the two cached runs, by direction."""
+        return (cache_corrupt, cache_clean) if self.direction == "denoise" else (cache_clean, cache_corrupt)
+
+    def by_layer(self) -> list[tuple[int, list[Cell]]]:
+        """The cells grouped by layer, in layer order (each group in plan order)."""
+        groups: dict[int, list[Cell]] = {}
+        for c in self.cells:
+            groups.setdefault(c.layer, []).append(c)
+        return sorted(groups.items())
+
+    def only_layers(self, layers: Iterable[int]) -> CellPlan:
+        """The same plan restricted to some layers (a process's share of a split run)."""
+        keep = set(layers)
+        return replace(self, cells=tuple(c for c in self.cells if c.layer in keep))
+
+
+def plan_cells(blocks: Blocks, enc: EncodedPairs, *, kinds: Sequence[str] = KINDS, positions: int = 8,
+               direction: str = "denoise", layers: Iterable[int] | None = None,
+               heads: Iterable[int] | None = None) -> CellPlan:
+    """Validate what to patch and list the cells: the one plan every patching method takes.
+
+    ``positions``: the last k positions of the per-position cells; ``layers`` / ``heads``: a
+    subset (default all).
+
+    >>> from prunescope.probe.tiny import tiny_model
+    >>> from prunescope.circuits.pairs import make_pairs, encode_pairs
+    >>> model, tok = tiny_model("llama")
+    >>> enc = encode_pairs(tok, make_pairs("arithmetic", tok, n=4))
+    >>> plan = plan_cells(Blocks(model), enc, kinds=("mlp_out",), positions=1, layers=[2])
+    >>> [c.condition for c in plan.cells], plan.names
+    (['mlp_out:L2@-1', 'mlp_out:L2@all'], ['blocks.2.hook_mlp_out'])
+    """
     if direction not in DIRECTIONS:
         raise PrunescopeError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
     _check_positions(enc, positions)
-    return make_cells(blocks, kinds, positions, layers, heads)
+    cells = make_cells(blocks, kinds, positions, layers, heads)
+    return CellPlan(enc, direction, positions, tuple(kinds), tuple(cells))
 
 
 @torch.no_grad()
@@ -179,13 +243,8 @@ def _normalize(ld: torch.Tensor, ld_clean: torch.Tensor, ld_corrupt: torch.Tenso
 @torch.no_grad()
 def exact_patching(
     blocks: Blocks,
-    enc: EncodedPairs,
+    plan: CellPlan,
     *,
-    kinds: Sequence[str] = KINDS,
-    positions: int = 8,
-    direction: str = "denoise",
-    layers: Iterable[int] | None = None,
-    heads: Iterable[int] | None = None,
     max_rows: int = 256,
     done: dict[str, float] | None = None,
     on_layer: Callable[[int, list[dict]], None] | None = None,
@@ -193,52 +252,24 @@ def exact_patching(
 ) -> list[dict]:
     """Exact activation patching (hooks backend, batched, run from the patched layer onward).
 
-    Returns one dict per cell: ``kind, layer, position, head, condition, value``. ``done`` maps
-    already-computed conditions to values (resume); ``on_layer`` is called after each layer.
+    Returns one dict per cell of ``plan``: ``kind, layer, position, head, condition, value``.
+    ``max_rows``: the most batch rows of one forward (conditions x pairs); ``done`` maps
+    already-computed conditions to values (resume); ``on_layer`` is called after each layer with
+    the cells computed for it.
     """
     from tqdm.auto import tqdm
 
-    cells = plan_cells(blocks, enc, kinds, positions, direction, layers, heads)
-    names = sorted({c.name for c in cells} | {f"blocks.{c.layer}.hook_resid_pre" for c in cells})
-    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names)
-    base_ids, base, src = (enc.corrupt, cache_x, cache_c) if direction == "denoise" else (enc.clean, cache_c, cache_x)
-    n = enc.clean.shape[0]
+    n = plan.n_pairs
+    names = sorted(set(plan.names) | {f"blocks.{c.layer}.hook_resid_pre" for c in plan.cells})
+    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, plan.enc, names)
+    base, src = plan.base_and_source(cache_c, cache_x)
     done = dict(done or {})
     results: list[dict] = []
-    by_layer: dict[int, list[Cell]] = {}
-    for c in cells:
-        by_layer.setdefault(c.layer, []).append(c)
-    for layer, lcells in tqdm(sorted(by_layer.items()), desc="patch layers", disable=not show_progress, leave=False):
+    for layer, lcells in tqdm(plan.by_layer(), desc="patch layers", disable=not show_progress, leave=False):
         new = []
         todo = [c for c in lcells if c.condition not in done]
-        per_chunk = max(1, max_rows // n)
-        # residual cells run from layer l+1, sublayer cells from layer l: chunk them apart
-        groups = [[c for c in todo if c.kind == "resid_post"], [c for c in todo if c.kind != "resid_post"]]
-        chunks = [g[s:s + per_chunk] for g in groups for s in range(0, len(g), per_chunk)]
-        for chunk in chunks:
-            k = len(chunk)
-            rows = torch.arange(n).repeat(k)                 # expanded row -> pair
-            ids, mask, at = base_ids.repeat(k, 1), enc.mask.repeat(k, 1), enc.last.repeat(k)
-            hooks = []
-            resid = [c for c in chunk if c.kind == "resid_post"]
-            if resid:
-                # patching the residual after layer l = running layers l+1.. from a patched input
-                start_hidden = base[f"blocks.{layer}.hook_resid_post"].repeat(k, 1, 1).clone()
-                for j, c in enumerate(chunk):
-                    if c.kind == "resid_post":
-                        own = torch.arange(j * n, (j + 1) * n)
-                        pos = _abs_positions(enc, c.position)
-                        start_hidden[own, pos] = src[c.name][torch.arange(n), pos].to(start_hidden.dtype)
-                start_layer = layer + 1
-            else:
-                start_hidden = base[f"blocks.{layer}.hook_resid_pre"].repeat(k, 1, 1)
-                start_layer = layer
-                for j, c in enumerate(chunk):
-                    own = torch.arange(j * n, (j + 1) * n)
-                    hooks.append((c.name, patched_value_fn(c, src[c.name], enc, rows, own)))
-            with blocks.hooks(hooks):
-                logits = blocks.forward(ids, mask, at=at, start_layer=start_layer, start_hidden=start_hidden)
-            ld = _logit_diff(logits, enc, rows)
+        for chunk in _chunks(todo, max(1, max_rows // n)):
+            ld = _patched_logit_diffs(blocks, plan, layer, chunk, base, src)
             for j, c in enumerate(chunk):
                 v = _normalize(ld[j * n:(j + 1) * n], ld_c, ld_x)
                 done[c.condition] = v
@@ -249,24 +280,48 @@ def exact_patching(
     return results
 
 
+def _chunks(cells: list[Cell], per_chunk: int) -> list[list[Cell]]:
+    """Batches of at most ``per_chunk`` cells of one layer. Residual cells run from layer l + 1 and
+    sublayer cells from layer l, so they never share a chunk."""
+    groups = [[c for c in cells if c.kind == "resid_post"], [c for c in cells if c.kind != "resid_post"]]
+    return [g[s:s + per_chunk] for g in groups for s in range(0, len(g), per_chunk)]
+
+
+def _patched_logit_diffs(blocks: Blocks, plan: CellPlan, layer: int, chunk: list[Cell], base: dict,
+                         src: dict) -> torch.Tensor:
+    """LD of every pair under each cell of ``chunk``, the cells stacked along the batch (rows
+    ``j * n .. (j + 1) * n`` belong to cell j), run from the patched layer onward."""
+    enc, n, k = plan.enc, plan.n_pairs, len(chunk)
+    rows = torch.arange(n).repeat(k)                 # expanded row -> pair
+    hooks = []
+    if any(c.kind == "resid_post" for c in chunk):
+        # patching the residual after layer l = running layers l+1.. from a patched input
+        start_hidden = base[f"blocks.{layer}.hook_resid_post"].repeat(k, 1, 1).clone()
+        for j, c in enumerate(chunk):
+            if c.kind == "resid_post":
+                own = torch.arange(j * n, (j + 1) * n)
+                pos = _abs_positions(enc, c.position)
+                start_hidden[own, pos] = src[c.name][torch.arange(n), pos].to(start_hidden.dtype)
+        start_layer = layer + 1
+    else:
+        start_hidden = base[f"blocks.{layer}.hook_resid_pre"].repeat(k, 1, 1)
+        start_layer = layer
+        for j, c in enumerate(chunk):
+            own = torch.arange(j * n, (j + 1) * n)
+            hooks.append((c.name, patched_value_fn(c, src[c.name], enc, rows, own)))
+    ids, mask, at = plan.base_ids.repeat(k, 1), enc.mask.repeat(k, 1), enc.last.repeat(k)
+    with blocks.hooks(hooks):
+        logits = blocks.forward(ids, mask, at=at, start_layer=start_layer, start_hidden=start_hidden)
+    return _logit_diff(logits, enc, rows)
+
+
 def cell_row(c: Cell, value: float) -> dict:
     return {"kind": c.kind, "layer": c.layer, "position": c.position, "head": c.head,
             "condition": c.condition, "value": value}
 
 
-def attribution_patching(
-    blocks: Blocks,
-    enc: EncodedPairs,
-    *,
-    kinds: Sequence[str] = KINDS,
-    positions: int = 8,
-    direction: str = "denoise",
-    layers: Iterable[int] | None = None,
-    heads: Iterable[int] | None = None,
-    steps: int = 1,
-    graddrop: bool = False,
-    relevance: bool = False,
-) -> list[dict]:
+def attribution_patching(blocks: Blocks, plan: CellPlan, *, steps: int = 1, graddrop: bool = False,
+                         relevance: bool = False) -> list[dict]:
     """First-order estimate of every cell: ``effect ~ (a_source - a_base) . dLD/da``, summed over the
     patched positions (and d_model or d_head), averaged over pairs and normalized like exact patching.
 
@@ -293,15 +348,21 @@ def attribution_patching(
             raise PrunescopeError("relevance rules and GradDrop are separate methods; choose one")
         if steps != 1:
             raise PrunescopeError("GradDrop takes the gradient at the base run: use steps=1 with graddrop")
-        return _graddrop(blocks, enc, kinds=kinds, positions=positions, direction=direction, layers=layers,
-                         heads=heads)
-    cells = plan_cells(blocks, enc, kinds, positions, direction, layers, heads)
-    names = sorted({c.name for c in cells})
+        return _graddrop(blocks, plan)
     # the embeddings are the path's ends: cached only when there is a path (integrated gradients)
     ends = ["blocks.0.hook_resid_pre"] if steps > 1 else []
-    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names + ends)
-    base_ids, src, base = (enc.corrupt, cache_c, cache_x) if direction == "denoise" else (enc.clean, cache_x, cache_c)
-    n = enc.clean.shape[0]
+    ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, plan.enc, plan.names + ends)
+    base, src = plan.base_and_source(cache_c, cache_x)
+    grad, base = _path_gradients(blocks, plan, base, src, steps, relevance)
+    denom = _denominator(ld_c, ld_x)
+    return [cell_row(c, _estimate(c, src, base, grad, plan.enc) / denom) for c in plan.cells]
+
+
+def _path_gradients(blocks: Blocks, plan: CellPlan, base: dict, src: dict, steps: int,
+                    relevance: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    """``dLD/da`` of every patched activation, averaged over the path's ``steps`` points, and the
+    base activations to difference against (with one point: those of the gradient run itself)."""
+    names, enc = plan.names, plan.enc
     alphas = [0.0] if steps == 1 else [(i + 0.5) / steps for i in range(steps)]
     grad: dict[str, torch.Tensor] = {}
     for alpha in alphas:
@@ -314,16 +375,15 @@ def attribution_patching(
         hooks = ([("blocks.0.hook_resid_pre", mix)] if alpha else []) + [(nm, _kept_into(kept)) for nm in names]
         rules = relevance_rules(blocks.model) if relevance else contextlib.nullcontext()
         with torch.enable_grad(), blocks.hooks(hooks), rules:
-            logits = blocks.forward(base_ids, enc.mask, at=enc.last)
-            ld = _logit_diff(logits, enc, torch.arange(n))
+            logits = blocks.forward(plan.base_ids, enc.mask, at=enc.last)
+            ld = _logit_diff(logits, enc, torch.arange(plan.n_pairs))
             grads = torch.autograd.grad(ld.sum(), [kept[nm] for nm in names], allow_unused=True)
         for nm, g in zip(names, grads):
             g = torch.zeros_like(kept[nm]) if g is None else g
             grad[nm] = grad[nm] + g / len(alphas) if nm in grad else g / len(alphas)
-        if alpha == 0:  # the base activations of the gradient run itself (plain AtP as it always was)
+        if alpha == 0:  # the base activations of the gradient run itself (plain AtP)
             base = {**base, **{nm: kept[nm].detach() for nm in names}}
-    denom = _denominator(ld_c, ld_x)
-    return [cell_row(c, _estimate(c, src, base, grad, enc) / denom) for c in cells]
+    return grad, base
 
 
 def _kept_into(store: dict[str, torch.Tensor]) -> Callable[[torch.Tensor, str], torch.Tensor]:
@@ -350,19 +410,17 @@ def _estimate(c: Cell, src: dict, base: dict, grad: dict, enc: EncodedPairs) -> 
     return per_pair.mean().item()
 
 
-def _graddrop(blocks: Blocks, enc: EncodedPairs, *, kinds, positions, direction, layers, heads) -> list[dict]:
+def _graddrop(blocks: Blocks, plan: CellPlan) -> list[dict]:
     """AtP*'s GradDrop (see :func:`attribution_patching`)."""
-    cells = plan_cells(blocks, enc, kinds, positions, direction, layers, heads)
-    names = sorted({c.name for c in cells})
+    cells, names, enc, n = plan.cells, plan.names, plan.enc, plan.n_pairs
     sub = [f"blocks.{l}.{k}" for l in range(blocks.n_layers) for k in ("hook_attn_out", "hook_mlp_out")]
     ld_c, ld_x, cache_c, cache_x = run_clean_corrupt(blocks, enc, names)
-    base_ids, src = (enc.corrupt, cache_c) if direction == "denoise" else (enc.clean, cache_x)
-    n = enc.clean.shape[0]
+    _, src = plan.base_and_source(cache_c, cache_x)
     kept: dict[str, torch.Tensor] = {}
     outs: dict[str, torch.Tensor] = {}  # the sublayer outputs whose gradient a pass may drop
     hooks = [(nm, _kept_into(kept)) for nm in names] + [(nm, _kept_into(outs)) for nm in sub if nm not in names]
     with torch.enable_grad(), blocks.hooks(hooks):
-        logits = blocks.forward(base_ids, enc.mask, at=enc.last)
+        logits = blocks.forward(plan.base_ids, enc.mask, at=enc.last)
         ld = _logit_diff(logits, enc, torch.arange(n)).sum()
         outs.update({nm: kept[nm] for nm in sub if nm in kept})
         base = {nm: kept[nm].detach() for nm in names}

@@ -38,7 +38,7 @@ from prunescope.probe.blocks import Blocks
 from prunescope.probe.models import cache_dir
 
 from prunescope.circuits.pairs import EncodedPairs
-from prunescope.circuits.patching import KINDS, attribution_patching, exact_patching, layer_importance
+from prunescope.circuits.patching import KINDS, attribution_patching, exact_patching, layer_importance, plan_cells
 
 BOS, PLUS, EQ, DIGIT0 = 0, 1, 2, 3   # token ids: digits are 3..12
 VOCAB = 16
@@ -257,13 +257,13 @@ def localization_check(name: str, *, n_pairs: int = 32, ig_steps: Sequence[int] 
     base = accuracy(blocks, spec.task)
     enc = planted_pairs(spec.task, n_pairs)
     per_layer = {"skip": {i: base - accuracy(blocks, spec.task, [i]) for i in range(spec.n_layers)}}
-    kw = dict(kinds=KINDS, positions=LENGTH[spec.task])
-    per_layer["exact"] = layer_importance(exact_patching(blocks, enc, **kw))
-    per_layer["attribution"] = layer_importance(attribution_patching(blocks, enc, **kw))
+    plan = plan_cells(blocks, enc, kinds=KINDS, positions=LENGTH[spec.task])
+    per_layer["exact"] = layer_importance(exact_patching(blocks, plan))
+    per_layer["attribution"] = layer_importance(attribution_patching(blocks, plan))
     for k in ig_steps:
-        per_layer[f"ig-{k}"] = layer_importance(attribution_patching(blocks, enc, steps=k, **kw))
-    per_layer["graddrop"] = layer_importance(attribution_patching(blocks, enc, graddrop=True, **kw))
-    per_layer["relp"] = layer_importance(attribution_patching(blocks, enc, relevance=True, **kw))
+        per_layer[f"ig-{k}"] = layer_importance(attribution_patching(blocks, plan, steps=k))
+    per_layer["graddrop"] = layer_importance(attribution_patching(blocks, plan, graddrop=True))
+    per_layer["relp"] = layer_importance(attribution_patching(blocks, plan, relevance=True))
     planted, k = set(spec.planted_layers), spec.k
     rows = []
     for method, scores in per_layer.items():

@@ -1,19 +1,17 @@
-"""CPU pre-flight of pipeline configs before GPU time is spent on them.
+"""CPU pre-flight of pipeline configs before a GPU run.
 
 Each config is shrunk (a tiny random 8-layer Llama on the CPU; a few items per probe, task and
 patching map; a tiny recovery budget; two seeds) and run end to end with ``prunescope run``. Every
 stage and option the config uses then runs once, in minutes. A config error, a missing data file
-or a stage that fails on some combination of options shows up here and not 20 minutes into a
-GPU lease. The scores mean nothing (random weights). On 2 CPU cores the four Qwen configs took
-2-16 minutes each, and their first pre-flight found three bugs: a prompt set capped at 3,626 of
-the 6,092 prompts asked for, an empty dropped-layers table, and control characters in a report.
+or a stage that fails on some combination of options shows up here and not 20 minutes into a GPU
+run. The scores mean nothing (random weights). On 2 CPU cores each of the four Qwen configs takes
+2-16 minutes.
 
     python experiments/preflight.py experiments/qwen-*.yaml --out /tmp/preflight
 
-``--moved`` runs each config the way a lent GPU resumes it: first up to the prune stage, then,
-with what ``experiments/gpu/pack.sh`` leaves behind stripped (weights, recovery checkpoints,
-tokenizer copies), to the end. It would have caught the recovery that stopped on a brought-back
-folder's missing pruned model (2026-12-07).
+``--moved`` runs each config as a run folder moved to another machine without its weights
+resumes: first up to the prune stage, then, with what ``experiments/pack_run.sh`` leaves out
+removed (weights, recovery checkpoints, tokenizer copies), to the end.
 """
 
 from __future__ import annotations
@@ -60,12 +58,14 @@ def shrink(cfg: dict, model: str) -> dict:
     return c
 
 
-PACK_LEAVES = ("*.safetensors", "*.bin", "*.gguf", "tokenizer.json", "*.pt")  # experiments/gpu/pack.sh
+# what experiments/pack_run.sh leaves out of a run folder (the same list: keep the two alike)
+MOVED_WITHOUT = ("*.safetensors", "*.bin", "*.gguf", "tokenizer.json", "*.pt", "checkpoints")
 
 
-def strip_like_pack(run: Path) -> int:
-    """Remove from a run folder what packing it on the GPU leaves behind; the number of paths removed."""
-    gone = [p for pattern in PACK_LEAVES for p in run.rglob(pattern)] + list(run.rglob("checkpoints"))
+def strip_as_moved(run: Path) -> int:
+    """Remove from a run folder what moving it without its weights leaves out (``MOVED_WITHOUT``);
+    the number of paths removed."""
+    gone = [p for pattern in MOVED_WITHOUT for p in run.rglob(pattern)]
     for p in gone:
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     return len(gone)
@@ -86,7 +86,8 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/prunescope-preflight", help="shrunk configs, the tiny model and the runs")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per config")
     ap.add_argument("--moved", action="store_true",
-                    help="run up to prune, strip what the GPU's pack.sh leaves behind, then run to the end")
+                    help="run up to prune, remove what experiments/pack_run.sh leaves out (weights, checkpoints), "
+                         "then run to the end")
     args = ap.parse_args()
     import yaml
 
@@ -110,7 +111,7 @@ def main() -> int:
         with open(log, "w") as f:
             rc = _run(small, run, f, args.timeout, only="localize,score,prune" if args.moved else None)
             if args.moved and rc == 0:
-                print(f"preflight: stripped {strip_like_pack(run)} paths as pack.sh would", file=f, flush=True)
+                print(f"preflight: removed {strip_as_moved(run)} paths as pack_run.sh leaves them out", file=f, flush=True)
                 rc = _run(small, run, f, args.timeout)
         last = log.read_text().strip().splitlines()[-1:] or [""]
         print(f"{path}: {'ok' if rc == 0 else f'FAILED ({rc})'} in {time.perf_counter() - t:.0f} s; "

@@ -1,8 +1,9 @@
 """Replay the first optimizer steps of a recovery arm on this machine, to tell whether a divergence
 seen on a GPU comes from the recipe (data order, learning rate, adapter dtype) or from the device's
-kernels. Same split, batch order, LoRA and AdamW schedule as ``prunescope.recover.train.recover``; no gradient
-clipping (as the Qwen SGR arm that went NaN on the H200 by step 50); logs each step's loss, gradient
-norm and largest adapter weight as JSONL.
+kernels. Same split, batch order, LoRA and AdamW schedule as
+``prunescope.recover.train.recover_model``; no gradient clipping (the recipe of the Qwen SGR arm
+that went NaN by step 50 on a GPU: docs/results.md, experiment 4); logs each step's loss,
+gradient norm and largest adapter weight as JSONL.
 
     python experiments/replay_recovery.py --model qwen2.5-coder-1.5b --drop 14,15,16,17,18,24,25 \\
         --data sgr.jsonl --steps 60 --adapters bf16 --nf4 --out replay.jsonl

@@ -1,7 +1,7 @@
 """Experiment 3 of the paper on a retention run, finished or not: one row per stage with its dropped
 layers, the category retentions and gap (95% paired bootstrap intervals, from ``prunescope report``),
-the raw generative scores and the probes. A stage whose evaluation is unfinished (a lent GPU's
-session ended) still gets a row: its classification retention over the tasks every stage finished.
+the raw generative scores and the probes. A stage whose evaluation is unfinished (a run stopped
+part-way) still gets a row: its classification retention over the tasks every stage finished.
 
     prunescope report runs/qwen-retention
     python experiments/summarize_retention.py runs/qwen-retention --out docs/results/qwen/retention

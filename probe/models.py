@@ -27,6 +27,7 @@ import torch
 from prunescope.probe.architectures import SUPPORTED, architecture_for
 from prunescope.probe.blocks import Blocks
 from prunescope.core.errors import PrunescopeError
+from prunescope.core.options import DEVICE_MAPS
 from prunescope.core.registry import Registry
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -391,7 +392,6 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 
 

@@ -19,7 +19,7 @@ every round, logs progress, aggregates with the same functions and writes the ta
 >>> from prunescope.probe.tiny import tiny_model
 >>> from prunescope.probe.blocks import Blocks
 >>> model, tok = tiny_model("llama")
->>> rows = sweep_blocks(Blocks(model), tok, {"arithmetic": make_items("arithmetic", 8)}, windows=[1])
+>>> rows = sweep_blocks(Blocks(model), tok, {"arithmetic": make_items("arithmetic", 8)}, SweepSettings(windows=[1]))
 >>> sorted({r["condition"] for r in rows})[:3]
 ['none', 'skip:0', 'skip:1']
 """
@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from prunescope.probe.blocks import Blocks
 from prunescope.core.distributed import Dist, assign, rank_device, spread
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.options import Flag, Options, Output, Placement, option
 from prunescope.core.lock import run_lock
 from prunescope.core.results import append_progress, check_run_config, read_progress, record_run_config, write_table
 from prunescope.probe.scoring import SCORINGS, Batch, ScoringPlan, TextPlan, aggregate, load_texts
@@ -274,91 +274,138 @@ def split_work(batches: Sequence[Batch], conditions: Sequence[Condition], n_laye
     return [[(bi, [conditions[i] for i in r]) for bi in range(len(batches))] if r else [] for r in by_cond]
 
 
-def sweep_blocks(
-    blocks: Blocks,
-    tokenizer,
-    probes: dict[str, Sequence[Item] | ScoringPlan],
-    *,
-    windows: Iterable[int] = (1,),
-    sets: Iterable[Iterable[int]] = (),
-    scoring: str = "first_diff",
-    batch_size: int | None = None,
-    prefix_reuse: bool = True,
-    shared_prefix: bool | None = None,
-    model_name: str = "model",
-    seed: int = 0,
-    progress_dir: Path | None = None,
-    show_progress: bool = True,
-    dist: Dist | None = None,
-    keep_stats: dict | None = None,
-) -> list[dict]:
+@dataclass
+class SweepSettings:
+    """How :func:`sweep_blocks` runs: the layers to skip (``windows``: widths of contiguous windows,
+    ``sets``: any layer sets), how rows are scored and batched, what the result rows are labelled
+    with (``model_name``, ``seed``) and where progress goes.
+
+    ``batch_size``: rows per forward (None: from free memory). ``prefix_reuse``: run each condition
+    from the cached input of its first skipped layer (off: one full forward per condition).
+    ``shared_prefix``: run the prefix that every prompt shares once per condition (None: when at
+    least 8 tokens are shared). ``progress_dir``: append each batch's numbers there and resume
+    from them.
+
+    >>> SweepSettings(windows=[1, 2], batch_size=8).scoring
+    'first_diff'
+    """
+
+    windows: Iterable[int] = (1,)
+    sets: Iterable[Iterable[int]] = ()
+    scoring: str = "first_diff"
+    batch_size: int | None = None
+    prefix_reuse: bool = True
+    shared_prefix: bool | None = None
+    model_name: str = "model"
+    seed: int = 0
+    progress_dir: Path | None = None
+    show_progress: bool = True
+
+
+def sweep_blocks(blocks: Blocks, tokenizer, probes: dict[str, Sequence[Item] | ScoringPlan],
+                 settings: SweepSettings | None = None, *, dist: Dist | None = None,
+                 keep_stats: dict | None = None) -> list[dict]:
     """Run the sweep in memory and return tidy rows (one per probe x condition x metric).
 
     ``dist``: this process's place in a data-parallel group (every rank calls this with the same
     arguments and gets the same rows back). ``keep_stats``: if a dict, it receives each probe's
     per-row numbers, ``{probe: {condition: {row: {...}}}}`` (to compare runs row by row).
     """
+    s = settings or SweepSettings()
     d = dist or Dist()
-    conditions = make_conditions(blocks.n_layers, windows, sets)
+    conditions = make_conditions(blocks.n_layers, s.windows, s.sets)
     rows: list[dict] = []
     for probe, items in probes.items():
-        plan = items if isinstance(items, ScoringPlan) else ScoringPlan(tokenizer, items, scoring)
-        done = d.on_main(_read_progress, progress_dir, probe) if progress_dir else {}
-        # rank 0 picks the batch size (free memory differs a little between GPUs): every rank
-        # must cut the very same batches
-        bs = batch_size or d.broadcast(default_batch_size(blocks, max(len(r.ids) for r in plan.rows)))
-        batches = plan.batches(bs)
-        work = split_work(batches, conditions, blocks.n_layers, d.world_size, prefix_reuse)
-        mine = work[d.rank]
-        run = batch_logits_prefix if prefix_reuse else batch_logits_plain
-        P = shared_prefix_length(plan) if shared_prefix is not False and prefix_reuse else 0
-        if P >= (8 if shared_prefix is None else 1) and mine:   # auto: worth it from 8 shared tokens on
-            # the base forward always runs on the unskipped prefix cache
-            needed = list(dict.fromkeys([Condition(()), *(c for _, cs in mine for c in cs)]))
-            shared = SharedPrefix(blocks, plan.rows[0].ids[:P], needed)
-            run = functools.partial(batch_logits_shared, shared=shared)
-        stats: dict[str, dict[int, dict]] = {c.name: {} for c in conditions}
-        names = set(stats)
-        for (cname, bi), s in done.items():
-            if cname in names and bi < len(batches):
-                stats[cname].update(s)
-        bar = tqdm(total=len(batches) * len(conditions), desc=f"sweep {probe}", unit="cond",
-                   disable=not (show_progress and d.is_main), leave=False)
-        bar.update(sum(1 for (cname, bi) in done if cname in names and bi < len(batches)))
-        for k in range(max(len(w) for w in work)):
-            lines: list[dict] = []
-            error = None
-            if k < len(mine):
-                bi, conds = mine[k]
-                todo = [c for c in conds if (c.name, bi) not in done]
-                try:
-                    logits = run_with_oom_retry(run, blocks, plan, batches[bi], todo) if todo else {}
-                except PrunescopeError as e:   # reported to every rank below, so no rank waits forever
-                    error, logits = str(e), {}
-                for c in todo if logits else []:
-                    s = {}
-                    for sub, lg in logits[c]:
-                        s.update(plan.reduce(sub, lg))
-                    lines.append({"condition": c.name, "batch": bi, "stats": s})
-            parts = d.gather((lines, error))
-            errors = [e for _, e in parts if e]
-            if errors:
-                raise PrunescopeError(errors[0])
-            merged = [line for part, _ in parts for line in part]
-            for line in merged:
-                stats[line["condition"]].update(line["stats"])
-            if progress_dir and merged and d.is_main:
-                _append_progress(progress_dir, probe, merged)
-            bar.update(len(merged))
-        bar.close()
+        plan = items if isinstance(items, ScoringPlan) else ScoringPlan(tokenizer, items, s.scoring)
+        stats = _sweep_probe(blocks, probe, plan, conditions, s, d)
         if keep_stats is not None:
             keep_stats[probe] = {c.name: dict(stats[c.name]) for c in conditions}
-        for c in conditions:
-            per_item = plan.metrics(stats[c.name])
-            agg = aggregate(per_item, plan.metric_names)
-            for metric in plan.metric_names:
-                rows.append({"model": model_name, "probe": probe, "condition": c.name, "layers": c.layers_str,
-                             "metric": metric, "value": agg[metric], "n": len(per_item), "seed": seed})
+        rows += _probe_rows(plan, probe, conditions, stats, s)
+    return rows
+
+
+def _sweep_probe(blocks: Blocks, probe: str, plan: ScoringPlan, conditions: Sequence[Condition],
+                 s: SweepSettings, d: Dist) -> dict[str, dict[int, dict]]:
+    """Per condition name, the per-row numbers of one probe: those already in ``s.progress_dir``,
+    then the rest, run in rounds (each rank its share of (batch, conditions)) and gathered."""
+    done = d.on_main(_read_progress, s.progress_dir, probe) if s.progress_dir else {}
+    # rank 0 picks the batch size (free memory differs a little between GPUs): every rank
+    # must cut the very same batches
+    bs = s.batch_size or d.broadcast(default_batch_size(blocks, max(len(r.ids) for r in plan.rows)))
+    batches = plan.batches(bs)
+    work = split_work(batches, conditions, blocks.n_layers, d.world_size, s.prefix_reuse)
+    mine = work[d.rank]
+    run = _batch_runner(blocks, plan, mine, s)
+    stats: dict[str, dict[int, dict]] = {c.name: {} for c in conditions}
+    resumed = [(key, st) for key, st in done.items() if key[0] in stats and key[1] < len(batches)]
+    for (cname, _), st in resumed:
+        stats[cname].update(st)
+    bar = tqdm(total=len(batches) * len(conditions), desc=f"sweep {probe}", unit="cond",
+               disable=not (s.show_progress and d.is_main), leave=False)
+    bar.update(len(resumed))
+    for k in range(max(len(w) for w in work)):
+        lines, error = _run_share(run, blocks, plan, batches, mine[k], done) if k < len(mine) else ([], None)
+        merged = _gather_round(d, lines, error)
+        for line in merged:
+            stats[line["condition"]].update(line["stats"])
+        if s.progress_dir and merged and d.is_main:
+            _append_progress(s.progress_dir, probe, merged)
+        bar.update(len(merged))
+    bar.close()
+    return stats
+
+
+def _batch_runner(blocks: Blocks, plan: ScoringPlan, mine: list[tuple[int, list[Condition]]], s: SweepSettings):
+    """The schedule this rank runs its batches with: prefix reuse (and the shared prompt prefix,
+    cached once for the conditions this rank runs), or one plain forward per condition."""
+    run = batch_logits_prefix if s.prefix_reuse else batch_logits_plain
+    P = shared_prefix_length(plan) if s.shared_prefix is not False and s.prefix_reuse else 0
+    if P >= (8 if s.shared_prefix is None else 1) and mine:   # auto: worth it from 8 shared tokens on
+        # the base forward always runs on the unskipped prefix cache
+        needed = list(dict.fromkeys([Condition(()), *(c for _, cs in mine for c in cs)]))
+        shared = SharedPrefix(blocks, plan.rows[0].ids[:P], needed)
+        run = functools.partial(batch_logits_shared, shared=shared)
+    return run
+
+
+def _run_share(run, blocks: Blocks, plan: ScoringPlan, batches: Sequence[Batch],
+               share: tuple[int, list[Condition]], done: dict) -> tuple[list[dict], str | None]:
+    """One round's share of this rank: the progress lines of the conditions of batch ``share`` not
+    yet ``done``, and the error message that stopped it (None when none did)."""
+    bi, conds = share
+    todo = [c for c in conds if (c.name, bi) not in done]
+    try:
+        logits = run_with_oom_retry(run, blocks, plan, batches[bi], todo) if todo else {}
+    except PrunescopeError as e:   # reported to every rank by _gather_round, so no rank waits forever
+        return [], str(e)
+    lines = []
+    for c in todo if logits else []:
+        st = {}
+        for sub, lg in logits[c]:
+            st.update(plan.reduce(sub, lg))
+        lines.append({"condition": c.name, "batch": bi, "stats": st})
+    return lines, None
+
+
+def _gather_round(d: Dist, lines: list[dict], error: str | None) -> list[dict]:
+    """Every rank's lines of a round, in rank order; any rank's error is raised on every rank."""
+    parts = d.gather((lines, error))
+    errors = [e for _, e in parts if e]
+    if errors:
+        raise PrunescopeError(errors[0])
+    return [line for part, _ in parts for line in part]
+
+
+def _probe_rows(plan: ScoringPlan, probe: str, conditions: Sequence[Condition],
+                stats: dict[str, dict[int, dict]], s: SweepSettings) -> list[dict]:
+    """The tidy rows of one probe: per condition, each metric aggregated over the items."""
+    rows = []
+    for c in conditions:
+        per_item = plan.metrics(stats[c.name])
+        agg = aggregate(per_item, plan.metric_names)
+        for metric in plan.metric_names:
+            rows.append({"model": s.model_name, "probe": probe, "condition": c.name, "layers": c.layers_str,
+                         "metric": metric, "value": agg[metric], "n": len(per_item), "seed": s.seed})
     return rows
 
 
@@ -405,29 +452,28 @@ class SweepOptions(Options):
     ['arithmetic', 'brackets']
     """
 
-    probe: list = option(["arithmetic"], "comma-separated probes (arithmetic, arithmetic_multi, brackets, copy) or "
-                                         "JSONL files of items {prompt, answer, wrong, group}", kind="names")
+    probe: list[str] = option(["arithmetic"], "comma-separated probes (arithmetic, arithmetic_multi, brackets, copy) "
+                                              "or JSONL files of items {prompt, answer, wrong, group}")
     n: int = option(200, "items per probe (spell it --items under torchrun, whose own options make --n "
-                         "ambiguous)", minimum=1, aliases=("--items",))
+                         "ambiguous)", minimum=1, cli=Flag(aliases=("--items",)))
     seed: int = option(0, "seed of the item generators", minimum=0)
-    shots: int | None = option(None, "arithmetic probes: solved examples before each item", kind="int?", minimum=0)
-    ops: str | None = option(None, "arithmetic_multi: operators, e.g. '+,-' (default: + - * //)", kind="str?")
-    digits: int | None = option(None, "arithmetic_multi: operand digit count (default: 2)", kind="int?", minimum=1)
+    shots: int | None = option(None, "arithmetic probes: solved examples before each item", minimum=0)
+    ops: str | None = option(None, "arithmetic_multi: operators, e.g. '+,-' (default: + - * //)")
+    digits: int | None = option(None, "arithmetic_multi: operand digit count (default: 2)", minimum=1)
     carry: str | None = option(None, "arithmetic_multi: keep only items with / without a carry (default: any)",
-                               kind="str?", choices=("any", "carry", "no_carry"))
+                               choices=("any", "carry", "no_carry"))
     length: int | None = option(None, "brackets: tokens per code line (default: 10); copy: words per list (default: 6)",
-                                kind="int?", minimum=2)
-    windows: list = option([1], "window widths to skip, comma-separated (1 = single layers)", kind="ints",
-                           minimum=1)
-    sets: list = option([], "extra layer sets to skip, e.g. '3,4;7;10-12'", kind="sets", minimum=0)
+                                minimum=2)
+    windows: list[int] = option([1], "window widths to skip, comma-separated (1 = single layers)", minimum=1)
+    sets: list[list[int]] = option([], "extra layer sets to skip, e.g. '3,4;7;10-12'", minimum=0)
     scoring: str = option("first_diff", "first_diff: compare answers where their tokens first differ; logprob: "
                                         "whole-answer log-probability", choices=SCORINGS)
     text: str | None = option(None, "also sweep teacher-forced loss on a text set: .txt (one text per line) or "
-                                    ".jsonl with a 'text' field", kind="str?")
-    batch_size: int | None = option(None, "rows per forward (default: from free memory)", kind="int?", minimum=1)
+                                    ".jsonl with a 'text' field")
+    batch_size: int | None = option(None, "rows per forward (default: from free memory)", minimum=1)
     prefix_reuse: bool = option(True, "reuse the shared prompt prefix and each layer's cached input (off: one "
-                                      "full forward per condition, slower)", flag="--no-prefix-reuse",
-                                flag_help="one full forward per condition (slower)")
+                                      "full forward per condition, slower)",
+                                cli=Flag("--no-prefix-reuse", help="one full forward per condition (slower)"))
 
     def validate(self) -> None:
         if not self.probe and not self.text:
@@ -490,10 +536,10 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
             record_run_config(out, config)
             for p, its in items.items():
                 save_items(its, out / "items" / f"{Path(p).stem if p.endswith('.jsonl') else p}.jsonl")
-        rows = sweep_blocks(lm.blocks, lm.tokenizer, plans, windows=o.windows, sets=o.sets, scoring=scoring,
-                            batch_size=o.batch_size, prefix_reuse=o.prefix_reuse, model_name=lm.name, seed=seed,
-                            progress_dir=(out / ".progress") if out else None, show_progress=output.progress,
-                            dist=d)
+        settings = SweepSettings(windows=o.windows, sets=o.sets, scoring=scoring, batch_size=o.batch_size,
+                                 prefix_reuse=o.prefix_reuse, model_name=lm.name, seed=seed,
+                                 progress_dir=(out / ".progress") if out else None, show_progress=output.progress)
+        rows = sweep_blocks(lm.blocks, lm.tokenizer, plans, settings, dist=d)
         if out and d.is_main:
             write_table(rows, out / "sweep")
             if output.plot:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.options import Flag, Options, Output, Paths, Placement, option
 from prunescope.core.registry import Registry
 from prunescope.probe.tasks import PROBES, pruning_probe_options
 from prunescope.core.results import write_table
@@ -52,17 +53,17 @@ class ScoreOptions(Options):
     """
 
     text: str | None = option(None, "calibration texts (.txt one per line, or .jsonl with 'text'); default: solved "
-                                    "built-in probe items", kind="str?")
+                                    "built-in probe items")
     n_texts: int = option(64, "calibration texts used", minimum=1)
     seed: int = option(0, "draw of the built-in calibration texts", minimum=0)
-    block_sizes: list = option([], "block sizes for angular distance, e.g. 4,8", kind="ints", minimum=1,
-                               aliases=("--angular",))
+    block_sizes: list[int] = option([], "block sizes for angular distance, e.g. 4,8", minimum=1,
+                                    cli=Flag(aliases=("--angular",)))
     ppl: bool = option(False, "also perplexity increase per skipped layer (a sweep)")
-    sweep_table: str | None = option(None, "a sweep table (runs/X/sweep.csv): adds skip_drop per layer", kind="str?",
-                                     aliases=("--sweep",))
-    sweep_probe: str | None = option(None, "which probe of the sweep table", kind="str?")
+    sweep_table: str | None = option(None, "a sweep table (runs/X/sweep.csv): adds skip_drop per layer",
+                                     cli=Flag(aliases=("--sweep",)))
+    sweep_probe: str | None = option(None, "which probe of the sweep table")
     patch_table: str | None = option(None, "a patching table (runs/X/layers.csv): adds patching_effect",
-                                     kind="str?", aliases=("--patch",))
+                                     cli=Flag(aliases=("--patch",)))
 
 
 def score(options: ScoreOptions | None = None, *, model: str | None = None, placement: Placement | None = None,
@@ -110,13 +111,17 @@ def _plot_scores(rows: list[dict], path: Path, model: str) -> None:
     save_figure(fig, path)
 
 
-def make_evaluator(blocks, tokenizer, probe: str = "arithmetic_multi", n: int = 32, metric: str = "logit_diff",
-                   text: str | None = None, seed: int = 0, probe_options: dict | None = None, plan=None):
-    """``evaluate(sets) -> [value]``: a probe metric (or text loss) with each set of layers skipped,
-    all sets of one step run as one prefix-reused sweep (in memory, no checkpoints). ``plan``: an
-    already tokenized :class:`prunescope.probe.scoring.ScoringPlan` instead of a probe name."""
+def probe_scorer(blocks, tokenizer, probe: str = "arithmetic_multi", n: int = 32, metric: str = "logit_diff",
+                 text: str | None = None, seed: int = 0, plan=None) -> Callable[[list[list[int]]], list[float]]:
+    """``score(sets) -> [value]``: a probe metric (or text loss) with each candidate set of layers
+    skipped, all sets of one step run as one prefix-reused sweep (in memory, no checkpoints).
+
+    The probe's items are drawn with the pruning defaults (:func:`prunescope.probe.tasks.pruning_probe_options`);
+    ``plan``: an already tokenized :class:`prunescope.probe.scoring.ScoringPlan` (any items) instead
+    of a probe name. The scorer carries ``metric``, ``higher_is_better`` and ``plan``.
+    """
     from prunescope.probe.scoring import ScoringPlan, TextPlan
-    from prunescope.probe.sweep import Condition, sweep_blocks
+    from prunescope.probe.sweep import Condition, SweepSettings, sweep_blocks
     from prunescope.probe.tasks import make_items
 
     if plan is not None:
@@ -124,29 +129,32 @@ def make_evaluator(blocks, tokenizer, probe: str = "arithmetic_multi", n: int = 
     elif text:
         plan, metric, higher = TextPlan(tokenizer, calibration_texts(text, n)), "loss", False
     else:
-        opts = probe_options if probe_options is not None else pruning_probe_options(probe)
-        plan, higher = ScoringPlan(tokenizer, make_items(probe, n=n, seed=seed, **opts)), True
+        items = make_items(probe, n=n, seed=seed, **pruning_probe_options(probe))
+        plan, higher = ScoringPlan(tokenizer, items), True
         if metric not in plan.metric_names:
             raise PrunescopeError(f"unknown metric {metric!r}: choose one of {', '.join(plan.metric_names)}")
 
-    def evaluate(sets: list[list[int]]) -> list[float]:
-        rows = sweep_blocks(blocks, tokenizer, {"eval": plan}, windows=[], sets=sets, show_progress=False)
+    def score(sets: list[list[int]]) -> list[float]:
+        rows = sweep_blocks(blocks, tokenizer, {"eval": plan},
+                            SweepSettings(windows=[], sets=sets, show_progress=False))
         val = {r["condition"]: r["value"] for r in rows if r["metric"] == metric}
         return [val[Condition(tuple(sorted(s))).name] for s in sets]
 
-    evaluate.metric, evaluate.higher_is_better, evaluate.plan = metric, higher, plan
-    return evaluate
+    score.metric, score.higher_is_better, score.plan = metric, higher, plan
+    return score
 
 
-def reference_evaluator(model, tokenizer, plan, metric: str, tmp_dir: str | None = None):
-    """The reference approach for benchmarks and tests: for each candidate, write a pruned
-    checkpoint, reload it with transformers (onto the model's device) and score it."""
+def checkpoint_scorer(model, tokenizer, plan, metric: str, tmp_dir: str | None = None
+                      ) -> Callable[[list[list[int]]], list[float]]:
+    """``score(sets) -> [value]`` the reference way, for benchmarks and tests: for each candidate,
+    write a pruned checkpoint, reload it with transformers (onto the model's device) and score
+    ``plan``'s items on it. Slow; :func:`probe_scorer` gives the same values in memory."""
     from transformers import AutoModelForCausalLM
 
     from prunescope.probe.blocks import Blocks
     from prunescope.probe.scoring import aggregate, score_items
 
-    def evaluate(sets: list[list[int]]) -> list[float]:
+    def score(sets: list[list[int]]) -> list[float]:
         out = []
         for s in sets:
             with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
@@ -158,7 +166,7 @@ def reference_evaluator(model, tokenizer, plan, metric: str, tmp_dir: str | None
                 out.append(aggregate(score_items(Blocks(reloaded), plan), plan.metric_names)[metric])
         return out
 
-    return evaluate
+    return score
 
 
 # strategy name -> plan builder ``(lm, k, protected, options) -> Plan``; read by the CLI choices, the
@@ -188,9 +196,9 @@ def _reverse_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
 
 @STRATEGIES.register("iterative", help="greedy in-memory search: drop the layer that hurts a probe metric least")
 def _iterative_plan(lm, k: int, protected: list[int], o: "PruneOptions", progress: bool = True) -> Plan:
-    ev = make_evaluator(lm.blocks, lm.tokenizer, o.eval_probe, o.eval_n, o.eval_metric, o.text, seed=o.seed)
-    return iterative(ev, lm.blocks.n_layers, k, protected, metric=ev.metric, higher_is_better=ev.higher_is_better,
-                     progress=progress)
+    score = probe_scorer(lm.blocks, lm.tokenizer, o.eval_probe, o.eval_n, o.eval_metric, o.text, seed=o.seed)
+    return iterative(score, lm.blocks.n_layers, k, protected, metric=score.metric,
+                     higher_is_better=score.higher_is_better, progress=progress)
 
 
 @STRATEGIES.register("score", help="the k layers with the lowest value of a scores table's metric (--scores-table)")
@@ -220,32 +228,31 @@ class PruneOptions(Options):
     """
 
     strategy: str = option("bi", "which layers to drop (see docs/guide.md: strategies)", choices=STRATEGIES)
-    n: int | None = option(None, "layers to drop", kind="int?", minimum=1)
-    ratio: float | None = option(None, "fraction of layers to drop, e.g. 0.25", kind="float?")
-    protect: list = option([], "layers never dropped, e.g. 3,7", kind="ints", minimum=0)
-    protect_from: list = option([], "results table(s) whose top layers are protected (runs/X/layers.csv or patch.csv "
-                                    "from patching, sweep.csv from a sweep); with several, the union of each one's "
-                                    "top layers", kind="paths", metavar="TABLE")
-    protect_top: int | None = option(None, "how many top layers of each --protect-from table", kind="int?",
-                                     minimum=1)
-    protect_metric: str | None = option(None, "metric of --protect-from to rank by", kind="str?")
-    protect_probe: str | None = option(None, "probe of a --protect-from sweep table", kind="str?")
+    n: int | None = option(None, "layers to drop", minimum=1)
+    ratio: float | None = option(None, "fraction of layers to drop, e.g. 0.25")
+    protect: list[int] = option([], "layers never dropped, e.g. 3,7", minimum=0)
+    protect_from: Paths = option([], "results table(s) whose top layers are protected (runs/X/layers.csv or patch.csv "
+                                     "from patching, sweep.csv from a sweep); with several, the union of each one's "
+                                     "top layers", cli=Flag(metavar="TABLE"))
+    protect_top: int | None = option(None, "how many top layers of each --protect-from table", minimum=1)
+    protect_metric: str | None = option(None, "metric of --protect-from to rank by")
+    protect_probe: str | None = option(None, "probe of a --protect-from sweep table")
     scores_table: str | None = option(None, "table for --strategy score (sweep, patching or score table)",
-                                      kind="str?", aliases=("--scores",))
-    score_metric: str | None = option(None, "metric of --scores-table (lowest values are dropped)", kind="str?")
+                                      cli=Flag(aliases=("--scores",)))
+    score_metric: str | None = option(None, "metric of --scores-table (lowest values are dropped)")
     text: str | None = option(None, "calibration texts for bi/angular, or the loss text set for iterative "
-                                    "(default: built-in probe texts / the probe metric)", kind="str?")
+                                    "(default: built-in probe texts / the probe metric)")
     eval_probe: str = option("arithmetic_multi", "iterative: probe to keep (default: 3-shot addition)",
                              choices=PROBES)
     eval_n: int = option(32, "iterative: items per evaluation", minimum=1)
     eval_metric: str = option("logit_diff", "iterative: metric to keep high")
-    select_tasks: list = option(["gsm8k", "humaneval"], "iterative-generated: benchmarks whose held-out docs "
-                                                        "(the last --eval-n of each) score every candidate "
-                                                        "by the accuracy of generated answers", kind="names")
+    select_tasks: list[str] = option(["gsm8k", "humaneval"], "iterative-generated: benchmarks whose held-out docs "
+                                                             "(the last --eval-n of each) score every candidate "
+                                                             "by the accuracy of generated answers")
     gen_batch_size: int = option(64, "iterative-generated: generation engine slots", minimum=1)
     select_cache: str | None = option(None, "iterative-generated: a JSONL log of scored layer sets, shared by "
                                             "searches on the same model (a set scored once is read back, and "
-                                            "a crashed search resumes)", kind="str?")
+                                            "a crashed search resumes)")
     overwrite: bool = option(False, "replace an existing --out folder")
     seed: int = option(0, "draw of the built-in calibration texts (bi, angular) and of the iterative search's "
                           "probe items", minimum=0)

@@ -82,10 +82,10 @@ def ppl_increase(blocks: Blocks, tokenizer, texts: Sequence[str], *, model_name:
                  show_progress: bool = False) -> list[dict]:
     """Perplexity with each single layer skipped minus the unpruned perplexity (prefix-reused sweep)."""
     from prunescope.probe.scoring import TextPlan
-    from prunescope.probe.sweep import sweep_blocks
+    from prunescope.probe.sweep import SweepSettings, sweep_blocks
 
-    rows = sweep_blocks(blocks, tokenizer, {"calibration": TextPlan(tokenizer, list(texts))}, windows=[1],
-                        model_name=model_name, show_progress=show_progress)
+    rows = sweep_blocks(blocks, tokenizer, {"calibration": TextPlan(tokenizer, list(texts))},
+                        SweepSettings(windows=[1], model_name=model_name, show_progress=show_progress))
     ppl = {r["condition"]: r["value"] for r in rows if r["metric"] == "ppl"}
     return [_row(model_name, "calibration", str(i), str(i), "ppl_increase", ppl[f"skip:{i}"] - ppl["none"], len(texts))
             for i in range(blocks.n_layers)]

@@ -18,17 +18,16 @@ True
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prunescope.prune.strategies import Plan, iterative
 
-__all__ = ["generated_answer_evaluator", "iterative_generated_plan", "mean_primary"]
+__all__ = ["generated_answer_scorer", "iterative_generated_plan", "mean_primary"]
 
 
 def mean_primary(rows: list[dict]) -> float:
-    """The mean of the tasks' primary metrics in ``evaluate_model``'s rows (a candidate's score).
+    """The mean of the tasks' primary metrics in ``run_benchmarks``'s rows (a candidate's score).
 
     >>> mean_primary([{"value": 0.5, "primary": True}, {"value": 0.9, "primary": False}, {"value": 0.25, "primary": True}])
     0.375
@@ -37,10 +36,10 @@ def mean_primary(rows: list[dict]) -> float:
     return sum(prim) / len(prim)
 
 
-def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batch_size: int = 64, seed: int = 0,
-                               progress: bool = False, cache: str | Path | None = None
-                               ) -> Callable[[list[list[int]]], list[float]]:
-    """``evaluate(sets) -> [mean primary accuracy]``: for each set of skipped layers, the mean of the
+def generated_answer_scorer(loaded, tasks: Sequence[str], n: int, *, gen_batch_size: int = 64, seed: int = 0,
+                            progress: bool = False, cache: str | Path | None = None
+                            ) -> Callable[[list[list[int]]], list[float]]:
+    """``score(sets) -> [mean primary accuracy]``: for each set of skipped layers, the mean of the
     tasks' primary metrics (GSM8K exact match, HumanEval pass@1) on their last ``n`` docs.
 
     ``cache``: an append-only JSONL log of scored sets. A set it holds for the same model, held-out
@@ -50,9 +49,9 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
     """
     from prunescope.core.results import append_progress, read_progress
 
-    from prunescope.generation import skip_sets
+    from prunescope.generation import SkipSets
 
-    from prunescope.analysis.evaluate import TASKS, evaluate_model, heldout_docs
+    from prunescope.analysis.evaluate import TASKS, EvalOptions, heldout_docs, run_benchmarks
 
     docs = heldout_docs(tasks, n)
     key = {"model": loaded.name, "docs": docs, "seed": seed}  # what is scored, not what chose it
@@ -63,21 +62,21 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
     # (a row per prompt and candidate) instead of one run per candidate; only generated tasks can
     generated = all(TASKS[t].category == "generative" for t in tasks)
 
-    def evaluate(sets: list[list[int]]) -> list[float]:
+    def score(sets: list[list[int]]) -> list[float]:
         todo = [sorted(s) for s in sets if tuple(sorted(s)) not in known]
-        fan = skip_sets(todo) if generated and len(todo) > 1 else contextlib.nullcontext()
+        together = SkipSets(todo) if generated and len(todo) > 1 else None
         out = []
-        with fan as together:
-            for s in sets:
-                s = sorted(s)
-                if tuple(s) in known:
-                    out.append(known[tuple(s)])
-                    continue
-                if together is not None:
-                    together.select(s)  # the engine skips s row by row: no layer is swapped out here
-                rows = evaluate_model(loaded, list(tasks), skip=[] if together is not None else s, docs=docs,
-                                      gen_batch_size=gen_batch_size, seed=seed, show_progress=False)
-                out.append(_record(s, rows))
+        for s in sets:
+            s = sorted(s)
+            if tuple(s) in known:
+                out.append(known[tuple(s)])
+                continue
+            if together is not None:
+                together.select(s)  # the engine skips s row by row: no layer is swapped out here
+            options = EvalOptions(tasks=list(tasks), skip=[] if together is not None else s,
+                                  gen_batch_size=gen_batch_size, seed=seed)
+            rows = run_benchmarks(loaded, options, docs=docs, progress=False, fan_out=together)
+            out.append(_record(s, rows))
         return out
 
     def _record(s: list[int], rows: list[dict]) -> float:
@@ -88,15 +87,15 @@ def generated_answer_evaluator(loaded, tasks: Sequence[str], n: int, *, gen_batc
             print(f"    skip {s}: {value:.3f}", flush=True)
         return value
 
-    evaluate.docs = docs
-    return evaluate
+    score.docs = docs
+    return score
 
 
 def iterative_generated_plan(lm, k: int, protected: list[int], o, progress: bool = True) -> Plan:
     """The plan builder of ``iterative-generated`` (``o``: the :class:`prunescope.prune.commands.PruneOptions`)."""
-    ev = generated_answer_evaluator(lm, o.select_tasks, o.eval_n, gen_batch_size=o.gen_batch_size, seed=o.seed,
+    score = generated_answer_scorer(lm, o.select_tasks, o.eval_n, gen_batch_size=o.gen_batch_size, seed=o.seed,
                                     progress=progress, cache=o.select_cache)
-    plan = iterative(ev, lm.blocks.n_layers, k, protected, metric="generated_accuracy", progress=progress,
-                     name="iterative-generated")
-    plan.scores["heldout_docs"] = ev.docs
+    plan = iterative(score, lm.blocks.n_layers, k, protected, metric="generated_accuracy", progress=progress)
+    plan.strategy = "iterative-generated"  # the same greedy search, scored on generated answers
+    plan.scores["heldout_docs"] = score.docs
     return plan

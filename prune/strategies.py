@@ -6,7 +6,7 @@
 * ``score``    — the k layers with the lowest value of any per-layer score (a sweep's skip drop,
   patching effect, perplexity increase, ...);
 * ``iterative``— greedy: each step drops the layer whose removal hurts a metric least, every
-  candidate evaluated in memory by skipping layers on the block handle (no checkpoints).
+  candidate scored in memory by skipping layers on the block handle (no checkpoints).
 
 Every strategy takes a count or a ratio and protected layers, which are never dropped. The
 registry of names (``prunescope.prune.commands.STRATEGIES``) maps each to the function that builds its plan.
@@ -114,21 +114,26 @@ def lowest_block(block_scores: dict[int, float], n_layers: int, k: int, protecte
                          for i in drop})
 
 
-def iterative(evaluate: Callable[[list[list[int]]], list[float]], n_layers: int, k: int,
+def iterative(score: Callable[[list[list[int]]], list[float]], n_layers: int, k: int,
               protected: Iterable[int] = (), candidates: Sequence[int] | None = None,
-              metric: str = "", higher_is_better: bool = True, progress: bool = False,
-              name: str = "iterative") -> Plan:
+              metric: str = "", higher_is_better: bool = True, progress: bool = False) -> Plan:
     """Greedy: at each step drop the layer whose removal (with those already dropped) hurts least.
 
-    ``evaluate(sets)`` scores each candidate set of skipped layers (one call per step, so it can
-    batch them, e.g. as one prefix-reused sweep).
+    ``score(sets)`` scores each candidate set of skipped layers (one call per step, so it can
+    batch them, e.g. as one prefix-reused sweep): :func:`prunescope.prune.commands.probe_scorer`,
+    :func:`prunescope.prune.selection.generated_answer_scorer` or any such function. The plan's
+    strategy is ``iterative``; a search that scores otherwise renames it.
+
+    >>> cost = [3.0, 1.0, 2.0, 5.0]
+    >>> iterative(lambda sets: [-sum(cost[i] for i in s) for s in sets], 4, 2).drop
+    [1, 2]
     """
     protected, pool = _check_protected(n_layers, k, protected, candidates)
     dropped: list[int] = []
     reasons, history = {}, []
     for step in range(k):
         options = [c for c in pool if c not in dropped]
-        values = evaluate([sorted(dropped + [c]) for c in options])
+        values = score([sorted(dropped + [c]) for c in options])
         best_i = max(range(len(options)), key=lambda j: (values[j] if higher_is_better else -values[j], -options[j]))
         best = options[best_i]
         dropped.append(best)
@@ -136,7 +141,7 @@ def iterative(evaluate: Callable[[list[list[int]]], list[float]], n_layers: int,
         history.append({str(c): v for c, v in zip(options, values)})
         if progress:
             print(f"  step {step + 1}/{k}: drop {best} ({metric} {values[best_i]:.4g})", flush=True)
-    return Plan(name, n_layers, sorted(dropped), protected, scores={"history": history}, reasons=reasons,
+    return Plan("iterative", n_layers, sorted(dropped), protected, scores={"history": history}, reasons=reasons,
                 metric=metric)
 
 

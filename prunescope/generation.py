@@ -27,7 +27,6 @@ the same; in fp32 they are (tested), in bf16 a different batch can round a logit
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import inspect
 import math
@@ -43,14 +42,6 @@ from prunescope.core.errors import PrunescopeError
 from prunescope.core.options import Options, option
 
 _MASK32 = 0xFFFFFFFF
-
-# Work done by every engine in this process (benchmarks read it to compute floors: a replayed CUDA
-# graph runs no Python hooks, so a forward counter on the model would miss the decode steps).
-# ``live_rows`` counts the rows not yet retired at each launched step (the rest of ``decode_rows``
-# is idle slots: the tail and the slots waiting for a refill); ``prefill_seconds`` is host time in
-# prefill, which synchronises (it reads its first tokens back).
-totals = {"prefill_forwards": 0, "prefill_tokens": 0, "decode_steps": 0, "decode_rows": 0, "live_rows": 0,
-          "new_tokens": 0, "prefill_seconds": 0.0, "slots": 0, "capacity": 0}
 
 
 @dataclass(frozen=True)
@@ -249,14 +240,111 @@ def _masks(windows: dict[str, int | None], key_ok: torch.Tensor, key_pos: torch.
 
 # ----------------------------------------------------------------------------- the engine
 @dataclass
+class GenerationStats:
+    """The work one engine run did (a replayed CUDA graph runs no Python hooks, so a forward
+    counter on the model would miss the decode steps: benchmarks take their floors from these).
+
+    ``live_rows`` counts the rows not yet retired at each launched step (the rest of
+    ``decode_rows`` is idle slots: the tail and the slots waiting for a refill);
+    ``prefill_seconds`` is host time in prefill, which synchronises (it reads its first tokens
+    back); ``idle_steps`` are decode steps with every row idle (a CUDA-graph capture's warm-up).
+
+    >>> from prunescope.probe.tiny import tiny_model
+    >>> model, tok = tiny_model("llama")
+    >>> stats = Engine(model, tok).run([Request(tok("a b c").input_ids, max_new_tokens=4)]).stats
+    >>> stats.prefill_forwards, stats.new_tokens, stats.slots
+    (1, 4, 1)
+    """
+
+    prefill_forwards: int = 0
+    prefill_tokens: int = 0
+    decode_steps: int = 0
+    decode_rows: int = 0
+    live_rows: int = 0
+    new_tokens: int = 0
+    prefill_seconds: float = 0.0
+    slots: int = 0
+    capacity: int = 0
+    idle_steps: int = 0
+    graph: bool = False  # the decode steps replayed one captured CUDA graph
+
+
+@dataclass
+class GenerationRun:
+    """The completions of one :meth:`Engine.run`, in the order of its requests, and its work."""
+
+    completions: list[Completion]
+    stats: GenerationStats
+
+
+@dataclass
 class _Row:
     index: int
     request: Request
     tokens: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _RunState:
+    """The device side of one run: the cache and one entry per slot in each tensor. A captured
+    CUDA graph reads these very tensors, so a decode step only ever writes them in place."""
+
+    slots: int
+    capacity: int
+    cache: SlotCache | None
+    slot_ids: torch.Tensor     # 0 .. slots-1
+    tok: torch.Tensor          # each row's pending token (the next step's input)
+    pos: torch.Tensor          # its position
+    write: torch.Tensor        # the cache column it writes next
+    step: torch.Tensor         # tokens generated (the sampler's counter)
+    seed: torch.Tensor
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    active: torch.Tensor       # running rows; an idle row's write pointer and counters stay put
+    next_tokens: torch.Tensor  # the last step's picks, read back by the host
+    row_skip: torch.Tensor     # per-row skipped layers, [layer, slot]
+    key_ok: torch.Tensor       # [slot, column]: the key there exists
+    key_pos: torch.Tensor      # [slot, column]: its position
+    per_row: bool              # some request skips layers of its own
+    sample: bool
+    nucleus: bool
+    stats: GenerationStats
+    rehearse: bool             # run the capture's idle steps before the first step, on any device
+    skip_now: torch.Tensor | None = None  # the rows of row_skip the running forward holds
+    graph: torch.cuda.CUDAGraph | None = None
+    heads: int | None = None
+    pieces: dict[int, str] = field(default_factory=dict)  # token -> its text (stop strings)
+
+    def pick(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        sel = (lambda t: t) if rows is None else (lambda t: t[rows])
+        return pick_tokens(logits, sel(self.temperature), sel(self.top_p), sel(self.seed), sel(self.step),
+                           sample=self.sample, nucleus=self.nucleus)
+
+
+@dataclass
+class _Schedule:
+    """The host side of one run: which request runs in which slot."""
+
+    requests: list[Request]
+    queue: list[int]   # request indices, the longest prompt last (pop() takes it)
+    free: list[int]    # free slots
+    bar: tqdm
+    running: dict[int, _Row] = field(default_factory=dict)  # slot -> its row
+    in_flight: bool = False  # a decode step whose tokens are not read yet
+
+    @classmethod
+    def of(cls, requests: list[Request], slots: int, bar: tqdm) -> _Schedule:
+        # length-sorted prefill: the longest prompts first, so each group pads little
+        queue = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
+        queue.reverse()
+        return cls(requests, queue, list(range(slots - 1, -1, -1)), bar)
+
+
 class Engine:
     """Continuous-batching generation with the model's own forward (hooks and skipped layers apply).
+
+    ``rehearse_capture`` (for tests): run the CUDA-graph capture's idle warm-up steps before the
+    first decode step on any device, so the state they leave behind is checked where no GPU is.
 
     >>> from prunescope.probe.tiny import tiny_model
     >>> model, tok = tiny_model("qwen2")
@@ -265,14 +353,11 @@ class Engine:
     [3, 3]
     """
 
-    # tests: run the CUDA-graph capture's idle warm-up steps before the first step on any device,
-    # so the state they leave behind is checked where no GPU is (a GPU run once lost every first
-    # group's pending token to them)
-    rehearse_capture = False
-
-    def __init__(self, model: torch.nn.Module, tokenizer, options: GenerationOptions | None = None):
+    def __init__(self, model: torch.nn.Module, tokenizer, options: GenerationOptions | None = None, *,
+                 rehearse_capture: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.options = (options or GenerationOptions()).check()
+        self.rehearse_capture = rehearse_capture
         self.config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -283,22 +368,28 @@ class Engine:
         params = inspect.signature(getattr(model, "model", model).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.windows = _layer_windows(self.config)
-        self.graph_used = False
 
     # ------------------------------------------------------------------ public
-    def generate(self, requests: Sequence[Request], *, progress: bool = False, desc: str = "generate") -> list[Completion]:
-        """Completions in the order of ``requests`` (inside :func:`skip_sets`: those of its current set)."""
-        fan = _FAN_OUT.get()
-        if fan is not None and not any(r.skip for r in requests):
-            return fan.answer(self, list(requests), progress, desc)
-        out: list[Completion | None] = [None] * len(requests)
-        for i, completion in self.stream(requests, progress=progress, desc=desc):
-            out[i] = completion
-        return out  # type: ignore[return-value]
+    def generate(self, requests: Sequence[Request], *, progress: bool = False, desc: str = "generate",
+                 fan_out: SkipSets | None = None) -> list[Completion]:
+        """Completions in the order of ``requests`` (with ``fan_out``: those of its current set)."""
+        return self.run(requests, progress=progress, desc=desc, fan_out=fan_out).completions
 
-    def stream(self, requests: Sequence[Request], *, progress: bool = False,
-               desc: str = "generate") -> Iterator[tuple[int, Completion]]:
-        """Yield ``(index, completion)`` as each request finishes (not in request order)."""
+    def run(self, requests: Sequence[Request], *, progress: bool = False, desc: str = "generate",
+            fan_out: SkipSets | None = None) -> GenerationRun:
+        """The completions in the order of ``requests`` and the work the run did.
+
+        ``fan_out``: answer as the model with its current set of layers skipped, generating every
+        set of it in one run the first time (:class:`SkipSets`). Requests that skip layers of their own are never fanned out.
+        """
+        if fan_out is not None and not any(r.skip for r in requests):
+            return fan_out.answer(self, list(requests), progress, desc)
+        return self._complete(list(requests), progress, desc)
+
+    def stream(self, requests: Sequence[Request], *, progress: bool = False, desc: str = "generate",
+               stats: GenerationStats | None = None) -> Iterator[tuple[int, Completion]]:
+        """Yield ``(index, completion)`` as each request finishes (not in request order).
+        ``stats``, when given, is filled in as the run goes."""
         requests = list(requests)
         if not requests:
             return
@@ -315,11 +406,20 @@ class Engine:
             blocks = Blocks(self.model)
             for r in requests:
                 blocks.check_layers(r.skip)  # each request keeps at least one layer
-            rows = blocks.skip_rows(skipped, lambda i: self._skip_now[i])
+            rows = blocks.skip_rows(skipped, lambda i: state.skip_now[i])  # read at each forward
+        state = self._setup(requests, stats if stats is not None else GenerationStats())
         with torch.no_grad(), rows:
-            yield from self._run(requests, progress, desc)
+            yield from self._run(state, requests, progress, desc)
 
     # ------------------------------------------------------------------ internals
+    def _complete(self, requests: list[Request], progress: bool, desc: str) -> GenerationRun:
+        """Every request generated (no fan-out), in request order."""
+        stats = GenerationStats()
+        out: list[Completion | None] = [None] * len(requests)
+        for i, completion in self.stream(requests, progress=progress, desc=desc, stats=stats):
+            out[i] = completion
+        return GenerationRun(out, stats)  # type: ignore[arg-type]
+
     def _slots_for(self, capacity: int, wanted: int) -> int:
         """No more slots than the cache can hold at full capacity in 60% of the free device memory
         (on a CPU, 30% of the available RAM: long prompts times many slots add up)."""
@@ -334,44 +434,33 @@ class Engine:
         per_row = capacity * kv_bytes_per_token(self.config, self.dtype)
         return max(1, min(wanted, int(budget) // per_row))
 
-    def _setup(self, requests: list[Request]) -> None:
-        o = self.options
-        longest = max(len(r.prompt) for r in requests)
-        self.capacity = longest + max(r.max_new_tokens for r in requests) + 1
-        self.slots = self._slots_for(self.capacity, min(o.slots, len(requests)))
-        s, dev = self.slots, self.device
-        self.cache = SlotCache(s, self.capacity)
-        self.ar = torch.arange(s, device=dev)
+    def _setup(self, requests: list[Request], stats: GenerationStats) -> _RunState:
+        """A run's state: every request fits a slot's capacity, and as many slots as memory allows."""
+        capacity = max(len(r.prompt) for r in requests) + max(r.max_new_tokens for r in requests) + 1
+        s, dev = self._slots_for(capacity, min(self.options.slots, len(requests))), self.device
+        stats.slots, stats.capacity = s, capacity
         z = lambda dtype=torch.long: torch.zeros(s, dtype=dtype, device=dev)  # noqa: E731
-        self.tok, self.pos, self.write, self.step, self.seed = z(), z(), z(), z(), z()
-        self.temperature, self.top_p = z(torch.float32), z(torch.float32) + 1
-        self.active = z(torch.bool)
-        self.next_tokens = z()
-        # per-row skipped layers ([layer, slot]); a forward reads the rows it runs (_skip_now)
-        n_layers = int(self.config.num_hidden_layers)
-        self.row_skip = torch.zeros(n_layers, s, dtype=torch.bool, device=dev)
-        self._skip_now = self.row_skip
-        self.per_row = any(r.skip for r in requests)
-        self.key_ok = torch.zeros(s, self.capacity, dtype=torch.bool, device=dev)
-        self.key_pos = torch.zeros(s, self.capacity, dtype=torch.long, device=dev)
-        self.sample = any(r.temperature > 0 for r in requests)
-        self.nucleus = any(r.temperature > 0 and r.top_p < 1 for r in requests)
-        self.graph = None
-        self.heads = None
-        self._live = 0
-        self._rehearse = self.rehearse_capture
+        row_skip = torch.zeros(int(self.config.num_hidden_layers), s, dtype=torch.bool, device=dev)
+        return _RunState(
+            slots=s, capacity=capacity, cache=SlotCache(s, capacity), slot_ids=torch.arange(s, device=dev),
+            tok=z(), pos=z(), write=z(), step=z(), seed=z(),
+            temperature=z(torch.float32), top_p=z(torch.float32) + 1, active=z(torch.bool), next_tokens=z(),
+            row_skip=row_skip, skip_now=row_skip,
+            key_ok=torch.zeros(s, capacity, dtype=torch.bool, device=dev),
+            key_pos=torch.zeros(s, capacity, dtype=torch.long, device=dev),
+            per_row=any(r.skip for r in requests),
+            sample=any(r.temperature > 0 for r in requests),
+            nucleus=any(r.temperature > 0 and r.top_p < 1 for r in requests),
+            stats=stats, rehearse=self.rehearse_capture)
 
-    def _forward(self, ids, positions, mask) -> torch.Tensor:
+    def _forward(self, cache: SlotCache, ids, positions, mask) -> torch.Tensor:
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
-                         logits_to_keep=1, **{self._cache_kw: self.cache})
+                         logits_to_keep=1, **{self._cache_kw: cache})
         return out.logits[:, -1].float()
 
-    def _pick(self, logits, rows=None) -> torch.Tensor:
-        sel = (lambda t: t) if rows is None else (lambda t: t[rows])
-        return pick_tokens(logits, sel(self.temperature), sel(self.top_p), sel(self.seed), sel(self.step),
-                           sample=self.sample, nucleus=self.nucleus)
-
-    def _prefill(self, group: list[_Row], slots: list[int]) -> torch.Tensor:
+    def _prefill(self, state: _RunState, group: list[_Row], slots: list[int]) -> torch.Tensor:
+        """Prefill ``group`` into ``slots`` (one left-padded forward) and ready them for decoding;
+        the first token of each row."""
         dev, n = self.device, len(group)
         longest = max(len(r.request.prompt) for r in group)
         ids = torch.full((n, longest), self.pad, dtype=torch.long)
@@ -381,56 +470,61 @@ class Engine:
             ids[j, longest - len(p):] = torch.tensor(p, dtype=torch.long)
             ok[j, longest - len(p):] = True
         ids, ok = ids.to(dev), ok.to(dev)
-        totals["prefill_forwards"] += 1
-        totals["prefill_tokens"] += n * longest
+        state.stats.prefill_forwards += 1
+        state.stats.prefill_tokens += n * longest
         positions = (ok.long().cumsum(-1) - 1).clamp_min(0)
         rows = torch.tensor(slots, dtype=torch.long, device=dev)
-        for j, row in enumerate(group):
-            r = row.request
-            self.temperature[slots[j]], self.top_p[slots[j]] = float(r.temperature), float(r.top_p)
-            self.seed[slots[j]] = int(r.seed) & 0x7FFFFFFFFFFFFFFF
-        self.step[rows] = 0
-        self.cache.mode, self.cache.rows = "prefill", rows
-        if self.per_row:  # the slots' skipped layers are their new rows' own
-            own = torch.zeros(self.row_skip.shape[0], n, dtype=torch.bool)
-            for j, row in enumerate(group):
-                own[list(row.request.skip), j] = True
-            self.row_skip[:, rows] = own.to(dev)
-            self._skip_now = self.row_skip[:, rows]
+        self._assign_rows(state, group, slots, rows)
+        state.cache.mode, state.cache.rows = "prefill", rows
         mask = _masks(self.windows, ok, positions, positions, self.dtype)
-        logits = self._forward(ids, positions, mask)
-        self._skip_now = self.row_skip  # decode steps run every slot (a captured graph reads this tensor)
-        first = self._pick(logits, rows)
-        self.cache.mode = "decode"
+        logits = self._forward(state.cache, ids, positions, mask)
+        state.skip_now = state.row_skip  # decode steps run every slot (a captured graph reads this tensor)
+        first = state.pick(logits, rows)
+        state.cache.mode = "decode"
         # the rows' state for decoding: keys [0, longest) as prefilled, next write right after them
-        self.key_ok[rows] = False
-        self.key_ok[rows, :longest] = ok
-        self.key_pos[rows, :longest] = positions
-        self.tok[rows] = first
-        self.pos[rows] = positions[:, -1] + 1
-        self.write[rows] = longest
-        self.step[rows] = 1
-        self.active[rows] = True
+        state.key_ok[rows] = False
+        state.key_ok[rows, :longest] = ok
+        state.key_pos[rows, :longest] = positions
+        state.tok[rows] = first
+        state.pos[rows] = positions[:, -1] + 1
+        state.write[rows] = longest
+        state.step[rows] = 1
+        state.active[rows] = True
         return first
 
-    def _decode_body(self) -> None:
-        cap = self.capacity
-        flat = self.ar * cap + self.write
-        self.key_ok.view(-1).index_fill_(0, flat, True)
-        self.key_pos.view(-1).index_copy_(0, flat, self.pos)
-        if self.heads is None:
-            self.heads = next(iter(self.cache.keys.values())).shape[1]
-        h = torch.arange(self.heads, device=self.device)
-        self.cache.flat_index = ((self.ar[:, None] * self.heads + h[None, :]) * cap + self.write[:, None]).reshape(-1)
-        mask = _masks(self.windows, self.key_ok, self.key_pos, self.pos[:, None], self.dtype)
-        logits = self._forward(self.tok[:, None], self.pos[:, None], mask)
-        nxt = self._pick(logits)
-        self.next_tokens.copy_(nxt)
-        self.tok.copy_(nxt)
-        inc = self.active.long()
-        self.write.add_(inc)
-        self.pos.add_(inc)
-        self.step.add_(inc)
+    def _assign_rows(self, state: _RunState, group: list[_Row], slots: list[int], rows: torch.Tensor) -> None:
+        """The slots take their new requests' sampling settings and skipped layers."""
+        for j, row in enumerate(group):
+            r = row.request
+            state.temperature[slots[j]], state.top_p[slots[j]] = float(r.temperature), float(r.top_p)
+            state.seed[slots[j]] = int(r.seed) & 0x7FFFFFFFFFFFFFFF
+        state.step[rows] = 0
+        if state.per_row:  # the slots' skipped layers are their new rows' own
+            own = torch.zeros(state.row_skip.shape[0], len(group), dtype=torch.bool)
+            for j, row in enumerate(group):
+                own[list(row.request.skip), j] = True
+            state.row_skip[:, rows] = own.to(self.device)
+            state.skip_now = state.row_skip[:, rows]
+
+    def _decode_body(self, state: _RunState) -> None:
+        cap = state.capacity
+        slot = state.slot_ids
+        flat = slot * cap + state.write
+        state.key_ok.view(-1).index_fill_(0, flat, True)
+        state.key_pos.view(-1).index_copy_(0, flat, state.pos)
+        if state.heads is None:
+            state.heads = next(iter(state.cache.keys.values())).shape[1]
+        h = torch.arange(state.heads, device=self.device)
+        state.cache.flat_index = ((slot[:, None] * state.heads + h[None, :]) * cap + state.write[:, None]).reshape(-1)
+        mask = _masks(self.windows, state.key_ok, state.key_pos, state.pos[:, None], self.dtype)
+        logits = self._forward(state.cache, state.tok[:, None], state.pos[:, None], mask)
+        nxt = state.pick(logits)
+        state.next_tokens.copy_(nxt)
+        state.tok.copy_(nxt)
+        inc = state.active.long()
+        state.write.add_(inc)
+        state.pos.add_(inc)
+        state.step.add_(inc)
 
     def _want_graph(self) -> bool:
         g = self.options.graphs
@@ -438,62 +532,65 @@ class Engine:
             raise PrunescopeError("--graphs on needs a CUDA device; use --graphs auto or off")
         return self.device.type == "cuda" and g != "off"
 
+    @staticmethod
     @contextlib.contextmanager
-    def _all_idle(self) -> Iterator[None]:
+    def _all_idle(state: _RunState) -> Iterator[None]:
         """Decode steps inside leave the state a real step sees as it was: every row is idle, so
         no write pointer, position or step count moves and each step rewrites the key slot the
         next real step writes anyway; a step also replaces each row's pending token with its
         prediction, so the pending tokens are put back."""
-        active, pending = self.active.clone(), self.tok.clone()
-        self.active.zero_()
+        active, pending = state.active.clone(), state.tok.clone()
+        state.active.zero_()
         try:
             yield
         finally:
-            self.active.copy_(active)
-            self.tok.copy_(pending)  # in place: a captured graph reads this very tensor
+            state.active.copy_(active)
+            state.tok.copy_(pending)  # in place: a captured graph reads this very tensor
 
-    def _idle_steps(self, n: int) -> None:
+    def _idle_steps(self, state: _RunState, n: int) -> None:
         """``n`` decode steps with every row idle (the capture's warm-up)."""
-        with self._all_idle():
+        with self._all_idle(state):
             for _ in range(n):
-                self._decode_body()
+                self._decode_body(state)
+                state.stats.idle_steps += 1
 
-    def _capture(self) -> None:
+    def _capture(self, state: _RunState) -> None:
         """Record one decode step as a CUDA graph: two idle warm-up steps on a side stream, then
         the capture itself (which runs no kernels), both with every row idle."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            self._idle_steps(2)
+            self._idle_steps(state, 2)
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        with self._all_idle():
+        with self._all_idle(state):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._decode_body()
-            self.graph, self.graph_used = graph, True
+                self._decode_body(state)
+            state.graph, state.stats.graph = graph, True
 
-    def _launch(self) -> None:
-        """Queue one decode step (asynchronously on CUDA); its tokens land in ``next_tokens``."""
-        totals["decode_steps"] += 1
-        totals["decode_rows"] += self.slots
-        totals["live_rows"] += self._live
-        if self.graph is None and self._want_graph():
-            self._capture()
-        elif self._rehearse and self.graph is None:  # tests: the capture's idle steps, on any device
-            self._rehearse = False
-            self._idle_steps(2)
-        if self.graph is not None:
-            self.graph.replay()
+    def _launch(self, state: _RunState, live: int) -> None:
+        """Queue one decode step (asynchronously on CUDA) with ``live`` rows not yet retired; its
+        tokens land in ``next_tokens``."""
+        state.stats.decode_steps += 1
+        state.stats.decode_rows += state.slots
+        state.stats.live_rows += live
+        if state.graph is None and self._want_graph():
+            self._capture(state)
+        elif state.rehearse and state.graph is None:  # tests: the capture's idle steps, on any device
+            state.rehearse = False
+            self._idle_steps(state, 2)
+        if state.graph is not None:
+            state.graph.replay()
         else:
-            self._decode_body()
+            self._decode_body(state)
 
-    def _stop_hit(self, row: _Row, token: int) -> bool:
+    def _stop_hit(self, state: _RunState, row: _Row, token: int) -> bool:
         stops = row.request.stop
         if not stops:
             return False
-        piece = self._pieces.get(token)
+        piece = state.pieces.get(token)
         if piece is None:
-            piece = self._pieces[token] = self.tokenizer.decode([token], skip_special_tokens=False)
+            piece = state.pieces[token] = self.tokenizer.decode([token], skip_special_tokens=False)
         # a stop can only have just completed if this token's text holds its last character
         if not any(s[-1] in piece for s in stops if s):
             return False
@@ -510,101 +607,115 @@ class Engine:
                 text, reason = text[:cut], "stop"
         return Completion(tokens=list(tokens), text=text, finish=reason)
 
-    def _take(self, row: _Row, token: int) -> str | None:
+    def _take(self, state: _RunState, row: _Row, token: int) -> str | None:
+        """Append ``token`` to ``row``; why the row ends there, if it does."""
         row.tokens.append(token)
         if token in self.eos:
             return "eos"
         if len(row.tokens) >= row.request.max_new_tokens:
             return "length"
-        if self._stop_hit(row, token):
+        if self._stop_hit(state, row, token):
             return "stop"
         return None
 
-    def _run(self, requests: list[Request], progress: bool, desc: str) -> Iterator[tuple[int, Completion]]:
+    # ------------------------------------------------------------------ the scheduler
+    def _run(self, state: _RunState, requests: list[Request], progress: bool,
+             desc: str) -> Iterator[tuple[int, Completion]]:
         """The scheduler. One decode step is kept in flight: step t+1 is queued before step t's
         tokens are read back and booked, so the host's bookkeeping overlaps the GPU's work. A row
         that finished at step t therefore runs one step more, whose token is dropped; rows are
         retired and refilled after that, in stream order."""
-        self._setup(requests)
-        self._pieces: dict[int, str] = {}
-        # length-sorted prefill: the longest prompts first, so each group pads little
-        queue = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
-        queue.reverse()  # pop() from the end takes the longest
-        free = list(range(self.slots - 1, -1, -1))
-        running: dict[int, _Row] = {}
-        refill_at = max(1, math.ceil(self.options.refill * self.slots))
         bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not progress)
-        made = 0
-        in_flight = False  # a decode step whose tokens are not read yet
-
-        def retire(finished: list[tuple[int, str]]) -> Iterator[tuple[int, Completion]]:
-            nonlocal made
-            if finished:
-                idle = torch.tensor([s for s, _ in finished], device=self.device)
-                self.active[idle] = False
-            for slot, reason in finished:
-                row = running.pop(slot)
-                free.append(slot)
-                made += len(row.tokens)
-                totals["new_tokens"] += len(row.tokens)
-                bar.update(1)
-                yield row.index, self._finish(row, reason)
-
-        totals["slots"], totals["capacity"] = self.slots, self.capacity
-        def book(tokens: list[int]) -> list[tuple[int, str]]:
-            """Append each running row's token; the rows that ended, with why."""
-            return [(slot, reason) for slot, row in running.items() if (reason := self._take(row, tokens[slot]))]
-
+        plan = _Schedule.of(requests, state.slots, bar)
+        refill_at = max(1, math.ceil(self.options.refill * state.slots))
         try:
-            while queue or running:
-                if queue and free and (not running or len(free) >= min(refill_at, len(queue))):
-                    if in_flight:  # book the step in flight first (retired rows' tokens are dropped)
-                        in_flight = False
-                        yield from retire(book(self.next_tokens.tolist()))
-                        continue
-                    started = time.perf_counter()
-                    group, slots = [], []
-                    longest = len(requests[queue[-1]].prompt)
-                    while queue and free and (len(group) + 1) * longest <= max(self.options.prefill_tokens, longest):
-                        i = queue.pop()
-                        group.append(_Row(i, requests[i]))
-                        slots.append(free.pop())
-                    finished = []
-                    for row, slot, tok in zip(group, slots, self._prefill(group, slots).tolist()):
-                        running[slot] = row
-                        reason = self._take(row, tok)
-                        if reason:
-                            finished.append((slot, reason))
-                    totals["prefill_seconds"] += time.perf_counter() - started
-                    self._live = len(running)
-                    yield from retire(finished)
+            while plan.queue or plan.running:
+                if plan.queue and plan.free and (not plan.running or len(plan.free) >= min(refill_at, len(plan.queue))):
+                    if plan.in_flight:  # book the step in flight first (retired rows' tokens are dropped)
+                        plan.in_flight = False
+                        yield from self._retire(state, plan, self._book(state, plan, state.next_tokens.tolist()))
+                    else:
+                        yield from self._retire(state, plan, self._admit(state, plan))
                     continue
-                self._live = len(running)
-                if not in_flight:
-                    self._launch()
-                    in_flight = True
-                tokens = self.next_tokens.tolist()  # waits for the step in flight
-                self._launch()  # the next step runs while this one's tokens are booked
-                yield from retire(book(tokens))
+                yield from self._retire(state, plan, self._decode_round(state, plan))
                 if progress:
-                    bar.set_postfix_str(f"{made} tok", refresh=False)
-                if not running:
-                    self.next_tokens.tolist()
-                    in_flight = False
+                    bar.set_postfix_str(f"{state.stats.new_tokens} tok", refresh=False)
+                if not plan.running:
+                    state.next_tokens.tolist()
+                    plan.in_flight = False
         finally:
             bar.close()
-            self.graph = None
-            self.cache = None
+            state.graph = None
+            state.cache = None
+
+    def _admit(self, state: _RunState, plan: _Schedule) -> list[tuple[int, str]]:
+        """Prefill the longest queued prompts into free slots, as many as ``prefill_tokens``
+        padded tokens hold (at least one); the rows that ended at their first token, with why."""
+        started = time.perf_counter()
+        group, slots = [], []
+        longest = len(plan.requests[plan.queue[-1]].prompt)
+        while plan.queue and plan.free and (len(group) + 1) * longest <= max(self.options.prefill_tokens, longest):
+            i = plan.queue.pop()
+            group.append(_Row(i, plan.requests[i]))
+            slots.append(plan.free.pop())
+        finished = []
+        for row, slot, tok in zip(group, slots, self._prefill(state, group, slots).tolist()):
+            plan.running[slot] = row
+            reason = self._take(state, row, tok)
+            if reason:
+                finished.append((slot, reason))
+        state.stats.prefill_seconds += time.perf_counter() - started
+        return finished
+
+    def _decode_round(self, state: _RunState, plan: _Schedule) -> list[tuple[int, str]]:
+        """Read back the step in flight (launched first if none is) and book its tokens, with the
+        next step already queued behind it; the rows that ended, with why."""
+        live = len(plan.running)
+        if not plan.in_flight:
+            self._launch(state, live)
+            plan.in_flight = True
+        tokens = state.next_tokens.tolist()  # waits for the step in flight
+        self._launch(state, live)  # the next step runs while this one's tokens are booked
+        return self._book(state, plan, tokens)
+
+    def _book(self, state: _RunState, plan: _Schedule, tokens: list[int]) -> list[tuple[int, str]]:
+        """Append each running row's token; the rows that ended, with why."""
+        return [(slot, reason) for slot, row in plan.running.items() if (reason := self._take(state, row, tokens[slot]))]
+
+    def _retire(self, state: _RunState, plan: _Schedule,
+                finished: list[tuple[int, str]]) -> Iterator[tuple[int, Completion]]:
+        """Idle the finished rows' slots, free them and yield their completions."""
+        if finished:
+            idle = torch.tensor([s for s, _ in finished], device=self.device)
+            state.active[idle] = False
+        for slot, reason in finished:
+            row = plan.running.pop(slot)
+            plan.free.append(slot)
+            state.stats.new_tokens += len(row.tokens)
+            plan.bar.update(1)
+            yield row.index, self._finish(row, reason)
 
 
 class SkipSets:
-    """The skip sets of a :func:`skip_sets` block, the one being answered (``current``) and the
-    completions generated so far, by (set, request)."""
+    """Several sets of skipped layers answered from one engine run: the sets, the one being
+    answered (``current``) and the completions generated so far, by (set, request). Pass it as
+    ``fan_out`` to :meth:`Engine.run` / :meth:`Engine.generate`. The paper's selection scores some 25
+    layer sets a greedy step on the same held-out prompts: one run keeps the slots full where 25 runs
+    of 64 rows leave most of them idle at their tails. Only generation is fanned out.
+
+    >>> from prunescope.probe.tiny import tiny_model
+    >>> model, tok = tiny_model("llama"); req = [Request(tok("a b").input_ids, max_new_tokens=3)]
+    >>> fan = SkipSets([[1], [2]])
+    >>> first = Engine(model, tok).run(req, fan_out=fan)
+    >>> fan.select([2]); second = Engine(model, tok).run(req, fan_out=fan)
+    >>> first.stats.prefill_forwards, second.stats.prefill_forwards  # the second is answered from the first run
+    (1, 0)
+    """
 
     def __init__(self, sets: Iterable[Iterable[int]]):
         self.sets = list(dict.fromkeys(tuple(sorted(s)) for s in sets))
         if not self.sets:
-            raise PrunescopeError("skip_sets needs at least one set of layers")
+            raise PrunescopeError("SkipSets needs at least one set of layers")
         self.current = self.sets[0]
         self.done: dict[tuple, Completion] = {}
 
@@ -619,48 +730,34 @@ class SkipSets:
     def _key(r: Request) -> tuple:
         return (tuple(r.prompt), r.max_new_tokens, tuple(r.stop), r.temperature, r.top_p, r.seed)
 
-    def answer(self, engine: Engine, requests: list[Request], progress: bool, desc: str) -> list[Completion]:
+    def answer(self, engine: Engine, requests: list[Request], progress: bool, desc: str) -> GenerationRun:
+        """The current set's completions of ``requests``; the run's work is that of generating the
+        rows not generated yet (none when every answer is known)."""
         keys = [self._key(r) for r in requests]
+        stats = GenerationStats()
         if any((self.current, k) not in self.done for k in keys):
             # every set's rows in one run: a row per (request, set) not generated yet
             todo = {(s, k): r for s in self.sets for k, r in zip(keys, requests) if (s, k) not in self.done}
-            made = Engine.generate(engine, [dataclasses.replace(r, skip=s) for (s, _), r in todo.items()],
-                                   progress=progress, desc=f"{desc} x{len(self.sets)} skip sets")
-            self.done.update(zip(todo, made))
-        return [self.done[(self.current, k)] for k in keys]
+            made = engine._complete([dataclasses.replace(r, skip=s) for (s, _), r in todo.items()],
+                                    progress, f"{desc} x{len(self.sets)} skip sets")
+            self.done.update(zip(todo, made.completions))
+            stats = made.stats
+        return GenerationRun([self.done[(self.current, k)] for k in keys], stats)
 
 
-_FAN_OUT: contextvars.ContextVar[SkipSets | None] = contextvars.ContextVar("prunescope_skip_sets", default=None)
+@dataclass
+class EngineSettings:
+    """How a caller runs its requests through the engine: ``slots`` rows at once, a progress bar,
+    and ``fan_out`` (:class:`SkipSets`: answer as the model with its current skip set, generating
+    every set's rows in one run).
 
-
-@contextlib.contextmanager
-def skip_sets(sets: Iterable[Iterable[int]]) -> Iterator[SkipSets]:
-    """Generate under several sets of skipped layers at once. Inside the block, the first
-    :meth:`Engine.generate` of some requests runs each of them once per set, in one engine run (a
-    row per request and set, :attr:`Request.skip`), and returns the current set's completions;
-    the same requests asked again after ``fan.select(other)`` are answered from that run. The
-    paper's selection scores some 25 layer sets a greedy step on the same held-out prompts: one
-    run keeps the slots full where 25 runs of 64 rows leave most of them idle at their tails.
-    Code that generates through the engine (lm-eval's requests, the code tasks) runs unchanged;
-    only generation is fanned out, so score nothing else (log-likelihoods) inside.
-
-    >>> from prunescope.probe.tiny import tiny_model
-    >>> model, tok = tiny_model("llama"); req = [Request(tok("a b").input_ids, max_new_tokens=3)]
-    >>> with skip_sets([[1], [2]]) as fan:
-    ...     one = Engine(model, tok).generate(req)
-    ...     fan.select([2]); two = Engine(model, tok).generate(req)
-    >>> from prunescope.probe.blocks import Blocks
-    >>> with Blocks(model).skip([2]):
-    ...     alone = Engine(model, tok).generate(req)
-    >>> two[0].tokens == alone[0].tokens
+    >>> EngineSettings(slots=8, progress=False).fan_out is None
     True
     """
-    fan = SkipSets(sets)
-    token = _FAN_OUT.set(fan)
-    try:
-        yield fan
-    finally:
-        _FAN_OUT.reset(token)
+
+    slots: int = 64
+    progress: bool = True
+    fan_out: SkipSets | None = None
 
 
 def generate_texts(loaded, prompts: Iterable[str], *, max_new_tokens: int = 256, stop: Sequence[str] = (),

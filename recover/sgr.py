@@ -54,7 +54,7 @@ class SGROptions(Options):
     prompts: str = option("builtin", "JSONL file or folder of prompts ({prompt[,response]}, Alpaca {instruction, "
                                      "input,output}, chat {messages}, {question,answer}); 'builtin' = 600 offline "
                                      "instruction/maths/code prompts")
-    n: int | None = option(None, "use the first N prompts (default: all; builtin: 600)", kind="int?", minimum=1)
+    n: int | None = option(None, "use the first N prompts (default: all; builtin: 600)", minimum=1)
     temperature: float = option(0.9, "sampling temperature, 0 = greedy", minimum=0)
     top_p: float = option(1.0, "nucleus sampling", minimum=0, maximum=1)
     max_new_tokens: int = option(256, "response length limit", minimum=1)

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.options import Flag, Options, Output, Placement, option
 from prunescope.core.registry import Registry
 from prunescope.core.lock import run_lock
 from prunescope.core.results import check_run_config, read_jsonl, record_run_config, write_table
@@ -66,12 +66,10 @@ class RecoverOptions(Options):
     """
 
     mode: str = option("sgr", "training target", choices=MODES)
-    data: str | None = option(None, "an SGR file from prunescope sgr (or JSONL with response/reference)",
-                              kind="str?")
-    teacher: str | None = option(None, "distill: the unpruned base model ('default' for the embedded one)",
-                                 kind="str?")
+    data: str | None = option(None, "an SGR file from prunescope sgr (or JSONL with response/reference)")
+    teacher: str | None = option(None, "distill: the unpruned base model ('default' for the embedded one)")
     quant: bool = option(True, "4-bit NF4 QLoRA (off: plain LoRA on the full-precision model, no bitsandbytes)",
-                         flag="--no-quant", flag_help="plain LoRA on the full-precision model (no bitsandbytes)")
+                         cli=Flag("--no-quant", help="plain LoRA on the full-precision model (no bitsandbytes)"))
     rank: int = option(64, "LoRA rank", minimum=1)
     alpha: int = option(16, "LoRA alpha", minimum=1)
     dropout: float = option(0.0, "LoRA dropout", minimum=0, maximum=1)
@@ -84,21 +82,20 @@ class RecoverOptions(Options):
     batch_size: int = option(8, "effective batch (examples per optimizer step)", minimum=1)
     micro_batch: int = option(4, "examples per forward; batch_size / micro_batch accumulation steps", minimum=1)
     max_seq_len: int = option(8192, "tokens per example (8192 as in the paper)", minimum=1)
-    steps: int | None = option(None, "optimizer steps (default: one epoch, or until --token-budget)", kind="int?",
-                               minimum=1)
+    steps: int | None = option(None, "optimizer steps (default: one epoch, or until --token-budget)", minimum=1)
     token_budget: int | None = option(None, "stop after this many trained response tokens (the same budget for "
-                                            "every arm)", kind="int?", minimum=1)
+                                            "every arm)", minimum=1)
     eval_n: int = option(32, "held-out examples for the perplexity curve", minimum=1)
     eval_every: int = option(25, "steps between perplexity points", minimum=1)
     save_every: int = option(50, "steps between checkpoints", minimum=1)
     max_grad_norm: float | None = option(1.0, "clip the adapters' gradient norm to this (HF Trainer's default; "
-                                              "0 or none: no clipping)", kind="float?", minimum=0)
+                                              "0 or none: no clipping)", minimum=0)
     max_bad_steps: int = option(3, "stop when this many optimizer steps in a row have a non-finite loss or "
                                    "gradient (each is skipped: the adapters and optimizer state stay as they were)",
                                 minimum=1)
     grad_checkpointing: bool = option(True, "gradient checkpointing (less memory, more compute)",
-                                      flag="--no-grad-checkpointing", flag_help="keep every activation (faster, "
-                                                                                 "more memory)")
+                                      cli=Flag("--no-grad-checkpointing",
+                                               help="keep every activation (faster, more memory)"))
     kl_temperature: float = option(1.0, "distill: softmax temperature of the KL", minimum=0)
     seed: int = option(0, "seed of the data order, the held-out split and the LoRA init", minimum=0)
 
@@ -471,8 +468,8 @@ RUN_CONFIG = "prunescope_recovery_run.json"
 
 
 def recover_model(options: RecoverOptions | None = None, *, model: str | Path | None = None,
-            placement: Placement | None = None, output: Output | None = None, stop_after: int | None = None,
-            merge: bool = True) -> dict:
+                  placement: Placement | None = None, output: Output | None = None, stop_after: int | None = None,
+                  merge: bool = True) -> dict:
     """Finetune the pruned ``model`` on ``options.data`` (an SGR file) and write the recovered model
     to ``output.out``.
 
@@ -480,154 +477,254 @@ def recover_model(options: RecoverOptions | None = None, *, model: str | Path | 
     optimizer steps in this call (a later call resumes) — for time-sliced machines. Returns a summary dict.
 
     >>> recover_model(RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
-    ...         output=Output(out="recovered/bi25-sgr"))  # doctest: +SKIP
+    ...               output=Output(out="recovered/bi25-sgr"))  # doctest: +SKIP
     """
-    from prunescope.probe.models import resolve_model
-
     cfg = (options or RecoverOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
+    _require_inputs(cfg, model, output)
+    out = Path(output.out)
+    data = _training_data(cfg, model, out)
+    student_path = data.student_path
+    if cfg.mode == "random":  # the input is good: the control's starting weights become the model to recover
+        student_path = random_init(student_path, out / "init", seed=cfg.seed)  # run_config keeps the pruned path
+    pm, teacher = _load_models(cfg, student_path, placement.device)
+    with run_lock(out, "recovery run"):  # the input is good: from here on the folder is written
+        record_run_config(out, data.run_config, RUN_CONFIG)
+        run = _TrainingRun(cfg, out, pm, teacher, data, show_progress=output.progress)
+        done_here = run.train(stop_after)
+        summary = run.summary()
+        if not summary["finished"]:
+            if done_here and run.state["step"] % cfg.save_every:
+                run.save_checkpoint()
+            return summary
+        _write_recovered(run, student_path, summary, merge)
+        return summary
+
+
+def _require_inputs(cfg: RecoverOptions, model: str | Path | None, output: Output) -> None:
+    """Refuse a run without a pruned model, training data or an output folder."""
     if model is None:
         raise PrunescopeError("recovery needs the pruned model: pass --model PRUNED (from prunescope prune)")
     if not cfg.data:
         raise PrunescopeError("recovery needs training data: pass --data SGR.jsonl (from prunescope sgr)")
     if not output.out:
         raise PrunescopeError("recovery needs an output folder: pass --out recovered/NAME")
-    out, data, teacher, device = Path(output.out), cfg.data, cfg.teacher, placement.device
-    show_progress = output.progress
-    student_path = resolve_model(model)
-    records, field = training_records(data, cfg.mode)
+
+
+@dataclass
+class _TrainingData:
+    """What a recovery run trains on: the resolved pruned model, its tokenizer, the training and
+    held-out examples, the settings recorded in the run folder and the optimizer steps to run."""
+
+    student_path: str | Path
+    tokenizer: object
+    train: list[Example]
+    held: list[Example]
+    run_config: dict
+    steps: int
+
+
+def _training_data(cfg: RecoverOptions, model: str | Path, out: Path) -> _TrainingData:
+    """Tokenize the training records and split off the held-out examples; a run folder ``out`` that
+    holds another run's settings is refused here, before any model is loaded."""
     from transformers import AutoTokenizer
 
+    from prunescope.probe.models import resolve_model
+
+    student_path = resolve_model(model)
+    records, field = training_records(cfg.data, cfg.mode)
     tok = AutoTokenizer.from_pretrained(student_path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     examples = encode_all(tok, records, field if cfg.mode != "distill" else "response", cfg.max_seq_len)
     train, held = split_examples(examples, cfg.eval_n, cfg.seed)
-    run_config = {**asdict(cfg), "model": str(student_path), "data": str(data),
-                  "teacher": str(teacher) if teacher else None, "n_train": len(train), "n_eval": len(held)}
+    run_config = {**asdict(cfg), "model": str(student_path), "data": str(cfg.data),
+                  "teacher": str(cfg.teacher) if cfg.teacher else None, "n_train": len(train), "n_eval": len(held)}
     # not config.json: the merged model's own config lands in the same folder
     check_run_config(out, run_config, "recovery run", name=RUN_CONFIG, paths=("model", "data", "teacher"),
                      write=False)
-
     steps = cfg.steps
-    if steps is None:
+    if steps is None:  # one epoch, or (with a token budget) until the budget is spent
         steps = math.ceil(len(train) / cfg.batch_size) if cfg.token_budget is None else 10**9
-    if cfg.mode == "random":  # the input is good: the control's starting weights become the model to recover
-        student_path = random_init(student_path, out / "init", seed=cfg.seed)  # run_config keeps the pruned path
+    return _TrainingData(student_path, tok, train, held, run_config, steps)
+
+
+def _load_models(cfg: RecoverOptions, student_path: str | Path, device: str):
+    """The student with fresh LoRA adapters (seeded), in training mode, and for ``mode="distill"``
+    the teacher (None otherwise)."""
     torch.manual_seed(cfg.seed)
     pm = add_lora(load_student(student_path, quant=cfg.quant, device=device), cfg)
     pm.train()
-    teacher_model = None
-    if cfg.mode == "distill":
-        from transformers import AutoModelForCausalLM
+    teacher = _load_teacher(cfg.teacher, pm, device) if cfg.mode == "distill" else None
+    return pm, teacher
 
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-        teacher_model = AutoModelForCausalLM.from_pretrained(resolve_model(teacher), dtype=dtype).to(device).eval()
-        if teacher_model.config.vocab_size != pm.config.vocab_size:
-            raise PrunescopeError("teacher and student have different vocabularies: distill from the model "
-                                  "the student was pruned from")
-    with run_lock(out, "recovery run"):  # the input is good: from here on the folder is written
-        record_run_config(out, run_config, RUN_CONFIG)
-        named = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
-        params = [p for _, p in named]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        sched = warmup_schedule(opt, cfg.warmup)
-        # "window" and "grad_window": the step losses and gradient norms since the last curve point, saved
-        # with a checkpoint so that a resumed run's curve equals an uninterrupted one's
-        # "non_finite": the skipped steps, described (their count is the summary's skipped_steps)
-        state = {"step": 0, "tokens": 0, "all_tokens": 0, "train_seconds": 0.0, "curve": [], "window": [],
-                 "grad_window": [], "non_finite": []}
+
+def _load_teacher(teacher: str, student, device: str):
+    """The unpruned base model to distill from (bf16 on a GPU), in eval mode; refused when its
+    vocabulary is not the student's."""
+    from transformers import AutoModelForCausalLM
+
+    from prunescope.probe.models import resolve_model
+
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(teacher), dtype=dtype).to(device).eval()
+    if model.config.vocab_size != student.config.vocab_size:
+        raise PrunescopeError("teacher and student have different vocabularies: distill from the model "
+                              "the student was pruned from")
+    return model
+
+
+class _TrainingRun:
+    """The adapters, optimizer, schedule and counters of one recovery run in ``out``, resumed from
+    its newest checkpoint where there is one.
+
+    ``state`` is what a checkpoint saves besides the adapters, optimizer and schedule: the step,
+    the trained response tokens, every token run, the training time and the curve; "window" and
+    "grad_window" are the step losses and gradient norms since the last curve point, so that a
+    resumed run's curve equals an uninterrupted one's; "non_finite" describes the skipped steps
+    (their count is the summary's skipped_steps).
+    """
+
+    def __init__(self, cfg: RecoverOptions, out: Path, pm, teacher, data: _TrainingData, *, show_progress: bool):
+        self.cfg, self.out, self.pm, self.teacher, self.data = cfg, out, pm, teacher, data
+        self.show_progress = show_progress
+        self.named = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        self.sched = warmup_schedule(self.opt, cfg.warmup)
+        self.state = {"step": 0, "tokens": 0, "all_tokens": 0, "train_seconds": 0.0, "curve": [], "window": [],
+                      "grad_window": [], "non_finite": []}
         ck = _latest_checkpoint(out)
         if ck is not None:
-            state = {"window": [], "grad_window": [], "non_finite": [], **_load_checkpoint(ck, pm, opt, sched)}
-        dev = next(p.device for p in pm.parameters() if p.requires_grad)
-        pad = tok.pad_token_id
+            self.state = {"window": [], "grad_window": [], "non_finite": [],
+                          **_load_checkpoint(ck, pm, self.opt, self.sched)}
+        self.dev = next(p.device for p in pm.parameters() if p.requires_grad)
+        self.pad = data.tokenizer.pad_token_id
+        self.bar = None
+        self.bad_in_row = 0
 
-        def log_eval(train_loss: float | None, grad_norm: float | None = None) -> None:
-            loss, ppl = perplexity(pm, held, pad, cfg.micro_batch)
-            secs = state["train_seconds"]
-            state["curve"].append({"step": state["step"], "tokens": state["tokens"], "train_loss": train_loss,
-                                   "eval_loss": loss, "eval_ppl": ppl, "lr": sched.get_last_lr()[0],
-                                   "train_seconds": round(secs, 3),
-                                   "tokens_per_s": state["all_tokens"] / secs if secs else None,
-                                   "grad_norm": grad_norm})
-            write_table(state["curve"], out / "curve", columns=list(state["curve"][0]))
+    def finished(self) -> bool:
+        """The step count or the token budget is reached."""
+        state, budget = self.state, self.cfg.token_budget
+        return state["step"] >= self.data.steps or (budget is not None and state["tokens"] >= budget)
 
-        if not state["curve"]:
-            log_eval(None)
-        bar = tqdm(total=steps if steps < 10**9 else None, initial=state["step"], desc=f"recover ({cfg.mode})",
-                   unit="step", disable=not show_progress)
-        done_here, bad_in_row = 0, 0
-        while state["step"] < steps and (cfg.token_budget is None or state["tokens"] < cfg.token_budget):
+    def train(self, stop_after: int | None) -> int:
+        """Optimizer steps until :meth:`finished`, or until ``stop_after`` steps ran in this call;
+        returns the number of steps run here."""
+        if not self.state["curve"]:
+            self.log_eval(None)
+        steps = self.data.steps
+        self.bar = tqdm(total=steps if steps < 10**9 else None, initial=self.state["step"],
+                        desc=f"recover ({self.cfg.mode})", unit="step", disable=not self.show_progress)
+        done_here = 0
+        while not self.finished():
             if stop_after is not None and done_here >= stop_after:
                 break
-            t0 = time.perf_counter()
-            batch = [train[i] for i in _batch_indices(state["step"], cfg.batch_size, len(train), cfg.seed)]
-            n_resp = sum(e.n_response for e in batch)
-            step_loss, seen = train_step(pm, batch, pad, dev, cfg.micro_batch, teacher=teacher_model,
-                                         kl_temperature=cfg.kl_temperature)
-            state["all_tokens"] += seen
-            grad_norm = _grad_norm(params, cfg.max_grad_norm)
-            if math.isfinite(step_loss) and math.isfinite(grad_norm):
-                bad_in_row = 0
-                opt.step()
-                sched.step()
-                state["tokens"] += n_resp
-                state["window"].append(step_loss)
-                state["grad_window"].append(grad_norm)
-                bar.set_postfix(loss=f"{step_loss:.3f}")
-            else:
-                # one bad batch must not poison the adapters (a NaN gradient makes AdamW's weights NaN for
-                # good): skip its update, and stop when the run keeps diverging
-                bad_in_row += 1
-                record = _non_finite_record(state["step"] + 1, step_loss, grad_norm, named)
-                state["non_finite"].append(record)
-                bar.write(f"recover ({cfg.mode}): step {state['step'] + 1} skipped: {record}")
-                if bad_in_row >= cfg.max_bad_steps:
-                    raise RecoveryDiverged(
-                        f"recovery ({cfg.mode}) diverged: {bad_in_row} steps in a row with a non-finite loss or "
-                        f"gradient at step {state['step'] + 1} (loss {step_loss}, gradient norm {grad_norm}); lower "
-                        f"--lr or --max-grad-norm and resume from {out}", state["non_finite"][-bad_in_row:])
-            opt.zero_grad(set_to_none=True)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            state["train_seconds"] += time.perf_counter() - t0  # a skipped step's tokens count in all_tokens too
-            # a skipped step still advances: the next step takes the next batch, and a curve point or
-            # checkpoint due at this step is written (from the steps of the window that did train)
-            state["step"] += 1
+            self.step()
             done_here += 1
-            bar.update(1)
-            last = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
-            if state["step"] % cfg.eval_every == 0 or last:
-                w, g = state["window"], state["grad_window"]  # g is empty only when resuming an old checkpoint
-                log_eval(sum(w) / len(w) if w else None, sum(g) / len(g) if g else None)
-                state["window"], state["grad_window"] = [], []
-            if state["step"] % cfg.save_every == 0 or last:
-                _save_checkpoint(out, pm, opt, sched, state)
-        bar.close()
-        finished = state["step"] >= steps or (cfg.token_budget is not None and state["tokens"] >= cfg.token_budget)
-        summary = {"mode": cfg.mode, "steps": state["step"], "trained_tokens": state["tokens"],
-                   "skipped_steps": len(state["non_finite"]), "non_finite": state["non_finite"],
-                   "all_tokens": state["all_tokens"], "train_seconds": round(state["train_seconds"], 2),
-                   "tokens_per_s": state["all_tokens"] / state["train_seconds"] if state["train_seconds"] else None,
-                   "final_eval_ppl": state["curve"][-1]["eval_ppl"], "finished": finished, "out": str(out)}
-        if not finished:
-            if done_here and state["step"] % cfg.save_every:
-                _save_checkpoint(out, pm, opt, sched, state)
-            return summary
-        plot_curve(state["curve"], out / "curve.png", f"{Path(str(student_path)).name}: {cfg.mode}")
-        adapter = out / "adapter"
-        tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out))
-        pm.save_pretrained(tmp)
-        if adapter.exists():
-            shutil.rmtree(adapter)
-        tmp.rename(adapter)
-        if merge:
-            from prunescope.recover.merge import merge_adapter
+            self.bar.update(1)
+            self.log_and_save()
+        self.bar.close()
+        return done_here
 
-            merge_adapter(student_path, adapter, out, quant=cfg.quant, tokenizer=tok,
-                          record={"recovery": summary, "config": run_config})
-        return summary
+    def step(self) -> None:
+        """One optimizer step on the next batch, or a skipped one where its loss or gradient is not
+        finite. A skipped step still advances: the next step takes the next batch."""
+        cfg, state = self.cfg, self.state
+        t0 = time.perf_counter()
+        batch = [self.data.train[i] for i in _batch_indices(state["step"], cfg.batch_size, len(self.data.train),
+                                                            cfg.seed)]
+        n_resp = sum(e.n_response for e in batch)
+        step_loss, seen = train_step(self.pm, batch, self.pad, self.dev, cfg.micro_batch, teacher=self.teacher,
+                                     kl_temperature=cfg.kl_temperature)
+        state["all_tokens"] += seen
+        grad_norm = _grad_norm(self.params, cfg.max_grad_norm)
+        if math.isfinite(step_loss) and math.isfinite(grad_norm):
+            self.bad_in_row = 0
+            self.opt.step()
+            self.sched.step()
+            state["tokens"] += n_resp
+            state["window"].append(step_loss)
+            state["grad_window"].append(grad_norm)
+            self.bar.set_postfix(loss=f"{step_loss:.3f}")
+        else:
+            self.skip(step_loss, grad_norm)
+        self.opt.zero_grad(set_to_none=True)
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        state["train_seconds"] += time.perf_counter() - t0  # a skipped step's tokens count in all_tokens too
+        state["step"] += 1
+
+    def skip(self, step_loss: float, grad_norm: float) -> None:
+        """Record a step left out for a non-finite loss or gradient; raise :class:`RecoveryDiverged`
+        after ``max_bad_steps`` of them in a row."""
+        # one bad batch must not poison the adapters (a NaN gradient makes AdamW's weights NaN for
+        # good): skip its update, and stop when the run keeps diverging
+        cfg, state = self.cfg, self.state
+        self.bad_in_row += 1
+        record = _non_finite_record(state["step"] + 1, step_loss, grad_norm, self.named)
+        state["non_finite"].append(record)
+        self.bar.write(f"recover ({cfg.mode}): step {state['step'] + 1} skipped: {record}")
+        if self.bad_in_row >= cfg.max_bad_steps:
+            raise RecoveryDiverged(
+                f"recovery ({cfg.mode}) diverged: {self.bad_in_row} steps in a row with a non-finite loss or "
+                f"gradient at step {state['step'] + 1} (loss {step_loss}, gradient norm {grad_norm}); lower "
+                f"--lr or --max-grad-norm and resume from {self.out}", state["non_finite"][-self.bad_in_row:])
+
+    def log_and_save(self) -> None:
+        """The curve point and checkpoint due after this step (both are due at the last step); a
+        skipped step's point averages the steps of the window that did train."""
+        state, last = self.state, self.finished()
+        if state["step"] % self.cfg.eval_every == 0 or last:
+            w, g = state["window"], state["grad_window"]  # g is empty only when resuming an old checkpoint
+            self.log_eval(sum(w) / len(w) if w else None, sum(g) / len(g) if g else None)
+            state["window"], state["grad_window"] = [], []
+        if state["step"] % self.cfg.save_every == 0 or last:
+            self.save_checkpoint()
+
+    def log_eval(self, train_loss: float | None, grad_norm: float | None = None) -> None:
+        """Append a point (held-out loss and perplexity, learning rate, throughput) to the curve and
+        rewrite ``curve.csv``."""
+        state = self.state
+        loss, ppl = perplexity(self.pm, self.data.held, self.pad, self.cfg.micro_batch)
+        secs = state["train_seconds"]
+        state["curve"].append({"step": state["step"], "tokens": state["tokens"], "train_loss": train_loss,
+                               "eval_loss": loss, "eval_ppl": ppl, "lr": self.sched.get_last_lr()[0],
+                               "train_seconds": round(secs, 3),
+                               "tokens_per_s": state["all_tokens"] / secs if secs else None,
+                               "grad_norm": grad_norm})
+        write_table(state["curve"], self.out / "curve", columns=list(state["curve"][0]))
+
+    def save_checkpoint(self) -> Path:
+        """Adapters, optimizer, schedule and ``state``, as ``checkpoints/step-N`` (the newest only)."""
+        return _save_checkpoint(self.out, self.pm, self.opt, self.sched, self.state)
+
+    def summary(self) -> dict:
+        """The run's record: steps, tokens, skipped steps, time, throughput, final perplexity."""
+        state, secs = self.state, self.state["train_seconds"]
+        return {"mode": self.cfg.mode, "steps": state["step"], "trained_tokens": state["tokens"],
+                "skipped_steps": len(state["non_finite"]), "non_finite": state["non_finite"],
+                "all_tokens": state["all_tokens"], "train_seconds": round(secs, 2),
+                "tokens_per_s": state["all_tokens"] / secs if secs else None,
+                "final_eval_ppl": state["curve"][-1]["eval_ppl"], "finished": self.finished(), "out": str(self.out)}
+
+
+def _write_recovered(run: _TrainingRun, student_path: str | Path, summary: dict, merge: bool) -> None:
+    """A finished run's curve figure, final adapter (written to a temp folder and renamed) and, with
+    ``merge``, the merged model with its recovery record."""
+    cfg, out = run.cfg, run.out
+    plot_curve(run.state["curve"], out / "curve.png", f"{Path(str(student_path)).name}: {cfg.mode}")
+    adapter = out / "adapter"
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out))
+    run.pm.save_pretrained(tmp)
+    if adapter.exists():
+        shutil.rmtree(adapter)
+    tmp.rename(adapter)
+    if merge:
+        from prunescope.recover.merge import merge_adapter
+
+        merge_adapter(student_path, adapter, out, quant=cfg.quant, tokenizer=run.data.tokenizer,
+                      record={"recovery": summary, "config": run.data.run_config})
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> Path:
@@ -648,5 +745,5 @@ def read_summary(out: str | Path) -> dict:
     return json.loads((Path(out) / "prunescope_recovery.json").read_text())
 
 
-__all__ = ["RecoverOptions", "recover", "load_student", "add_lora", "compute_dtype", "perplexity",
+__all__ = ["RecoverOptions", "recover_model", "load_student", "add_lora", "compute_dtype", "perplexity",
            "response_nll", "response_kl", "collate", "check_bitsandbytes", "plot_curve", "read_summary"]

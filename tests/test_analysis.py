@@ -468,8 +468,8 @@ def test_item_scores_keep_each_subject_of_a_group_apart(tmp_path):
 
 
 def test_step_checker_degenerate_chain_without_result():
-    # a pruned model's GSM8K answer (GPU run): a long chain and no "=" once made the step regex
-    # backtrack through every split of its spaces (exponential time; the report stage never ended)
+    # a pruned model's GSM8K answer (GPU run): a long chain and no "=" can make a step regex
+    # backtrack through every split of its spaces (exponential time: a report that never ends)
     text = " Dana had 23 - 15 - 15 - 15 is 2. 3" + " - 15" * 60 + ".\n\nA: The answer is 25. 50 - 15 + 15 + 15."
     assert arithmetic_steps(text) == []
     assert [(s["ok"], s["value"]) for s in arithmetic_steps("15" + " - 15" * 60 + " + 3 = 7")] == [(False, "-882")]
@@ -487,8 +487,8 @@ def test_report_code_blocks_drop_control_characters(tmp_path):
 
 
 def test_retention_summary_keeps_an_unfinished_stage(tmp_path):
-    """experiments/summarize_retention.py: a stage whose evaluation stopped part-way (a lent GPU's
-    session ended) gets its classification retention over the tasks every stage finished."""
+    """experiments/summarize_retention.py: a stage whose evaluation stopped part-way (a run cut
+    short) gets its classification retention over the tasks every stage finished."""
     import sys
     from pathlib import Path
 

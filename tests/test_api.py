@@ -1,5 +1,5 @@
-"""The import root: `import prunescope` shows the API; every command takes one options object and
-the old flat keyword calls still work for one release, with a DeprecationWarning."""
+"""The import root: `import prunescope` shows the API; every command takes one options object (a
+flat keyword call is refused)."""
 
 import pydoc
 import subprocess
@@ -32,9 +32,9 @@ def test_a_command_gives_the_same_rows_with_or_without_its_default_options(tiny_
     assert ps.prune_model(ps.PruneOptions(strategy="reverse", n=1), loaded=lm).drop == plan.drop
     assert ps.RecoverOptions(rank=8).rank == 8
     with pytest.raises(TypeError):
-        ps.RecoverOptions(r=8)  # the old name of rank is gone
+        ps.RecoverOptions(r=8)  # the field is rank
     with pytest.raises(TypeError):
-        ps.sweep(None, "arithmetic", 6, loaded=lm)  # the old flat call is gone
+        ps.sweep(None, "arithmetic", 6, loaded=lm)  # a flat call is refused
     old_scores = ps.score(ps.ScoreOptions(n_texts=8, block_sizes=[2]), loaded=lm, output=quiet)
     new_scores = ps.score(ps.ScoreOptions(n_texts=8, block_sizes=[2]), loaded=lm, output=ps.Output(progress=False))
     assert new_scores == old_scores and {r["metric"] for r in new_scores} == {"block_influence", "angular_distance_n2"}

@@ -8,7 +8,8 @@ import torch
 from prunescope.circuits.backends import exact_patching_backend
 from prunescope.circuits.pairs import Pair, encode_pairs, load_pairs, make_pairs
 from prunescope.circuits.patching import (
-    patched_value_fn, attribution_patching, exact_patching, layer_importance, make_cells, run_clean_corrupt, spearman,
+    patched_value_fn, attribution_patching, exact_patching, layer_importance, make_cells, plan_cells, run_clean_corrupt,
+    spearman,
 )
 from prunescope.probe.blocks import Blocks
 from prunescope.core.errors import PrunescopeError
@@ -33,7 +34,7 @@ def test_pairs_are_real_corruptions(tiny):
 def test_sanity_values(tiny, enc):
     blocks = Blocks(tiny[0])
     L = blocks.n_layers
-    cells = {c["condition"]: c["value"] for c in exact_patching(blocks, enc, positions=3)}
+    cells = {c["condition"]: c["value"] for c in exact_patching(blocks, plan_cells(blocks, enc, positions=3))}
     # the final residual at the scored position decides the logits completely
     assert cells[f"resid_post:L{L - 1}@-1"] == pytest.approx(1.0, abs=1e-5)
     # clean into clean changes nothing: 1 everywhere
@@ -56,18 +57,19 @@ def test_sanity_values(tiny, enc):
 
 def test_noise_direction(tiny, enc):
     blocks = Blocks(tiny[0])
-    cells = {c["condition"]: c["value"] for c in exact_patching(blocks, enc, positions=2, direction="noise",
-                                                                kinds=["resid_post"])}
+    plan = plan_cells(blocks, enc, positions=2, direction="noise", kinds=["resid_post"])
+    cells = {c["condition"]: c["value"] for c in exact_patching(blocks, plan)}
     # noising the last residual with the corrupted value gives the corrupted behaviour: 0
     assert cells[f"resid_post:L{blocks.n_layers - 1}@-1"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_backends_agree(tiny, enc):
     model, tok = tiny
-    ref = exact_patching(Blocks(model), enc, positions=2, layers=[1, 3], heads=[0, 3])
+    plan = plan_cells(Blocks(model), enc, positions=2, layers=[1, 3], heads=[0, 3])
+    ref = exact_patching(Blocks(model), plan)
     assert max(abs(c["value"]) for c in ref) > 0.05     # the patches do something
     for backend in ("transformer_lens", "nnsight"):
-        got = exact_patching_backend(backend, model, tok, enc, positions=2, layers=[1, 3], heads=[0, 3])
+        got = exact_patching_backend(backend, model, tok, plan)
         assert [c["condition"] for c in got] == [c["condition"] for c in ref]
         for a, b in zip(ref, got):
             assert a["value"] == pytest.approx(b["value"], abs=1e-4), (backend, a["condition"])
@@ -84,17 +86,18 @@ def test_attribution_equals_exact_where_linear(tiny, enc):
         model.config.final_logit_softcapping = None
     model.model.norm = torch.nn.Identity()
     L = blocks.n_layers
-    kw = dict(kinds=["resid_post"], positions=1, layers=[L - 1])
-    ex = exact_patching(blocks, enc, **kw)
-    at = attribution_patching(blocks, enc, **kw)
+    plan = plan_cells(blocks, enc, kinds=["resid_post"], positions=1, layers=[L - 1])
+    ex = exact_patching(blocks, plan)
+    at = attribution_patching(blocks, plan)
     assert ex[0]["value"] == pytest.approx(1.0, abs=1e-4)
     assert at[0]["value"] == pytest.approx(ex[0]["value"], abs=1e-4)
 
 
 def test_attribution_tracks_exact_on_tiny(tiny, enc):
     blocks = Blocks(tiny[0])
-    ex = [c["value"] for c in exact_patching(blocks, enc, positions=3)]
-    at = [c["value"] for c in attribution_patching(blocks, enc, positions=3)]
+    plan = plan_cells(blocks, enc, positions=3)
+    ex = [c["value"] for c in exact_patching(blocks, plan)]
+    at = [c["value"] for c in attribution_patching(blocks, plan)]
     assert spearman(ex, at) > 0.3
 
 
@@ -120,8 +123,9 @@ def test_bad_input(tiny, tmp_path):
         make_cells(blocks, ["head"], 1, heads=[7])
     with pytest.raises(PrunescopeError, match="unknown activation kind"):
         make_cells(blocks, ["mlp"], 1)
+    plan = plan_cells(blocks, encode_pairs(tok, make_pairs("brackets", tok, n=2)), positions=1)
     with pytest.raises(PrunescopeError, match="unknown backend"):
-        exact_patching_backend("pyvene", model, tok, encode_pairs(tok, make_pairs("brackets", tok, n=2)))
+        exact_patching_backend("pyvene", model, tok, plan)
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({"clean": "a", "corrupt": "b"}) + "\n")
     with pytest.raises(PrunescopeError, match="needs string fields"):
@@ -136,9 +140,9 @@ def test_default_model_attribution_agrees_with_exact(default_model):
     and 4 positions with attention cells too, 12 pairs)."""
     lm = default_model
     enc = encode_pairs(lm.tokenizer, make_pairs("brackets", lm.tokenizer, n=8, seed=0))
-    kw = dict(positions=3, kinds=["resid_post", "mlp_out"], layers=range(0, 30, 3))
-    ex = exact_patching(lm.blocks, enc, **kw)
-    at = attribution_patching(lm.blocks, enc, **kw)
+    plan = plan_cells(lm.blocks, enc, positions=3, kinds=["resid_post", "mlp_out"], layers=range(0, 30, 3))
+    ex = exact_patching(lm.blocks, plan)
+    at = attribution_patching(lm.blocks, plan)
     rho = spearman([c["value"] for c in ex], [c["value"] for c in at])
     assert 0.9 <= rho <= 1.0
     # the scored position carries the answer late in the network (layer 27's residual at -1)
@@ -158,8 +162,9 @@ def test_named_attribution_methods_are_attribution_with_their_setting(tiny, enc)
         PatchOptions(method="relp", graddrop=True).check()
     model, tok = tiny
     got = patch(o, loaded=LoadedModel(model, tok, "tiny", ""))
-    want = attribution_patching(Blocks(model), enc, kinds=["resid_post"], positions=2, relevance=True)
-    plain = attribution_patching(Blocks(model), enc, kinds=["resid_post"], positions=2)
+    plan = plan_cells(Blocks(model), enc, kinds=["resid_post"], positions=2)
+    want = attribution_patching(Blocks(model), plan, relevance=True)
+    plain = attribution_patching(Blocks(model), plan)
     values = {c["condition"]: c["value"] for c in got["cells"]["attribution"]}
     assert values == pytest.approx({c["condition"]: c["value"] for c in want}, abs=1e-6)
     assert values != pytest.approx({c["condition"]: c["value"] for c in plain}, abs=1e-6)  # the rules matter

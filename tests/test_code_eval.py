@@ -6,6 +6,7 @@ import pytest
 
 from prunescope.analysis import code_eval as ce
 from prunescope.core.errors import PrunescopeError
+from prunescope.generation import EngineSettings
 
 
 def test_conversion_keeps_most_problems():
@@ -65,13 +66,13 @@ def test_test_program_failures_get_the_taxonomy(tmp_path, monkeypatch):
 
 def test_a_code_result_from_another_problem_set_is_scored_again(tmp_path):
     """A task recorded before the test-program problems joined (155 problems) is not reused."""
-    from prunescope.analysis.evaluate import evaluate_model, finished_rows
+    from prunescope.analysis.evaluate import EvalOptions, finished_rows, run_benchmarks
     from prunescope.probe.models import LoadedModel
     from prunescope.probe.tiny import tiny_model
 
     model, tok = tiny_model("llama")
     lm = LoadedModel(model, tok, "tiny-llama", "")
-    evaluate_model(lm, ["humaneval"], tmp_path, limit=2, code_options={"max_new_tokens": 4}, show_progress=False)
+    run_benchmarks(lm, EvalOptions(tasks=["humaneval"], limit=2, max_new_tokens=4), tmp_path, progress=False)
     settings = json.loads((tmp_path / "config.json").read_text())
     assert finished_rows(tmp_path, ["humaneval"], settings) is not None
     record = json.loads((tmp_path / "tasks" / "humaneval.json").read_text())
@@ -132,8 +133,8 @@ def test_run_code_task_tiny_model_end_to_end(tmp_path):
     model, tok = tiny_model("llama")
     loaded = LoadedModel(model, tok, "tiny-llama", "")
     side, pad = tok.padding_side, tok.pad_token
-    rows, samples = ce.run_code_task(loaded, "humaneval", limit=2, out_dir=tmp_path, batch_size=2,
-                                     max_new_tokens=12, show_progress=False)
+    rows, samples = ce.run_code_task(loaded, "humaneval", limit=2, out_dir=tmp_path,
+                                     code_options={"max_new_tokens": 12}, engine=EngineSettings(slots=2, progress=False))
     assert tok.padding_side == side and tok.pad_token == pad  # the shared tokenizer is left as it was
     assert [r["metric"] for r in rows] == ["pass@1"]
     r = rows[0]
@@ -175,7 +176,7 @@ def test_failure_taxonomy_reaches_samples_and_signatures(tmp_path):
 
     model, tok = tiny_model("llama")
     rows, samples = ce.run_code_task(LoadedModel(model, tok, "tiny-llama", ""), "mbpp", limit=3, out_dir=tmp_path,
-                                     batch_size=3, max_new_tokens=12, show_progress=False)
+                                     code_options={"max_new_tokens": 12}, engine=EngineSettings(slots=3, progress=False))
     assert all((s["failure"] is None) == s["correct"] and (s["failure"] in (None, *FAILURE_KINDS)) for s in samples)
     agg = {r["metric"]: r["value"] for r in aggregate_signatures(signatures_for_samples(samples, "m", "base"))}
     shares = [agg[f"fail_{k}_rate"] for k in FAILURE_KINDS]
@@ -196,8 +197,8 @@ def test_chat_prompt_path_sanitizes_replies(tmp_path, default_model):
     """Instruction models are asked the evalplus way; the reply is cut to the entry point."""
     prompt = ce.chat_prompt(default_model.tokenizer, "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n")
     assert prompt.startswith("<|im_start|>") and prompt.endswith("```python\n") and ce.CHAT_INSTRUCTION in prompt
-    rows, samples = ce.run_code_task(default_model, "humaneval", limit=2, out_dir=tmp_path, batch_size=2,
-                                     max_new_tokens=48, show_progress=False)
+    rows, samples = ce.run_code_task(default_model, "humaneval", limit=2, out_dir=tmp_path,
+                                     code_options={"max_new_tokens": 48}, engine=EngineSettings(slots=2, progress=False))
     assert rows[0]["data"].endswith("; chat prompt") and all(s["chat"] for s in samples)
     p = sum(s["correct"] for s in samples) / 2  # the binomial standard error, as lm-eval's mean_stderr
     assert rows[0]["stderr"] == pytest.approx((p * (1 - p) / 1) ** 0.5)
@@ -237,7 +238,8 @@ def test_plus_file_adds_plus_metric(tmp_path):
                               tmp_path / "w", plus_file=path) == {"HumanEval/0": True}
     model, tok = tiny_model("llama")
     rows, samples = ce.run_code_task(LoadedModel(model, tok, "tiny-llama", ""), "humaneval", out_dir=tmp_path / "r",
-                                     max_new_tokens=4, humaneval_plus=path, show_progress=False)
+                                     code_options={"max_new_tokens": 4, "humaneval_plus": path},
+                                     engine=EngineSettings(progress=False))
     assert [r["metric"] for r in rows] == ["pass@1", "plus_pass@1"] and rows[0]["n"] == 1
     assert rows[1]["value"] <= rows[0]["value"] and rows[0]["data"] == "HumanEval+ (user file HumanEvalPlus.jsonl)"
     assert samples[0]["plus_status"] in ("pass", "fail", "timeout")

@@ -23,7 +23,7 @@ from prunescope.probe.models import LoadedModel, load_model, parse_max_memory
 from prunescope.core.options import Output
 from prunescope.core.results import read_progress, read_table
 from prunescope.probe.scoring import ScoringPlan
-from prunescope.probe.sweep import SweepOptions, make_conditions, split_work, sweep, sweep_blocks
+from prunescope.probe.sweep import SweepOptions, SweepSettings, make_conditions, split_work, sweep, sweep_blocks
 from prunescope.probe.tasks import make_items
 
 
@@ -134,7 +134,7 @@ def test_layers_offloaded_by_accelerate(tiny_llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from prunescope.circuits.pairs import encode_pairs, make_pairs
-    from prunescope.circuits.patching import exact_patching
+    from prunescope.circuits.patching import exact_patching, plan_cells
 
     plain = load_model(str(tiny_llama_dir))
     dmap = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
@@ -144,11 +144,13 @@ def test_layers_offloaded_by_accelerate(tiny_llama_dir, tmp_path):
     off = LoadedModel(model=model, tokenizer=plain.tokenizer, name=plain.name, path=plain.path)
     assert off.blocks._device_from(1) == torch.device("cpu")
     items = {"copy": make_items("copy", 6, seed=0)}
-    kw = dict(windows=[1], sets=[[1, 3]], batch_size=4, show_progress=False)
-    assert _same(sweep_blocks(off.blocks, off.tokenizer, items, **kw), sweep_blocks(plain.blocks, plain.tokenizer, items, **kw))
+    settings = SweepSettings(windows=[1], sets=[[1, 3]], batch_size=4, show_progress=False)
+    assert _same(sweep_blocks(off.blocks, off.tokenizer, items, settings),
+                 sweep_blocks(plain.blocks, plain.tokenizer, items, settings))
     enc = encode_pairs(plain.tokenizer, make_pairs("arithmetic", plain.tokenizer, n=4))
-    a = exact_patching(off.blocks, enc, kinds=("resid_post", "mlp_out"), positions=2, layers=[0, 1, 3])
-    b = exact_patching(plain.blocks, enc, kinds=("resid_post", "mlp_out"), positions=2, layers=[0, 1, 3])
+    plan = plan_cells(plain.blocks, enc, kinds=("resid_post", "mlp_out"), positions=2, layers=[0, 1, 3])
+    a = exact_patching(off.blocks, plan)
+    b = exact_patching(plain.blocks, plan)
     assert [r["value"] for r in a] == pytest.approx([r["value"] for r in b], abs=1e-6)
 
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 
 from prunescope.analysis import evaluate as ev
-from prunescope.analysis.evaluate import (TASKS, EvalOptions, evaluate, evaluate_model, gsm8k_answer, lm_eval_tasks, normalize_number,
-                                read_samples)
+from prunescope.analysis.evaluate import (TASKS, EvalOptions, evaluate, gsm8k_answer, lm_eval_tasks, normalize_number,
+                                read_samples, run_benchmarks)
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.options import Output
 from prunescope.probe.models import LoadedModel
@@ -58,11 +58,55 @@ def tiny_run(tmp_path_factory):
 
 
 def test_task_registry_matches_yaml_files():
-    yamls = {p.stem for p in ev.TASK_DIR.glob("*.yaml")}
+    yamls = {p.stem for p in ev.TASK_DIR.glob("*.yaml") if p != ev.REGISTRY}  # one lm-eval task file each
     assert yamls == set(LM_EVAL_TASKS)
     assert set(ev.CLASSIFICATION) == {"hellaswag", "piqa", "mmlu", "winogrande", "openbookqa", "arc_easy",
                                       "arc_challenge"}
     assert all(TASKS[t].category == "generative" for t in ("gsm8k", "xsum", "humaneval", "mbpp"))
+
+
+def test_every_task_has_category_primary_metric_and_chance(tmp_path):
+    assert list(TASKS) == list(ev.load_registry(ev.REGISTRY))  # the registry file, in its order
+    for name, info in TASKS.items():
+        assert info.category in ("classification", "generative"), name
+        assert isinstance(info.primary, str) and info.primary, name
+        assert 0 <= info.chance < 1, name
+        assert (info.chance > 0) == (info.category == "classification"), name  # a generated answer: 0
+    bad = tmp_path / "registry.yaml"
+    bad.write_text("piqa: {category: classification, primary: acc}\n")
+    with pytest.raises(PrunescopeError, match="piqa.*category, primary and chance"):
+        ev.load_registry(bad)
+    bad.write_text("piqa: {category: classification, primary: acc, chance: 1.0}\n")
+    with pytest.raises(PrunescopeError, match="piqa.*in \\[0, 1\\)"):
+        ev.load_registry(bad)
+
+
+def test_chance_is_one_over_the_choices_of_the_data():
+    """A multiple-choice task's chance level is the mean of 1 / choices over its docs (ARC has a
+    few questions with 3 or 5 choices)."""
+    from lm_eval.api.task import ConfigurableTask
+
+    for name in ev.CLASSIFICATION:
+        task = ConfigurableTask(config=lm_eval_tasks(name, num_fewshot=0)[0])
+        docs = list(task.eval_docs)[:200]
+        mean = sum(1 / len(task.doc_to_choice(d)) for d in docs) / len(docs)
+        assert TASKS[name].chance == pytest.approx(mean, abs=0.005), name
+
+
+def test_one_rule_for_a_document_limit(tmp_path):
+    from prunescope.analysis import code_eval as ce
+
+    rule = r"limit must be a positive number of docs or a fraction in \(0, 1\), got"
+    for bad in (0, -3, 1.5):
+        with pytest.raises(PrunescopeError, match=rule):
+            ev.lm_eval_limit("arc_easy", bad)
+        with pytest.raises(PrunescopeError, match=rule):
+            ce.run_code_task(None, "humaneval", limit=bad, out_dir=tmp_path)
+        with pytest.raises(PrunescopeError, match="limit must be a positive integer, a fraction in"):
+            EvalOptions(limit=bad).check()
+        with pytest.raises(PrunescopeError, match="limit must be a positive integer, a fraction in"):
+            EvalOptions(limit={"arc_easy": bad}).check()
+    assert ev.lm_eval_limit("mmlu", 3.0, 57) == 1 and ev.lm_eval_limit("arc_easy", 0.5) == 0.5
 
 
 def test_configs_resolve_offline_and_build_in_lm_eval():
@@ -144,9 +188,9 @@ def test_resume_skips_finished_tasks(tiny_run, monkeypatch):
     calls = []
     real = ev.run_lm_eval
     monkeypatch.setattr(ev, "run_lm_eval", lambda *a, **k: calls.append(1) or real(*a, **k))
-    # evaluate_model on the same settings resumes the run of tiny_run and gives its rows
-    again = evaluate_model(loaded, ["arc_easy", "gsm8k"], out, limit=2, num_fewshot=0, max_length=512,
-                           xsum_file=out.parent / "xsum.jsonl", show_progress=False)
+    # run_benchmarks on the same settings resumes the run of tiny_run and gives its rows
+    again = run_benchmarks(loaded, EvalOptions(tasks=["arc_easy", "gsm8k"], limit=2, fewshot=0, max_length=512,
+                                               xsum_file=str(out.parent / "xsum.jsonl")), out, progress=False)
     assert calls == []
     assert again == [r for r in rows if r["probe"] in ("arc_easy", "gsm8k")]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()} == stamps

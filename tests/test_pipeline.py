@@ -366,7 +366,7 @@ def test_stages_evaluated_side_by_side_equal_one_after_another(tiny_llama_dir, t
 
 def test_a_stage_failing_beside_the_others_is_evaluated_alone(tiny_llama_dir, tmp_path, monkeypatch):
     """Stages side by side share one GPU, and one can run out of memory there that fits alone (Qwen's
-    MMLU log-softmax on the H200, 2026-12-07): the other stages finish, and the failed one is
+    MMLU log-softmax beside two other stages): the other stages finish, and the failed one is
     evaluated again after them, alone, instead of the run ending. The out-of-memory error is raised
     in the worker processes only, through a sitecustomize that they import at start-up."""
     from prunescope.pipeline import run_pipeline
@@ -455,9 +455,10 @@ def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir
 
 
 def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_path, monkeypatch, capsys):
-    """The recover stage scores each arm's probes right after training it (a lent GPU's session can
-    end during the evaluation, taking the merged arm with it); the evaluation reads that score back
-    instead of probing again, and an arm trained again drops its older scores."""
+    """The recover stage scores each arm's probes right after training it (a run can stop during
+    the evaluation and go on from a folder copied without its weights, the merged arm's included);
+    the evaluation reads that score back instead of probing again, and an arm trained again drops
+    its older scores."""
     import json
 
     import prunescope.pipeline.stages as st
@@ -486,8 +487,8 @@ def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_
     assert (out / "eval/recovered-bi-sgr/probes.json").is_file()
     assert (out / "recover/bi-sgr/model.safetensors").is_file()
 
-    # an arm whose scores are finished needs no weights (a run folder brought back from a lent GPU
-    # has none): it is not trained again, and the recover stage counts as done
+    # an arm whose scores are finished needs no weights (a run folder copied without its
+    # weights has none): it is not trained again, and the recover stage counts as done
     (out / "recover/bi-sgr/model.safetensors").unlink()
     (out / ".stages/evaluate.json").unlink()
     assert st.Run(load_config(cfg), show_progress=False).done("recover")
@@ -510,8 +511,8 @@ def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_
 
 def test_each_recovered_arm_is_evaluated_beside_the_next_ones_training(tiny_llama_dir, tmp_path):
     """With evaluate.workers > 1 the recover stage evaluates each arm's benchmarks in a worker process
-    as soon as the arm is trained (beside the next arm's training): a lent GPU's session that ends
-    during a later arm keeps the earlier arms' scores, and those arms are not trained again."""
+    as soon as the arm is trained (beside the next arm's training): a run that stops during a later
+    arm keeps the earlier arms' scores, and those arms are not trained again."""
     import prunescope.pipeline.stages as st
     from prunescope.pipeline import run_pipeline
 
@@ -523,7 +524,7 @@ def test_each_recovered_arm_is_evaluated_beside_the_next_ones_training(tiny_llam
         rows = read_table(out / f"eval/recovered-bi-{arm}/eval.csv")
         assert {r["probe"] for r in rows} == {"arc_easy"} and {r["condition"] for r in rows} == {f"recovered-bi-{arm}"}
     assert not (out / "eval/base").exists()  # base and pruned wait for the evaluation stage
-    # packed without weights (as from a lent GPU): nothing to train again
+    # copied without its weights (experiments/pack_run.sh): nothing to train again
     for f in out.glob("recover/*/*.safetensors"):
         f.unlink()
     assert st.Run(load_config(cfg), show_progress=False).done("recover")

@@ -11,7 +11,7 @@ from prunescope.probe.blocks import Blocks
 from prunescope.core.errors import PrunescopeError
 from prunescope.probe.models import load_model
 from prunescope.core.results import write_table
-from prunescope.prune.commands import PruneOptions, make_evaluator, prune_model, reference_evaluator
+from prunescope.prune.commands import PruneOptions, checkpoint_scorer, probe_scorer, prune_model
 from prunescope.prune.scores import layer_scores, representation_scores
 from prunescope.prune.strategies import count_to_drop, iterative, lowest_block, lowest_k, protected_from_table, reverse_order
 from prunescope.prune.surgery import save_pruned
@@ -124,8 +124,8 @@ def test_iterative_in_memory_equals_save_and_reload(default_model):
     """Two greedy steps over 6 candidate layers, 8 bracket items, logit difference: the in-memory
     skip masks and the write-a-checkpoint-and-reload reference choose the same layers."""
     lm = default_model
-    ev = make_evaluator(lm.blocks, lm.tokenizer, "brackets", n=8, metric="logit_diff")
-    ref = reference_evaluator(lm.model, lm.tokenizer, ev.plan, "logit_diff")
+    ev = probe_scorer(lm.blocks, lm.tokenizer, "brackets", n=8, metric="logit_diff")
+    ref = checkpoint_scorer(lm.model, lm.tokenizer, ev.plan, "logit_diff")
     cands = [3, 8, 12, 17, 22, 27]
     fast = iterative(ev, 30, 2, candidates=cands)
     slow = iterative(ref, 30, 2, candidates=cands)

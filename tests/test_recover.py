@@ -239,7 +239,7 @@ def test_empty_sgr_answers_are_left_out_of_every_arm(tmp_path, capsys):
 
 def test_4bit_bf16_training_computes_in_bf16(tiny_llama_dir):
     """On a 4-bit model with bf16 compute everything runs in bf16, adapters included, as in TRL.
-    peft's k-bit preparation (fp32 norms and embeddings) once kept every layer in fp32, and sdpa took
+    peft's k-bit preparation (fp32 norms and embeddings) keeps every layer in fp32, and sdpa then takes
     its fp32 math kernel: 0.17-0.35x the tokens/s of peft + TRL on the 8B shape (H200)."""
     from prunescope.recover.data import Example
     from prunescope.recover.student import load_student

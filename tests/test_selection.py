@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from prunescope.analysis.evaluate import check_heldout, evaluate_model, heldout_docs, task_size
-from prunescope.prune.selection import generated_answer_evaluator
+from prunescope.analysis.evaluate import EvalOptions, check_heldout, heldout_docs, run_benchmarks, task_size
+from prunescope.prune.selection import generated_answer_scorer
 from prunescope.core.errors import PrunescopeError
 from prunescope.probe.models import LoadedModel
 from prunescope.probe.tiny import tiny_model
@@ -33,12 +33,13 @@ def test_heldout_docs_are_the_last_ones_and_overlap_is_refused():
 
 
 def test_evaluation_of_chosen_docs_scores_exactly_those(tiny, tmp_path):
-    rows = evaluate_model(tiny, ["arithmetic"], tmp_path, docs={"arithmetic": [2999, 2998]}, show_progress=False)
+    arithmetic = EvalOptions(tasks=["arithmetic"])
+    rows = run_benchmarks(tiny, arithmetic, tmp_path, docs={"arithmetic": [2999, 2998]}, progress=False)
     assert [(r["metric"], r["n"]) for r in rows] == [("exact_match", 2)]
     samples = [json.loads(x) for x in (tmp_path / "samples" / "arithmetic.jsonl").read_text().splitlines()]
     assert [s["doc_id"] for s in samples] == [2998, 2999]
     with pytest.raises(PrunescopeError, match="not one of the tasks"):
-        evaluate_model(tiny, ["arithmetic"], docs={"gsm8k": [0]}, show_progress=False)
+        run_benchmarks(tiny, arithmetic, docs={"gsm8k": [0]}, progress=False)
 
 
 def test_iterative_generated_tries_every_layer_and_records_its_docs(tiny):
@@ -48,9 +49,9 @@ def test_iterative_generated_tries_every_layer_and_records_its_docs(tiny):
     assert plan.strategy == "iterative-generated" and len(plan.drop) == 2 and 0 not in plan.drop
     assert set(first) == {"1", "2", "3"} and len(second) == 2          # every unprotected layer, then the rest
     assert plan.scores["heldout_docs"] == {"arithmetic": [2997, 2998, 2999]}
-    # the score of a candidate is the accuracy evaluate_model gives on those docs with it skipped
-    ev = generated_answer_evaluator(tiny, ["arithmetic"], 3)
-    direct = evaluate_model(tiny, ["arithmetic"], skip=[plan.drop[0]], docs=ev.docs, show_progress=False)
+    # the score of a candidate is the accuracy run_benchmarks gives on those docs with it skipped
+    ev = generated_answer_scorer(tiny, ["arithmetic"], 3)
+    direct = run_benchmarks(tiny, EvalOptions(tasks=["arithmetic"], skip=[plan.drop[0]]), docs=ev.docs, progress=False)
     assert ev([[plan.drop[0]]]) == [direct[0]["value"]] == [first[str(plan.drop[0])]]
 
 
@@ -84,9 +85,9 @@ def test_pipeline_refuses_an_evaluation_that_overlaps_the_selection_docs():
 
 def test_the_candidates_of_a_step_generated_together_answer_as_each_alone(default_model, tmp_path):
     """The greedy step's candidates are generated in one engine run (a row per prompt and skip set,
-    prunescope.prune.selection through prunescope.generation.skip_sets): each candidate's answers, and so its
-    score, are those of evaluating it alone with its layers skipped."""
-    from prunescope.generation import skip_sets
+    prunescope.prune.selection through a prunescope.generation.SkipSets): each candidate's answers, and so
+    its score, are those of evaluating it alone with its layers skipped."""
+    from prunescope.generation import SkipSets
 
     docs = {"arithmetic": [2990, 2991, 2992, 2993]}
     sets = [[3], [20], [28, 29], [0]]
@@ -94,16 +95,18 @@ def test_the_candidates_of_a_step_generated_together_answer_as_each_alone(defaul
     def answers(folder):
         return [json.loads(x)["response"] for x in (folder / "samples" / "arithmetic.jsonl").read_text().splitlines()]
 
-    with skip_sets(sets) as fan:
-        together = []
-        for k, s in enumerate(sets):
-            fan.select(s)
-            evaluate_model(default_model, ["arithmetic"], tmp_path / f"t{k}", docs=docs, show_progress=False)
-            together.append(answers(tmp_path / f"t{k}"))
+    fan = SkipSets(sets)
+    together = []
     for k, s in enumerate(sets):
-        evaluate_model(default_model, ["arithmetic"], tmp_path / f"a{k}", skip=s, docs=docs, show_progress=False)
+        fan.select(s)
+        run_benchmarks(default_model, EvalOptions(tasks=["arithmetic"]), tmp_path / f"t{k}", docs=docs, progress=False,
+                       fan_out=fan)
+        together.append(answers(tmp_path / f"t{k}"))
+    for k, s in enumerate(sets):
+        run_benchmarks(default_model, EvalOptions(tasks=["arithmetic"], skip=s), tmp_path / f"a{k}", docs=docs,
+                       progress=False)
         assert together[k] == answers(tmp_path / f"a{k}"), s
     assert len({tuple(a) for a in together}) > 1  # the candidates answer differently: not vacuous
-    ev = generated_answer_evaluator(default_model, ["arithmetic"], 4)
-    assert ev(sets) == [evaluate_model(default_model, ["arithmetic"], skip=s, docs=ev.docs,
-                                       show_progress=False)[0]["value"] for s in sets]
+    ev = generated_answer_scorer(default_model, ["arithmetic"], 4)
+    assert ev(sets) == [run_benchmarks(default_model, EvalOptions(tasks=["arithmetic"], skip=s), docs=ev.docs,
+                                       progress=False)[0]["value"] for s in sets]

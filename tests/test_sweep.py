@@ -10,7 +10,8 @@ from prunescope.core.errors import PrunescopeError
 from prunescope.core.options import Output
 from prunescope.core.results import read_table
 from prunescope.probe.scoring import ScoringPlan
-from prunescope.probe.sweep import SharedPrefix, SweepOptions, make_conditions, shared_prefix_length, sweep, sweep_blocks
+from prunescope.probe.sweep import (SharedPrefix, SweepOptions, SweepSettings, make_conditions, shared_prefix_length,
+                                    sweep, sweep_blocks)
 from prunescope.probe.tasks import make_items
 
 
@@ -85,7 +86,7 @@ def test_default_model_bracket_profile(default_model):
     single layer is layer 0 (accuracy 0.30, a drop of 0.675); layers 1 and 2 follow (0.60, 0.725)."""
     lm = default_model
     rows = sweep_blocks(lm.blocks, lm.tokenizer, {"brackets": make_items("brackets", 40, seed=0)},
-                        show_progress=False)
+                        SweepSettings(show_progress=False))
     acc = {r["condition"]: r["value"] for r in rows if r["metric"] == "accuracy"}
     worst = min((c for c in acc if c != "none"), key=acc.get)
     assert 0.9 <= acc["none"] <= 1.0

@@ -1,14 +1,19 @@
-"""Options objects: one dataclass per command, each setting with one name, default, help and check.
+"""Options objects: one dataclass per command, each setting with one name, type, default, help and check.
 
 A command's settings live in one class (``SweepOptions``, ``PatchOptions``, ...), owned by the
-package that runs the command. Each field is declared with :func:`option`, which records its kind
-(how a CLI string or a YAML value becomes a Python value), its help text, its allowed names (often
-a registry) and its bounds. From that one declaration come
+package that runs the command. Each field is declared with its type annotation (how a CLI string
+or a YAML value becomes a Python value: :func:`coerce`) and :func:`option`, which records its help
+text, its allowed names (often a registry), its bounds and, where the flag is not simply
+``--field-name``, a :class:`Flag`. From that one declaration come
 
 * the CLI flags (:func:`add_arguments` / :func:`from_namespace`; flag = field name with dashes),
 * the pipeline's config sections (:func:`derive` reuses a field with a stated other default),
 * the docs (``docs/cli.md``, ``docs/pipeline.md`` are generated from the fields),
 * the validation (:meth:`Options.check`), wherever the object came from.
+
+The types a field can have: ``bool``, ``int``, ``float``, ``str``, ``list[str]`` (names; a string
+is split at commas), ``list[int]``, ``list[float]`` (one number or several), ``list[list[int]]``
+(layer sets, ``"3,4;7"``), ``dict``, :data:`Paths` and :data:`Limit`; each may add ``| None``.
 
 Two objects are shared by every command: :class:`Placement` (where the model runs) and
 :class:`Output` (where results go, figures, progress).
@@ -17,7 +22,7 @@ Two objects are shared by every command: :class:`Placement` (where the model run
 >>> @dataclass
 ... class Demo(Options):
 ...     n: int = option(200, "items per probe", minimum=1)
-...     kinds: list = option(["a", "b"], "activations", kind="names", choices=("a", "b", "c"))
+...     kinds: list[str] = option(["a", "b"], "activations", choices=("a", "b", "c"))
 >>> Demo(n=5, kinds="a,c").check()
 Demo(n=5, kinds=['a', 'c'])
 >>> Demo(n=0).check()
@@ -31,40 +36,43 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
+import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 from prunescope.core.errors import PrunescopeError
 
-# kind -> what a value must be (for messages)
-KINDS = {
-    "int": "an integer", "int?": "an integer or null", "float": "a number", "float?": "a number or null",
-    "str": "a string", "str?": "a string or null", "bool": "true or false", "names": "a list of names",
-    "ints": "a list of integers", "numbers": "a number or a list of numbers", "sets": "a list of layer sets",
-    "limit": "a positive integer, a fraction in (0, 1), null, or a mapping of task names to those", "dict": "a mapping", "paths": "a list of paths",
-}
+
+# ---------------------------------------------------------------- declaring a field
+@dataclass(frozen=True)
+class Flag:
+    """Where a field's CLI flag differs from ``--field-name``.
+
+    ``name``: another flag (``--quiet`` for ``progress``); ``aliases``: other spellings also taken
+    (``--items`` for ``--n``); ``metavar``: the value's name in ``--help``; ``help``: the help of a
+    boolean field's negative flag (``--quiet``: "no progress bars").
+    """
+
+    name: str | None = None
+    aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+    help: str | None = None
 
 
-def option(default: Any, help: str, *, kind: str | None = None, choices: Sequence[str] | Callable | None = None,
-           minimum: float | None = None, maximum: float | None = None, flag: str | None = None,
-           aliases: Sequence[str] = (), cli: bool = True, metavar: str | None = None, what: str | None = None,
-           flag_help: str | None = None) -> Any:
+def option(default: Any, help: str, *, choices: Sequence[str] | Callable | None = None,
+           minimum: float | None = None, maximum: float | None = None, what: str | None = None,
+           cli: Flag = Flag()) -> Any:
     """A dataclass field with everything the CLI, the pipeline, the docs and the check need.
 
-    ``kind`` defaults from the default value (``int``, ``float``, ``str``, ``bool``); ``choices``
-    is a sequence or a zero-argument callable (a registry's names, read late); ``flag`` overrides
-    the CLI flag (``--quiet`` for ``progress``); ``aliases`` are older flag spellings still taken;
-    ``what`` names one choice in messages ("unknown task 'x'"; a registry's own name by default);
-    ``flag_help``: the help of a negative flag (``--quiet``: "no progress bars").
+    The field's type is its annotation. ``choices`` is a sequence or a zero-argument callable (a
+    registry's names, read late); ``what`` names one choice in messages ("unknown task 'x'"; a
+    registry's own name by default); ``cli``: the flag, where it is not ``--field-name``.
     """
-    if kind is None:
-        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(default))
-        if kind is None:
-            raise TypeError(f"option(default={default!r}) needs kind=")
-    meta = dict(help=help, kind=kind, choices=choices, minimum=minimum, maximum=maximum, flag=flag,
-                aliases=tuple(aliases), cli=cli, metavar=metavar, what=what or getattr(choices, "what", None),
-                flag_help=flag_help)
+    meta = dict(help=help, choices=choices, minimum=minimum, maximum=maximum, flag=cli.name,
+                aliases=tuple(cli.aliases), metavar=cli.metavar, what=what or getattr(choices, "what", None),
+                flag_help=cli.help)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -84,7 +92,54 @@ def choices_of(f: dataclasses.Field) -> tuple[str, ...] | None:
     return tuple(c() if callable(c) else c)
 
 
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """Each field's resolved annotation (the classes' modules use ``from __future__ import annotations``)."""
+    return get_type_hints(cls, include_extras=True)
+
+
+def is_switch(cls: type, f: dataclasses.Field) -> bool:
+    """A ``bool`` field: its CLI flag takes no value."""
+    return field_types(cls)[f.name] is bool
+
+
 # ---------------------------------------------------------------- values
+class _Unfit(Exception):
+    """A value that does not fit the field's type; :func:`coerce` names the field in the message.
+    Its argument, where given, replaces "must be <what>, got <value>"."""
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How values of one type are read: ``text`` from a CLI (or YAML) string, ``value`` from any
+    other Python or YAML value. Either raises for a value that does not fit (``text``: ValueError or
+    KeyError; ``value``: :class:`_Unfit`). ``what`` says what a value must be, for messages;
+    ``nargs="+"``: one flag takes several values (paths, which may hold commas)."""
+
+    what: str
+    text: Callable[[str], Any]
+    value: Callable[[Any], Any]
+    nargs: str | None = None
+
+
+def _fit(ok: bool, value: Any) -> Any:
+    if not ok:
+        raise _Unfit
+    return value
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _items(text: str, read: Callable[[str], Any]) -> list:
+    return [read(t) for t in text.split(",") if t.strip()]
+
+
 def parse_sets(text: str) -> list[list[int]]:
     """``"3,4;7"`` -> ``[[3, 4], [7]]``; ranges ``"3-5"`` expand.
 
@@ -111,7 +166,16 @@ def parse_sets(text: str) -> list[list[int]]:
     return out
 
 
-def _limit(v, bad):
+def _numbers(value: Any) -> list[float]:
+    """One number or a list of different numbers (YAML ``ratio: 0.25`` or ``[0.25, 0.125]``)."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    _fit(bool(items) and all(_is_number(v) for v in items), items)
+    if len(set(items)) != len(items):
+        raise _Unfit(f"lists a value twice: {value!r}")
+    return [float(v) for v in items]
+
+
+def _limit(v: Any) -> int | float:
     """A document limit: a whole number of docs (at least 1) or a fraction of each task in (0, 1)."""
     if _is_int(v) and v >= 1:
         return v
@@ -119,92 +183,131 @@ def _limit(v, bad):
         return v
     if isinstance(v, float) and v >= 1 and v.is_integer():
         return int(v)
-    return bad()
+    raise _Unfit
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def check_doc_limit(limit: Any, name: str = "limit") -> int | float | None:
+    """One task's document limit as :data:`Limit` reads it: None (all docs), a whole number of docs
+    (at least 1; ``5.0`` -> ``5``) or a fraction of the task's docs in (0, 1).
 
-
-def coerce(value: Any, kind: str, name: str) -> Any:
-    """``value`` (from Python, YAML or a CLI string) as the field's kind, or a PrunescopeError."""
-    def bad():
-        raise PrunescopeError(f"{name} must be {KINDS[kind]}, got {value!r}")
-
-    if value is None and (kind.endswith("?") or kind == "limit"):
+    >>> check_doc_limit(0.2), check_doc_limit(5.0), check_doc_limit(None)
+    (0.2, 5, None)
+    """
+    if limit is None:
         return None
-    base = kind.rstrip("?")
-    if isinstance(value, str) and kind not in ("str", "str?", "names", "paths"):
-        text = value.strip()
+    try:
+        return _limit(limit)
+    except _Unfit:
+        raise PrunescopeError(f"{name} must be a positive number of docs or a fraction in (0, 1), "
+                              f"got {limit}") from None
+
+
+def _limits(value: Any) -> int | float | dict | None:
+    if value is None:
+        return None
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _limit(v) for k, v in value.items()}
+    return _limit(value)
+
+
+def _strings(value: Any) -> list[str]:
+    return list(_fit(isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value), value))
+
+
+def _paths(value: Any) -> list[str]:
+    ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) or hasattr(v, "__fspath__") for v in value)
+    return [str(v) for v in _fit(ok, value)]
+
+
+def _no_text(text: str) -> Any:
+    raise _Unfit
+
+
+READERS: dict[Any, Reader] = {
+    bool: Reader("true or false", lambda t: {"true": True, "false": False, "1": True, "0": False}[t.strip().lower()],
+                 lambda v: _fit(isinstance(v, bool), v)),
+    int: Reader("an integer", int, lambda v: _fit(_is_int(v), v)),
+    float: Reader("a number", float, lambda v: float(_fit(_is_number(v), v))),
+    str: Reader("a string", str, lambda v: _fit(isinstance(v, str), v)),
+    list[str]: Reader("a list of names", lambda t: [v.strip() for v in t.split(",") if v.strip()], _strings),
+    list[int]: Reader("a list of integers", lambda t: _items(t, int),
+                      lambda v: list(_fit(isinstance(v, (list, tuple)) and all(_is_int(x) for x in v), v))),
+    list[float]: Reader("a number or a list of numbers", lambda t: _items(t, float), _numbers),
+    list[list[int]]: Reader("a list of layer sets", parse_sets, lambda v: [list(s) for s in _fit(
+        isinstance(v, (list, tuple)) and all(isinstance(s, (list, tuple)) and all(_is_int(x) for x in s) for s in v),
+        v)]),
+    dict: Reader("a mapping", _no_text, lambda v: dict(_fit(isinstance(v, dict), v))),
+}
+
+#: File paths: on the CLI one flag takes several (``--protect-from a.csv b.csv``), never split at
+#: commas; in Python or YAML one path or a list (``pathlib.Path`` too), read as strings.
+Paths = Annotated[list[str], Reader("a list of paths", lambda t: [t], _paths, nargs="+")]
+
+#: Documents per task: a whole number (at least 1), a fraction of each task's docs in (0, 1), None
+#: (all), or a mapping of task names to those.
+Limit = Annotated[int | float | dict[str, int | float] | None, Reader(
+    "a positive integer, a fraction in (0, 1), null, or a mapping of task names to those",
+    lambda t: _limit(float(t) if "." in t else int(t)), _limits)]
+
+
+def _without_none(annotation: Any) -> tuple[Any, bool]:
+    """``int | None`` -> ``(int, True)``; ``int`` -> ``(int, False)``."""
+    args = get_args(annotation)
+    if get_origin(annotation) in (Union, types.UnionType) and type(None) in args:
+        rest = tuple(a for a in args if a is not type(None))
+        return (rest[0] if len(rest) == 1 else Union[rest]), True
+    return annotation, False
+
+
+def reader_of(annotation: Any) -> Reader:
+    """The :class:`Reader` of a type (``None`` allowed or not: see :func:`coerce`)."""
+    if get_origin(annotation) is Annotated:
+        return next(m for m in annotation.__metadata__ if isinstance(m, Reader))
+    try:
+        return READERS[annotation]
+    except (KeyError, TypeError):
+        raise TypeError(f"options cannot read values of type {annotation!r}") from None
+
+
+def coerce(value: Any, annotation: Any, name: str) -> Any:
+    """``value`` (from Python, YAML or a CLI string) as the type ``annotation``, or a PrunescopeError.
+
+    >>> coerce("3,4", list[int], "protect"), coerce(None, int | None, "n"), coerce(0.5, Limit, "limit")
+    ([3, 4], None, 0.5)
+    >>> coerce("many", int | None, "n")
+    Traceback (most recent call last):
+    ...
+    prunescope.core.errors.PrunescopeError: n must be an integer or null, got 'many'
+    """
+    base, optional = _without_none(annotation)
+    if value is None and optional:
+        return None
+    reader = reader_of(base)
+    try:
+        if not isinstance(value, str):
+            return reader.value(value)
         try:
-            if kind == "limit":
-                return _limit(float(text) if "." in text else int(text), bad)
-            if base == "int":
-                return int(text)
-            if base == "float":
-                return float(text)
-            if kind == "bool":
-                return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
-            if kind in ("ints", "numbers"):
-                items = [t for t in text.split(",") if t.strip()]
-                return [int(t) if kind == "ints" else float(t) for t in items]
-            if kind == "sets":
-                return parse_sets(text)
-        except (ValueError, KeyError):
-            bad()
-        bad()
-    if base == "int":
-        return value if _is_int(value) else bad()
-    if base == "float":
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else bad()
-    if base == "str":
-        return value if isinstance(value, str) else bad()
-    if kind == "bool":
-        return value if isinstance(value, bool) else bad()
-    if kind in ("names", "paths"):
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()] if kind == "names" else [value]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-        if kind == "paths" and isinstance(value, (list, tuple)) and all(hasattr(v, "__fspath__") or isinstance(v, str)
-                                                                         for v in value):
-            return [str(v) for v in value]
-        bad()
-    if kind == "ints":
-        items = list(value) if isinstance(value, (list, tuple)) else bad()
-        return items if all(_is_int(v) for v in items) else bad()
-    if kind == "numbers":
-        items = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
-            bad()
-        if len(set(items)) != len(items):
-            raise PrunescopeError(f"{name} lists a value twice: {value!r}")
-        return [float(v) for v in items]
-    if kind == "sets":
-        if isinstance(value, (list, tuple)) and all(isinstance(s, (list, tuple)) and all(_is_int(v) for v in s)
-                                                    for s in value):
-            return [list(s) for s in value]
-        bad()
-    if kind == "limit":
-        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-            return {k: _limit(v, bad) for k, v in value.items()}
-        return _limit(value, bad)
-    if kind == "dict":
-        return dict(value) if isinstance(value, dict) else bad()
-    raise TypeError(f"unknown option kind {kind!r}")
+            return reader.text(value)
+        except (ValueError, KeyError):  # a CLI string is bad as a whole, whatever part failed
+            raise _Unfit from None
+    except _Unfit as e:
+        if e.args:
+            raise PrunescopeError(f"{name} {e.args[0]}") from None
+        what = reader.what + (" or null" if optional else "")
+        raise PrunescopeError(f"{name} must be {what}, got {value!r}") from None
 
 
 # ---------------------------------------------------------------- the base class
 @dataclass
 class Options:
-    """Base of every options class: :meth:`check` validates every field (kind, choices, bounds),
+    """Base of every options class: :meth:`check` validates every field (type, choices, bounds),
     then the class's own cross-field :meth:`validate`; it returns ``self`` normalised."""
 
     def check(self, where: str = "", flags: bool = False) -> "Options":
         """Validate and normalise every field; messages name ``where + field`` (or the CLI flag)."""
         for f in fields(self):
             name = flag_of(f) if flags else where + f.name
-            setattr(self, f.name, check_field(f, getattr(self, f.name), name))
+            setattr(self, f.name, check_field(type(self), f, getattr(self, f.name), name))
         self.validate()
         return self
 
@@ -218,8 +321,10 @@ class Options:
         return dataclasses.asdict(self)
 
 
-def check_field(f: dataclasses.Field, value: Any, name: str) -> Any:
-    value = coerce(value, f.metadata["kind"], name)
+def check_field(cls: type, f: dataclasses.Field, value: Any, name: str) -> Any:
+    """``value`` for the field ``f`` of ``cls``: of its type, among its choices, within its bounds
+    (messages name the field ``name``)."""
+    value = coerce(value, field_types(cls)[f.name], name)
     choices = choices_of(f)
     if choices is not None and value is not None:
         for v in value if isinstance(value, list) else [value]:
@@ -255,12 +360,11 @@ class Placement(Options):
     device: str = option("cpu", "torch device: cpu, cuda or cuda:N")
     dtype: str = option("float32", "weights dtype", choices=DTYPES)
     devices: int | None = option(None, "split the work over N processes, one model copy per GPU (with --device "
-                                       "cuda); same as running under torchrun --nproc_per_node N", kind="int?",
-                                 minimum=1)
+                                       "cuda); same as running under torchrun --nproc_per_node N", minimum=1)
     device_map: str | None = option(None, "shard one model over the visible GPUs with accelerate (models larger "
-                                          "than a GPU)", kind="str?", choices=DEVICE_MAPS)
+                                          "than a GPU)", choices=DEVICE_MAPS)
     max_memory: str | None = option(None, "memory per device for --device-map, e.g. '0=70GiB,1=70GiB' (implies "
-                                          "--device-map auto)", kind="str?")
+                                          "--device-map auto)")
 
     def validate(self) -> None:
         if not valid_device(self.device):
@@ -279,10 +383,10 @@ SINGLE_DEVICE = ("device", "dtype")
 class Output(Options):
     """Where a command writes, and what it shows while it works."""
 
-    out: str | None = option(None, "output folder (or file), e.g. runs/NAME (default: print only)", kind="str?")
-    plot: bool = option(True, "write figures beside the tables", flag="--no-plot", flag_help="no figures")
-    progress: bool = option(True, "progress bars (with rates) on long work", flag="--quiet",
-                            flag_help="no progress bars")
+    out: str | None = option(None, "output folder (or file), e.g. runs/NAME (default: print only)")
+    plot: bool = option(True, "write figures beside the tables", cli=Flag("--no-plot", help="no figures"))
+    progress: bool = option(True, "progress bars (with rates) on long work",
+                            cli=Flag("--quiet", help="no progress bars"))
 
 
 # ---------------------------------------------------------------- the CLI, from the fields
@@ -290,30 +394,27 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, only: Iterable[str] | None = None,
-                  defaults: dict | None = None) -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls: type, only: Iterable[str] | None = None) -> None:
     """One flag per field of ``cls`` (``only``: a subset, in field order). A boolean field that
     defaults to True gets a negative flag (``--no-plot``, ``--quiet``)."""
     only = set(only) if only is not None else None
     for f in fields(cls):
-        if not f.metadata.get("cli", True) or (only is not None and f.name not in only):
+        if only is not None and f.name not in only:
             continue
-        kind, default = f.metadata["kind"], (defaults or {}).get(f.name, default_of(f))
-        names = [flag_of(f), *f.metadata["aliases"]]
-        help_text = f.metadata["help"] + _default_text(kind, default)
-        if kind == "bool":
-            action = "store_false" if default else "store_true"
-            text = (f.metadata.get("flag_help") or "off: " + f.metadata["help"]) if default else f.metadata["help"]
-            parser.add_argument(*names, dest=f.name, action=action, default=default, help=text)
+        names, default, m = [flag_of(f), *f.metadata["aliases"]], default_of(f), f.metadata
+        if is_switch(cls, f):
+            text = (m.get("flag_help") or "off: " + m["help"]) if default else m["help"]
+            parser.add_argument(*names, dest=f.name, action="store_false" if default else "store_true",
+                                default=default, help=text)
             continue
-        choices = choices_of(f) if kind in ("str", "str?") else None
-        parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, choices=choices,
-                            metavar=f.metadata.get("metavar"), help=help_text,
-                            nargs="+" if kind == "paths" else None)
+        base, _ = _without_none(field_types(cls)[f.name])
+        parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS,
+                            choices=choices_of(f) if base is str else None, metavar=m.get("metavar"),
+                            help=m["help"] + _default_text(default), nargs=reader_of(base).nargs)
 
 
-def _default_text(kind: str, default: Any) -> str:
-    if kind == "bool" or default is None or default == [] or default == {}:
+def _default_text(default: Any) -> str:
+    if default is None or default == [] or default == {}:
         return ""
     if isinstance(default, list):
         default = ",".join(str(v) for v in default)
@@ -330,10 +431,11 @@ def from_namespace(cls: type, ns: argparse.Namespace, **fixed) -> Any:
 # ---------------------------------------------------------------- pipeline sections
 def derive(cls: type, name: str, default: Any = dataclasses.MISSING, *, why: str | None = None,
            **overrides) -> Any:
-    """A pipeline-section field that *is* ``cls``'s field ``name``: same help, kind, choices and
-    bounds; ``default`` (with ``why``) where the pipeline deliberately differs from the command;
-    ``overrides`` (``kind``, ``help``, ``choices``, ``minimum``) where a section holds a list of the
-    command's values or a narrower set.
+    """A pipeline-section field that *is* ``cls``'s field ``name``: same help, choices and bounds
+    (its type is the section's annotation: a section may hold a list of the command's values, or
+    require a value where the command takes None); ``default`` (with ``why``) where the pipeline
+    deliberately differs from the command; ``overrides`` (``help``, ``choices``, ``minimum``,
+    ``what``) where a section holds a narrower set.
 
     >>> from dataclasses import dataclass
     >>> @dataclass

@@ -1,7 +1,7 @@
 """The pipeline config: one YAML file describes a whole study, checked completely before any work.
 
 Each section is an options class whose fields *are* the commands' fields (:func:`prunescope.core.options.derive`):
-the same help, kind, allowed names and bounds. Where the pipeline deliberately uses another
+the same help, allowed names and bounds; each field's type is its annotation. Where the pipeline deliberately uses another
 default than the command (a smaller sweep, fewer pairs, shorter training examples), the field
 says so with its reason, here and in ``docs/pipeline.md``. The loaded config is a plain dict of
 sections (``cfg["prune"]["ratio"]``); its values decide each stage's cache key.
@@ -45,21 +45,20 @@ class Localize(Options):
     """``localize``: the layer-skip sweep (``prunescope sweep``), patching (``prunescope patch``) and
     the optional single-layer ablation of benchmarks (the paper's experiment 1)."""
 
-    probes: list = derive(SweepOptions, "probe", ["arithmetic_multi", "brackets", "copy"], choices=PROBES,
-                          why="the three probes of the paper's circuits", help="probes of the layer-skip sweep")
+    probes: list[str] = derive(SweepOptions, "probe", ["arithmetic_multi", "brackets", "copy"], choices=PROBES,
+                               why="the three probes of the paper's circuits", help="probes of the layer-skip sweep")
     n: int = derive(SweepOptions, "n", 60, why=SMALLER)
-    shots: int = derive(SweepOptions, "shots", 3, kind="int", why="3-shot addition: the base model then answers "
-                                                                  "most items, so a skipped layer's loss shows")
-    ops: str = derive(SweepOptions, "ops", "+", kind="str", why="addition only, the paper's arithmetic probe")
-    patch: list = derive(PatchOptions, "probe", ["arithmetic", "brackets"], kind="names",
-                         choices=tuple(PAIR_PROBES), what="patching probe",
-                         help="probes to patch (one patching run each)")
+    shots: int = derive(SweepOptions, "shots", 3, why="3-shot addition: the base model then answers most items, so "
+                                                       "a skipped layer's loss shows")
+    ops: str = derive(SweepOptions, "ops", "+", why="addition only, the paper's arithmetic probe")
+    patch: list[str] = derive(PatchOptions, "probe", ["arithmetic", "brackets"], choices=tuple(PAIR_PROBES),
+                              what="patching probe", help="probes to patch (one patching run each)")
     patch_n: int = derive(PatchOptions, "n", 16, why=SMALLER)
     patch_method: str = derive(PatchOptions, "method", "both", why="both maps and their agreement")
     patch_positions: int = derive(PatchOptions, "positions", 6, why=SMALLER)
-    patch_kinds: list = derive(PatchOptions, "kinds")
-    ablate_tasks: list = option([], "benchmarks scored with each single layer skipped (the paper's experiment 1)",
-                                kind="names", choices=lambda: tuple(TASKS), what="task")
+    patch_kinds: list[str] = derive(PatchOptions, "kinds")
+    ablate_tasks: list[str] = option([], "benchmarks scored with each single layer skipped (the paper's "
+                                         "experiment 1)", choices=lambda: tuple(TASKS), what="task")
     ablate_limit: int = option(20, "docs per benchmark and skipped layer", minimum=1)
     ablate_every: int = option(1, "ablate every k-th layer (1 = all)", minimum=1)
 
@@ -75,16 +74,16 @@ class Score(Options):
 class Prune(Options):
     """``prune``: one pruned checkpoint per strategy and ratio (``prunescope prune``)."""
 
-    ratio: list = derive(PruneOptions, "ratio", [0.25], kind="numbers",
-                         help="fraction of layers to drop; a list gives one pruned model per strategy and ratio")
-    strategies: list = derive(PruneOptions, "strategy", ["bi"], kind="names", help="pruning strategies")
-    protect_top: int = derive(PruneOptions, "protect_top", 0, kind="int", minimum=0, why="0 = no protected arm",
+    ratio: list[float] = derive(PruneOptions, "ratio", [0.25],
+                                help="fraction of layers to drop; a list gives one pruned model per strategy and ratio")
+    strategies: list[str] = derive(PruneOptions, "strategy", ["bi"], help="pruning strategies")
+    protect_top: int = derive(PruneOptions, "protect_top", 0, minimum=0, why="0 = no protected arm",
                               help="> 0: also 'bi-protected', BI that never drops the top layers of each protect_from "
                                    "patching map")
-    protect_from: list = option(["arithmetic"], "patched probes whose per-layer patching effect ranks the layers to "
-                                                "protect (their union)", kind="names")
-    select_tasks: list = derive(PruneOptions, "select_tasks")
-    select_n: int = derive(PruneOptions, "eval_n", 32, kind="int",
+    protect_from: list[str] = option(["arithmetic"], "patched probes whose per-layer patching effect ranks the "
+                                                     "layers to protect (their union)")
+    select_tasks: list[str] = derive(PruneOptions, "select_tasks")
+    select_n: int = derive(PruneOptions, "eval_n", 32,
                            help="iterative-generated: held-out docs per select task (the last ones of each; "
                                 "the evaluation must stay below them)")
 
@@ -94,14 +93,13 @@ class Recover(Options):
     """``recover``: SGR generation (``prunescope sgr``) once, then QLoRA (``prunescope recover``) per
     pruned model and mode. Each arm is evaluated (the ``evaluate`` section's benchmarks and probes)
     as soon as it is trained, beside the next arm's training when ``evaluate.workers`` > 1: an arm
-    whose scores are finished is not trained again, so a run folder brought back from a lent GPU
-    without weights resumes at the first arm not evaluated."""
+    whose scores are finished is not trained again, so a run folder copied to another machine
+    without its weights resumes at the first arm not evaluated."""
 
-    modes: list = derive(RecoverOptions, "mode", [], kind="names", help="recovery modes (none: no recovery)")
-    on: list = option(["bi"], "pruned models to recover (names from prune: bi, bi-protected, bi-25, ...)",
-                      kind="names")
+    modes: list[str] = derive(RecoverOptions, "mode", [], help="recovery modes (none: no recovery)")
+    on: list[str] = option(["bi"], "pruned models to recover (names from prune: bi, bi-protected, bi-25, ...)")
     prompts: str = derive(SGROptions, "prompts")
-    n_prompts: int = derive(SGROptions, "n", 600, kind="int", why="the whole built-in prompt set")
+    n_prompts: int = derive(SGROptions, "n", 600, why="the whole built-in prompt set")
     temperature: float = derive(SGROptions, "temperature")
     max_new_tokens: int = derive(SGROptions, "max_new_tokens")
     steps: int | None = derive(RecoverOptions, "steps")
@@ -114,7 +112,7 @@ class Recover(Options):
     max_grad_norm: float | None = derive(RecoverOptions, "max_grad_norm")
     adapter_dtype: str = derive(RecoverOptions, "adapter_dtype")
     eval_n: int = derive(RecoverOptions, "eval_n")
-    eval_every: int | None = derive(RecoverOptions, "eval_every", None, kind="int?",
+    eval_every: int | None = derive(RecoverOptions, "eval_every", None,
                                     why="none: a quarter of steps, or 25 steps under a token budget")
     lr: float = derive(RecoverOptions, "lr")
     warmup: int = derive(RecoverOptions, "warmup")
@@ -124,10 +122,10 @@ class Recover(Options):
 class Evaluate(Options):
     """``evaluate``: benchmarks (``prunescope eval``) and probe accuracy for base, pruned and recovered."""
 
-    tasks: list = derive(EvalOptions, "tasks", ["arc_easy", "piqa", "gsm8k"], choices=tuple(TASKS), why="two classification tasks and "
-                                                                                  "GSM8K: the retention gap in minutes")
-    limit: int | None = derive(EvalOptions, "limit", 50, kind="int?", why=SMALLER)
-    limits: dict = option({}, "per-task limits, e.g. {gsm8k: 10}", kind="dict")
+    tasks: list[str] = derive(EvalOptions, "tasks", ["arc_easy", "piqa", "gsm8k"], choices=tuple(TASKS),
+                              why="two classification tasks and GSM8K: the retention gap in minutes")
+    limit: int | None = derive(EvalOptions, "limit", 50, why=SMALLER)
+    limits: dict = option({}, "per-task limits, e.g. {gsm8k: 10}")
     fewshot: int | None = derive(EvalOptions, "fewshot")
     batch_size: int = derive(EvalOptions, "batch_size")
     gen_batch_size: int | None = derive(EvalOptions, "gen_batch_size")
@@ -146,14 +144,13 @@ class Evaluate(Options):
 class Study(Options):
     """The top level: the model, where it runs, the seed(s) and the five sections."""
 
-    name: str | None = option(None, "run name (default: the config file's name)", kind="str?")
-    out: str | None = option(None, "run folder (default: runs/NAME)", kind="str?")
+    name: str | None = option(None, "run name (default: the config file's name)")
+    out: str | None = option(None, "run folder (default: runs/NAME)")
     model: str = option("default", "base model: default, an alias (gemma3-270m), a folder or a .gguf file")
     device: str = option("cpu", "torch device: cpu, cuda or cuda:N (not part of any stage's key)")
     dtype: str = option("float32", "weights dtype", choices=DTYPES)
     seed: int = option(0, "seed of every stage", minimum=0)
-    seeds: list = option([], "several seeds: one run per seed under OUT/seed-N, then compared", kind="ints",
-                         minimum=0)
+    seeds: list[int] = option([], "several seeds: one run per seed under OUT/seed-N, then compared", minimum=0)
 
 
 SECTIONS: dict[str, type] = {"localize": Localize, "score": Score, "prune": Prune, "recover": Recover,
@@ -188,7 +185,7 @@ def _fill(cls: type, node, where: str, src: str) -> dict:
             continue
         value = yaml.safe_load(yaml.serialize(vnode))
         try:
-            out[f.name] = check_field(f, value, f"'{full}'")
+            out[f.name] = check_field(cls, f, value, f"'{full}'")
         except PrunescopeError as e:
             raise PrunescopeError(f"{src}:{_line(vnode)}: {e}") from None
     return out

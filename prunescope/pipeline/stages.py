@@ -41,7 +41,7 @@ class Run:
         if not self._marked(stage):
             return False
         if stage == "recover" and not self.done("evaluate"):
-            # a run folder brought back from a lent GPU has no merged arms: they train again
+            # a run folder copied without its weights has no merged arms: they train again
             # (an arm whose scores are finished needs none)
             return all(_trained(f) or diverged(f) or _evaluated(self, st, f)
                        for st, f in self.recovered_stages().items())
@@ -239,7 +239,7 @@ def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
     strategy, mode = folder.name.rsplit("-", 1)
     shutil.rmtree(run.out / "eval" / stage, ignore_errors=True)  # scores of an earlier training are stale
     pruned = run.pruned_stages()[f"pruned-{strategy}"]
-    _ensure_checkpoint(run, pruned)  # a run folder brought back from a lent GPU has no weights
+    _ensure_checkpoint(run, pruned)  # a run folder copied without its weights has none
     cfg = RecoverOptions(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
                          quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
                          max_seq_len=c["max_seq_len"], batch_size=c["batch_size"], micro_batch=c["micro_batch"],
@@ -250,7 +250,7 @@ def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
         s = recover_model(cfg, model=pruned, placement=Placement(device=run.cfg["device"]), output=run.output(folder))
     except RecoveryDiverged as e:
         # one arm that diverges is a result, not the end of the run: the other arms and the
-        # evaluation go on (on a lent GPU the rest of the session would be lost otherwise)
+        # evaluation go on (stopping here would leave the whole rest of the run undone)
         atomic_write_json(folder / DIVERGED, {"error": str(e), "non_finite": e.records})
         print(f"  {stage}: {e}; the other arms go on, the evaluation leaves this one out", flush=True)
         return False
@@ -264,14 +264,14 @@ def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
 
 def _evaluated(run: Run, stage: str, folder: Path) -> bool:
     """A trained recovery arm whose benchmarks and probes are finished under the run's evaluation
-    settings: its weights are no longer needed (a run folder brought back from a lent GPU has none)."""
+    settings: its weights are no longer needed (a run folder copied without its weights has none)."""
     return (folder / "prunescope_recovery.json").is_file() and None not in _finished(run, stage, folder)
 
 
 class _ArmEvaluation:
     """Each recovery arm is evaluated as soon as it is trained, so that the scores of the arms done so
-    far survive a lent GPU's session that ends with the later ones (their merged weights do not
-    travel; an arm with finished scores is not trained again). With ``evaluate.workers`` > 1 an arm
+    far survive a run that stops during the later ones and is resumed from a folder copied without
+    its weights (the merged arms are not in it; an arm with finished scores is not trained again). With ``evaluate.workers`` > 1 an arm
     is evaluated in a worker process beside the next arm's training, else in this process. An arm
     whose evaluation fails in its worker is left to the evaluation stage, as in
     :func:`_evaluate_side_by_side`.
@@ -313,15 +313,15 @@ class _ArmEvaluation:
 
 
 def _trained(folder: Path) -> bool:
-    """A recovery arm whose merged model is there (a run folder packed on a lent GPU comes back
-    without weights: its arms train again wherever the run goes on)."""
+    """A recovery arm whose merged model is there (a run folder copied without its weights has
+    none: its arms train again wherever the run goes on, unless their scores are finished)."""
     return (folder / "prunescope_recovery.json").is_file() and any(folder.glob("*.safetensors"))
 
 
 def _probe_arm(run: Run, stage: str, folder: Path) -> None:
     """A recovered arm's probe accuracy right after its training, where the evaluation stage reads
-    it back: on a lent GPU whose session ends during the evaluation the merged arms are lost with
-    the machine, and the probes (the paper's arithmetic 96 -> 37 -> 74) should not be lost with them."""
+    it back: a run that stops during the evaluation and is moved without its weights loses the
+    merged arms, and the probes (the paper's arithmetic 96 -> 37 -> 74) should not be lost with them."""
     n = run.cfg["evaluate"]["probe_n"]
     if _cached_probes(run, stage, _probes(run), n) is not None:
         return
@@ -388,13 +388,13 @@ def _cached_probes(run: Run, stage: str, probes: list[str], n: int) -> dict[str,
 
 def _finished(run: Run, stage: str, folder: Path | None) -> tuple[list[dict] | None, dict[str, float] | None]:
     """A stage's benchmark rows and probe accuracy as its run folder holds them (None: not yet)."""
-    from prunescope.analysis.evaluate import eval_settings, finished_rows
+    from prunescope.analysis.evaluate import EvalOptions, eval_settings, finished_rows
 
     c = run.cfg["evaluate"]
     name, path = run.base_identity
-    settings = eval_settings(name, path if folder is None else folder, stage=stage,
-                             limit={"default": c["limit"], **c["limits"]}, num_fewshot=c["fewshot"],
-                             max_length=c["max_length"], seed=run.cfg["seed"])
+    options = EvalOptions(stage=stage, limit={"default": c["limit"], **c["limits"]}, fewshot=c["fewshot"],
+                          max_length=c["max_length"], seed=run.cfg["seed"])
+    settings = eval_settings(name, path if folder is None else folder, options)
     return (finished_rows(run.out / "eval" / stage, c["tasks"], settings, c["xsum_file"]),
             _cached_probes(run, stage, _probes(run), c["probe_n"]))
 
@@ -483,7 +483,7 @@ def _first_line(e: BaseException) -> str:
 def evaluation_order(stages: list[str]) -> list[str]:
     """The order stages are evaluated in: recovered ones first. A pruned checkpoint left behind is
     rebuilt from its plan, a recovered one is not (its adapter would have to be trained again), so
-    a run cut short (a lent GPU's session ending) should already hold the recovered stages' scores.
+    a run cut short (then moved without its weights) should already hold the recovered stages' scores.
 
     >>> evaluation_order(["base", "pruned-bi", "recovered-bi-sgr", "recovered-bi-random"])
     ['recovered-bi-sgr', 'recovered-bi-random', 'base', 'pruned-bi']

@@ -1,13 +1,13 @@
-"""Evaluate a pipeline config's base stage again, into another run folder, with the pipeline's own
-code and settings: its per-item samples come back, which a packed run folder leaves out for the
-stages finished in an earlier session (they are needed for the paired bootstrap intervals of the
-stages evaluated later, against the base model's items, and for failure signatures).
+"""Evaluate a pipeline config's base model alone, into a new run folder, with the pipeline's own
+code and evaluation settings: ``OUT/eval/base/`` (eval.csv, per-item samples, probes.json) as
+``prunescope run`` writes it.
 
-    python experiments/gpu/stage_samples.py experiments/qwen-retention.yaml /root/runs/qwen-retention-base
+    python experiments/evaluate_base.py experiments/qwen-retention.yaml runs/qwen-retention-base --device cuda
 
-Writes OUT/eval/base/ (eval.csv, samples/, probes.json) as `prunescope run` would. Compare its
-eval.csv with the earlier one before pairing: on another card greedy bf16 generation changes a few
-answers (docs/results.md, Qwen experiment 3: GSM8K 0.514 on an H100 vs 0.520 on an H200).
+Its use: the paired bootstrap intervals and failure signatures of a stage compare its items with
+the base model's, so a stage evaluated on another machine is best paired with a base evaluated on
+that machine too (greedy bf16 generation changes a few answers between GPU models: docs/results.md,
+Qwen experiment 3). Compare the new eval.csv with the run's own base scores before pairing.
 """
 
 from __future__ import annotations
