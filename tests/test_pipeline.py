@@ -422,9 +422,9 @@ def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir
     from prunescope.pipeline import run_pipeline
     from prunescope.pipeline.stages import Run, _recover
 
-    real_recover, real_step, poison = rt.recover, rt.train_step, {"on": False}
+    real_recover, real_step, poison = rt.recover_model, rt.train_step, {"on": False}
 
-    def recover(options=None, *a, **kw):
+    def recover_model(options=None, *a, **kw):
         poison["on"] = options is not None and getattr(options, "mode", None) == "sgr"
         return real_recover(options, *a, **kw)
 
@@ -436,7 +436,7 @@ def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir
                     p.grad.fill_(float("nan"))
         return loss, seen
 
-    monkeypatch.setattr(rt, "recover", recover)
+    monkeypatch.setattr(rt, "recover_model", recover_model)
     monkeypatch.setattr(rt, "train_step", train_step)
     cfg = _recovery_config(tmp_path, tiny_llama_dir, "d", "[sgr, external]", 4,
                            "tasks: [arc_easy], limit: 3, probe_n: 8")

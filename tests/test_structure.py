@@ -148,3 +148,22 @@ def test_one_import_namespace():
                 bare += [(str(path.relative_to(ROOT)), node.lineno, n) for n in names
                          if n.split(".")[0] in STAGE_FOLDERS]
     assert bare == [], f"bare stage imports (write prunescope.<stage>): {bare}"
+
+
+def test_library_functions_are_short_and_take_few_parameters():
+    """No library function is over 60 lines (``def`` line to its last line, by ``ast``) or takes
+    more than 8 parameters besides ``self``/``cls``: settings travel in an options object."""
+    long, wide = [], []
+    for m, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+            n -= bool(a.args and a.args[0].arg in ("self", "cls"))
+            where = f"{m}:{node.lineno} {node.name}"
+            if node.end_lineno - node.lineno + 1 > 60:
+                long.append((where, node.end_lineno - node.lineno + 1))
+            if n > 8:
+                wide.append((where, n))
+    assert long == [] and wide == [], f"over 60 lines: {long}; over 8 parameters: {wide}"
