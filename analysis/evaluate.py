@@ -12,7 +12,7 @@ lm-eval on an ``HFLM`` wrapped around ``loaded.model`` / ``loaded.tokenizer`` on
 per-document samples, and resumes a crashed run task by task.
 
 >>> from prunescope.probe.models import load_model                                   # doctest: +SKIP
->>> options = EvalOptions(tasks=["arc_easy", "piqa"], limit=50, fewshot=0)
+>>> options = EvalOptions(tasks=["arc_easy", "piqa"], limit=50, num_fewshot=0)
 >>> rows = run_benchmarks(load_model(), options, "runs/eval")                        # doctest: +SKIP
 >>> [(r["probe"], r["metric"], round(r["value"], 2)) for r in rows if r["primary"]]   # doctest: +SKIP
 [('arc_easy', 'acc_norm', 0.4), ('piqa', 'acc_norm', 0.7)]
@@ -39,7 +39,8 @@ import yaml
 
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.lock import run_lock
-from prunescope.core.options import Limit, Options, Output, Placement, check_doc_limit, option
+from prunescope.core.overwrite import expect_folder, remove_previous
+from prunescope.core.options import SHARED_MEANINGS, Flag, Limit, Options, Output, Placement, check_doc_limit, option
 from prunescope.core.results import (
     COLUMNS, atomic_write_json, atomic_write_text, check_run_config, read_jsonl, record_run_config, same_config,
     write_table,
@@ -526,17 +527,18 @@ class EvalOptions(Options):
                               choices=lambda: (*TASKS, *GROUPS), what="task")
     limit: Limit = option(None, "docs per task (MMLU: spread over its 57 subjects), or a fraction of each task's "
                                 "docs (0.2, as the paper's code); in Python or YAML also {task: n, default: n}")
-    fewshot: int | None = option(None, "few-shot examples (default: the task's own: classification 5, GSM8K 8)",
-                                 minimum=0)
-    stage: str = option("base", "the condition column: base / pruned-bi / ...")
-    batch_size: int = option(8, "scored requests per forward", minimum=1)
-    gen_batch_size: int | None = option(None, "sequences generated together (the engine's slots; default 64); "
-                                              "generation keeps only the last position's logits, so "
-                                              "large-vocabulary models can generate in larger batches",
-                                        minimum=1)
+    num_fewshot: int | None = option(None, "few-shot examples per prompt (default: the task's own: classification 5, "
+                                           "GSM8K 8)", minimum=0,
+                                     cli=Flag(aliases=("--num_fewshot",)))
+    stage: str | None = option(None, "the condition column (default: the model folder's name for a pruned or "
+                                     "recovered model, base for any other)")
+    batch_size: int = option(8, SHARED_MEANINGS["batch_size"] + " (default: 8 scored requests)", minimum=1)
+    # generation keeps only the last position's logits, so large-vocabulary models can generate in larger batches
+    slots: int | None = option(None, SHARED_MEANINGS["slots"] + " (default: 64)", minimum=1)
     max_length: int | None = option(None, "context length for lm-eval; longer requests are cut from the left "
                                           "(default: the model's)", minimum=1)
-    max_new_tokens: int | None = option(None, "HumanEval/MBPP completion length (default: 384)", minimum=1)
+    code_max_new_tokens: int | None = option(None, "HumanEval/MBPP: most tokens generated per completion "
+                                                   "(default: 384)", minimum=1)
     code_prompt: str = option("auto", "HumanEval/MBPP prompt: chat (the problem as an instruction in the chat "
                                       "template, as evalplus asks instruction models), raw (the model completes "
                                       "the problem's own prompt), auto (chat when the tokenizer has a chat "
@@ -546,7 +548,7 @@ class EvalOptions(Options):
     mbpp_plus: str | None = option(None, "MbppPlus JSONL (evalplus format) for plus tests")
     skip: list[int] = option([], "layers skipped through the block handle while evaluating (a benchmark ablation)",
                              minimum=0)
-    seed: int = option(0, "seed of lm-eval's few-shot draw and of sampling", minimum=0)
+    seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
 
     def validate(self) -> None:
         # each limit value was checked with the field (prunescope.core.options.check_doc_limit's rule)
@@ -559,9 +561,11 @@ class EvalOptions(Options):
 
     def code_options(self) -> dict:
         """The settings of HumanEval/MBPP (:func:`prunescope.analysis.code_eval.run_code_task`) that
-        differ from their defaults: ``max_new_tokens``, ``humaneval_plus``, ``mbpp_plus``, ``chat``."""
-        opts = {k: getattr(self, k) for k in ("max_new_tokens", "humaneval_plus", "mbpp_plus")
-                if getattr(self, k) is not None}
+        differ from their defaults: ``max_new_tokens`` (``code_max_new_tokens``), ``humaneval_plus``,
+        ``mbpp_plus``, ``chat``."""
+        given = {"max_new_tokens": self.code_max_new_tokens, "humaneval_plus": self.humaneval_plus,
+                 "mbpp_plus": self.mbpp_plus}
+        opts = {k: v for k, v in given.items() if v is not None}
         if self.code_prompt != "auto":  # auto adds no key: runs recorded before this option still resume
             opts["chat"] = self.code_prompt == "chat"
         return opts
@@ -577,7 +581,7 @@ def evaluate(options: EvalOptions | None = None, *, model: str | None = None,
              placement: Placement | None = None, output: Output | None = None, loaded=None) -> list[dict]:
     """Score a model on benchmarks; tidy rows, one per task x metric (see :func:`run_benchmarks`).
 
-    >>> rows = evaluate(EvalOptions(tasks=["arc_easy"], limit=20, fewshot=0))   # doctest: +SKIP
+    >>> rows = evaluate(EvalOptions(tasks=["arc_easy"], limit=20, num_fewshot=0))   # doctest: +SKIP
     """
     o = (options or EvalOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
@@ -585,23 +589,23 @@ def evaluate(options: EvalOptions | None = None, *, model: str | None = None,
         from prunescope.probe.models import load_model
 
         loaded = load_model(model, **placement.load_kwargs())
-    return run_benchmarks(loaded, o, output.out, progress=output.progress)
+    return run_benchmarks(loaded, o, output.out, progress=output.progress, overwrite=output.overwrite)
 
 
 def run_benchmarks(loaded, options: EvalOptions, out: str | Path | None = None, *,
                    docs: Mapping[str, Sequence[int]] | None = None, progress: bool = True,
-                   fan_out=None) -> list[dict]:
+                   fan_out=None, overwrite: bool = False) -> list[dict]:
     """Score ``loaded`` (a ``prunescope.probe.models.LoadedModel``) on ``options.tasks``; tidy rows, one
     per task x metric.
 
     The :class:`EvalOptions`: ``limit`` docs per benchmark (MMLU: spread over its 57 subjects), or
     ``{task: n, "default": n}`` for per-task limits (generation is far slower than log-likelihood
-    scoring); ``fewshot`` None keeps each task's own count (classification 5 as in the paper, GSM8K
-    8, XSum 0); ``stage`` goes into the ``condition`` column (base / pruned / recovered); ``skip``:
+    scoring); ``num_fewshot`` None keeps each task's own count (classification 5 as in the paper, GSM8K
+    8, XSum 0); ``stage`` goes into the ``condition`` column (None: :func:`model_stage`); ``skip``:
     layers skipped through the block handle while evaluating (a single-layer ablation of a
     benchmark: ``skip=[5]``), written in the ``layers`` column; :meth:`EvalOptions.code_options` go
     to :func:`prunescope.analysis.code_eval.run_code_task`. ``batch_size`` batches scored requests,
-    ``gen_batch_size`` (default 64) is the engine's slots for generated ones (:func:`make_lm`);
+    ``slots`` (default 64) is the engine's slots for generated ones (:func:`make_lm`);
     neither changes a score, so neither is part of the settings a rerun checks.
 
     With ``out``: ``eval.csv``/``eval.jsonl`` (every finished task of the folder),
@@ -611,12 +615,13 @@ def run_benchmarks(loaded, options: EvalOptions, out: str | Path | None = None, 
     instead of its first ``limit`` (held-out docs, see :func:`heldout_docs`); a task with a group of
     leaves (MMLU) does not take it. ``progress``: progress bars. ``fan_out``
 (:class:`prunescope.generation.SkipSets`): generated answers come from its current skip set, every
-set's rows generated in one engine run (score only generated tasks with it).
+set's rows generated in one engine run (score only generated tasks with it). ``overwrite``: an
+earlier evaluation in ``out`` (:data:`EVAL_OUTPUTS`) is removed instead of resumed or refused.
 
-    >>> rows = run_benchmarks(load_model(), EvalOptions(tasks=["arc_easy"], limit=20, fewshot=0))  # doctest: +SKIP
+    >>> rows = run_benchmarks(load_model(), EvalOptions(tasks=["arc_easy"], limit=20, num_fewshot=0))  # doctest: +SKIP
     """
-    run = _prepare_run(loaded, options.replace().check(), out, docs, progress)
-    run.fan_out = fan_out
+    run = _prepare_run(loaded, options.replace().check(), out, docs, progress, overwrite)
+    run.fan_out, run.overwrite = fan_out, overwrite
     tok = loaded.tokenizer
     saved = {k: getattr(tok, k, None) for k in ("padding_side", "truncation_side")}
     skipping = loaded.blocks.skip(run.skip) if run.skip else contextlib.nullcontext()
@@ -630,12 +635,13 @@ set's rows generated in one engine run (score only generated tasks with it).
 
 
 def _prepare_run(loaded, options: EvalOptions, out: str | Path | None, docs: Mapping[str, Sequence[int]] | None,
-                 progress: bool) -> _BenchmarkRun:
+                 progress: bool, overwrite: bool = False) -> _BenchmarkRun:
     """Every check before any work: each lm-eval config is built (a missing data package, a bad
     xsum file or few-shot count fails here), the chosen docs name tasks of this run, and a folder
     that holds another evaluation is refused (the settings are recorded once the work starts)."""
+    options = options.replace(stage=options.stage or model_stage(loaded.path, loaded.name))
     tasks = list(dict.fromkeys(options.tasks))
-    configs = {t: lm_eval_tasks(t, num_fewshot=options.fewshot, xsum_file=options.xsum_file)
+    configs = {t: lm_eval_tasks(t, num_fewshot=options.num_fewshot, xsum_file=options.xsum_file)
                for t in tasks if t not in CODE_TASKS}
     docs = {t: sorted(int(i) for i in ix) for t, ix in (docs or {}).items()}
     for t in docs:
@@ -645,8 +651,10 @@ def _prepare_run(loaded, options: EvalOptions, out: str | Path | None, docs: Map
     if docs:
         settings["docs"] = docs
     out = Path(out) if out is not None else None
-    if out is not None:
+    if out is not None and not overwrite:
         check_run_config(out, settings, "evaluation", paths=SETTING_PATHS, write=False)
+    elif out is not None:
+        expect_folder(out)
     return _BenchmarkRun(loaded, options, out, docs, progress, configs, settings)
 
 
@@ -663,6 +671,7 @@ class _BenchmarkRun:
     settings: dict  # what the folder records (eval_settings, plus the chosen docs)
     lm: object = None  # the lm-eval model, built for the first lm-eval task
     fan_out: object = None  # a SkipSets that generated answers come from
+    overwrite: bool = False  # an earlier evaluation in out goes first (EVAL_OUTPUTS)
 
     @property
     def skip(self) -> list[int]:
@@ -677,12 +686,14 @@ class _BenchmarkRun:
         return self.configs["xsum"][0]["dataset_kwargs"]["data_files"]["test"] if "xsum" in self.configs else None
 
     def all_rows(self) -> list[dict]:
-        from tqdm.auto import tqdm
-
+        """Every task's rows, each task with one progress bar (``eval <task>``, requests and their
+        rate): a bar over the tasks around it would only nest."""
         if self.out is not None:
+            if self.overwrite:
+                remove_previous(self.out, EVAL_OUTPUTS)
             record_run_config(self.out, self.settings)
         rows: list[dict] = []
-        for name in tqdm(list(dict.fromkeys(self.options.tasks)), desc="eval", disable=not self.progress):
+        for name in dict.fromkeys(self.options.tasks):
             rows += self.task_rows(name)
         return rows
 
@@ -713,7 +724,7 @@ class _BenchmarkRun:
                 else Path(tempfile.mkdtemp(prefix=f"prunescope-{name}-")))
         from prunescope.generation import EngineSettings
 
-        engine = EngineSettings(slots=o.gen_batch_size or 64, progress=self.progress, fan_out=self.fan_out)
+        engine = EngineSettings(slots=o.slots or 64, progress=self.progress, fan_out=self.fan_out)
         rows, samples = run_code_task(self.loaded, name, limit=self.docs.get(name) or o.task_limit(name), out_dir=work,
                                       seed=o.seed, code_options=o.code_options(), engine=engine)
         return [{**r, "model": self.loaded.name, "probe": name, "condition": o.stage, "layers": self.layers,
@@ -724,8 +735,9 @@ class _BenchmarkRun:
         o = self.options
         if self.lm is None:
             self.lm = make_lm(self.loaded, batch_size=o.batch_size, max_length=o.max_length,
-                              show_progress=self.progress, gen_batch_size=o.gen_batch_size, seed=o.seed,
+                              show_progress=self.progress, gen_batch_size=o.slots, seed=o.seed,
                               fan_out=self.fan_out)
+        self.lm.progress_label = f"eval {name}"
         leaves = self.configs[name]
         limit = lm_eval_limit(name, o.task_limit(name), len(leaves))
         chosen = {leaves[0]["task"]: self.docs[name]} if name in self.docs else None
@@ -735,8 +747,25 @@ class _BenchmarkRun:
         return [{**r, "layers": self.layers} for r in rows], samples
 
 
+# what a checkpoint written by prunescope prune / recover holds besides the model
+MODEL_RECORDS = ("prunescope_plan.json", "prunescope_recovery.json")
+
+
+def model_stage(path: str | Path, name: str) -> str:
+    """The ``condition`` of an evaluation without ``stage``: ``name`` (the folder's name) for a
+    pruned or recovered checkpoint (its folder holds the plan or recovery record), ``base`` for
+    any other model.
+
+    >>> model_stage("/nonexistent/Qwen-7B", "Qwen-7B")
+    'base'
+    """
+    return name if any((Path(path) / f).is_file() for f in MODEL_RECORDS) else "base"
+
+
 # where the model, the xsum file and the run folder lie is not a setting (prunescope.core.results.same_config)
 SETTING_PATHS = ("model_path", "xsum_file")
+# what an evaluation writes in its folder (what --overwrite removes)
+EVAL_OUTPUTS = ("config.json", "eval.csv", "eval.jsonl", "samples", "tasks", "code")
 
 
 def eval_settings(name: str, path: str | Path, options: EvalOptions) -> dict:
@@ -747,8 +776,8 @@ def eval_settings(name: str, path: str | Path, options: EvalOptions) -> dict:
     import lm_eval
 
     o, code_options = options, options.code_options()
-    return {"command": "eval", "model": name, "model_path": str(path), "stage": o.stage,
-            "limit": o.limit, "num_fewshot": o.fewshot, "max_length": o.max_length, "seed": o.seed,
+    return {"command": "eval", "model": name, "model_path": str(path), "stage": o.stage or model_stage(path, name),
+            "limit": o.limit, "num_fewshot": o.num_fewshot, "max_length": o.max_length, "seed": o.seed,
             "lm_eval": lm_eval.__version__, **({"skip": sorted(o.skip)} if o.skip else {}),
             **({"code_options": {k: str(v) for k, v in code_options.items()}} if code_options else {})}
 

@@ -1,9 +1,11 @@
 """lm-eval's ``HFLM`` around a model already in memory, as :mod:`prunescope.analysis.evaluate` runs it.
 
-Three things differ from the stock ``HFLM``: progress bars follow the caller's setting; scored
-requests compute the output layer on the continuation positions only (:meth:`InMemoryHFLM._model_call`);
-generated requests go through the generation engine (:mod:`prunescope.generation`) with a batch
-size of their own. Built by :func:`prunescope.analysis.evaluate.make_lm`.
+Three things differ from the stock ``HFLM``: one progress bar per task, ours (``progress_label``, a
+rate in requests per second; lm-eval's "Tokenizing inputs" and "Running loglikelihood requests"
+bars never show), following the caller's setting; scored requests compute the output layer on the
+continuation positions only (:meth:`InMemoryHFLM._model_call`); generated requests go through the
+generation engine (:mod:`prunescope.generation`) with a batch size of their own. Built by
+:func:`prunescope.analysis.evaluate.make_lm`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import inspect
 import logging
 
 import torch
+import lm_eval.models.huggingface as lm_eval_hf
 from lm_eval.models.huggingface import HFLM
+from tqdm.auto import tqdm
 
 from prunescope.core.errors import PrunescopeError
 
@@ -31,14 +35,34 @@ def _hflm_warnings_off():
         log.setLevel(level)
 
 
+@contextlib.contextmanager
+def _requests_bar(label: str, show: bool):
+    """HFLM's bar over scored requests, made ours for the call: labelled with the task, counted in
+    requests (with their rate), shown only when the caller shows progress. HFLM has no switch for
+    its label; the bar is the one place it counts requests, so it is replaced, not added to."""
+    real = lm_eval_hf.tqdm
+
+    def bar(*args, **kwargs):
+        return tqdm(*args, **{**kwargs, "desc": label, "unit": "req", "disable": not show or kwargs.get("disable")})
+
+    lm_eval_hf.tqdm = bar
+    try:
+        yield
+    finally:
+        lm_eval_hf.tqdm = real
+
+
 class InMemoryHFLM(HFLM):
     """``HFLM`` on ``loaded.model`` / ``loaded.tokenizer`` (no copy, no reload).
 
     Scored requests go in batches of ``batch_size``; generated ones through the engine with
     ``gen_batch_size`` slots (default 64): generation keeps only the last position's logits, so even
     a large-vocabulary model (Gemma: 262k) generates in far larger batches than it can score.
-    ``seed`` seeds sampled requests (request k draws ``seed + k``).
+    ``seed`` seeds sampled requests (request k draws ``seed + k``). ``progress_label``: the label of
+    the one bar a task's requests show (the caller sets it per task).
     """
+
+    progress_label: str = "eval"
 
     def __init__(self, loaded, *, batch_size: int = 8, max_length: int | None = None, show_progress: bool = True,
                  gen_batch_size: int | None = None, seed: int = 0, fan_out=None):
@@ -48,17 +72,26 @@ class InMemoryHFLM(HFLM):
         self._seed = seed
         self._keeps_logits = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
         self._longest_continuation = 0  # set while a batch of scored requests runs
+        self._bar_shown: bool | None = None  # set while loglikelihood runs: whether its requests' bar shows
         with _hflm_warnings_off():
             super().__init__(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
                              max_length=max_length)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self._show_progress)
+        # lm-eval's "Tokenizing inputs" bar off (disable_tqdm=True there); the task's one bar counts
+        # the requests in _loglikelihood_tokens, shown as the caller asked
+        self._bar_shown = self._show_progress and not disable_tqdm
+        try:
+            return super().loglikelihood(requests, disable_tqdm=True)
+        finally:
+            self._bar_shown = None
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         self._longest_continuation = max((len(r[2]) for r in requests), default=0)
+        show = self._show_progress and not disable_tqdm if self._bar_shown is None else self._bar_shown
         try:
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            with _requests_bar(self.progress_label, show):
+                return super()._loglikelihood_tokens(requests, disable_tqdm=False, override_bs=override_bs)
         finally:
             self._longest_continuation = 0
 
@@ -96,7 +129,7 @@ class InMemoryHFLM(HFLM):
             reqs.append(request)
             stops.append(until)
         engine = Engine(self.model, self.tokenizer, GenerationOptions(slots=self._gen_slots))
-        done = engine.generate(reqs, progress=self._show_progress and not disable_tqdm, desc="generate_until",
+        done = engine.generate(reqs, progress=self._show_progress and not disable_tqdm, desc=self.progress_label,
                                fan_out=self._fan_out)
         think = self.think_end_token if isinstance(self.think_end_token, str) else None
         res = []

@@ -89,7 +89,7 @@ def main(argv=None) -> None:
         model, tok = tiny_model("qwen2", attn_implementation="sdpa", max_positions=4096)
         loaded = LoadedModel(model.to(args.device), tok, "tiny-qwen2", "")
     else:
-        loaded = load_model(args.model, device=args.device)
+        loaded = load_model(args.model, device=args.device, dtype="float32")
     # Warm-up outside the timers: builds every task once (datasets caches the Arrow splits) and runs a forward.
     from lm_eval.api.task import ConfigurableTask
 
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     ref, docs = direct(loaded, tasks, args.limit, args.fewshot, args.batch_size, args.seed)
     t_direct = time.perf_counter() - t0
 
-    options = EvalOptions(tasks=tasks, limit=args.limit, fewshot=args.fewshot, batch_size=args.batch_size,
+    options = EvalOptions(tasks=tasks, limit=args.limit, num_fewshot=args.fewshot, batch_size=args.batch_size,
                           seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

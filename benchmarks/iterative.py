@@ -49,7 +49,7 @@ def main(argv=None):
         blocks, tok, name = Blocks(model), None, "random Llama-3.1-8B shape"
         plan = random_plan(args.n, cfg.vocab_size, 100, 200, 0, seed=0)
     else:
-        lm = load_model(args.model, device=args.device)
+        lm = load_model(args.model, device=args.device, dtype="float32")
         model, blocks, tok, name, plan = lm.model, lm.blocks, lm.tokenizer, lm.name, None
     L = blocks.n_layers
     cands = [int(x) for x in args.candidates.split(",")] if args.candidates else None

@@ -136,7 +136,7 @@ def part_a(args, runs: Path) -> dict:
 
     t = time.perf_counter()
     name, bf16 = "random-llama-3.1-70b-seed0", Placement(dtype="bfloat16")
-    rows = sweep(SweepOptions(probe=args.a_probes, n=args.a_n, batch_size=args.a_n), model=name, placement=bf16,
+    rows = sweep(SweepOptions(probes=args.a_probes, items=args.a_n, batch_size=args.a_n), model=name, placement=bf16,
                  output=quiet_output(runs, "a_70b_sweep"), loaded=lm)
     sync_all()
     res["sweep_s"] = time.perf_counter() - t
@@ -170,7 +170,7 @@ def part_a(args, runs: Path) -> dict:
 
     t = time.perf_counter()
     try:
-        p = patch(PatchOptions(probe="arithmetic", n=args.a_patch_n, method="both", kinds="resid_post,attn_out",
+        p = patch(PatchOptions(probe="arithmetic", pairs=args.a_patch_n, method="both", kinds="resid_post,attn_out",
                                positions=2),
                   model=name, placement=bf16, output=quiet_output(runs, "a_70b_patch"), loaded=lm)
         sync_all()
@@ -268,10 +268,10 @@ def part_b(args, runs: Path, tmp: Path) -> dict:
     per_gpu = f"{size * 0.75 / 2**30:.3f}GiB"   # less than the model: forces the shard onto every GPU
     max_memory = "cpu=1GiB" if SMOKE else ",".join(f"{i}={per_gpu}" for i in range(n_gpu))
     def sweep_options() -> SweepOptions:
-        return SweepOptions(probe=args.b_probes, n=args.b_n, batch_size=args.b_batch)
+        return SweepOptions(probes=args.b_probes, items=args.b_n, batch_size=args.b_batch)
 
     def patch_options() -> PatchOptions:
-        return PatchOptions(probe="arithmetic", n=args.b_patch_n, method="both",
+        return PatchOptions(probe="arithmetic", pairs=args.b_patch_n, method="both",
                             kinds="resid_post,attn_out,mlp_out,head", positions=4)
 
     res: dict = {"model": path, "max_memory": max_memory, "runs": {}}

@@ -227,13 +227,13 @@ def main() -> None:
         from prunescope.probe.sweep import SweepOptions, sweep
 
         with stage("probes", "3 probes x 200 items, every layer skipped", 1.0):
-            sweep(SweepOptions(probe=["arithmetic_multi", "brackets", "copy"], n=200, shots=3, ops="+"),
+            sweep(SweepOptions(probes=["arithmetic_multi", "brackets", "copy"], items=200, shots=3, ops="+"),
                   loaded=base, placement=placement, output=quiet("sweep"))
     if "patching" in todo:
         from prunescope.circuits.commands import PatchOptions, patch
 
         with stage("patching", "arithmetic, 32 pairs, exact + attribution", 1.0):
-            patch(PatchOptions(probe="arithmetic", n=32, method="both"), loaded=base, placement=placement,
+            patch(PatchOptions(probe="arithmetic", pairs=32, method="both"), loaded=base, placement=placement,
                   output=quiet("patch"))
     if "scores" in todo:
         from prunescope.prune.commands import ScoreOptions, score
@@ -245,15 +245,15 @@ def main() -> None:
         from prunescope.prune.commands import PruneOptions, prune_model
 
         with stage("prune", "BI 25%, checkpoint written", 1.0):
-            prune_model(PruneOptions(strategy="bi", ratio=0.25, overwrite=True), loaded=base, placement=placement,
-                  output=quiet("pruned-bi25"))
+            prune_model(PruneOptions(strategy="bi", ratio=0.25), loaded=base, placement=placement,
+                        output=quiet("pruned-bi25").replace(overwrite=True))
     sgr = work / "sgr.jsonl"
     if "sgr" in todo:
         from prunescope.recover.sgr import SGROptions, generate_responses
 
         n = max(1, round(2000 * f))
         with stage("sgr", f"{n} prompts, answers <= 512 tokens", None) as extra:
-            recs = generate_responses(SGROptions(n=n, max_new_tokens=512, temperature=0.9, batch_size=args.slots),
+            recs = generate_responses(SGROptions(max_prompts=n, max_new_tokens=512, temperature=0.9, slots=args.slots),
                                       loaded=base, records=prompts(n), output=quiet("sgr.jsonl"))
             made = sum(r["response_tokens"] for r in recs)
             extra["answer_tokens"] = made
@@ -267,7 +267,7 @@ def main() -> None:
             if device.type == "cuda":
                 base.model.to("cpu")  # room for the student; the base comes back for the evaluation
                 torch.cuda.empty_cache()
-            s = recover_model(RecoverOptions(data=str(sgr), steps=steps, max_seq_len=2048, eval_n=8, eval_every=10**6,
+            s = recover_model(RecoverOptions(data=str(sgr), steps=steps, max_seq_len=2048, heldout=8, eval_every=10**6,
                                        save_every=10**6, warmup=min(50, steps)),
                         model=str(pruned), placement=placement, output=quiet("recovered"), merge=False)
             extra.update(train_seconds=s["train_seconds"], trained_tokens=s["all_tokens"],
@@ -285,13 +285,13 @@ def main() -> None:
         lim = args.classification_limit
         with stage("classification", f"7 tasks, limit {lim:g}", PAPER["classification"][1] / lim):
             evaluate(EvalOptions(tasks=["classification"], limit=lim, batch_size=args.eval_batch,
-                                 gen_batch_size=args.slots), loaded=base, output=quiet("eval-classification"))
+                                 slots=args.slots), loaded=base, output=quiet("eval-classification"))
     if "gsm8k" in todo:
         from prunescope.analysis.evaluate import EvalOptions, evaluate
 
         lim = None if f >= 1 else max(1, round(1319 * f))
         with stage("gsm8k", f"8-shot CoT, {lim or 1319} questions", 1319 / (lim or 1319)):
-            evaluate(EvalOptions(tasks=["gsm8k"], limit=lim, batch_size=args.eval_batch, gen_batch_size=args.slots),
+            evaluate(EvalOptions(tasks=["gsm8k"], limit=lim, batch_size=args.eval_batch, slots=args.slots),
                      loaded=base, output=quiet("eval-gsm8k"))
     total = sum(r["seconds"] for r in rows)
     proj = sum(r["paper_seconds"] or 0 for r in rows)

@@ -128,7 +128,7 @@ def run_ours(model, data, cfg: RecoverOptions, steps: int, warmup: int, device, 
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     times = []
     for step in range(warmup + steps):
-        batch = data[(step * cfg.batch_size) % len(data):][:cfg.batch_size]
+        batch = data[(step * cfg.train_batch) % len(data):][:cfg.train_batch]
         sync(device)
         t = time.perf_counter()
         train_step(pm, batch, 0, device, cfg.micro_batch)
@@ -138,7 +138,7 @@ def run_ours(model, data, cfg: RecoverOptions, steps: int, warmup: int, device, 
         if step >= warmup:
             times.append(time.perf_counter() - t)
     if profile_to is not None:
-        profile_step(pm, data[:cfg.batch_size], cfg, device, profile_to)
+        profile_step(pm, data[:cfg.train_batch], cfg, device, profile_to)
     return times
 
 
@@ -175,7 +175,7 @@ def run_trl(model, data, cfg: RecoverOptions, steps: int, warmup: int, device, s
 
     conf = SFTConfig(output_dir=str(work), max_length=seq, packing=False, completion_only_loss=True,
                      per_device_train_batch_size=cfg.micro_batch,
-                     gradient_accumulation_steps=cfg.batch_size // cfg.micro_batch,
+                     gradient_accumulation_steps=cfg.train_batch // cfg.micro_batch,
                      gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
                      bf16=device.type == "cuda", learning_rate=cfg.lr, lr_scheduler_type="constant",
                      warmup_steps=0, max_steps=warmup + steps, logging_steps=1, report_to="none",
@@ -217,11 +217,11 @@ def main() -> None:
     for seq in map(int, args.seq.split(",")):
         micro = 4 if seq <= 2048 else 1
         steps = args.steps if seq <= 2048 else max(2, args.steps // 2)
-        cfg = RecoverOptions(rank=64, alpha=16, lr=2e-4, batch_size=8, micro_batch=micro, quant=args.quant,
+        cfg = RecoverOptions(rank=64, alpha=16, lr=2e-4, train_batch=8, micro_batch=micro, quant=args.quant,
                              grad_checkpointing=True).check()
         for arm in args.arms.split(","):
             model = build(args, device, dtype)
-            data = examples(cfg.batch_size * (args.warmup + steps), seq, int(model.config.vocab_size))
+            data = examples(cfg.train_batch * (args.warmup + steps), seq, int(model.config.vocab_size))
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             try:
@@ -240,7 +240,7 @@ def main() -> None:
                 gc.collect()
                 continue
             mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-            tokens = cfg.batch_size * seq
+            tokens = cfg.train_batch * seq
             secs = sum(times) / len(times)
             flops, with_recompute = model_flops(model, seq, tokens)
             row = {"seq": seq, "arm": arm, "steps_timed": len(times), "seconds_per_step": round(secs, 3),

@@ -51,17 +51,17 @@ def main() -> None:
     show = not args.quiet
     t_all = time.perf_counter()
 
-    base = load_model(args.model, device=args.device)
+    base = load_model(args.model, device=args.device, dtype="float32")
     pruned_dir = out / "pruned"
     if not (pruned_dir / "config.json").is_file():
-        plan = prune_model(PruneOptions(strategy="bi", ratio=args.ratio, overwrite=True), loaded=base,
-                     output=Output(out=str(pruned_dir), progress=show))
+        plan = prune_model(PruneOptions(strategy="bi", ratio=args.ratio), loaded=base,
+                           output=Output(out=str(pruned_dir), progress=show, overwrite=True))
         print(f"bi {args.ratio:.0%}: drop {plan.drop}")
     records = load_prompts(args.prompts, n=args.n_prompts)
     sgr_file = out / "sgr.jsonl"
     t0 = time.perf_counter()
     generate_responses(SGROptions(prompts=str(args.prompts), temperature=0.9, max_new_tokens=args.max_new_tokens,
-                                  batch_size=64 if args.device != "cpu" else 8),
+                                  slots=64 if args.device != "cpu" else 8),
                        loaded=base, records=records, output=Output(out=str(sgr_file), progress=show))
     sgr_seconds = time.perf_counter() - t0
 
@@ -82,7 +82,7 @@ def main() -> None:
     models = {"base": base.path, "pruned": pruned_dir,
               **{f"recovered-{m}": out / f"recovered-{m}" for m in summaries}}
     for stage, path in models.items():
-        lm = load_model(path, device=args.device)
+        lm = load_model(path, device=args.device, dtype="float32")
         vals = {f"ppl_{'sgr' if f == 'response' else 'external'}": perplexity(lm.model, ex, tok.pad_token_id)[1]
                 for f, ex in held.items()}
         vals.update(probe_accuracy(path, PROBES, n=args.probe_n, loaded=lm))

@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=args.device, dtype="float32")
     requests = mmlu_requests(args.subjects, args.docs, args.seed)
     print(f"{loaded.name}: {len(requests)} MMLU 5-shot requests, batch {args.batch_size}, {args.device}, "
           f"torch threads {torch.get_num_threads()}")

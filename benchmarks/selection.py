@@ -48,9 +48,9 @@ def main(argv=None) -> None:
     tasks = args.tasks.split(",")
     layers = range(lm.blocks.n_layers) if args.candidates is None else [int(x) for x in args.candidates.split(",")]
     sets = [[i] for i in layers]
-    ev = generated_answer_scorer(lm, tasks, args.n, gen_batch_size=args.gen_batch_size)
+    ev = generated_answer_scorer(lm, tasks, args.n, slots=args.gen_batch_size)
     # warm-up (tokenizer, lm-eval task building, a first graph capture) on one candidate, timed by neither
-    options = EvalOptions(tasks=tasks, gen_batch_size=args.gen_batch_size)
+    options = EvalOptions(tasks=tasks, slots=args.gen_batch_size)
     run_benchmarks(lm, options.replace(skip=sets[0]), docs=ev.docs, progress=False)
 
     _sync(args.device)

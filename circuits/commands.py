@@ -32,9 +32,10 @@ from pathlib import Path
 from prunescope.core.distributed import Dist, assign, rank_device, spread
 from prunescope.core.errors import PrunescopeError
 from prunescope.probe.interop import BACKENDS
-from prunescope.core.options import Flag, Options, Output, Placement, option
+from prunescope.core.options import SHARED_MEANINGS, Options, Output, Placement, option
 from prunescope.core.registry import Registry
 from prunescope.core.lock import run_lock
+from prunescope.core.overwrite import expect_folder, remove_previous
 from prunescope.core.results import (
     append_progress, atomic_write_json, check_run_config, read_progress, record_run_config, write_table,
 )
@@ -55,6 +56,11 @@ METHODS.register("graddrop", "graddrop", help="AtP*'s GradDrop: one backward per
 METHODS.register("relp", "relp", help="RelP: attribution with relevance rules in the backward pass (one backward)")
 
 
+# what a patching run writes in its --out folder (what --overwrite removes)
+PATCH_OUTPUTS = ("config.json", "patch.csv", "patch.jsonl", "layers.csv", "layers.jsonl", "pairs.jsonl",
+                 "agreement.json", "patch_*.png", ".progress")
+
+
 @dataclass
 class PatchOptions(Options):
     """Settings of ``prunescope patch`` (:func:`patch`).
@@ -65,7 +71,7 @@ class PatchOptions(Options):
 
     probe: str = option("arithmetic", "arithmetic, brackets, or a JSONL file of pairs {clean, corrupt, answer_clean, "
                                       "answer_corrupt}")
-    n: int = option(32, "pairs (spell it --pairs under torchrun)", minimum=1, cli=Flag(aliases=("--pairs",)))
+    pairs: int = option(32, "patching pairs (clean and corrupted prompt)", minimum=1)
     method: str = option("exact", "exact patching, first-order attribution patching, or both with their rank "
                                   "correlation", choices=METHODS)
     backend: str = option("hooks", "native hooks (fast, batched), or one condition per forward through "
@@ -82,8 +88,8 @@ class PatchOptions(Options):
     relevance: bool = option(False, "attribution: RelP, relevance propagation instead of the plain gradient "
                                     "(normalisers and attention patterns held constant, gated activations linear); "
                                     "one backward, like plain attribution")
-    seed: int = option(0, "seed of the pair generators", minimum=0)
-    shots: int = option(0, "arithmetic: solved examples before each prompt", minimum=0)
+    seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
+    shots: int = option(0, SHARED_MEANINGS["shots"], minimum=0)
 
     def validate(self) -> None:
         check_pair_probe(self.probe)
@@ -119,12 +125,12 @@ def _patch(d: Dist, options: PatchOptions, *, model, placement: Placement, outpu
     from prunescope.probe.models import load_model
 
     o = options
-    probe, n, method, backend, direction, kinds = o.probe, o.n, o.method, o.backend, o.direction, list(o.kinds)
+    probe, n, method, backend, direction, kinds = o.probe, o.pairs, o.method, o.backend, o.direction, list(o.kinds)
     positions, seed, shots = o.positions, o.seed, o.shots
     if backend != "hooks" and (d.world_size > 1 or placement.device_map is not None):
         raise PrunescopeError(f"the {backend} backend runs in one process on one device (it wraps or copies the "
                               "model); use --backend hooks with --devices or --device-map")
-    config = {"model": str(model or "default"), "probe": probe, "n": n, "method": method, "backend": backend,
+    config = {"model": str(model or "default"), "probe": probe, "pairs": n, "method": method, "backend": backend,
               "direction": direction, "kinds": kinds, "positions": positions, "seed": seed, "shots": shots,
               "dtype": placement.dtype,
               # recorded when it changes the result (older run folders, without the key, stay resumable)
@@ -132,8 +138,10 @@ def _patch(d: Dist, options: PatchOptions, *, model, placement: Placement, outpu
               **({"graddrop": True} if o.graddrop and method != "exact" else {}),
               **({"relevance": True} if o.relevance and method != "exact" else {})}
     out = Path(output.out) if output.out else None
-    if out:
+    if out and not output.overwrite:
         d.on_main(check_run_config, out, config, "patching run", paths=("model",), write=False)
+    elif out:
+        d.on_main(expect_folder, out)
     lm = loaded or load_model(model, **{**placement.load_kwargs(), "device": rank_device(placement.device, d)})
     opts = {"shots": shots} if shots and probe == "arithmetic" else {}
     pairs = make_pairs(probe, lm.tokenizer, n=n, seed=seed, **opts)
@@ -141,6 +149,8 @@ def _patch(d: Dist, options: PatchOptions, *, model, placement: Placement, outpu
     # the cells are validated here, so bad positions fail before any write
     plan = plan_cells(lm.blocks, enc, kinds=kinds, positions=positions, direction=direction)
     with run_lock(out if d.is_main else None, "patching run"):
+        if out and output.overwrite:  # the input is good: an earlier run's results go (every rank waits)
+            d.on_main(remove_previous, out, PATCH_OUTPUTS)
         if out and d.is_main:
             record_run_config(out, config)
             save_pairs(pairs, out / "pairs.jsonl")

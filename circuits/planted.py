@@ -211,12 +211,13 @@ def planted_model(name: str, root: str | Path | None = None):
         _route(model, spec)
         return model
     model, acc = train(spec)
-    import tempfile
+    from prunescope.core.results import follow_umask, make_temp_dir
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = make_temp_dir(f".{folder.name}.", folder.parent)   # the user's umask, not mkdtemp's 0700
     model.save_pretrained(tmp)
     (tmp / "planted.json").write_text(json.dumps({**asdict(spec), "accuracy": acc}, indent=1))
+    follow_umask(tmp)
     try:
         tmp.rename(folder)
     except OSError:  # another process cached it first

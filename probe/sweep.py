@@ -38,11 +38,12 @@ from tqdm.auto import tqdm
 from prunescope.probe.blocks import Blocks
 from prunescope.core.distributed import Dist, assign, rank_device, spread
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import Flag, Options, Output, Placement, option
+from prunescope.core.options import SHARED_MEANINGS, Flag, Options, Output, Placement, option
 from prunescope.core.lock import run_lock
+from prunescope.core.overwrite import expect_folder, remove_previous
 from prunescope.core.results import append_progress, check_run_config, read_progress, record_run_config, write_table
-from prunescope.probe.scoring import SCORINGS, Batch, ScoringPlan, TextPlan, aggregate, load_texts
-from prunescope.probe.tasks import Item, check_probe, make_items, save_items
+from prunescope.probe.scoring import SCORINGS, Batch, ScoringPlan, TextPlan, aggregate_defined, load_texts
+from prunescope.probe.tasks import OPERATORS, Item, check_probe, make_items, save_items
 
 
 @dataclass(frozen=True)
@@ -398,14 +399,15 @@ def _gather_round(d: Dist, lines: list[dict], error: str | None) -> list[dict]:
 
 def _probe_rows(plan: ScoringPlan, probe: str, conditions: Sequence[Condition],
                 stats: dict[str, dict[int, dict]], s: SweepSettings) -> list[dict]:
-    """The tidy rows of one probe: per condition, each metric aggregated over the items."""
+    """The tidy rows of one probe: per condition, each metric aggregated over the items that have
+    it (``n``: their count); a metric no item has (``accuracy`` of items without wrong answers)
+    gets no row."""
     rows = []
     for c in conditions:
-        per_item = plan.metrics(stats[c.name])
-        agg = aggregate(per_item, plan.metric_names)
-        for metric in plan.metric_names:
+        agg = aggregate_defined(plan.metrics(stats[c.name]), plan.metric_names)
+        for metric, (value, n) in agg.items():
             rows.append({"model": s.model_name, "probe": probe, "condition": c.name, "layers": c.layers_str,
-                         "metric": metric, "value": agg[metric], "n": len(per_item), "seed": s.seed})
+                         "metric": metric, "value": value, "n": n, "seed": s.seed})
     return rows
 
 
@@ -444,21 +446,25 @@ def _append_progress(progress_dir: Path, probe: str, records: list[dict]) -> Non
 
 
 # ----------------------------------------------------------------------------- the command
+# what a sweep writes in its --out folder (what --overwrite removes)
+SWEEP_OUTPUTS = ("config.json", "sweep.csv", "sweep.jsonl", "items", "sweep*.png", ".progress")
+
+
 @dataclass
 class SweepOptions(Options):
     """Settings of ``prunescope sweep`` (:func:`sweep`).
 
-    >>> SweepOptions(probe="arithmetic,brackets", n=50, windows=[1, 2]).check().probe
+    >>> SweepOptions(probes="arithmetic,brackets", items=50, windows=[1, 2]).check().probes
     ['arithmetic', 'brackets']
     """
 
-    probe: list[str] = option(["arithmetic"], "comma-separated probes (arithmetic, arithmetic_multi, brackets, copy) "
-                                              "or JSONL files of items {prompt, answer, wrong, group}")
-    n: int = option(200, "items per probe (spell it --items under torchrun, whose own options make --n "
-                         "ambiguous)", minimum=1, cli=Flag(aliases=("--items",)))
-    seed: int = option(0, "seed of the item generators", minimum=0)
-    shots: int | None = option(None, "arithmetic probes: solved examples before each item", minimum=0)
-    ops: str | None = option(None, "arithmetic_multi: operators, e.g. '+,-' (default: + - * //)")
+    probes: list[str] = option(["arithmetic"], "comma-separated probes (arithmetic, arithmetic_multi, brackets, copy) "
+                                               "or JSONL files of items {prompt, answer, wrong, group}")
+    items: int = option(200, "items per probe", minimum=1)
+    seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
+    shots: int | None = option(None, SHARED_MEANINGS["shots"], minimum=0)
+    ops: list[str] | None = option(None, "arithmetic_multi: operators, e.g. '+,-' (default: + - * //)",
+                                   choices=tuple(OPERATORS), what="operator")
     digits: int | None = option(None, "arithmetic_multi: operand digit count (default: 2)", minimum=1)
     carry: str | None = option(None, "arithmetic_multi: keep only items with / without a carry (default: any)",
                                choices=("any", "carry", "no_carry"))
@@ -468,17 +474,17 @@ class SweepOptions(Options):
     sets: list[list[int]] = option([], "extra layer sets to skip, e.g. '3,4;7;10-12'", minimum=0)
     scoring: str = option("first_diff", "first_diff: compare answers where their tokens first differ; logprob: "
                                         "whole-answer log-probability", choices=SCORINGS)
-    text: str | None = option(None, "also sweep teacher-forced loss on a text set: .txt (one text per line) or "
-                                    ".jsonl with a 'text' field")
-    batch_size: int | None = option(None, "rows per forward (default: from free memory)", minimum=1)
+    loss_text: str | None = option(None, SHARED_MEANINGS["loss_text"] + " (default: none; given, its loss is swept "
+                                                                        "beside the probes, on --items texts)")
+    batch_size: int | None = option(None, SHARED_MEANINGS["batch_size"] + " (default: from free memory)", minimum=1)
     prefix_reuse: bool = option(True, "reuse the shared prompt prefix and each layer's cached input (off: one "
                                       "full forward per condition, slower)",
                                 cli=Flag("--no-prefix-reuse", help="one full forward per condition (slower)"))
 
     def validate(self) -> None:
-        if not self.probe and not self.text:
-            raise PrunescopeError("no probe given: pass e.g. --probe arithmetic,brackets,copy (or --text FILE)")
-        for p in self.probe:
+        if not self.probes and not self.loss_text:
+            raise PrunescopeError("no probe given: pass e.g. --probes arithmetic,brackets,copy (or --loss-text FILE)")
+        for p in self.probes:
             check_probe(p)
 
     def probe_options(self) -> dict:
@@ -502,7 +508,7 @@ def sweep(options: SweepOptions | None = None, *, model: str | None = None, plac
     identical as long as the batch size is the same (pass ``batch_size``: the default is sized
     from free memory, and other batch compositions round bf16 differently).
 
-    >>> rows = sweep(SweepOptions(probe="arithmetic", n=50), output=Output(out="runs/s"))  # doctest: +SKIP
+    >>> rows = sweep(SweepOptions(probes="arithmetic", items=50), output=Output(out="runs/s"))  # doctest: +SKIP
     """
     options = (options or SweepOptions()).check()
     placement = (placement or Placement()).check()
@@ -514,24 +520,28 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
     from prunescope.probe.models import load_model
 
     o = options
-    probes, n, seed = list(o.probe), o.n, o.seed
+    probes, n, seed = list(o.probes), o.items, o.seed
     probe_options = o.probe_options()
     items = {p: make_items(p, n=n, seed=seed, **probe_options) for p in probes}
-    texts = load_texts(o.text)[:n] if o.text else None
-    config = {"model": str(model or "default"), "probes": probes, "n": n, "seed": seed, "windows": list(o.windows),
+    texts = load_texts(o.loss_text)[:n] if o.loss_text else None
+    config = {"model": str(model or "default"), "probes": probes, "items": n, "seed": seed, "windows": list(o.windows),
               "sets": [list(s) for s in o.sets], "scoring": o.scoring, "probe_options": probe_options,
               "dtype": placement.dtype, "prefix_reuse": o.prefix_reuse, "batch_size": o.batch_size,
-              "text": str(o.text) if o.text else None}
+              "loss_text": str(o.loss_text) if o.loss_text else None}
     out = Path(output.out) if output.out else None
-    if out:  # refuse other settings before loading anything; record them once the run can start
+    if out and not output.overwrite:  # refuse other settings before loading anything; record them once the run can start
         d.on_main(check_run_config, out, config, "sweep", paths=("model",), write=False)
+    elif out:
+        d.on_main(expect_folder, out)
     lm = loaded or load_model(model, **{**placement.load_kwargs(), "device": rank_device(placement.device, d)})
-    scoring, text = o.scoring, o.text
+    scoring, text = o.scoring, o.loss_text
     plans: dict = {p: ScoringPlan(lm.tokenizer, its, scoring) for p, its in items.items()}
     if texts:
         plans[f"text:{Path(text).stem}"] = TextPlan(lm.tokenizer, texts)
     make_conditions(lm.blocks.n_layers, o.windows, o.sets)  # bad layer sets fail here, before anything is written
     with run_lock(out if d.is_main else None, "sweep"):
+        if out and output.overwrite:  # the input is good: an earlier sweep's results go (every rank waits)
+            d.on_main(remove_previous, out, SWEEP_OUTPUTS)
         if out and d.is_main:
             record_run_config(out, config)
             for p, its in items.items():
@@ -545,4 +555,7 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
             if output.plot:
                 from prunescope.core.plots import plot_sweep
                 plot_sweep(rows, out)
+                if {r["probe"] for r in rows if r["metric"] == "exact_match"} - {r["probe"] for r in rows
+                                                                                 if r["metric"] == "accuracy"}:
+                    plot_sweep(rows, out, "exact_match")   # items without wrong answers have no accuracy
     return rows

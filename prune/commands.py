@@ -15,8 +15,10 @@ from pathlib import Path
 
 
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import Flag, Options, Output, Paths, Placement, option
+from prunescope.core.options import SHARED_MEANINGS, Flag, Options, Output, Paths, Placement, option
+from prunescope.core.overwrite import remove_previous
 from prunescope.core.registry import Registry
+from prunescope.probe.scoring import METRICS
 from prunescope.probe.tasks import PROBES, pruning_probe_options
 from prunescope.core.results import write_table
 
@@ -26,22 +28,37 @@ from prunescope.prune.scores import (
 from prunescope.prune.strategies import (
     Plan, count_to_drop, iterative, lowest_block, lowest_k, protected_from_table, reverse_order,
 )
-from prunescope.prune.selection import iterative_generated_plan
+from prunescope.prune.selection import iterative_generated_plan, select_task_names
 from prunescope.prune.surgery import remove_layers, save_pruned
 
 
+CALIBRATION_PROBES = (("arithmetic_multi", {"shots": 3}), ("brackets", {}), ("copy", {}))
+
+
 def calibration_texts(text: str | Path | None, n: int = 64, seed: int = 0) -> list[str]:
-    """Calibration texts: a user file, or (default) solved probe items — few-shot arithmetic with
-    answers, bracket and code contexts closed, copy lists — so scores run offline."""
+    """Calibration texts: the first ``n`` of a user file, or (default) ``n`` solved probe items —
+    few-shot arithmetic with answers, bracket and code contexts closed, copy lists — so scores run
+    offline. The ``n`` built-in texts are shared out as evenly as the three probes allow, the first
+    probes taking the remainder, so the count asked is the count used.
+
+    >>> len(calibration_texts(None, 8))
+    8
+    """
     from prunescope.probe.scoring import load_texts
     from prunescope.probe.tasks import make_items
 
     if text:
         return load_texts(text)[:n]
     texts = []
-    for probe, opts in (("arithmetic_multi", {"shots": 3}), ("brackets", {}), ("copy", {})):
-        texts += [it.prompt + it.answer for it in make_items(probe, n=max(1, n // 3), seed=seed, **opts)]
+    for i, (probe, opts) in enumerate(CALIBRATION_PROBES):
+        share = n // len(CALIBRATION_PROBES) + (i < n % len(CALIBRATION_PROBES))
+        if share:
+            texts += [it.prompt + it.answer for it in make_items(probe, n=share, seed=seed, **opts)]
     return texts
+
+
+# what prunescope score writes in its --out folder (what --overwrite removes)
+SCORE_OUTPUTS = ("scores.csv", "scores.jsonl", "scores.png")
 
 
 @dataclass
@@ -52,18 +69,15 @@ class ScoreOptions(Options):
     [4, 8]
     """
 
-    text: str | None = option(None, "calibration texts (.txt one per line, or .jsonl with 'text'); default: solved "
-                                    "built-in probe items")
-    n_texts: int = option(64, "calibration texts used", minimum=1)
-    seed: int = option(0, "draw of the built-in calibration texts", minimum=0)
-    block_sizes: list[int] = option([], "block sizes for angular distance, e.g. 4,8", minimum=1,
-                                    cli=Flag(aliases=("--angular",)))
+    calibration: str | None = option(None, SHARED_MEANINGS["calibration"] + " (default: solved built-in probe "
+                                                                            "items)")
+    texts: int = option(64, "calibration texts used (the first of a --calibration file, or drawn)", minimum=1)
+    seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
+    block_sizes: list[int] = option([], "block sizes for angular distance, e.g. 4,8", minimum=1)
     ppl: bool = option(False, "also perplexity increase per skipped layer (a sweep)")
-    sweep_table: str | None = option(None, "a sweep table (runs/X/sweep.csv): adds skip_drop per layer",
-                                     cli=Flag(aliases=("--sweep",)))
+    sweep_table: str | None = option(None, "a sweep table (runs/X/sweep.csv): adds skip_drop per layer")
     sweep_probe: str | None = option(None, "which probe of the sweep table")
-    patch_table: str | None = option(None, "a patching table (runs/X/layers.csv): adds patching_effect",
-                                     cli=Flag(aliases=("--patch",)))
+    patch_table: str | None = option(None, "a patching table (runs/X/layers.csv): adds patching_effect")
 
 
 def score(options: ScoreOptions | None = None, *, model: str | None = None, placement: Placement | None = None,
@@ -77,7 +91,7 @@ def score(options: ScoreOptions | None = None, *, model: str | None = None, plac
     o = (options or ScoreOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
     lm = loaded or load_model(model, **placement.load_kwargs())
-    texts = calibration_texts(o.text, o.n_texts, o.seed)
+    texts = calibration_texts(o.calibration, o.texts, o.seed)
     L = lm.blocks.n_layers
     rows = representation_scores(lm.blocks, lm.tokenizer, texts, block_sizes=o.block_sizes, model_name=lm.name)
     if o.ppl:
@@ -90,6 +104,8 @@ def score(options: ScoreOptions | None = None, *, model: str | None = None, plac
         if str(r["layers"]).isdigit() and int(r["layers"]) >= L:
             raise PrunescopeError(f"a results table scores layer {r['layers']} but {lm.name} has {L} layers")
     if output.out:
+        if output.overwrite:  # a rerun rewrites the tables anyway; this also drops an earlier figure
+            remove_previous(output.out, SCORE_OUTPUTS)
         write_table(rows, Path(output.out) / "scores")
         if output.plot:
             _plot_scores(rows, Path(output.out) / "scores.png", lm.name)
@@ -176,13 +192,13 @@ STRATEGIES = Registry("strategy")
 
 @STRATEGIES.register("bi", help="the k layers with the lowest Block Influence on calibration texts")
 def _bi_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
-    rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(o.text, seed=o.seed), model_name=lm.name)
+    rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(o.calibration, seed=o.seed), model_name=lm.name)
     return lowest_k(layer_scores(rows, "block_influence"), lm.blocks.n_layers, k, protected, "bi", "block_influence")
 
 
 @STRATEGIES.register("angular", help="the contiguous block of k layers with the lowest angular distance")
 def _angular_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
-    rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(o.text, seed=o.seed), block_sizes=[k],
+    rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(o.calibration, seed=o.seed), block_sizes=[k],
                                  model_name=lm.name)
     blocks_scores = {int(r["condition"].split(":")[1]): r["value"] for r in rows
                      if r["metric"] == f"angular_distance_n{k}"}
@@ -196,7 +212,7 @@ def _reverse_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
 
 @STRATEGIES.register("iterative", help="greedy in-memory search: drop the layer that hurts a probe metric least")
 def _iterative_plan(lm, k: int, protected: list[int], o: "PruneOptions", progress: bool = True) -> Plan:
-    score = probe_scorer(lm.blocks, lm.tokenizer, o.eval_probe, o.eval_n, o.eval_metric, o.text, seed=o.seed)
+    score = probe_scorer(lm.blocks, lm.tokenizer, o.eval_probe, o.eval_items, o.eval_metric, o.loss_text, seed=o.seed)
     return iterative(score, lm.blocks.n_layers, k, protected, metric=score.metric,
                      higher_is_better=score.higher_is_better, progress=progress)
 
@@ -228,7 +244,7 @@ class PruneOptions(Options):
     """
 
     strategy: str = option("bi", "which layers to drop (see docs/guide.md: strategies)", choices=STRATEGIES)
-    n: int | None = option(None, "layers to drop", minimum=1)
+    drop: int | None = option(None, "layers to drop", minimum=1)
     ratio: float | None = option(None, "fraction of layers to drop, e.g. 0.25")
     protect: list[int] = option([], "layers never dropped, e.g. 3,7", minimum=0)
     protect_from: Paths = option([], "results table(s) whose top layers are protected (runs/X/layers.csv or patch.csv "
@@ -237,35 +253,52 @@ class PruneOptions(Options):
     protect_top: int | None = option(None, "how many top layers of each --protect-from table", minimum=1)
     protect_metric: str | None = option(None, "metric of --protect-from to rank by")
     protect_probe: str | None = option(None, "probe of a --protect-from sweep table")
-    scores_table: str | None = option(None, "table for --strategy score (sweep, patching or score table)",
-                                      cli=Flag(aliases=("--scores",)))
+    scores_table: str | None = option(None, "table for --strategy score (sweep, patching or score table)")
     score_metric: str | None = option(None, "metric of --scores-table (lowest values are dropped)")
-    text: str | None = option(None, "calibration texts for bi/angular, or the loss text set for iterative "
-                                    "(default: built-in probe texts / the probe metric)")
+    calibration: str | None = option(None, SHARED_MEANINGS["calibration"] + " (default: 64 solved built-in probe "
+                                                                            "items; bi and angular)")
+    loss_text: str | None = option(None, SHARED_MEANINGS["loss_text"] + " (default: none; given, iterative keeps "
+                                                                        "its loss low instead of --eval-metric)")
     eval_probe: str = option("arithmetic_multi", "iterative: probe to keep (default: 3-shot addition)",
                              choices=PROBES)
-    eval_n: int = option(32, "iterative: items per evaluation", minimum=1)
-    eval_metric: str = option("logit_diff", "iterative: metric to keep high")
+    eval_items: int = option(32, "iterative: probe items (or --loss-text texts) per candidate evaluation", minimum=1)
+    eval_metric: str = option("logit_diff", "iterative: probe metric to keep high", choices=METRICS, what="metric")
     select_tasks: list[str] = option(["gsm8k", "humaneval"], "iterative-generated: benchmarks whose held-out docs "
-                                                             "(the last --eval-n of each) score every candidate "
-                                                             "by the accuracy of generated answers")
-    gen_batch_size: int = option(64, "iterative-generated: generation engine slots", minimum=1)
+                                                             "(the last --select-docs of each) score every "
+                                                             "candidate by the accuracy of generated answers",
+                                     choices=select_task_names, what="task")
+    select_docs: int = option(32, "iterative-generated: held-out docs per select task (the last ones of each; an "
+                                  "evaluation of the pruned model must stay below them)", minimum=1)
+    slots: int = option(64, SHARED_MEANINGS["slots"], minimum=1)
     select_cache: str | None = option(None, "iterative-generated: a JSONL log of scored layer sets, shared by "
                                             "searches on the same model (a set scored once is read back, and "
                                             "a crashed search resumes)")
-    overwrite: bool = option(False, "replace an existing --out folder")
-    seed: int = option(0, "draw of the built-in calibration texts (bi, angular) and of the iterative search's "
-                          "probe items", minimum=0)
+    seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
 
     def validate(self) -> None:
-        if self.n is not None and self.ratio is not None:
-            raise PrunescopeError("give --n or --ratio, not both")
+        if self.drop is not None and self.ratio is not None:
+            raise PrunescopeError("give --drop or --ratio, not both")
         if self.ratio is not None and not 0 < self.ratio < 1:
             raise PrunescopeError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}")
         if bool(self.protect_from) != (self.protect_top is not None):
             raise PrunescopeError("--protect-from and --protect-top go together: a table and how many top layers")
         if self.strategy == "score" and not self.scores_table:
             raise PrunescopeError("--strategy score needs --scores-table TABLE (a sweep, patching or score table)")
+
+
+PLAN_RECORD = "prunescope_plan.json"   # in every checkpoint prunescope prune writes
+
+
+def _check_prune_out(out: Path, overwrite: bool) -> None:
+    """An existing ``--out`` is refused, and with ``--overwrite`` replaced only when it is a pruned
+    checkpoint of prunescope's (or empty): never a folder of the user's own."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise PrunescopeError(f"{out} already exists; choose another --out or pass --overwrite")
+    if not out.is_dir() or (any(out.iterdir()) and not (out / PLAN_RECORD).is_file()):
+        raise PrunescopeError(f"{out} is not a pruned checkpoint (no {PLAN_RECORD}), so --overwrite leaves it; "
+                              "choose another --out")
 
 
 def prune_model(options: PruneOptions | None = None, *, model: str | None = None, placement: Placement | None = None,
@@ -282,10 +315,10 @@ def prune_model(options: PruneOptions | None = None, *, model: str | None = None
     o = (options or PruneOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
     out = output.out
-    if out and Path(out).exists() and not o.overwrite:
-        raise PrunescopeError(f"{out} already exists; choose another --out or pass --overwrite")
+    if out:
+        _check_prune_out(Path(out), output.overwrite)
     lm = loaded or load_model(model, **placement.load_kwargs())
-    k = count_to_drop(lm.blocks.n_layers, o.n, o.ratio)
+    k = count_to_drop(lm.blocks.n_layers, o.drop, o.ratio)
     protected = list(o.protect)
     for table in o.protect_from:
         rows = importance_table(table, lm.name, o.protect_probe)
@@ -296,7 +329,7 @@ def prune_model(options: PruneOptions | None = None, *, model: str | None = None
         build(lm, k, protected, o)
     plan.model = lm.name
     if out:
-        save_pruned(lm.model, lm.tokenizer, plan.drop, out, overwrite=o.overwrite,
+        save_pruned(lm.model, lm.tokenizer, plan.drop, out, overwrite=output.overwrite,
                     record={"plan": plan.to_json(), "source_model": lm.path, "source_name": lm.name})
         plan.save(Path(out) / "plan.json")
     return plan

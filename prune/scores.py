@@ -98,7 +98,8 @@ def scores_from_sweep(path: str | Path, *, probe: str | None = None, metric: str
     probes = sorted({r["probe"] for r in rows})
     probe = probe or (probes[0] if len(probes) == 1 else None)
     if probe not in probes:
-        raise PrunescopeError(f"{path} holds probes {probes}; choose one with --probe")
+        raise PrunescopeError(f"{path} holds probes {probes}; choose one (score: --sweep-probe, prune: "
+                              "--protect-probe)")
     sel = {r["condition"]: r["value"] for r in rows if r["probe"] == probe and r["metric"] == metric}
     if "none" not in sel:
         raise PrunescopeError(f"{path} has no '{metric}' row for condition none of probe {probe}")

@@ -23,7 +23,19 @@ from pathlib import Path
 
 from prunescope.prune.strategies import Plan, iterative
 
-__all__ = ["generated_answer_scorer", "iterative_generated_plan", "mean_primary"]
+__all__ = ["generated_answer_scorer", "iterative_generated_plan", "mean_primary", "select_task_names"]
+
+
+def select_task_names() -> tuple[str, ...]:
+    """The benchmarks a generated-answer search can score (``PruneOptions.select_tasks``' choices,
+    read when an options object is checked).
+
+    >>> "gsm8k" in select_task_names()
+    True
+    """
+    from prunescope.analysis.evaluate import TASKS
+
+    return tuple(TASKS)
 
 
 def mean_primary(rows: list[dict]) -> float:
@@ -36,7 +48,7 @@ def mean_primary(rows: list[dict]) -> float:
     return sum(prim) / len(prim)
 
 
-def generated_answer_scorer(loaded, tasks: Sequence[str], n: int, *, gen_batch_size: int = 64, seed: int = 0,
+def generated_answer_scorer(loaded, tasks: Sequence[str], n: int, *, slots: int = 64, seed: int = 0,
                             progress: bool = False, cache: str | Path | None = None
                             ) -> Callable[[list[list[int]]], list[float]]:
     """``score(sets) -> [mean primary accuracy]``: for each set of skipped layers, the mean of the
@@ -74,7 +86,7 @@ def generated_answer_scorer(loaded, tasks: Sequence[str], n: int, *, gen_batch_s
             if together is not None:
                 together.select(s)  # the engine skips s row by row: no layer is swapped out here
             options = EvalOptions(tasks=list(tasks), skip=[] if together is not None else s,
-                                  gen_batch_size=gen_batch_size, seed=seed)
+                                  slots=slots, seed=seed)
             rows = run_benchmarks(loaded, options, docs=docs, progress=False, fan_out=together)
             out.append(_record(s, rows))
         return out
@@ -93,7 +105,7 @@ def generated_answer_scorer(loaded, tasks: Sequence[str], n: int, *, gen_batch_s
 
 def iterative_generated_plan(lm, k: int, protected: list[int], o, progress: bool = True) -> Plan:
     """The plan builder of ``iterative-generated`` (``o``: the :class:`prunescope.prune.commands.PruneOptions`)."""
-    score = generated_answer_scorer(lm, o.select_tasks, o.eval_n, gen_batch_size=o.gen_batch_size, seed=o.seed,
+    score = generated_answer_scorer(lm, o.select_tasks, o.select_docs, slots=o.slots, seed=o.seed,
                                     progress=progress, cache=o.select_cache)
     plan = iterative(score, lm.blocks.n_layers, k, protected, metric="generated_accuracy", progress=progress)
     plan.strategy = "iterative-generated"  # the same greedy search, scored on generated answers

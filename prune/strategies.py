@@ -53,9 +53,9 @@ class Plan:
 
 
 def count_to_drop(n_layers: int, n: int | None = None, ratio: float | None = None) -> int:
-    """Resolve ``--n`` / ``--ratio`` into a layer count, with clear errors."""
+    """Resolve ``--drop`` / ``--ratio`` into a layer count, with clear errors."""
     if (n is None) == (ratio is None):
-        raise PrunescopeError("give exactly one of --n (layers to drop) or --ratio (fraction of layers)")
+        raise PrunescopeError("give exactly one of --drop (layers to drop) or --ratio (fraction of layers)")
     if ratio is not None:
         if not 0 < ratio < 1:
             raise PrunescopeError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
@@ -63,7 +63,8 @@ def count_to_drop(n_layers: int, n: int | None = None, ratio: float | None = Non
         if n == 0:
             raise PrunescopeError(f"--ratio {ratio} of {n_layers} layers rounds to 0 layers; use a larger ratio")
     if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < n_layers:
-        raise PrunescopeError(f"--n must be between 1 and {n_layers - 1} for a model with {n_layers} layers, got {n}")
+        raise PrunescopeError(f"--drop must be between 1 and {n_layers - 1} for a model with {n_layers} layers, "
+                              f"got {n}")
     return n
 
 

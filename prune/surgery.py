@@ -56,10 +56,10 @@ def save_pruned(model: torch.nn.Module, tokenizer, drop: Iterable[int], out, *, 
     import copy
     import json
     import shutil
-    import tempfile
     from pathlib import Path
 
     from prunescope.core.errors import PrunescopeError
+    from prunescope.core.results import follow_umask, make_temp_dir
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -67,12 +67,13 @@ def save_pruned(model: torch.nn.Module, tokenizer, drop: Iterable[int], out, *, 
     drop = list(drop)
     Blocks(model).check_layers(drop)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temp_dir(f".{out.name}.", out.parent)   # the user's umask, not mkdtemp's 0700
     try:
         pruned = remove_layers(copy.deepcopy(model), drop)
         pruned.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "prunescope_plan.json").write_text(json.dumps(record or {"drop": sorted(drop)}, indent=2, default=str))
+        follow_umask(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

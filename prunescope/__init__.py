@@ -4,22 +4,22 @@ them, recover the pruned model with Self-Generated-Response QLoRA, and evaluate 
 Every command is one function taking one options object, plus where the model comes from
 (``model=`` a folder, ``.gguf``, alias or hub id; or ``loaded=`` a model already loaded), where it
 runs (``placement=Placement(...)``) and where results go (``output=Output(...)``). The CLI builds
-the same objects from its flags (``prunescope sweep --n 200`` is ``SweepOptions(n=200)``).
+the same objects from its flags (``prunescope sweep --items 200`` is ``SweepOptions(items=200)``).
 
 >>> import prunescope as ps
->>> ps.SweepOptions(probe="arithmetic,brackets", n=200).check().probe
+>>> ps.SweepOptions(probes="arithmetic,brackets", items=200).check().probes
 ['arithmetic', 'brackets']
 
 A tour (each writes tidy CSV/JSONL tables and figures into ``out``; re-running resumes)::
 
     lm = ps.load_model()                                    # SmolLM2-135M-Instruct, embedded
-    rows = ps.sweep(ps.SweepOptions(probe="arithmetic_multi,brackets", n=200), output=ps.Output(out="runs/s"))
+    rows = ps.sweep(ps.SweepOptions(probes="arithmetic_multi,brackets", items=200), output=ps.Output(out="runs/s"))
     maps = ps.patch(ps.PatchOptions(probe="arithmetic", method="both"), output=ps.Output(out="runs/p"))
     scores = ps.score(ps.ScoreOptions(block_sizes=[4]), output=ps.Output(out="runs/scores"))
     plan = ps.prune_model(ps.PruneOptions(strategy="bi", ratio=0.25, protect=[20, 23]), output=ps.Output(out="pruned/bi25"))
-    ps.generate_responses(ps.SGROptions(n=600), output=ps.Output(out="runs/sgr.jsonl"))
+    ps.generate_responses(ps.SGROptions(max_prompts=600), output=ps.Output(out="runs/sgr.jsonl"))
     ps.recover_model(ps.RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
-               output=ps.Output(out="recovered/bi25-sgr"))
+                     output=ps.Output(out="recovered/bi25-sgr"))
     rows = ps.evaluate(ps.EvalOptions(tasks=["arc_easy", "gsm8k"], limit=50), model="pruned/bi25",
                        output=ps.Output(out="runs/eval"))
     ps.run_pipeline("experiments/demo.yaml")                # the whole study from one YAML file

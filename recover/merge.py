@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from prunescope.core.results import atomic_write_json
+from prunescope.core.results import atomic_write_json, follow_umask, make_temp_dir
 
 
 def merged_model(base: str | Path, adapter: str | Path, *, quant: bool = True):
@@ -46,7 +45,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, qua
     out = Path(out)
     model = merged_model(base, adapter, quant=quant)
     tok = tokenizer or AutoTokenizer.from_pretrained(base)
-    tmp = Path(tempfile.mkdtemp(prefix=".merged-", dir=out))
+    tmp = make_temp_dir(".merged-", out)   # its files move into out with the modes they get here
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -56,6 +55,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, qua
         atomic_write_json(tmp / "prunescope_recovery.json",
                           {"base": str(base), "adapter": str(adapter), "merged_into": "dequantized NF4" if quant
                            else "full-precision base", **(record or {})})
+        follow_umask(tmp)
         names = sorted(os.listdir(tmp), key=lambda n: n == "config.json")  # a loader sees config.json last
         for name in names:
             os.replace(tmp / name, out / name)

@@ -4,8 +4,8 @@ Each output line is a prompt record plus ``response`` (the base model's answer) 
 (provenance: base model, sampling settings, seed). Lines are appended and fsynced per batch, so
 a crashed run resumes: finished prompts are kept, a torn last line is dropped and redone.
 
->>> # prunescope sgr --prompts builtin --n 600 --out runs/sgr.jsonl      (the default model answers)
->>> # generate_responses(SGROptions(n=600, temperature=0.9), output=Output(out="runs/sgr.jsonl"))
+>>> # prunescope sgr --prompts builtin --max-prompts 600 --out runs/sgr.jsonl      (the default model answers)
+>>> # generate_responses(SGROptions(max_prompts=600, temperature=0.9), output=Output(out="runs/sgr.jsonl"))
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import Options, Output, Placement, option
+from prunescope.core.options import SHARED_MEANINGS, Options, Output, Placement, option
 from prunescope.core.lock import run_lock
 from prunescope.core.results import append_progress, atomic_write_text, read_progress, same_config
 
@@ -36,7 +36,7 @@ def _done(out: Path, settings: dict) -> dict[str, dict]:
     for r in recs:
         if not same_config(r.get("sgr") or {}, settings, paths=("base_path",)):   # the cache may lie elsewhere
             raise PrunescopeError(f"{out} was generated with other settings ({r.get('sgr')}); "
-                                  "use another --out file or delete it")
+                                  "use another --out file, or pass --overwrite to start over")
     # rewrite without a torn line so appends continue a valid JSONL file
     if out.is_file() and len(out.read_text().splitlines()) != len(recs):
         atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in recs))
@@ -47,20 +47,20 @@ def _done(out: Path, settings: dict) -> dict[str, dict]:
 class SGROptions(Options):
     """Settings of ``prunescope sgr`` (:func:`generate_responses`).
 
-    >>> SGROptions(n=64, temperature=0).check().temperature
+    >>> SGROptions(max_prompts=64, temperature=0).check().temperature
     0.0
     """
 
     prompts: str = option("builtin", "JSONL file or folder of prompts ({prompt[,response]}, Alpaca {instruction, "
                                      "input,output}, chat {messages}, {question,answer}); 'builtin' = 600 offline "
                                      "instruction/maths/code prompts")
-    n: int | None = option(None, "use the first N prompts (default: all; builtin: 600)", minimum=1)
+    max_prompts: int | None = option(None, "answer at most this many prompts, the first ones (default: all; "
+                                           "builtin: 600)", minimum=1)
     temperature: float = option(0.9, "sampling temperature, 0 = greedy", minimum=0)
     top_p: float = option(1.0, "nucleus sampling", minimum=0, maximum=1)
-    max_new_tokens: int = option(256, "response length limit", minimum=1)
-    batch_size: int = option(64, "answers generated together (the engine's slots; a finished one is replaced "
-                                 "at once)", minimum=1)
-    seed: int = option(0, "seed of the prompt draw and of sampling", minimum=0)
+    max_new_tokens: int = option(256, "most tokens generated per response", minimum=1)
+    slots: int = option(64, SHARED_MEANINGS["slots"], minimum=1)
+    seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
 
 
 def generate_responses(options: SGROptions | None = None, *, model: str | None = None,
@@ -73,7 +73,7 @@ def generate_responses(options: SGROptions | None = None, *, model: str | None =
     :class:`prunescope.generation.Engine`; each prompt samples from its own random stream
     (``seed`` and its index), so a resumed run draws the answers an uninterrupted one would.
 
-    >>> generate_responses(SGROptions(n=48), output=Output(out="runs/sgr.jsonl"))  # doctest: +SKIP
+    >>> generate_responses(SGROptions(max_prompts=48), output=Output(out="runs/sgr.jsonl"))  # doctest: +SKIP
     """
     o = (options or SGROptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
@@ -85,7 +85,7 @@ def generate_responses(options: SGROptions | None = None, *, model: str | None =
     if records is None:
         from prunescope.recover.data import load_prompts
 
-        records = load_prompts(o.prompts, n=o.n, seed=o.seed)
+        records = load_prompts(o.prompts, n=o.max_prompts, seed=o.seed)
     if loaded is None:
         from prunescope.probe.models import load_model
 
@@ -93,7 +93,19 @@ def generate_responses(options: SGROptions | None = None, *, model: str | None =
     if not records:
         raise PrunescopeError("no prompts to answer: the prompt file is empty")
     with run_lock(output.out, "SGR run", file=True):
+        if output.overwrite:
+            _remove_sgr_file(Path(output.out))
         return _generate(loaded, records, Path(output.out), o, output.progress)
+
+
+def _remove_sgr_file(out: Path) -> None:
+    """``--overwrite``: an earlier SGR file goes; any other file (prompts of the user's own, say) stays."""
+    if not out.is_file():
+        return
+    if not all(r.get("sgr") for r in read_progress(out)):
+        raise PrunescopeError(f"{out} is not an SGR file (its records have no 'sgr' provenance), so --overwrite "
+                              "leaves it; choose another --out")
+    out.unlink()
 
 
 def _generate(loaded, records: Sequence[dict], out: Path, o: SGROptions, show_progress: bool) -> list[dict]:
@@ -106,7 +118,7 @@ def _generate(loaded, records: Sequence[dict], out: Path, o: SGROptions, show_pr
     requests = [Request(tok(prompt_text(tok, r), add_special_tokens=not tok.chat_template).input_ids,
                         max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p,
                         seed=o.seed * 1_000_003 + i) for i, r in todo]
-    engine = Engine(loaded.model, tok, GenerationOptions(slots=o.batch_size))
+    engine = Engine(loaded.model, tok, GenerationOptions(slots=o.slots))
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="sgr", unit="prompt",
                disable=not show_progress)
     pending: list[dict] = []
@@ -115,7 +127,7 @@ def _generate(loaded, records: Sequence[dict], out: Path, o: SGROptions, show_pr
         r = todo[j][1]
         pending.append({**r, "response": completion.text.strip(), "response_tokens": len(completion.tokens),
                         "sgr": settings})
-        if len(pending) >= max(1, o.batch_size // 4):
+        if len(pending) >= max(1, o.slots // 4):
             append_progress(out, pending)
             done.update({p["id"]: p for p in pending})
             bar.update(len(pending))

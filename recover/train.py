@@ -21,7 +21,6 @@ import json
 import math
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import Flag, Options, Output, Placement, option
+from prunescope.core.options import SHARED_MEANINGS, Flag, Options, Output, Placement, option
 from prunescope.core.registry import Registry
 from prunescope.core.lock import run_lock
-from prunescope.core.results import check_run_config, read_jsonl, record_run_config, write_table
+from prunescope.core.overwrite import expect_folder, remove_previous
+from prunescope.core.results import check_run_config, follow_umask, make_temp_dir, read_jsonl, record_run_config, write_table
 
 from prunescope.recover.data import IGNORE, Example, encode_all
 from prunescope.recover.student import check_bitsandbytes, load_student, peft_quietly  # noqa: F401  (check_bitsandbytes: public here too)
@@ -79,14 +79,15 @@ class RecoverOptions(Options):
                                 choices=("compute", "float32"))
     lr: float = option(2e-4, "learning rate (AdamW)", minimum=0)
     warmup: int = option(50, "linear warm-up steps, then constant", minimum=0)
-    batch_size: int = option(8, "effective batch (examples per optimizer step)", minimum=1)
-    micro_batch: int = option(4, "examples per forward; batch_size / micro_batch accumulation steps", minimum=1)
+    train_batch: int = option(8, "effective training batch (examples per optimizer step)", minimum=1)
+    micro_batch: int = option(4, "examples per forward of training (--train-batch / --micro-batch accumulation "
+                                 "steps)", minimum=1)
     max_seq_len: int = option(8192, "tokens per example (8192 as in the paper)", minimum=1)
     steps: int | None = option(None, "optimizer steps (default: one epoch, or until --token-budget)", minimum=1)
     token_budget: int | None = option(None, "stop after this many trained response tokens (the same budget for "
                                             "every arm)", minimum=1)
-    eval_n: int = option(32, "held-out examples for the perplexity curve", minimum=1)
-    eval_every: int = option(25, "steps between perplexity points", minimum=1)
+    heldout: int = option(32, "held-out examples for the perplexity curve (at most one record in five)", minimum=1)
+    eval_every: int = option(25, "steps between held-out perplexity points", minimum=1)
     save_every: int = option(50, "steps between checkpoints", minimum=1)
     max_grad_norm: float | None = option(1.0, "clip the adapters' gradient norm to this (HF Trainer's default; "
                                               "0 or none: no clipping)", minimum=0)
@@ -97,11 +98,12 @@ class RecoverOptions(Options):
                                       cli=Flag("--no-grad-checkpointing",
                                                help="keep every activation (faster, more memory)"))
     kl_temperature: float = option(1.0, "distill: softmax temperature of the KL", minimum=0)
-    seed: int = option(0, "seed of the data order, the held-out split and the LoRA init", minimum=0)
+    seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
 
     def validate(self) -> None:
-        if self.batch_size % self.micro_batch:
-            raise PrunescopeError(f"--batch-size {self.batch_size} must be a multiple of --micro-batch {self.micro_batch}")
+        if self.train_batch % self.micro_batch:
+            raise PrunescopeError(f"--train-batch {self.train_batch} must be a multiple of --micro-batch "
+                                  f"{self.micro_batch}")
         if self.mode == "distill" and self.teacher is None:
             raise PrunescopeError("--mode distill needs --teacher BASE_MODEL (the unpruned model); "
                                   "use 'default' for the embedded default model")
@@ -326,10 +328,11 @@ def random_init(model_dir: str | Path, out: str | Path, *, seed: int = 0) -> Pat
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(config, "dtype", None) or torch.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = make_temp_dir(f".{out.name}-", out.parent)   # the user's umask, not mkdtemp's 0700
     try:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+        follow_umask(tmp)
         tmp.rename(out)
     finally:
         if tmp.exists():
@@ -361,10 +364,21 @@ def training_records(data: str | Path, mode: str) -> tuple[list[dict], str]:
     return recs, field
 
 
+MIN_PER_HELD_OUT = 5   # at most one record in five is held out: the rest is what the run learns from
+
+
 def split_examples(examples: list[Example], eval_n: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(training, held-out) examples: ``eval_n`` (``--heldout``) held out, but at most one in
+    :data:`MIN_PER_HELD_OUT`, so fewer than that many records leave no held-out set (and no
+    perplexity).
+
+    >>> train, held = split_examples(list(range(4)), 32, 0)
+    >>> len(train), held
+    (4, [])
+    """
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    eval_n = min(eval_n, len(examples) // 5)
+    eval_n = min(eval_n, len(examples) // MIN_PER_HELD_OUT)
     held = [examples[i] for i in order[:eval_n]]
     train = [examples[i] for i in order[eval_n:]]
     if not train:
@@ -398,6 +412,18 @@ def _batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
     return out
 
 
+def warmup_steps(warmup: int, steps: int, *, known: bool = True) -> int:
+    """The warm-up a run of ``steps`` optimizer steps uses: ``warmup``, capped at the run's length
+    so that its last step trains at the full learning rate (a 50-step warm-up in a 10-step run
+    would otherwise never get past a fifth of ``--lr``). A run whose length is not known
+    (``known=False``: until a token budget is spent) keeps ``warmup``.
+
+    >>> warmup_steps(50, 1), warmup_steps(50, 200), warmup_steps(50, 10**9, known=False)
+    (1, 50, 50)
+    """
+    return min(warmup, steps) if known else warmup
+
+
 def warmup_schedule(opt, warmup: int):
     """The learning rate rises linearly over ``warmup`` steps, then stays (the QLoRA recipe's constant).
 
@@ -422,9 +448,10 @@ def _save_checkpoint(out: Path, pm, opt, sched, state: dict) -> Path:
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    tmp = make_temp_dir(".step-", root)
     pm.save_pretrained(tmp)
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), **state}, tmp / "state.pt")
+    follow_umask(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -465,6 +492,8 @@ def _load_checkpoint(path: Path, pm, opt, sched) -> dict:
 
 # ---------------------------------------------------------------- the run
 RUN_CONFIG = "prunescope_recovery_run.json"
+# what a recovery run writes besides the merged model (a folder holding RUN_CONFIG is all the run's)
+RECOVER_OUTPUTS = (RUN_CONFIG, "prunescope_recovery.json", "checkpoints", "adapter", "init", "curve.*")
 
 
 def recover_model(options: RecoverOptions | None = None, *, model: str | Path | None = None,
@@ -483,7 +512,10 @@ def recover_model(options: RecoverOptions | None = None, *, model: str | Path | 
     placement, output = (placement or Placement()).check(), output or Output()
     _require_inputs(cfg, model, output)
     out = Path(output.out)
-    data = _training_data(cfg, model, out)
+    data = _training_data(cfg, model, out, refuse_other=not output.overwrite)
+    if output.overwrite and out.is_dir():  # the input is good: an earlier run's results go before anything is written
+        with run_lock(out, "recovery run"):
+            remove_previous(out, RECOVER_OUTPUTS, marker=RUN_CONFIG)
     student_path = data.student_path
     if cfg.mode == "random":  # the input is good: the control's starting weights become the model to recover
         student_path = random_init(student_path, out / "init", seed=cfg.seed)  # run_config keeps the pruned path
@@ -522,11 +554,13 @@ class _TrainingData:
     held: list[Example]
     run_config: dict
     steps: int
+    warmup: int
 
 
-def _training_data(cfg: RecoverOptions, model: str | Path, out: Path) -> _TrainingData:
+def _training_data(cfg: RecoverOptions, model: str | Path, out: Path, refuse_other: bool = True) -> _TrainingData:
     """Tokenize the training records and split off the held-out examples; a run folder ``out`` that
-    holds another run's settings is refused here, before any model is loaded."""
+    holds another run's settings is refused here (``refuse_other``; ``--overwrite`` removes it
+    instead), before any model is loaded."""
     from transformers import AutoTokenizer
 
     from prunescope.probe.models import resolve_model
@@ -537,16 +571,30 @@ def _training_data(cfg: RecoverOptions, model: str | Path, out: Path) -> _Traini
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     examples = encode_all(tok, records, field if cfg.mode != "distill" else "response", cfg.max_seq_len)
-    train, held = split_examples(examples, cfg.eval_n, cfg.seed)
+    train, held = split_examples(examples, cfg.heldout, cfg.seed)
     run_config = {**asdict(cfg), "model": str(student_path), "data": str(cfg.data),
                   "teacher": str(cfg.teacher) if cfg.teacher else None, "n_train": len(train), "n_eval": len(held)}
     # not config.json: the merged model's own config lands in the same folder
-    check_run_config(out, run_config, "recovery run", name=RUN_CONFIG, paths=("model", "data", "teacher"),
-                     write=False)
+    if refuse_other:
+        check_run_config(out, run_config, "recovery run", name=RUN_CONFIG, paths=("model", "data", "teacher"),
+                         write=False)
+    else:
+        expect_folder(out)
     steps = cfg.steps
     if steps is None:  # one epoch, or (with a token budget) until the budget is spent
-        steps = math.ceil(len(train) / cfg.batch_size) if cfg.token_budget is None else 10**9
-    return _TrainingData(student_path, tok, train, held, run_config, steps)
+        steps = math.ceil(len(train) / cfg.train_batch) if cfg.token_budget is None else 10**9
+    warmup = warmup_steps(cfg.warmup, steps, known=steps < 10**9)
+    if warmup < cfg.warmup:
+        print(f"  --warmup {cfg.warmup} is longer than the run ({_count(steps, 'step')}): warming up over "
+              f"{_count(warmup, 'step')}, so the last step trains at --lr {cfg.lr:g}")
+    if not held:
+        print(f"  {len(examples)} training records: too few for a held-out split (it takes "
+              f"{MIN_PER_HELD_OUT}), so the run reports no held-out perplexity")
+    return _TrainingData(student_path, tok, train, held, run_config, steps, warmup)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _load_models(cfg: RecoverOptions, student_path: str | Path, device: str):
@@ -591,7 +639,7 @@ class _TrainingRun:
         self.named = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
-        self.sched = warmup_schedule(self.opt, cfg.warmup)
+        self.sched = warmup_schedule(self.opt, data.warmup)
         self.state = {"step": 0, "tokens": 0, "all_tokens": 0, "train_seconds": 0.0, "curve": [], "window": [],
                       "grad_window": [], "non_finite": []}
         ck = _latest_checkpoint(out)
@@ -632,7 +680,7 @@ class _TrainingRun:
         finite. A skipped step still advances: the next step takes the next batch."""
         cfg, state = self.cfg, self.state
         t0 = time.perf_counter()
-        batch = [self.data.train[i] for i in _batch_indices(state["step"], cfg.batch_size, len(self.data.train),
+        batch = [self.data.train[i] for i in _batch_indices(state["step"], cfg.train_batch, len(self.data.train),
                                                             cfg.seed)]
         n_resp = sum(e.n_response for e in batch)
         step_loss, seen = train_step(self.pm, batch, self.pad, self.dev, cfg.micro_batch, teacher=self.teacher,
@@ -686,7 +734,9 @@ class _TrainingRun:
         """Append a point (held-out loss and perplexity, learning rate, throughput) to the curve and
         rewrite ``curve.csv``."""
         state = self.state
-        loss, ppl = perplexity(self.pm, self.data.held, self.pad, self.cfg.micro_batch)
+        loss, ppl = None, None   # no held-out set: no perplexity, rather than 1.00 over nothing
+        if self.data.held:
+            loss, ppl = perplexity(self.pm, self.data.held, self.pad, self.cfg.micro_batch)
         secs = state["train_seconds"]
         state["curve"].append({"step": state["step"], "tokens": state["tokens"], "train_loss": train_loss,
                                "eval_loss": loss, "eval_ppl": ppl, "lr": self.sched.get_last_lr()[0],
@@ -700,9 +750,11 @@ class _TrainingRun:
         return _save_checkpoint(self.out, self.pm, self.opt, self.sched, self.state)
 
     def summary(self) -> dict:
-        """The run's record: steps, tokens, skipped steps, time, throughput, final perplexity."""
+        """The run's record: steps, tokens, skipped steps, time, throughput, final perplexity (None
+        without a held-out set), the training and held-out example counts and the warm-up used."""
         state, secs = self.state, self.state["train_seconds"]
         return {"mode": self.cfg.mode, "steps": state["step"], "trained_tokens": state["tokens"],
+                "n_train": len(self.data.train), "n_eval": len(self.data.held), "warmup": self.data.warmup,
                 "skipped_steps": len(state["non_finite"]), "non_finite": state["non_finite"],
                 "all_tokens": state["all_tokens"], "train_seconds": round(secs, 2),
                 "tokens_per_s": state["all_tokens"] / secs if secs else None,
@@ -715,8 +767,9 @@ def _write_recovered(run: _TrainingRun, student_path: str | Path, summary: dict,
     cfg, out = run.cfg, run.out
     plot_curve(run.state["curve"], out / "curve.png", f"{Path(str(student_path)).name}: {cfg.mode}")
     adapter = out / "adapter"
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out))
+    tmp = make_temp_dir(".adapter-", out)
     run.pm.save_pretrained(tmp)
+    follow_umask(tmp)
     if adapter.exists():
         shutil.rmtree(adapter)
     tmp.rename(adapter)
@@ -728,16 +781,36 @@ def _write_recovered(run: _TrainingRun, student_path: str | Path, summary: dict,
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> Path:
+    """The held-out perplexity over trained tokens; without a held-out set, the training loss (and
+    the title says there is no held-out set)."""
     from prunescope.core.plots import save_figure, plt
 
     fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
-    ax.plot([c["tokens"] for c in curve], [c["eval_ppl"] for c in curve], marker="o", label="held-out perplexity")
+    held = any(c.get("eval_ppl") is not None for c in curve)
+    key, label = ("eval_ppl", "held-out perplexity") if held else ("train_loss", "training loss")
+    points = [(c["tokens"], c[key]) for c in curve if c.get(key) is not None]
+    ax.plot([t for t, _ in points], [v for _, v in points], marker="o", label=label)
     ax.set_xlabel("trained response tokens")
-    ax.set_ylabel("perplexity")
-    ax.set_yscale("log")
-    ax.set_title(title)
+    ax.set_ylabel("perplexity" if held else "training loss (no held-out set)")
+    if held:
+        ax.set_yscale("log")
+    ax.set_title(title if held else f"{title} (no held-out set)")
     ax.legend()
     return save_figure(fig, path)
+
+
+def describe_perplexity(summary: dict) -> str:
+    """The held-out perplexity of a recovery summary for a printed line, or that there is none.
+
+    >>> describe_perplexity({"final_eval_ppl": 12.345, "n_eval": 32})
+    'held-out perplexity 12.35 (32 examples)'
+    >>> describe_perplexity({"final_eval_ppl": None, "n_eval": 0, "n_train": 4})
+    'no held-out perplexity (4 records: a held-out split needs 5)'
+    """
+    if summary.get("final_eval_ppl") is None:
+        return (f"no held-out perplexity ({summary.get('n_train', '?')} records: a held-out split needs "
+                f"{MIN_PER_HELD_OUT})")
+    return f"held-out perplexity {summary['final_eval_ppl']:.2f} ({summary.get('n_eval', '?')} examples)"
 
 
 def read_summary(out: str | Path) -> dict:
@@ -746,4 +819,5 @@ def read_summary(out: str | Path) -> dict:
 
 
 __all__ = ["RecoverOptions", "recover_model", "load_student", "add_lora", "compute_dtype", "perplexity",
-           "response_nll", "response_kl", "collate", "check_bitsandbytes", "plot_curve", "read_summary"]
+           "response_nll", "response_kl", "collate", "check_bitsandbytes", "plot_curve", "read_summary",
+           "describe_perplexity", "warmup_steps"]

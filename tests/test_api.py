@@ -25,24 +25,30 @@ def test_python_m_prunescope_is_the_cli():
 def test_a_command_gives_the_same_rows_with_or_without_its_default_options(tiny_llama_dir):
     lm = ps.load_model(tiny_llama_dir)
     quiet = ps.Output(progress=False)
-    new = ps.sweep(ps.SweepOptions(probe="arithmetic", n=6), loaded=lm, output=quiet)
-    again = ps.sweep(ps.SweepOptions(probe="arithmetic", n=6), loaded=lm, output=quiet)
+    new = ps.sweep(ps.SweepOptions(probes="arithmetic", items=6), loaded=lm, output=quiet)
+    again = ps.sweep(ps.SweepOptions(probes="arithmetic", items=6), loaded=lm, output=quiet)
     assert new == again
-    plan = ps.prune_model(ps.PruneOptions(strategy="reverse", n=1), loaded=lm, output=quiet)
-    assert ps.prune_model(ps.PruneOptions(strategy="reverse", n=1), loaded=lm).drop == plan.drop
+    plan = ps.prune_model(ps.PruneOptions(strategy="reverse", drop=1), loaded=lm, output=quiet)
+    assert ps.prune_model(ps.PruneOptions(strategy="reverse", drop=1), loaded=lm).drop == plan.drop
     assert ps.RecoverOptions(rank=8).rank == 8
     with pytest.raises(TypeError):
         ps.RecoverOptions(r=8)  # the field is rank
     with pytest.raises(TypeError):
         ps.sweep(None, "arithmetic", 6, loaded=lm)  # a flat call is refused
-    old_scores = ps.score(ps.ScoreOptions(n_texts=8, block_sizes=[2]), loaded=lm, output=quiet)
-    new_scores = ps.score(ps.ScoreOptions(n_texts=8, block_sizes=[2]), loaded=lm, output=ps.Output(progress=False))
+    old_scores = ps.score(ps.ScoreOptions(texts=8, block_sizes=[2]), loaded=lm, output=quiet)
+    new_scores = ps.score(ps.ScoreOptions(texts=8, block_sizes=[2]), loaded=lm, output=ps.Output(progress=False))
     assert new_scores == old_scores and {r["metric"] for r in new_scores} == {"block_influence", "angular_distance_n2"}
 
 
 def test_an_option_is_checked_wherever_it_comes_from(tiny_llama_dir):
-    with pytest.raises(ps.PrunescopeError, match="n must be a positive integer, got 0"):
-        ps.SweepOptions(n=0).check()
+    with pytest.raises(ps.PrunescopeError, match="items must be a positive integer, got 0"):
+        ps.SweepOptions(items=0).check()
+    with pytest.raises(ps.PrunescopeError, match="ops names an unknown operator '%'"):
+        ps.SweepOptions(ops="+,%").check()
+    with pytest.raises(ps.PrunescopeError, match="select_tasks names an unknown task 'gsm9k'"):
+        ps.PruneOptions(select_tasks=["gsm9k"]).check()
+    with pytest.raises(TypeError):
+        ps.SweepOptions(n=5)  # the field is items: one name per setting, no old spellings
     with pytest.raises(ps.PrunescopeError, match="method names an unknown patching method 'guess'"):
         ps.PatchOptions(method="guess").check()
     with pytest.raises(ps.PrunescopeError, match="strategy names an unknown strategy 'bii'"):
@@ -53,7 +59,7 @@ def test_a_sweep_option_reaches_the_item_generators(tiny_llama_dir, tmp_path):
     """--length: one field of SweepOptions is a CLI flag, a check and a generator argument."""
     from prunescope.cli import main
 
-    assert main(["sweep", "--model", str(tiny_llama_dir), "--probe", "copy", "--length", "3", "--n", "4",
+    assert main(["sweep", "--model", str(tiny_llama_dir), "--probes", "copy", "--length", "3", "--items", "4",
                  "--out", str(tmp_path), "--quiet", "--no-plot"]) == 0
     import json
 

@@ -122,6 +122,51 @@ def test_patch_heads_and_per_row_positions(tiny, prompts):
     assert (changed[r, last[:, 0]] - clean[r, last[:, 0]]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("name", ["blocks.2.hook_mlp_out", "blocks.1.attn.hook_z"])
+def test_patch_takes_full_or_sliced_activation(tiny, prompts, name):
+    """The cached activation of another prompt patches as it is (full length) or sliced."""
+    model, _ = tiny
+    ids, mask = prompts
+    blocks = Blocks(model)
+    heads = [0, 2] if name.endswith("hook_z") else None
+    other = ids.flip(0)                                   # another prompt of the same length
+    with torch.no_grad():
+        _, cache = blocks.run_with_cache(other, mask.flip(0), [name])
+        src = cache[name]
+        with blocks.patch(name, src, positions=[-1], heads=heads):
+            full = blocks.forward(ids, mask)
+        piece = src[:, [-1]] if heads is None else src[:, [-1]][..., heads, :]
+        with blocks.patch(name, piece, positions=[-1], heads=heads):
+            sliced = blocks.forward(ids, mask)
+        with blocks.patch(name, src[:1], positions=[-1], heads=heads):   # batch 1 broadcasts
+            one = blocks.forward(ids, mask)
+        one_piece = piece[:1]
+        with blocks.patch(name, one_piece, positions=[-1], heads=heads):
+            one_sliced = blocks.forward(ids, mask)
+        clean = blocks.forward(ids, mask)
+    assert torch.allclose(full, sliced, atol=1e-6)
+    assert (full[:, -1] - clean[:, -1]).abs().max() > 1e-3     # the patch took effect
+    assert torch.allclose(full[:, :-1], clean[:, :-1], atol=1e-6)
+    assert torch.allclose(one, one_sliced, atol=1e-6)
+
+
+def test_patch_wrong_shape_is_one_line(tiny, prompts):
+    model, _ = tiny
+    ids, mask = prompts
+    blocks = Blocks(model)
+    name = "blocks.2.hook_mlp_out"
+    with torch.no_grad():
+        _, cache = blocks.run_with_cache(ids, mask, [name])
+        act = cache[name]
+        b, t, d = act.shape
+        for bad in (act[:, :-1], act[:, [1, 2]], torch.zeros(b, t, d + 1)):
+            with pytest.raises(PrunescopeError) as err, blocks.patch(name, bad, positions=[-1]):
+                blocks.forward(ids, mask)
+            msg = str(err.value)
+            assert "\n" not in msg
+            assert f"{[b, t, d]}" in msg and f"{[b, 1, d]}" in msg, msg
+
+
 def _hook_count(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 

@@ -154,7 +154,7 @@ def test_named_attribution_methods_are_attribution_with_their_setting(tiny, enc)
     from prunescope.circuits.commands import PatchOptions, patch
     from prunescope.probe.models import LoadedModel
 
-    o = PatchOptions(method="relp", probe="brackets", n=6, kinds="resid_post", positions=2).check()
+    o = PatchOptions(method="relp", probe="brackets", pairs=6, kinds="resid_post", positions=2).check()
     assert (o.method, o.relevance, o.attribution_steps) == ("attribution", True, 1)
     assert PatchOptions(method="ig").check().attribution_steps == 4
     assert PatchOptions(method="graddrop").check().graddrop is True

@@ -72,7 +72,7 @@ def test_a_code_result_from_another_problem_set_is_scored_again(tmp_path):
 
     model, tok = tiny_model("llama")
     lm = LoadedModel(model, tok, "tiny-llama", "")
-    run_benchmarks(lm, EvalOptions(tasks=["humaneval"], limit=2, max_new_tokens=4), tmp_path, progress=False)
+    run_benchmarks(lm, EvalOptions(tasks=["humaneval"], limit=2, code_max_new_tokens=4), tmp_path, progress=False)
     settings = json.loads((tmp_path / "config.json").read_text())
     assert finished_rows(tmp_path, ["humaneval"], settings) is not None
     record = json.loads((tmp_path / "tasks" / "humaneval.json").read_text())

@@ -27,9 +27,9 @@ from prunescope.probe.sweep import SweepOptions, SweepSettings, make_conditions,
 from prunescope.probe.tasks import make_items
 
 
-SWEEP = dict(probe="copy,arithmetic", n=6, batch_size=2)
-ONE_BATCH = dict(probe="arithmetic_multi", shots=2, n=5, batch_size=8, windows=[1, 2])  # one batch, a shared prefix
-PATCH = dict(probe="arithmetic", n=4, kinds="resid_post,attn_out,head", positions=2, method="both")
+SWEEP = dict(probes="copy,arithmetic", items=6, batch_size=2)
+ONE_BATCH = dict(probes="arithmetic_multi", shots=2, items=5, batch_size=8, windows=[1, 2])  # one batch, a shared prefix
+PATCH = dict(probe="arithmetic", pairs=4, kinds="resid_post,attn_out,head", positions=2, method="both")
 
 
 def _patch_options():
@@ -51,7 +51,7 @@ def _worker(model_dir: str, out: str) -> dict:
     with distributed("cpu") as d:
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
-            code = main(["sweep", "--model", model_dir, "--probe", "copy,arithmetic", "--n", "6", "--batch-size", "2",
+            code = main(["sweep", "--model", model_dir, "--probes", "copy,arithmetic", "--items", "6", "--batch-size", "2",
                          "--quiet", "--out", f"{out}/cli"])
         printed = d.gather(text.getvalue())
         one_batch = sweep(SweepOptions(**ONE_BATCH), model=model_dir, output=_quiet(f"{out}/one_batch"))

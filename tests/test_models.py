@@ -166,3 +166,55 @@ def test_a_gguf_model_stops_on_every_end_of_generation_token(default_model):
     finally:
         handle.remove()
     assert got[0].finish == "eos" and got[0].tokens == []
+
+
+# ---------------------------------------------------------------- placement: auto, and CUDA this torch lacks
+NO_GPU = not torch.cuda.is_available()
+CPU_TORCH = torch.version.cuda is None and getattr(torch.version, "hip", None) is None
+
+
+@pytest.mark.skipif(not NO_GPU, reason="auto picks the CPU only where torch sees no GPU")
+def test_auto_placement_without_a_gpu_is_cpu_float32_and_says_so(tiny_llama_dir, monkeypatch, caplog):
+    """``--device auto`` (the default): no GPU here, so the CPU in float32, said in one line."""
+    from prunescope.core import options
+    from prunescope.core.options import Placement
+
+    monkeypatch.setattr(options, "_ANNOUNCED", set(), raising=False)
+    assert (Placement().device, Placement().dtype) == ("auto", "auto")
+    p = Placement(device="auto", dtype="auto").check()
+    assert (p.device, p.dtype) == ("cpu", "float32")
+    assert Placement(device="cpu", dtype="auto").check().dtype == "float32"
+    assert Placement(device="auto", dtype="bfloat16").check().device == "cpu"
+    caplog.set_level("INFO", logger="prunescope")
+    from prunescope.core.options import announce_placement
+
+    announce_placement()  # what load_model says once the model's input is known good
+    err = [r.getMessage() for r in caplog.records]
+    assert [line for line in err if "placement" in line] == [
+        f"prunescope: placement cpu, float32 (auto: {'torch ' + torch.__version__ + ' has no CUDA' if CPU_TORCH else 'no CUDA GPU visible'})",
+        "prunescope: placement cpu, bfloat16 (auto: " + ("torch " + torch.__version__ + " has no CUDA" if CPU_TORCH
+                                                          else "no CUDA GPU visible") + ")"]
+    lm = load_model(tiny_llama_dir)
+    param = next(lm.model.parameters())
+    assert (param.device.type, param.dtype) == ("cpu", torch.float32)
+    assert load_model(tiny_llama_dir, device="cpu", dtype=torch.bfloat16).model.dtype == torch.bfloat16
+    assert load_model(tiny_llama_dir, device_map="cpu").blocks.n_layers == 4  # accelerate places it: device stays cpu
+
+
+@pytest.mark.skipif(not CPU_TORCH, reason="the message for a torch build without CUDA")
+def test_device_cuda_on_a_cpu_torch_is_one_clear_line_and_writes_nothing(tiny_llama_dir, tmp_path, capsys):
+    """Not "the model files may be truncated or damaged": this torch has no CUDA, and how to get one."""
+    from prunescope.cli import main
+
+    out = tmp_path / "s"
+    assert main(["sweep", "--model", str(tiny_llama_dir), "--device", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("prunescope: error: --device cuda: this torch build") and "has no CUDA" in err[0]
+    assert f"pip install torch=={torch.__version__.split('+')[0]} --index-url https://download.pytorch.org/whl/cu" in err[0]
+    assert "truncated" not in err[0] and not out.exists()
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(PrunescopeError, match="has no CUDA; install a CUDA build"):
+            load_model(tiny_llama_dir, device=device)
+    with pytest.raises(PrunescopeError, match="must be auto, cpu or cuda"):
+        load_model(tiny_llama_dir, device="gpu")

@@ -17,12 +17,12 @@ from prunescope.core.results import read_table
 CONFIG = """name: tiny
 out: {out}
 model: {model}
-localize: {{probes: [arithmetic_multi, brackets], n: 8, patch: [arithmetic], patch_n: 4, patch_positions: 3,
+localize: {{probes: [arithmetic_multi, brackets], items: 8, patch_probes: [arithmetic], pairs: 4, positions: 3,
            ablate_tasks: [arc_easy], ablate_limit: 3}}
-score: {{n_texts: 8}}
+score: {{texts: 8}}
 prune: {{ratio: 0.25, strategies: [bi, reverse], protect_top: 1}}
-recover: {{modes: [sgr], on: [bi], n_prompts: 16, max_new_tokens: 8, steps: 6, micro_batch: 4, eval_n: 4}}
-evaluate: {{tasks: [arc_easy], limit: 3, probe_n: 8}}
+recover: {{modes: [sgr], on: [bi], max_prompts: 16, max_new_tokens: 8, steps: 6, micro_batch: 4, heldout: 4}}
+evaluate: {{tasks: [arc_easy], limit: 3, probe_items: 8}}
 """
 
 
@@ -128,6 +128,52 @@ def test_config_errors_name_key_and_line(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_config_key_with_a_flags_name_means_that_flag():
+    """One meaning per name across the CLI and the config: a key spelled like a flag (underscores
+    for dashes) is that flag's setting (the pipeline called one count n, patch_n, n_prompts,
+    probe_n and select_n, and recover.batch_size was not evaluate.batch_size)."""
+    from dataclasses import fields
+
+    from prunescope.cli import COMMANDS
+    from prunescope.core.options import Output, Placement
+    from prunescope.docs import flag_meanings, meaning
+    from prunescope.pipeline.config import SECTIONS, Study
+
+    owners = {cls.__name__: cls for cls in [*(c.options_class() for c in COMMANDS.values() if c.options),
+                                            Placement, Output]}
+    flags, seen = flag_meanings(), {}
+    for section, cls in {"top level": Study, **SECTIONS}.items():
+        for f in fields(cls):
+            owner, _, name = (f.metadata.get("source") or "").partition(".")
+            source = next((g for g in fields(owners[owner]) if g.name == name), f) if owner else f
+            text = meaning(source.metadata["help"])
+            assert seen.setdefault(f.name, text) == text, f"{section}.{f.name} means two things"
+            flag = "--" + f.name.replace("_", "-")
+            if flag in flags:
+                assert list(flags[flag]) == [text], f"{section}.{f.name} is not {flag}"
+    for old in ("n", "patch_n", "n_prompts", "probe_n", "select_n", "eval_n", "fewshot", "gen_batch_size"):
+        assert old not in seen
+
+
+def test_run_overwrite_starts_the_run_folder_over_after_the_config_check(tiny_llama_dir, tmp_path, capsys):
+    from prunescope.cli import main
+
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    text = f"name: c\nout: {out}\nmodel: {tiny_llama_dir}\nlocalize: {{probes: [copy], items: 4, patch_probes: []}}\n"
+    cfg.write_text(text)
+    assert main(["run", str(cfg), "--only", "localize", "--quiet"]) == 0
+    (out / "report.md").write_text("an earlier report")
+    cfg.write_text(text + "prune: {ratoi: 0.2}\n")
+    assert main(["run", str(cfg), "--only", "localize", "--quiet", "--overwrite"]) == 2   # bad config: nothing goes
+    assert (out / "report.md").is_file() and (out / ".stages" / "localize.json").is_file()
+    cfg.write_text(text)
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--only", "localize", "--quiet", "--overwrite"]) == 0
+    assert "done earlier" not in capsys.readouterr().out          # the stage ran again
+    assert not (out / "report.md").exists() and (out / ".stages" / "localize.json").is_file()
+
+
 def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(f"out: {tmp_path / 'out'}\nlocalize:\n  probes: [arithmetic, brackts]\n")
@@ -142,7 +188,7 @@ def test_cli_run_overrides_device_and_out(tiny_llama_dir, tmp_path):
 
     cfg = tmp_path / "gpu.yaml"
     cfg.write_text(f"name: gpu\nmodel: {tiny_llama_dir}\ndevice: cuda\nout: {tmp_path / 'there'}\n"
-                   "localize: {probes: [copy], n: 4}\n")
+                   "localize: {probes: [copy], items: 4}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "prunescope", "run", str(cfg), "--only", "localize", "--quiet"]
     p = subprocess.run([*cmd, "--device", "cpu", "--out", str(tmp_path / "here")], capture_output=True, text=True,
@@ -152,18 +198,18 @@ def test_cli_run_overrides_device_and_out(tiny_llama_dir, tmp_path):
     assert (saved["device"], saved["out"]) == ("cpu", str(tmp_path / "here"))
     assert (tmp_path / "here" / ".stages" / "localize.json").is_file() and not (tmp_path / "there").exists()
     p = subprocess.run([*cmd, "--device", "tpu"], capture_output=True, text=True, env=env)
-    assert p.returncode == 2 and "device must be cpu or cuda[:N], got 'tpu'" in p.stderr
+    assert p.returncode == 2 and "cpu or cuda[:N], got 'tpu'" in p.stderr
 
 
 SEEDS_CONFIG = """name: seeds
 out: {out}
 model: {model}
 seeds: [0, 1]
-localize: {{probes: [arithmetic_multi], n: 8, patch: [arithmetic, brackets], patch_n: 4, patch_positions: 3,
-           patch_method: attribution, patch_kinds: [resid_post], ablate_tasks: [arithmetic], ablate_limit: 4}}
-score: {{n_texts: 8}}
-prune: {{ratio: [0.25, 0.5], strategies: [bi, reverse], protect_top: 1, protect_from: [arithmetic, brackets]}}
-evaluate: {{tasks: [arc_easy], limit: 6, probe_n: 8}}
+localize: {{probes: [arithmetic_multi], items: 8, patch_probes: [arithmetic, brackets], pairs: 4, positions: 3,
+           method: attribution, kinds: [resid_post], ablate_tasks: [arithmetic], ablate_limit: 4}}
+score: {{texts: 8}}
+prune: {{ratio: [0.25, 0.5], strategies: [bi, reverse], protect_top: 1, protect_patched: [arithmetic, brackets]}}
+evaluate: {{tasks: [arc_easy], limit: 6, probe_items: 8}}
 """
 
 
@@ -279,7 +325,7 @@ def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
 
     text = f"name: m\nmodel: {tiny_llama_dir}\nprune: {{ratio: 0.5}}\n"
     cfg = {**load_config_text(text), "out": str(tmp_path)}
-    moved = {**load_config_text(text + "device: cuda\nevaluate: {batch_size: 64, gen_batch_size: 128}\n"),
+    moved = {**load_config_text(text + "device: cuda\nevaluate: {batch_size: 64, slots: 128}\n"),
              "out": str(tmp_path / "elsewhere")}
     other = {**load_config_text(text.replace("0.5", "0.25")), "out": str(tmp_path)}
     assert all(Run(cfg).stage_key(s) == Run(moved).stage_key(s) for s in ("localize", "prune", "evaluate"))
@@ -287,8 +333,8 @@ def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
 
     run = Run(cfg, show_progress=False)
     folder = tmp_path / "prune" / "bi"
-    prune_model(PruneOptions(strategy="bi", ratio=0.5, overwrite=True), loaded=run.base,
-          output=Output(out=str(folder), progress=False))
+    prune_model(PruneOptions(strategy="bi", ratio=0.5), loaded=run.base,
+                output=Output(out=str(folder), progress=False, overwrite=True))
     ids = torch.tensor([[1, 5, 9, 13, 2]])
     want = load_model(folder).model(ids).logits
     for f in folder.glob("*.safetensors"):
@@ -327,15 +373,15 @@ def test_every_experiment_config_shrinks_to_a_valid_preflight():
         small = load_config_text(yaml.safe_dump(shrink(load_config_text(path.read_text(), str(path)), "/tiny")),
                                  f"shrunk {path.name}")
         assert small["device"] == "cpu" and small["model"] == "/tiny" and small["evaluate"]["limit"] == 4
-        assert small["localize"]["n"] == 8 and small["recover"]["n_prompts"] == 24
+        assert small["localize"]["items"] == 8 and small["recover"]["max_prompts"] == 24
 
 
 def test_stages_evaluated_side_by_side_equal_one_after_another(tiny_llama_dir, tmp_path):
     """evaluate.workers > 1: the stages are evaluated in worker processes at once, then read back;
     the tables are those of evaluating them one after another."""
-    text = (f"name: w\nout: {{out}}\nmodel: {tiny_llama_dir}\nlocalize: {{{{probes: [brackets], n: 8, patch: []}}}}\n"
+    text = (f"name: w\nout: {{out}}\nmodel: {tiny_llama_dir}\nlocalize: {{{{probes: [brackets], items: 8, patch_probes: []}}}}\n"
             "prune: {{ratio: 0.25, strategies: [bi, reverse]}}\n"
-            "evaluate: {{tasks: [arc_easy, arithmetic], limit: 3, probe_n: 8, workers: {workers}}}\n")
+            "evaluate: {{tasks: [arc_easy, arithmetic], limit: 3, probe_items: 8, workers: {workers}}}\n")
     outs = {}
     for w in (1, 3):
         cfg = tmp_path / f"w{w}.yaml"
@@ -385,8 +431,8 @@ def test_a_stage_failing_beside_the_others_is_evaluated_alone(tiny_llama_dir, tm
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *sys.path]))  # read by spawned workers only
     cfg = tmp_path / "o.yaml"
     cfg.write_text(f"name: o\nout: {tmp_path / 'o'}\nmodel: {tiny_llama_dir}\n"
-                   "localize: {probes: [brackets], n: 8, patch: []}\nprune: {ratio: 0.25, strategies: [bi, reverse]}\n"
-                   "evaluate: {tasks: [arc_easy], limit: 3, probe_n: 8, workers: 3}\n")
+                   "localize: {probes: [brackets], items: 8, patch_probes: []}\nprune: {ratio: 0.25, strategies: [bi, reverse]}\n"
+                   "evaluate: {tasks: [arc_easy], limit: 3, probe_items: 8, workers: 3}\n")
     import contextlib
     import io
 
@@ -406,9 +452,9 @@ def _recovery_config(tmp_path, model, name: str, modes: str, steps: int, evaluat
     ``evaluate`` section ``evaluate`` (YAML mapping body); returns the config's path (out: tmp_path/name)."""
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(f"name: {name}\nout: {tmp_path / name}\nmodel: {model}\n"
-                   "localize: {probes: [brackets], n: 8, patch: []}\nprune: {ratio: 0.25, strategies: [bi]}\n"
-                   f"recover: {{modes: {modes}, on: [bi], n_prompts: 16, max_new_tokens: 8, steps: {steps}, "
-                   f"micro_batch: 4, eval_n: 4}}\nevaluate: {{{evaluate}}}\n")
+                   "localize: {probes: [brackets], items: 8, patch_probes: []}\nprune: {ratio: 0.25, strategies: [bi]}\n"
+                   f"recover: {{modes: {modes}, on: [bi], max_prompts: 16, max_new_tokens: 8, steps: {steps}, "
+                   f"micro_batch: 4, heldout: 4}}\nevaluate: {{{evaluate}}}\n")
     return cfg
 
 
@@ -439,7 +485,7 @@ def test_a_diverging_recovery_arm_is_recorded_and_the_run_goes_on(tiny_llama_dir
     monkeypatch.setattr(rt, "recover_model", recover_model)
     monkeypatch.setattr(rt, "train_step", train_step)
     cfg = _recovery_config(tmp_path, tiny_llama_dir, "d", "[sgr, external]", 4,
-                           "tasks: [arc_easy], limit: 3, probe_n: 8")
+                           "tasks: [arc_easy], limit: 3, probe_items: 8")
     run_pipeline(str(cfg), show_progress=False)
     out = tmp_path / "d"
     info = json.loads((out / "recover/bi-sgr/diverged.json").read_text())
@@ -464,7 +510,7 @@ def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_
     import prunescope.pipeline.stages as st
     from prunescope.pipeline import run_pipeline
 
-    cfg = _recovery_config(tmp_path, tiny_llama_dir, "p", "[sgr]", 4, "tasks: [], probe_n: 8")
+    cfg = _recovery_config(tmp_path, tiny_llama_dir, "p", "[sgr]", 4, "tasks: [], probe_items: 8")
     run_pipeline(str(cfg), show_progress=False, only=["localize", "score", "prune", "recover"])
     out = tmp_path / "p"
     early = json.loads((out / "eval/recovered-bi-sgr/probes.json").read_text())
@@ -517,7 +563,7 @@ def test_each_recovered_arm_is_evaluated_beside_the_next_ones_training(tiny_llam
     from prunescope.pipeline import run_pipeline
 
     cfg = _recovery_config(tmp_path, tiny_llama_dir, "w", "[sgr, external]", 2,
-                           "tasks: [arc_easy], limit: 3, probe_n: 8, workers: 2")
+                           "tasks: [arc_easy], limit: 3, probe_items: 8, workers: 2")
     run_pipeline(str(cfg), show_progress=False, only=["localize", "score", "prune", "recover"])
     out = tmp_path / "w"
     for arm in ("sgr", "external"):

@@ -81,7 +81,7 @@ def test_bad_counts():
     with pytest.raises(PrunescopeError, match="leaves only"):
         lowest_k({i: 0.0 for i in range(4)}, 4, 3, protected=[0, 1])
     with pytest.raises(PrunescopeError, match="unknown strategy"):
-        prune_model(PruneOptions(strategy="magic", n=1))
+        prune_model(PruneOptions(strategy="magic", drop=1))
 
 
 def test_block_influence_matches_definition(tiny):
@@ -102,22 +102,32 @@ def test_cli_prune_protect_and_bad_tables(tiny_llama_dir, tmp_path, capsys):
     write_table(rows, tmp_path / "layers")
     out = tmp_path / "pruned"
     # the table was made for another model: refused, nothing written
-    assert main(["prune", "--model", str(tiny_llama_dir), "--strategy", "reverse", "--n", "2",
+    assert main(["prune", "--model", str(tiny_llama_dir), "--strategy", "reverse", "--drop", "2",
                  "--protect-from", str(table), "--protect-top", "1", "--out", str(out)]) == 2
     assert "not for" in capsys.readouterr().err and not out.exists()
     name = load_model(tiny_llama_dir).name
     write_table([dict(r, model=name) for r in rows], tmp_path / "layers")
-    assert main(["prune", "--model", str(tiny_llama_dir), "--strategy", "reverse", "--n", "2",
+    assert main(["prune", "--model", str(tiny_llama_dir), "--strategy", "reverse", "--drop", "2",
                  "--protect-from", str(table), "--protect-top", "1", "--out", str(out), "--quiet"]) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert plan["drop"] == [0, 2] and plan["protected"] == [1]       # layer 1 protected, 3 is the final layer
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
-    assert main(["prune", "--model", str(tiny_llama_dir), "--strategy", "reverse", "--n", "2", "--out", str(out)]) == 2
+    assert main(["prune", "--model", str(tiny_llama_dir), "--strategy", "reverse", "--drop", "2", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["prune", "--model", str(tiny_llama_dir), "--ratio", "1.5"]) == 2
-    assert main(["prune", "--model", str(tiny_llama_dir), "--n", "4"]) == 2
-    assert main(["prune", "--model", str(tiny_llama_dir), "--n", "2", "--protect", "0,1,2"]) == 2
+    assert main(["prune", "--model", str(tiny_llama_dir), "--drop", "4"]) == 2
+    assert main(["prune", "--model", str(tiny_llama_dir), "--drop", "2", "--protect", "0,1,2"]) == 2
     assert "leaves only" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_score_uses_exactly_the_texts_asked(tiny_llama_dir):
+    """score --texts 8 scores on 8 built-in texts (3 + 3 + 2), not 3 probes x (8 // 3) = 6."""
+    from prunescope.core.options import Output
+    from prunescope.prune.commands import ScoreOptions, calibration_texts, score
+
+    assert [len(calibration_texts(None, n)) for n in range(1, 11)] == list(range(1, 11))
+    rows = score(ScoreOptions(texts=8), loaded=load_model(tiny_llama_dir), output=Output(progress=False))
+    assert {r["n"] for r in rows if r["metric"] == "block_influence"} == {8}
 
 
 def test_iterative_in_memory_equals_save_and_reload(default_model):

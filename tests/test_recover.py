@@ -14,7 +14,7 @@ from prunescope.recover.data import IGNORE, builtin_prompts, encode_example, loa
 from prunescope.recover.sgr import SGROptions, generate_responses
 from prunescope.recover.train import RecoverOptions, check_bitsandbytes, recover_model
 
-FAST = dict(warmup=2, eval_every=2, save_every=2, micro_batch=4, batch_size=8, eval_n=6, lr=2e-3, rank=8, alpha=16)
+FAST = dict(warmup=2, eval_every=2, save_every=2, micro_batch=4, train_batch=8, heldout=6, lr=2e-3, rank=8, alpha=16)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_prompt_tokens_are_masked_on_ids(default_model, tiny):
 def test_sgr_resumes_without_duplicates(tiny_llama_dir, tmp_path):
     lm = load_model(tiny_llama_dir)
     records = [{"id": str(i), "prompt": f"Tell me about {w}."} for i, w in enumerate("abcdefghij")]
-    kw = dict(temperature=0.9, max_new_tokens=6, batch_size=3, seed=1)
+    kw = dict(temperature=0.9, max_new_tokens=6, slots=3, seed=1)
     # one uninterrupted run, whose answers the resumed one (got, below) equals
     ref = generate_responses(SGROptions(**kw), loaded=lm, records=records,
                              output=Output(out=str(tmp_path / "full.jsonl"), progress=False))
@@ -235,6 +235,36 @@ def test_empty_sgr_answers_are_left_out_of_every_arm(tmp_path, capsys):
     f.write_text('{"id": "1", "prompt": "Yo", "response": ""}\n')
     with pytest.raises(PrunescopeError, match="every SGR response is empty"):
         training_records(f, "sgr")
+
+
+def test_too_few_records_report_no_held_out_perplexity(tiny_llama_dir, tmp_path, capsys):
+    """Four records leave no held-out set: no perplexity anywhere (not 1.00 over nothing)."""
+    from prunescope.cli import main
+    from prunescope.recover.train import read_summary
+
+    data = tmp_path / "sgr.jsonl"
+    data.write_text("".join(json.dumps({"id": str(i), "prompt": f"Q{i}?", "response": f"A{i} " * 5}) + "\n"
+                            for i in range(4)))
+    out = tmp_path / "rec"
+    assert main(["recover", "--model", str(tiny_llama_dir), "--data", str(data), "--no-quant", "--steps", "2",
+                 "--warmup", "1", "--micro-batch", "2", "--train-batch", "2", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "no held-out perplexity (4 records" in printed and "perplexity 1.00" not in printed
+    s = read_summary(out)["recovery"]
+    assert s["final_eval_ppl"] is None and s["n_eval"] == 0 and s["n_train"] == 4
+    curve = _curve(out)
+    assert curve and all(c["eval_ppl"] is None and c["eval_loss"] is None for c in curve)
+    assert (out / "curve.png").is_file()
+
+
+def test_warmup_longer_than_the_run_is_capped_and_said(tiny_llama_dir, sgr_file, tmp_path, capsys):
+    """--warmup 50 --steps 1 trains its one step at --lr (not lr/50), and says so."""
+    cfg = {**FAST, "warmup": 50, "eval_every": 1}
+    s = recover_model(RecoverOptions(data=str(sgr_file), quant=False, steps=1, **cfg),
+                      **_where(tiny_llama_dir, tmp_path / "rec"), merge=False)
+    assert "--warmup 50 is longer than the run (1 step): warming up over 1 step," in capsys.readouterr().out
+    assert s["warmup"] == 1
+    assert [c["lr"] for c in _curve(tmp_path / "rec")] == [FAST["lr"], FAST["lr"]]
 
 
 def test_4bit_bf16_training_computes_in_bf16(tiny_llama_dir):

@@ -28,7 +28,7 @@ def test_a_live_lock_refuses_a_second_run_then_a_stale_one_is_taken_over(tiny_ll
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (out / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
-        args = ["sweep", "--model", str(tiny_llama_dir), "--n", "4", "--out", str(out), "--quiet", "--no-plot"]
+        args = ["sweep", "--model", str(tiny_llama_dir), "--items", "4", "--out", str(out), "--quiet", "--no-plot"]
         assert main(args) == 2
         msg = _err(capsys)
         assert f"in use by another sweep (process {sleeper.pid}" in msg
@@ -76,7 +76,7 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_run(tiny_llama_di
     data.write_text("".join(json.dumps({"id": str(i), "prompt": f"Q{i}?", "response": f"A{i} " * 5}) + "\n"
                             for i in range(12)))
     out = tmp_path / "rec"
-    cfg = RecoverOptions(data=str(data), quant=False, steps=6, save_every=2, eval_every=2, eval_n=2, micro_batch=2,
+    cfg = RecoverOptions(data=str(data), quant=False, steps=6, save_every=2, eval_every=2, heldout=2, micro_batch=2,
                          warmup=1)
     s = recover_model(cfg, model=str(tiny_llama_dir), placement=Placement(), output=Output(out=str(out), progress=False),
                 stop_after=2)
@@ -85,8 +85,51 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_run(tiny_llama_di
     marker = tmp_path / "pwned"
     torch.save({"optimizer": _Payload(marker), "step": 2}, ck / "state.pt")
     args = ["recover", "--model", str(tiny_llama_dir), "--data", str(data), "--no-quant", "--steps", "6",
-            "--save-every", "2", "--eval-every", "2", "--eval-n", "2", "--micro-batch", "2", "--warmup", "1",
+            "--save-every", "2", "--eval-every", "2", "--heldout", "2", "--micro-batch", "2", "--warmup", "1",
             "--out", str(out), "--quiet"]
     assert main(args) == 2
     assert "holds more than tensors and plain values" in _err(capsys)
     assert not marker.exists()
+
+
+def _modes(root) -> dict[str, tuple[int, bool]]:
+    """(permission bits, is a folder) of ``root`` and everything under it, by path from its parent."""
+    import stat
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root.parent)): (stat.S_IMODE(p.stat().st_mode), p.is_dir())
+            for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_and_folders_follow_the_umask(tiny_llama_dir, tmp_path, umask):
+    """A results table, a pruned checkpoint and a recovered model (its adapter, checkpoint and merged
+    files) get 0o666 / 0o777 less the umask, as open and mkdir give, not tempfile's 0o600 / 0o700."""
+    from prunescope.core.options import Output, Placement
+    from prunescope.core.results import write_table
+    from prunescope.probe.models import load_model
+    from prunescope.prune.surgery import save_pruned
+    from prunescope.recover.train import RecoverOptions, recover_model
+
+    data = tmp_path / "sgr.jsonl"
+    data.write_text("".join(json.dumps({"id": str(i), "prompt": f"Q{i}?", "response": f"A{i} " * 5}) + "\n"
+                            for i in range(10)))
+    old = os.umask(umask)
+    try:
+        write_table([{"metric": "accuracy", "value": 1.0}], tmp_path / "tables" / "sweep")
+        lm = load_model(tiny_llama_dir)
+        pruned = save_pruned(lm.model, lm.tokenizer, [1], tmp_path / "pruned" / "bi25", record={"drop": [1]})
+        recover_model(RecoverOptions(data=str(data), quant=False, steps=2, warmup=1, save_every=1, eval_every=1,
+                                     heldout=2, micro_batch=2, train_batch=2),
+                      model=str(pruned), placement=Placement(device="cpu"),
+                      output=Output(out=str(tmp_path / "recovered" / "x"), progress=False))
+    finally:
+        os.umask(old)
+    modes = {**_modes(tmp_path / "tables"), **_modes(pruned), **_modes(tmp_path / "recovered" / "x")}
+    dirs = {p for p, (_, is_dir) in modes.items() if is_dir}
+    assert {"tables/sweep.csv", "bi25/prunescope_plan.json", "x/adapter", "x/prunescope_recovery.json",
+            "x/curve.csv", "x/curve.png", "x/config.json"} <= set(modes) and any(p.startswith("x/checkpoints/step-")
+                                                                                    for p in dirs)
+    wrong = {p: oct(m) for p, (m, is_dir) in modes.items() if m != (0o777 if is_dir else 0o666) & ~umask}
+    assert not wrong, wrong

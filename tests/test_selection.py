@@ -43,8 +43,8 @@ def test_evaluation_of_chosen_docs_scores_exactly_those(tiny, tmp_path):
 
 
 def test_iterative_generated_tries_every_layer_and_records_its_docs(tiny):
-    plan = prune_model(PruneOptions(strategy="iterative-generated", n=2, eval_n=3, select_tasks=["arithmetic"],
-                              protect=[0]), loaded=tiny)
+    plan = prune_model(PruneOptions(strategy="iterative-generated", drop=2, select_docs=3, select_tasks=["arithmetic"],
+                                    protect=[0]), loaded=tiny)
     first, second = plan.scores["history"]
     assert plan.strategy == "iterative-generated" and len(plan.drop) == 2 and 0 not in plan.drop
     assert set(first) == {"1", "2", "3"} and len(second) == 2          # every unprotected layer, then the rest
@@ -59,17 +59,17 @@ def test_selection_cache_reads_back_scored_sets_and_the_smaller_search_repeats_t
     from prunescope.core.results import read_progress
 
     cache = tmp_path / "selection-cache.jsonl"
-    opts = dict(strategy="iterative-generated", eval_n=3, select_tasks=["arithmetic"], select_cache=str(cache))
-    big = prune_model(PruneOptions(n=2, **opts), loaded=tiny)
+    opts = dict(strategy="iterative-generated", select_docs=3, select_tasks=["arithmetic"], select_cache=str(cache))
+    big = prune_model(PruneOptions(drop=2, **opts), loaded=tiny)
     logged = read_progress(cache)
     assert len(logged) == 4 + 3 and {tuple(r["skip"]) for r in logged} >= {(0,), (1,), (2,), (3,)}
     # the one-layer search is the two-layer one's first step, read back: nothing new is generated
-    small = prune_model(PruneOptions(n=1, **opts), loaded=tiny)
+    small = prune_model(PruneOptions(drop=1, **opts), loaded=tiny)
     first = big.scores["history"][0]
     assert small.drop == [int(max(first, key=lambda c: (first[c], -int(c))))] and small.drop[0] in big.drop
     assert small.scores["history"][0] == big.scores["history"][0] and len(read_progress(cache)) == 7
-    # other settings (here: another eval_n) are not read back
-    prune_model(PruneOptions(n=1, **{**opts, "eval_n": 2}), loaded=tiny)
+    # other settings (here: another select_docs) are not read back
+    prune_model(PruneOptions(drop=1, **{**opts, "select_docs": 2}), loaded=tiny)
     assert len(read_progress(cache)) == 7 + 4
 
 
@@ -77,9 +77,9 @@ def test_pipeline_refuses_an_evaluation_that_overlaps_the_selection_docs():
     from prunescope.pipeline.config import load_config_text
 
     text = ("model: default\nprune: {strategies: [iterative-generated], select_tasks: [gsm8k, humaneval], "
-            "select_n: 16}\nevaluate: {tasks: [gsm8k, humaneval], limit: 100}\n")
-    assert load_config_text(text)["prune"]["select_n"] == 16
-    with pytest.raises(PrunescopeError, match=r"prune.select_n.*humaneval.*at most 148"):
+            "select_docs: 16}\nevaluate: {tasks: [gsm8k, humaneval], limit: 100}\n")
+    assert load_config_text(text)["prune"]["select_docs"] == 16
+    with pytest.raises(PrunescopeError, match=r"prune.select_docs.*humaneval.*at most 148"):
         load_config_text(text.replace("limit: 100", "limit: 150"))
 
 

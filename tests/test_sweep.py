@@ -61,7 +61,7 @@ def test_resume_after_crash(tiny_llama_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sw, "batch_logits_prefix", crashing)
     model = str(tiny_llama_dir)
-    opts = dict(probe="copy", n=6, batch_size=3)
+    opts = dict(probes="copy", items=6, batch_size=3)
     with pytest.raises(KeyboardInterrupt):
         sweep(SweepOptions(**opts), model=model, output=Output(out=str(out), progress=False, plot=False))
     assert not (out / "sweep.csv").exists()              # nothing half-written
@@ -78,7 +78,7 @@ def test_resume_after_crash(tiny_llama_dir, tmp_path, monkeypatch):
     table = read_table(out / "sweep.csv")
     assert {"model", "probe", "condition", "layers", "metric", "value", "n", "seed"} <= set(table[0])
     with pytest.raises(PrunescopeError, match="different settings"):
-        sweep(SweepOptions(probe="copy", n=7), model=model, output=Output(out=str(out), progress=False))
+        sweep(SweepOptions(probes="copy", items=7), model=model, output=Output(out=str(out), progress=False))
 
 
 def test_default_model_bracket_profile(default_model):
@@ -94,3 +94,41 @@ def test_default_model_bracket_profile(default_model):
     assert 0.5 <= acc["none"] - acc[worst] <= 0.85
     later = [acc[f"skip:{i}"] for i in range(12, 30)]
     assert sum(later) / len(later) > acc["none"] - 0.15   # late layers matter far less: not flat, not uniform
+
+
+@pytest.mark.parametrize("scoring", ["first_diff", "logprob"])
+def test_a_metric_undefined_for_the_items_gets_no_row(tiny, scoring):
+    """Items without wrong answers have no choice metrics (accuracy, logit_diff, p_correct): no
+    row, not 0.0 or nan; in a mixed set they are averaged over the items that have them."""
+    import math
+
+    from prunescope.probe.tasks import Item
+
+    model, tok = tiny
+    bare = [Item("1 + 2 =", " 3"), Item("2 + 2 =", " 4"), Item("3 + 3 =", " 6")]
+    mixed = [Item("1 + 2 =", " 3", (" 4",)), *bare[1:]]
+    rows = sweep_blocks(Blocks(model), tok, {"bare": bare, "mixed": mixed},
+                        SweepSettings(windows=[1], scoring=scoring, show_progress=False))
+    assert all(not math.isnan(r["value"]) for r in rows)
+    got = {(r["probe"], r["metric"]) for r in rows}
+    assert {m for p, m in got if p == "bare"} == {"exact_match", "token_accuracy"}
+    assert {m for p, m in got if p == "mixed"} == {"accuracy", "logit_diff", "p_correct", "exact_match",
+                                                  "token_accuracy"}
+    n = {(r["probe"], r["metric"]): r["n"] for r in rows}
+    assert n[("mixed", "accuracy")] == 1 and n[("mixed", "exact_match")] == 3 and n[("bare", "exact_match")] == 3
+
+
+def test_cli_sweep_of_items_without_wrong_answers(tiny_llama_dir, tmp_path, capsys):
+    import json
+
+    from prunescope.cli import main
+
+    items = tmp_path / "facts.jsonl"
+    items.write_text("".join(json.dumps({"prompt": f"{i} + {i} =", "answer": f" {2 * i}"}) + "\n" for i in range(4)))
+    out = tmp_path / "run"
+    assert main(["sweep", "--model", str(tiny_llama_dir), "--probes", str(items), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "facts.jsonl:exact_match" in printed and "accuracy" not in printed and "nan" not in printed
+    table = read_table(out / "sweep.csv")
+    assert {r["metric"] for r in table} == {"exact_match", "token_accuracy"}
+    assert (out / "sweep_exact_match.png").is_file()

@@ -37,6 +37,7 @@ import argparse
 import copy
 import dataclasses
 import functools
+import logging
 import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -50,8 +51,9 @@ from prunescope.core.errors import PrunescopeError
 class Flag:
     """Where a field's CLI flag differs from ``--field-name``.
 
-    ``name``: another flag (``--quiet`` for ``progress``); ``aliases``: other spellings also taken
-    (``--items`` for ``--n``); ``metavar``: the value's name in ``--help``; ``help``: the help of a
+    ``name``: another flag (``--quiet`` for ``progress``); ``aliases``: another spelling also taken,
+    only where a tool the user knows spells the same setting so (lm-eval's ``--num_fewshot`` for
+    ``--num-fewshot``); ``metavar``: the value's name in ``--help``; ``help``: the help of a
     boolean field's negative flag (``--quiet``: "no progress bars").
     """
 
@@ -347,18 +349,111 @@ def check_field(cls: type, f: dataclasses.Field, value: Any, name: str) -> Any:
 # ---------------------------------------------------------------- shared objects
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu")
+#: where a CUDA build of torch comes from (the version is filled in; see docs/guide.md, "Running on a GPU machine")
+CUDA_TORCH_INDEX = "https://download.pytorch.org/whl/cu128"
 
 
 def valid_device(device: str) -> bool:
-    return device == "cpu" or device.startswith("cuda")
+    """``cpu``, ``cuda`` or ``cuda:N`` (a pipeline config names one; a command also takes ``auto``).
+
+    >>> valid_device("cuda:1"), valid_device("cuda1"), valid_device("tpu"), valid_device("auto")
+    (True, False, False, False)
+    """
+    return device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+
+
+def cuda_torch_install() -> str:
+    """The pip line that installs a CUDA build of the torch version in use.
+
+    >>> cuda_torch_install().startswith("pip install torch==") and "--index-url" in cuda_torch_install()
+    True
+    """
+    import torch
+
+    return f"pip install torch=={torch.__version__.split('+')[0]} --index-url {CUDA_TORCH_INDEX}"
+
+
+def cuda_problem(device: str) -> str | None:
+    """Why torch cannot run on ``device`` here, in one line (None when it can, or for ``cpu``).
+
+    >>> cuda_problem("cpu") is None
+    True
+    """
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return (f"--device {device}: this torch build ({torch.__version__}) has no CUDA; install a CUDA build of "
+                f"the same version first: {cuda_torch_install()} (then `prunescope doctor` shows the GPUs)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return (f"--device {device}: torch {torch.__version__} is a CUDA build but sees no GPU; check the driver "
+                "(nvidia-smi) and CUDA_VISIBLE_DEVICES, or use --device cpu")
+    index = torch.device(device).index
+    if index is not None and index >= count:
+        return f"--device {device}: {count} CUDA GPU(s) are visible (cuda:0 to cuda:{count - 1})"
+    return None
+
+
+_ANNOUNCED: set[str] = set()  # the placement notes said in this process
+_PENDING: list[str] = []  # notes of resolved placements, said when a model loads
+
+
+def resolve_placement(device: str, dtype: str, *, sharded: bool = False) -> tuple[str, str]:
+    """``(device, dtype)`` with ``auto`` resolved, or a PrunescopeError for a device torch cannot use.
+
+    ``device="auto"``: ``cuda`` when torch sees a GPU, else ``cpu`` (``sharded``: accelerate places
+    the layers, so the device stays ``cpu``); ``dtype="auto"``: bfloat16 on a GPU (float16 where it
+    has no bfloat16), float32 on the CPU. What ``auto`` chose is said once when the model loads (:func:`announce_placement`).
+
+    >>> resolve_placement("cpu", "auto"), resolve_placement("cpu", "bfloat16")
+    (('cpu', 'float32'), ('cpu', 'bfloat16'))
+    """
+    import torch
+
+    gpu = torch.cuda.is_available() and torch.cuda.device_count() > 0
+    chosen = device if device != "auto" else ("cuda" if gpu and not sharded else "cpu")
+    problem = cuda_problem(chosen)
+    if problem:
+        raise PrunescopeError(problem)
+    on_gpu = chosen.startswith("cuda") or (sharded and gpu)
+    half = "bfloat16" if not on_gpu or torch.cuda.is_bf16_supported() else "float16"
+    kind = dtype if dtype != "auto" else (half if on_gpu else "float32")
+    if device == "auto" or (dtype == "auto" and on_gpu):  # float32 on an asked-for CPU goes without saying
+        why = ("the dtype for a GPU" if device != "auto" else
+               torch.cuda.get_device_name(torch.device(chosen).index or 0) if chosen.startswith("cuda") else
+               "accelerate places the layers (--device-map)" if sharded else
+               f"torch {torch.__version__} has no CUDA" if torch.version.cuda is None else "no CUDA GPU visible")
+        _PENDING.append(f"prunescope: placement {chosen}, {kind} (auto: {why})")
+    return chosen, kind
+
+
+def announce_placement() -> None:
+    """Say, once each, what ``auto`` chose: an INFO record of the ``prunescope`` logger, which the
+    CLI prints on stderr unless ``--quiet`` (in Python: ``logging.basicConfig(level="INFO")``).
+    Called when a model loads, after its input is known good."""
+    for note in _PENDING:
+        if note not in _ANNOUNCED:
+            _ANNOUNCED.add(note)
+            logging.getLogger("prunescope").info(note)
+    _PENDING.clear()
 
 
 @dataclass
 class Placement(Options):
-    """Where the model runs: one device, N processes with a model copy each, or one model sharded."""
+    """Where the model runs: one device, N processes with a model copy each, or one model sharded.
 
-    device: str = option("cpu", "torch device: cpu, cuda or cuda:N")
-    dtype: str = option("float32", "weights dtype", choices=DTYPES)
+    ``auto`` (the default) is resolved by :meth:`check` (:func:`resolve_placement`): a GPU with
+    bfloat16 when torch sees one, else the CPU with float32.
+
+    >>> Placement(device="cpu").check().dtype
+    'float32'
+    """
+
+    device: str = option("auto", "torch device: auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N")
+    dtype: str = option("auto", "weights dtype: auto (bfloat16 on a GPU, float32 on the CPU)",
+                        choices=("auto", *DTYPES))
     devices: int | None = option(None, "split the work over N processes, one model copy per GPU (with --device "
                                        "cuda); same as running under torchrun --nproc_per_node N", minimum=1)
     device_map: str | None = option(None, "shard one model over the visible GPUs with accelerate (models larger "
@@ -367,8 +462,10 @@ class Placement(Options):
                                           "--device-map auto)")
 
     def validate(self) -> None:
-        if not valid_device(self.device):
-            raise PrunescopeError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.device != "auto" and not valid_device(self.device):
+            raise PrunescopeError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        sharded = self.device_map is not None or bool(self.max_memory)
+        self.device, self.dtype = resolve_placement(self.device, self.dtype, sharded=sharded)
 
     def load_kwargs(self) -> dict:
         """Keyword arguments of :func:`prunescope.probe.models.load_model`."""
@@ -381,12 +478,37 @@ SINGLE_DEVICE = ("device", "dtype")
 
 @dataclass
 class Output(Options):
-    """Where a command writes, and what it shows while it works."""
+    """Where a command writes, and what it shows while it works.
+
+    Without ``overwrite`` a command resumes in its ``out`` (same settings) or refuses it (other
+    settings); with it, what an earlier run wrote there is removed first, once the input is checked
+    (:func:`prunescope.core.overwrite.remove_previous`).
+    """
 
     out: str | None = option(None, "output folder (or file), e.g. runs/NAME (default: print only)")
     plot: bool = option(True, "write figures beside the tables", cli=Flag("--no-plot", help="no figures"))
     progress: bool = option(True, "progress bars (with rates) on long work",
                             cli=Flag("--quiet", help="no progress bars"))
+    overwrite: bool = option(False, "start over: remove what an earlier run wrote at --out (its own files, or the "
+                                    "whole folder of a prunescope run), after the input is checked")
+
+
+#: What a flag name means where several commands take it: their fields use these texts, so a
+#: name keeps one meaning everywhere (``tests/test_cli.py`` checks that no flag has two; the flag
+#: table of ``docs/cli.md`` lists them). A command adds only its default (or that the flag is
+#: required), in parentheses: ``(default: ...)``.
+SHARED_MEANINGS = {
+    "model": "model folder, .gguf file, alias (gemma3-270m) or hub id",
+    "seed": "seed of every random draw of the command (items, pairs, texts, prompts, sampling, data order, "
+            "LoRA init)",
+    "shots": "arithmetic probes: solved examples before each prompt",
+    "loss_text": "a text set whose teacher-forced loss is scored: .txt (one text per line) or .jsonl with a "
+                 "'text' field",
+    "calibration": "calibration texts of Block Influence and angular distance: .txt (one text per line) or "
+                   ".jsonl with a 'text' field",
+    "batch_size": "rows per forward",
+    "slots": "sequences generated together (the generation engine's slots; a finished one is replaced at once)",
+}
 
 
 # ---------------------------------------------------------------- the CLI, from the fields

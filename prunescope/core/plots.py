@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 def save_figure(fig, path: Path) -> Path:
     """Save atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    from prunescope.core.results import make_temp_file
+
+    fd, tmp = make_temp_file(path, suffix=path.suffix)   # the user's umask, not mkstemp's 0600
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")

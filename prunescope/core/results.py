@@ -5,7 +5,9 @@ One row per model x probe x condition x metric::
     model, probe, condition, layers, metric, value, n, seed
 
 written as CSV and JSONL side by side. Files are written to a temp file in the same folder and
-renamed, so a crash never leaves half a table.
+renamed, so a crash never leaves half a table. Files and folders written that way get the modes
+``open`` and ``mkdir`` would have given them (``0o666`` / ``0o777`` less the user's umask), not
+the ``0o600`` / ``0o700`` of :mod:`tempfile` (:func:`make_temp_file`, :func:`make_temp_dir`).
 
 >>> rows = [{"model": "m", "probe": "arithmetic", "condition": "none", "layers": "", "metric": "accuracy",
 ...          "value": 0.5, "n": 10, "seed": 0}]
@@ -17,6 +19,7 @@ renamed, so a crash never leaves half a table.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -27,11 +30,70 @@ from pathlib import Path
 COLUMNS = ("model", "probe", "condition", "layers", "metric", "value", "n", "seed")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux's
+    ``/proc/self/status``), else once, by setting and restoring it.
+
+    >>> 0 <= current_umask() <= 0o777
+    True
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _umask_by_setting()
+
+
+@functools.lru_cache(maxsize=1)
+def _umask_by_setting() -> int:
+    # os.umask only reads by setting: set the strictest mask for the instant it is changed, so a
+    # file another thread creates meanwhile is never more open than the user asked
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | Path) -> Path:
+    """Give ``path``, and everything under it when it is a folder, the mode ``open`` (a file:
+    ``0o666``) or ``mkdir`` (a folder: ``0o777``) would have given it under the user's umask.
+    Called on a staged folder before it is renamed into place: besides :mod:`tempfile`,
+    safetensors writes its files ``0o600``."""
+    path = Path(path)
+    mask = current_umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    return path
+
+
+def make_temp_file(path: Path, suffix: str = "") -> tuple[int, str]:
+    """``(fd, name)`` of a new temp file beside ``path`` (to be renamed onto it), with the mode the
+    user's umask gives a new file (:func:`tempfile.mkstemp` makes it ``0o600``)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, tmp
+
+
+def make_temp_dir(prefix: str, parent: str | Path) -> Path:
+    """A new temp folder in ``parent`` (to be renamed into place), with the mode the user's umask
+    gives a new folder (:func:`tempfile.mkdtemp` makes it ``0o700``).
+
+    >>> import stat; d = make_temp_dir(".x-", tempfile.gettempdir())
+    >>> stat.S_IMODE(d.stat().st_mode) == 0o777 & ~current_umask()
+    True
+    >>> d.rmdir()
+    """
+    return follow_umask(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text to ``path`` via a temp file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = make_temp_file(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -141,7 +203,7 @@ def check_run_config(out: Path, config: dict, what: str = "run", name: str = "co
                           if not same_config({k: old.get(k)}, {k: config.get(k)}, paths))
             article = "an" if what[:1] in "aeiou" else "a"
             raise PrunescopeError(f"{out} holds {article} {what} with different settings ({', '.join(diff)}); "
-                                  "use another --out folder or delete this one")
+                                  "use another --out folder, or pass --overwrite to start over")
     elif write:
         atomic_write_json(path, config)
 

@@ -10,9 +10,9 @@ names the key and its line. ``seeds: [0, 1, 2]`` runs the whole study once per s
 
     name: demo
     model: default            # base model: default, a folder or a .gguf file
-    localize: {probes: [arithmetic_multi, brackets, copy], n: 40, patch: [arithmetic]}
+    localize: {probes: [arithmetic_multi, brackets, copy], items: 40, patch_probes: [arithmetic]}
     prune:    {ratio: 0.25, strategies: [bi, reverse], protect_top: 4}
-    recover:  {modes: [sgr], on: [bi], n_prompts: 64, token_budget: 4000}
+    recover:  {modes: [sgr], on: [bi], max_prompts: 64, token_budget: 4000}
     evaluate: {tasks: [arc_easy, gsm8k, humaneval], limit: 20}
 
 >>> cfg = load_config_text("name: t\\nprune: {ratio: [0.25, 0.125]}\\n")

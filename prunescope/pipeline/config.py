@@ -22,7 +22,9 @@ from prunescope.circuits.pairs import PAIR_PROBES
 from prunescope.circuits.commands import PatchOptions
 from prunescope.core.errors import PrunescopeError
 from prunescope.probe.models import is_model_alias, model_aliases
-from prunescope.core.options import DTYPES, Options, check_field, default_of, derive, option, valid_device
+from prunescope.core.options import (
+    DTYPES, SHARED_MEANINGS, Options, Output, Placement, check_field, default_of, derive, option, valid_device,
+)
 from prunescope.probe.sweep import SweepOptions
 from prunescope.probe.tasks import PROBES
 from prunescope.prune.commands import PruneOptions, ScoreOptions
@@ -45,18 +47,19 @@ class Localize(Options):
     """``localize``: the layer-skip sweep (``prunescope sweep``), patching (``prunescope patch``) and
     the optional single-layer ablation of benchmarks (the paper's experiment 1)."""
 
-    probes: list[str] = derive(SweepOptions, "probe", ["arithmetic_multi", "brackets", "copy"], choices=PROBES,
-                               why="the three probes of the paper's circuits", help="probes of the layer-skip sweep")
-    n: int = derive(SweepOptions, "n", 60, why=SMALLER)
+    probes: list[str] = derive(SweepOptions, "probes", ["arithmetic_multi", "brackets", "copy"], choices=PROBES,
+                               why="the three probes of the paper's circuits",
+                               help="probes of the layer-skip sweep (built-in names)")
+    items: int = derive(SweepOptions, "items", 60, why=SMALLER)
     shots: int = derive(SweepOptions, "shots", 3, why="3-shot addition: the base model then answers most items, so "
                                                        "a skipped layer's loss shows")
-    ops: str = derive(SweepOptions, "ops", "+", why="addition only, the paper's arithmetic probe")
-    patch: list[str] = derive(PatchOptions, "probe", ["arithmetic", "brackets"], choices=tuple(PAIR_PROBES),
-                              what="patching probe", help="probes to patch (one patching run each)")
-    patch_n: int = derive(PatchOptions, "n", 16, why=SMALLER)
-    patch_method: str = derive(PatchOptions, "method", "both", why="both maps and their agreement")
-    patch_positions: int = derive(PatchOptions, "positions", 6, why=SMALLER)
-    patch_kinds: list[str] = derive(PatchOptions, "kinds")
+    ops: list[str] = derive(SweepOptions, "ops", ["+"], why="addition only, the paper's arithmetic probe")
+    patch_probes: list[str] = derive(PatchOptions, "probe", ["arithmetic", "brackets"], choices=tuple(PAIR_PROBES),
+                                     what="patching probe", help="probes to patch (one patching run each)")
+    pairs: int = derive(PatchOptions, "pairs", 16, why=SMALLER)
+    method: str = derive(PatchOptions, "method", "both", why="both maps and their agreement")
+    positions: int = derive(PatchOptions, "positions", 6, why=SMALLER)
+    kinds: list[str] = derive(PatchOptions, "kinds")
     ablate_tasks: list[str] = option([], "benchmarks scored with each single layer skipped (the paper's "
                                          "experiment 1)", choices=lambda: tuple(TASKS), what="task")
     ablate_limit: int = option(20, "docs per benchmark and skipped layer", minimum=1)
@@ -67,7 +70,7 @@ class Localize(Options):
 class Score(Options):
     """``score``: layer scores (``prunescope score``) from the sweep, the patching maps and BI."""
 
-    n_texts: int = derive(ScoreOptions, "n_texts")
+    texts: int = derive(ScoreOptions, "texts")
 
 
 @dataclass
@@ -78,14 +81,12 @@ class Prune(Options):
                                 help="fraction of layers to drop; a list gives one pruned model per strategy and ratio")
     strategies: list[str] = derive(PruneOptions, "strategy", ["bi"], help="pruning strategies")
     protect_top: int = derive(PruneOptions, "protect_top", 0, minimum=0, why="0 = no protected arm",
-                              help="> 0: also 'bi-protected', BI that never drops the top layers of each protect_from "
-                                   "patching map")
-    protect_from: list[str] = option(["arithmetic"], "patched probes whose per-layer patching effect ranks the "
-                                                     "layers to protect (their union)")
+                              help="how many top layers of each protect_patched patching map are protected; > 0 "
+                                   "adds the 'bi-protected' arm (BI that never drops them)")
+    protect_patched: list[str] = option(["arithmetic"], "patched probes whose per-layer patching effect ranks the "
+                                                        "layers to protect (their union)")
     select_tasks: list[str] = derive(PruneOptions, "select_tasks")
-    select_n: int = derive(PruneOptions, "eval_n", 32,
-                           help="iterative-generated: held-out docs per select task (the last ones of each; "
-                                "the evaluation must stay below them)")
+    select_docs: int = derive(PruneOptions, "select_docs")
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Recover(Options):
     modes: list[str] = derive(RecoverOptions, "mode", [], help="recovery modes (none: no recovery)")
     on: list[str] = option(["bi"], "pruned models to recover (names from prune: bi, bi-protected, bi-25, ...)")
     prompts: str = derive(SGROptions, "prompts")
-    n_prompts: int = derive(SGROptions, "n", 600, why="the whole built-in prompt set")
+    max_prompts: int = derive(SGROptions, "max_prompts", 600, why="the whole built-in prompt set")
     temperature: float = derive(SGROptions, "temperature")
     max_new_tokens: int = derive(SGROptions, "max_new_tokens")
     steps: int | None = derive(RecoverOptions, "steps")
@@ -107,11 +108,11 @@ class Recover(Options):
     max_seq_len: int = derive(RecoverOptions, "max_seq_len", 1024,
                               why="the built-in prompts' answers are short; 8192 only costs memory")
     quant: bool = derive(RecoverOptions, "quant")
-    batch_size: int = derive(RecoverOptions, "batch_size")
+    train_batch: int = derive(RecoverOptions, "train_batch")
     micro_batch: int = derive(RecoverOptions, "micro_batch")
     max_grad_norm: float | None = derive(RecoverOptions, "max_grad_norm")
     adapter_dtype: str = derive(RecoverOptions, "adapter_dtype")
-    eval_n: int = derive(RecoverOptions, "eval_n")
+    heldout: int = derive(RecoverOptions, "heldout")
     eval_every: int | None = derive(RecoverOptions, "eval_every", None,
                                     why="none: a quarter of steps, or 25 steps under a token budget")
     lr: float = derive(RecoverOptions, "lr")
@@ -126,12 +127,12 @@ class Evaluate(Options):
                               why="two classification tasks and GSM8K: the retention gap in minutes")
     limit: int | None = derive(EvalOptions, "limit", 50, why=SMALLER)
     limits: dict = option({}, "per-task limits, e.g. {gsm8k: 10}")
-    fewshot: int | None = derive(EvalOptions, "fewshot")
+    num_fewshot: int | None = derive(EvalOptions, "num_fewshot")
     batch_size: int = derive(EvalOptions, "batch_size")
-    gen_batch_size: int | None = derive(EvalOptions, "gen_batch_size")
+    slots: int | None = derive(EvalOptions, "slots")
     # with a 262k vocabulary (Gemma) one 14k-token MMLU request is 14k x 262k fp32 logits = 14 GiB
     max_length: int | None = derive(EvalOptions, "max_length")
-    probe_n: int = option(60, "probe items per stage for the probe-accuracy table", minimum=1)
+    probe_items: int = option(60, "probe items per stage for the probe-accuracy table", minimum=1)
     xsum_file: str | None = derive(EvalOptions, "xsum_file")
     workers: int = option(1, "stages evaluated side by side, one process each (a GPU with memory to spare: "
                              "one evaluation leaves it idle while lm-eval and the code sandbox use the CPU; "
@@ -145,11 +146,15 @@ class Study(Options):
     """The top level: the model, where it runs, the seed(s) and the five sections."""
 
     name: str | None = option(None, "run name (default: the config file's name)")
-    out: str | None = option(None, "run folder (default: runs/NAME)")
-    model: str = option("default", "base model: default, an alias (gemma3-270m), a folder or a .gguf file")
-    device: str = option("cpu", "torch device: cpu, cuda or cuda:N (not part of any stage's key)")
-    dtype: str = option("float32", "weights dtype", choices=DTYPES)
-    seed: int = option(0, "seed of every stage", minimum=0)
+    out: str | None = derive(Output, "out", help="run folder (default: runs/NAME)")
+    model: str = option("default", SHARED_MEANINGS["model"] + " (default: the embedded SmolLM2-135M-Instruct, "
+                                                              "also written 'default')")
+    device: str = derive(Placement, "device", "cpu", why="not part of any stage's key, so a run folder started on a "
+                                                          "GPU machine continues on another; name cuda (or auto) for "
+                                                          "a GPU")
+    dtype: str = derive(Placement, "dtype", "float32", choices=DTYPES, help="weights dtype",
+                        why="part of every stage's key, so a config names it (auto would depend on the machine)")
+    seed: int = option(0, SHARED_MEANINGS["seed"] + " (default: 0, the same for every stage)", minimum=0)
     seeds: list[int] = option([], "several seeds: one run per seed under OUT/seed-N, then compared", minimum=0)
 
 
@@ -226,14 +231,14 @@ def _check_across(cfg: dict, root, src: str) -> None:
     for r in cfg["prune"]["ratio"]:
         if not 0 < r < 1:
             bad(("prune", "ratio"), f"must be between 0 and 1, got {r}")
-    if "score" in cfg["prune"]["strategies"] and not cfg["localize"]["patch"]:
+    if "score" in cfg["prune"]["strategies"] and not cfg["localize"]["patch_probes"]:
         bad(("prune", "strategies"), "names 'score', which ranks layers by the score stage's patching_effect: "
-                                     "give localize.patch a probe")
-    for p in cfg["prune"]["protect_from"] if cfg["prune"]["protect_top"] else []:
-        if p not in cfg["localize"]["patch"]:
-            bad(("prune", "protect_from"), f"names {p!r}, which is not among the patched probes "
-                                           f"{cfg['localize']['patch']} (its per-layer patching effect ranks the "
-                                           "layers to protect)")
+                                     "give localize.patch_probes a probe")
+    for p in cfg["prune"]["protect_patched"] if cfg["prune"]["protect_top"] else []:
+        if p not in cfg["localize"]["patch_probes"]:
+            bad(("prune", "protect_patched"), f"names {p!r}, which is not among the patched probes "
+                                              f"{cfg['localize']['patch_probes']} (its per-layer patching effect "
+                                              "ranks the layers to protect)")
     if "iterative-generated" in cfg["prune"]["strategies"]:
         from prunescope.analysis.evaluate import check_heldout, heldout_docs
 
@@ -242,12 +247,12 @@ def _check_across(cfg: dict, root, src: str) -> None:
             if t not in TASKS:
                 bad(("prune", "select_tasks"), f"names {t!r}, not a benchmark ({', '.join(TASKS)})")
         try:
-            held = heldout_docs(sel, cfg["prune"]["select_n"])
+            held = heldout_docs(sel, cfg["prune"]["select_docs"])
             ev = cfg["evaluate"]
             check_heldout({t: ix for t, ix in held.items() if t in ev["tasks"]},
                           {"default": ev["limit"], **ev["limits"]})
         except PrunescopeError as e:
-            bad(("prune", "select_n"), f"does not fit the evaluation: {e}")
+            bad(("prune", "select_docs"), f"does not fit the evaluation: {e}")
     stages = set(pruned_names(cfg))
     for s in cfg["recover"]["on"] if cfg["recover"]["modes"] else []:
         if s not in stages:
@@ -269,8 +274,8 @@ def _check_across(cfg: dict, root, src: str) -> None:
     if not is_model_alias(model) and not Path(model).expanduser().exists() and "/" not in model:
         bad(("model",), f"is {model!r}: no such folder or .gguf file (use {', '.join(repr(a) for a in model_aliases())}, "
                         "a model folder or a .gguf path)")
-    if not valid_device(cfg["device"]):
-        bad(("device",), f"must be cpu or cuda[:N], got {cfg['device']!r}")
+    if cfg["device"] != "auto" and not valid_device(cfg["device"]):
+        bad(("device",), f"must be auto, cpu or cuda[:N], got {cfg['device']!r}")
 
 
 def load_config(path: str | Path) -> dict:

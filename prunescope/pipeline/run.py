@@ -12,27 +12,33 @@ from pathlib import Path
 
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.lock import run_lock
+from prunescope.core.overwrite import remove_previous
 from prunescope.probe.models import check_model
 from prunescope.core.options import valid_device
 from prunescope.core.results import atomic_write_json, atomic_write_text, read_table
 
-from prunescope.pipeline.config import STAGES, load_config
+from prunescope.pipeline.config import STAGE_OUTPUTS, STAGES, load_config
 from prunescope.pipeline.stages import RUNNERS, Run
+
+# what a run writes in its folder (a folder with .stages is all the run's): what --overwrite removes
+RUN_OUTPUTS = (".stages", "config.yaml", "config.json", "seed-*", "seeds.*",
+               *(name for names in STAGE_OUTPUTS.values() for name in names))
 
 
 def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only: list[str] | None = None,
-                 device: str | None = None, out: str | Path | None = None) -> Path:
+                 device: str | None = None, out: str | Path | None = None, overwrite: bool = False) -> Path:
     """Run (or resume) every stage of a config; returns the run folder. With ``seeds``, one run per
     seed in ``OUT/seed-N`` and then their comparison (:func:`prunescope.pipeline.seeds.compare_seeds`).
     ``device`` and ``out`` override the config's: neither is part of a stage's key, so a run
-    folder started on a GPU machine continues here with ``device="cpu"``.
+    folder started on a GPU machine continues here with ``device="cpu"``. ``overwrite``: the run
+    folder starts over (what a run wrote there is removed once the config and model are checked).
 
     >>> run_pipeline("experiments/gemma3-protect.yaml", device="cpu", out="runs/gemma3-protect")  # doctest: +SKIP
     """
     cfg = load_config(config) if not isinstance(config, dict) else config
     if device is not None:
         if not valid_device(device):
-            raise PrunescopeError(f"device must be cpu or cuda[:N], got {device!r}")
+            raise PrunescopeError(f"device must be auto, cpu or cuda[:N], got {device!r}")
         cfg = {**cfg, "device": device}
     if out is not None:
         cfg = {**cfg, "out": str(out)}
@@ -43,6 +49,8 @@ def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only:
     # the model is the one input the config check cannot see into: read its config before writing anything
     check_model(None if cfg["model"] == "default" else cfg["model"])
     with run_lock(root, "pipeline run"):
+        if overwrite:
+            remove_previous(root, RUN_OUTPUTS, marker=".stages")
         if not cfg.get("seeds"):
             return _run_one(cfg, text, show_progress, only)
         _write_config(root, cfg, text)

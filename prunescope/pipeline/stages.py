@@ -22,6 +22,10 @@ class Run:
     """The run folder and its stage markers."""
 
     def __init__(self, cfg: dict, show_progress: bool = True):
+        from prunescope.core.options import resolve_placement
+
+        if cfg["device"] == "auto":  # the device is no stage's setting, so it may follow the machine
+            cfg = {**cfg, "device": resolve_placement("auto", cfg["dtype"])[0]}
         self.cfg, self.out, self.show = cfg, Path(cfg["out"]), show_progress
         self._base, self._identity = None, None
 
@@ -34,7 +38,7 @@ class Run:
             {s: self.cfg.get(s) for s in upto}
         if "evaluate" in part:
             part["evaluate"] = {k: v for k, v in part["evaluate"].items()
-                                if k not in ("batch_size", "gen_batch_size", "workers")}
+                                if k not in ("batch_size", "slots", "workers")}
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
 
     def done(self, stage: str) -> bool:
@@ -113,14 +117,14 @@ def _localize(run: Run) -> None:
     c, seed = run.cfg["localize"], run.cfg["seed"]
     if c["probes"]:
         multi = "arithmetic_multi" in c["probes"]
-        sweep(SweepOptions(probe=c["probes"], n=c["n"], seed=seed, shots=c["shots"] if multi else None,
+        sweep(SweepOptions(probes=c["probes"], items=c["items"], seed=seed, shots=c["shots"] if multi else None,
                            ops=c["ops"] if multi else None),
               loaded=run.base, placement=run.placement, output=run.output(run.out / "localize" / "sweep"))
     # the patching maps before the benchmark ablation: they take minutes where the ablation takes
     # the better part of an hour on a 1.5B model, and a run cut short still has them
-    for p in c["patch"]:
-        patch(PatchOptions(probe=p, n=c["patch_n"], method=c["patch_method"], positions=c["patch_positions"],
-                           kinds=c["patch_kinds"], seed=seed),
+    for p in c["patch_probes"]:
+        patch(PatchOptions(probe=p, pairs=c["pairs"], method=c["method"], positions=c["positions"],
+                           kinds=c["kinds"], seed=seed),
               loaded=run.base, placement=run.placement, output=run.output(run.out / "localize" / f"patch-{p}"))
     if c["ablate_tasks"]:
         ablate(run)
@@ -146,7 +150,7 @@ def ablate(run: Run) -> list[dict]:
         got = evaluate(EvalOptions(tasks=c["ablate_tasks"], stage=cond, limit=c["ablate_limit"],
                                    skip=[] if skip is None else [skip], seed=run.cfg["seed"],
                                    batch_size=e["batch_size"], max_length=e["max_length"],
-                                   gen_batch_size=e["gen_batch_size"]),
+                                   slots=e["slots"]),
                        loaded=run.base, output=Output(out=str(folder), progress=False))
         rows += [{**r, "metric": "score", "primary_metric": r["metric"]} for r in got
                  if r["metric"] == TASKS[r["probe"]].primary]
@@ -167,7 +171,7 @@ def _score(run: Run) -> None:
     from prunescope.prune.commands import ScoreOptions, score
 
     loc = run.cfg["localize"]
-    score(ScoreOptions(n_texts=run.cfg["score"]["n_texts"], seed=run.cfg["seed"],
+    score(ScoreOptions(texts=run.cfg["score"]["texts"], seed=run.cfg["seed"],
                        sweep_table=str(run.out / "localize" / "sweep" / "sweep.csv") if loc["probes"] else None,
                        sweep_probe=loc["probes"][0] if loc["probes"] else None,
                        patch_table=_patch_table(run)),
@@ -176,7 +180,7 @@ def _score(run: Run) -> None:
 
 def _patch_table(run: Run) -> str | None:
     """The first patching map's per-layer table (what the score stage adds as patching_effect)."""
-    return next((str(run.out / "localize" / f"patch-{p}" / "layers.csv") for p in run.cfg["localize"]["patch"]), None)
+    return next((str(run.out / "localize" / f"patch-{p}" / "layers.csv") for p in run.cfg["localize"]["patch_probes"]), None)
 
 
 def _prune(run: Run) -> None:
@@ -191,17 +195,19 @@ def _prune(run: Run) -> None:
         kw = {}
         if strategy == "bi-protected":
             strategy = "bi"
-            kw = {"protect_from": [str(run.out / "localize" / f"patch-{p}" / "layers.csv") for p in c["protect_from"]],
+            kw = {"protect_from": [str(run.out / "localize" / f"patch-{p}" / "layers.csv")
+                                   for p in c["protect_patched"]],
                   "protect_top": c["protect_top"]}
         elif strategy == "score":  # the score stage's table, ranked by the patching effect
             kw = {"scores_table": str(run.out / "score" / "scores.csv"), "score_metric": "patching_effect"}
         elif strategy == "iterative-generated":  # held-out docs, disjoint from evaluate's (checked with the config)
-            kw = {"select_tasks": c["select_tasks"], "eval_n": c["select_n"],
-                  "gen_batch_size": run.cfg["evaluate"]["gen_batch_size"] or 64,
+            kw = {"select_tasks": c["select_tasks"], "select_docs": c["select_docs"],
+                  "slots": run.cfg["evaluate"]["slots"] or 64,
                   # one log for both ratios: the smaller search reads back the larger one's first steps
                   "select_cache": str(run.out / "prune" / "selection-cache.jsonl")}
-        plan = prune_model(PruneOptions(strategy=strategy, ratio=ratio, overwrite=True, seed=run.cfg["seed"], **kw),
-                     loaded=run.base, placement=run.placement, output=run.output(folder))
+        plan = prune_model(PruneOptions(strategy=strategy, ratio=ratio, seed=run.cfg["seed"], **kw),
+                           loaded=run.base, placement=run.placement,
+                           output=run.output(folder).replace(overwrite=True))
         print(f"  {stage}: drop {plan.drop}" + (f" (protected {plan.protected})" if plan.protected else ""))
 
 
@@ -212,9 +218,9 @@ def _recover(run: Run) -> None:
     if not c["modes"]:
         return
     sgr_file = run.out / "recover" / "sgr.jsonl"
-    generate_responses(SGROptions(prompts=c["prompts"], n=c["n_prompts"], temperature=c["temperature"],
+    generate_responses(SGROptions(prompts=c["prompts"], max_prompts=c["max_prompts"], temperature=c["temperature"],
                                   max_new_tokens=c["max_new_tokens"], seed=run.cfg["seed"],
-                                  batch_size=16 if run.cfg["device"] == "cpu" else 256),
+                                  slots=16 if run.cfg["device"] == "cpu" else 256),
                        loaded=run.base, output=run.output(sgr_file))
     # the arms are evaluated here as they finish (:class:`_ArmEvaluation`): scores made under other
     # evaluation settings go first, as the evaluation stage itself would drop them
@@ -233,7 +239,7 @@ def _recover(run: Run) -> None:
 def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
     """Train one recovery arm (``recover/<strategy>-<mode>``) and score its probes; False when it
     diverged (recorded in its folder)."""
-    from prunescope.recover.train import RecoverOptions, RecoveryDiverged, recover_model
+    from prunescope.recover.train import RecoverOptions, RecoveryDiverged, describe_perplexity, recover_model
 
     c = run.cfg["recover"]
     strategy, mode = folder.name.rsplit("-", 1)
@@ -242,8 +248,8 @@ def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
     _ensure_checkpoint(run, pruned)  # a run folder copied without its weights has none
     cfg = RecoverOptions(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
                          quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
-                         max_seq_len=c["max_seq_len"], batch_size=c["batch_size"], micro_batch=c["micro_batch"],
-                         max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], eval_n=c["eval_n"],
+                         max_seq_len=c["max_seq_len"], train_batch=c["train_batch"], micro_batch=c["micro_batch"],
+                         max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], heldout=c["heldout"],
                          lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
                          eval_every=c["eval_every"] or max(1, (c["steps"] or 100) // 4))
     try:
@@ -257,7 +263,7 @@ def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
     skipped = (f", {s['skipped_steps']} non-finite steps skipped (prunescope_recovery.json: "
                "recovery.non_finite)") if s["skipped_steps"] else ""
     print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
-          f"held-out perplexity {s['final_eval_ppl']:.2f}{skipped}")
+          f"{describe_perplexity(s)}{skipped}")
     _probe_arm(run, stage, folder)
     return True
 
@@ -322,7 +328,7 @@ def _probe_arm(run: Run, stage: str, folder: Path) -> None:
     """A recovered arm's probe accuracy right after its training, where the evaluation stage reads
     it back: a run that stops during the evaluation and is moved without its weights loses the
     merged arms, and the probes (the paper's arithmetic 96 -> 37 -> 74) should not be lost with them."""
-    n = run.cfg["evaluate"]["probe_n"]
+    n = run.cfg["evaluate"]["probe_items"]
     if _cached_probes(run, stage, _probes(run), n) is not None:
         return
     from prunescope.probe.models import load_model
@@ -392,11 +398,11 @@ def _finished(run: Run, stage: str, folder: Path | None) -> tuple[list[dict] | N
 
     c = run.cfg["evaluate"]
     name, path = run.base_identity
-    options = EvalOptions(stage=stage, limit={"default": c["limit"], **c["limits"]}, fewshot=c["fewshot"],
+    options = EvalOptions(stage=stage, limit={"default": c["limit"], **c["limits"]}, num_fewshot=c["num_fewshot"],
                           max_length=c["max_length"], seed=run.cfg["seed"])
     settings = eval_settings(name, path if folder is None else folder, options)
     return (finished_rows(run.out / "eval" / stage, c["tasks"], settings, c["xsum_file"]),
-            _cached_probes(run, stage, _probes(run), c["probe_n"]))
+            _cached_probes(run, stage, _probes(run), c["probe_items"]))
 
 
 def _probe_line(stage: str, accuracy: dict[str, float]) -> str:
@@ -426,13 +432,13 @@ def _evaluate_stage(run: Run, stage: str, folder: Path | None) -> tuple[list[dic
     lm.name = run.base_identity[0]  # one model family through the stages; the stage is the condition
     rows = []
     if c["tasks"]:
-        rows = evaluate(EvalOptions(tasks=c["tasks"], stage=stage, limit=limit, fewshot=c["fewshot"],
+        rows = evaluate(EvalOptions(tasks=c["tasks"], stage=stage, limit=limit, num_fewshot=c["num_fewshot"],
                                     batch_size=c["batch_size"], max_length=c["max_length"],
-                                    gen_batch_size=c["gen_batch_size"], seed=run.cfg["seed"],
+                                    slots=c["slots"], seed=run.cfg["seed"],
                                     xsum_file=c["xsum_file"]),
                         loaded=lm, output=run.output(run.out / "eval" / stage))
     if accuracy is None:
-        accuracy = _stage_probes(run, stage, folder, lm, _probes(run), c["probe_n"])
+        accuracy = _stage_probes(run, stage, folder, lm, _probes(run), c["probe_items"])
     return rows, accuracy
 
 
@@ -510,7 +516,7 @@ def _evaluate(run: Run) -> None:
         eval_rows += rows
         for p, acc in accuracy.items():
             probe_rows.append({"model": run.base_identity[0], "probe": p, "condition": stage, "layers": "",
-                               "metric": "accuracy", "value": acc, "n": c["probe_n"], "seed": run.cfg["seed"]})
+                               "metric": "accuracy", "value": acc, "n": c["probe_items"], "seed": run.cfg["seed"]})
     write_table(probe_rows, run.out / "probes")
     if eval_rows:
         write_table(eval_rows, run.out / "eval" / "eval")
