@@ -548,9 +548,10 @@ def load_model(
     """
     from transformers import AutoTokenizer
 
+    asked = (str(device), str(dtype).replace("torch.", ""))
     device, dtype, device_map, max_memory = _placement(device, dtype, device_map, max_memory)
     where = check_model(spec, trust_remote_code=trust_remote_code)
-    announce_placement()  # the input is good: say what auto chose
+    announce_placement(*asked, sharded=device_map is not None)  # the input is good: say what auto chose
     kwargs = dict(dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -188,7 +188,8 @@ def test_auto_placement_without_a_gpu_is_cpu_float32_and_says_so(tiny_llama_dir,
     caplog.set_level("INFO", logger="prunescope")
     from prunescope.core.options import announce_placement
 
-    announce_placement()  # what load_model says once the model's input is known good
+    announce_placement("auto", "auto")  # what load_model says once the model's input is known good
+    announce_placement("auto", "bfloat16")
     err = [r.getMessage() for r in caplog.records]
     assert [line for line in err if "placement" in line] == [
         f"prunescope: placement cpu, float32 (auto: {'torch ' + torch.__version__ + ' has no CUDA' if CPU_TORCH else 'no CUDA GPU visible'})",

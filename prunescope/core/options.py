@@ -397,7 +397,6 @@ def cuda_problem(device: str) -> str | None:
 
 
 _ANNOUNCED: set[str] = set()  # the placement notes said in this process
-_PENDING: list[str] = []  # notes of resolved placements, said when a model loads
 
 
 def resolve_placement(device: str, dtype: str, *, sharded: bool = False) -> tuple[str, str]:
@@ -405,7 +404,8 @@ def resolve_placement(device: str, dtype: str, *, sharded: bool = False) -> tupl
 
     ``device="auto"``: ``cuda`` when torch sees a GPU, else ``cpu`` (``sharded``: accelerate places
     the layers, so the device stays ``cpu``); ``dtype="auto"``: bfloat16 on a GPU (float16 where it
-    has no bfloat16), float32 on the CPU. What ``auto`` chose is said once when the model loads (:func:`announce_placement`).
+    has no bfloat16), float32 on the CPU. What ``auto`` chose is said when the model loads
+    (:func:`announce_placement`).
 
     >>> resolve_placement("cpu", "auto"), resolve_placement("cpu", "bfloat16")
     (('cpu', 'float32'), ('cpu', 'bfloat16'))
@@ -420,24 +420,28 @@ def resolve_placement(device: str, dtype: str, *, sharded: bool = False) -> tupl
     on_gpu = chosen.startswith("cuda") or (sharded and gpu)
     half = "bfloat16" if not on_gpu or torch.cuda.is_bf16_supported() else "float16"
     kind = dtype if dtype != "auto" else (half if on_gpu else "float32")
-    if device == "auto" or (dtype == "auto" and on_gpu):  # float32 on an asked-for CPU goes without saying
-        why = ("the dtype for a GPU" if device != "auto" else
-               torch.cuda.get_device_name(torch.device(chosen).index or 0) if chosen.startswith("cuda") else
-               "accelerate places the layers (--device-map)" if sharded else
-               f"torch {torch.__version__} has no CUDA" if torch.version.cuda is None else "no CUDA GPU visible")
-        _PENDING.append(f"prunescope: placement {chosen}, {kind} (auto: {why})")
     return chosen, kind
 
 
-def announce_placement() -> None:
-    """Say, once each, what ``auto`` chose: an INFO record of the ``prunescope`` logger, which the
-    CLI prints on stderr unless ``--quiet`` (in Python: ``logging.basicConfig(level="INFO")``).
-    Called when a model loads, after its input is known good."""
-    for note in _PENDING:
-        if note not in _ANNOUNCED:
-            _ANNOUNCED.add(note)
-            logging.getLogger("prunescope").info(note)
-    _PENDING.clear()
+def announce_placement(device: str, dtype: str, *, sharded: bool = False) -> None:
+    """Say, once per choice, what ``auto`` chose for the asked ``device`` / ``dtype``: an INFO record
+    of the ``prunescope`` logger, which the CLI prints on stderr unless ``--quiet`` (in Python:
+    ``logging.basicConfig(level="INFO")``). :func:`prunescope.probe.models.load_model` calls it
+    once the model's input is known good, so a refused command prints only its error line."""
+    import torch
+
+    chosen, kind = resolve_placement(device, dtype, sharded=sharded)
+    on_gpu = chosen.startswith("cuda") or (sharded and torch.cuda.is_available())
+    if not (device == "auto" or (dtype == "auto" and on_gpu)):  # float32 on an asked-for CPU goes without saying
+        return
+    why = ("the dtype for a GPU" if device != "auto" else
+           torch.cuda.get_device_name(torch.device(chosen).index or 0) if chosen.startswith("cuda") else
+           "accelerate places the layers (--device-map)" if sharded else
+           f"torch {torch.__version__} has no CUDA" if torch.version.cuda is None else "no CUDA GPU visible")
+    note = f"prunescope: placement {chosen}, {kind} (auto: {why})"
+    if note not in _ANNOUNCED:
+        _ANNOUNCED.add(note)
+        logging.getLogger("prunescope").info(note)
 
 
 @dataclass
@@ -465,11 +469,15 @@ class Placement(Options):
         if self.device != "auto" and not valid_device(self.device):
             raise PrunescopeError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         sharded = self.device_map is not None or bool(self.max_memory)
+        # what was asked goes to load_model, which resolves it again and says what auto chose
+        self._asked = getattr(self, "_asked", None) or (self.device, self.dtype)
         self.device, self.dtype = resolve_placement(self.device, self.dtype, sharded=sharded)
 
     def load_kwargs(self) -> dict:
-        """Keyword arguments of :func:`prunescope.probe.models.load_model`."""
-        return dict(device=self.device, dtype=self.dtype, device_map=self.device_map, max_memory=self.max_memory)
+        """Keyword arguments of :func:`prunescope.probe.models.load_model` (the device and dtype as
+        asked, ``auto`` included, so that the load says what it chose)."""
+        device, dtype = getattr(self, "_asked", None) or (self.device, self.dtype)
+        return dict(device=device, dtype=dtype, device_map=self.device_map, max_memory=self.max_memory)
 
 
 # the placement fields a single-device command offers (the rest need a command that splits work)
