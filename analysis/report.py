@@ -359,8 +359,9 @@ def _signatures(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dic
         return
     headers, lines = _wide(rows, ["model", "probe", "metric"])
     headers[1] = "task"
-    doc.table(headers, lines, "wrong_step_rate: wrong arithmetic steps / steps found; unbalanced_rate / "
-              "mismatch_rate: code with unclosed or extra / mismatched brackets; fail_<kind>_rate: executed programs "
+    doc.table(headers, lines, "wrong_step_rate: wrong arithmetic steps / steps found; unterminated_string_rate: code "
+              "with a string or docstring left open; unbalanced_rate / mismatch_rate: code with unclosed or extra / "
+              "mismatched brackets, among the code with no string left open; fail_<kind>_rate: executed programs "
               "that failed by a syntax or bracket error, an undefined name, a timeout, a wrong answer (assertion) "
               "or another exception (the paper's HumanEval taxonomy); rep4: repeated word 4-gram rate; "
               "char_rep16: repeated character 16-gram rate (defined for runaway one-token answers like '2000…'); "

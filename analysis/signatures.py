@@ -436,7 +436,8 @@ def signature(sample: dict, model: str = "", stage: str = "") -> dict:
            "response": response, "rep4": rep_n(response, 4), "char_rep16": rep_n(response, 16, chars=True),
            "self_bleu4": None,
            "steps": [], "n_steps": None, "n_wrong_steps": None,
-           "unbalanced": None, "mismatch": None, "brackets": None, "bracket_excerpt": None,
+           "unbalanced": None, "mismatch": None, "unterminated_string": None, "brackets": None,
+           "bracket_excerpt": None,
            "failure": None, "executed": False}
     if kind in ("math", "text"):
         rec["self_bleu4"] = self_bleu(response, 4)
@@ -453,7 +454,11 @@ def signature(sample: dict, model: str = "", stage: str = "") -> dict:
         else:
             code, first_line = program_text(task, str(sample.get("prompt") or ""), response)
         b = check_brackets(code)
-        rec.update(brackets=b, unbalanced=b["unbalanced"], mismatch=b["mismatch"])
+        # past an open string or docstring the code cannot be read, so its brackets are not judged:
+        # a reply that loops inside a docstring is its own failure, not a balanced program
+        open_string = any("unterminated" in note for note in b["notes"])
+        rec.update(brackets=b, unterminated_string=open_string,
+                   unbalanced=None if open_string else b["unbalanced"], mismatch=None if open_string else b["mismatch"])
         # the execution taxonomy (prunescope.analysis.code_eval.failure_kinds), where the sample carries it
         # (samples written before it existed have no "failure" key: no rates from them)
         rec["executed"] = "failure" in sample
@@ -511,7 +516,9 @@ def aggregate_signatures(records: Iterable[dict], seed: int = 0) -> list[dict]:
     * ``wrong_step_rate``: wrong steps / all steps found (n = steps);
     * ``wrong_step_response_rate``: responses with at least one wrong step (n = responses);
     * ``steps_per_response`` (n = responses);
-    * ``unbalanced_rate`` / ``mismatch_rate``: code with unclosed or extra / mismatched brackets;
+    * ``unterminated_string_rate``: code with a string or docstring left open (n = code responses);
+    * ``unbalanced_rate`` / ``mismatch_rate``: code with unclosed or extra / mismatched brackets,
+      among the code whose brackets can be judged (no string left open; n = those);
     * ``fail_<kind>_rate`` for each of :data:`FAILURE_KINDS` (syntax, name,
       timeout, assertion, other): the share of executed programs that failed that way;
     * ``rep4``, ``char_rep16``, ``self_bleu4``: means over the responses where they are defined (n = those).
@@ -538,10 +545,14 @@ def aggregate_signatures(records: Iterable[dict], seed: int = 0) -> list[dict]:
                 row("wrong_step_rate", sum(r["n_wrong_steps"] for r in math_recs) / steps, steps)
             row("wrong_step_response_rate", _mean([bool(r["n_wrong_steps"]) for r in math_recs]), len(math_recs))
             row("steps_per_response", steps / len(math_recs), len(math_recs))
-        code_recs = [r for r in recs if r["unbalanced"] is not None]
+        code_recs = [r for r in recs if r["kind"] == "code"]
         if code_recs:
-            row("unbalanced_rate", _mean([r["unbalanced"] for r in code_recs]), len(code_recs))
-            row("mismatch_rate", _mean([r["mismatch"] for r in code_recs]), len(code_recs))
+            row("unterminated_string_rate", _mean([bool(r.get("unterminated_string")) for r in code_recs]),
+                len(code_recs))
+        judged = [r for r in code_recs if r["unbalanced"] is not None]
+        if judged:
+            row("unbalanced_rate", _mean([r["unbalanced"] for r in judged]), len(judged))
+            row("mismatch_rate", _mean([r["mismatch"] for r in judged]), len(judged))
         run = [r for r in code_recs if r["executed"]]
         if run:  # the paper's taxonomy: each kind's share of all programs (the shares and pass@1 sum to 1)
             for kind in FAILURE_KINDS:

@@ -548,3 +548,19 @@ def test_recovery_summary_compares_arms_on_the_same_items(tmp_path):
     assert sgr_ext["value"] == pytest.approx(-0.25) and sgr_ext["ci_low"] <= -0.25 <= sgr_ext["ci_high"] <= 0.0
     runaway = {r["condition"]: (r["syntax_failures"], r["open_docstring"]) for r in runaway_docstrings(tmp_path)}
     assert runaway == {"base": (0, 0), "pruned-bi": (4, 0), "recovered-bi-sgr": (3, 1), "recovered-bi-external": (2, 0)}
+
+
+def test_an_open_docstring_is_its_own_signature_and_its_brackets_are_not_judged():
+    """A reply that loops inside an unterminated docstring hides the code after it: it counts as
+    an unterminated string, and the bracket rates are taken over the code that can be read."""
+    looping = {"task": "humaneval", "reply": 'def f(x):\n    """Return x.\n    Return x.\n    Return x.\n',
+               "response": "", "prompt": ""}
+    open_bracket = {"task": "humaneval", "reply": "def f(x):\n    return g(x, [1, 2]\n", "response": "", "prompt": ""}
+    closed = {"task": "humaneval", "reply": 'def f(x):\n    """(doc)."""\n    return ")" + g(x)\n', "response": "",
+              "prompt": ""}
+    recs = signatures_for_samples([looping, open_bracket, closed], "m", "recovered")
+    assert [r["unterminated_string"] for r in recs] == [True, False, False]
+    assert [r["unbalanced"] for r in recs] == [None, True, False]  # brackets inside strings do not count
+    val = {r["metric"]: (r["value"], r["n"]) for r in aggregate_signatures(recs)}
+    assert val["unterminated_string_rate"] == (pytest.approx(1 / 3), 3)
+    assert val["unbalanced_rate"] == (0.5, 2) and val["mismatch_rate"] == (0.0, 2)
