@@ -123,7 +123,7 @@ class Doc:
             if b[0] == "h":
                 out.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
             elif b[0] == "p":
-                out.append(f"<p>{e(b[1])}</p>")
+                out.append(f"<p>{_html_text(b[1])}</p>")
             elif b[0] == "code":
                 out.append(f"<pre><code>{e(b[1].rstrip())}</code></pre>")
             elif b[0] == "table":
@@ -131,7 +131,7 @@ class Doc:
                 head = "".join(f"<th>{e(x)}</th>" for x in headers)
                 body = "".join("<tr>" + "".join(f"<td>{e(x)}</td>" for x in r) + "</tr>" for r in rows)
                 out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-                           + (f"<p class=\"note\">{e(note)}</p>" if note else ""))
+                           + (f"<p class=\"note\">{_html_text(note)}</p>" if note else ""))
             elif b[0] == "img":
                 data = base64.b64encode(b[1].read_bytes()).decode("ascii")
                 out.append(f"<figure><img alt=\"{e(b[2])}\" src=\"data:image/png;base64,{data}\">"
@@ -153,9 +153,20 @@ def _longest_backticks(text: str) -> int:
     return best
 
 
+_CODE_SPAN = re.compile(r"(`[^`\n]*`)")
+
+
 def _md_text(text: str) -> str:
-    # raw HTML in Markdown would be rendered by most viewers: escape the angle brackets
-    return str(text).replace("<", "&lt;").replace(">", "&gt;")
+    """Text as Markdown that no viewer renders as HTML: outside code spans the angle brackets get a
+    backslash (CommonMark's escape: shown as ``<`` and ``>``, never a tag), inside them they stay."""
+    parts = _CODE_SPAN.split(str(text))
+    return "".join(p if i % 2 else p.replace("<", "\\<").replace(">", "\\>") for i, p in enumerate(parts))
+
+
+def _html_text(text: str) -> str:
+    """Escaped HTML, with the Markdown code spans as ``<code>``."""
+    parts = _CODE_SPAN.split(str(text))
+    return "".join(f"<code>{html.escape(p[1:-1])}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
 
 
 def _md_cell(text: str) -> str:
@@ -256,7 +267,7 @@ def _retention(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict
         headers, lines = _wide(eval_rows, ["model", "probe", "category", "metric"])
         headers[1] = "task"
         doc.table(headers, lines, "Every metric per task (columns: stages), from eval/eval.csv "
-                                  "(or the per-stage eval/<stage>/eval.csv tables).")
+                                  "(or the per-stage `eval/<stage>/eval.csv` tables).")
     path = run_dir / "retention.csv"
     if path.is_file():
         table = read_table(path)
@@ -300,7 +311,7 @@ def _probes(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict] |
     models = {r["condition"]: r.get("model", "") for r in eval_rows or []}
     rows = read_table(path) if path.is_file() else stage_probe_rows(run_dir, models)
     if not rows:
-        doc.p("No probes.csv (or eval/<stage>/probes.json) in the run folder.")
+        doc.p("No probes.csv (or `eval/<stage>/probes.json`) in the run folder.")
         missing.append("probes.csv")
         return
     if not path.is_file():
@@ -349,19 +360,19 @@ def _signatures(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dic
         # would miss the signatures added since
         rows = aggregate_signatures(records)
         write_table(rows, run_dir / "signatures")
-        doc.p("Computed from eval/<stage>/samples/*.jsonl; written to signatures.csv.")
+        doc.p("Computed from `eval/<stage>/samples/*.jsonl`; written to signatures.csv.")
     elif path.is_file():
         rows = read_table(path)
         doc.p("From signatures.csv (no sample files in this run folder).")
     else:
-        doc.p("No generated samples (eval/<stage>/samples/<task>.jsonl) and no signatures.csv.")
+        doc.p("No generated samples (`eval/<stage>/samples/<task>.jsonl`) and no signatures.csv.")
         missing.append("eval/<stage>/samples/*.jsonl")
         return
     headers, lines = _wide(rows, ["model", "probe", "metric"])
     headers[1] = "task"
     doc.table(headers, lines, "wrong_step_rate: wrong arithmetic steps / steps found; unterminated_string_rate: code "
               "with a string or docstring left open; unbalanced_rate / mismatch_rate: code with unclosed or extra / "
-              "mismatched brackets, among the code with no string left open; fail_<kind>_rate: executed programs "
+              "mismatched brackets, among the code with no string left open; `fail_<kind>_rate`: executed programs "
               "that failed by a syntax or bracket error, an undefined name, a timeout, a wrong answer (assertion) "
               "or another exception (the paper's HumanEval taxonomy); rep4: repeated word 4-gram rate; "
               "char_rep16: repeated character 16-gram rate (defined for runaway one-token answers like '2000…'); "

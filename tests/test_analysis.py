@@ -332,6 +332,7 @@ def test_report_writes_both_files(tmp_path):
     png = base64.b64decode(html_text.split('src="data:image/png;base64,')[1].split('"')[0])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<script>" not in html_text and "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert "&lt;" not in text and "`eval/<stage>/samples/*.jsonl`" in text  # no HTML escapes in report.md
     assert "<link" not in html_text and "http" not in html_text.split("<body>")[0]
     # markdown: config, versions, tables, the figure by relative path, what is missing
     assert "strategy: bi" in text and "| transformers |" in text and "| python |" in text
