@@ -817,6 +817,42 @@ def finished_rows(out: str | Path, tasks: Sequence[str], settings: dict, xsum_fi
     return rows
 
 
+def adopt_evaluation(source: str | Path, out: str | Path, tasks: Sequence[str], settings: dict,
+                     xsum_file=None) -> list[dict] | None:
+    """Copy the finished evaluation of the same model on the same items from folder ``source`` into
+    ``out`` under this evaluation's ``settings`` (its stage name and model path), and return its
+    rows; None (nothing written) unless every task finished in ``source`` with settings that differ
+    from ``settings`` only in ``stage`` and ``model_path``. For a seed study, where two seeds chose
+    the same layers: the pruned models are identical, and greedy decoding on the same items gives
+    the same answers, so the scores are read instead of recomputed.
+
+    >>> adopt_evaluation("/nonexistent", "/tmp/x", ["arc_easy"], eval_settings("m", "m", EvalOptions())) is None
+    True
+    """
+    source, out = Path(source), Path(out)
+    xsum_path = _check_xsum_file(xsum_file) if "xsum" in tasks else None
+    records = {}
+    for name in dict.fromkeys(tasks):
+        path = source / "tasks" / f"{name}.json"
+        if not path.is_file() or not (source / "samples" / f"{name}.jsonl").is_file():
+            return None
+        record = json.loads(path.read_text())
+        theirs = record.get("config") or {}
+        ours = _task_settings(settings, name, xsum_path)
+        if not same_config({**theirs, "stage": ours["stage"], "model_path": ours["model_path"]}, ours,
+                           paths=SETTING_PATHS):
+            return None
+        records[name] = {**record, "config": ours,
+                         "rows": [{**r, "condition": ours["stage"]} for r in record["rows"]]}
+    for name, record in records.items():
+        text = (source / "samples" / f"{name}.jsonl").read_text()
+        atomic_write_text(out / "samples" / f"{name}.jsonl", text)
+        atomic_write_json(out / "tasks" / f"{name}.json", record)
+    atomic_write_json(out / "config.json", settings)
+    _write_eval_table(out)
+    return [r for record in records.values() for r in record["rows"]]
+
+
 def _write_eval_table(out: Path) -> None:
     """``eval.csv``/``eval.jsonl`` from every finished task of the folder, in TASKS order."""
     rows = []

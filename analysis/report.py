@@ -1,13 +1,18 @@
 """``prunescope report RUN_DIR``: one Markdown and one self-contained HTML page for a whole run.
 
-It shows what the run folder holds and says what is missing::
+It opens with a verdict (the model; what each pruned / recovered stage dropped; each category's
+retention, raw and chance-corrected, with its 95% interval and n; the gap both ways; the tasks left
+out and why; a warning where samples are small), then shows what the run folder holds and says
+what is missing::
 
     run_dir/config.yaml | config.json
     run_dir/localize/...                         sweep / patching tables and figures
     run_dir/score/scores.csv, scores.png
+    run_dir/prune/<name>/plan.json               each pruned stage's strategy, dropped and protected layers
+    run_dir/recover/<name>-<mode>/prunescope_recovery.json   each recovered stage's pruned stage and mode
     run_dir/eval/eval.csv                        all stages, tidy + category column
     run_dir/eval/<stage>/samples/<task>.jsonl    generated responses
-    run_dir/probes.csv                           probe accuracy per stage
+    run_dir/eval/<stage>/probes.json, probes.csv probe margin accuracy and exact match per stage
     run_dir/retention.csv|png, probes.png, signatures.csv   (computed here when absent)
 
 The HTML embeds every figure as a base64 PNG and needs no external CSS or JS; every text from the
@@ -32,11 +37,14 @@ from pathlib import Path
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.results import atomic_write_text, read_table, write_table
 
-from prunescope.analysis.retention import bootstrap_retention, item_scores, plot_probes, plot_retention, probe_comparison, retention_table
+from prunescope.analysis.retention import (
+    bootstrap_retention, item_scores, plot_probes, plot_retention, probe_comparison, retention_table,
+)
 from prunescope.analysis.signatures import aggregate_signatures, examples, run_signatures
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "lm_eval", "evalplus", "transformer_lens", "nnsight")
 MAX_TABLE_ROWS = 40         # longer tables (patching cells: thousands of rows) are cut, with a note
+PROBE_METRICS = ("margin_accuracy", "exact_match")   # the probe section shows both, per stage
 SHOWN = ("retention.csv", "probes.csv", "signatures.csv", "retention.png", "probes.png", "eval/eval.csv")
 
 
@@ -261,52 +269,257 @@ def _base_stage(table: list[dict]) -> str:
     return "base"
 
 
-def _retention(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict] | None) -> None:
-    doc.h(2, "Evaluation and retention (score / base score)")
+# ---------------------------------------------------------------- the verdict (first in the report)
+
+SMALL_ITEMS, SMALL_CORRECT = 50, 10   # below these a task's interval is wide: the verdict warns
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):        # a half-written or foreign file: the stage is described without it
+        return None
+
+
+def stage_plan(run_dir: str | Path, stage: str) -> dict:
+    """What made a stage, from the run folder: ``{"strategy", "drop", "protected", "n_layers",
+    "pruned", "mode"}``. A pruned stage ``pruned-<name>`` reads ``prune/<name>/plan.json``; a
+    recovered stage ``recovered-<name>-<mode>`` reads ``recover/<name>-<mode>/prunescope_recovery.json``
+    (its pruned stage and mode) and its pruned stage's plan. Other stages, or a plan not found: {}.
+
+    >>> stage_plan("runs/nowhere", "base")
+    {}
+    """
+    run_dir = Path(run_dir)
+    if stage.startswith("pruned-"):
+        plan = _read_json(run_dir / "prune" / stage.removeprefix("pruned-") / "plan.json")
+        return {**_plan_fields(plan), "pruned": stage, "mode": ""} if plan else {}
+    if not stage.startswith("recovered-"):
+        return {}
+    arm = stage.removeprefix("recovered-")
+    info = _read_json(run_dir / "recover" / arm / "prunescope_recovery.json") or {}
+    name, _, mode = arm.rpartition("-")             # the pipeline names an arm <pruned name>-<mode>
+    name = Path(str(info["base"])).name if info.get("base") else name
+    mode = (info.get("recovery") or {}).get("mode") or (info.get("config") or {}).get("mode") or mode
+    plan = (_read_json(run_dir / "prune" / name / "plan.json")
+            or (_read_json(run_dir / "recover" / arm / "prunescope_plan.json") or {}).get("plan"))
+    return {**_plan_fields(plan or {}), "pruned": f"pruned-{name}", "mode": mode}
+
+
+def _plan_fields(plan: dict) -> dict:
+    return {"strategy": plan.get("strategy", plan.get("method", "")), "drop": list(plan.get("drop", [])),
+            "protected": list(plan.get("protected") or []), "n_layers": plan.get("n_layers", ""),
+            "score_metric": plan.get("metric", "")}
+
+
+def _layers(xs: list) -> str:
+    return " ".join(map(str, xs)) if xs else "none"
+
+
+def _stage_lines(run_dir: Path, stages: list[str]) -> list[list]:
+    """The verdict's stage table: how each pruned / recovered stage was made and what it dropped."""
+    lines = []
+    for st in stages:
+        p = stage_plan(run_dir, st)
+        if st.startswith("recovered-"):
+            made = f"{p['pruned']} recovered by {p['mode']}" if p else "recovered (no record in recover/)"
+        elif st.startswith("pruned-"):
+            made = (f"strategy {p['strategy']}" + (f" ({p['score_metric']})" if p.get("score_metric") else "")
+                    if p else "pruned (no prune/<name>/plan.json)")
+        else:
+            continue
+        if not p.get("drop"):
+            lines.append([st, made, "", ""])
+            continue
+        of = f" ({len(p['drop'])} of {p['n_layers']})" if p.get("n_layers") not in ("", None) else ""
+        lines.append([st, made, _layers(p["drop"]) + of, _layers(p["protected"])])
+    return lines
+
+
+def _ci_text(r: dict | None) -> str:
+    """A category or gap value with its interval; "undefined" for NaN, "" where there is no row."""
+    if r is None:
+        return ""
+    return with_ci(r) if _finite(r["value"]) else "undefined"
+
+
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _num(r: dict | None) -> str:
+    return _cell(r["value"]) if r is not None and _finite(r["value"]) else "undefined"
+
+
+def _verdict_rows(table: list[dict], stage: str) -> tuple[list[list], str]:
+    """One stage's lines of the verdict table (each category and the gap, both ratios, n) and its
+    one-sentence verdict."""
+    def get(probe, metric):
+        return next((r for r in table if r["condition"] == stage and r["probe"] == probe
+                     and r.get("metric", "retention") == metric and r.get("level") in ("category", "gap")), None)
+
+    lines, words = [], []
+    for cat in ("classification", "generative", "gap"):
+        raw, cor = get(cat, "retention"), get(cat, "chance_corrected_retention")
+        if raw is None and cor is None:
+            continue
+        tasks = [r for r in table if r["condition"] == stage and r.get("level") == "task"
+                 and r.get("metric", "retention") == "retention" and (cat == "gap" or r["category"] == cat)]
+        kept = [_cell(r["n"]) if r is not None else "0" for r in (raw, cor)]
+        lines.append([stage, cat, _ci_text(raw), _ci_text(cor),
+                      f"{kept[0]} of {len(tasks)}" + (f" ({kept[1]} chance-corrected)" if kept[1] != kept[0] else ""),
+                      "" if cat == "gap" else ", ".join(f"{r['probe']} {_cell(r['n'])}" for r in tasks)])
+        same = _num(raw) == _num(cor)          # chance 0 (a generated answer) or no change: one number
+        words.append(f"the gap is {_num(raw)} raw and {_num(cor)} chance-corrected" if cat == "gap" else
+                     f"{cat} keeps {_num(raw)} of its base score" + (" (the same chance-corrected)" if same
+                     else f" and {_num(cor)} of its margin over chance"))
+    return lines, (f"{stage}: " + "; ".join(words) + ".") if words else ""
+
+
+def _left_out(table: list[dict]) -> str:
+    """The tasks left out of a category mean, with why and for which ratio, once each."""
+    seen: dict[tuple[str, str], set[str]] = {}
+    for r in table:
+        if r.get("level") == "category" and r.get("tasks_left_out"):
+            for why in str(r["tasks_left_out"]).split("; "):
+                seen.setdefault((r["probe"], why), set()).add(r.get("metric", "retention"))
+    if not seen:
+        return "No task is left out of the category means."
+    parts = [f"{cat}: {why}" + ("" if len(ms) > 1 else " (chance-corrected only)" if "chance_corrected_retention"
+                                 in ms else " (raw only)") for (cat, why), ms in seen.items()]
+    return ("Left out of the category means (their ratio is undefined; the category rests on its other "
+            "tasks): " + "; ".join(parts) + ".")
+
+
+def _small_samples(table: list[dict], base: str) -> str:
+    """A warning line where a task's sample is small: few items, or a base score from few right answers."""
+    notes = []
+    for r in table:
+        if r["condition"] != base or r.get("level") != "task" or r.get("metric", "retention") != "retention":
+            continue
+        if not _finite(r.get("n")):
+            continue
+        n, why = int(float(r["n"])), []
+        if n < SMALL_ITEMS:
+            why.append(f"{n} items")
+        if _finite(r.get("base_score")) and round(float(r["base_score"]) * n) < SMALL_CORRECT:
+            why.append(f"base score from {round(float(r['base_score']) * n)} right of {n}")
+        if why:
+            notes.append(f"{r['probe']} ({', '.join(why)})")
+    if not notes:
+        return ""
+    return (f"Warning, small samples (fewer than {SMALL_ITEMS} items, or a base score from fewer than "
+            f"{SMALL_CORRECT} right answers: wide intervals, read the numbers as rough): " + "; ".join(notes) + ".")
+
+
+def _verdict(run_dir: Path, doc: Doc, table: list[dict] | None, base: str, cfg: dict) -> None:
+    """The answer first: model, what each stage dropped, each category's raw and chance-corrected
+    retention with its interval and n, the gap both ways, the tasks left out, small-sample warnings."""
+    doc.h(2, "Verdict")
+    table = table or []
+    models = list(dict.fromkeys(str(r["model"]) for r in table if r.get("model"))) or [str(cfg.get("model") or "")]
+    stages = list(dict.fromkeys(r["condition"] for r in table))
+    stages = stages or sorted({f"pruned-{p.parent.name}" for p in run_dir.glob("prune/*/plan.json")} | {
+        f"recovered-{p.parent.name}" for p in run_dir.glob("recover/*/prunescope_recovery.json")})
+    doc.p(f"Model: {', '.join(m or '(not named)' for m in models)}; base stage: {base}.")
+    lines = _stage_lines(run_dir, stages)
+    if lines:
+        doc.table(["stage", "made by", "dropped layers", "protected layers"], lines)
+    if not table:
+        doc.p("No retention yet: the run folder has no evaluation (eval/eval.csv or `eval/<stage>/eval.csv`).")
+        return
+    rows, sentences = [], []
+    for st in stages:
+        if st != base:
+            lines, sentence = _verdict_rows(table, st)
+            rows += lines
+            sentences += [sentence] if sentence else []
+    for s in sentences:
+        doc.p(s)
+    doc.table(["stage", "category", "retention (score / base)", "chance-corrected ((score - chance) / (base - chance))",
+               "tasks kept", "items per task"], rows,
+              "Mean over each category's tasks, with 95% paired bootstrap intervals over items where the samples "
+              "are in the run folder; gap = classification minus generative. Raw retention cannot fall below "
+              "chance / base (a model that guesses keeps it); the chance-corrected ratio is 0 at chance, 1 at "
+              "the base.")
+    doc.p(_left_out(table))
+    warning = _small_samples(table, base)
+    if warning:
+        doc.p(warning)
+
+
+def _retention_data(run_dir: Path, eval_rows: list[dict] | None) -> tuple[list[dict] | None, str, str]:
+    """``(retention table, base stage, where it came from)``: retention.csv as it is, else (or when
+    it predates the chance-corrected rows) computed from the eval rows with bootstrap intervals and
+    written to retention.csv; ``(None, "base", "")`` without either."""
+    path = run_dir / "retention.csv"
+    if path.is_file():
+        table = read_table(path)
+        if not eval_rows or any(r.get("metric") == "chance_corrected_retention" for r in table):
+            return table, _base_stage(table), "Retention from retention.csv."
+    if not eval_rows:
+        return None, "base", ""
+    stages = list(dict.fromkeys(r["condition"] for r in eval_rows))
+    base = "base" if "base" in stages else stages[0]
+    table = retention_table(eval_rows, base=base)
+    items = item_scores(run_dir, {(r["condition"], r["probe"]): r["score_metric"] for r in table
+                                  if r.get("level") == "task"})
+    table = bootstrap_retention(table, items, base=base)
+    write_table(table, run_dir / "retention")
+    return table, base, (f"Retention computed from eval/eval.csv (base stage: {base}); written to retention.csv. "
+                         "Brackets: 95% paired bootstrap intervals over items (1000 resamples).")
+
+
+def _retention(run_dir: Path, doc: Doc, table: list[dict] | None, base: str, how: str,
+               eval_rows: list[dict] | None) -> None:
+    """The details behind the verdict: each task's two ratios and score, the category means with
+    intervals, the figure, then every metric of every task."""
+    doc.h(2, "Evaluation and retention (score / base score, and chance-corrected)")
+    if table is None:
+        doc.p("No eval/eval.csv and no retention.csv: retention is not available.")
+        return
+    doc.p(how)
+    if not table:
+        doc.p("The retention table is empty.")
+        return
+    headers, lines = _wide([r for r in table if r.get("level") == "task"],
+                           ["model", "probe", "category", "score_metric", "chance", "metric"],
+                           lambda r: f"{_cell(r['value'])} ({_cell(r['score'])})")
+    headers[1], headers[3] = "task", "score"
+    doc.table(headers, lines, "Cells: ratio (score) per task and stage; retention = score / base score, "
+                              "chance_corrected_retention = (score - chance) / (base score - chance), nan where "
+                              "undefined (base score 0, or at or below chance).")
+    headers, lines = _wide([r for r in table if r.get("level") in ("category", "gap")], ["model", "probe", "metric"],
+                           with_ci)
+    headers[1] = "mean over tasks"
+    doc.table(headers, lines, "Mean of each category's tasks; gap = classification minus generative.")
+    fig = run_dir / "retention.png"
+    if not fig.is_file() and any(str(r["condition"]) != base for r in table):
+        plot_retention(table, fig, base=base)
+    if fig.is_file():
+        doc.image(fig, "retention.png: mean retention per category and stage, raw and chance-corrected (dots: tasks)")
     if eval_rows:
         headers, lines = _wide(eval_rows, ["model", "probe", "category", "metric"])
         headers[1] = "task"
         doc.table(headers, lines, "Every metric per task (columns: stages), from eval/eval.csv "
                                   "(or the per-stage `eval/<stage>/eval.csv` tables).")
-    path = run_dir / "retention.csv"
-    if path.is_file():
-        table = read_table(path)
-        base = _base_stage(table)
-        doc.p("Retention from retention.csv.")
-    elif eval_rows:
-        stages = list(dict.fromkeys(r["condition"] for r in eval_rows))
-        base = "base" if "base" in stages else stages[0]
-        table = retention_table(eval_rows, base=base)
-        items = item_scores(run_dir, {(r["condition"], r["probe"]): r["score_metric"] for r in table
-                                      if r.get("level") == "task"})
-        table = bootstrap_retention(table, items, base=base)
-        write_table(table, run_dir / "retention")
-        doc.p(f"Retention computed from eval/eval.csv (base stage: {base}); written to retention.csv. "
-              "Brackets: 95% paired bootstrap intervals over items (1000 resamples).")
-    else:
-        doc.p("No eval/eval.csv and no retention.csv: retention is not available.")
-        missing.append("eval/eval.csv")
-        return
-    if not table:
-        doc.p("The retention table is empty.")
-        return
-    headers, lines = _wide([r for r in table if r.get("level") == "task"],
-                           ["model", "probe", "category", "score_metric"],
-                           lambda r: f"{_cell(r['value'])} ({_cell(r['score'])})")
-    headers[1], headers[3] = "task", "metric"
-    doc.table(headers, lines, "Cells: retention (score) per task and stage.")
-    headers, lines = _wide([r for r in table if r.get("level") in ("category", "gap")], ["model", "probe"], with_ci)
-    headers[1] = "mean over tasks"
-    doc.table(headers, lines, "Mean retention of each category's tasks; gap = classification minus generative.")
-    fig = run_dir / "retention.png"
-    if not fig.is_file() and any(str(r["condition"]) != base for r in table):
-        plot_retention(table, fig, base=base)
-    if fig.is_file():
-        doc.image(fig, "retention.png: mean retention per category and stage (dots: tasks)")
+
+
+def _probe_changes(run_dir: Path) -> list[dict]:
+    """Paired probe changes with intervals (``prunescope.analysis.probes``), where that module is
+    installed; none otherwise."""
+    try:
+        from prunescope.analysis.probes import probe_change_rows
+    except ImportError:
+        return []
+    return probe_change_rows(run_dir)
 
 
 def _probes(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict] | None) -> None:
-    doc.h(2, "Probe accuracy per stage")
+    doc.h(2, "Probes per stage (margin accuracy and exact match)")
     path = run_dir / "probes.csv"
     models = {r["condition"]: r.get("model", "") for r in eval_rows or []}
     rows = read_table(path) if path.is_file() else stage_probe_rows(run_dir, models)
@@ -316,16 +529,27 @@ def _probes(run_dir: Path, doc: Doc, missing: list[str], eval_rows: list[dict] |
         return
     if not path.is_file():
         doc.p("From eval/<stage>/probes.json (the evaluation has not written probes.csv yet).")
-    table = probe_comparison(rows)
-    if not table:
-        doc.p("probes.csv has no accuracy rows.")
+    lines, stages = [], list(dict.fromkeys(r["condition"] for r in rows))
+    for metric in PROBE_METRICS:
+        lines += [[t["model"], t["probe"], metric, *(t.get(s) for s in stages), t["n"], t["change"]]
+                  for t in probe_comparison(rows, metric)]
+    if not lines:
+        doc.p("probes.csv has no margin_accuracy (or accuracy) or exact_match rows.")
         return
-    headers = list(table[0])
-    doc.table(headers, [[t[h] for h in headers] for t in table], "change: last stage minus first stage.")
+    doc.table(["model", "probe", "metric", *stages, "n", "change"], lines,
+              "margin_accuracy: the answer outscores every wrong continuation; exact_match: greedy decoding "
+              "gives the answer. change: last stage minus first stage.")
+    changes = _probe_changes(run_dir)
+    if changes:
+        doc.table(["model", "probe", "stage", "reference", "metric", "before", "after", "change", "n"],
+                  [[r["model"], r["probe"], r["condition"], r["reference"], r["metric"], r["before"], r["after"],
+                    with_ci(r), r["n"]] for r in changes],
+                  "Paired changes (stage minus reference, the same items), 95% bootstrap intervals over items.")
     fig = run_dir / "probes.png"
-    if not fig.is_file():
+    if not fig.is_file() and probe_comparison(rows):
         plot_probes(rows, fig)
-    doc.image(fig, "probes.png: probe accuracy per stage")
+    if fig.is_file():
+        doc.image(fig, "probes.png: probe margin accuracy per stage")
 
 
 def _base_first(paths) -> list[Path]:
@@ -334,14 +558,24 @@ def _base_first(paths) -> list[Path]:
 
 
 def stage_probe_rows(run_dir: Path, models: dict[str, str] | None = None) -> list[dict]:
-    """Probe accuracy rows from each evaluated stage's ``eval/<stage>/probes.json`` (base first);
-    ``models``: the model name per stage, from the evaluation rows (none: left empty)."""
+    """Probe rows from each evaluated stage's ``eval/<stage>/probes.json`` (base first): metric
+    ``margin_accuracy`` and ``exact_match`` per probe. A probes.json of the older format (one key
+    ``accuracy``, the margin accuracy) gives margin_accuracy rows only. ``models``: the model name per
+    stage, from the evaluation rows (none: left empty).
+
+    >>> stage_probe_rows(Path("runs/nowhere"))
+    []
+    """
     models = models or {}
     rows = []
-    for f in _base_first(run_dir.glob("eval/*/probes.json")):
+    for f in _base_first(Path(run_dir).glob("eval/*/probes.json")):
         saved = json.loads(f.read_text())
-        rows += [{"model": models.get(f.parent.name, ""), "probe": probe, "condition": f.parent.name, "layers": "", "metric": "accuracy",
-                  "value": acc, "n": saved["settings"]["n"], "seed": ""} for probe, acc in saved["accuracy"].items()]
+        n = (saved.get("settings") or {}).get("n", "")
+        scores = {"margin_accuracy": saved.get("margin_accuracy", saved.get("accuracy") or {}),
+                  "exact_match": saved.get("exact_match") or {}}
+        rows += [{"model": models.get(f.parent.name, ""), "probe": probe, "condition": f.parent.name, "layers": "",
+                  "metric": metric, "value": value, "n": n, "seed": ""}
+                 for metric, per in scores.items() for probe, value in per.items()]
     return rows
 
 
@@ -461,7 +695,8 @@ def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path
     """Write ``run_dir/report.md`` and ``run_dir/report.html`` (self-contained) and return their paths.
 
     Computes and writes retention.csv / retention.png (from eval/eval.csv, or the per-stage
-    eval/<stage>/eval.csv tables joined) and probes.png (from probes.csv) when they are absent, and
+    eval/<stage>/eval.csv tables joined) when they are absent or retention.csv has no
+    chance-corrected rows yet, probes.png (from probes.csv) when it is absent, and
     signatures.csv from the sample files whenever there are any; the retention base is the stage named ``base``, else the
     first stage of the eval table.
     """
@@ -476,8 +711,9 @@ def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path
     title = f"prunescope report: {run_dir.resolve().name}"
     doc.h(1, title)
     doc.p(f"Run folder {run_dir.resolve()}, report written {_dt.datetime.now().isoformat(timespec='seconds')}. "
-          "The answer first (retention, probe accuracy per stage, failure signatures); the configuration and "
-          "package versions at the end.")
+          "The verdict first (model, dropped layers, retention raw and chance-corrected with n and intervals), "
+          "then the details (retention, probes, failure signatures); the configuration and package versions "
+          "at the end.")
     cfg, cfg_name, cfg_text = _read_config(run_dir)
     if cfg_name is None:
         missing.append("config.yaml / config.json")
@@ -487,11 +723,15 @@ def report(run_dir: str | Path, show_progress: bool = False) -> tuple[Path, Path
                      "probes.png"):
             (run_dir / name).unlink(missing_ok=True)
     eval_rows, partial = _eval_rows(run_dir)
-    _retention(run_dir, doc, missing, eval_rows)
+    table, base, how = _retention_data(run_dir, eval_rows)
+    if table is None:
+        missing.append("eval/eval.csv")
+    _verdict(run_dir, doc, table, base, cfg)
     if partial:
         doc.p(f"Evaluation not finished: {', '.join(partial)} left out (fewer tasks than the base stage; "
               "rerun the config to finish them).")
         missing += [f"eval/{st} (partial)" for st in partial]
+    _retention(run_dir, doc, table, base, how, eval_rows)
     _diverged(run_dir, doc)
     _probes(run_dir, doc, missing, eval_rows)
     _signatures(run_dir, doc, missing, eval_rows, cfg, show_progress)

@@ -1,14 +1,22 @@
-"""Retention (pruned score / base score) per task, per category, and the classification-vs-generative gap.
+"""Retention per task, per category, and the classification-vs-generative gap, raw and chance-corrected.
 
 The paper's headline: pruning keeps 0.70-0.84 of classification scores but only 0.14-0.33 of
-generative ones. Input: tidy eval rows (``prunescope.core.results.COLUMNS`` + ``category``), ``probe`` = task,
+generative ones. That raw ratio, score / base score, cannot fall below chance / base: a
+classification model that guesses still "keeps" chance / base of its score (half of it for a
+2-choice task at base 0.8). Beside it, ``chance_corrected_retention`` = (score - chance) / (base -
+chance) is 0 at chance and 1 at the base score; for a generated answer (chance 0) both are equal.
+Input: tidy eval rows (``prunescope.core.results.COLUMNS`` + ``category``), ``probe`` = task,
 ``condition`` = stage ("base", "pruned-bi", "pruned-bi+sgr", ...), several metrics per task.
 
 >>> rows = [dict(model="m", probe=t, condition=s, metric=m, value=v, category=c) for t, c, m, s, v in [
 ...     ("piqa", "classification", "acc", "base", 0.8), ("piqa", "classification", "acc", "pruned", 0.6),
 ...     ("gsm8k", "generative", "exact_match", "base", 0.4), ("gsm8k", "generative", "exact_match", "pruned", 0.1)]]
->>> {r["probe"]: round(r["value"], 3) for r in retention_table(rows) if r["condition"] == "pruned"}
+>>> table = retention_table(rows)
+>>> {r["probe"]: round(r["value"], 3) for r in table if r["condition"] == "pruned" and r["metric"] == "retention"}
 {'piqa': 0.75, 'gsm8k': 0.25, 'classification': 0.75, 'generative': 0.25, 'gap': 0.5}
+>>> {r["probe"]: round(r["value"], 3) for r in table    # piqa: 2 choices, chance 0.5: (0.6 - 0.5) / (0.8 - 0.5)
+...  if r["condition"] == "pruned" and r["metric"] == "chance_corrected_retention"}
+{'piqa': 0.333, 'gsm8k': 0.25, 'classification': 0.333, 'generative': 0.25, 'gap': 0.083}
 """
 
 from __future__ import annotations
@@ -29,6 +37,16 @@ from prunescope.core.errors import PrunescopeError
 GENERATIVE_PRIMARY = {"gsm8k": "exact_match", "humaneval": "pass@1", "mbpp": "pass@1", "xsum": "rougeL"}
 CLASSIFICATION_PRIMARY = "acc"
 GENERATIVE_TASKS = tuple(GENERATIVE_PRIMARY)
+# the two ratios every retention table holds, in this order (metric column)
+RAW = "retention"
+CORRECTED = "chance_corrected_retention"
+METRICS = (RAW, CORRECTED)
+LEVEL = 0.95                # the paired bootstrap differences' interval
+# every row of a retention table has these columns beyond the tidy ones ("" where they do not apply)
+EXTRA = ("level", "category", "score_metric", "score", "base_score", "chance", "tasks_left_out", "note")
+# probe tables: the margin metric (the answer outscores every wrong continuation) was once called
+# "accuracy"; a table of either age reads as margin_accuracy
+PROBE_ALIASES = {"accuracy": "margin_accuracy"}
 
 
 def _category(row: dict) -> str:
@@ -65,9 +83,10 @@ def _pick(metrics: list[str], wanted: str) -> str | None:
 
 
 def primary_rows(rows: list[dict], metric: str | Mapping[str, str] | None = None) -> dict[tuple, dict]:
-    """``{(model, task, stage): {"value", "metric", "category", "n"}}`` for each task's primary metric:
+    """``{(model, task, stage): {"value", "metric", "category", "n", "chance"}}`` for each task's primary metric:
     ``metric`` (one name, or task -> name) if given, else the row flagged ``primary`` (True / "true" / 1),
-    else the default. A task without such a metric is left out.
+    else the default. A task without such a metric is left out. ``chance``: the rows' ``chance``
+    column where they have one, else None.
     Repeated rows (seeds) are averaged."""
     by_task: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -88,24 +107,116 @@ def primary_rows(rows: list[dict], metric: str | Mapping[str, str] | None = None
             continue                                   # this task has no usable score: left out
         values: dict[str, list[float]] = defaultdict(list)
         ns: dict[str, int] = {}
+        chance = next((r["chance"] for r in trs if r["metric"] == chosen and _finite(r.get("chance"))), None)
         for r in trs:
             if r["metric"] == chosen:
                 values[r["condition"]].append(float(r["value"]))
                 ns[r["condition"]] = r.get("n", "")
         for stage, vs in values.items():
             out[(model, task, stage)] = {"value": sum(vs) / len(vs), "metric": chosen, "category": category,
-                                         "n": ns[stage]}
+                                         "n": ns[stage], "chance": chance}
     return out
 
 
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def task_chance(task: str, category: str, given=None) -> tuple[float, str]:
+    """``(chance, note)``: the score a random guesser gets on ``task``'s primary metric. ``given``
+    (the rows' ``chance`` column) wins, else the task registry (``analysis/tasks/registry.yaml``);
+    a task in neither is 0 when generative (a generated answer is not guessed) and unknown (NaN,
+    with a note saying so) when classification: its number of choices is not known here.
+
+    >>> task_chance("piqa", "classification"), task_chance("my_qa", "generative")
+    ((0.5, ''), (0.0, ''))
+    >>> task_chance("my_mc", "classification")
+    (nan, 'chance level of my_mc unknown (not in analysis/tasks/registry.yaml, no chance column): ...')
+    """
+    if _finite(given):
+        return float(given), ""
+    from prunescope.analysis.evaluate import TASKS   # the one place chance levels live
+
+    if task in TASKS:
+        return TASKS[task].chance, ""
+    if category != "classification":
+        return 0.0, ""
+    return float("nan"), (f"chance level of {task} unknown (not in analysis/tasks/registry.yaml, no chance "
+                          "column): chance-corrected retention undefined")
+
+
+def _base_text(task: str, b: dict) -> str:
+    """How a left-out task's base score reads: "gsm8k (base 0 of 4)" (0 right of 4 items)."""
+    n = b.get("n", "")
+    if b["value"] == 0:
+        return f"{task} (base 0 of {n})" if _finite(n) else f"{task} (base 0)"
+    return f"{task} (base {b['value']:.3g})"
+
+
+def _ratio(task: str, s: dict, b: dict, kind: str) -> tuple[float, str, float, str]:
+    """``(value, why left out, chance, note)`` of one task at one stage."""
+    chance, note = task_chance(task, s["category"], b.get("chance"))
+    nan = float("nan")
+    if kind == RAW:
+        return (s["value"] / b["value"], "", chance, "") if b["value"] > 0 else (nan, _base_text(task, b), chance, "")
+    if math.isnan(chance):
+        return nan, f"{task} (chance level unknown)", chance, note
+    if b["value"] <= chance:
+        why = _base_text(task, b)[:-1] + (f", at or below chance {chance:g})" if chance > 0 else ")")
+        return nan, why, chance, note
+    return (s["value"] - chance) / (b["value"] - chance), "", chance, note
+
+
+def _row(model: str, probe: str, stage: str, kind: str, value: float, n, level: str, category: str, **extra) -> dict:
+    return {"model": model, "probe": probe, "condition": stage, "layers": "", "metric": kind, "value": value,
+            "n": n, "seed": "", "level": level, "category": category, **{k: extra.get(k, "") for k in EXTRA[2:]}}
+
+
+def _stage_rows(model: str, stage: str, base: str, tasks: list[str], scores: dict, kind: str) -> list[dict]:
+    """One stage's task rows, category means and gap for one ratio (``kind``)."""
+    rows, kept, left = [], defaultdict(list), defaultdict(list)
+    for task in tasks:
+        s, b = scores.get((model, task, stage)), scores.get((model, task, base))
+        if s is None or b is None:
+            if s or b:                  # scored at one of the two stages only: say which score is missing
+                left[(s or b)["category"]].append(f"{task} (no {'base score' if b is None else f'score at {stage}'})")
+            continue
+        value, why, chance, note = _ratio(task, s, b, kind)
+        (left if why else kept)[s["category"]].append(why or value)
+        rows.append(_row(model, task, stage, kind, value, s["n"], "task", s["category"], score_metric=s["metric"],
+                         score=s["value"], base_score=b["value"], chance=chance, note=note))
+    cats = list(dict.fromkeys(r["category"] for r in rows)) + [c for c in left if c not in kept]
+    for cat in dict.fromkeys(cats):
+        vals = kept.get(cat, [])
+        rows.append(_row(model, cat, stage, kind, sum(vals) / len(vals) if vals else float("nan"), len(vals),
+                         "category", cat, tasks_left_out="; ".join(left.get(cat, []))))
+    cls, gen = kept.get("classification"), kept.get("generative")
+    if cls and gen:
+        rows.append(_row(model, "gap", stage, kind, sum(cls) / len(cls) - sum(gen) / len(gen), len(cls) + len(gen),
+                         "gap", "classification - generative",
+                         tasks_left_out="; ".join(left.get("classification", []) + left.get("generative", []))))
+    return rows
+
+
 def retention_table(rows: list[dict], base: str = "base", metric: str | Mapping[str, str] | None = None) -> list[dict]:
-    """Retention = score / base score per model x task x stage, then per category the mean of its
-    tasks' retentions (macro average, as the paper reports), and ``gap`` = classification retention
-    minus generative retention. Tidy rows: ``probe`` is the task, ``classification``, ``generative``
-    or ``gap``; ``condition`` the stage (the base stage is included, retention 1); ``metric`` is
-    ``retention``; extra columns ``level`` (task / category / gap), ``category``, ``score_metric``,
-    ``score``, ``base_score``. A task whose base score is 0 gets retention NaN and is left out of
-    the averages. Stages keep the order in which they first appear in ``rows``.
+    """Retention per model x task x stage, then per category the mean of its tasks' retentions
+    (macro average, as the paper reports), and ``gap`` = classification retention minus generative
+    retention, each twice: ``metric`` = ``retention`` (score / base score, the paper's ratio), then
+    the same rows with ``metric`` = ``chance_corrected_retention`` ((score - chance) / (base -
+    chance): 0 at chance, 1 at the base score).
+
+    Tidy rows: ``probe`` is the task, ``classification``, ``generative`` or ``gap``; ``condition``
+    the stage (the base stage is included, retention 1); extra columns ``level`` (task / category /
+    gap), ``category``, ``score_metric``, ``score``, ``base_score``, ``chance`` (task rows: from the
+    rows' ``chance`` column, else the task registry, see :func:`task_chance`), ``note`` (why a
+    corrected value is undefined) and ``tasks_left_out`` (category and gap rows: the tasks left
+    out of the mean and why, e.g. "gsm8k (base 0 of 4)"). A task is left out where its ratio is
+    undefined: base score 0 (raw), base at or below chance or chance unknown (corrected); its task
+    row keeps NaN. A category whose every task is left out gets NaN and ``n`` 0; the gap needs both.
+    Stages keep the order in which they first appear in ``rows``.
     """
     if not rows:
         raise PrunescopeError("no eval rows to compute retention from")
@@ -114,33 +225,12 @@ def retention_table(rows: list[dict], base: str = "base", metric: str | Mapping[
         raise PrunescopeError(f"no rows for the base stage '{base}' (stages: {', '.join(map(str, stages))}); "
                               "pass base= the unpruned stage's name")
     scores = primary_rows(rows, metric)
-    models = list(dict.fromkeys(k[0] for k in scores))
     out = []
-    for model in models:
+    for model in dict.fromkeys(k[0] for k in scores):
         tasks = list(dict.fromkeys(k[1] for k in scores if k[0] == model))
-        for stage in stages:
-            per_cat: dict[str, list[float]] = defaultdict(list)
-            for task in tasks:
-                s, b = scores.get((model, task, stage)), scores.get((model, task, base))
-                if s is None or b is None:
-                    continue
-                ret = s["value"] / b["value"] if b["value"] else float("nan")
-                if not math.isnan(ret):
-                    per_cat[s["category"]].append(ret)
-                out.append({"model": model, "probe": task, "condition": stage, "layers": "", "metric": "retention",
-                            "value": ret, "n": s["n"], "seed": "", "level": "task", "category": s["category"],
-                            "score_metric": s["metric"], "score": s["value"], "base_score": b["value"]})
-            for cat, rets in per_cat.items():
-                out.append({"model": model, "probe": cat, "condition": stage, "layers": "", "metric": "retention",
-                            "value": sum(rets) / len(rets), "n": len(rets), "seed": "", "level": "category",
-                            "category": cat, "score_metric": "", "score": "", "base_score": ""})
-            if per_cat.get("classification") and per_cat.get("generative"):
-                gap = (sum(per_cat["classification"]) / len(per_cat["classification"])
-                       - sum(per_cat["generative"]) / len(per_cat["generative"]))
-                out.append({"model": model, "probe": "gap", "condition": stage, "layers": "", "metric": "retention",
-                            "value": gap, "n": len(per_cat["classification"]) + len(per_cat["generative"]),
-                            "seed": "", "level": "gap", "category": "classification - generative",
-                            "score_metric": "", "score": "", "base_score": ""})
+        for kind in METRICS:          # every raw row first: a reader of the old table finds it unchanged
+            for stage in stages:
+                out += _stage_rows(model, stage, base, tasks, scores, kind)
     return out
 
 
@@ -148,64 +238,95 @@ def _stages(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["condition"] for r in rows))
 
 
+def _values(rows: list[dict], level: str | None = None) -> list[float]:
+    return [float(r["value"]) for r in rows if (level is None or r["level"] == level) and _finite(r["value"])]
+
+
+def _retention_panel(ax, rows: list[dict], stages: list[str], outline: list[dict] | None = None) -> None:
+    """One ratio's bars on ``ax``: per stage the classification and generative means side by side,
+    each task as a dot, the gap as a double arrow; ``outline``: the raw rows, drawn as dashed
+    empty bars behind the chance-corrected ones so the shrink shows in one panel."""
+    colors = {"classification": "C0", "generative": "C3"}
+    width = 0.36
+    val = {(r["level"], r["probe"], r["condition"]): float(r["value"]) for r in rows}
+    raw = {(r["level"], r["probe"], r["condition"]): float(r["value"]) for r in outline or []}
+    for j, cat in enumerate(("classification", "generative")):
+        xs = [i + (j - 0.5) * width for i in range(len(stages))]
+        ax.bar(xs, [val.get(("category", cat, s), float("nan")) for s in stages], width, color=colors[cat],
+               alpha=0.75, label=cat)
+        if outline:
+            ax.bar(xs, [raw.get(("category", cat, s), float("nan")) for s in stages], width, fill=False,
+                   edgecolor=colors[cat], ls="--", lw=1, label=f"{cat}, raw")
+        for x, s in zip(xs, stages):
+            dots = _values([r for r in rows if r["category"] == cat and r["condition"] == s], "task")
+            ax.plot([x] * len(dots), dots, "o", color="k", ms=3)
+    for i, s in enumerate(stages):
+        gap = val.get(("gap", "gap", s))
+        if gap is None or math.isnan(gap):
+            continue
+        cls, gen = val[("category", "classification", s)], val[("category", "generative", s)]
+        # the gap as a double arrow between the two bar tops, its value above the group
+        ax.annotate("", (i, gen), (i, cls), arrowprops={"arrowstyle": "<->", "color": "k", "lw": 1})
+        top = max([cls, gen] + _values([r for r in rows if r["condition"] == s], "task"))
+        ax.text(i, top + 0.05, f"gap {gap:+.2f}", ha="center", fontsize=9, fontweight="bold")
+    ax.axhline(1.0, color="gray", ls="--", lw=0.8)
+    ax.axhline(0.0, color="k", lw=0.6)
+    ax.set_xticks(range(len(stages)), stages, rotation=15)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))   # beside the axes: never on a gap label
+
+
 def plot_retention(table: list[dict], path: str | Path, base: str = "base") -> Path:
     """Grouped bars per stage (the base stage is left out: it is 1 by definition): classification and
     generative mean retention side by side, each task's retention as a dot on its category's bar, and
-    the gap as a double arrow between the bar tops with its value above the pair. One panel per model."""
+    the gap as a double arrow between the bar tops with its value above the pair. One column per
+    model; a row per ratio on one y scale: raw retention (score / base) above, chance-corrected
+    below (with the raw bars as dashed outlines), so a classification bar that only stood on
+    chance shrinks in plain sight. A table without chance-corrected rows gets the raw row only."""
     from prunescope.core.plots import save_figure, plt
 
     table = [r for r in table if str(r["condition"]) != base]
     models = list(dict.fromkeys(r["model"] for r in table))
     if not models:
         raise PrunescopeError("nothing to plot: the retention table has no stage besides the base")
-    fig, axes = plt.subplots(1, len(models), figsize=(max(5.0, 1.6 * len(_stages(table)) + 2) * len(models), 4),
-                             squeeze=False)
-    colors = {"classification": "C0", "generative": "C3"}
-    for ax, model in zip(axes[0], models):
+    kinds = [k for k in METRICS if any(r.get("metric", RAW) == k for r in table)]
+    fig, axes = plt.subplots(len(kinds), len(models), squeeze=False, sharey=True,
+                             figsize=(max(6.0, 1.6 * len(_stages(table)) + 3) * len(models), 4 * len(kinds)))
+    labels = {RAW: f"retention (score / {base})", CORRECTED: f"(score - chance) / ({base} - chance)"}
+    titles = {RAW: "retention", CORRECTED: "chance-corrected retention"}
+    for col, model in enumerate(models):
         rows = [r for r in table if r["model"] == model]
-        stages = _stages(rows)
-        val = {(r["level"], r["probe"], r["condition"]): float(r["value"]) for r in rows}
-        width = 0.36
-        for j, cat in enumerate(("classification", "generative")):
-            xs = [i + (j - 0.5) * width for i in range(len(stages))]
-            heights = [val.get(("category", cat, s), float("nan")) for s in stages]
-            ax.bar(xs, heights, width, color=colors[cat], alpha=0.75, label=cat)
-            for x, s in zip(xs, stages):
-                dots = [float(r["value"]) for r in rows
-                        if r["level"] == "task" and r["category"] == cat and r["condition"] == s]
-                dots = [d for d in dots if not math.isnan(d)]
-                ax.plot([x] * len(dots), dots, "o", color="k", ms=3)
-        for i, s in enumerate(stages):
-            gap = val.get(("gap", "gap", s))
-            if gap is None or math.isnan(gap):
-                continue
-            cls, gen = val[("category", "classification", s)], val[("category", "generative", s)]
-            # the gap as a double arrow between the two bar tops, its value above the group
-            ax.annotate("", (i, gen), (i, cls), arrowprops={"arrowstyle": "<->", "color": "k", "lw": 1})
-            top = max([cls, gen] + [float(r["value"]) for r in rows if r["level"] == "task" and r["condition"] == s
-                                    and not math.isnan(float(r["value"]))])
-            ax.text(i, top + 0.05, f"gap {gap:+.2f}", ha="center", fontsize=9, fontweight="bold")
-        ax.axhline(1.0, color="gray", ls="--", lw=0.8)
-        ax.set_xticks(range(len(stages)), stages, rotation=15)
-        highest = max((float(r["value"]) for r in rows if r["level"] != "gap" and not math.isnan(float(r["value"]))),
-                      default=1.0)
-        ax.set_ylim(0, max(1.3, highest + 0.25))
-        ax.set_ylabel(f"retention (score / {base})")
-        ax.set_title(f"{model}: retention (dots: tasks)" if model else "retention (dots: tasks)")
-        ax.legend(fontsize=8, loc="upper right", ncol=2)
+        for k, kind in enumerate(kinds):
+            ax, mine = axes[k][col], [r for r in rows if r.get("metric", RAW) == kind]
+            _retention_panel(ax, mine, _stages(rows),
+                             [r for r in rows if r.get("metric", RAW) == RAW] if kind == CORRECTED else None)
+            ax.set_ylabel(labels[kind])
+            ax.set_title(f"{model}: {titles[kind]} (dots: tasks)" if model else f"{titles[kind]} (dots: tasks)")
+    shown = _values([r for r in table if r["level"] != "gap"])
+    axes[0][0].set_ylim(min(0.0, min(shown, default=0.0) - 0.1), max(1.3, max(shown, default=1.0) + 0.25))
+    fig.tight_layout()                         # the upper row's stage names clear the lower row's titles
     return save_figure(fig, Path(path))
 
 
-def probe_comparison(rows: list[dict], metric: str = "accuracy") -> list[dict]:
-    """Probe accuracy across stages, one row per model x probe: ``{"model", "probe", <stage>: value, ...,
-    "n"}`` (stages in first-appearance order), plus ``change`` = last stage - first stage.
+def probe_metric(name: str) -> str:
+    """A probe table's metric under its current name: "accuracy" (older tables) is margin_accuracy.
+
+    >>> probe_metric("accuracy"), probe_metric("exact_match")
+    ('margin_accuracy', 'exact_match')
+    """
+    return PROBE_ALIASES.get(str(name), str(name))
+
+
+def probe_comparison(rows: list[dict], metric: str = "margin_accuracy") -> list[dict]:
+    """A probe metric across stages, one row per model x probe: ``{"model", "probe", <stage>: value, ...,
+    "n"}`` (stages in first-appearance order), plus ``change`` = last stage - first stage. Rows that
+    say "accuracy" (older tables) count as margin_accuracy.
 
     >>> rows = [dict(model="m", probe="copy", condition=s, metric="accuracy", value=v, n=10)
     ...         for s, v in [("base", 0.9), ("pruned", 0.5), ("recovered", 0.8)]]
     >>> t = probe_comparison(rows)[0]; (t["base"], t["pruned"], t["recovered"], round(t["change"], 3))
     (0.9, 0.5, 0.8, -0.1)
     """
-    rows = [r for r in rows if r["metric"] == metric]
+    rows = [r for r in rows if probe_metric(r["metric"]) == probe_metric(metric)]
     stages = _stages(rows)
     table: dict[tuple, dict] = {}
     for r in rows:
@@ -218,14 +339,16 @@ def probe_comparison(rows: list[dict], metric: str = "accuracy") -> list[dict]:
     return list(table.values())
 
 
-def plot_probes(rows: list[dict], path: str | Path, metric: str = "accuracy") -> Path:
-    """Grouped bars: one group per probe (and model), one bar per stage, values written on the bars."""
+def plot_probes(rows: list[dict], path: str | Path, metric: str = "margin_accuracy") -> Path:
+    """Grouped bars: one group per probe (and model), one bar per stage, values written on the bars
+    ("accuracy" rows count as margin_accuracy)."""
     from prunescope.core.plots import save_figure, plt
 
     table = probe_comparison(rows, metric)
     if not table:
         raise PrunescopeError(f"no probe rows with metric '{metric}' to plot")
-    stages = _stages([r for r in rows if r["metric"] == metric])
+    metric = probe_metric(metric)
+    stages = _stages([r for r in rows if probe_metric(r["metric"]) == metric])
     multi = len({t["model"] for t in table}) > 1
     labels = [f"{t['model']}\n{t['probe']}" if multi else t["probe"] for t in table]
     width = min(0.8 / len(stages), 0.3)
@@ -281,11 +404,65 @@ def item_scores(run_dir: str | Path, metrics: Mapping[tuple[str, str], str]) -> 
     return out
 
 
+def _resample(b: Mapping | None, s: Mapping | None, rng, n_boot: int):
+    """``(stage means, base means)`` over ``n_boot`` resamples of the items both stages scored (the
+    same resampled docs for both: the pairing), or None without shared items."""
+    import numpy as np
+
+    docs = sorted(set(b or ()) & set(s or ()))
+    if not docs:
+        return None
+    bv, sv = np.array([b[d] for d in docs]), np.array([s[d] for d in docs])
+    idx = rng.integers(0, len(docs), size=(n_boot, len(docs)))
+    return sv[idx].mean(1), bv[idx].mean(1)
+
+
+def _boot_ratio(num, den, kind: str, chance: float):
+    """One ratio per resample; NaN where it is undefined (base mean 0, or at or below chance)."""
+    import numpy as np
+
+    c = 0.0 if kind == RAW else chance
+    if math.isnan(c):
+        return np.full(len(num), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > c, (num - c) / (den - c), np.nan)
+
+
+def _interval(boot, level: float) -> tuple:
+    """The percentile interval of the finite resamples; ``("", "")`` when there are none."""
+    import numpy as np
+
+    if boot is None or not np.isfinite(boot).any():
+        return "", ""
+    lo, hi = np.nanpercentile(boot, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(lo), float(hi)
+
+
+def _pooled(tasks: dict, row: dict):
+    """A category row's resampled mean over its kept tasks, or a gap row's difference of two."""
+    import numpy as np
+
+    def mean(cat):
+        boots = [bt for c, bt in tasks.values() if c == cat]
+        if not boots:
+            return None
+        with warnings.catch_warnings():  # a draw where every task is undefined stays NaN, quietly
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.vstack(boots), 0)
+
+    if row.get("level") == "category":
+        return mean(row["probe"])
+    cls, gen = mean("classification"), mean("generative")
+    return None if cls is None or gen is None else cls - gen
+
+
 def bootstrap_retention(table: list[dict], items: Mapping[tuple[str, str], dict], base: str = "base",
                         n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict]:
     """Add ``ci_low`` / ``ci_high`` to a retention table: a paired bootstrap over items (the same docs
     resampled for the base and the stage, each task resampled on its own), for task retentions,
-    category means and the gap. Rows without item scores keep empty bounds.
+    category means and the gap, of both ratios; a task's raw and chance-corrected rows share one
+    draw. A category's interval pools the tasks its mean keeps. Rows without item scores keep
+    empty bounds.
 
     >>> t = [{"model": "m", "probe": "t", "condition": "s", "level": "task", "category": "generative",
     ...       "value": 0.5}]
@@ -296,109 +473,106 @@ def bootstrap_retention(table: list[dict], items: Mapping[tuple[str, str], dict]
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    by_stage: dict[tuple, dict[str, np.ndarray]] = defaultdict(dict)  # (model, stage) -> task -> boot retentions
+    draws: dict[tuple, tuple | None] = {}  # (model, stage, task) -> resampled means, one draw for both ratios
+    kept: dict[tuple, dict] = defaultdict(dict)  # (model, stage, ratio) -> task -> (category, boot ratios)
     out = [dict(r, ci_low="", ci_high="") for r in table]
     for r in out:
         if r.get("level") != "task":
             continue
-        b, s = items.get((base, r["probe"])), items.get((r["condition"], r["probe"]))
-        if not b or not s:
+        key = (r["model"], r["condition"], r["probe"])
+        if key not in draws:
+            draws[key] = _resample(items.get((base, r["probe"])), items.get((r["condition"], r["probe"])), rng, n_boot)
+        if draws[key] is None:
             continue
-        docs = sorted(set(b) & set(s))
-        if not docs:
-            continue
-        bv = np.array([b[d] for d in docs])
-        sv = np.array([s[d] for d in docs])
-        idx = rng.integers(0, len(docs), size=(n_boot, len(docs)))
-        num, den = sv[idx].mean(1), bv[idx].mean(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            boot = np.where(den > 0, num / den, np.nan)
-        by_stage[(r["model"], r["condition"])][r["probe"]] = (r["category"], boot)
-        if np.isfinite(boot).any():
-            r["ci_low"], r["ci_high"] = (float(x) for x in np.nanpercentile(boot, [lo_q, hi_q]))
+        kind = r.get("metric", RAW)
+        if _finite(r["value"]):  # an undefined ratio gets no interval, and stays out of its category's
+            chance = float(r["chance"]) if _finite(r.get("chance")) else task_chance(r["probe"], r["category"])[0]
+            boot = _boot_ratio(*draws[key], kind, chance)
+            kept[(r["model"], r["condition"], kind)][r["probe"]] = (r["category"], boot)
+            r["ci_low"], r["ci_high"] = _interval(boot, level)
     for r in out:
-        tasks = by_stage.get((r["model"], r["condition"]), {})
-        if r.get("level") == "category":
-            boots = [bt for cat, bt in tasks.values() if cat == r["probe"]]
-        elif r.get("level") == "gap":
-            cls = [bt for cat, bt in tasks.values() if cat == "classification"]
-            gen = [bt for cat, bt in tasks.values() if cat == "generative"]
-            with warnings.catch_warnings():  # a task with base score 0 is all-NaN: no interval, no warning
-                warnings.simplefilter("ignore", RuntimeWarning)
-                boots = [np.nanmean(cls, 0) - np.nanmean(gen, 0)] if cls and gen else []
-        else:
-            continue
-        if boots:
-            with np.errstate(invalid="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(np.vstack(boots), 0) if r.get("level") == "category" else boots[0]
-            if np.isfinite(mean).any():
-                r["ci_low"], r["ci_high"] = (float(x) for x in np.nanpercentile(mean, [lo_q, hi_q]))
+        if r.get("level") in ("category", "gap"):
+            tasks = kept.get((r["model"], r["condition"], r.get("metric", RAW)), {})
+            r["ci_low"], r["ci_high"] = _interval(_pooled(tasks, r) if tasks else None, level)
     return out
 
 
-def bootstrap_difference(items: Mapping[tuple[str, str], dict], tasks: Mapping[str, str], stage: str, reference: str,
-                         base: str = "base", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+def bootstrap_difference(items: Mapping[tuple[str, str], dict], tasks: Mapping[str, str | tuple[str, float]],
+                         stage: str, reference: str, base: str = "base", n_boot: int = 1000, seed: int = 0,
+                         metric: str = RAW) -> dict:
     """Retention of ``stage`` minus retention of ``reference`` per category (mean over its tasks),
-    with a paired bootstrap interval: each task's docs are resampled once and the same draw scores
+    with a 95% paired bootstrap interval: each task's docs are resampled once and the same draw scores
     the base, the stage and the reference — the question "does strategy A keep more than B on
-    these items?" without the noise of two independent draws. ``tasks``: task -> category. Returns
-    ``{category: (difference, low, high)}``; a category without shared items is left out.
+    these items?" without the noise of two independent draws. ``tasks``: task -> category, or task
+    -> (category, chance) to override the registry's chance level. ``metric``: ``retention``
+    (score / base) or ``chance_corrected_retention``, where the difference is (stage - reference)
+    / (base - chance). Returns ``{category: (difference, low, high)}``; a category without shared
+    items, or whose every task's ratio is undefined (base 0; base at or below chance), is left out.
 
     >>> items = {("base", "t"): {"0": 1.0, "1": 1.0, "2": 1.0}, ("a", "t"): {"0": 1.0, "1": 1.0, "2": 0.0},
     ...          ("b", "t"): {"0": 0.0, "1": 1.0, "2": 0.0}}
     >>> d, lo, hi = bootstrap_difference(items, {"t": "generative"}, "a", "b", n_boot=200)["generative"]
     >>> round(d, 3), lo >= 0.0, hi <= 1.0
     (0.333, True, True)
+    >>> d, _, _ = bootstrap_difference(items, {"t": ("classification", 0.5)}, "a", "b", n_boot=200,
+    ...                                metric="chance_corrected_retention")["classification"]
+    >>> round(d, 3)      # (2/3 - 1/3) / (1 - 0.5)
+    0.667
     """
     import numpy as np
 
+    if metric not in METRICS:
+        raise PrunescopeError(f"metric {metric!r}: choose {' or '.join(METRICS)}")
     rng = np.random.default_rng(seed)
     per_cat: dict[str, list[tuple[float, np.ndarray]]] = defaultdict(list)
-    for task, cat in tasks.items():
+    for task, spec in tasks.items():
+        cat, given = spec if isinstance(spec, tuple) else (spec, None)
+        c = 0.0 if metric == RAW else task_chance(task, cat, given)[0]
         b, s, r = (items.get((x, task)) for x in (base, stage, reference))
-        if not (b and s and r):
+        docs = sorted(set(b or ()) & set(s or ()) & set(r or ()))
+        if not docs:
             continue
-        docs = sorted(set(b) & set(s) & set(r))
         bv, sv, rv = (np.array([d[k] for k in docs]) for d in (b, s, r))
-        if not docs or not bv.mean():
-            continue  # base score 0: retention undefined, as in retention_table
+        if not bv.mean() > c:
+            continue  # base score 0, at or below chance, or chance unknown: undefined, as in retention_table
         idx = rng.integers(0, len(docs), size=(n_boot, len(docs)))
-        den = bv[idx].mean(1)
+        den = bv[idx].mean(1) - c
         with np.errstate(invalid="ignore", divide="ignore"):
             boot = np.where(den > 0, (sv[idx].mean(1) - rv[idx].mean(1)) / den, np.nan)
-        per_cat[cat].append(((sv.mean() - rv.mean()) / bv.mean(), boot))
+        per_cat[cat].append(((sv.mean() - rv.mean()) / (bv.mean() - c), boot))
     out = {}
-    lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     for cat, pairs in per_cat.items():
-        with warnings.catch_warnings():  # a draw where every task's base mean is 0 stays nan
+        with warnings.catch_warnings():  # a draw where every task's base mean is undefined stays nan
             warnings.simplefilter("ignore", RuntimeWarning)
             boot = np.nanmean(np.vstack([bt for _, bt in pairs]), 0)
-        lo, hi = np.nanpercentile(boot, [lo_q, hi_q]) if np.isfinite(boot).any() else (float("nan"),) * 2
-        out[cat] = (float(np.mean([d for d, _ in pairs])), float(lo), float(hi))
+        lo, hi = _interval(boot, LEVEL)
+        out[cat] = (float(np.mean([d for d, _ in pairs])), float("nan") if lo == "" else lo,
+                    float("nan") if hi == "" else hi)
     return out
 
 
 def retention_differences(run_dir: str | Path, table: list[dict], pairs: list[tuple[str, str]], base: str = "base",
-                          n_boot: int = 1000, seed: int = 0) -> list[dict]:
+                          n_boot: int = 1000, seed: int = 0, metric: str = RAW) -> list[dict]:
     """For each ``(stage, reference)`` of ``pairs``, in order: the stage's category retention minus the
     reference's, with the paired bootstrap interval of :func:`bootstrap_difference` over the items of
     the run's ``eval/<stage>/samples``. ``table``: the run's retention table (its task rows name each
-    task's category and metric). One row per pair and category: ``metric`` =
-    ``retention_minus_reference``, ``n`` = the category's tasks, ``reference`` = the other stage.
+    task's category, metric and chance level). ``metric``: ``retention`` or
+    ``chance_corrected_retention``. One row per pair and category: ``metric`` =
+    ``retention_minus_reference`` (or ``chance_corrected_retention_minus_reference``), ``n`` = the
+    category's tasks, ``reference`` = the other stage.
 
     >>> # retention_differences("runs/x", read_table("runs/x/retention.csv"), [("pruned-bi-p", "pruned-bi")])
     """
     task_rows = [r for r in table if r.get("level") == "task"]
     items = item_scores(run_dir, {(r["condition"], r["probe"]): r["score_metric"] for r in task_rows})
-    tasks = {r["probe"]: r["category"] for r in task_rows}
+    tasks = {r["probe"]: (r["category"], float(r["chance"]) if _finite(r.get("chance")) else None)
+             for r in task_rows}
     model = task_rows[0]["model"] if task_rows else ""
     rows = []
     for stage, ref in pairs:
         for cat, (d, lo, hi) in bootstrap_difference(items, tasks, stage, ref, base=base, n_boot=n_boot,
-                                                     seed=seed).items():
-            rows.append({"model": model, "probe": cat, "condition": stage, "metric": "retention_minus_reference",
-                         "value": d, "n": sum(c == cat for c in tasks.values()), "ci_low": lo, "ci_high": hi,
+                                                     seed=seed, metric=metric).items():
+            rows.append({"model": model, "probe": cat, "condition": stage, "metric": f"{metric}_minus_reference",
+                         "value": d, "n": sum(c == cat for c, _ in tasks.values()), "ci_low": lo, "ci_high": hi,
                          "reference": ref})
     return rows

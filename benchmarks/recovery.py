@@ -1,6 +1,8 @@
 """The paper's recovery experiment on a real model: prune 25% with Block Influence, then recover
 with SGR, with the prompt file's own (external) responses, and by distillation — same prompts,
-same trained-token budget — and compare probe accuracy and perplexity base -> pruned -> recovered.
+same trained-token budget — and compare both probe scores (``margin_accuracy``: the answer beats the
+distractors; ``exact_match``: greedy exact match, the answer is generated) and perplexity base ->
+pruned -> recovered.
 
     python benchmarks/recovery.py --device cuda --prompts prompts.jsonl --token-budget 60000 --out runs/recovery
 
@@ -21,7 +23,7 @@ import torch
 from prunescope.probe.models import load_model
 from prunescope.core.results import atomic_write_json, write_table
 from prunescope.core.options import Output, Placement
-from prunescope.probe.scoring import probe_accuracy  # noqa: E402
+from prunescope.probe.scoring import PROBE_METRICS, probe_scores  # noqa: E402
 from prunescope.prune.commands import PruneOptions, prune_model
 from prunescope.recover.data import encode_all, load_prompts
 from prunescope.recover.sgr import SGROptions, generate_responses
@@ -83,13 +85,14 @@ def main() -> None:
               **{f"recovered-{m}": out / f"recovered-{m}" for m in summaries}}
     for stage, path in models.items():
         lm = load_model(path, device=args.device, dtype="float32")
-        vals = {f"ppl_{'sgr' if f == 'response' else 'external'}": perplexity(lm.model, ex, tok.pad_token_id)[1]
-                for f, ex in held.items()}
-        vals.update(probe_accuracy(path, PROBES, n=args.probe_n, loaded=lm))
-        for metric, v in vals.items():
-            rows.append({"model": Path(str(base.path)).name, "probe": metric if metric in PROBES else "heldout",
-                         "condition": stage, "layers": "", "metric": "accuracy" if metric in PROBES else metric,
-                         "value": v, "n": args.probe_n if metric in PROBES else 32, "seed": 0})
+        model = Path(str(base.path)).name
+        for f, ex in held.items():
+            rows.append({"model": model, "probe": "heldout", "condition": stage, "layers": "",
+                         "metric": f"ppl_{'sgr' if f == 'response' else 'external'}",
+                         "value": perplexity(lm.model, ex, tok.pad_token_id)[1], "n": 32, "seed": 0})
+        scores = probe_scores(path, PROBES, n=args.probe_n, loaded=lm)
+        rows += [{"model": model, "probe": p, "condition": stage, "layers": "", "metric": m, "value": scores[m][p],
+                  "n": args.probe_n, "seed": 0} for p in PROBES for m in PROBE_METRICS if p in scores[m]]
         del lm
     write_table(rows, out / "recovery")
     for m in summaries:
@@ -99,10 +102,11 @@ def main() -> None:
                                              "sgr_seconds": sgr_seconds, "recovery": summaries,
                                              "total_seconds": time.perf_counter() - t_all, "args": vars(args)})
     cols = list(dict.fromkeys((r["probe"], r["metric"]) for r in rows))
-    print("stage               " + "  ".join(f"{p[:10]}:{m[:12]:>12s}" for p, m in cols))
+    print("stage               " + "  ".join(f"{p[:7]}:{m[:15]:>15s}" for p, m in cols))
     val = {(r["condition"], r["probe"], r["metric"]): r["value"] for r in rows}
     for stage in models:
         print(f"{stage:18s}  " + "  ".join(f"{val[(stage, p, m)]:23.3f}" for p, m in cols))
+    print("(margin_accuracy: the answer beats the distractors; exact_match: the answer is generated)")
     for m, s in summaries.items():
         print(f"{m:9s} {s['steps']} steps, {s['trained_tokens']} response tokens, {s['tokens_per_s']:.0f} tokens/s")
 

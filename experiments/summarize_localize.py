@@ -5,7 +5,9 @@ of probes and benchmarks), and do they coincide with the patching maps?
         runs/gemma3-localize+runs/gemma3-ablate-generative --out docs/localize
 
 Run folders joined by ``+`` are one model's (e.g. its probes in one run, its generative benchmark
-ablation in another) and give one table. Prints one Markdown table per model (drop when layer L is skipped, per probe / benchmark, the
+ablation in another) and give one table. Prints one Markdown table per model (drop when layer L is
+skipped, per probe score (``probe margin``: margin accuracy, the answer beats the distractors;
+``probe exact``: greedy exact match, the answer is generated) and per benchmark, the
 failure signatures of the generated GSM8K / HumanEval / MBPP answers with that layer skipped (with
 the HumanEval failure taxonomy where the samples were executed), and the
 per-layer patching effect) and the Spearman correlation between skip drops and patching effects;
@@ -20,6 +22,7 @@ from pathlib import Path
 from prunescope.analysis.signatures import ablation_signatures
 from prunescope.circuits.patching import spearman
 from prunescope.core.results import read_table
+from prunescope.probe.scoring import canonical_metric
 
 
 def _per_layer(rows: list[dict], probe: str, metric: str) -> tuple[float | None, dict[int, float]]:
@@ -37,7 +40,8 @@ def _tables(loc: Path, name: str) -> list[dict]:
 
 def summarize(runs: list[Path], out: Path) -> str:
     locs = [run / "localize" for run in runs]
-    sweep = [r for loc in locs for r in _tables(loc, "sweep/sweep.csv")]
+    # a sweep table written before the rename says "accuracy" for margin_accuracy
+    sweep = [{**r, "metric": canonical_metric(r["metric"])} for loc in locs for r in _tables(loc, "sweep/sweep.csv")]
     abl = [r for loc in locs for r in _tables(loc, "ablate/ablation.csv")]
     # signatures from the generated samples where the run kept them (a table written by an older
     # prunescope lacks the newer signatures), else the run's own table
@@ -45,7 +49,11 @@ def summarize(runs: list[Path], out: Path) -> str:
                                          or _tables(loc, "ablate/signatures.csv"))]
     cols: dict[str, tuple[float | None, dict[int, float]]] = {}
     for p in dict.fromkeys(r["probe"] for r in sweep):
-        cols[f"{p} (probe)"] = _per_layer(sweep, p, "accuracy")
+        # both probe scores: the margin over distractors and greedy generation (what papers report)
+        for metric, label in (("margin_accuracy", "probe margin"), ("exact_match", "probe exact")):
+            base, per = _per_layer(sweep, p, metric)
+            if per:
+                cols[f"{p} ({label})"] = (base, per)
     for t in dict.fromkeys(r["probe"] for r in abl):
         cols[f"{t} (benchmark)"] = _per_layer(abl, t, "score")
     sweep = sweep or abl

@@ -1,14 +1,19 @@
 """Experiment 4 of the paper on a finished recovery run: the held-out perplexity curves of every arm
-in one figure, and a table of probe accuracy and benchmark scores base -> pruned -> recovered.
+in one figure, and a table of probe scores and benchmark scores base -> pruned -> recovered.
 
     python experiments/summarize_recovery.py runs/smollm2-recovery --out docs/results
     python experiments/summarize_recovery.py runs/qwen-recovery --out docs/results/qwen/recover --tables
 
-Reads ``RUN/recover/<arm>/curve.csv``, ``RUN/probes.csv`` and ``RUN/eval/eval.csv``; writes
-``OUT/<run name>-curves.png`` and prints the Markdown table. With ``--tables`` also the tidy tables
+Reads ``RUN/recover/<arm>/curve.csv``, ``RUN/probes.csv``, ``RUN/eval/<stage>/probes.json`` and
+``RUN/eval/eval.csv``; writes ``OUT/<run name>-curves.png`` and prints the Markdown tables: per
+stage both probe scores (``margin``: margin accuracy, the answer beats the distractors; ``exact``:
+greedy exact match, the answer is generated, what a paper's generation-based probe numbers
+compare with) and the benchmarks, then the paired change of both probe scores base -> pruned and
+pruned -> recovered with 95% bootstrap intervals over the items (where the stages kept per-item
+scores). With ``--tables`` also the tidy tables
 a packed run folder holds (every arm's curve and training summary, the evaluation, probes, the
 report's retention with intervals and failure signatures), the paired differences between stages
-(``differences.csv``) and ``summary.md``.
+(``differences.csv``), the paired probe changes (``probe_changes.csv``) and ``summary.md``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sys
 from pathlib import Path
 
 from prunescope.core.results import read_table, write_table
+from prunescope.probe.scoring import canonical_metric
 
 
 def md_table(head: list[str], rows: list[list]) -> str:
@@ -54,23 +60,58 @@ def plot_curves(run: Path, out: Path) -> Path:
     return save_figure(fig, out / f"{run.name}-curves.png")
 
 
+PROBE_LABELS = {"margin_accuracy": "margin", "exact_match": "exact"}
+
+
 def table(run: Path) -> str:
-    probes = read_table(run / "probes.csv")
+    """Per stage: both probe scores of each probe (``margin``: the answer beats the distractors;
+    ``exact``: greedy exact match, the answer is generated), each task's primary score and the arm's
+    held-out perplexity. An older ``probes.csv`` says ``accuracy``: it is the margin column."""
+    probes = [{**r, "metric": canonical_metric(r["metric"])} for r in read_table(run / "probes.csv")]
     evals = [r for r in read_table(run / "eval" / "eval.csv") if str(r.get("primary")) in ("True", "true", "1")]
     stages = list(dict.fromkeys(r["condition"] for r in probes))
-    cols = [("probe", p) for p in dict.fromkeys(r["probe"] for r in probes)] + \
-           [("eval", t) for t in dict.fromkeys(r["probe"] for r in evals)]
-    val = {("probe", r["probe"], r["condition"]): r["value"] for r in probes} | \
-          {("eval", r["probe"], r["condition"]): r["value"] for r in evals}
+    cols = [("probe", p, m) for p in dict.fromkeys(r["probe"] for r in probes) for m in PROBE_LABELS
+            if any(r["probe"] == p and r["metric"] == m for r in probes)] + \
+           [("eval", t, "") for t in dict.fromkeys(r["probe"] for r in evals)]
+    val = {("probe", r["probe"], r["metric"], r["condition"]): r["value"] for r in probes} | \
+          {("eval", r["probe"], "", r["condition"]): r["value"] for r in evals}
     arms = curves(run)
-    head = ["stage", *[c for _, c in cols], "held-out ppl (first -> last)", "steps", "tokens"]
+    head = ["stage", *[f"{c} {PROBE_LABELS[m]}" if m else c for _, c, m in cols], "held-out ppl (first -> last)",
+            "steps", "tokens"]
     lines = []
     for s in stages:
         rows = arms.get(s.removeprefix("recovered-"))
         ppl = f"{float(rows[0]['eval_ppl']):.1f} -> {float(rows[-1]['eval_ppl']):.1f}" if rows else ""
-        cells = [f"{float(val[(k, c, s)]):.3f}" if (k, c, s) in val else "" for k, c in cols]
+        cells = [f"{float(val[(k, c, m, s)]):.3f}" if (k, c, m, s) in val else "" for k, c, m in cols]
         lines.append([s, *cells, ppl, rows[-1]["step"] if rows else "", rows[-1]["tokens"] if rows else ""])
     return md_table(head, lines)
+
+
+def probe_changes(run: Path) -> list[dict]:
+    """The paired change of both probe scores base -> pruned and pruned -> recovered, with 95%
+    bootstrap intervals over the items (:func:`prunescope.analysis.probes.probe_change_rows`);
+    empty for a run whose ``eval/<stage>/probes.json`` files keep no per-item scores."""
+    from prunescope.analysis.probes import probe_change_rows
+
+    return probe_change_rows(run)
+
+
+def probe_change_table(changes: list[dict]) -> str:
+    """A Markdown table of :func:`probe_changes` (empty string when there are none).
+
+    >>> print(probe_change_table([{"condition": "pruned-bi", "reference": "base", "probe": "copy",
+    ...     "metric": "exact_match", "before": 0.9, "after": 0.4, "value": -0.5, "ci_low": -0.7, "ci_high": -0.3,
+    ...     "n": 20}]))
+    | stage | minus | probe | metric | before | after | change [95% paired bootstrap] | items |
+    |---|---|---|---|---|---|---|---|
+    | pruned-bi | base | copy | exact_match | 0.900 | 0.400 | -0.500 [-0.700, -0.300] | 20 |
+    """
+    if not changes:
+        return ""
+    return md_table(["stage", "minus", "probe", "metric", "before", "after", "change [95% paired bootstrap]", "items"],
+                    [[c["condition"], c["reference"], c["probe"], c["metric"], f"{c['before']:.3f}",
+                      f"{c['after']:.3f}", f"{c['value']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]", c["n"]]
+                     for c in changes])
 
 
 def training_rows(run: Path) -> list[dict]:
@@ -130,18 +171,24 @@ def runaway_docstrings(run: Path, tasks: tuple[str, ...] = ("humaneval", "mbpp")
     return rows
 
 
-def summary(run: Path, diffs: list[dict], training: list[dict]) -> str:
-    """summary.md: the stage table with the report's retention and intervals, the paired differences
-    and the training rows."""
+def summary(run: Path, diffs: list[dict], training: list[dict], changes: list[dict] | None = None) -> str:
+    """summary.md: the stage table with the report's retention and intervals, the paired differences,
+    the paired probe changes and the training rows."""
     from prunescope.analysis.report import with_ci
 
     report = read_table(run / "retention.csv")
-    ret = {(r["condition"], r["probe"]): with_ci(r) for r in report if r.get("level") in ("category", "gap")}
+    ret = {(r["condition"], r["probe"], r.get("metric") or "retention"): with_ci(r) for r in report
+           if r.get("level") in ("category", "gap")}
     stages = list(dict.fromkeys(r["condition"] for r in report))
     cats = ["classification", "generative", "gap"]
-    out = [md_table(["stage", *cats], [[s, *(ret.get((s, c), "") for c in cats)] for s in stages]), table(run),
+    head = ["stage", *cats, *(f"{c}, chance-corrected" for c in cats)]
+    rows = [[s, *(ret.get((s, c, "retention"), "") for c in cats),
+             *(ret.get((s, c, "chance_corrected_retention"), "") for c in cats)] for s in stages]
+    out = [md_table(head, rows), table(run),
            md_table(["stage", "minus", "category", "difference [95% paired bootstrap]"],
                     [[d["condition"], d["reference"], d["probe"], with_ci(d)] for d in diffs])]
+    if changes:
+        out.append(probe_change_table(changes))
     for rows in (training, runaway_docstrings(run)):
         out.append(md_table(list(rows[0]) if rows else [], [list(r.values()) for r in rows]))
     return "\n\n".join(out) + "\n"
@@ -155,10 +202,13 @@ def write_tables(run: Path, out: Path) -> str:
     write_table(training, out / "training")
     diffs = differences(run)
     write_table(diffs, out / "differences")
+    changes = probe_changes(run)
+    if changes:
+        write_table(changes, out / "probe_changes")
     for name in ("eval/eval.csv", "probes.csv", "retention.csv", "signatures.csv", "retention.png", "probes.png"):
         if (run / name).is_file():
             shutil.copyfile(run / name, out / Path(name).name)
-    md = summary(run, diffs, training)
+    md = summary(run, diffs, training, changes)
     (out / "summary.md").write_text(md)
     return md
 
@@ -176,7 +226,13 @@ def main() -> None:
               "(prunescope run CONFIG, or prunescope report RUN)", file=sys.stderr)
         raise SystemExit(2)
     out.mkdir(parents=True, exist_ok=True)
-    print(write_tables(run, out) if args.tables else table(run))
+    if args.tables:
+        print(write_tables(run, out))
+    else:
+        print(table(run))
+        changes = probe_change_table(probe_changes(run))
+        print(f"\nPaired probe changes (both metrics):\n\n{changes}" if changes else
+              "\n(no per-item probe scores in eval/<stage>/probes.json: no paired probe changes)")
     print(f"\nwrote {plot_curves(run, out)}")
 
 

@@ -400,7 +400,7 @@ def _gather_round(d: Dist, lines: list[dict], error: str | None) -> list[dict]:
 def _probe_rows(plan: ScoringPlan, probe: str, conditions: Sequence[Condition],
                 stats: dict[str, dict[int, dict]], s: SweepSettings) -> list[dict]:
     """The tidy rows of one probe: per condition, each metric aggregated over the items that have
-    it (``n``: their count); a metric no item has (``accuracy`` of items without wrong answers)
+    it (``n``: their count); a metric no item has (``margin_accuracy`` of items without wrong answers)
     gets no row."""
     rows = []
     for c in conditions:
@@ -498,7 +498,9 @@ def sweep(options: SweepOptions | None = None, *, model: str | None = None, plac
     """``prunescope sweep``: load the model, build probe items, run, write tables and figures.
 
     Writes ``OUT/sweep.csv``, ``OUT/sweep.jsonl``, ``OUT/items/<probe>.jsonl`` (the exact items
-    used), ``OUT/config.json`` and ``OUT/sweep_layers.png`` (+ ``sweep_windows.png``).
+    used), ``OUT/config.json`` and figures: ``OUT/sweep_layers.png`` (+ ``sweep_windows.png``) of
+    ``margin_accuracy``, ``OUT/sweep_exact_match.png`` (+ ``sweep_windows_exact_match.png``) of
+    ``exact_match``.
     Re-running with the same ``out`` and settings resumes; other settings are refused.
 
     Placement: ``device`` (one device), ``device_map="auto"`` + ``max_memory`` (one model sharded
@@ -554,8 +556,6 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
             write_table(rows, out / "sweep")
             if output.plot:
                 from prunescope.core.plots import plot_sweep
-                plot_sweep(rows, out)
-                if {r["probe"] for r in rows if r["metric"] == "exact_match"} - {r["probe"] for r in rows
-                                                                                 if r["metric"] == "accuracy"}:
-                    plot_sweep(rows, out, "exact_match")   # items without wrong answers have no accuracy
+                plot_sweep(rows, out)                 # margin accuracy, and text sets' loss
+                plot_sweep(rows, out, "exact_match")  # generation: both probe scores, never one alone
     return rows

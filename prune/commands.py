@@ -36,19 +36,26 @@ CALIBRATION_PROBES = (("arithmetic_multi", {"shots": 3}), ("brackets", {}), ("co
 
 
 def calibration_texts(text: str | Path | None, n: int = 64, seed: int = 0) -> list[str]:
-    """Calibration texts: the first ``n`` of a user file, or (default) ``n`` solved probe items —
-    few-shot arithmetic with answers, bracket and code contexts closed, copy lists — so scores run
-    offline. The ``n`` built-in texts are shared out as evenly as the three probes allow, the first
-    probes taking the remainder, so the count asked is the count used.
+    """Calibration texts: ``n`` of a user file, or (default) ``n`` solved probe items — few-shot
+    arithmetic with answers, bracket and code contexts closed, copy lists — so scores run offline.
+    The ``seed`` draws them: the built-in items are generated from it, and of a file with more than
+    ``n`` texts it picks ``n`` (kept in file order), so two seeds score layers on different texts
+    and may choose different layers. The ``n`` built-in texts are shared out as evenly as the three
+    probes allow, the first probes taking the remainder, so the count asked is the count used.
 
-    >>> len(calibration_texts(None, 8))
-    8
+    >>> len(calibration_texts(None, 8)), calibration_texts(None, 3, seed=1) != calibration_texts(None, 3, seed=2)
+    (8, True)
     """
+    import random
+
     from prunescope.probe.scoring import load_texts
     from prunescope.probe.tasks import make_items
 
     if text:
-        return load_texts(text)[:n]
+        texts = load_texts(text)
+        if len(texts) <= n:
+            return texts
+        return [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), n))]
     texts = []
     for i, (probe, opts) in enumerate(CALIBRATION_PROBES):
         share = n // len(CALIBRATION_PROBES) + (i < n % len(CALIBRATION_PROBES))
@@ -143,7 +150,7 @@ def probe_scorer(blocks, tokenizer, probe: str = "arithmetic_multi", n: int = 32
     if plan is not None:
         higher = True
     elif text:
-        plan, metric, higher = TextPlan(tokenizer, calibration_texts(text, n)), "loss", False
+        plan, metric, higher = TextPlan(tokenizer, calibration_texts(text, n, seed)), "loss", False
     else:
         items = make_items(probe, n=n, seed=seed, **pruning_probe_options(probe))
         plan, higher = ScoringPlan(tokenizer, items), True
@@ -192,13 +199,14 @@ STRATEGIES = Registry("strategy")
 
 @STRATEGIES.register("bi", help="the k layers with the lowest Block Influence on calibration texts")
 def _bi_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
-    rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(o.calibration, seed=o.seed), model_name=lm.name)
+    rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(o.calibration, o.texts, o.seed),
+                                 model_name=lm.name)
     return lowest_k(layer_scores(rows, "block_influence"), lm.blocks.n_layers, k, protected, "bi", "block_influence")
 
 
 @STRATEGIES.register("angular", help="the contiguous block of k layers with the lowest angular distance")
 def _angular_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
-    rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(o.calibration, seed=o.seed), block_sizes=[k],
+    rows = representation_scores(lm.blocks, lm.tokenizer, calibration_texts(o.calibration, o.texts, o.seed), block_sizes=[k],
                                  model_name=lm.name)
     blocks_scores = {int(r["condition"].split(":")[1]): r["value"] for r in rows
                      if r["metric"] == f"angular_distance_n{k}"}
@@ -230,6 +238,34 @@ def _score_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
     return lowest_k(layer_scores(rows, score_metric), lm.blocks.n_layers, k, protected, "score", score_metric)
 
 
+@STRATEGIES.register("skip-drop", help="the k layers whose single skip costs the probes of a sweep table least "
+                                        "(--scores-table: mean drop of p_correct over its probes)")
+def _skip_drop_plan(lm, k: int, protected: list[int], o: "PruneOptions") -> Plan:
+    return lowest_k(skip_drop_scores(o.scores_table, lm.name), lm.blocks.n_layers, k, protected, "skip-drop",
+                    "skip_drop_p_correct")
+
+
+def skip_drop_scores(sweep_table: str | Path, model_name: str) -> dict[int, float]:
+    """Per layer, how much skipping it alone lowers ``p_correct`` (the correct answer's share among
+    the candidates), averaged over the probes of a sweep table. ``p_correct`` rather than the
+    margin accuracy: it is continuous, so layers that keep every item right still rank apart
+    (the accuracy ties them at a drop of 0, and ties would decide the plan).
+
+    >>> # skip_drop_scores("runs/x/localize/sweep/sweep.csv", "SmolLM2-135M-Instruct")  -> {0: 0.41, 1: 0.02, ...}
+    """
+    from prunescope.core.results import read_table
+
+    if not Path(sweep_table).is_file():
+        raise PrunescopeError(f"sweep table {sweep_table} does not exist (the skip-drop strategy ranks layers by a "
+                              "sweep: prunescope sweep --out DIR writes DIR/sweep.csv)")
+    probes = sorted({r["probe"] for r in read_table(sweep_table) if r["metric"] == "p_correct"})
+    if not probes:
+        raise PrunescopeError(f"{sweep_table} has no p_correct rows: give the sweep table of prunescope sweep")
+    per_probe = [layer_scores(scores_from_sweep(sweep_table, probe=p, metric="p_correct", model_name=model_name),
+                              "skip_drop") for p in probes]
+    return {layer: sum(s[layer] for s in per_probe) / len(per_probe) for layer in per_probe[0]}
+
+
 STRATEGIES.register("iterative-generated", iterative_generated_plan,
                     help="the paper's selection: greedy, drop the layer that keeps the accuracy of generated answers "
                          "(GSM8K + HumanEval, held-out docs) highest")
@@ -257,6 +293,8 @@ class PruneOptions(Options):
     score_metric: str | None = option(None, "metric of --scores-table (lowest values are dropped)")
     calibration: str | None = option(None, SHARED_MEANINGS["calibration"] + " (default: 64 solved built-in probe "
                                                                             "items; bi and angular)")
+    texts: int = option(64, "bi and angular: calibration texts, drawn by --seed (of a --calibration file with more, "
+                            "or generated)", minimum=1)
     loss_text: str | None = option(None, SHARED_MEANINGS["loss_text"] + " (default: none; given, iterative keeps "
                                                                         "its loss low instead of --eval-metric)")
     eval_probe: str = option("arithmetic_multi", "iterative: probe to keep (default: 3-shot addition)",
@@ -282,6 +320,8 @@ class PruneOptions(Options):
             raise PrunescopeError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}")
         if bool(self.protect_from) != (self.protect_top is not None):
             raise PrunescopeError("--protect-from and --protect-top go together: a table and how many top layers")
+        if self.strategy == "skip-drop" and not self.scores_table:
+            raise PrunescopeError("--strategy skip-drop needs --scores-table TABLE (a sweep table: runs/X/sweep.csv)")
         if self.strategy == "score" and not self.scores_table:
             raise PrunescopeError("--strategy score needs --scores-table TABLE (a sweep, patching or score table)")
 

@@ -31,6 +31,7 @@ import torch
 from prunescope.probe.blocks import Blocks
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.results import read_table
+from prunescope.probe.scoring import canonical_metric
 
 
 def _row(model: str, source: str, layer_label: str, layers: str, metric: str, value: float, n: int) -> dict:
@@ -91,16 +92,19 @@ def ppl_increase(blocks: Blocks, tokenizer, texts: Sequence[str], *, model_name:
             for i in range(blocks.n_layers)]
 
 
-def scores_from_sweep(path: str | Path, *, probe: str | None = None, metric: str = "accuracy",
+def scores_from_sweep(path: str | Path, *, probe: str | None = None, metric: str = "margin_accuracy",
                       model_name: str | None = None) -> list[dict]:
-    """``skip_drop`` per layer from a sweep table: value(none) - value(skip:l)."""
+    """``skip_drop`` per layer from a sweep table: value(none) - value(skip:l). A table written
+    before the margin metric's rename says ``accuracy``: it is read as ``margin_accuracy``."""
+    metric = canonical_metric(metric)
     rows = _read_for_model(path, model_name)
     probes = sorted({r["probe"] for r in rows})
     probe = probe or (probes[0] if len(probes) == 1 else None)
     if probe not in probes:
         raise PrunescopeError(f"{path} holds probes {probes}; choose one (score: --sweep-probe, prune: "
                               "--protect-probe)")
-    sel = {r["condition"]: r["value"] for r in rows if r["probe"] == probe and r["metric"] == metric}
+    sel = {r["condition"]: r["value"] for r in rows
+           if r["probe"] == probe and canonical_metric(r["metric"]) == metric}
     if "none" not in sel:
         raise PrunescopeError(f"{path} has no '{metric}' row for condition none of probe {probe}")
     out = []
@@ -123,7 +127,7 @@ def importance_table(path: str | Path, model_name: str, probe: str | None = None
     patching ``patch.csv`` is read through its ``layers.csv``, score tables are read as they are."""
     path = _per_layer_table(path)
     rows = _read_for_model(path, model_name)
-    if any(r["metric"] == "accuracy" for r in rows):
+    if any(canonical_metric(r["metric"]) == "margin_accuracy" for r in rows):
         return scores_from_sweep(path, probe=probe, model_name=model_name)
     return rows
 

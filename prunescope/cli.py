@@ -108,11 +108,12 @@ def sweep_metrics() -> tuple[str, ...]:
 
 
 def _sweep_extra(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric", default="accuracy", choices=sweep_metrics(),
-                   help="metric shown first in the printed table (default: accuracy)")
+    p.add_argument("--metric", default="margin_accuracy", choices=sweep_metrics(),
+                   help="metric shown first in the printed table, before margin_accuracy and exact_match "
+                        "(default: margin_accuracy)")
 
 
-@command("sweep", "probe accuracy with each layer (or window, or set) skipped",
+@command("sweep", "probe scores (margin accuracy, exact match) with each layer (or window, or set) skipped",
          "Layer-skip sweep: score probes with no layer skipped, each single layer skipped, contiguous windows, "
          "and any given sets. Writes OUT/sweep.csv, .jsonl, the items used, and figures. Re-running resumes.",
          options="prunescope.probe.sweep:SweepOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"),
@@ -124,10 +125,11 @@ def _sweep(args, opts, placement: Placement, output: Output) -> None:
     rows = sweep(opts, model=args.model, placement=placement, output=output)
     if env_world().rank != 0:  # under torchrun every rank gets the rows; rank 0 prints
         return
-    metrics = tuple(dict.fromkeys([args.metric, "accuracy", "logit_diff", "loss"]))
+    # both probe scores, always: the margin over distractors and greedy generation of the answer
+    metrics = tuple(dict.fromkeys([args.metric, "margin_accuracy", "exact_match", "logit_diff", "loss"]))
     print(format_sweep_table(rows, metrics))
     if output.out:
-        print(f"wrote {output.out}/sweep.csv, sweep.jsonl, items/, sweep_layers.png")
+        print(f"wrote {output.out}/sweep.csv, sweep.jsonl, items/, sweep_layers.png, sweep_exact_match.png")
 
 
 @command("patch", "activation / attribution patching: where does a probe's answer live?",
@@ -275,8 +277,10 @@ def _report_extra(p: argparse.ArgumentParser) -> None:
 
 
 @command("report", "one Markdown + one self-contained HTML report of a run folder",
-         "Write RUN_DIR/report.md and report.html: retention (classification vs generative gap) and its figure, "
-         "probe accuracy per stage, failure signatures of generated responses with examples, every other figure "
+         "Write RUN_DIR/report.md and report.html: a verdict first (model, dropped layers, raw and chance-corrected "
+         "retention per category with n and intervals, tasks left out, small-sample warnings), then retention per "
+         "task and its figure, probe scores per stage (margin accuracy and greedy exact match, paired changes), "
+         "failure signatures of generated responses with examples, every other figure "
          "and table, then the config and package versions. Computes retention.csv/png and probes.png when they "
          "are missing, and signatures.csv from the generated samples whenever the run folder has them.",
          placement=(), output=("progress",), model_help="", extra=_report_extra)
@@ -361,12 +365,23 @@ def format_layer_ranking(result: dict, top: int = 8) -> str:
     return "\n".join(lines) + f"\n({result['n']} pairs)"
 
 
-def format_sweep_table(rows: list[dict], metrics: Sequence[str] = ("accuracy", "exact_match", "logit_diff", "loss")) -> str:
-    """A plain-text table: one line per condition, one column per probe x metric."""
+def format_sweep_table(rows: list[dict],
+                       metrics: Sequence[str] = ("margin_accuracy", "exact_match", "logit_diff", "loss")) -> str:
+    """A plain-text table: one line per condition, one column per probe x metric (``margin_accuracy``:
+    the answer beats the distractors; ``exact_match``: greedy exact match, the answer is generated).
+
+    >>> print(format_sweep_table([{"model": "m", "probe": "copy", "condition": "none", "metric": m, "value": v,
+    ...                            "n": 4} for m, v in (("margin_accuracy", 1.0), ("exact_match", 0.5))]))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    condition  copy:margin_accuracy  copy:exact_match
+    ---------  --------------------  ----------------
+    none       1.000                 0.500
+    (4 items per probe; model m)
+    """
     probes = list(dict.fromkeys(r["probe"] for r in rows))
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     val = {(r["probe"], r["condition"], r["metric"]): r["value"] for r in rows}
-    # a probe without the asked metrics (items without wrong answers have no accuracy) shows exact_match
+    # a probe without the asked metrics (items without wrong answers have no margin) shows exact_match
     cols = [(p, m) for p in probes
             for m in ([m for m in metrics if (p, conds[0], m) in val] or ["exact_match"]) if (p, conds[0], m) in val]
     heads = ["condition"] + [f"{p}:{m}" for p, m in cols]

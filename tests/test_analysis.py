@@ -237,7 +237,7 @@ def _eval_rows():
 
 def test_retention_table_exact():
     table = retention_table(_eval_rows())
-    val = {(r["probe"], r["condition"]): r["value"] for r in table}
+    val = {(r["probe"], r["condition"]): r["value"] for r in table if r["metric"] == "retention"}
     assert val[("piqa", "pruned-bi")] == pytest.approx(0.75)           # acc, not acc_norm
     assert val[("gsm8k", "pruned-bi")] == pytest.approx(0.25)          # first exact_match variant listed
     assert val[("humaneval", "pruned-bi")] == pytest.approx(0.10)
@@ -246,7 +246,8 @@ def test_retention_table_exact():
     assert val[("gap", "pruned-bi")] == pytest.approx(0.825 - 0.175)                   # 0.65
     assert val[("gap", "pruned-bi+sgr")] == pytest.approx((0.875 + 1.0) / 2 - (0.5 + 0.4) / 2)
     assert val[("gap", "base")] == pytest.approx(0.0)
-    assert [r["condition"] for r in table if r["probe"] == "gap"] == ["base", "pruned-bi", "pruned-bi+sgr"]
+    assert [(r["metric"], r["condition"]) for r in table if r["probe"] == "gap"] == [
+        (m, s) for m in ("retention", "chance_corrected_retention") for s in ("base", "pruned-bi", "pruned-bi+sgr")]
     gsm = next(r for r in table if r["probe"] == "gsm8k" and r["condition"] == "pruned-bi")
     assert gsm["score_metric"] == "exact_match,strict-match" and gsm["base_score"] == 0.40
 
@@ -256,7 +257,7 @@ def test_retention_primary_flag_and_errors():
     for r in rows:
         r["primary"] = (r["probe"], r["metric"]) in {("piqa", "acc_norm"), ("arc_easy", "acc"),
                                                      ("gsm8k", "exact_match,flexible-extract")}
-    val = {(r["probe"], r["condition"]): r["value"] for r in retention_table(rows)}
+    val = {(r["probe"], r["condition"]): r["value"] for r in retention_table(rows) if r["metric"] == "retention"}
     assert val[("piqa", "pruned-bi")] == pytest.approx(0.50 / 0.82)   # the flagged metric
     assert val[("gsm8k", "pruned-bi")] == pytest.approx(0.11 / 0.44)
     assert val[("humaneval", "pruned-bi")] == pytest.approx(0.10)      # nothing flagged: the default
@@ -267,7 +268,7 @@ def test_retention_primary_flag_and_errors():
     with pytest.raises(PrunescopeError, match="base stage 'unpruned'"):
         retention_table(_eval_rows(), base="unpruned")
     zero = [dict(r, value=0.0) if r["condition"] == "base" and r["probe"] == "arc_easy" else r for r in _eval_rows()]
-    t = {(r["probe"], r["condition"]): r["value"] for r in retention_table(zero)}
+    t = {(r["probe"], r["condition"]): r["value"] for r in retention_table(zero) if r["metric"] == "retention"}
     assert math.isnan(t[("arc_easy", "pruned-bi")]) and t[("classification", "pruned-bi")] == pytest.approx(0.75)
 
 
@@ -365,7 +366,7 @@ def test_report_joins_per_stage_eval_tables(tmp_path):
         write_table([r for r in rows if r["condition"] == stage], tmp_path / "eval" / stage / "eval")
     md, _ = report(tmp_path)
     table = read_table(tmp_path / "retention.csv")
-    assert [r["condition"] for r in table if r["probe"] == "gap"] == ["base", "pruned-bi"]
+    assert [r["condition"] for r in table if r["probe"] == "gap" and r["metric"] == "retention"] == ["base", "pruned-bi"]
     assert next(r["value"] for r in table if r["probe"] == "gap" and r["condition"] == "pruned-bi") == \
         pytest.approx(0.65)
     assert "### eval/base/eval.csv" not in md.read_text()
@@ -392,7 +393,7 @@ def test_report_of_an_unfinished_evaluation(tmp_path):
     assert {r["condition"] for r in table} == {"base", "pruned-bi"}
     assert next(r["value"] for r in table if r["probe"] == "gap" and r["condition"] == "pruned-bi") == \
         pytest.approx(0.65)
-    assert "probes.json (the evaluation has not written probes.csv yet)" in text and "| m | copy | 0.900 | 0.600 |" in text
+    assert "probes.json (the evaluation has not written probes.csv yet)" in text and "| m | copy | margin_accuracy | 0.900 | 0.600 |" in text
 
 
 def test_report_empty_run_and_versions(tmp_path):
@@ -440,13 +441,15 @@ def test_bootstrap_retention_intervals():
              ("pruned", "arc"): {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.0},
              ("base", "gsm"): {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.0},
              ("pruned", "gsm"): {"0": 1.0, "1": 0.0, "2": 0.0, "3": 0.0}}
-    out = {(r["probe"], r["condition"]): r for r in bootstrap_retention(table, items, n_boot=2000, seed=0)}
+    out = {(r["probe"], r["condition"]): r for r in bootstrap_retention(table, items, n_boot=2000, seed=0)
+           if r["metric"] == "retention"}
     arc = out[("arc", "pruned")]
     assert arc["value"] == 0.5 and 0.0 <= arc["ci_low"] < 0.5 < arc["ci_high"] <= 1.0
     assert out[("arc", "base")]["ci_low"] == out[("arc", "base")]["ci_high"] == 1.0  # base vs itself: no spread
     gap = out[("gap", "pruned")]
     assert gap["value"] == 0.0 and gap["ci_low"] < 0.0 < gap["ci_high"]
-    again = {(r["probe"], r["condition"]): r for r in bootstrap_retention(table, items, n_boot=2000, seed=0)}
+    again = {(r["probe"], r["condition"]): r for r in bootstrap_retention(table, items, n_boot=2000, seed=0)
+             if r["metric"] == "retention"}
     assert again[("gap", "pruned")]["ci_low"] == gap["ci_low"]  # seeded
 
 
@@ -511,8 +514,10 @@ def test_retention_summary_keeps_an_unfinished_stage(tmp_path):
         (tmp_path / "prune" / name / "plan.json").write_text(json.dumps({"drop": drop}))
     md, rows, probes = summary(tmp_path)
     lines = {ln.split(" | ")[0].strip("| "): ln for ln in md.splitlines()}
-    assert lines["bi-25"].startswith("| bi-25 | 2 3 | (unfinished) | 0.750 |")       # (0.5 + 1.0) / 2
-    assert lines["reverse-25"].startswith("| reverse-25 | 4 5 |  | 0.625 |")         # no report: no 2-task cell
+    # raw (0.5 + 1.0) / 2, chance-corrected arc_easy alone: (0.4 - 0.25) / (0.8 - 0.25); piqa's base is at chance
+    assert lines["bi-25"].startswith("| bi-25 | 2 3 | (unfinished) |  | 0.750 | 0.273 |")
+    assert lines["reverse-25"].startswith("| reverse-25 | 4 5 |  |  | 0.625 | 0.636 |")  # no report: no 2-task cell
+    assert "classification: piqa (base 0.5, at or below chance 0.5) (chance-corrected)" in md
     assert "| 0.100 |" in lines["reverse-25"] and lines["bi-25"].endswith("| 0.500 |")  # gsm8k; copy probe
     assert len(rows) == 8 and {p["condition"] for p in probes} == set(scores)
 

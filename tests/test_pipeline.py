@@ -85,8 +85,8 @@ def test_pipeline_end_to_end_then_killed_and_resumed(tiny_llama_dir, tmp_path, m
     from prunescope.probe import scoring as probe_scoring
 
     calls = []
-    real = probe_scoring.probe_accuracy
-    monkeypatch.setattr(probe_scoring, "probe_accuracy", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = probe_scoring.probe_scores
+    monkeypatch.setattr(probe_scoring, "probe_scores", lambda *a, **k: calls.append(a) or real(*a, **k))
     pipeline._evaluate(pipeline.Run({**load_config(cfg), "out": str(tmp_path / "kill")}, show_progress=False))
     assert calls == [] and _tables(tmp_path / "kill") == _tables(ref)
     assert json.loads((tmp_path / "kill/eval/pruned-bi/probes.json").read_text())["settings"]["n"] > 0
@@ -208,7 +208,8 @@ seeds: [0, 1]
 localize: {{probes: [arithmetic_multi], items: 8, patch_probes: [arithmetic, brackets], pairs: 4, positions: 3,
            method: attribution, kinds: [resid_post], ablate_tasks: [arithmetic], ablate_limit: 4}}
 score: {{texts: 8}}
-prune: {{ratio: [0.25, 0.5], strategies: [bi, reverse], protect_top: 1, protect_patched: [arithmetic, brackets]}}
+prune: {{ratio: [0.25, 0.5], strategies: [bi, reverse, skip-drop], protect_top: 1,
+         protect_patched: [arithmetic, brackets]}}
 evaluate: {{tasks: [arc_easy], limit: 6, probe_items: 8}}
 """
 
@@ -218,9 +219,10 @@ def test_pipeline_seeds_ratios_union_protection_and_ablation_signatures(tiny_lla
 
     cfg = tmp_path / "seeds.yaml"
     cfg.write_text(SEEDS_CONFIG.format(out=tmp_path / "out", model=tiny_llama_dir))
-    _run_ok(cfg, timeout=900)
+    log = _run_ok(cfg, timeout=900)
     root = tmp_path / "out"
-    names = ["bi-25", "bi-50", "reverse-25", "reverse-50", "bi-protected-25", "bi-protected-50"]
+    names = ["bi-25", "bi-50", "reverse-25", "reverse-50", "skip-drop-25", "skip-drop-50", "bi-protected-25",
+             "bi-protected-50"]
     for seed in (0, 1):
         run = root / f"seed-{seed}"
         assert json.loads((run / "config.json").read_text())["seed"] == seed
@@ -240,8 +242,18 @@ def test_pipeline_seeds_ratios_union_protection_and_ablation_signatures(tiny_lla
         for r in read_table(sig_file) if sig_file.is_file() else []:
             assert r["probe"] == "arithmetic" and r["layers"] == ("" if r["condition"] == "none" else r["condition"][5:])
     rows = read_table(root / "seeds.csv")
-    per_seed = [r for r in rows if r["level"] == "seed" and r["probe"] == "classification"]
-    assert len(per_seed) == 2 * 7
+    per_seed = [r for r in rows if r["level"] == "seed" and r["probe"] == "classification"
+                and r["metric"] == "retention"]
+    assert len(per_seed) == 2 * 9
+    # every seed is evaluated on the same items: a model seed 1 shares with seed 0 (the base, reverse
+    # order) is not evaluated again, its scores are seed 0's under seed 1's stage name
+    for stage in ("base", "pruned-reverse-25"):
+        ours, theirs = (read_table(root / f"seed-{s}" / "eval" / stage / "eval.csv") for s in (1, 0))
+        assert [(r["probe"], r["metric"], r["value"]) for r in ours] == \
+            [(r["probe"], r["metric"], r["value"]) for r in theirs] and {r["condition"] for r in ours} == {stage}
+        assert f"{stage}: the same model as seed-0's {stage}; its scores are reused" in log
+    skip = json.loads((root / "seed-0/prune/skip-drop-25/plan.json").read_text())
+    assert skip["strategy"] == "skip-drop" and len(skip["drop"]) == 1
     mean = {r["condition"]: r for r in rows if r["level"] == "mean" and r["probe"] == "classification"
             and r["metric"] == "retention"}
     for stage, r in mean.items():
@@ -311,6 +323,14 @@ def test_compare_seeds_paired_difference(tmp_path):
     text = md.read_text()
     assert "| pruned-bi-protected | pruned-bi | generative | 0.375 ± 0.177 |" in text
     assert "| pruned-bi-protected | 0 3 (protected 2) | 1 3 (protected 2) |" in text
+    # over distinct models (each arm built two): protected (2/4, 4/4) vs BI (1/4, 2/4) -> +0.375 raw;
+    # chance-corrected on ARC-Easy (chance 0.25): (1/3 + 1) / 2 - (0 + 1/3) / 2 = +0.5
+    across = {(r["probe"], r["metric"]): r for r in read_table(tmp_path / "models.csv")}
+    assert float(across[("generative", "retention_minus_reference")]["value"]) == pytest.approx(0.375)
+    assert float(across[("classification", "chance_corrected_retention_minus_reference")]["value"]) == \
+        pytest.approx(0.5)
+    assert int(across[("generative", "retention_minus_reference")]["n"]) == 2
+    assert "| pruned-bi | 2 of 2 seeds | 0 3 (0); 1 3 (1) |" in text
 
 
 def test_run_folder_moves_between_machines(tiny_llama_dir, tmp_path):
@@ -514,7 +534,7 @@ def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_
     run_pipeline(str(cfg), show_progress=False, only=["localize", "score", "prune", "recover"])
     out = tmp_path / "p"
     early = json.loads((out / "eval/recovered-bi-sgr/probes.json").read_text())
-    assert early["settings"] == {"probes": ["brackets"], "n": 8} and 0 <= early["accuracy"]["brackets"] <= 1
+    assert early["settings"] == {"probes": ["brackets"], "n": 8} and 0 <= early["margin_accuracy"]["brackets"] <= 1
     assert not (out / "eval/base").exists()  # only the arm: the evaluation stage has not run
 
     probed = []
@@ -522,8 +542,9 @@ def test_a_recovered_arm_is_probed_as_soon_as_it_is_trained(tiny_llama_dir, tmp_
     monkeypatch.setattr(st, "_stage_probes", lambda run, stage, *a: probed.append(stage) or real(run, stage, *a))
     run_pipeline(str(cfg), show_progress=False)
     assert sorted(probed) == ["base", "pruned-bi"]  # the arm's score is read back, not recomputed
-    rows = {r["condition"]: float(r["value"]) for r in read_table(out / "probes.csv")}
-    assert rows["recovered-bi-sgr"] == early["accuracy"]["brackets"]
+    rows = {(r["condition"], r["metric"]): float(r["value"]) for r in read_table(out / "probes.csv")}
+    assert rows[("recovered-bi-sgr", "margin_accuracy")] == early["margin_accuracy"]["brackets"]
+    assert rows[("recovered-bi-sgr", "exact_match")] == early["exact_match"]["brackets"]
 
     # the arm trained again (its record gone, as after changed recovery settings): its old scores go
     (out / "recover/bi-sgr/prunescope_recovery.json").unlink()

@@ -143,3 +143,31 @@ def test_iterative_in_memory_equals_save_and_reload(default_model):
     for a, b in zip(fast.scores["history"], slow.scores["history"]):
         assert a.keys() == b.keys()
         assert all(abs(a[k] - b[k]) < 1e-3 for k in a)
+
+
+def test_skip_drop_ranks_layers_by_the_mean_p_correct_drop_over_probes(tmp_path):
+    """skip-drop: per layer, p_correct without skips minus with that layer skipped, averaged over the
+    sweep's probes; the k lowest are dropped (a hand-made sweep whose ranking is known)."""
+    from prunescope.core.results import write_table
+    from prunescope.prune.commands import skip_drop_scores
+    from prunescope.prune.strategies import lowest_k
+
+    values = {"a": {"none": 0.9, "skip:0": 0.1, "skip:1": 0.85, "skip:2": 0.9},
+              "b": {"none": 0.8, "skip:0": 0.2, "skip:1": 0.8, "skip:2": 0.5}}
+    rows = [{"model": "m", "probe": p, "condition": c, "layers": c[5:], "metric": "p_correct", "value": v, "n": 4}
+            for p, vs in values.items() for c, v in vs.items()]
+    write_table(rows, tmp_path / "sweep")
+    scores = skip_drop_scores(tmp_path / "sweep.csv", "m")
+    assert scores == pytest.approx({0: 0.7, 1: 0.025, 2: 0.15})
+    assert lowest_k(scores, 3, 1).drop == [1]
+
+
+def test_calibration_texts_from_a_file_are_drawn_by_the_seed(tmp_path):
+    from prunescope.prune.commands import calibration_texts
+
+    f = tmp_path / "texts.txt"
+    f.write_text("\n".join(f"text number {i}" for i in range(40)))
+    draws = {tuple(calibration_texts(f, 8, seed=s)) for s in range(4)}
+    assert len(draws) == 4 and all(len(d) == 8 for d in draws)
+    assert calibration_texts(f, 8, seed=2) == calibration_texts(f, 8, seed=2)
+    assert len(calibration_texts(f, 100)) == 40

@@ -39,7 +39,7 @@ def test_first_diff_metrics_by_hand(default_model):
     margin_61 = logits[n + 1, eight] - logits[n + 1, one]    # after " 6": 8 vs 1
     margin_75 = logits[n, six] - logits[n, seven]            # after " ": 6 vs 7
     assert metrics["logit_diff"] == pytest.approx(min(margin_61, margin_75).item(), abs=1e-4)
-    assert metrics["accuracy"] == float(min(margin_61, margin_75) > 0)
+    assert metrics["margin_accuracy"] == float(min(margin_61, margin_75) > 0)
     assert metrics["p_correct"] == pytest.approx(torch.softmax(logits[n], -1)[six].item(), abs=1e-5)
     greedy = [logits[n - 1 + k].argmax().item() for k in range(3)]
     assert metrics["exact_match"] == float(greedy == ids[n:])

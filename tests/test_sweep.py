@@ -83,11 +83,11 @@ def test_resume_after_crash(tiny_llama_dir, tmp_path, monkeypatch):
 
 def test_default_model_bracket_profile(default_model):
     """Measured on the CPU machine (40 bracket items, seed 0): no skip 0.975; the most harmful
-    single layer is layer 0 (accuracy 0.30, a drop of 0.675); layers 1 and 2 follow (0.60, 0.725)."""
+    single layer is layer 0 (margin accuracy 0.30, a drop of 0.675); layers 1 and 2 follow (0.60, 0.725)."""
     lm = default_model
     rows = sweep_blocks(lm.blocks, lm.tokenizer, {"brackets": make_items("brackets", 40, seed=0)},
                         SweepSettings(show_progress=False))
-    acc = {r["condition"]: r["value"] for r in rows if r["metric"] == "accuracy"}
+    acc = {r["condition"]: r["value"] for r in rows if r["metric"] == "margin_accuracy"}
     worst = min((c for c in acc if c != "none"), key=acc.get)
     assert 0.9 <= acc["none"] <= 1.0
     assert worst in ("skip:0", "skip:1")
@@ -98,7 +98,7 @@ def test_default_model_bracket_profile(default_model):
 
 @pytest.mark.parametrize("scoring", ["first_diff", "logprob"])
 def test_a_metric_undefined_for_the_items_gets_no_row(tiny, scoring):
-    """Items without wrong answers have no choice metrics (accuracy, logit_diff, p_correct): no
+    """Items without wrong answers have no choice metrics (margin_accuracy, logit_diff, p_correct): no
     row, not 0.0 or nan; in a mixed set they are averaged over the items that have them."""
     import math
 
@@ -112,10 +112,10 @@ def test_a_metric_undefined_for_the_items_gets_no_row(tiny, scoring):
     assert all(not math.isnan(r["value"]) for r in rows)
     got = {(r["probe"], r["metric"]) for r in rows}
     assert {m for p, m in got if p == "bare"} == {"exact_match", "token_accuracy"}
-    assert {m for p, m in got if p == "mixed"} == {"accuracy", "logit_diff", "p_correct", "exact_match",
+    assert {m for p, m in got if p == "mixed"} == {"margin_accuracy", "logit_diff", "p_correct", "exact_match",
                                                   "token_accuracy"}
     n = {(r["probe"], r["metric"]): r["n"] for r in rows}
-    assert n[("mixed", "accuracy")] == 1 and n[("mixed", "exact_match")] == 3 and n[("bare", "exact_match")] == 3
+    assert n[("mixed", "margin_accuracy")] == 1 and n[("mixed", "exact_match")] == 3 and n[("bare", "exact_match")] == 3
 
 
 def test_cli_sweep_of_items_without_wrong_answers(tiny_llama_dir, tmp_path, capsys):

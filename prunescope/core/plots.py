@@ -1,6 +1,7 @@
 """Figures for sweeps: metric vs skipped layer (all probes on one plot) and window heatmaps.
 
 >>> # plot_sweep(rows, "runs/demo")  -> runs/demo/sweep_layers.png, runs/demo/sweep_windows.png
+>>> # plot_sweep(rows, "runs/demo", "exact_match")  -> runs/demo/sweep_exact_match.png, ...
 """
 
 from __future__ import annotations
@@ -30,16 +31,27 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def plot_sweep(rows: list[dict], out: str | Path, metric: str = "accuracy") -> list[Path]:
+# core sits below probe, so these copy prunescope.probe.scoring's METRIC_ALIASES and LABELS (a
+# test holds them equal): tables written before the rename say "accuracy" for margin_accuracy
+_ALIASES = {"accuracy": "margin_accuracy"}
+_LABELS = {"margin_accuracy": "margin accuracy (the answer beats the distractors)",
+           "exact_match": "greedy exact match (the answer is generated)"}
+
+
+def plot_sweep(rows: list[dict], out: str | Path, metric: str = "margin_accuracy") -> list[Path]:
     """``sweep_layers.png``: metric with each single layer skipped, one line per probe, with the
     unmodified model as a dashed line; ``sweep_windows.png``: start layer x window width heatmap.
-    Text sets (metric ``loss``) get ``sweep_loss.png``."""
+    Another metric's figures are ``sweep_<metric>.png`` and ``sweep_windows_<metric>.png``; text
+    sets (metric ``loss``) get ``sweep_loss.png`` beside the default metric's. Rows of an older
+    table that say ``accuracy`` are read as ``margin_accuracy``."""
     paths = []
-    if any(r["metric"] == "loss" for r in rows) and metric != "loss":
+    metric = _ALIASES.get(metric, metric)
+    if any(r["metric"] == "loss" for r in rows) and metric == "margin_accuracy":
         paths += plot_sweep(rows, out, "loss")
     out = Path(out)
-    suffix = "" if metric == "accuracy" else f"_{metric}"
-    rows = [r for r in rows if r["metric"] == metric]
+    suffix = "" if metric == "margin_accuracy" else f"_{metric}"
+    label = _LABELS.get(metric, metric)
+    rows = [r for r in rows if _ALIASES.get(r["metric"], r["metric"]) == metric]
     if not rows:
         return paths
     probes = sorted({r["probe"] for r in rows})
@@ -55,7 +67,7 @@ def plot_sweep(rows: list[dict], out: str | Path, metric: str = "accuracy") -> l
         if base:
             ax.axhline(base[0], color=color, ls="--", lw=0.8)
     ax.set_xlabel("skipped layer")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(label)
     ax.set_title(f"{model}: {metric} with one layer skipped (dashed: no skip)")
     ax.legend(fontsize=8)
     paths.append(save_figure(fig, out / (f"sweep{suffix}.png" if suffix else "sweep_layers.png")))
@@ -80,6 +92,6 @@ def plot_sweep(rows: list[dict], out: str | Path, metric: str = "accuracy") -> l
             ax.set_xlabel("first skipped layer")
             ax.set_ylabel("window width")
             ax.set_title(p)
-            fig.colorbar(im, ax=ax, label=metric)
+            fig.colorbar(im, ax=ax, label=label)
         paths.append(save_figure(fig, out / f"sweep_windows{suffix}.png"))
     return paths

@@ -87,6 +87,7 @@ class Prune(Options):
                                                         "layers to protect (their union)")
     select_tasks: list[str] = derive(PruneOptions, "select_tasks")
     select_docs: int = derive(PruneOptions, "select_docs")
+    texts: int = derive(PruneOptions, "texts")
 
 
 @dataclass
@@ -231,6 +232,9 @@ def _check_across(cfg: dict, root, src: str) -> None:
     for r in cfg["prune"]["ratio"]:
         if not 0 < r < 1:
             bad(("prune", "ratio"), f"must be between 0 and 1, got {r}")
+    if "skip-drop" in cfg["prune"]["strategies"] and not cfg["localize"]["probes"]:
+        bad(("prune", "strategies"), "names 'skip-drop', which ranks layers by the layer-skip sweep: give "
+                                     "localize.probes a probe")
     if "score" in cfg["prune"]["strategies"] and not cfg["localize"]["patch_probes"]:
         bad(("prune", "strategies"), "names 'score', which ranks layers by the score stage's patching_effect: "
                                      "give localize.patch_probes a probe")

@@ -21,7 +21,7 @@ from prunescope.pipeline.config import STAGE_OUTPUTS, STAGES, load_config
 from prunescope.pipeline.stages import RUNNERS, Run
 
 # what a run writes in its folder (a folder with .stages is all the run's): what --overwrite removes
-RUN_OUTPUTS = (".stages", "config.yaml", "config.json", "seed-*", "seeds.*",
+RUN_OUTPUTS = (".stages", "config.yaml", "config.json", "seed-*", "seeds.*", "models.*",
                *(name for names in STAGE_OUTPUTS.values() for name in names))
 
 
@@ -56,8 +56,11 @@ def run_pipeline(config: str | Path | dict, *, show_progress: bool = True, only:
         _write_config(root, cfg, text)
         for seed in cfg["seeds"]:
             print(f"=== seed {seed} ===")
-            _run_one({**copy.deepcopy(cfg), "seed": seed, "seeds": [], "out": str(root / f"seed-{seed}")}, text,
-                     show_progress, only)
+            # the seed draws what selects the layers; every seed's models are evaluated on the same
+            # items and few-shot examples (eval_seed), so arms and seeds compare paired, and a model
+            # another seed already built (the same dropped layers) reuses its scores (study)
+            _run_one({**copy.deepcopy(cfg), "seed": seed, "seeds": [], "out": str(root / f"seed-{seed}"),
+                      "eval_seed": cfg["seed"], "study": str(root)}, text, show_progress, only)
         if only is None or "report" in only:
             from prunescope.pipeline.seeds import compare_seeds
 
@@ -100,4 +103,6 @@ def retention_summary(run_dir: str | Path) -> str:
     if not path.is_file():
         return ""
     rows = [r for r in read_table(path) if r.get("level") in ("category", "gap")]
-    return "\n".join(f"  {r['condition']:28s} {r['probe']:15s} {float(r['value']):.3f}" for r in rows)
+    kind = {"retention": "raw", "chance_corrected_retention": "chance-corrected"}
+    return "\n".join(f"  {r['condition']:28s} {r['probe']:15s} {kind.get(r.get('metric'), 'raw'):17s} "
+                     f"{float(r['value']):.3f}" for r in rows)

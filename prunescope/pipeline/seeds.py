@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from pathlib import Path
 
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.results import atomic_write_text, read_table, write_table
 
 CATEGORIES = ("classification", "generative", "gap")
+LABELS_SHORT = {"margin_accuracy": "margin", "exact_match": "exact"}   # probe metrics in the seed tables
 
 
 def _references(seed_dir: Path) -> dict[str, str]:
@@ -71,12 +73,16 @@ def seed_rows(seed_dir: str | Path, seed: int, n_boot: int = 1000) -> list[dict]
         if r.get("level") not in ("category", "gap"):
             continue
         out.append({"model": r["model"], "probe": r["probe"], "condition": r["condition"], "layers":
-                    _dropped(seed_dir, r["condition"]), "metric": "retention", "value": float(r["value"]),
+                    _dropped(seed_dir, r["condition"]), "metric": r.get("metric") or "retention",
+                    "value": float(r["value"]),
                     "n": r["n"], "seed": seed, "level": "seed", "ci_low": r.get("ci_low", ""),
                     "ci_high": r.get("ci_high", ""), "reference": ""})
     references = _references(seed_dir)
     pairs = [(stage, references[stage]) for stage in stages if references.get(stage) in stages]
-    for d in retention_differences(seed_dir, table, pairs, base=base, n_boot=n_boot, seed=seed):
+    differences = [d for metric in ("retention", "chance_corrected_retention")
+                   for d in retention_differences(seed_dir, table, pairs, base=base, n_boot=n_boot, seed=seed,
+                                                  metric=metric)]
+    for d in differences:
         out.append({"model": d["model"], "probe": d["probe"], "condition": d["condition"],
                     "layers": _dropped(seed_dir, d["condition"]), "metric": d["metric"], "value": d["value"],
                     "n": d["n"], "seed": seed, "level": "difference", "ci_low": d["ci_low"],
@@ -112,36 +118,21 @@ def _ci(r: dict) -> str:
     return f"{_fmt(r['value'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if _fmt(r["ci_low"]) else _fmt(r["value"])
 
 
+KINDS = (("retention", "Raw retention (score / base)"),
+         ("chance_corrected_retention", "Chance-corrected retention ((score - chance) / (base - chance))"))
+
+
 def markdown(rows: list[dict], seeds: list[int]) -> str:
-    """The comparison as Markdown: retention per stage and category (mean ± sd, then each seed with its
-    95% item-bootstrap interval), the paired differences to plain BI, and the dropped layers."""
-    per = [r for r in rows if r["level"] == "seed"]
-    mean = {(r["probe"], r["condition"], r["metric"]): r for r in rows if r["level"] == "mean"}
-    stages = list(dict.fromkeys(r["condition"] for r in per))
+    """The comparison as Markdown: raw and chance-corrected retention per stage and category (mean ±
+    sd over seeds, then each seed with its 95% item-bootstrap interval), the paired differences to
+    plain BI, and the dropped layers."""
     lines = [f"Seeds {', '.join(map(str, seeds))}. Cells: mean ± sd over seeds; then each seed's value "
-             "[95% bootstrap interval over items].", ""]
-    head = ["stage", *CATEGORIES]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in stages:
-        cells = []
-        for cat in CATEGORIES:
-            m = mean.get((cat, s, "retention"))
-            each = "; ".join(_ci(r) for r in per if r["condition"] == s and r["probe"] == cat)
-            cells.append(f"**{_fmt(m['value'])} ± {_fmt(m['sd'])}**<br>{each}" if m else "")
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    diffs = [r for r in rows if r["level"] == "difference"]
-    if diffs:
-        lines += ["", "Retention minus the plain-BI stage of the same ratio, paired over the same items "
-                      "(an interval above 0: the stage keeps more than BI).", "",
-                  "| stage | vs | category | mean ± sd | per seed [95% CI] |", "|---|---|---|---|---|"]
-        for s in dict.fromkeys(r["condition"] for r in diffs):
-            for cat in ("classification", "generative"):
-                rs = [r for r in diffs if r["condition"] == s and r["probe"] == cat]
-                if not rs:
-                    continue
-                m = mean.get((cat, s, "retention_minus_reference"))
-                lines.append(f"| {s} | {rs[0]['reference']} | {cat} | {_fmt(m['value'])} ± {_fmt(m['sd'])} | "
-                             + "; ".join(_ci(r) for r in rs) + " |")
+             "[95% bootstrap interval over items]."]
+    for metric, title in KINDS:
+        if any(r["metric"] == metric for r in rows if r["level"] == "seed"):
+            lines += _retention_lines(rows, metric, title) + _difference_lines(rows, metric)
+    per = [r for r in rows if r["level"] == "seed"]
+    stages = list(dict.fromkeys(r["condition"] for r in per))
     lines += ["", "Dropped layers per seed:", "", "| stage | " + " | ".join(f"seed {s}" for s in seeds) + " |",
               "|---|" + "---|" * len(seeds)]
     for s in stages:
@@ -154,12 +145,46 @@ def markdown(rows: list[dict], seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _retention_lines(rows: list[dict], metric: str, title: str) -> list[str]:
+    per = [r for r in rows if r["level"] == "seed" and r["metric"] == metric]
+    mean = {(r["probe"], r["condition"]): r for r in rows if r["level"] == "mean" and r["metric"] == metric}
+    head = ["stage", *CATEGORIES]
+    lines = ["", f"{title}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in dict.fromkeys(r["condition"] for r in per):
+        cells = []
+        for cat in CATEGORIES:
+            m = mean.get((cat, s))
+            each = "; ".join(_ci(r) for r in per if r["condition"] == s and r["probe"] == cat)
+            cells.append(f"**{_fmt(m['value'])} ± {_fmt(m['sd'])}**<br>{each}" if m else "")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _difference_lines(rows: list[dict], metric: str) -> list[str]:
+    name = f"{metric}_minus_reference"
+    diffs = [r for r in rows if r["level"] == "difference" and r["metric"] == name]
+    if not diffs:
+        return []
+    mean = {(r["probe"], r["condition"]): r for r in rows if r["level"] == "mean" and r["metric"] == name}
+    lines = ["", "Minus the plain-BI stage of the same ratio, paired over the same items (an interval above 0: "
+                 "the stage keeps more than BI on this seed).", "",
+             "| stage | vs | category | mean ± sd | per seed [95% CI] |", "|---|---|---|---|---|"]
+    for s in dict.fromkeys(r["condition"] for r in diffs):
+        for cat in ("classification", "generative"):
+            rs = [r for r in diffs if r["condition"] == s and r["probe"] == cat]
+            m = mean.get((cat, s))
+            if rs and m:
+                lines.append(f"| {s} | {rs[0]['reference']} | {cat} | {_fmt(m['value'])} ± {_fmt(m['sd'])} | "
+                             + "; ".join(_ci(r) for r in rs) + " |")
+    return lines
+
+
 def plot_seeds(rows: list[dict], path: str | Path) -> Path:
     """One panel per category: each stage's retention per seed (dot + 95% item-bootstrap interval)
     and the mean over seeds (bar)."""
     from prunescope.core.plots import save_figure, plt
 
-    per = [r for r in rows if r["level"] == "seed"]
+    per = [r for r in rows if r["level"] == "seed" and r["metric"] == "retention"]
     stages = [s for s in dict.fromkeys(r["condition"] for r in per) if s != "base"]
     seeds = list(dict.fromkeys(r["seed"] for r in per))
     fig, axes = plt.subplots(1, 3, figsize=(max(9, 1.1 * len(stages) * 3), 3.8), squeeze=False,
@@ -195,18 +220,24 @@ def compare_seeds(root: str | Path, seeds: list[int], n_boot: int = 1000, left_o
         rows += seed_rows(root / f"seed-{seed}", seed, n_boot=n_boot)
     rows += summarize(rows)
     write_table(rows, root / "seeds")
+    across = model_differences(root, seeds, n_boot=n_boot)
+    if across:
+        write_table(across, root / "models")
     plot_seeds(rows, root / "seeds.png")
     md = root / "seeds.md"
     note = (f"\nLeft out: seed {', '.join(map(str, left_out))} (evaluation not finished; rerun the config to "
             "finish it).\n") if left_out else ""
-    atomic_write_text(md, markdown(rows, seeds) + score_markdown(root, seeds) + note)
+    atomic_write_text(md, markdown(rows, seeds) + models_markdown(root, seeds, across) + score_markdown(root, seeds)
+                      + note)
     return md
 
 
 def score_markdown(root: str | Path, seeds: list[int]) -> str:
-    """Raw scores behind the retention: each task's primary metric and each probe's accuracy per
-    stage, mean ± sd over the seeds (from ``seed-N/eval/eval.csv`` and ``seed-N/probes.csv``)."""
+    """Raw scores behind the retention: each task's primary metric and each probe's margin accuracy
+    and greedy exact match per stage, mean ± sd over the seeds (from ``seed-N/eval/eval.csv`` and
+    ``seed-N/probes.csv``)."""
     from prunescope.analysis.retention import primary_rows
+    from prunescope.probe.scoring import canonical_metric
 
     root = Path(root)
     vals: dict[tuple[str, str], list[float]] = {}
@@ -217,8 +248,10 @@ def score_markdown(root: str | Path, seeds: list[int]) -> str:
                 vals.setdefault((stage, f"{task} ({r['metric']})"), []).append(r["value"])
         if (folder / "probes.csv").is_file():
             for r in read_table(folder / "probes.csv"):
-                if r["metric"] == "accuracy":
-                    vals.setdefault((r["condition"], f"{r['probe']} probe"), []).append(float(r["value"]))
+                metric = canonical_metric(r["metric"])
+                if metric in LABELS_SHORT:
+                    vals.setdefault((r["condition"], f"{r['probe']} probe, {LABELS_SHORT[metric]}"), []).append(
+                        float(r["value"]))
     if not vals:
         return ""
     stages = list(dict.fromkeys(c for c, _ in vals))
@@ -257,3 +290,170 @@ def compare_finished_seeds(root: str | Path, n_boot: int = 1000) -> tuple[Path, 
             report(root / f"seed-{s}")
     left_out = [s for s in seeds if s not in done]
     return compare_seeds(root, done, n_boot=n_boot, left_out=left_out), left_out
+
+
+# ---------------------------------------------------------------- distinct models
+def distinct_models(root: str | Path, seeds: list[int]) -> dict[str, dict[tuple[int, ...], list[int]]]:
+    """``{pruned stage: {dropped layers: [seeds that chose them]}}``: how many different models each
+    arm produced over the seeds (two seeds that drop the same layers built the same model).
+
+    >>> # distinct_models("runs/qwen-protect", [0, 1, 2, 3])["pruned-bi"]  -> {(12, 13, ...): [0, 1], ...}
+    """
+    from prunescope.pipeline.config import pruned_names
+
+    out: dict[str, dict[tuple[int, ...], list[int]]] = {}
+    for seed in seeds:
+        folder = Path(root) / f"seed-{seed}"
+        names = pruned_names(json.loads((folder / "config.json").read_text()))
+        for plan in sorted((folder / "prune" / name / "plan.json" for name in names), key=str):
+            if not plan.is_file():
+                continue
+            drop = tuple(json.loads(plan.read_text())["drop"])
+            out.setdefault(f"pruned-{plan.parent.name}", {}).setdefault(drop, []).append(seed)
+    return out
+
+
+def _model_items(root: Path, models: dict[str, dict[tuple, list[int]]]) -> tuple[dict, dict, dict]:
+    """Per-item scores of the base and of each distinct model (read from the first seed that built it):
+    ``base[task]``, ``per[(stage, drop)][task]`` as ``{item: score}``, and ``task -> category``."""
+    from prunescope.analysis.retention import item_scores
+
+    per, base, tasks = {}, {}, {}
+    for stage, sets in models.items():
+        for drop, seeds in sets.items():
+            folder = root / f"seed-{seeds[0]}"
+            table = [r for r in read_table(folder / "retention.csv") if r.get("level") == "task"
+                     and r.get("metric", "retention") == "retention"]
+            metrics = {(r["condition"], r["probe"]): r["score_metric"] for r in table
+                       if r["condition"] in (stage, "base")}
+            items = item_scores(folder, metrics)
+            tasks.update({r["probe"]: r["category"] for r in table})
+            per[(stage, drop)] = {t: v for (st, t), v in items.items() if st == stage}
+            base = base or {t: v for (st, t), v in items.items() if st == "base"}
+    return base, per, tasks
+
+
+def _arm_draws(base: dict, per: dict, tasks: dict, arm: list[tuple], idx: dict, pick, corrected: bool):
+    """Each bootstrap draw's category retention of one arm: the mean over its drawn models."""
+    import numpy as np
+
+    from prunescope.analysis.evaluate import TASKS
+
+    cats: dict[str, list] = {}
+    for task, cat in tasks.items():
+        docs = idx.get(task)
+        if docs is None:
+            continue
+        keys, draw = docs
+        chance = TASKS[task].chance if corrected and task in TASKS else 0.0
+        b = np.array([base[task][k] for k in keys])[draw].mean(1)
+        models = np.vstack([np.array([per[m][task][k] for k in keys])[draw].mean(1) for m in arm])  # models x boot
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ret = np.where(b > chance, (models - chance) / (b - chance), np.nan)
+        cats.setdefault(cat, []).append(ret)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for cat, rets in cats.items():
+            per_model = np.nanmean(np.stack(rets), 0)          # models x boot: mean over the category's tasks
+            out[cat] = np.take_along_axis(per_model, pick(len(arm)), 0).mean(0)
+        if "classification" in out and "generative" in out:
+            out["gap"] = out["classification"] - out["generative"]
+    return out
+
+
+def model_differences(root: str | Path, seeds: list[int], n_boot: int = 1000, seed: int = 0,
+                      reference: str = "pruned-bi") -> list[dict]:
+    """Each arm against ``reference`` over their *distinct models*: per category, the mean retention
+    of an arm's distinct models minus the reference's, raw (score / base) and chance-corrected
+    ((score - chance) / (base - chance)). Interval: a bootstrap that resamples the items (the same
+    draw for every model: all seeds are scored on the same items) and, within each arm, its distinct
+    models; so it carries the variation between pruned models as well as between items. Rows:
+    ``level`` = ``models``, ``n`` = the arm's distinct models, ``n_reference`` the reference's."""
+    import numpy as np
+
+    root = Path(root)
+    models = distinct_models(root, seeds)
+    if reference not in models:
+        return []
+    base, per, tasks = _model_items(root, models)
+    rng = np.random.default_rng(seed)
+    idx = {}
+    for task in tasks:
+        keys = sorted(set(base.get(task, {})).intersection(*(set(v.get(task, {})) for v in per.values())))
+        if keys:
+            idx[task] = (keys, rng.integers(0, len(keys), size=(n_boot, len(keys))))
+
+    def pick(n: int):
+        return rng.integers(0, n, size=(n, n_boot))
+
+    rows = []
+    ref = [(reference, d) for d in models[reference]]
+    for stage, sets in models.items():
+        if stage == reference:
+            continue
+        arm = [(stage, d) for d in sets]
+        for metric, corrected in (("retention", False), ("chance_corrected_retention", True)):
+            a = _arm_draws(base, per, tasks, arm, idx, pick, corrected)
+            b = _arm_draws(base, per, tasks, ref, idx, pick, corrected)
+            point_a = _arm_draws(base, per, tasks, arm, _whole(idx), _all_models, corrected)
+            point_b = _arm_draws(base, per, tasks, ref, _whole(idx), _all_models, corrected)
+            for cat in ("classification", "generative", "gap"):
+                if cat not in a or cat not in b:
+                    continue
+                diff = a[cat] - b[cat]
+                lo, hi = np.nanpercentile(diff, [2.5, 97.5]) if np.isfinite(diff).any() else (float("nan"),) * 2
+                rows.append({"model": "", "probe": cat, "condition": stage, "reference": reference,
+                             "metric": f"{metric}_minus_reference", "value": float(point_a[cat][0] - point_b[cat][0]),
+                             "arm": float(point_a[cat][0]), "reference_value": float(point_b[cat][0]),
+                             "ci_low": float(lo), "ci_high": float(hi), "n": len(arm), "n_reference": len(ref),
+                             "level": "models"})
+    return rows
+
+
+def _whole(idx: dict) -> dict:
+    """The items as they are (one 'draw' that takes each once): the point estimate."""
+    import numpy as np
+
+    return {t: (keys, np.arange(len(keys))[None, :]) for t, (keys, _) in idx.items()}
+
+
+def _all_models(n: int):
+    import numpy as np
+
+    return np.arange(n)[:, None]
+
+
+def verdict(row: dict) -> str:
+    """'X beats Y' only where the interval excludes 0.
+
+    >>> verdict({"ci_low": 0.01, "ci_high": 0.2}), verdict({"ci_low": -0.1, "ci_high": 0.2})
+    ('keeps more', 'not told apart')
+    """
+    if float(row["ci_low"]) > 0:
+        return "keeps more"
+    if float(row["ci_high"]) < 0:
+        return "keeps less"
+    return "not told apart"
+
+
+def models_markdown(root: str | Path, seeds: list[int], rows: list[dict]) -> str:
+    """The distinct models per arm and each arm against the reference over them, as Markdown."""
+    models = distinct_models(root, seeds)
+    lines = ["", "Distinct models per arm (two seeds that drop the same layers build the same model):", "",
+             "| stage | distinct models | dropped layers (seeds) |", "|---|---|---|"]
+    for stage, sets in models.items():
+        lines.append(f"| {stage} | {len(sets)} of {sum(map(len, sets.values()))} seeds | "
+                     + "; ".join(f"{' '.join(map(str, d))} ({', '.join(map(str, s))})" for d, s in sets.items())
+                     + " |")
+    if rows:
+        lines += ["", f"Each arm against {rows[0]['reference']} over their distinct models: mean retention of the "
+                      "arm's models minus the reference's, 95% bootstrap interval over items and models; "
+                      "'keeps more' only where the interval excludes 0.", "",
+                  "| stage | retention | category | arm | reference | difference [95% CI] | models (arm / ref) | "
+                  "verdict |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            kind = "chance-corrected" if r["metric"].startswith("chance") else "raw"
+            lines.append(f"| {r['condition']} | {kind} | {r['probe']} | {_fmt(r['arm'])} | {_fmt(r['reference_value'])}"
+                         f" | {_ci(r)} | {r['n']} / {r['n_reference']} | {verdict(r)} |")
+    return "\n".join(lines) + "\n"

@@ -34,7 +34,7 @@ class Run:
         how fast the run happens (``device``, ``out``, the evaluation batch sizes) is not a setting:
         a run folder started on a GPU machine continues on a CPU one with its finished stages."""
         upto = STAGES[: STAGES.index(stage) + 1]
-        part = {k: v for k, v in self.cfg.items() if k not in (*STAGES, "device", "out")} | \
+        part = {k: v for k, v in self.cfg.items() if k not in (*STAGES, "device", "out", "study")} | \
             {s: self.cfg.get(s) for s in upto}
         if "evaluate" in part:
             part["evaluate"] = {k: v for k, v in part["evaluate"].items()
@@ -101,6 +101,12 @@ class Run:
             where = check_model(self._spec)
             self._identity = model_name(self._spec, where), str(where)
         return self._identity
+
+    @property
+    def eval_seed(self) -> int:
+        """The seed of the evaluation (items, few-shot examples): a seed study's own seed for every
+        seed's run (``eval_seed``), else the run's seed."""
+        return self.cfg.get("eval_seed", self.cfg["seed"])
 
     def pruned_stages(self) -> dict[str, Path]:
         return {f"pruned-{s}": self.out / "prune" / s for s in pruned_names(self.cfg)}
@@ -200,12 +206,14 @@ def _prune(run: Run) -> None:
                   "protect_top": c["protect_top"]}
         elif strategy == "score":  # the score stage's table, ranked by the patching effect
             kw = {"scores_table": str(run.out / "score" / "scores.csv"), "score_metric": "patching_effect"}
+        elif strategy == "skip-drop":  # the layer-skip sweep of the localize stage
+            kw = {"scores_table": str(run.out / "localize" / "sweep" / "sweep.csv")}
         elif strategy == "iterative-generated":  # held-out docs, disjoint from evaluate's (checked with the config)
             kw = {"select_tasks": c["select_tasks"], "select_docs": c["select_docs"],
                   "slots": run.cfg["evaluate"]["slots"] or 64,
                   # one log for both ratios: the smaller search reads back the larger one's first steps
                   "select_cache": str(run.out / "prune" / "selection-cache.jsonl")}
-        plan = prune_model(PruneOptions(strategy=strategy, ratio=ratio, seed=run.cfg["seed"], **kw),
+        plan = prune_model(PruneOptions(strategy=strategy, ratio=ratio, texts=c["texts"], seed=run.cfg["seed"], **kw),
                            loaded=run.base, placement=run.placement,
                            output=run.output(folder).replace(overwrite=True))
         print(f"  {stage}: drop {plan.drop}" + (f" (protected {plan.protected})" if plan.protected else ""))
@@ -325,7 +333,7 @@ def _trained(folder: Path) -> bool:
 
 
 def _probe_arm(run: Run, stage: str, folder: Path) -> None:
-    """A recovered arm's probe accuracy right after its training, where the evaluation stage reads
+    """A recovered arm's probe scores (both metrics) right after its training, where the evaluation stage reads
     it back: a run that stops during the evaluation and is moved without its weights loses the
     merged arms, and the probes (the paper's arithmetic 96 -> 37 -> 74) should not be lost with them."""
     n = run.cfg["evaluate"]["probe_items"]
@@ -371,42 +379,66 @@ def _ensure_checkpoint(run: Run, folder: Path) -> None:
         (folder / name).write_bytes(data)
 
 
-def _stage_probes(run: Run, stage: str, folder: Path | None, lm, probes: list[str], n: int) -> dict[str, float]:
-    """Probe accuracy of one stage, kept in ``eval/<stage>/probes.json`` (read by :func:`_cached_probes`):
-    an evaluation resumed after a crash (or moved to another machine) does not score the finished
-    stages' probes again (on 2 CPU cores that is minutes per Gemma stage)."""
-    from prunescope.probe.scoring import probe_accuracy
+def _stage_probes(run: Run, stage: str, folder: Path | None, lm, probes: list[str], n: int) -> dict:
+    """Both probe scores of one stage, ``margin_accuracy`` and ``exact_match`` ``{probe: value}``,
+    with every item's score under ``items`` (the same items in every stage, so stages pair by item:
+    :func:`prunescope.analysis.probes.probe_change_rows`). Kept in ``eval/<stage>/probes.json``
+    (read by :func:`_cached_probes`): an evaluation resumed after a crash (or moved to another
+    machine) does not score the finished stages' probes again (minutes per Gemma stage on a CPU)."""
+    from prunescope.probe.scoring import probe_scores
 
-    acc = probe_accuracy(folder, probes, n=n, loaded=lm)
+    scores = probe_scores(folder, probes, n=n, loaded=lm)
     atomic_write_json(run.out / "eval" / stage / "probes.json", {"settings": {"probes": list(probes), "n": n},
-                                                                 "accuracy": acc})
-    return acc
+                                                                 **scores})
+    return scores
 
 
-def _cached_probes(run: Run, stage: str, probes: list[str], n: int) -> dict[str, float] | None:
+def _cached_probes(run: Run, stage: str, probes: list[str], n: int) -> dict | None:
+    """A stage's saved probe scores (as :func:`_stage_probes` returns them) when they were scored
+    with these settings; a file of an older prunescope (margin accuracy alone, under ``accuracy``,
+    without the items) is scored again."""
+    from prunescope.probe.scoring import PROBE_METRICS
+
     path = run.out / "eval" / stage / "probes.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("settings") == {"probes": list(probes), "n": n}:
-            return saved["accuracy"]
+        if saved.get("settings") == {"probes": list(probes), "n": n} and all(k in saved for k in PROBE_METRICS):
+            return {k: saved.get(k, {}) for k in (*PROBE_METRICS, "items")}
     return None
 
 
-def _finished(run: Run, stage: str, folder: Path | None) -> tuple[list[dict] | None, dict[str, float] | None]:
-    """A stage's benchmark rows and probe accuracy as its run folder holds them (None: not yet)."""
-    from prunescope.analysis.evaluate import EvalOptions, eval_settings, finished_rows
+def _stage_settings(run: Run, stage: str, folder: Path | None) -> dict:
+    """The settings a stage's evaluation folder records (:func:`prunescope.analysis.evaluate.eval_settings`)."""
+    from prunescope.analysis.evaluate import EvalOptions, eval_settings
 
     c = run.cfg["evaluate"]
     name, path = run.base_identity
     options = EvalOptions(stage=stage, limit={"default": c["limit"], **c["limits"]}, num_fewshot=c["num_fewshot"],
-                          max_length=c["max_length"], seed=run.cfg["seed"])
-    settings = eval_settings(name, path if folder is None else folder, options)
-    return (finished_rows(run.out / "eval" / stage, c["tasks"], settings, c["xsum_file"]),
+                          max_length=c["max_length"], seed=run.eval_seed)
+    return eval_settings(name, path if folder is None else folder, options)
+
+
+def _finished(run: Run, stage: str, folder: Path | None) -> tuple[list[dict] | None, dict[str, float] | None]:
+    """A stage's benchmark rows and probe accuracy as its run folder holds them (None: not yet)."""
+    from prunescope.analysis.evaluate import finished_rows
+
+    c = run.cfg["evaluate"]
+    return (finished_rows(run.out / "eval" / stage, c["tasks"], _stage_settings(run, stage, folder), c["xsum_file"]),
             _cached_probes(run, stage, _probes(run), c["probe_items"]))
 
 
-def _probe_line(stage: str, accuracy: dict[str, float]) -> str:
-    return f"  {stage}: " + ", ".join(f"{p} {a:.3f}" for p, a in accuracy.items())
+def _probe_line(stage: str, scores: dict) -> str:
+    """Both probe scores of a stage in one line (``-``: a probe whose items have no distractors).
+
+    >>> _probe_line("base", {"margin_accuracy": {"copy": 0.985}, "exact_match": {"copy": 0.96}})
+    '  base: copy margin 0.985 / exact 0.960'
+    """
+    def cell(values: dict, probe: str) -> str:
+        return f"{values[probe]:.3f}" if probe in values else "-"
+
+    margin, exact = scores["margin_accuracy"], scores["exact_match"]
+    return f"  {stage}: " + ", ".join(f"{p} margin {cell(margin, p)} / exact {cell(exact, p)}"
+                                      for p in dict.fromkeys([*margin, *exact]))
 
 
 def _probes(run: Run) -> list[str]:
@@ -424,6 +456,8 @@ def _evaluate_stage(run: Run, stage: str, folder: Path | None) -> tuple[list[dic
     # a finished stage is read back without building or loading its checkpoint: on a CPU that is
     # most of a resumed Gemma evaluation's start-up
     done, accuracy = _finished(run, stage, folder)
+    if done is None and _adopt_from_study(run, stage, folder):
+        done, accuracy = _finished(run, stage, folder)
     if done is not None and accuracy is not None:
         return done, accuracy
     if folder is not None:
@@ -434,12 +468,56 @@ def _evaluate_stage(run: Run, stage: str, folder: Path | None) -> tuple[list[dic
     if c["tasks"]:
         rows = evaluate(EvalOptions(tasks=c["tasks"], stage=stage, limit=limit, num_fewshot=c["num_fewshot"],
                                     batch_size=c["batch_size"], max_length=c["max_length"],
-                                    slots=c["slots"], seed=run.cfg["seed"],
+                                    slots=c["slots"], seed=run.eval_seed,
                                     xsum_file=c["xsum_file"]),
                         loaded=lm, output=run.output(run.out / "eval" / stage))
     if accuracy is None:
         accuracy = _stage_probes(run, stage, folder, lm, _probes(run), c["probe_items"])
     return rows, accuracy
+
+
+def _dropped_layers(folder: Path) -> list[int] | None:
+    plan = folder / "plan.json"
+    return json.loads(plan.read_text()).get("drop") if plan.is_file() else None
+
+
+def _same_model_elsewhere(run: Run, stage: str, folder: Path | None) -> list[tuple[Path, str]]:
+    """``(seed folder, stage)`` of the other seeds of this run's study that hold the same model: the
+    base, or a pruned stage that dropped the same layers (surgery on the same base: the same weights)."""
+    if not run.cfg.get("study") or not (stage == "base" or stage.startswith("pruned-")):
+        return []
+    drop = None if folder is None else _dropped_layers(folder)
+    if folder is not None and drop is None:
+        return []
+    found = []
+    for other in sorted(Path(run.cfg["study"]).glob("seed-*")):
+        if other.resolve() == run.out.resolve():
+            continue
+        if folder is None:
+            found.append((other, "base"))
+            continue
+        for plan in sorted((other / "prune").glob("*/plan.json")):
+            if _dropped_layers(plan.parent) == drop:
+                found.append((other, f"pruned-{plan.parent.name}"))
+    return found
+
+
+def _adopt_from_study(run: Run, stage: str, folder: Path | None) -> bool:
+    """A model another seed of the study already evaluated on the same items (same settings but its
+    stage name and path) is not evaluated again: its benchmark scores and probe results are copied."""
+    from prunescope.analysis.evaluate import adopt_evaluation
+
+    c, settings = run.cfg["evaluate"], _stage_settings(run, stage, folder)
+    for other, their_stage in _same_model_elsewhere(run, stage, folder):
+        source = other / "eval" / their_stage
+        probes = source / "probes.json"
+        if not probes.is_file() or adopt_evaluation(source, run.out / "eval" / stage, c["tasks"], settings,
+                                                    c["xsum_file"]) is None:
+            continue
+        atomic_write_json(run.out / "eval" / stage / "probes.json", json.loads(probes.read_text()))
+        print(f"  {stage}: the same model as {other.name}'s {their_stage}; its scores are reused", flush=True)
+        return True
+    return False
 
 
 _WORKER_RUNS: dict[str, Run] = {}
@@ -512,11 +590,14 @@ def _evaluate(run: Run) -> None:
         print(_probe_line(stage, done[stage][1]))
     probe_rows, eval_rows = [], []
     for stage in models:  # the tables keep base, pruned, recovered
-        rows, accuracy = done[stage]
+        rows, scores = done[stage]
         eval_rows += rows
-        for p, acc in accuracy.items():
-            probe_rows.append({"model": run.base_identity[0], "probe": p, "condition": stage, "layers": "",
-                               "metric": "accuracy", "value": acc, "n": c["probe_items"], "seed": run.cfg["seed"]})
+        for p in dict.fromkeys([*scores["margin_accuracy"], *scores["exact_match"]]):
+            for metric in ("margin_accuracy", "exact_match"):  # the margin choice and greedy generation
+                if p in scores[metric]:
+                    n = sum(v is not None for v in scores["items"].get(p, {}).get(metric, [])) or c["probe_items"]
+                    probe_rows.append({"model": run.base_identity[0], "probe": p, "condition": stage, "layers": "",
+                                       "metric": metric, "value": scores[metric][p], "n": n, "seed": run.cfg["seed"]})
     write_table(probe_rows, run.out / "probes")
     if eval_rows:
         write_table(eval_rows, run.out / "eval" / "eval")
