@@ -78,7 +78,8 @@ class ScoreOptions(Options):
 
     calibration: str | None = option(None, SHARED_MEANINGS["calibration"] + " (default: solved built-in probe "
                                                                             "items)")
-    texts: int = option(64, "calibration texts used (the first of a --calibration file, or drawn)", minimum=1)
+    texts: int = option(64, "calibration texts, drawn by --seed (of a --calibration file with more, or generated)",
+                        minimum=1)
     seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
     block_sizes: list[int] = option([], "block sizes for angular distance, e.g. 4,8", minimum=1)
     ppl: bool = option(False, "also perplexity increase per skipped layer (a sweep)")
@@ -293,8 +294,8 @@ class PruneOptions(Options):
     score_metric: str | None = option(None, "metric of --scores-table (lowest values are dropped)")
     calibration: str | None = option(None, SHARED_MEANINGS["calibration"] + " (default: 64 solved built-in probe "
                                                                             "items; bi and angular)")
-    texts: int = option(64, "bi and angular: calibration texts, drawn by --seed (of a --calibration file with more, "
-                            "or generated)", minimum=1)
+    texts: int = option(64, "calibration texts, drawn by --seed (of a --calibration file with more, or generated)",
+                        minimum=1)
     loss_text: str | None = option(None, SHARED_MEANINGS["loss_text"] + " (default: none; given, iterative keeps "
                                                                         "its loss low instead of --eval-metric)")
     eval_probe: str = option("arithmetic_multi", "iterative: probe to keep (default: 3-shot addition)",

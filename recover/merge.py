@@ -3,6 +3,7 @@
 A QLoRA adapter was trained against the *4-bit* weights, so by default it is merged into those
 weights dequantized to full precision (``quant=True``): the merged model then computes what the
 adapter model computed. ``quant=False`` merges into the full-precision base (plain LoRA).
+:func:`write_model` writes any recovered model so (a layer-tuned one has nothing to merge).
 
 >>> # merge_adapter("pruned/bi25", "recovered/bi25-sgr/adapter", "recovered/bi25-sgr")
 >>> # AutoModelForCausalLM.from_pretrained("recovered/bi25-sgr")     # a plain LlamaForCausalLM
@@ -39,11 +40,25 @@ def merged_model(base: str | Path, adapter: str | Path, *, quant: bool = True):
 
 def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, quant: bool = True, tokenizer=None,
                   record: dict | None = None) -> Path:
-    """Write the merged model into ``out`` (files staged in a temp folder, moved in, config.json last)."""
+    """Write the merged model into ``out`` (:func:`write_model`), its record saying what it was merged into."""
+    model = merged_model(base, adapter, quant=quant)
+    return write_model(model, out, base=base, tokenizer=tokenizer,
+                       record={"base": str(base), "adapter": str(adapter),
+                               "merged_into": "dequantized NF4" if quant else "full-precision base", **(record or {})})
+
+
+def write_model(model, out: str | Path, *, base: str | Path, tokenizer=None, record: dict | None = None) -> Path:
+    """Write a recovered ``model`` into ``out`` as a standard checkpoint: its weights, the
+    tokenizer (``base``'s where none is given), the pruning record of ``base`` and ``record`` as
+    ``prunescope_recovery.json``; the files are staged in a temp folder and moved in, config.json
+    last, so a loader never sees half a model. A layer-tuned model is written here directly (it has
+    no adapter to merge).
+
+    >>> # write_model(tuned, "recovered/bi25-tune", base="pruned/bi25", record={"recovery": {...}})
+    """
     from transformers import AutoTokenizer
 
     out = Path(out)
-    model = merged_model(base, adapter, quant=quant)
     tok = tokenizer or AutoTokenizer.from_pretrained(base)
     tmp = make_temp_dir(".merged-", out)   # its files move into out with the modes they get here
     try:
@@ -52,9 +67,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, qua
         plan = Path(base) / "prunescope_plan.json"
         if plan.is_file():  # keep the pruning record with the model it describes
             shutil.copy(plan, tmp / "prunescope_plan.json")
-        atomic_write_json(tmp / "prunescope_recovery.json",
-                          {"base": str(base), "adapter": str(adapter), "merged_into": "dequantized NF4" if quant
-                           else "full-precision base", **(record or {})})
+        atomic_write_json(tmp / "prunescope_recovery.json", {"base": str(base), **(record or {})})
         follow_umask(tmp)
         names = sorted(os.listdir(tmp), key=lambda n: n == "config.json")  # a loader sees config.json last
         for name in names:

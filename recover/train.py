@@ -1,15 +1,27 @@
 """Recovery finetuning of a pruned model: QLoRA on Self-Generated Responses (the paper's recipe),
-on the prompt file's own responses (the external arm), or logit distillation from the base model.
+on the prompt file's own responses (the external arm), logit distillation from the base model, or
+full-parameter tuning of chosen layers (``--train tune``) on any of those targets.
 
-QLoRA = the pruned model loaded in 4-bit NF4 with double quantization (bitsandbytes; bf16 compute
-on GPU, fp32 on CPU) + LoRA r=64, alpha=16 on every linear layer (peft). AdamW, lr 2e-4 constant
-after 50 linear warm-up steps, effective batch 8 by gradient accumulation, loss on response tokens
-only. The loss of an effective batch is the mean over *its* response tokens (summed over micro
-batches, divided once), so accumulation gives the same gradient as one big batch.
+The training values come from a recipe (:data:`RECIPES`, ``--recipe``), each overridable by its
+own flag. ``paper`` (the default) is what the paper's reference script runs: the pruned model in
+4-bit NF4 with double quantization (bitsandbytes; bf16 compute on a GPU, fp32 on a CPU) + LoRA
+r=64, alpha=16, dropout 0.05 on every linear layer (peft), AdamW lr 2e-4 (betas 0.9/0.99, weight
+decay 1e-4) constant after 50 linear warm-up steps, gradient norm clipped to 1.0, effective batch 8
+(4 x 2 accumulation), one epoch, loss on response tokens only. ``qlora`` is the QLoRA paper's
+(dropout 0.1, beta2 0.999, no weight decay, clip 0.3, warm-up 3% of the steps, batch 16). The loss
+of an effective batch is the mean over *its* response tokens (summed over micro batches, divided
+once), so accumulation gives the same gradient as one big batch.
+
+``--train tune`` trains the chosen decoder layers in full instead (the layers next to each cut by
+default, read from the pruned checkpoint's plan record; or ``--tune-layers``, ``--tune-last``):
+everything else frozen, no adapters, no quantization, bf16 on a GPU (fp32 on a CPU), the same loop.
+
+Every run knows before it starts, and records, both its optimizer steps and the response tokens
+they train (:func:`plan_steps`), so arms can be matched on either.
 
 Everything lands in ``OUT/``: ``curve.csv``/``curve.png`` (train loss, held-out perplexity),
-``checkpoints/step-N`` (adapter + optimizer + schedule; a rerun resumes from the newest),
-``adapter/`` (final LoRA weights) and the merged model itself (a standard checkpoint).
+``checkpoints/step-N`` (trained weights + optimizer + schedule; a rerun resumes from the newest),
+``adapter/`` (final LoRA weights) and the recovered model itself (a standard checkpoint).
 
 >>> # prunescope recover --model pruned/bi25 --data runs/sgr.jsonl --mode sgr --out recovered/bi25-sgr
 >>> # recover_model(RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25", output=Output(out="recovered/bi25-sgr"))
@@ -17,6 +29,8 @@ Everything lands in ``OUT/``: ``curve.csv``/``curve.png`` (train loss, held-out 
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import random
@@ -36,7 +50,9 @@ from prunescope.core.overwrite import expect_folder, remove_previous
 from prunescope.core.results import check_run_config, follow_umask, make_temp_dir, read_jsonl, record_run_config, write_table
 
 from prunescope.recover.data import IGNORE, Example, encode_all
-from prunescope.recover.student import check_bitsandbytes, load_student, peft_quietly  # noqa: F401  (check_bitsandbytes: public here too)
+# check_bitsandbytes: public here too
+from prunescope.recover.student import (PLAN_FILES, check_bitsandbytes, cut_neighbours, load_student,  # noqa: F401
+                                        peft_quietly, plan_drop, tune_parameters)
 
 MODES = Registry("recovery mode")
 MODES.register("sgr", "sgr", help="train on the base model's own responses (Self-Generated Responses, the paper's recipe)")
@@ -44,6 +60,47 @@ MODES.register("external", "external", help="train on the prompt file's own refe
 MODES.register("distill", "distill", help="KL to the unpruned base model (--teacher) on the SGR sequences")
 MODES.register("random", "random", help="the reference code's control: the pruned architecture freshly initialised "
                                         "(seeded) and trained on the SGR responses the same way")
+MODES.register("tune", "tune", help="layer tuning on the SGR responses, as --mode sgr --train tune (in a pipeline's "
+                                    "modes: a layer-tuning arm)")
+
+#: What ``--train`` trains: LoRA adapters (on the 4-bit model unless ``--no-quant``) or chosen layers in full.
+TRAINED = ("lora", "tune")
+
+#: The recovery recipes: the values a field left unset (None) takes. ``paper``: what the paper's
+#: reference script runs (:data:`RECIPE_SOURCES`); ``qlora``: the QLoRA paper's 7B/13B settings.
+#: Both put LoRA on every linear layer of the 4-bit NF4 (double-quantized) model with bf16 compute,
+#: beta1 0.9, one epoch, gradient checkpointing and the loss on the response tokens only.
+RECIPES = {
+    "paper": dict(rank=64, alpha=16, dropout=0.05, lr=2e-4, adam_beta2=0.99, weight_decay=1e-4, warmup=50,
+                  warmup_ratio=0.0, max_grad_norm=1.0, train_batch=8),
+    "qlora": dict(rank=64, alpha=16, dropout=0.1, lr=2e-4, adam_beta2=0.999, weight_decay=0.0, warmup=0,
+                  warmup_ratio=0.03, max_grad_norm=0.3, train_batch=16),
+}
+RECIPE_SOURCES = {
+    "paper": "safal312/on-the-limits-of-layer-pruning: train/8reverse_lora_self_dolci_llama.sh run through its "
+             "train/sft_trainer.py (TRL SFTTrainer)",
+    "qlora": "artidoro/qlora: scripts/finetune_guanaco_7b.sh and qlora.py (the QLoRA paper's 7B/13B settings)",
+}
+#: Where each value is set: the paper's script (its flag, or sft_trainer.py) and the QLoRA script.
+_SOURCE = {
+    "rank": ("--lora_r 16, which its sft_trainer.py replaces by 64 under --use_qlora True", "--lora_r 64"),
+    "alpha": ("--lora_alpha 32, replaced by 16 with the rank", "--lora_alpha 16"),
+    "dropout": ("sft_trainer.py's lora_dropout default", "--lora_dropout 0.1"),
+    "lr": ("--learning_rate 2e-4", "--learning_rate 0.0002"),
+    "adam_beta2": ("--adam_beta2 0.99", "--adam_beta2 0.999"),
+    "weight_decay": ("--weight_decay 0.0001", "--weight_decay 0.0"),
+    "warmup": ("--warmup_steps 50 --lr_scheduler_type constant_with_warmup", "none: --warmup_ratio"),
+    "warmup_ratio": ("none: --warmup_steps", "--warmup_ratio 0.03 --lr_scheduler_type constant"),
+    "max_grad_norm": ("--max_grad_norm 1.0", "--max_grad_norm 0.3"),
+    "train_batch": ("--per_device_train_batch_size 4 --gradient_accumulation_steps 2 on one GPU",
+                    "--per_device_train_batch_size 1 --gradient_accumulation_steps 16"),
+}
+
+
+def _by_recipe(what: str, name: str) -> str:
+    """A recipe field's help: what it is, then each recipe's value and where that value is set."""
+    (p_src, q_src), p, q = _SOURCE[name], RECIPES["paper"][name], RECIPES["qlora"][name]
+    return f"{what} (unset: by --recipe, paper {p:g} [the paper's script: {p_src}], qlora {q:g} [QLoRA: {q_src}])"
 
 
 class RecoveryDiverged(PrunescopeError):
@@ -58,55 +115,146 @@ class RecoveryDiverged(PrunescopeError):
 
 @dataclass
 class RecoverOptions(Options):
-    """Settings of ``prunescope recover`` (:func:`recover`): paper defaults (QLoRA r=64, alpha=16,
-    lr 2e-4 after 50 warm-up steps, effective batch 8, ``max_seq_len`` 8192 as in the paper).
+    """Settings of ``prunescope recover`` (:func:`recover_model`). The training values a user leaves
+    unset (None) come from ``recipe`` (:data:`RECIPES`): ``paper`` (the default) is what the paper's
+    reference script runs, ``qlora`` the QLoRA paper's settings; a value set explicitly always wins.
+    :meth:`check` fills them in, so a checked object holds every value the run uses (and its record
+    names the recipe).
 
-    >>> RecoverOptions(mode="external", steps=10).check().steps
-    10
+    ``mode`` is the training target (sgr, external, distill, random); ``train`` what is trained:
+    ``lora`` (adapters on every linear layer; the 4-bit model unless ``quant`` is off) or ``tune``
+    (the chosen decoder layers in full: ``tune_layers``, default the layers next to each cut, or
+    ``tune_last``; no adapters, no quantization). ``mode="tune"`` is ``mode="sgr", train="tune"``.
+
+    >>> o = RecoverOptions(mode="external", steps=10).check()
+    >>> o.steps, o.rank, o.alpha, o.adam_beta2, o.warmup
+    (10, 64, 16, 0.99, 50)
+    >>> o = RecoverOptions(recipe="qlora", rank=16).check()
+    >>> o.rank, o.dropout, o.max_grad_norm, o.warmup, o.warmup_ratio, o.train_batch
+    (16, 0.1, 0.3, 0, 0.03, 16)
     """
 
     mode: str = option("sgr", "training target", choices=MODES)
+    train: str | None = option(None, "what is trained: lora (adapters on every linear layer) or tune (chosen decoder "
+                                     "layers in full, no adapters, no quantization) (default: lora; tune under "
+                                     "--mode tune)", choices=TRAINED)
+    recipe: str = option("paper", "where the training values left unset come from: paper (the paper's reference "
+                                  "script) or qlora (the QLoRA paper's settings)", choices=tuple(RECIPES))
     data: str | None = option(None, "an SGR file from prunescope sgr (or JSONL with response/reference)")
     teacher: str | None = option(None, "distill: the unpruned base model ('default' for the embedded one)")
-    quant: bool = option(True, "4-bit NF4 QLoRA (off: plain LoRA on the full-precision model, no bitsandbytes)",
-                         cli=Flag("--no-quant", help="plain LoRA on the full-precision model (no bitsandbytes)"))
-    rank: int = option(64, "LoRA rank", minimum=1)
-    alpha: int = option(16, "LoRA alpha", minimum=1)
-    dropout: float = option(0.0, "LoRA dropout", minimum=0, maximum=1)
+    quant: bool = option(True, "4-bit NF4 QLoRA, double quantization, bf16 compute on a GPU (the paper's script: "
+                               "--use_qlora True); off: plain LoRA on the full-precision model, no bitsandbytes "
+                               "(the choice for a model that fits); --train tune never quantizes",
+                         cli=Flag("--no-quant", help="plain LoRA on the full-precision model (no bitsandbytes): the "
+                                                     "choice for a model that fits in memory"))
+    rank: int | None = option(None, _by_recipe("LoRA rank", "rank"), minimum=1)
+    alpha: int | None = option(None, _by_recipe("LoRA alpha", "alpha"), minimum=1)
+    dropout: float | None = option(None, _by_recipe("LoRA dropout", "dropout"), minimum=0, maximum=1)
     adapter_dtype: str = option("compute", "dtype of the LoRA weights and their AdamW state on a 4-bit model: "
                                            "compute (the NF4 layers' compute dtype, bf16 on a GPU, as in the "
                                            "QLoRA paper) or float32 (peft's own default: slower, more headroom)",
                                 choices=("compute", "float32"))
-    lr: float = option(2e-4, "learning rate (AdamW)", minimum=0)
-    warmup: int = option(50, "linear warm-up steps, then constant", minimum=0)
-    train_batch: int = option(8, "effective training batch (examples per optimizer step)", minimum=1)
+    lr: float | None = option(None, _by_recipe("learning rate (AdamW)", "lr"), minimum=0)
+    adam_beta2: float | None = option(None, _by_recipe("AdamW beta2 (beta1 is 0.9)", "adam_beta2"), minimum=0,
+                                      maximum=1)
+    weight_decay: float | None = option(None, _by_recipe("AdamW weight decay (on weight matrices, not on norms or "
+                                                         "biases, as in the HF Trainer)", "weight_decay"), minimum=0)
+    warmup: int | None = option(None, _by_recipe("linear warm-up steps, then constant", "warmup"), minimum=0)
+    warmup_ratio: float | None = option(None, _by_recipe("warm-up as a fraction of the run's steps (rounded up); "
+                                                         "one of --warmup and --warmup-ratio", "warmup_ratio"),
+                                        minimum=0, maximum=1)
+    train_batch: int | None = option(None, _by_recipe("effective training batch (examples per optimizer step)",
+                                                      "train_batch"), minimum=1)
     micro_batch: int = option(4, "examples per forward of training (--train-batch / --micro-batch accumulation "
-                                 "steps)", minimum=1)
-    max_seq_len: int = option(8192, "tokens per example (8192 as in the paper)", minimum=1)
-    steps: int | None = option(None, "optimizer steps (default: one epoch, or until --token-budget)", minimum=1)
-    token_budget: int | None = option(None, "stop after this many trained response tokens (the same budget for "
-                                            "every arm)", minimum=1)
-    heldout: int = option(32, "held-out examples for the perplexity curve (at most one record in five)", minimum=1)
+                                 "steps; the paper's script: --per_device_train_batch_size 4)", minimum=1)
+    max_seq_len: int = option(8192, "tokens per example (the paper's script: --max_seq_length 8192)", minimum=1)
+    epochs: int = option(1, "passes over the training examples when neither --steps nor --token-budget is given "
+                            "(the paper's script: --num_train_epochs 1)", minimum=1)
+    steps: int | None = option(None, "optimizer steps (default: --epochs epochs, or until --token-budget); the run "
+                                     "knows and records the response tokens they train", minimum=1)
+    token_budget: int | None = option(None, "stop once this many response tokens are trained (the same budget for "
+                                            "every arm); the run knows and records the steps that takes", minimum=1)
+    tune_layers: list[int] | None = option(None, "--train tune: decoder layers of the pruned model to train "
+                                                 "(default: the kept layers just before and after each cut, from the "
+                                                 "checkpoint's plan record)")
+    tune_last: int | None = option(None, "--train tune: train the last K decoder layers, the final norm and the "
+                                         "LM head instead of --tune-layers", minimum=1)
+    heldout: int = option(32, "held-out examples for the perplexity curve (at most one record in five; the same "
+                              "examples whatever --seed)", minimum=1)
     eval_every: int = option(25, "steps between held-out perplexity points", minimum=1)
     save_every: int = option(50, "steps between checkpoints", minimum=1)
-    max_grad_norm: float | None = option(1.0, "clip the adapters' gradient norm to this (HF Trainer's default; "
-                                              "0 or none: no clipping)", minimum=0)
+    max_grad_norm: float | None = option(None, _by_recipe("clip the trained weights' gradient norm to this (0: no "
+                                                          "clipping)", "max_grad_norm"), minimum=0)
     max_bad_steps: int = option(3, "stop when this many optimizer steps in a row have a non-finite loss or "
                                    "gradient (each is skipped: the adapters and optimizer state stay as they were)",
                                 minimum=1)
-    grad_checkpointing: bool = option(True, "gradient checkpointing (less memory, more compute)",
+    grad_checkpointing: bool = option(True, "gradient checkpointing, less memory, more compute (the paper's script: "
+                                            "--gradient_checkpointing True)",
                                       cli=Flag("--no-grad-checkpointing",
                                                help="keep every activation (faster, more memory)"))
     kl_temperature: float = option(1.0, "distill: softmax temperature of the KL", minimum=0)
     seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
 
+    @property
+    def target(self) -> str:
+        """The training target: ``mode``, where ``mode="tune"`` trains on the SGR responses."""
+        return "sgr" if self.mode == "tune" else self.mode
+
+    def resolved(self) -> "RecoverOptions":
+        """A checked copy: every value the run uses, the recipe's filled in (this object unchanged)."""
+        return copy.copy(self).check()
+
+    def replace(self, **changes) -> "RecoverOptions":
+        """A copy with ``changes``; values the recipe filled in are filled in again (by the new
+        recipe where ``changes`` names one)."""
+        return super().replace(**{**{n: None for n in getattr(self, "_filled", ())}, **changes})
+
     def validate(self) -> None:
+        self._fill_in()
         if self.train_batch % self.micro_batch:
             raise PrunescopeError(f"--train-batch {self.train_batch} must be a multiple of --micro-batch "
                                   f"{self.micro_batch}")
+        if self.warmup and self.warmup_ratio:
+            raise PrunescopeError(f"--warmup {self.warmup} and --warmup-ratio {self.warmup_ratio:g} both set: give "
+                                  "one (warm-up steps, or a fraction of the run's steps)")
         if self.mode == "distill" and self.teacher is None:
             raise PrunescopeError("--mode distill needs --teacher BASE_MODEL (the unpruned model); "
                                   "use 'default' for the embedded default model")
+        self._check_tune()
+
+    def _fill_in(self) -> None:
+        """Fill the unset values from the recipe (and ``train`` from ``mode``); the names filled are
+        kept, so a second check (with another recipe) fills them again."""
+        filled = set(getattr(self, "_filled", ()))
+        for name, value in RECIPES[self.recipe].items():
+            if getattr(self, name) is None or name in filled:
+                setattr(self, name, value)
+                filled.add(name)
+        # one warm-up given explicitly replaces the recipe's pair: --warmup-ratio 0.1 means no 50 steps too
+        if "warmup" in filled and "warmup_ratio" not in filled:
+            self.warmup = 0
+        elif "warmup_ratio" in filled and "warmup" not in filled:
+            self.warmup_ratio = 0.0
+        if self.train is None or "train" in filled:
+            self.train = "tune" if self.mode == "tune" else "lora"
+            filled.add("train")
+        self._filled = frozenset(filled)
+
+    def _check_tune(self) -> None:
+        if self.mode == "tune" and self.train != "tune":
+            raise PrunescopeError(f"--mode tune is --mode sgr --train tune; it cannot go with --train {self.train}")
+        if self.train != "tune":
+            if self.tune_layers is not None or self.tune_last is not None:
+                raise PrunescopeError("--tune-layers and --tune-last choose the layers of --train tune")
+            return
+        if self.tune_layers is not None and self.tune_last is not None:
+            raise PrunescopeError("give --tune-layers or --tune-last, not both")
+        if self.tune_layers is not None and not self.tune_layers:
+            raise PrunescopeError("--tune-layers names no layer")
+        if self.mode == "random":
+            raise PrunescopeError("--mode random trains a freshly initialised model: with --train tune the layers "
+                                  "left frozen would stay random; use --train lora")
+        self.quant = False  # the tuned layers train in full precision: nothing is quantized
 
 
 # ---------------------------------------------------------------- models
@@ -133,6 +281,7 @@ def add_lora(model, cfg: RecoverOptions):
     """
     from peft import LoraConfig, get_peft_model
 
+    cfg = cfg.resolved()  # the recipe's rank, alpha and dropout where the caller left them unset
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -406,10 +555,35 @@ def _batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
     out = []
     for g in range(step * batch, (step + 1) * batch):
         epoch, pos = divmod(g, n)
-        perm = list(range(n))
-        random.Random(seed * 1000003 + epoch).shuffle(perm)
-        out.append(perm[pos])
+        out.append(_epoch_order(n, seed, epoch)[pos])
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    perm = list(range(n))
+    random.Random(seed * 1000003 + epoch).shuffle(perm)
+    return tuple(perm)
+
+
+def plan_steps(sizes: list[int], batch: int, seed: int, *, steps: int | None = None,
+               token_budget: int | None = None) -> tuple[int, int]:
+    """(optimizer steps, response tokens) of a run over examples of ``sizes`` response tokens in
+    the seeded batch order of :func:`_batch_indices`: ``steps`` steps, or the steps until
+    ``token_budget`` tokens are trained (the last batch may pass it), whichever ends first. So an
+    arm asked for N steps knows its tokens, and one asked for a token budget knows its steps,
+    before it trains (steps skipped for a non-finite loss train no tokens: a budget then takes more).
+
+    >>> plan_steps([10] * 8, 4, 0, steps=3), plan_steps([10] * 8, 4, 0, token_budget=100)
+    ((3, 120), (3, 120))
+    """
+    if steps is None and token_budget is None:
+        raise ValueError("plan_steps needs steps or token_budget")
+    step, tokens = 0, 0
+    while (steps is None or step < steps) and (token_budget is None or tokens < token_budget):
+        tokens += sum(sizes[i] for i in _batch_indices(step, batch, len(sizes), seed))
+        step += 1
+    return step, tokens
 
 
 def warmup_steps(warmup: int, steps: int, *, known: bool = True) -> int:
@@ -443,13 +617,23 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return ck[-1] if ck else None
 
 
+TUNED_WEIGHTS = "tuned.safetensors"   # a layer-tuning checkpoint's weights: the trained tensors only
+
+
 def _save_checkpoint(out: Path, pm, opt, sched, state: dict) -> Path:
-    """Adapter + optimizer + schedule + counters, written to a temp folder and renamed."""
+    """Trained weights (the adapter, or the tuned tensors) + optimizer + schedule + counters,
+    written to a temp folder and renamed."""
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:06d}"
     tmp = make_temp_dir(".step-", root)
-    pm.save_pretrained(tmp)
+    if hasattr(pm, "peft_config"):
+        pm.save_pretrained(tmp)
+    else:  # layer tuning: the frozen rest of the model is the pruned checkpoint's
+        from safetensors.torch import save_file
+
+        save_file({n: p.detach().contiguous() for n, p in pm.named_parameters() if p.requires_grad},
+                  str(tmp / TUNED_WEIGHTS))
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), **state}, tmp / "state.pt")
     follow_umask(tmp)
     if final.exists():
@@ -477,7 +661,13 @@ def _load_checkpoint(path: Path, pm, opt, sched) -> dict:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(pm, load_file(path / "adapter_model.safetensors"))
+    if (path / TUNED_WEIGHTS).is_file():
+        params = dict(pm.named_parameters())
+        with torch.no_grad():
+            for name, t in load_file(path / TUNED_WEIGHTS).items():
+                params[name].copy_(t)
+    else:
+        set_peft_model_state_dict(pm, load_file(path / "adapter_model.safetensors"))
     # weights_only: a run folder may come from someone else; never unpickle code from it
     try:
         st = torch.load(path / "state.pt", weights_only=True)
@@ -487,6 +677,12 @@ def _load_checkpoint(path: Path, pm, opt, sched) -> dict:
                               "checkpoint or from scratch") from None
     opt.load_state_dict(st.pop("optimizer"))
     sched.load_state_dict(st.pop("scheduler"))
+    rng, cuda_rng = st.pop("rng", None), st.pop("cuda_rng", None)
+    if rng is not None:
+        torch.set_rng_state(rng)
+    dev = next(p.device for p in pm.parameters() if p.requires_grad)
+    if cuda_rng is not None and dev.type == "cuda":
+        torch.cuda.set_rng_state(cuda_rng, dev)
     return st
 
 
@@ -503,7 +699,9 @@ def recover_model(options: RecoverOptions | None = None, *, model: str | Path | 
     to ``output.out``.
 
     ``options.teacher``: the base model for ``mode="distill"``. ``stop_after``: leave after this many
-    optimizer steps in this call (a later call resumes) — for time-sliced machines. Returns a summary dict.
+    optimizer steps in this call (a later call resumes) — for time-sliced machines. ``merge``: write
+    the merged model (False: LoRA leaves its adapter only; a tuned model is always written). Returns
+    the run's summary (:meth:`_TrainingRun.summary`: steps and response tokens trained, the recipe...).
 
     >>> recover_model(RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
     ...               output=Output(out="recovered/bi25-sgr"))  # doctest: +SKIP
@@ -519,7 +717,7 @@ def recover_model(options: RecoverOptions | None = None, *, model: str | Path | 
     student_path = data.student_path
     if cfg.mode == "random":  # the input is good: the control's starting weights become the model to recover
         student_path = random_init(student_path, out / "init", seed=cfg.seed)  # run_config keeps the pruned path
-    pm, teacher = _load_models(cfg, student_path, placement.device)
+    pm, teacher = _load_models(cfg, student_path, placement.device, plan_from=data.student_path)
     with run_lock(out, "recovery run"):  # the input is good: from here on the folder is written
         record_run_config(out, data.run_config, RUN_CONFIG)
         run = _TrainingRun(cfg, out, pm, teacher, data, show_progress=output.progress)
@@ -546,7 +744,8 @@ def _require_inputs(cfg: RecoverOptions, model: str | Path | None, output: Outpu
 @dataclass
 class _TrainingData:
     """What a recovery run trains on: the resolved pruned model, its tokenizer, the training and
-    held-out examples, the settings recorded in the run folder and the optimizer steps to run."""
+    held-out examples, the settings recorded in the run folder, the optimizer steps to run and the
+    response tokens they train (:func:`plan_steps`), and the warm-up used."""
 
     student_path: str | Path
     tokenizer: object
@@ -554,57 +753,126 @@ class _TrainingData:
     held: list[Example]
     run_config: dict
     steps: int
+    tokens: int
     warmup: int
 
 
-def _training_data(cfg: RecoverOptions, model: str | Path, out: Path, refuse_other: bool = True) -> _TrainingData:
+HELDOUT_SEED = 0   # the held-out split is drawn once, whatever --seed: every seed's arm trains and is scored alike
+
+
+def _training_data(cfg: RecoverOptions, model: str | Path, out: Path | None,
+                   refuse_other: bool = True) -> _TrainingData:
     """Tokenize the training records and split off the held-out examples; a run folder ``out`` that
     holds another run's settings is refused here (``refuse_other``; ``--overwrite`` removes it
-    instead), before any model is loaded."""
+    instead), before any model is loaded (``out=None``: only planning, no folder)."""
     from transformers import AutoTokenizer
 
     from prunescope.probe.models import resolve_model
 
     student_path = resolve_model(model)
-    records, field = training_records(cfg.data, cfg.mode)
+    records, field = training_records(cfg.data, cfg.target)
     tok = AutoTokenizer.from_pretrained(student_path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    examples = encode_all(tok, records, field if cfg.mode != "distill" else "response", cfg.max_seq_len)
-    train, held = split_examples(examples, cfg.heldout, cfg.seed)
+    examples = encode_all(tok, records, field, cfg.max_seq_len)
+    train, held = split_examples(examples, cfg.heldout, HELDOUT_SEED)
     run_config = {**asdict(cfg), "model": str(student_path), "data": str(cfg.data),
                   "teacher": str(cfg.teacher) if cfg.teacher else None, "n_train": len(train), "n_eval": len(held)}
     # not config.json: the merged model's own config lands in the same folder
-    if refuse_other:
+    if out is not None and refuse_other:
         check_run_config(out, run_config, "recovery run", name=RUN_CONFIG, paths=("model", "data", "teacher"),
                          write=False)
-    else:
+    elif out is not None:
         expect_folder(out)
-    steps = cfg.steps
-    if steps is None:  # one epoch, or (with a token budget) until the budget is spent
-        steps = math.ceil(len(train) / cfg.train_batch) if cfg.token_budget is None else 10**9
-    warmup = warmup_steps(cfg.warmup, steps, known=steps < 10**9)
+    steps, tokens = _planned(cfg, [e.n_response for e in train])
+    warmup = warmup_steps(cfg.warmup or math.ceil(cfg.warmup_ratio * steps), steps)
     if warmup < cfg.warmup:
         print(f"  --warmup {cfg.warmup} is longer than the run ({_count(steps, 'step')}): warming up over "
               f"{_count(warmup, 'step')}, so the last step trains at --lr {cfg.lr:g}")
     if not held:
         print(f"  {len(examples)} training records: too few for a held-out split (it takes "
               f"{MIN_PER_HELD_OUT}), so the run reports no held-out perplexity")
-    return _TrainingData(student_path, tok, train, held, run_config, steps, warmup)
+    return _TrainingData(student_path, tok, train, held, run_config, steps, tokens, warmup)
+
+
+def _planned(cfg: RecoverOptions, sizes: list[int]) -> tuple[int, int]:
+    """(steps, response tokens) of the run: ``steps`` and/or ``token_budget``, else ``epochs`` epochs."""
+    if cfg.steps is None and cfg.token_budget is None:
+        return plan_steps(sizes, cfg.train_batch, cfg.seed, steps=cfg.epochs * math.ceil(len(sizes) / cfg.train_batch))
+    return plan_steps(sizes, cfg.train_batch, cfg.seed, steps=cfg.steps, token_budget=cfg.token_budget)
+
+
+def plan_recovery(options: RecoverOptions | None = None, *, model: str | Path) -> dict:
+    """What a recovery of ``model`` with ``options`` will train, from the tokenized data alone (no
+    model is loaded): its optimizer ``steps`` and response ``tokens``, the training and held-out
+    example counts and the warm-up. Arms matched on steps know their tokens from it, arms matched on
+    tokens (``token_budget``) their steps; each run records both again in its summary.
+
+    >>> plan_recovery(RecoverOptions(data="runs/sgr.jsonl", steps=100), model="pruned/bi25")  # doctest: +SKIP
+    {'steps': 100, 'tokens': 181234, 'n_train': 568, 'n_eval': 32, 'warmup': 50}
+    """
+    cfg = (options or RecoverOptions()).resolved()
+    if not cfg.data:
+        raise PrunescopeError("planning a recovery needs its training data: pass data=SGR.jsonl")
+    data = _training_data(cfg, model, None)
+    return {"steps": data.steps, "tokens": data.tokens, "n_train": len(data.train), "n_eval": len(data.held),
+            "warmup": data.warmup}
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _load_models(cfg: RecoverOptions, student_path: str | Path, device: str):
-    """The student with fresh LoRA adapters (seeded), in training mode, and for ``mode="distill"``
-    the teacher (None otherwise)."""
+def _load_models(cfg: RecoverOptions, student_path: str | Path, device: str, plan_from: str | Path):
+    """The student in training mode, with fresh LoRA adapters (seeded) or, for ``train="tune"``,
+    only the chosen layers trainable (:func:`tune_layers`, read from ``plan_from``'s plan record),
+    and for a distillation target the teacher (None otherwise)."""
     torch.manual_seed(cfg.seed)
-    pm = add_lora(load_student(student_path, quant=cfg.quant, device=device), cfg)
+    model = load_student(student_path, quant=cfg.quant, device=device)
+    if cfg.train == "tune":
+        pm = _tunable(model, tune_layers(cfg, plan_from, model.config.num_hidden_layers), cfg)
+    else:
+        pm = add_lora(model, cfg)
     pm.train()
-    teacher = _load_teacher(cfg.teacher, pm, device) if cfg.mode == "distill" else None
+    teacher = _load_teacher(cfg.teacher, pm, device) if cfg.target == "distill" else None
     return pm, teacher
+
+
+def tune_layers(cfg: RecoverOptions, model_dir: str | Path, n_layers: int) -> list[int]:
+    """The decoder layers ``--train tune`` trains in a pruned model of ``n_layers`` layers:
+    ``tune_last``'s last layers, ``tune_layers`` as given, or by default the kept layers just
+    before and after each cut (:func:`prunescope.recover.student.cut_neighbours` of the plan record
+    in ``model_dir``).
+
+    >>> tune_layers(RecoverOptions(train="tune", tune_last=2).check(), "pruned/bi25", 6)
+    [4, 5]
+    """
+    if cfg.tune_last is not None:
+        if cfg.tune_last > n_layers:
+            raise PrunescopeError(f"--tune-last {cfg.tune_last}: the model has {n_layers} layers")
+        return list(range(n_layers - cfg.tune_last, n_layers))
+    if cfg.tune_layers is not None:
+        return list(cfg.tune_layers)
+    plan = plan_drop(model_dir)
+    if plan is None:
+        raise PrunescopeError(f"{model_dir} holds no plan record ({' or '.join(PLAN_FILES)}), so the layers next to "
+                              "its cut are not known: pass --tune-layers L1,L2 or --tune-last K")
+    drop, n_before = plan
+    if n_before - len(drop) != n_layers:
+        raise PrunescopeError(f"{model_dir}: its plan drops {len(drop)} of {n_before} layers, but the model has "
+                              f"{n_layers}; pass --tune-layers L1,L2 or --tune-last K")
+    return cut_neighbours(drop, n_before)
+
+
+def _tunable(model, layers: list[int], cfg: RecoverOptions):
+    """``model`` with only ``layers`` (and with ``tune_last`` the final norm and LM head) trainable."""
+    tune_parameters(model, layers, head=cfg.tune_last is not None)
+    if cfg.grad_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        # non-reentrant checkpoints reach the tuned weights without it: the frozen layers below the
+        # lowest tuned one then run no backward at all
+        model.disable_input_require_grads()
+    return model
 
 
 def _load_teacher(teacher: str, student, device: str):
@@ -638,7 +906,8 @@ class _TrainingRun:
         self.show_progress = show_progress
         self.named = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(_param_groups(self.named, cfg.weight_decay), lr=cfg.lr,
+                                     betas=(0.9, cfg.adam_beta2))
         self.sched = warmup_schedule(self.opt, data.warmup)
         self.state = {"step": 0, "tokens": 0, "all_tokens": 0, "train_seconds": 0.0, "curve": [], "window": [],
                       "grad_window": [], "non_finite": []}
@@ -652,18 +921,20 @@ class _TrainingRun:
         self.bad_in_row = 0
 
     def finished(self) -> bool:
-        """The step count or the token budget is reached."""
-        state, budget = self.state, self.cfg.token_budget
-        return state["step"] >= self.data.steps or (budget is not None and state["tokens"] >= budget)
+        """The token budget or the step count is reached. A run asked only for a token budget goes
+        past its planned steps where skipped steps (which train no tokens) left it short."""
+        state, cfg = self.state, self.cfg
+        if cfg.token_budget is not None and state["tokens"] >= cfg.token_budget:
+            return True
+        return state["step"] >= self.data.steps and (cfg.token_budget is None or cfg.steps is not None)
 
     def train(self, stop_after: int | None) -> int:
         """Optimizer steps until :meth:`finished`, or until ``stop_after`` steps ran in this call;
         returns the number of steps run here."""
         if not self.state["curve"]:
             self.log_eval(None)
-        steps = self.data.steps
-        self.bar = tqdm(total=steps if steps < 10**9 else None, initial=self.state["step"],
-                        desc=f"recover ({self.cfg.mode})", unit="step", disable=not self.show_progress)
+        self.bar = tqdm(total=self.data.steps, initial=self.state["step"], desc=f"recover ({self.cfg.mode})",
+                        unit="step", disable=not self.show_progress)
         done_here = 0
         while not self.finished():
             if stop_after is not None and done_here >= stop_after:
@@ -746,14 +1017,27 @@ class _TrainingRun:
         write_table(state["curve"], self.out / "curve", columns=list(state["curve"][0]))
 
     def save_checkpoint(self) -> Path:
-        """Adapters, optimizer, schedule and ``state``, as ``checkpoints/step-N`` (the newest only)."""
-        return _save_checkpoint(self.out, self.pm, self.opt, self.sched, self.state)
+        """Trained weights, optimizer, schedule, ``state`` and the random generators' state (LoRA
+        dropout draws from it: a resumed run draws what an uninterrupted one would), as
+        ``checkpoints/step-N`` (the newest only)."""
+        rng = {"rng": torch.get_rng_state()}
+        if self.dev.type == "cuda":
+            rng["cuda_rng"] = torch.cuda.get_rng_state(self.dev)
+        return _save_checkpoint(self.out, self.pm, self.opt, self.sched, {**self.state, **rng})
 
     def summary(self) -> dict:
-        """The run's record: steps, tokens, skipped steps, time, throughput, final perplexity (None
-        without a held-out set), the training and held-out example counts and the warm-up used."""
-        state, secs = self.state, self.state["train_seconds"]
-        return {"mode": self.cfg.mode, "steps": state["step"], "trained_tokens": state["tokens"],
+        """The run's record: what was trained (``train``, ``recipe``, the values the recipe set, the
+        tuned layers), ``steps`` and ``tokens`` (response tokens trained; ``trained_tokens`` too)
+        beside the planned ones, skipped steps, time, throughput, final perplexity (None without a
+        held-out set), the training and held-out example counts and the warm-up used. Every
+        resolved setting is in the record's ``config``."""
+        state, secs, cfg = self.state, self.state["train_seconds"], self.cfg
+        return {"mode": cfg.mode, "train": cfg.train, "recipe": cfg.recipe,
+                "set_by_recipe": sorted(set(getattr(cfg, "_filled", ())) & set(RECIPES[cfg.recipe])),
+                **({"tuned_layers": _layers_of(self.named), "tuned_head": cfg.tune_last is not None}
+                   if cfg.train == "tune" else {}),
+                "steps": state["step"], "tokens": state["tokens"], "trained_tokens": state["tokens"],
+                "planned_steps": self.data.steps, "planned_tokens": self.data.tokens, "token_budget": cfg.token_budget,
                 "n_train": len(self.data.train), "n_eval": len(self.data.held), "warmup": self.data.warmup,
                 "skipped_steps": len(state["non_finite"]), "non_finite": state["non_finite"],
                 "all_tokens": state["all_tokens"], "train_seconds": round(secs, 2),
@@ -761,11 +1045,38 @@ class _TrainingRun:
                 "final_eval_ppl": state["curve"][-1]["eval_ppl"], "finished": self.finished(), "out": str(self.out)}
 
 
+def _param_groups(named: list[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups: weight decay on the matrices, none on vectors (norm weights,
+    biases), as the HF Trainer does; every LoRA weight is a matrix."""
+    decay = [p for _, p in named if p.ndim >= 2]
+    rest = [p for _, p in named if p.ndim < 2]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0})
+            if g["params"]]
+
+
+def _layers_of(named: list[tuple[str, torch.nn.Parameter]]) -> list[int]:
+    """The decoder layers the named parameters belong to (``...layers.N....``).
+
+    >>> _layers_of([("model.layers.3.mlp.up_proj.weight", None), ("lm_head.weight", None)])
+    [3]
+    """
+    import re
+
+    return sorted({int(m.group(1)) for n, _ in named if (m := re.search(r"\.layers\.(\d+)\.", n))})
+
+
 def _write_recovered(run: _TrainingRun, student_path: str | Path, summary: dict, merge: bool) -> None:
-    """A finished run's curve figure, final adapter (written to a temp folder and renamed) and, with
-    ``merge``, the merged model with its recovery record."""
+    """A finished run's curve figure and model: a tuned model as it is, a LoRA run's final adapter
+    (written to a temp folder and renamed) and, with ``merge``, the merged model; either with its
+    recovery record."""
     cfg, out = run.cfg, run.out
     plot_curve(run.state["curve"], out / "curve.png", f"{Path(str(student_path)).name}: {cfg.mode}")
+    record = {"recovery": summary, "config": run.data.run_config}
+    if cfg.train == "tune":
+        from prunescope.recover.merge import write_model
+
+        write_model(run.pm, out, base=student_path, tokenizer=run.data.tokenizer, record=record)
+        return
     adapter = out / "adapter"
     tmp = make_temp_dir(".adapter-", out)
     run.pm.save_pretrained(tmp)
@@ -776,8 +1087,7 @@ def _write_recovered(run: _TrainingRun, student_path: str | Path, summary: dict,
     if merge:
         from prunescope.recover.merge import merge_adapter
 
-        merge_adapter(student_path, adapter, out, quant=cfg.quant, tokenizer=run.data.tokenizer,
-                      record={"recovery": summary, "config": run.data.run_config})
+        merge_adapter(student_path, adapter, out, quant=cfg.quant, tokenizer=run.data.tokenizer, record=record)
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> Path:
@@ -820,4 +1130,5 @@ def read_summary(out: str | Path) -> dict:
 
 __all__ = ["RecoverOptions", "recover_model", "load_student", "add_lora", "compute_dtype", "perplexity",
            "response_nll", "response_kl", "collate", "check_bitsandbytes", "plot_curve", "read_summary",
-           "describe_perplexity", "warmup_steps"]
+           "describe_perplexity", "warmup_steps", "plan_steps", "plan_recovery", "tune_layers", "RECIPES",
+           "RECIPE_SOURCES"]

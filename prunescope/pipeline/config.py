@@ -109,15 +109,15 @@ class Recover(Options):
     max_seq_len: int = derive(RecoverOptions, "max_seq_len", 1024,
                               why="the built-in prompts' answers are short; 8192 only costs memory")
     quant: bool = derive(RecoverOptions, "quant")
-    train_batch: int = derive(RecoverOptions, "train_batch")
+    train_batch: int | None = derive(RecoverOptions, "train_batch")
     micro_batch: int = derive(RecoverOptions, "micro_batch")
     max_grad_norm: float | None = derive(RecoverOptions, "max_grad_norm")
     adapter_dtype: str = derive(RecoverOptions, "adapter_dtype")
     heldout: int = derive(RecoverOptions, "heldout")
     eval_every: int | None = derive(RecoverOptions, "eval_every", None,
                                     why="none: a quarter of steps, or 25 steps under a token budget")
-    lr: float = derive(RecoverOptions, "lr")
-    warmup: int = derive(RecoverOptions, "warmup")
+    lr: float | None = derive(RecoverOptions, "lr")
+    warmup: int | None = derive(RecoverOptions, "warmup")
 
 
 @dataclass

@@ -377,6 +377,8 @@ def model_differences(root: str | Path, seeds: list[int], n_boot: int = 1000, se
     if reference not in models:
         return []
     base, per, tasks = _model_items(root, models)
+    first = root / f"seed-{next(iter(next(iter(models.values())).values()))[0]}" / "retention.csv"
+    model = next((r["model"] for r in read_table(first)), "")
     rng = np.random.default_rng(seed)
     idx = {}
     for task in tasks:
@@ -403,7 +405,7 @@ def model_differences(root: str | Path, seeds: list[int], n_boot: int = 1000, se
                     continue
                 diff = a[cat] - b[cat]
                 lo, hi = np.nanpercentile(diff, [2.5, 97.5]) if np.isfinite(diff).any() else (float("nan"),) * 2
-                rows.append({"model": "", "probe": cat, "condition": stage, "reference": reference,
+                rows.append({"model": model, "probe": cat, "condition": stage, "reference": reference,
                              "metric": f"{metric}_minus_reference", "value": float(point_a[cat][0] - point_b[cat][0]),
                              "arm": float(point_a[cat][0]), "reference_value": float(point_b[cat][0]),
                              "ci_low": float(lo), "ci_high": float(hi), "n": len(arm), "n_reference": len(ref),
