@@ -126,7 +126,7 @@ def training_rows(run: Path) -> list[dict]:
                      "trained_tokens": r["trained_tokens"], "skipped_steps": r.get("skipped_steps", 0),
                      "skipped_at": " ".join(str(x["step"]) for x in r.get("non_finite") or []),
                      "first_bad_grads": " ".join(bad), "train_seconds": r["train_seconds"],
-                     "tokens_per_s": round(r["tokens_per_s"]), "final_eval_ppl": None if r["final_eval_ppl"] is None else round(r["final_eval_ppl"], 3)})
+                     "tokens_per_s": None if r.get("tokens_per_s") is None else round(r["tokens_per_s"]), "final_eval_ppl": None if r["final_eval_ppl"] is None else round(r["final_eval_ppl"], 3)})
     return rows
 
 

@@ -23,9 +23,11 @@ Hooks live only inside a ``with`` block and are removed on exit, also when the b
 True
 
 The handle wraps the model; it never re-implements it. Skipping a layer swaps it for a
-pass-through module inside the context (no compute, no KV-cache entry), and running "from layer
-l onward" reuses the model's own forward (its masks, rotary embeddings and softcapping) with the
-earlier layers swapped out and the supplied hidden states fed in as the input embeddings.
+pass-through module inside the context (no compute, no KV-cache entry); skipping a layer's
+attention or MLP alone (``skip(attn=[...], mlp=[...])``) swaps that sublayer for a stand-in that
+adds zeros; and running "from layer l onward" reuses the model's own forward (its masks, rotary
+embeddings and softcapping) with the earlier layers swapped out and the supplied hidden states fed
+in as the input embeddings.
 """
 
 from __future__ import annotations
@@ -71,24 +73,55 @@ class _PassThrough(nn.Module):
         attn = getattr(layer, "self_attn", None)
         if not hasattr(self, "layer_idx"):
             self.layer_idx = getattr(attn, "layer_idx", None)
-        cfg = getattr(attn, "config", None)
-        self.kv_shape = None if cfg is None else (
-            int(cfg.num_key_value_heads), int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads))
+        self.kv_shape = _kv_shape(attn)
         if share_hooks:
             for d in _HOOK_DICTS:
                 setattr(self, d, getattr(layer, d))
 
     def forward(self, hidden_states=None, *args, **kwargs):
-        # With a KV cache, store zeros for this layer so every layer's cache keeps the same
-        # length: HF sizes attention masks from one layer's cache, which may be a skipped one.
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None and hasattr(cache, "update") and self.layer_idx is not None:
-            cfg = self.kv_shape
-            if cfg is not None:
-                b, t = hidden_states.shape[:2]
-                kv = hidden_states.new_zeros(b, cfg[0], t, cfg[1])
-                cache.update(kv, kv, self.layer_idx)
+        _keep_cache_aligned(self, hidden_states, kwargs)
         return hidden_states
+
+
+class _ZeroSublayer(nn.Module):
+    """Stands in for a sublayer's module (its attention or MLP, or the post-norm after it) and
+    adds nothing to the residual stream: it returns zeros shaped like its input (attention modules:
+    ``(zeros, None)``, as they return ``(output, weights)``), without running the module."""
+
+    def __init__(self, module: nn.Module, attention: bool):
+        super().__init__()
+        object.__setattr__(self, "original", module)   # a plain reference, as in _PassThrough
+        self.attention = attention
+        self.layer_idx = getattr(module, "layer_idx", None)
+        self.kv_shape = _kv_shape(module) if attention else None
+        for d in _HOOK_DICTS:   # a hook on the module (hook_attn_out, hook_mlp_out) sees the zeros
+            setattr(self, d, getattr(module, d))
+
+    def forward(self, hidden_states=None, *args, **kwargs):
+        if self.attention:
+            _keep_cache_aligned(self, hidden_states, kwargs)
+        zeros = torch.zeros_like(hidden_states)
+        return (zeros, None) if self.attention else zeros
+
+
+def _kv_shape(attn: nn.Module | None) -> tuple[int, int] | None:
+    """(key-value heads, head size) of an attention module, for the zeros a skip stores in a KV cache."""
+    cfg = getattr(attn, "config", None)
+    if cfg is None:
+        return None
+    return (int(cfg.num_key_value_heads),
+            int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads))
+
+
+def _keep_cache_aligned(stand_in: nn.Module, hidden_states: torch.Tensor, kwargs: dict) -> None:
+    """With a KV cache, store zeros for a skipped layer (or attention) so every layer's cache keeps
+    the same length: HF sizes attention masks from one layer's cache, which may be a skipped one."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is not None and hasattr(cache, "update") and stand_in.layer_idx is not None:
+        if stand_in.kv_shape is not None:
+            b, t = hidden_states.shape[:2]
+            kv = hidden_states.new_zeros(b, stand_in.kv_shape[0], t, stand_in.kv_shape[1])
+            cache.update(kv, kv, stand_in.layer_idx)
 
 
 def _first_tensor(out):
@@ -306,23 +339,80 @@ class Blocks:
 
     # ----------------------------------------------------------------- skipping
     @contextmanager
-    def skip(self, layers: Iterable[int]) -> Iterator[None]:
+    def skip(self, layers: Iterable[int] = (), *, attn: Iterable[int] = (), mlp: Iterable[int] = ()) -> Iterator[None]:
         """Skip layers inside the block: each returns its input (no compute, no cache entry).
+        ``attn`` / ``mlp``: layers whose attention / MLP alone is skipped (:meth:`skip_sublayers`).
 
         >>> from prunescope.probe.tiny import tiny_model
         >>> blocks = Blocks(tiny_model("gemma2")[0])
-        >>> with blocks.skip([0, 2]):
+        >>> with blocks.skip([0, 2], mlp=[3]):
         ...     pass
         """
         layers = self.check_layers(layers)
         originals = {i: self.layers[i] for i in layers}
+        with self.skip_sublayers(attn=attn, mlp=mlp):
+            try:
+                for i, layer in originals.items():
+                    self.layers[i] = _PassThrough(layer, share_hooks=True)
+                yield
+            finally:
+                for i, layer in originals.items():
+                    self.layers[i] = layer
+
+    def sublayer_paths(self, kind: str) -> tuple[str, ...]:
+        """The modules of a layer that a skipped sublayer (``"attn"`` or ``"mlp"``) stands in for: the
+        one that computes it and the one whose output is added to the residual stream (the same
+        module, except where a post-norm follows: Gemma2, Gemma3).
+
+        >>> from prunescope.probe.tiny import tiny_model
+        >>> Blocks(tiny_model("gemma3")[0]).sublayer_paths("mlp")
+        ('mlp', 'post_feedforward_layernorm')
+        """
+        if kind not in ("attn", "mlp"):
+            raise PrunescopeError(f"unknown sublayer {kind!r}: use attn or mlp")
+        # every supported family calls its MLP ``mlp``; the table names what the residual adds
+        compute, added = (self.arch.attn, self.arch.attn_out) if kind == "attn" else ("mlp", self.arch.mlp_out)
+        return tuple(dict.fromkeys((compute, added)))
+
+    @contextmanager
+    def skip_sublayers(self, attn: Iterable[int] = (), mlp: Iterable[int] = ()) -> Iterator[None]:
+        """Skip the attention (``attn``) or the MLP (``mlp``) of layers inside the block: that sublayer
+        adds nothing to the residual stream (``h + attn(norm(h)) -> h``, ``h + mlp(norm(h)) -> h``;
+        on Gemma2/Gemma3 the post-norm's output is the zero added, so the definition holds there too).
+
+        Exact and cheaper: the sublayer's module and its post-norm are swapped for stand-ins that
+        return zeros without computing (the input norm and the residual add still run, and ``h + 0``
+        is ``h`` exactly), so ``blocks.{l}.hook_attn_out`` / ``hook_mlp_out`` see zeros, equal to
+        zeroing them with a hook. ``attn.hook_z`` of a skipped attention does not fire. A skipped
+        attention stores zeros in a KV cache (as a skipped layer does). Skipping both sublayers of a
+        layer equals skipping the layer.
+
+        >>> from prunescope.probe.tiny import tiny_model
+        >>> model, tok = tiny_model("llama"); blocks = Blocks(model)
+        >>> ids = tok(["1 + 2 = 3"], return_tensors="pt").input_ids
+        >>> with blocks.skip_sublayers(attn=[1], mlp=[1]):
+        ...     both = blocks.forward(ids)
+        >>> with blocks.skip([1]):
+        ...     layer = blocks.forward(ids)
+        >>> bool(torch.equal(both, layer))
+        True
+        """
+        chosen = [(i, "attn") for i in self.check_layers(attn, allow_all=True)]
+        chosen += [(i, "mlp") for i in self.check_layers(mlp, allow_all=True)]
+        swapped: list[tuple[nn.Module, str, nn.Module]] = []
         try:
-            for i, layer in originals.items():
-                self.layers[i] = _PassThrough(layer, share_hooks=True)
+            for i, kind in chosen:
+                layer = getattr(self.layers[i], "original", self.layers[i])   # under a layer skip too
+                for path in self.sublayer_paths(kind):
+                    owner_path, _, attr = path.rpartition(".")
+                    owner = get_path(layer, owner_path) if owner_path else layer
+                    module = getattr(owner, attr)
+                    swapped.append((owner, attr, module))
+                    setattr(owner, attr, _ZeroSublayer(module, attention=kind == "attn" and path == self.arch.attn))
             yield
         finally:
-            for i, layer in originals.items():
-                self.layers[i] = layer
+            for owner, attr, module in reversed(swapped):
+                setattr(owner, attr, module)
 
     @contextmanager
     def skip_rows(self, layers: Iterable[int], mask: Callable[[int], torch.Tensor]) -> Iterator[None]:

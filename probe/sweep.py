@@ -31,6 +31,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from tqdm.auto import tqdm
@@ -38,42 +39,154 @@ from tqdm.auto import tqdm
 from prunescope.probe.blocks import Blocks
 from prunescope.core.distributed import Dist, assign, rank_device, spread
 from prunescope.core.errors import PrunescopeError
-from prunescope.core.options import SHARED_MEANINGS, Flag, Options, Output, Placement, option
+from prunescope.core.options import SHARED_MEANINGS, Flag, Options, Output, Placement, Reader, option
 from prunescope.core.lock import run_lock
 from prunescope.core.overwrite import expect_folder, remove_previous
 from prunescope.core.results import append_progress, check_run_config, read_progress, record_run_config, write_table
 from prunescope.probe.scoring import SCORINGS, Batch, ScoringPlan, TextPlan, aggregate_defined, load_texts
+from prunescope.probe.interaction import (ORDER_NAMES, cumulative_rows, cumulative_sets, interaction_rows,
+                                         pair_sets, parse_layers, resolve_orders)
 from prunescope.probe.tasks import OPERATORS, Item, check_probe, make_items, save_items
+
+
+SUBLAYERS = ("attn", "mlp")
 
 
 @dataclass(frozen=True)
 class Condition:
-    """A set of layers to skip; the empty set is the unmodified model."""
+    """What to skip: whole ``layers``, and the attention (``attn``) or MLP (``mlp``) alone of others;
+    nothing is the unmodified model. A layer listed in both ``attn`` and ``mlp`` is a skipped layer
+    (the same function: :meth:`Blocks.skip_sublayers`), so it moves to ``layers``.
+
+    >>> Condition((5,)).name, Condition((), attn=(3,)).name, Condition((10, 11), mlp=(4,)).name
+    ('skip:5', 'skip_attn:3', 'skip:10-11,mlp:4')
+    >>> Condition((), attn=(3, 4), mlp=(4,)).name
+    'skip:4,attn:3'
+    """
 
     layers: tuple[int, ...]
+    attn: tuple[int, ...] = ()
+    mlp: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        both = set(self.attn) & set(self.mlp)
+        layers = set(self.layers) | both
+        object.__setattr__(self, "layers", tuple(sorted(layers)))
+        object.__setattr__(self, "attn", tuple(sorted(set(self.attn) - layers)))
+        object.__setattr__(self, "mlp", tuple(sorted(set(self.mlp) - layers)))
 
     @property
     def name(self) -> str:
-        if not self.layers:
+        if not self.touched:
             return "none"
-        ls = self.layers
-        if len(ls) > 1 and ls == tuple(range(ls[0], ls[-1] + 1)):
-            return f"skip:{ls[0]}-{ls[-1]}"
-        return "skip:" + ",".join(map(str, ls))
+        if not (self.attn or self.mlp):
+            return "skip:" + ",".join(_spans(self.layers))
+        if not self.layers and not (self.attn and self.mlp):
+            kind, ls = ("attn", self.attn) if self.attn else ("mlp", self.mlp)
+            return f"skip_{kind}:" + ",".join(_spans(ls))
+        return "skip:" + ",".join(_spans(self.layers) + [f"{k}:{t}" for k in SUBLAYERS
+                                                         for t in _spans(getattr(self, k))])
 
     @property
     def layers_str(self) -> str:
-        return " ".join(map(str, self.layers))
+        """The ``layers`` column: skipped layers, then ``attn:L`` / ``mlp:L`` of skipped sublayers."""
+        return " ".join([str(i) for i in self.layers] + [f"{k}:{i}" for k in SUBLAYERS for i in getattr(self, k)])
+
+    @property
+    def touched(self) -> tuple[int, ...]:
+        """Every layer something is skipped in."""
+        return tuple(sorted({*self.layers, *self.attn, *self.mlp}))
+
+    @property
+    def start(self) -> int:
+        """The first layer that runs differently: prefix reuse starts there."""
+        return self.touched[0]
+
+    def skipping(self, blocks: Blocks):
+        """The context that skips this condition's layers and sublayers."""
+        return blocks.skip(self.layers, attn=self.attn, mlp=self.mlp)
 
 
-def make_conditions(n_layers: int, windows: Iterable[int] = (1,), sets: Iterable[Iterable[int]] = (),
-                    include_none: bool = True) -> list[Condition]:
-    """``none``, every contiguous window of each width, then the given sets (deduplicated).
+def _spans(ls: Sequence[int]) -> list[str]:
+    """``[5, 6, 7]`` -> ``['5-7']`` (a contiguous run of several), else each layer: ``['3', '9']``."""
+    if len(ls) > 1 and tuple(ls) == tuple(range(ls[0], ls[-1] + 1)):
+        return [f"{ls[0]}-{ls[-1]}"]
+    return [str(i) for i in ls]
+
+
+def parse_skip_sets(text: str) -> list[list[int | str]]:
+    """Skip sets from text: sets split at ``;``, items at ``,``; an item is a layer (``3``), a range
+    (``10-12``), or a sublayer of one or several layers (``attn:3``, ``mlp:4-5``).
+
+    >>> parse_skip_sets("attn:3,mlp:4;10-12")
+    [['attn:3', 'mlp:4'], [10, 11, 12]]
+    """
+    return [items for part in text.split(";") if (items := _set_items(part.split(",")))]
+
+
+def _set_items(tokens: Iterable) -> list[int | str]:
+    """One skip set's items: layers as ints, sublayers as ``attn:L`` / ``mlp:L`` (ranges expanded)."""
+    out: list[int | str] = []
+    for tok in tokens:
+        if isinstance(tok, int) and not isinstance(tok, bool):
+            out.append(tok)
+            continue
+        if not isinstance(tok, str):
+            raise PrunescopeError(f"bad skip set item {tok!r}: give a layer (3), a range (10-12) or attn:L / mlp:L")
+        kind, _, span = tok.strip().rpartition(":")
+        if not span:
+            continue
+        try:
+            a, _, b = span.partition("-")
+            layers = list(range(int(a), int(b or a) + 1))
+        except ValueError:
+            raise PrunescopeError(f"bad skip set item {tok!r}: use e.g. '3,4;7', '10-12' or 'attn:3,mlp:4'") from None
+        if kind and kind not in SUBLAYERS:
+            raise PrunescopeError(f"bad skip set item {tok!r}: a sublayer is attn:L or mlp:L")
+        out += [f"{kind}:{i}" if kind else i for i in layers]
+    return out
+
+
+def condition_of(items: Iterable[int | str]) -> Condition:
+    """The condition of one skip set (layers and ``attn:L`` / ``mlp:L`` items).
+
+    >>> condition_of([10, 11, "attn:3"]).name
+    'skip:10-11,attn:3'
+    """
+    parts: dict[str, list[int]] = {"layers": [], "attn": [], "mlp": []}
+    for it in _set_items(items):
+        kind, _, layer = str(it).rpartition(":")
+        parts[kind or "layers"].append(int(layer))
+    return Condition(tuple(parts["layers"]), tuple(parts["attn"]), tuple(parts["mlp"]))
+
+
+def _check_set(items: list, n_layers: int) -> Condition:
+    """A skip set's condition, or a clear error for layers out of range, twice, or all of them."""
+    parts = [str(i) for i in _set_items(items)]
+    layers = [int(t.rpartition(":")[2]) for t in parts]
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad:
+        raise PrunescopeError(f"layer set {items} has layers out of range (the model has {n_layers}: 0-{n_layers - 1})")
+    if len(set(parts)) != len(parts):
+        raise PrunescopeError(f"layer set {items} lists a layer twice")
+    c = condition_of(items)
+    if len(c.layers) >= n_layers:
+        raise PrunescopeError(f"layer set {items} skips every layer; at least one must remain")
+    return c
+
+
+def make_conditions(n_layers: int, windows: Iterable[int] = (1,), sets: Iterable[Iterable[int | str]] = (),
+                    include_none: bool = True, sublayers: bool = False) -> list[Condition]:
+    """``none``, every contiguous window of each width (``sublayers``: also the window's attention
+    alone and its MLP alone), then the given sets (deduplicated).
 
     >>> [c.name for c in make_conditions(3, windows=[2])]
     ['none', 'skip:0-1', 'skip:1-2']
+    >>> [c.name for c in make_conditions(2, sublayers=True)]
+    ['none', 'skip:0', 'skip:1', 'skip_attn:0', 'skip_attn:1', 'skip_mlp:0', 'skip_mlp:1']
     """
     conds: list[Condition] = [Condition(())] if include_none else []
+    spans = []
     for w in windows:
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
             raise PrunescopeError(f"window width must be a positive integer, got {w!r}")
@@ -81,25 +194,12 @@ def make_conditions(n_layers: int, windows: Iterable[int] = (1,), sets: Iterable
             raise PrunescopeError(
                 f"window width {w} is too wide: the model has {n_layers} layers, so windows can be 1-{n_layers - 1}"
             )
-        conds += [Condition(tuple(range(s, s + w))) for s in range(n_layers - w + 1)]
-    for s in sets:
-        s = list(s)
-        if not s:
-            continue
-        bad = [i for i in s if not 0 <= i < n_layers]
-        if bad:
-            raise PrunescopeError(f"layer set {s} has layers out of range (the model has {n_layers}: 0-{n_layers - 1})")
-        if len(set(s)) != len(s):
-            raise PrunescopeError(f"layer set {s} lists a layer twice")
-        if len(s) >= n_layers:
-            raise PrunescopeError(f"layer set {s} skips every layer; at least one must remain")
-        conds.append(Condition(tuple(sorted(s))))
-    seen, out = set(), []
-    for c in conds:
-        if c.layers not in seen:
-            seen.add(c.layers)
-            out.append(c)
-    return out
+        spans += [tuple(range(s, s + w)) for s in range(n_layers - w + 1)]
+    conds += [Condition(span) for span in spans]
+    if sublayers:
+        conds += [Condition((), **{kind: span}) for kind in SUBLAYERS for span in spans]
+    conds += [_check_set(list(s), n_layers) for s in sets if list(s)]
+    return list(dict.fromkeys(conds))
 
 
 # ----------------------------------------------------------------------------- running
@@ -125,11 +225,11 @@ def _prefix_reuse(blocks: Blocks, ids, mask, at, conditions: Sequence[Condition]
     with blocks.capture(names) as acts:
         base = blocks.forward(ids, mask, at=at, **extra(Condition(())))
     for c in conditions:
-        if not c.layers:
+        if not c.touched:
             out[c] = base
             continue
-        start = c.layers[0]
-        with blocks.skip(c.layers):
+        start = c.start
+        with c.skipping(blocks):
             out[c] = blocks.forward(ids, mask, at=at, start_layer=start,
                                     start_hidden=acts[f"blocks.{start}.hook_resid_pre"], **extra(c))
     return out
@@ -158,12 +258,12 @@ class SharedPrefix:
             with blocks.capture(names) as acts:
                 blocks.final_hidden(ids, cache=none)
             for c in conditions:
-                if not c.layers:
+                if not c.touched:
                     self.caches[c] = none
                     continue
                 cache = blocks.new_cache()
-                with blocks.skip(c.layers):
-                    blocks.final_hidden(ids, start_layer=c.layers[0], start_hidden=acts[f"blocks.{c.layers[0]}.hook_resid_pre"],
+                with c.skipping(blocks):
+                    blocks.final_hidden(ids, start_layer=c.start, start_hidden=acts[f"blocks.{c.start}.hook_resid_pre"],
                                         cache=cache)
                 self.caches[c] = cache
 
@@ -210,7 +310,7 @@ def batch_logits_plain(blocks: Blocks, batch: Batch, conditions: Sequence[Condit
     """One full forward per condition (the reference schedule, for checking and benchmarks)."""
     out = {}
     for c in conditions:
-        with blocks.skip(c.layers):
+        with c.skipping(blocks):
             out[c] = blocks.forward(batch.input_ids, _causal_mask(batch), at=batch.at)
     return out
 
@@ -247,7 +347,8 @@ def split_work(batches: Sequence[Batch], conditions: Sequence[Condition], n_laye
     whole batches per rank (no repeated work), or the conditions of every batch (each rank then
     repeats the batch's cached base forward, but all ranks have work when batches are few).
     A condition "skip S" with prefix reuse runs ``n_layers - min(S) - len(S)`` layers after the
-    base forward of ``n_layers``; without prefix reuse every condition runs ``n_layers - len(S)``.
+    base forward of ``n_layers``; without prefix reuse every condition runs ``n_layers - len(S)``
+    (a skipped sublayer counts as a layer that runs).
 
     >>> from prunescope.probe.scoring import Batch
     >>> b = [Batch([0], torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5), torch.zeros(1, 1))]
@@ -262,7 +363,7 @@ def split_work(batches: Sequence[Batch], conditions: Sequence[Condition], n_laye
     def cost(c: Condition) -> int:
         if not prefix_reuse:
             return n_layers - len(c.layers)
-        return n_layers - c.layers[0] - len(c.layers) if c.layers else 0
+        return n_layers - c.start - len(c.layers) if c.touched else 0
 
     per_cond = [cost(c) for c in conditions]
     total = base + sum(per_cond)
@@ -278,8 +379,12 @@ def split_work(batches: Sequence[Batch], conditions: Sequence[Condition], n_laye
 @dataclass
 class SweepSettings:
     """How :func:`sweep_blocks` runs: the layers to skip (``windows``: widths of contiguous windows,
-    ``sets``: any layer sets), how rows are scored and batched, what the result rows are labelled
-    with (``model_name``, ``seed``) and where progress goes.
+    ``sets``: any skip sets, of layers and ``attn:L`` / ``mlp:L`` sublayers; ``sublayers``: each
+    window's attention alone and MLP alone too), how damage adds up (``pairs``: layers whose every
+    pair is skipped together, for the pair interactions; ``cumulative``: orders to remove layers in
+    one by one, ``bi``, ``skip-drop`` or a table path, for at most ``cumulative_steps`` layers,
+    default half of them: :mod:`prunescope.probe.interaction`), how rows are scored and batched,
+    what the result rows are labelled with (``model_name``, ``seed``) and where progress goes.
 
     ``batch_size``: rows per forward (None: from free memory). ``prefix_reuse``: run each condition
     from the cached input of its first skipped layer (off: one full forward per condition).
@@ -292,7 +397,7 @@ class SweepSettings:
     """
 
     windows: Iterable[int] = (1,)
-    sets: Iterable[Iterable[int]] = ()
+    sets: Iterable[Iterable[int | str]] = ()
     scoring: str = "first_diff"
     batch_size: int | None = None
     prefix_reuse: bool = True
@@ -301,12 +406,37 @@ class SweepSettings:
     seed: int = 0
     progress_dir: Path | None = None
     show_progress: bool = True
+    sublayers: bool = False
+    pairs: Iterable[int] = ()
+    cumulative: Iterable[str] = ()
+    cumulative_steps: int | None = None
+
+
+def sweep_conditions(n_layers: int, s: SweepSettings) -> list[Condition]:
+    """Every condition a sweep runs first: :func:`make_conditions`, then what the pair interactions
+    need (each layer of ``s.pairs`` alone, every pair) and the skip-drop order (each layer alone).
+
+    >>> [c.name for c in sweep_conditions(4, SweepSettings(windows=[2], pairs=[1, 3]))]
+    ['none', 'skip:0-1', 'skip:1-2', 'skip:2-3', 'skip:1', 'skip:3', 'skip:1,3']
+    """
+    conds = make_conditions(n_layers, s.windows, s.sets, sublayers=s.sublayers)
+    pairs = list(s.pairs)
+    if pairs:
+        bad = [i for i in pairs if not 0 <= i < n_layers]
+        if bad or len(set(pairs)) < 2 or n_layers < 3:
+            raise PrunescopeError(f"pair layers {pairs}: give at least two layers of 0-{n_layers - 1} (and a model of "
+                                  "three layers or more, so that a pair leaves one)")
+        conds += [Condition(p) for p in pair_sets(pairs)]
+    if "skip-drop" in list(s.cumulative):
+        conds += [Condition((i,)) for i in range(n_layers)]
+    return list(dict.fromkeys(conds))
 
 
 def sweep_blocks(blocks: Blocks, tokenizer, probes: dict[str, Sequence[Item] | ScoringPlan],
                  settings: SweepSettings | None = None, *, dist: Dist | None = None,
                  keep_stats: dict | None = None) -> list[dict]:
-    """Run the sweep in memory and return tidy rows (one per probe x condition x metric).
+    """Run the sweep in memory and return tidy rows (one per probe x condition x metric), then the
+    pair interactions and cumulative curves the settings ask for.
 
     ``dist``: this process's place in a data-parallel group (every rank calls this with the same
     arguments and gets the same rows back). ``keep_stats``: if a dict, it receives each probe's
@@ -314,13 +444,32 @@ def sweep_blocks(blocks: Blocks, tokenizer, probes: dict[str, Sequence[Item] | S
     """
     s = settings or SweepSettings()
     d = dist or Dist()
-    conditions = make_conditions(blocks.n_layers, s.windows, s.sets)
+    plans = {p: items if isinstance(items, ScoringPlan) else ScoringPlan(tokenizer, items, s.scoring)
+             for p, items in probes.items()}
+    conditions = sweep_conditions(blocks.n_layers, s)
+    rows = _sweep_plans(blocks, plans, conditions, s, d, keep_stats)
+    out = rows + interaction_rows(rows, s.pairs)
+    if list(s.cumulative):
+        # the orders rest on rank 0's numbers: BI on several GPUs could round apart and split the work differently
+        texts = [it.prompt + it.answer for plan in plans.values() for it in plan.items]
+        orders = d.on_main(resolve_orders, list(s.cumulative), rows, blocks, tokenizer, texts, s.model_name)
+        steps = min(s.cumulative_steps or blocks.n_layers // 2, blocks.n_layers - 1)
+        orders = {name: order[:steps] for name, order in orders.items()}
+        extra = [c for c in dict.fromkeys(Condition(ls) for o in orders.values() for ls in cumulative_sets(o))
+                 if c not in conditions]
+        more = _sweep_plans(blocks, plans, extra, s, d, keep_stats) if extra else []
+        out += cumulative_rows(rows + more, orders)
+    return out
+
+
+def _sweep_plans(blocks: Blocks, plans: dict[str, ScoringPlan], conditions: Sequence[Condition], s: SweepSettings,
+                 d: Dist, keep_stats: dict | None) -> list[dict]:
+    """The rows of every probe under ``conditions`` (their per-row numbers added to ``keep_stats``)."""
     rows: list[dict] = []
-    for probe, items in probes.items():
-        plan = items if isinstance(items, ScoringPlan) else ScoringPlan(tokenizer, items, s.scoring)
+    for probe, plan in plans.items():
         stats = _sweep_probe(blocks, probe, plan, conditions, s, d)
         if keep_stats is not None:
-            keep_stats[probe] = {c.name: dict(stats[c.name]) for c in conditions}
+            keep_stats.setdefault(probe, {}).update({c.name: dict(stats[c.name]) for c in conditions})
         rows += _probe_rows(plan, probe, conditions, stats, s)
     return rows
 
@@ -446,8 +595,30 @@ def _append_progress(progress_dir: Path, probe: str, records: list[dict]) -> Non
 
 
 # ----------------------------------------------------------------------------- the command
+def _skip_sets_value(value) -> list[list[int | str]]:
+    """Skip sets given in Python or YAML: a list of lists of layers and ``attn:L`` / ``mlp:L`` items."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, (list, tuple)) for s in value):
+        raise PrunescopeError(f"sets must be a list of skip sets (lists of layers and attn:L / mlp:L), got {value!r}")
+    return [_set_items(s) for s in value]
+
+
+def _layers_value(value) -> list[int]:
+    """Layers given in Python or YAML: a list of layer numbers."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        raise PrunescopeError(f"pairs_range must be layers (a list, or text like '12-27'), got {value!r}")
+    return list(value)
+
+
+#: Skip sets: text as :func:`parse_skip_sets` reads it (``"3,4;attn:5"``), or lists of layers and ``attn:L`` items.
+SkipSets = Annotated[list[list[int | str]], Reader("a list of skip sets (layers, ranges, attn:L, mlp:L)",
+                                                   parse_skip_sets, _skip_sets_value)]
+#: Layers: text as :func:`prunescope.probe.interaction.parse_layers` reads it (``"12-27"``, ``"3,5,9"``), or a list.
+Layers = Annotated[list[int], Reader("layers (a range like 12-27 or a list like 3,5,9)", parse_layers, _layers_value)]
+
+
 # what a sweep writes in its --out folder (what --overwrite removes)
-SWEEP_OUTPUTS = ("config.json", "sweep.csv", "sweep.jsonl", "items", "sweep*.png", ".progress")
+SWEEP_OUTPUTS = ("config.json", "sweep.csv", "sweep.jsonl", "items", "sweep*.png", "pairs*.png", "cumulative*.png",
+                 ".progress")
 
 
 @dataclass
@@ -471,7 +642,20 @@ class SweepOptions(Options):
     length: int | None = option(None, "brackets: tokens per code line (default: 10); copy: words per list (default: 6)",
                                 minimum=2)
     windows: list[int] = option([1], "window widths to skip, comma-separated (1 = single layers)", minimum=1)
-    sets: list[list[int]] = option([], "extra layer sets to skip, e.g. '3,4;7;10-12'", minimum=0)
+    sets: SkipSets = option([], "extra skip sets, ';' between sets: layers, ranges and sublayers, e.g. "
+                                "'3,4;10-12;attn:3,mlp:4'")
+    sublayers: bool = option(False, "also skip the attention alone and the MLP alone of each window (conditions "
+                                     "skip_attn:L, skip_mlp:L)")
+    pairs_range: Layers | None = option(None, "layers whose every pair is skipped together, e.g. 12-27: the "
+                                              "interaction of each pair (its drop minus both single drops)",
+                                        cli=Flag(metavar="LAYERS"))
+    cumulative: list[str] = option([], "orders to remove layers in one by one, comma-separated: bi (lowest Block "
+                                       "Influence on the probe items first), skip-drop (the smallest single-layer "
+                                       "drop first) or a table (patching layers.csv, prunescope score table, "
+                                       "sweep.csv)",
+                                   cli=Flag(metavar="ORDERS"))
+    cumulative_steps: int | None = option(None, "layers removed at most along each cumulative order (default: half "
+                                                "the layers)", minimum=1)
     scoring: str = option("first_diff", "first_diff: compare answers where their tokens first differ; logprob: "
                                         "whole-answer log-probability", choices=SCORINGS)
     loss_text: str | None = option(None, SHARED_MEANINGS["loss_text"] + " (default: none; given, its loss is swept "
@@ -486,6 +670,11 @@ class SweepOptions(Options):
             raise PrunescopeError("no probe given: pass e.g. --probes arithmetic,brackets,copy (or --loss-text FILE)")
         for p in self.probes:
             check_probe(p)
+        for src in self.cumulative:
+            if src not in ORDER_NAMES and not Path(src).is_file():
+                raise PrunescopeError(f"cumulative order {src!r} is neither {' nor '.join(ORDER_NAMES)} nor a results "
+                                      "table that exists (the patching order: a patching run's layers.csv; also a "
+                                      "prunescope score table or a sweep.csv)")
 
     def probe_options(self) -> dict:
         """The item generators' keyword arguments that were set (shots, ops, digits, carry, length)."""
@@ -500,7 +689,8 @@ def sweep(options: SweepOptions | None = None, *, model: str | None = None, plac
     Writes ``OUT/sweep.csv``, ``OUT/sweep.jsonl``, ``OUT/items/<probe>.jsonl`` (the exact items
     used), ``OUT/config.json`` and figures: ``OUT/sweep_layers.png`` (+ ``sweep_windows.png``) of
     ``margin_accuracy``, ``OUT/sweep_exact_match.png`` (+ ``sweep_windows_exact_match.png``) of
-    ``exact_match``.
+    ``exact_match``; with ``pairs_range``, ``OUT/pairs.png`` (+ ``pairs_exact_match.png``); with
+    ``cumulative``, ``OUT/cumulative.png`` (+ ``cumulative_exact_match.png``).
     Re-running with the same ``out`` and settings resumes; other settings are refused.
 
     Placement: ``device`` (one device), ``device_map="auto"`` + ``max_memory`` (one model sharded
@@ -529,7 +719,7 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
     config = {"model": str(model or "default"), "probes": probes, "items": n, "seed": seed, "windows": list(o.windows),
               "sets": [list(s) for s in o.sets], "scoring": o.scoring, "probe_options": probe_options,
               "dtype": placement.dtype, "prefix_reuse": o.prefix_reuse, "batch_size": o.batch_size,
-              "loss_text": str(o.loss_text) if o.loss_text else None}
+              "loss_text": str(o.loss_text) if o.loss_text else None, **_interaction_config(o)}
     out = Path(output.out) if output.out else None
     if out and not output.overwrite:  # refuse other settings before loading anything; record them once the run can start
         d.on_main(check_run_config, out, config, "sweep", paths=("model",), write=False)
@@ -540,7 +730,12 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
     plans: dict = {p: ScoringPlan(lm.tokenizer, its, scoring) for p, its in items.items()}
     if texts:
         plans[f"text:{Path(text).stem}"] = TextPlan(lm.tokenizer, texts)
-    make_conditions(lm.blocks.n_layers, o.windows, o.sets)  # bad layer sets fail here, before anything is written
+    settings = SweepSettings(windows=o.windows, sets=o.sets, scoring=scoring, batch_size=o.batch_size,
+                             prefix_reuse=o.prefix_reuse, model_name=lm.name, seed=seed,
+                             progress_dir=(out / ".progress") if out else None, show_progress=output.progress,
+                             sublayers=o.sublayers, pairs=o.pairs_range or (), cumulative=o.cumulative,
+                             cumulative_steps=o.cumulative_steps)
+    sweep_conditions(lm.blocks.n_layers, settings)  # bad layer sets fail here, before anything is written
     with run_lock(out if d.is_main else None, "sweep"):
         if out and output.overwrite:  # the input is good: an earlier sweep's results go (every rank waits)
             d.on_main(remove_previous, out, SWEEP_OUTPUTS)
@@ -548,14 +743,28 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
             record_run_config(out, config)
             for p, its in items.items():
                 save_items(its, out / "items" / f"{Path(p).stem if p.endswith('.jsonl') else p}.jsonl")
-        settings = SweepSettings(windows=o.windows, sets=o.sets, scoring=scoring, batch_size=o.batch_size,
-                                 prefix_reuse=o.prefix_reuse, model_name=lm.name, seed=seed,
-                                 progress_dir=(out / ".progress") if out else None, show_progress=output.progress)
         rows = sweep_blocks(lm.blocks, lm.tokenizer, plans, settings, dist=d)
         if out and d.is_main:
             write_table(rows, out / "sweep")
             if output.plot:
-                from prunescope.core.plots import plot_sweep
-                plot_sweep(rows, out)                 # margin accuracy, and text sets' loss
-                plot_sweep(rows, out, "exact_match")  # generation: both probe scores, never one alone
+                _plot_all(rows, out)
     return rows
+
+
+def _interaction_config(o: SweepOptions) -> dict:
+    """The sublayer, pair and cumulative settings of a run's config.json, where set (so a folder of a
+    sweep without them still resumes)."""
+    given = {"sublayers": o.sublayers, "pairs_range": o.pairs_range, "cumulative": list(o.cumulative),
+             "cumulative_steps": o.cumulative_steps}
+    return {k: v for k, v in given.items() if v}
+
+
+def _plot_all(rows: list[dict], out: Path) -> None:
+    """The sweep's figures, of both probe scores (never one alone): margin accuracy (and text sets'
+    loss), greedy exact match; pairs.png and cumulative.png where the rows hold them."""
+    from prunescope.core.plots import plot_cumulative, plot_pairs, plot_sweep
+
+    for metric in ("margin_accuracy", "exact_match"):
+        plot_sweep(rows, out, metric)
+        plot_pairs(rows, out, metric)
+        plot_cumulative(rows, out, metric)

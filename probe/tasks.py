@@ -10,9 +10,14 @@ against. Built-in probes:
 * ``brackets`` — synthetic nested ``() [] {}`` sequences and code-derived contexts; the answer is
   the one correct closer, the wrong answers are the other two closers.
 * ``copy`` — a control probe of a non-algorithmic skill: repeat a random word list (induction).
+* atomic capabilities of generated code, each with a synthetic and a code variant:
+  ``string_close`` (close an open string or docstring), ``binding`` (use the name bound k lines
+  earlier; ``binding_undefined``: notice a name that was never bound), ``indentation`` (the right
+  dedent after a block), ``carry_chain`` (a carry or borrow through k digits), ``counting``.
 * a JSONL file of items (``prompt``, ``answer``, optional ``wrong`` and ``group``).
 
-Answers start with a space (``" 68"``) because that is how the model continues ``"Answer:"``.
+Answers start with a space (``" 68"``) because that is how the model continues ``"Answer:"``;
+those that follow a newline (a Python session's output) or close a string do not.
 
 >>> items = make_items("arithmetic", n=3, seed=0)
 >>> items[0].prompt.startswith("Question: What is")
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -316,6 +322,545 @@ def copy_items(n: int, seed: int = 0, *, length: int = 6, **_) -> list[Item]:
     return items
 
 
+# ----------------------------------------------------------------------------- atomic capabilities
+# Probes of capabilities whose loss shows in generated code: closing strings, using defined names,
+# dedenting after a block, long carry chains, counting. Each has a synthetic and a code variant
+# (``variant="synthetic"|"code"``; ``"both"``, the default, mixes them like ``brackets``). Every
+# item keeps in ``meta["rest"]`` the text that follows its answer, so a checker can parse or run
+# prompt + answer + rest, and :func:`split_is_clean` can see whether a tokenizer splits the text
+# where the item does. The answers end or start where byte-level BPE tokenizers (GPT-2, Llama-3,
+# Qwen2 rules) always split: between a letter or digit and a quote or newline, or before a space
+# and a word; ``tokenizer=`` redraws the few items a given tokenizer still merges across the split.
+VARIANTS = ("both", "synthetic", "code")
+
+
+def split_is_clean(tokenizer: object, prompt: str, answer: str, rest: str = "") -> bool:
+    """Whether ``prompt + answer + rest`` tokenizes as the prompt's tokens, then the answer's.
+
+    Scoring tokenizes the prompt and the answer apart and concatenates them; that is the model's own
+    view of the text only when no token of the whole text spans the prompt / answer boundary or the
+    answer / rest boundary (``'.\"\"\"'`` is one token for the default model, so a docstring cut
+    between ``.`` and ``\"\"\"`` is not clean).
+
+    >>> from prunescope.probe.tiny import tiny_model
+    >>> _, tok = tiny_model("llama")
+    >>> split_is_clean(tok, "def f(arr, n):", "\\n    return", " arr")
+    True
+    """
+    p = tokenizer(prompt, add_special_tokens=False).input_ids
+    a = tokenizer(answer, add_special_tokens=False).input_ids
+    full = tokenizer(prompt + answer + rest, add_special_tokens=False).input_ids
+    return bool(a) and full[: len(p)] == p and full[len(p): len(p) + len(a)] == a
+
+
+def item_is_clean(tokenizer: object, item: Item) -> bool:
+    """:func:`split_is_clean` of an item, with the text after its answer (``meta["rest"]``) if it has one."""
+    return split_is_clean(tokenizer, item.prompt, item.answer, item.meta.get("rest", ""))
+
+
+def _check_variant(variant: str, allowed: tuple[str, ...] = VARIANTS) -> str:
+    if variant not in allowed:
+        raise PrunescopeError(f"variant must be one of {', '.join(allowed)}, not {variant!r}")
+    return variant
+
+
+def _draw_items(n: int, rng: random.Random, draws: dict[str, Callable[[random.Random], Item]],
+                variant: str, tokenizer=None) -> list[Item]:
+    """``n`` items of ``variant`` (``both``: synthetic or code at random, as ``brackets`` mixes them).
+
+    With a tokenizer, an item whose split is not clean for it (:func:`item_is_clean`) is drawn again.
+    """
+    items: list[Item] = []
+    for _ in range(n):
+        for _ in range(200):
+            kind = variant if variant != "both" else ("code" if rng.random() < 0.5 else "synthetic")
+            item = draws[kind](rng)
+            if tokenizer is None or item_is_clean(tokenizer, item):
+                break
+        else:
+            raise PrunescopeError(f"no {variant} item splits cleanly for this tokenizer after 200 draws")
+        items.append(item)
+    return items
+
+
+# ----------------------------------------------------------------------------- string_close
+# words that no tokenizer's contraction rule ('s 't 're 've 'm 'll 'd) joins to an opening quote
+_QUOTE_WORDS = ("apple blue cat green honey ink jam kite owl pink queen wolf yellow zebra bird cloud egg "
+                "fox gold hat ice nut oak pear cup bell wing frog girl home fig corn bean jar").split()
+# every closer's distractors start with a different character, so they differ at the first token:
+# the other quote family, single and triple, and a newline that would continue the string
+_QUOTE_WRONG = {'"': ("'", "'''", "\n"), "'": ('"', '"""', "\n"),
+                '"""': ("'''", "'", "\n"), "'''": ('"""', '"', "\n")}
+_DOC_FUNCS = (("total", "Sum of xs", "sum(xs)"), ("largest", "Largest value in xs", "max(xs)"),
+              ("smallest", "Smallest value in xs", "min(xs)"), ("count", "Number of items in xs", "len(xs)"),
+              ("mean", "Average of xs", "sum(xs) / len(xs)"), ("ordered", "Sorted copy of xs", "sorted(xs)"),
+              ("backwards", "Items of xs in reverse order", "xs[::-1]"), ("first", "First item of xs", "xs[0]"),
+              ("final", "Last item of xs", "xs[-1]"), ("unique", "Distinct items of xs", "set(xs)"),
+              ("doubled", "Each item of xs times two", "[2 * x for x in xs]"),
+              ("positive", "Items of xs above zero", "[x for x in xs if x > 0]"))
+_CHOICE_FUNCS = (("parity", "n", "even", "n % 2 == 0", "odd"), ("sign", "n", "positive", "n > 0", "negative"),
+                 ("size", "n", "big", "n > 100", "normal"), ("switch", "flag", "on", "flag", "off"),
+                 ("answer", "ok", "yes", "ok", "no"), ("grade", "score", "pass", "score >= 50", "fail"),
+                 ("weather", "degrees", "hot", "degrees > 25", "cold"))
+
+
+def _string_synthetic(rng: random.Random) -> Item:
+    """``Quoted words: "fox" and 'ink' and 'pear`` -> ``'``: a Python expression of string literals."""
+    quotes = ('"', "'", '"""', "'''")
+    words = rng.sample(_QUOTE_WORDS, rng.randint(3, 5) + 1)
+    done = [f"{q}{w}{q}" for q, w in ((rng.choice(quotes), w) for w in words[:-2])]
+    q = rng.choice(quotes)
+    after = rng.choice(quotes)
+    prompt = "Quoted words: " + " and ".join(done + [q + words[-2]])
+    return Item(prompt, q, _QUOTE_WRONG[q], f"synthetic {q}",
+                {"rest": f" and {after}{words[-1]}{after}", "quote": q, "kind": "synthetic"})
+
+
+def _string_code(rng: random.Random) -> Item:
+    """A function cut inside a one-line docstring (after a solved one) or inside a string literal."""
+    if rng.random() < 0.5:
+        (f1, d1, b1), (f2, d2, b2) = rng.sample(_DOC_FUNCS, 2)
+        q1, q = (rng.choice(('"""', '"""', '"""', "'''")) for _ in range(2))
+        prompt = f"def {f1}(xs):\n    {q1}{d1}{q1}\n    return {b1}\n\n\ndef {f2}(xs):\n    {q}{d2}"
+        rest, kind = f"\n    return {b2}\n", "docstring"
+    else:
+        name, arg, yes, cond, no = rng.choice(_CHOICE_FUNCS)
+        q = rng.choice(('"', "'"))
+        prompt = f"def {name}({arg}):\n    return {q}{yes}"
+        rest, kind = f" if {cond} else {q}{no}{q}\n", "string"
+    return Item(prompt, q, _QUOTE_WRONG[q], f"code:{kind}", {"rest": rest, "quote": q, "kind": kind})
+
+
+def string_close_items(n: int, seed: int = 0, *, variant: str = "both", tokenizer: object | None = None,
+                       **_) -> list[Item]:
+    """Closing a string: the prompt ends inside an open literal whose content is complete.
+
+    Synthetic: ``Quoted words: "fox" and 'ink' and '''pear`` -> ``'''`` (``group``
+    ``synthetic <quote>``). Code (``group`` ``code:docstring`` or ``code:string``): a one-line
+    docstring after a solved function, ``def total(xs):\\n    \"\"\"Sum of xs`` -> ``\"\"\"``, or
+    ``def parity(n):\\n    return 'even`` -> ``'``. Wrong answers: the other quote family, single
+    and triple, and a newline (a string left open). Prompt + answer + ``meta["rest"]`` is valid
+    Python (after ``Quoted words: ``), with any wrong answer it is not.
+
+    >>> it = string_close_items(1, seed=0, variant="code")[0]
+    >>> it.answer in ('"', "'", '\"\"\"', "'''"), it.answer in it.wrong
+    (True, False)
+    """
+    rng = random.Random(seed)
+    return _draw_items(n, rng, {"synthetic": _string_synthetic, "code": _string_code},
+                       _check_variant(variant), tokenizer)
+
+
+# ----------------------------------------------------------------------------- binding
+# owners and things of the synthetic variant; every owner starts with its own letter
+_OWNERS = ("Ann Ben Carl Dora Eve Fred Gina Hugo Ivy Jack Kate Leo Mia Nora Omar Paul Quinn Rosa Sam Tom "
+           "Uma Vera Will Yara Zoe").split()
+_THINGS = "cat dog fish bird horse car bike boat kite lamp book ring hat drum coin key".split()
+# code names by the type of value they hold; a use site accepts exactly one type
+_TYPED_NAMES = {
+    "int": "count total width limit offset age number height year quantity".split(),
+    "str": "label greeting name prefix word message city title user path".split(),
+    "list": "items values rows points parts ids colors keys batch entries".split(),
+}
+_USE_SITES = {"int": "    result = 100 -", "str": "    result = 'Hello ' +", "list": "    result = [0] +"}
+
+
+def _typed_value(rng: random.Random, kind: str) -> str:
+    if kind == "int":
+        return str(rng.randint(2, 99))
+    if kind == "str":
+        return repr(rng.choice(_QUOTE_WORDS))
+    return "[" + ", ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(2, 4))) + "]"
+
+
+def _distinct_initials(pool: list[str], taken: list[str], k: int, rng: random.Random) -> list[str]:
+    """Up to ``k`` names of ``pool`` whose first letters no name of ``taken`` (nor each other) has."""
+    out: list[str] = []
+    for name in rng.sample(pool, len(pool)):
+        if len(out) < k and name[0] not in {t[0] for t in taken + out}:
+            out.append(name)
+    return out
+
+
+def _binding_synthetic(rng: random.Random, k: int) -> Item:
+    """``Ann has a cat.\\nBen has a dog.\\nThe dog belongs to`` -> `` Ben``, its line ``k`` lines up."""
+    before = rng.randint(max(0, 3 - k), 2)            # at least two other owners to choose from
+    owners = rng.sample(_OWNERS, before + k + 1)
+    things = rng.sample(_THINGS, before + k)
+    lines = [f"{o} has a {t}." for o, t in zip(owners, things)]
+    target = before                                   # its line is k lines above the question
+    prompt = "\n".join(lines) + f"\nThe {things[target]} belongs to"
+    others = [o for i, o in enumerate(owners[:-1]) if i != target]
+    wrong = rng.sample(others, 2) + [owners[-1]]      # two listed owners, one never mentioned
+    return Item(prompt, f" {owners[target]}", tuple(f" {w}" for w in wrong), f"synthetic k={k}",
+                {"rest": ".", "distance": k, "kind": "synthetic"})
+
+
+def _binding_code(rng: random.Random, k: int) -> Item:
+    """A function whose last line takes a value of one type; the one name of that type was bound
+    ``k`` lines above it (the others hold values of the other types)."""
+    kind = rng.choice(tuple(_TYPED_NAMES))
+    other = [t for t in _TYPED_NAMES if t != kind]
+    before = rng.randint(max(0, 3 - k), 2)
+    answer = rng.choice(_TYPED_NAMES[kind])
+    pool = [(nm, t) for t in other for nm in _TYPED_NAMES[t]]
+    fillers = rng.sample(pool, before + k - 1)
+    wrong = _distinct_initials([nm for nm, _ in fillers], [answer], 2, rng)
+    wrong += _distinct_initials([nm for nm in _TYPED_NAMES[kind] if nm != answer], [answer] + wrong, 1, rng)
+    if len(wrong) < 3:                                # rare: first letters collide; draw again
+        return _binding_code(rng, k)
+    lines = [f"    {nm} = {_typed_value(rng, t)}" for nm, t in fillers]
+    lines.insert(before, f"    {answer} = {_typed_value(rng, kind)}")
+    prompt = "def compute():\n" + "\n".join(lines) + "\n" + _USE_SITES[kind]
+    return Item(prompt, f" {answer}", tuple(f" {w}" for w in wrong), f"code:{kind} k={k}",
+                {"rest": "\n    return result\n", "distance": k, "kind": "code", "type": kind,
+                 "function": "compute"})
+
+
+def _binding_undefined(rng: random.Random, k: int) -> Item:
+    """A Python session that prints a name: its value if it is bound (``k`` lines above), else the
+    ``Traceback`` of a ``NameError`` (a name never bound, or a bound one misspelled)."""
+    names = rng.sample(_TYPED_NAMES["int"], max(k, 3))
+    values = [str(v) for v in rng.sample(range(1, 10), len(names))]  # distinct first digits
+    values = [v + str(rng.randint(0, 9)) for v in values]
+    lines = [f">>> {nm} = {v}" for nm, v in zip(names, values)]
+    target = len(names) - k
+    if rng.random() < 0.5:
+        query, answer, group = names[target], values[target], f"undefined:bound k={k}"
+        wrong = ["Traceback"] + rng.sample([v for v in values if v != answer], 2)
+    else:
+        spare = [nm for nm in _TYPED_NAMES["int"] if nm not in names]
+        word = names[target]
+        typo = word[0] + word[2] + word[1] + word[3:] if word[1] != word[2] else word + "s"
+        query = rng.choice(spare) if rng.random() < 0.5 else typo
+        answer, group, wrong = "Traceback", "undefined:name_error", rng.sample(values, min(3, len(values)))
+    prompt = "\n".join(lines) + f"\n>>> print({query})\n"
+    return Item(prompt, answer, tuple(wrong), group,
+                {"rest": " (most recent call last):\n" if answer == "Traceback" else "\n",
+                 "distance": k, "query": query, "kind": "undefined"})
+
+
+def binding_items(n: int, seed: int = 0, *, variant: str = "both", distance: int | tuple[int, ...] = (1, 2, 4, 8),
+                  tokenizer: object | None = None, **_) -> list[Item]:
+    """Binding: use a name bound ``k`` lines earlier (``distance``: k, or the ks to draw from, 1-8).
+
+    Synthetic (``group`` ``synthetic k=<k>``): ``Ann has a cat.\\nBen has a dog.\\nThe cat belongs
+    to`` -> `` Ann``; wrong: two other listed owners and one never mentioned. Code (``group``
+    ``code:<type> k=<k>``): ``def compute():`` binds names to ints, strings and lists, one name per
+    line, and ends ``    result = 100 -`` (an int fits), ``'Hello ' +`` (a string) or ``[0] +`` (a
+    list) -> the one name of that type, bound k lines up; wrong: two bound names of other types (a
+    ``TypeError``) and one of the right kind never bound (a ``NameError``). ``variant="undefined"``
+    (also the probe ``binding_undefined``): a Python session binds ints and then prints a name;
+    the answer is its value (``group`` ``undefined:bound k=<k>``) or, for a name never bound or a
+    bound one misspelled, ``Traceback`` (``undefined:name_error``); wrong: ``Traceback`` or the values.
+
+    >>> it = binding_items(1, seed=0, variant="synthetic", distance=3)[0]
+    >>> it.group, it.answer.strip() in it.prompt
+    ('synthetic k=3', True)
+    """
+    ks = (distance,) if isinstance(distance, int) else tuple(distance)
+    if not ks or min(ks) < 1 or max(ks) > 8:
+        raise PrunescopeError(f"binding distance must be 1-8 lines, got {distance}")
+    rng = random.Random(seed)
+
+    def at_distance(make: Callable[[random.Random, int], Item]) -> Callable[[random.Random], Item]:
+        return lambda r: make(r, r.choice(ks))
+
+    draws = {"synthetic": at_distance(_binding_synthetic), "code": at_distance(_binding_code),
+             "undefined": at_distance(_binding_undefined)}
+    return _draw_items(n, rng, draws, _check_variant(variant, VARIANTS + ("undefined",)), tokenizer)
+
+
+def binding_undefined_items(n: int, seed: int = 0, *, distance: int | tuple[int, ...] = (1, 2, 4, 8),
+                            tokenizer: object | None = None, **_) -> list[Item]:
+    """:func:`binding_items` with ``variant="undefined"``: print a bound name's value, or the
+    ``Traceback`` of a name that was never bound.
+
+    >>> sorted({it.group.split()[0] for it in binding_undefined_items(20)})
+    ['undefined:bound', 'undefined:name_error']
+    """
+    return binding_items(n, seed, variant="undefined", distance=distance, tokenizer=tokenizer)
+
+
+# ----------------------------------------------------------------------------- indentation
+# functions of a list of ints ``xs``; ``|`` marks a line after which a prompt may end. Body lines
+# end with a letter or digit: byte-level BPE rules split those from a newline.
+_INDENT_TEMPLATES = (
+    ("def {fn}(xs):\n    {acc} = 0\n    for {v} in xs:\n        if {v} > {c}:\n            {acc} += 1|\n"
+     "    return {acc}\n"),
+    ("def {fn}(xs):\n    {acc} = 0\n    for {v} in xs:\n        if {v} > 0:\n            {acc} += {v}|\n"
+     "        elif {v} < 0:\n            {acc} -= {v}|\n        else:\n            {acc} += {c}|\n"
+     "    return {acc}\n"),
+    ("def {fn}(xs):\n    {acc} = xs[0]\n    for {v} in xs:\n        if {v} > {acc}:\n            {acc} = {v}|\n"
+     "    return {acc}\n"),
+    ("def {fn}(xs):\n    {acc} = 0\n    for {v} in xs:\n        try:\n            {acc} += {c} // {v}|\n"
+     "        except ZeroDivisionError:\n            {acc} += 1|\n    return {acc}\n"),
+    ("def {fn}(xs):\n    {acc} = 0\n    for {v} in xs:\n        for {w} in xs:\n            {acc} += {v} * {w}|\n"
+     "        {acc} -= {v}|\n    return {acc}\n"),
+    ("def {fn}(xs):\n    for {v} in xs:\n        if {v} < -{c}:\n            return {v}|\n    return {c}\n"),
+    ("def {fn}(xs):\n    {acc} = 0\n    for {v} in xs:\n        if {v} == {c}:\n            break|\n"
+     "        {acc} += {v}|\n    return {acc}\n"),
+)
+_INDENT_NAMES = {"fn": ("score", "tally", "measure", "summarize", "process", "analyze", "reduce_all"),
+                 "acc": ("total", "count", "result", "acc", "best", "value"),
+                 "v": ("x", "item", "n", "a"), "w": ("y", "other", "b", "m")}
+
+
+def _indent_split(prompt: str, rest: str, width: int) -> tuple[str, str, str, tuple[str, ...]]:
+    """Move the next line's newline, indentation and first word from ``rest`` into the answer.
+
+    The prompt does not tell which word comes next, and often several levels could hold some next
+    line, so the wrong answers are the levels no next line can take: one deeper than the last
+    line (it opens no block), half a step back (no block is open there), the last line's own level
+    after ``return`` / ``break`` / ``continue`` / ``raise`` (dead code) and none at all (the function
+    is not done: it has not returned its result)."""
+    line = rest[1:].split("\n", 1)[0]
+    indent = len(line) - len(line.lstrip(" "))
+    word = re.match(r"[A-Za-z_]+", line[indent:]).group(0)
+    last = prompt.rsplit("\n", 1)[-1]
+    level = len(last) - len(last.lstrip(" "))
+    levels = [0, level - width // 2, level + width]
+    if last.split()[0] in ("return", "break", "continue", "raise"):
+        levels.append(level)
+    answer = "\n" + " " * indent + word
+    wrong = tuple("\n" + " " * lv + word for lv in sorted(set(levels)) if lv != indent)
+    return answer, rest[len(answer):], word, wrong
+
+
+def _indent_code(rng: random.Random) -> Item:
+    """A function cut at the end of a block's last line; the answer is the next line's indentation."""
+    t = rng.randrange(len(_INDENT_TEMPLATES))
+    names = {key: rng.choice(pool) for key, pool in _INDENT_NAMES.items()}
+    names["w"] = rng.choice([w for w in _INDENT_NAMES["w"] if w != names["v"]])
+    text = _INDENT_TEMPLATES[t].format(c=rng.randint(1, 9), **names)
+    parts = text.split("|")
+    cut = rng.randrange(len(parts) - 1)
+    prompt, rest = "".join(parts[: cut + 1]), "".join(parts[cut + 1:])
+    answer, rest, word, wrong = _indent_split(prompt, rest, 4)
+    depth = (len(answer) - len(word) - 1) // 4
+    return Item(prompt, answer, wrong, f"code:{word if word in ('return', 'elif', 'else', 'except') else 'statement'}",
+                {"rest": rest, "level": depth, "function": names["fn"], "template": t, "kind": "code"})
+
+
+def _outline_lines(branching: int, depth: int) -> list[tuple[int, str]]:
+    """``(level, label)`` of a complete tree in preorder: ``1``, ``1.1``, ``1.1.1``, ``1.1.2``, ..."""
+    out: list[tuple[int, str]] = []
+
+    def walk(label: str, level: int) -> None:
+        out.append((level, label))
+        if level + 1 < depth:
+            for i in range(1, branching + 1):
+                walk(f"{label}.{i}", level + 1)
+
+    for i in range(1, branching + 1):
+        walk(str(i), 0)
+    return out
+
+
+def _indent_synthetic(rng: random.Random) -> Item:
+    """A numbered outline (two spaces a level) cut before a dedent, after one whole top-level part."""
+    branching, depth = rng.choice(((2, 3), (3, 2), (2, 4), (4, 2)))
+    lines = _outline_lines(branching, depth)
+    first = len(lines) // branching                   # lines of the first top-level part
+    cuts = [i for i in range(first, len(lines) - 1) if lines[i + 1][0] < lines[i][0]]
+    cut = rng.choice(cuts)
+    text = ["  " * lv + label for lv, label in lines]
+    prompt = "Outline:\n" + "\n".join(text[: cut + 1])
+    rest = "\n" + "\n".join(text[cut + 1:]) + "\n"
+    level, label = lines[cut + 1]
+    answer = "\n" + "  " * level + label
+    wrong = tuple("\n" + "  " * lv + label for lv in range(lines[cut][0] + 2) if lv != level)
+    return Item(prompt, answer, wrong, f"synthetic dedent={lines[cut][0] - level}",
+                {"rest": rest[len(answer):], "level": level, "branching": branching, "depth": depth,
+                 "kind": "synthetic"})
+
+
+def indentation_items(n: int, seed: int = 0, *, variant: str = "both", tokenizer: object | None = None,
+                      **_) -> list[Item]:
+    """Indentation: the right dedent after a block, as the newline, the spaces and the next word.
+
+    The prompt ends at the end of a block's last line rather than at the start of the next one:
+    byte-level BPE tokenizers put a newline and the following spaces into one token, so the answer
+    starts with the newline. Code (``group`` ``code:return|elif|else|except|statement``): a small
+    function of ``xs`` cut after an ``if`` / ``for`` / ``try`` body, ``...\\n            count +=
+    1`` -> ``\\n    return``; only that level is valid Python or gives the function's result.
+    Synthetic (``group`` ``synthetic dedent=<levels>``): a numbered outline, two spaces a level,
+    ``Outline:\\n1\\n  1.1\\n    1.1.1\\n    1.1.2`` -> ``\\n  1.2``. Wrong answers: the same word at
+    levels it cannot take. In the outline that is every other level, from none to one deeper than
+    the last line; in code, where the prompt does not tell which word comes next and often several
+    levels could hold some next line, it is the levels no next line can take: one deeper (the last
+    line opens no block), half a step back (no block is open there), the last line's own level
+    after ``return`` / ``break`` (dead code) and none (the function has not returned its result).
+
+    >>> it = indentation_items(1, seed=1, variant="synthetic")[0]
+    >>> it.answer.startswith("\\n"), it.answer.strip() in [w.strip() for w in it.wrong]
+    (True, True)
+    """
+    rng = random.Random(seed)
+    return _draw_items(n, rng, {"synthetic": _indent_synthetic, "code": _indent_code},
+                       _check_variant(variant), tokenizer)
+
+
+# ----------------------------------------------------------------------------- carry_chain
+def carry_chain_length(a: int, b: int, op: str) -> int:
+    """The longest run of consecutive digit columns that carry (``+``) or borrow (``-``) into the next.
+
+    >>> carry_chain_length(4999, 1, "+"), carry_chain_length(1000, 1, "-"), carry_chain_length(12, 34, "+")
+    (3, 3, 0)
+    """
+    run = best = c = 0
+    while a or b:
+        x, y = a % 10, b % 10
+        c = int(x + y + c >= 10) if op == "+" else int(x - y - c < 0)
+        run = run + 1 if c else 0
+        best = max(best, run)
+        a, b = a // 10, b // 10
+    return best
+
+
+def _chain_operands(rng: random.Random, op: str, chain: int, digits: int) -> tuple[int, int]:
+    """Operands of ``digits`` digits (the second sometimes shorter) with a carry / borrow chain of at
+    least ``chain`` columns: one column starts it, the next ones pass it on (``9 + 0``, ``0 - 0``)."""
+    for _ in range(10_000):
+        start = rng.randint(0, digits - chain - (op == "-"))
+        short = rng.random() < 0.5                        # 4999 + 1 / 1000 - 1: b stops at the start
+        xs, ys = [], []
+        for col in range(digits):
+            if col == start:
+                x = rng.randint(1, 9) if op == "+" else rng.randint(0, 8)
+                y = rng.randint(10 - x, 9) if op == "+" else rng.randint(x + 1, 9)
+            elif start < col < start + chain:
+                y = 0 if short else rng.randint(0, 9)
+                x = 9 - y if op == "+" else y
+            else:
+                x, y = rng.randint(0, 9), 0 if short and col > start else rng.randint(0, 9)
+            xs.append(x)
+            ys.append(y)
+        a, b = (int("".join(map(str, reversed(v)))) for v in (xs, ys))
+        if xs[-1] and (op == "+" or a > b) and carry_chain_length(a, b, op) >= chain:
+            return a, b
+    raise PrunescopeError(f"no {op} operands of {digits} digits with a chain of {chain}")
+
+
+def _chain_wrong(a: int, b: int, op: str, rng: random.Random) -> tuple[str, ...]:
+    """The answer without any carry (digit by digit), with one carry dropped, then near numbers."""
+    value = OPERATORS[op](a, b)
+    width = len(str(a))
+    digitwise = int("".join(str((int(x) + int(y)) % 10 if op == "+" else (int(x) - int(y)) % 10)
+                            for x, y in zip(str(a).zfill(width), str(b).zfill(width))))
+    ten = 10 ** rng.randint(1, max(1, width - 1))
+    cands = [digitwise, value - ten if op == "+" else value + ten] + [int(w) for w in _wrong_numbers(value, rng, 6)]
+    out: list[str] = []
+    for c in cands:
+        s = str(c)
+        if c >= 0 and s not in out and not s.startswith(str(value)) and not str(value).startswith(s):
+            out.append(s)
+    return tuple(out[:4])
+
+
+def carry_chain_items(n: int, seed: int = 0, *, variant: str = "both", chain: int = 3, digits: int | None = None,
+                      ops: str | tuple[str, ...] = ("+", "-"), shots: int = 0, tokenizer: object | None = None,
+                      **_) -> list[Item]:
+    """Addition and subtraction whose carry / borrow runs through at least ``chain`` digit columns.
+
+    Synthetic: ``Question: What is 4999 + 1? Answer:`` -> `` 5000`` (the ``arithmetic_multi``
+    format); code: a Python session, ``>>> 4999 + 1\\n`` -> ``5000``. ``digits`` (default chain + 1)
+    is the first operand's digit count; ``group`` is ``<variant> <op> chain=<longest chain>``.
+    Wrong answers: the digit-by-digit answer with no carry, one carry dropped, then near numbers.
+    ``shots`` prepends solved examples of the same kind (drawn from a separate seed).
+
+    >>> it = carry_chain_items(1, seed=0, variant="code", chain=3)[0]
+    >>> carry_chain_length(it.meta["a"], it.meta["b"], it.meta["op"]) >= 3
+    True
+    """
+    ops = tuple(ops.split(",")) if isinstance(ops, str) else tuple(ops)
+    digits = chain + 1 if digits is None else digits
+    if not ops or any(o not in ("+", "-") for o in ops):
+        raise PrunescopeError(f"carry_chain takes the operators + and -, got {ops}")
+    if chain < 1 or not chain + ("-" in ops) <= digits <= 9:
+        raise PrunescopeError(f"carry_chain needs 1 <= chain <= digits <= 9 (digits > chain for -), "
+                              f"got chain={chain}, digits={digits}")
+    _check_variant(variant)
+
+    def draw(rng: random.Random, kind: str) -> Item:
+        op = rng.choice(ops)
+        a, b = _chain_operands(rng, op, chain, digits)
+        v = OPERATORS[op](a, b)
+        wrong = _chain_wrong(a, b, op, rng)
+        meta = {"a": a, "b": b, "op": op, "value": v, "rest": "\n", "kind": kind, "shots": shots}
+        group = f"{kind} {op} chain={carry_chain_length(a, b, op)}"
+        if kind == "code":
+            return Item(f">>> {a} {op} {b}\n", str(v), wrong, group, meta)
+        return Item(f"Question: What is {a} {op} {b}? Answer:", f" {v}", tuple(f" {w}" for w in wrong), group, meta)
+
+    def with_shots(kind: str) -> Callable[[random.Random], Item]:
+        shot_rng = random.Random(f"shots-{seed}")
+        prefix = "".join(it.prompt + it.answer + "\n" for it in (draw(shot_rng, kind) for _ in range(shots)))
+
+        def one(rng: random.Random) -> Item:
+            it = draw(rng, kind)
+            return Item(prefix + it.prompt, it.answer, it.wrong, it.group, it.meta)
+        return one
+
+    return _draw_items(n, random.Random(seed), {"synthetic": with_shots("synthetic"), "code": with_shots("code")},
+                       variant, tokenizer)
+
+
+# ----------------------------------------------------------------------------- counting
+_COUNT_WORDS = "cat dog fox owl bee cow pig hen ant elk".split()
+
+
+def _count_wrong(count: int, width: str = " ") -> tuple[str, ...]:
+    """The counts one and two away (0-9: one digit, so none is a prefix of another)."""
+    return tuple(f"{width}{c}" for c in (count + 1, count - 1, count + 2, count - 2) if 0 <= c <= 9)
+
+
+def _counting_synthetic(rng: random.Random, length: int) -> Item:
+    """``Words: cat dog cat fox. How many times does cat appear? Answer:`` -> `` 2``."""
+    size = rng.randint(3, length)
+    target, *others = rng.sample(_COUNT_WORDS, 4)
+    count = rng.randint(1, min(size - 1, 5))
+    words = [target] * count + [rng.choice(others) for _ in range(size - count)]
+    rng.shuffle(words)
+    prompt = f"Words: {' '.join(words)}. How many times does {target} appear? Answer:"
+    return Item(prompt, f" {count}", _count_wrong(count), f"synthetic count={count}",
+                {"rest": "\n", "count": count, "word": target, "kind": "synthetic"})
+
+
+def _counting_code(rng: random.Random, length: int) -> Item:
+    """A Python session: ``>>> len([7, 'b', 2])`` or the arguments of a call, ``>>> nargs(4, 'a')``."""
+    count = rng.randint(1, min(length, 9))
+    elems = [str(rng.randint(0, 9)) if rng.random() < 0.5 else repr(rng.choice(_QUOTE_WORDS)) for _ in range(count)]
+    if rng.random() < 0.5:
+        prompt, kind = f">>> len([{', '.join(elems)}])\n", "list"
+    else:
+        prompt = f">>> def nargs(*args):\n...     return len(args)\n...\n>>> nargs({', '.join(elems)})\n"
+        kind = "call"
+    return Item(prompt, str(count), _count_wrong(count, ""), f"code:{kind} count={count}",
+                {"rest": "\n", "count": count, "kind": kind})
+
+
+def counting_items(n: int, seed: int = 0, *, variant: str = "both", length: int = 7,
+                   tokenizer: object | None = None, **_) -> list[Item]:
+    """Counting: how many times a word appears in a short list, or how many items a list literal or
+    a call has (lists of up to ``length`` items, at most 9).
+
+    Synthetic (``group`` ``synthetic count=<c>``): ``Words: cat dog cat fox. How many times does cat
+    appear? Answer:`` -> `` 2`` (1-5 times). Code, a Python session (``group`` ``code:list|call
+    count=<c>``): ``>>> len([7, 'owl', 2])\\n`` -> ``3``, or ``>>> nargs(4, 'fig')\\n`` -> ``2``
+    after ``def nargs(*args): return len(args)``. Wrong answers: the counts one and two away.
+
+    >>> it = counting_items(1, seed=0, variant="code")[0]
+    >>> it.prompt.splitlines()[-1], it.answer
+    (">>> nargs(6, 8, 4, 'oak', 'zebra', 'gold', 1)", '7')
+    """
+    if not 3 <= length <= 9:
+        raise PrunescopeError(f"counting length must be 3-9 items, got {length}")
+    rng = random.Random(seed)
+    draws = {"synthetic": lambda r: _counting_synthetic(r, length), "code": lambda r: _counting_code(r, length)}
+    return _draw_items(n, rng, draws, _check_variant(variant), tokenizer)
+
+
 # ----------------------------------------------------------------------------- files
 def load_items(path: str | Path) -> list[Item]:
     """Read a user's probe: JSONL lines with ``prompt``, ``answer``, optional ``wrong``, ``group``."""
@@ -348,6 +893,12 @@ PROBES.register("arithmetic", arithmetic_single_items, help="one-digit a + b ans
 PROBES.register("arithmetic_multi", arithmetic_multi_items, help="multi-digit a op b, optional shots / carry")
 PROBES.register("brackets", bracket_items, help="the next closing bracket of a code line")
 PROBES.register("copy", copy_items, help="repeat a list of words (induction)")
+PROBES.register("string_close", string_close_items, help="close an open string or docstring (synthetic, code)")
+PROBES.register("binding", binding_items, help="use the name bound k lines earlier (synthetic, code)")
+PROBES.register("binding_undefined", binding_undefined_items, help="print a bound name's value or a NameError")
+PROBES.register("indentation", indentation_items, help="the right dedent after a block (outline, code)")
+PROBES.register("carry_chain", carry_chain_items, help="+ and - with a carry / borrow chain of k digits")
+PROBES.register("counting", counting_items, help="count a word in a list, items in a list or call")
 
 
 def check_probe(probe: str) -> None:

@@ -12,7 +12,7 @@ of its options class (:mod:`prunescope.core.options`), plus the shared placement
     prunescope score  [--model M] [--block-sizes 8] [--ppl] [--sweep-table T] --out runs/NAME
     prunescope prune  [--model M] --strategy bi --ratio 0.25 --out pruned/NAME
     prunescope sgr    [--model BASE] [--prompts FILE|builtin] [--max-prompts N] --out sgr.jsonl
-    prunescope recover --model PRUNED --data sgr.jsonl --mode sgr --out recovered/NAME
+    prunescope recover --model PRUNED [--data sgr.jsonl] --mode sgr|linear|linear+sgr --out recovered/NAME
     prunescope eval   [--model M] --tasks classification,gsm8k --limit N --out runs/NAME/eval
     prunescope run    CONFIG.yaml                      the whole pipeline, cached per stage
     prunescope report RUN_DIR                          report.md + self-contained report.html
@@ -115,7 +115,9 @@ def _sweep_extra(p: argparse.ArgumentParser) -> None:
 
 @command("sweep", "probe scores (margin accuracy, exact match) with each layer (or window, or set) skipped",
          "Layer-skip sweep: score probes with no layer skipped, each single layer skipped, contiguous windows, "
-         "and any given sets. Writes OUT/sweep.csv, .jsonl, the items used, and figures. Re-running resumes.",
+         "and any given sets; optionally each layer's attention or MLP alone (--sublayers), every pair of layers "
+         "of a range (--pairs-range: how damage adds up) and layers removed one by one (--cumulative). Writes "
+         "OUT/sweep.csv, .jsonl, the items used, and figures. Re-running resumes.",
          options="prunescope.probe.sweep:SweepOptions", placement=("device", "dtype", "devices", "device_map", "max_memory"),
          output=WRITES, extra=_sweep_extra)
 def _sweep(args, opts, placement: Placement, output: Output) -> None:
@@ -127,9 +129,16 @@ def _sweep(args, opts, placement: Placement, output: Output) -> None:
         return
     # both probe scores, always: the margin over distractors and greedy generation of the answer
     metrics = tuple(dict.fromkeys([args.metric, "margin_accuracy", "exact_match", "logit_diff", "loss"]))
-    print(format_sweep_table(rows, metrics))
+    print(format_sweep_table([r for r in rows if "order" not in r], metrics))   # interactions: in sweep.csv
+    cumulative = [{**r, "condition": f"{r['order']} {r['condition']}"} for r in rows if "order" in r]
+    if cumulative:
+        print("\nlayers removed one by one (<order> cumulative:<how many>; which ones: sweep.csv):")
+        print(format_sweep_table(cumulative, metrics))
     if output.out:
-        print(f"wrote {output.out}/sweep.csv, sweep.jsonl, items/, sweep_layers.png, sweep_exact_match.png")
+        figures = ["sweep_layers.png", "sweep_exact_match.png"]
+        figures += ["pairs.png"] * any(r["metric"].startswith("interaction_") for r in rows)
+        figures += ["cumulative.png"] * bool(cumulative)
+        print(f"wrote {output.out}/sweep.csv, sweep.jsonl, items/, {', '.join(figures)}")
 
 
 @command("patch", "activation / attribution patching: where does a probe's answer live?",
@@ -199,22 +208,31 @@ def _sgr(args, opts, placement: Placement, output: Output) -> None:
     print(f"wrote {output.out}: {len(recs)} responses")
 
 
-@command("recover", "QLoRA recovery of a pruned model on SGR / external responses, or distillation",
+@command("recover", "QLoRA recovery of a pruned model on SGR / external responses, or distillation; or a "
+                    "training-free linear repair, alone or before training",
          "Finetune a pruned model with QLoRA (4-bit NF4 + LoRA r=64, alpha=16 on all linear layers, lr 2e-4 after "
          "50 warm-up steps, effective batch 8, loss on responses only). Writes OUT/curve.csv+png, checkpoints "
-         "(re-running resumes), adapter/ and the merged model as a standard checkpoint in OUT.",
+         "(re-running resumes), adapter/ and the merged model as a standard checkpoint in OUT. --mode linear "
+         "replaces each removed span by a linear map fitted on the base model (--teacher, default the pruning "
+         "record's source model) and folded into the weights, no data needed; --mode linear+sgr repairs into "
+         "OUT/linear, then trains the repaired model.",
          options="prunescope.recover.train:RecoverOptions", placement=("device",), output=("out", "progress", "overwrite"),
          model_help=SHARED_MEANINGS["model"] + " (required: the pruned model, from prunescope prune)",
          model_required=True)
 def _recover(args, opts, placement: Placement, output: Output) -> None:
-    from prunescope.recover.train import describe_perplexity, recover_model
+    from prunescope.recover.train import describe_recovery, recover_model, split_mode
 
     if not output.out:
         raise PrunescopeError("recover needs --out FOLDER (where the recovered model goes)")
     s = recover_model(opts, model=args.model, placement=placement, output=output)
-    print(f"{s['mode']}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
-          f"{s['tokens_per_s']:.0f} tokens/s, {describe_perplexity(s)}")
-    print(f"wrote {output.out} (merged standard checkpoint, adapter/, curve.csv, curve.png)")
+    speed = f", {s['tokens_per_s']:.0f} tokens/s" if s.get("tokens_per_s") else ""
+    print(f"{s['mode']}: {describe_recovery(s)}{speed}")
+    repair, training = split_mode(s["mode"])
+    if training is None:
+        print(f"wrote {output.out} (repaired standard checkpoint, prunescope_linear.json, linear_fit.csv)")
+        return
+    before = f"the {repair} repair in {output.out}/linear, then " if repair else ""
+    print(f"wrote {before}{output.out} (merged standard checkpoint, adapter/, curve.csv, curve.png)")
 
 
 @command("eval", "benchmark scores through lm-eval and evalplus (classification, GSM8K, arithmetic, "

@@ -19,6 +19,11 @@ everything else frozen, no adapters, no quantization, bf16 on a GPU (fp32 on a C
 Every run knows before it starts, and records, both its optimizer steps and the response tokens
 they train (:func:`plan_steps`), so arms can be matched on either.
 
+``--mode linear`` (``linear_circuit``: with circuit calibration texts) repairs the pruned model
+without training (:mod:`prunescope.recover.linear`), and ``--mode linear+sgr`` (``+external``,
+``+distill``, ``+tune``) repairs it into ``OUT/linear`` and then trains the repaired model; the
+record names both steps.
+
 Everything lands in ``OUT/``: ``curve.csv``/``curve.png`` (train loss, held-out perplexity),
 ``checkpoints/step-N`` (trained weights + optimizer + schedule; a rerun resumes from the newest),
 ``adapter/`` (final LoRA weights) and the recovered model itself (a standard checkpoint).
@@ -47,9 +52,12 @@ from prunescope.core.options import SHARED_MEANINGS, Flag, Options, Output, Plac
 from prunescope.core.registry import Registry
 from prunescope.core.lock import run_lock
 from prunescope.core.overwrite import expect_folder, remove_previous
-from prunescope.core.results import check_run_config, follow_umask, make_temp_dir, read_jsonl, record_run_config, write_table
+from prunescope.core.results import (atomic_write_json, check_run_config, follow_umask, make_temp_dir, read_jsonl,
+                                     record_run_config, write_table)
 
+from prunescope.recover.calibration import CIRCUIT_PROBES
 from prunescope.recover.data import IGNORE, Example, encode_all
+from prunescope.recover.linear import LINEAR_RECORD, OBJECTIVES, LinearOptions
 # check_bitsandbytes: public here too
 from prunescope.recover.student import (PLAN_FILES, check_bitsandbytes, cut_neighbours, load_student,  # noqa: F401
                                         peft_quietly, plan_drop, tune_parameters)
@@ -62,6 +70,29 @@ MODES.register("random", "random", help="the reference code's control: the prune
                                         "(seeded) and trained on the SGR responses the same way")
 MODES.register("tune", "tune", help="layer tuning on the SGR responses, as --mode sgr --train tune (in a pipeline's "
                                     "modes: a layer-tuning arm)")
+MODES.register("linear", "linear", help="training-free: each removed span replaced by one linear map fitted on the "
+                                        "unpruned model (--teacher) over generic calibration texts, folded into the "
+                                        "weights (recover/linear.py)")
+MODES.register("linear_circuit", "linear_circuit", help="the linear repair on generic and circuit calibration texts "
+                                                        "(--circuit-mix, default 0.5)")
+#: The training-free repairs a mode may start with; ``REPAIR+TRAINING`` trains the repaired model.
+REPAIRS = ("linear", "linear_circuit")
+for _repair in REPAIRS:
+    for _target in ("sgr", "external", "distill", "tune"):
+        MODES.register(f"{_repair}+{_target}", f"{_repair}+{_target}",
+                       help=f"--mode {_repair} into OUT/linear, then --mode {_target} on the repaired model")
+
+
+def split_mode(mode: str) -> tuple[str | None, str | None]:
+    """``(repair, training)`` of a recovery mode: either may be None (a repair alone, training alone).
+
+    >>> split_mode("linear+sgr"), split_mode("tune"), split_mode("linear_circuit")
+    (('linear', 'sgr'), (None, 'tune'), ('linear_circuit', None))
+    """
+    first, _, rest = mode.partition("+")
+    if first in REPAIRS:
+        return first, rest or None
+    return None, mode
 
 #: What ``--train`` trains: LoRA adapters (on the 4-bit model unless ``--no-quant``) or chosen layers in full.
 TRAINED = ("lora", "tune")
@@ -125,6 +156,10 @@ class RecoverOptions(Options):
     ``lora`` (adapters on every linear layer; the 4-bit model unless ``quant`` is off) or ``tune``
     (the chosen decoder layers in full: ``tune_layers``, default the layers next to each cut, or
     ``tune_last``; no adapters, no quantization). ``mode="tune"`` is ``mode="sgr", train="tune"``.
+    ``linear`` and ``linear_circuit`` repair the pruned model without training
+    (:meth:`linear_options`: ``objective``, ``ridge``, ``texts``, ``calibration``, ``circuit_mix``,
+    ``circuit_probes``, on the base model ``teacher``); ``linear+sgr`` (``+external``,
+    ``+distill``, ``+tune``) repairs it, then trains the repaired model.
 
     >>> o = RecoverOptions(mode="external", steps=10).check()
     >>> o.steps, o.rank, o.alpha, o.adam_beta2, o.warmup
@@ -134,14 +169,18 @@ class RecoverOptions(Options):
     (16, 0.1, 0.3, 0, 0.03, 16)
     """
 
-    mode: str = option("sgr", "training target", choices=MODES)
+    mode: str = option("sgr", "training target, a training-free repair (linear, linear_circuit), or a repair then "
+                              "a training target (linear+sgr: the repair into OUT/linear, then sgr on it)",
+                       choices=MODES)
     train: str | None = option(None, "what is trained: lora (adapters on every linear layer) or tune (chosen decoder "
                                      "layers in full, no adapters, no quantization) (default: lora; tune under "
                                      "--mode tune)", choices=TRAINED)
     recipe: str = option("paper", "where the training values left unset come from: paper (the paper's reference "
                                   "script) or qlora (the QLoRA paper's settings)", choices=tuple(RECIPES))
     data: str | None = option(None, "an SGR file from prunescope sgr (or JSONL with response/reference)")
-    teacher: str | None = option(None, "distill: the unpruned base model ('default' for the embedded one)")
+    teacher: str | None = option(None, "the unpruned base model, distill's teacher and the linear repair's base "
+                                       "('default' for the embedded one) (default: for the linear repair, the model "
+                                       "the pruning record names)")
     quant: bool = option(True, "4-bit NF4 QLoRA, double quantization, bf16 compute on a GPU (the paper's script: "
                                "--use_qlora True); off: plain LoRA on the full-precision model, no bitsandbytes "
                                "(the choice for a model that fits); --train tune never quantizes",
@@ -193,12 +232,52 @@ class RecoverOptions(Options):
                                       cli=Flag("--no-grad-checkpointing",
                                                help="keep every activation (faster, more memory)"))
     kl_temperature: float = option(1.0, "distill: softmax temperature of the KL", minimum=0)
+    # the linear repair's settings (--mode linear, linear_circuit and their chains): None is
+    # LinearOptions' default, and a training mode alone refuses them
+    objective: str | None = option(None, "the linear repair: how each map is fitted, lstsq (least squares, closed "
+                                         "form) or cosine (mean cosine distance, Adam from the least-squares map) "
+                                         "(default: lstsq)", choices=OBJECTIVES)
+    ridge: float | None = option(None, "the linear repair: least-squares ridge term, a share of the mean eigenvalue "
+                                       "of the calibration Gram matrix (default: 0, none)", minimum=0)
+    texts: int | None = option(None, "calibration texts, drawn by --seed (of a --calibration file with more, or "
+                                     "generated) (default: 128, generic and circuit together, for the linear repair)",
+                               minimum=1)
+    calibration: str | None = option(None, SHARED_MEANINGS["calibration"] + " (default: builtin, the offline "
+                                                                             "recovery prompts with their answers: "
+                                                                             "the linear repair's generic texts)")
+    circuit_mix: float | None = option(None, "the linear repair: share of circuit texts (solved probe items) among "
+                                             "the calibration texts, 0 generic only to 1 circuit only (default: 0 "
+                                             "under --mode linear, 0.5 under linear_circuit)", minimum=0, maximum=1)
+    circuit_probes: list[str] | None = option(None, "the linear repair: probes whose solved items are the circuit "
+                                                    "calibration texts, built-in names or JSONL item files (default: "
+                                                    f"{','.join(CIRCUIT_PROBES)})")
     seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
 
     @property
-    def target(self) -> str:
-        """The training target: ``mode``, where ``mode="tune"`` trains on the SGR responses."""
-        return "sgr" if self.mode == "tune" else self.mode
+    def repair(self) -> str | None:
+        """The training-free repair the mode starts with (linear, linear_circuit); None for training alone."""
+        return split_mode(self.mode)[0]
+
+    @property
+    def target(self) -> str | None:
+        """The training target: the mode's training part, where ``tune`` trains on the SGR
+        responses; None for a repair alone."""
+        training = split_mode(self.mode)[1]
+        return "sgr" if training == "tune" else training
+
+    def linear_options(self) -> LinearOptions:
+        """The linear repair's settings (:class:`prunescope.recover.linear.LinearOptions`): the
+        fields set here, LinearOptions' defaults for the rest; the circuit share 0.5 under
+        ``linear_circuit`` unless ``circuit_mix`` is set.
+
+        >>> o = RecoverOptions(mode="linear_circuit", texts=32).linear_options()
+        >>> o.calibration_texts, o.calibration_mix, o.objective
+        (32, 0.5, 'lstsq')
+        """
+        mix = self.circuit_mix if self.circuit_mix is not None else 0.5 if self.repair == "linear_circuit" else 0.0
+        given = dict(objective=self.objective, ridge=self.ridge, calibration_texts=self.texts,
+                     calibration_generic=self.calibration, calibration_probes=self.circuit_probes)
+        return LinearOptions(calibration_mix=mix, seed=self.seed, **{k: v for k, v in given.items() if v is not None})
 
     def resolved(self) -> "RecoverOptions":
         """A checked copy: every value the run uses, the recipe's filled in (this object unchanged)."""
@@ -217,10 +296,11 @@ class RecoverOptions(Options):
         if self.warmup and self.warmup_ratio:
             raise PrunescopeError(f"--warmup {self.warmup} and --warmup-ratio {self.warmup_ratio:g} both set: give "
                                   "one (warm-up steps, or a fraction of the run's steps)")
-        if self.mode == "distill" and self.teacher is None:
-            raise PrunescopeError("--mode distill needs --teacher BASE_MODEL (the unpruned model); "
+        if self.target == "distill" and self.teacher is None:
+            raise PrunescopeError(f"--mode {self.mode} needs --teacher BASE_MODEL (the unpruned model); "
                                   "use 'default' for the embedded default model")
         self._check_tune()
+        self._check_repair()
 
     def _fill_in(self) -> None:
         """Fill the unset values from the recipe (and ``train`` from ``mode``); the names filled are
@@ -236,13 +316,14 @@ class RecoverOptions(Options):
         elif "warmup_ratio" in filled and "warmup" not in filled:
             self.warmup_ratio = 0.0
         if self.train is None or "train" in filled:
-            self.train = "tune" if self.mode == "tune" else "lora"
+            self.train = "tune" if split_mode(self.mode)[1] == "tune" else "lora"
             filled.add("train")
         self._filled = frozenset(filled)
 
     def _check_tune(self) -> None:
-        if self.mode == "tune" and self.train != "tune":
-            raise PrunescopeError(f"--mode tune is --mode sgr --train tune; it cannot go with --train {self.train}")
+        if split_mode(self.mode)[1] == "tune" and self.train != "tune":
+            raise PrunescopeError(f"--mode {self.mode} trains with --train tune (tune is --mode sgr --train tune); "
+                                  f"it cannot go with --train {self.train}")
         if self.train != "tune":
             if self.tune_layers is not None or self.tune_last is not None:
                 raise PrunescopeError("--tune-layers and --tune-last choose the layers of --train tune")
@@ -255,6 +336,26 @@ class RecoverOptions(Options):
             raise PrunescopeError("--mode random trains a freshly initialised model: with --train tune the layers "
                                   "left frozen would stay random; use --train lora")
         self.quant = False  # the tuned layers train in full precision: nothing is quantized
+
+    def _check_repair(self) -> None:
+        """The linear repair's settings go with a mode that repairs; linear_circuit needs circuit
+        texts; a repair alone trains nothing (no --train tune)."""
+        named = (("--objective", self.objective), ("--ridge", self.ridge), ("--texts", self.texts),
+                 ("--calibration", self.calibration), ("--circuit-mix", self.circuit_mix),
+                 ("--circuit-probes", self.circuit_probes))
+        given = [flag for flag, value in named if value is not None]
+        if self.repair is None:
+            if given:
+                raise PrunescopeError(f"{', '.join(given)}: settings of the linear repair; use --mode linear, "
+                                      f"linear_circuit or a chain such as linear+{self.mode}")
+            return
+        if self.repair == "linear_circuit" and self.circuit_mix == 0:
+            raise PrunescopeError("--mode linear_circuit fits on circuit texts: give --circuit-mix above 0, or use "
+                                  "--mode linear")
+        if self.target is None and self.train == "tune":
+            raise PrunescopeError(f"--mode {self.mode} trains nothing: --train tune goes with a chain such as "
+                                  f"{self.mode}+tune")
+        self.linear_options().check()
 
 
 # ---------------------------------------------------------------- models
@@ -694,20 +795,28 @@ RECOVER_OUTPUTS = (RUN_CONFIG, "prunescope_recovery.json", "checkpoints", "adapt
 
 def recover_model(options: RecoverOptions | None = None, *, model: str | Path | None = None,
                   placement: Placement | None = None, output: Output | None = None, stop_after: int | None = None,
-                  merge: bool = True) -> dict:
+                  merge: bool = True, loaded=None) -> dict:
     """Finetune the pruned ``model`` on ``options.data`` (an SGR file) and write the recovered model
-    to ``output.out``.
+    to ``output.out``; a repair mode (``linear``, ``linear_circuit``) repairs it without training,
+    and a chain (``linear+sgr``) repairs it into ``OUT/linear`` and trains the repaired model
+    (:func:`_recover_repaired`).
 
-    ``options.teacher``: the base model for ``mode="distill"``. ``stop_after``: leave after this many
+    ``options.teacher``: the base model for ``mode="distill"`` and the linear repair (default there:
+    the model the pruning record names); ``loaded``: that base model already in memory (a
+    :class:`prunescope.probe.models.LoadedModel`, used by the repair). ``stop_after``: leave after this many
     optimizer steps in this call (a later call resumes) — for time-sliced machines. ``merge``: write
     the merged model (False: LoRA leaves its adapter only; a tuned model is always written). Returns
-    the run's summary (:meth:`_TrainingRun.summary`: steps and response tokens trained, the recipe...).
+    the run's summary (:meth:`_TrainingRun.summary`: steps and response tokens trained, the recipe...;
+    after a repair also ``repair``, its record, and ``chain``, the steps in order).
 
     >>> recover_model(RecoverOptions(mode="sgr", data="runs/sgr.jsonl"), model="pruned/bi25",
     ...               output=Output(out="recovered/bi25-sgr"))  # doctest: +SKIP
+    >>> recover_model(RecoverOptions(mode="linear"), model="pruned/bi25", output=Output(out="recovered/bi25-linear"))  # doctest: +SKIP
     """
     cfg = (options or RecoverOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
+    if cfg.repair is not None:
+        return _recover_repaired(cfg, model, placement, output, loaded=loaded, stop_after=stop_after, merge=merge)
     _require_inputs(cfg, model, output)
     out = Path(output.out)
     data = _training_data(cfg, model, out, refuse_other=not output.overwrite)
@@ -729,6 +838,75 @@ def recover_model(options: RecoverOptions | None = None, *, model: str | Path | 
             return summary
         _write_recovered(run, student_path, summary, merge)
         return summary
+
+
+REPAIRED = "linear"   # OUT/linear: a chain's repaired model, which its training step starts from
+
+
+def _recover_repaired(cfg: RecoverOptions, model: str | Path | None, placement: Placement, output: Output, *,
+                      loaded=None, stop_after: int | None = None, merge: bool = True) -> dict:
+    """The repair of ``cfg.mode`` (:func:`prunescope.recover.linear.linear_repair`) into ``OUT``; in a
+    chain into ``OUT/linear``, then the chain's training mode on the repaired model into ``OUT`` with
+    the same data and recipe. A finished run records both steps in ``OUT/prunescope_recovery.json``."""
+    from prunescope.recover.linear import linear_repair
+
+    if model is None or not output.out:
+        raise PrunescopeError(f"--mode {cfg.mode} needs the pruned model (--model PRUNED, from prunescope prune) "
+                              "and an output folder (--out recovered/NAME)")
+    out, training = Path(output.out), None
+    if cfg.target is not None:   # checked before the repair runs: a chain without its data stops here
+        training = cfg.replace(mode=split_mode(cfg.mode)[1], teacher=cfg.teacher if cfg.target == "distill" else None,
+                               objective=None, ridge=None, texts=None, calibration=None, circuit_mix=None,
+                               circuit_probes=None).check()
+        _require_inputs(training, model, output)
+    repaired = out / REPAIRED if training else out
+    record = linear_repair(cfg.linear_options(), model=model, base=cfg.teacher, placement=placement,
+                           output=output.replace(out=str(repaired)), loaded=loaded)
+    if training is None:
+        summary = {**_NOTHING_TRAINED, "mode": cfg.mode, "out": str(out)}
+    else:
+        if output.overwrite and out.is_dir():  # the earlier training goes; the repair just written stays
+            with run_lock(out, "recovery run"):
+                remove_previous(out, RECOVER_OUTPUTS)
+        summary = recover_model(training, model=repaired, placement=placement, output=output.replace(overwrite=False),
+                                stop_after=stop_after, merge=merge)
+    summary = {**summary, "mode": cfg.mode, "repair": record, "chain": _chain(cfg, model, record, repaired, summary)}
+    if summary["finished"] and (training is None or (out / "prunescope_recovery.json").is_file()):
+        _write_chain_record(out, model, summary, cfg)
+    return summary
+
+
+# a repair alone as a recovery summary: nothing trained
+_NOTHING_TRAINED = {"train": None, "recipe": None, "steps": 0, "tokens": 0, "trained_tokens": 0, "planned_steps": 0,
+                    "planned_tokens": 0, "skipped_steps": 0, "non_finite": [], "all_tokens": 0, "train_seconds": 0.0,
+                    "tokens_per_s": None, "final_eval_ppl": None, "finished": True}
+
+
+def _chain(cfg: RecoverOptions, model: str | Path, record: dict, repaired: Path, trained: dict) -> list[dict]:
+    """The steps of a repair (and its training) in order: what each started from and wrote, the fit's
+    seconds and relative residuals, the optimizer steps and response tokens."""
+    steps = [{"mode": cfg.repair, "model": str(model), "base": record["config"]["base"], "out": str(repaired),
+              "record": LINEAR_RECORD, "fit_seconds": record["fit_seconds"],
+              "relative_residual": [s["relative_residual"] for s in record["spans"]],
+              "relative_residual_pruned": [s["relative_residual_pruned"] for s in record["spans"]]}]
+    if cfg.target is not None:
+        steps.append({"mode": split_mode(cfg.mode)[1], "model": str(repaired), "out": trained["out"],
+                      "steps": trained["steps"], "tokens": trained["tokens"], "train_seconds": trained["train_seconds"]})
+    return steps
+
+
+def _write_chain_record(out: Path, model: str | Path, summary: dict, cfg: RecoverOptions) -> None:
+    """``OUT/prunescope_recovery.json`` of a repair (alone or before training): ``base`` is the pruned
+    model the chain started from (a report finds its pruned stage by it), ``recovery`` the summary
+    with both steps; after training the training's record is kept, its ``base`` as ``repaired``."""
+    from prunescope.probe.models import resolve_model
+
+    path = out / "prunescope_recovery.json"
+    old = json.loads(path.read_text()) if cfg.target is not None else {}
+    config = old.get("config") or summary["repair"]["config"]   # the training's settings, else the repair's
+    extra = {"repaired": old["base"]} if "base" in old else {}
+    atomic_write_json(path, {**old, **extra, "base": str(resolve_model(model)), "recovery": summary,
+                             "config": {**config, "mode": cfg.mode}})
 
 
 def _require_inputs(cfg: RecoverOptions, model: str | Path | None, output: Output) -> None:
@@ -1123,6 +1301,30 @@ def describe_perplexity(summary: dict) -> str:
     return f"held-out perplexity {summary['final_eval_ppl']:.2f} ({summary.get('n_eval', '?')} examples)"
 
 
+def describe_recovery(summary: dict) -> str:
+    """A recovery summary for a printed line: the repair's fit (seconds; each span's relative
+    residual, pruned -> repaired), then what was trained.
+
+    >>> describe_recovery({"mode": "linear", "repair": {"fit_seconds": 1.5, "spans": [
+    ...     {"layers": [3, 4], "relative_residual": 0.4, "relative_residual_pruned": 0.9}]}})
+    'linear repair fitted in 1.5 s, relative residual (pruned -> repaired) 3-4 0.900 -> 0.400'
+    >>> describe_recovery({"mode": "sgr", "steps": 8, "trained_tokens": 900, "final_eval_ppl": 9.0, "n_eval": 4})
+    '8 steps, 900 response tokens, held-out perplexity 9.00 (4 examples)'
+    """
+    repair, training = split_mode(summary["mode"])
+    parts = []
+    if repair and summary.get("repair"):
+        rec = summary["repair"]
+        spans = ", ".join(f"{s['layers'][0]}{'-' + str(s['layers'][-1]) if len(s['layers']) > 1 else ''} "
+                          f"{s['relative_residual_pruned']:.3f} -> {s['relative_residual']:.3f}" for s in rec["spans"])
+        parts.append(f"{repair} repair fitted in {rec['fit_seconds']:g} s, relative residual (pruned -> repaired) "
+                     f"{spans}")
+    if training:
+        parts.append(f"{summary['steps']} steps, {summary['trained_tokens']} response tokens, "
+                     f"{describe_perplexity(summary)}")
+    return "; then ".join(parts)
+
+
 def read_summary(out: str | Path) -> dict:
     """The recovery record written next to a merged model."""
     return json.loads((Path(out) / "prunescope_recovery.json").read_text())
@@ -1130,5 +1332,5 @@ def read_summary(out: str | Path) -> dict:
 
 __all__ = ["RecoverOptions", "recover_model", "load_student", "add_lora", "compute_dtype", "perplexity",
            "response_nll", "response_kl", "collate", "check_bitsandbytes", "plot_curve", "read_summary",
-           "describe_perplexity", "warmup_steps", "plan_steps", "plan_recovery", "tune_layers", "RECIPES",
-           "RECIPE_SOURCES"]
+           "describe_perplexity", "describe_recovery", "warmup_steps", "plan_steps", "plan_recovery", "tune_layers",
+           "split_mode", "REPAIRS", "RECIPES", "RECIPE_SOURCES"]

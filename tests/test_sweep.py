@@ -132,3 +132,23 @@ def test_cli_sweep_of_items_without_wrong_answers(tiny_llama_dir, tmp_path, caps
     table = read_table(out / "sweep.csv")
     assert {r["metric"] for r in table} == {"exact_match", "token_accuracy"}
     assert (out / "sweep_exact_match.png").is_file()
+
+
+def test_prefix_reuse_equals_naive_logits_for_sublayer_skips(tiny):
+    """Attention-only and MLP-only skips (and mixed sets) give the same logits through every schedule:
+    prefix reuse, the shared few-shot prefix's KV cache (a skipped attention stores zeros there) and
+    one full forward per condition."""
+    model, tok = tiny
+    blocks = Blocks(model)
+    plan = ScoringPlan(tok, make_items("arithmetic_multi", n=5, seed=1, shots=2))
+    conds = make_conditions(blocks.n_layers, windows=[1, 2], sets=[["attn:1", "mlp:2"], [0, "attn:3"]], sublayers=True)
+    assert {"skip_attn:1-2", "skip_mlp:3", "skip:attn:1,mlp:2", "skip:0,attn:3"} <= {c.name for c in conds}
+    shared = SharedPrefix(blocks, plan.rows[0].ids[:shared_prefix_length(plan)], conds)
+    with torch.no_grad():
+        for batch in plan.batches(3):
+            naive = sw.batch_logits_plain(blocks, batch, conds)
+            prefix = sw.batch_logits_prefix(blocks, batch, conds)
+            both = sw.batch_logits_shared(blocks, batch, conds, shared)
+            for c in conds:
+                assert torch.allclose(naive[c], prefix[c], atol=1e-5), c.name
+                assert torch.allclose(naive[c], both[c], atol=1e-5), c.name

@@ -29,7 +29,7 @@ from prunescope.probe.sweep import SweepOptions
 from prunescope.probe.tasks import PROBES
 from prunescope.prune.commands import PruneOptions, ScoreOptions
 from prunescope.recover.sgr import SGROptions
-from prunescope.recover.train import RecoverOptions
+from prunescope.recover.train import RecoverOptions, split_mode
 
 STAGES = ("localize", "score", "prune", "recover", "evaluate", "report")
 # what each stage writes: removed before a stage re-runs with changed settings (a crashed stage
@@ -96,7 +96,10 @@ class Recover(Options):
     pruned model and mode. Each arm is evaluated (the ``evaluate`` section's benchmarks and probes)
     as soon as it is trained, beside the next arm's training when ``evaluate.workers`` > 1: an arm
     whose scores are finished is not trained again, so a run folder copied to another machine
-    without its weights resumes at the first arm not evaluated."""
+    without its weights resumes at the first arm not evaluated. A ``linear`` arm repairs the pruned
+    model without training (generic calibration texts), ``linear_circuit`` with ``circuit_mix``
+    circuit texts, both on the run's base model; ``linear+sgr`` trains the repaired model like the
+    ``sgr`` arm (the same SGR file). Only arms that train need the SGR file."""
 
     modes: list[str] = derive(RecoverOptions, "mode", [], help="recovery modes (none: no recovery)")
     on: list[str] = option(["bi"], "pruned models to recover (names from prune: bi, bi-protected, bi-25, ...)")
@@ -118,6 +121,12 @@ class Recover(Options):
                                     why="none: a quarter of steps, or 25 steps under a token budget")
     lr: float | None = derive(RecoverOptions, "lr")
     warmup: int | None = derive(RecoverOptions, "warmup")
+    recipe: str = derive(RecoverOptions, "recipe")
+    circuit_mix: float = derive(RecoverOptions, "circuit_mix", 0.5,
+                                why="the linear_circuit arms' share; the linear arms fit on generic texts alone")
+    texts: int | None = derive(RecoverOptions, "texts")
+    objective: str | None = derive(RecoverOptions, "objective")
+    ridge: float | None = derive(RecoverOptions, "ridge")
 
 
 @dataclass
@@ -261,9 +270,12 @@ def _check_across(cfg: dict, root, src: str) -> None:
     for s in cfg["recover"]["on"] if cfg["recover"]["modes"] else []:
         if s not in stages:
             bad(("recover", "on"), f"names {s!r}, which is not pruned by this config ({', '.join(sorted(stages))})")
-    prompts = cfg["recover"]["prompts"]
-    if cfg["recover"]["modes"] and prompts != "builtin" and not Path(prompts).exists():
+    prompts, modes = cfg["recover"]["prompts"], cfg["recover"]["modes"]
+    if any(split_mode(m)[1] for m in modes) and prompts != "builtin" and not Path(prompts).exists():
         bad(("recover", "prompts"), f"file {prompts} does not exist (or use 'builtin')")
+    if any(split_mode(m)[0] == "linear_circuit" for m in modes) and not cfg["recover"]["circuit_mix"]:
+        bad(("recover", "circuit_mix"), "is 0, but the linear_circuit arms fit on circuit texts: give a share above 0 "
+                                        "(or use the linear arm)")
     for t in cfg["evaluate"]["limits"]:
         if t not in cfg["evaluate"]["tasks"]:
             bad(("evaluate", "limits"), f"names {t!r}, which is not in evaluate.tasks")

@@ -221,15 +221,17 @@ def _prune(run: Run) -> None:
 
 def _recover(run: Run) -> None:
     from prunescope.recover.sgr import SGROptions, generate_responses
+    from prunescope.recover.train import split_mode
 
     c = run.cfg["recover"]
     if not c["modes"]:
         return
     sgr_file = run.out / "recover" / "sgr.jsonl"
-    generate_responses(SGROptions(prompts=c["prompts"], max_prompts=c["max_prompts"], temperature=c["temperature"],
-                                  max_new_tokens=c["max_new_tokens"], seed=run.cfg["seed"],
-                                  slots=16 if run.cfg["device"] == "cpu" else 256),
-                       loaded=run.base, output=run.output(sgr_file))
+    if any(split_mode(m)[1] for m in c["modes"]):  # a repair alone trains nothing: no SGR answers for it
+        generate_responses(SGROptions(prompts=c["prompts"], max_prompts=c["max_prompts"], temperature=c["temperature"],
+                                      max_new_tokens=c["max_new_tokens"], seed=run.cfg["seed"],
+                                      slots=16 if run.cfg["device"] == "cpu" else 256),
+                           loaded=run.base, output=run.output(sgr_file))
     # the arms are evaluated here as they finish (:class:`_ArmEvaluation`): scores made under other
     # evaluation settings go first, as the evaluation stage itself would drop them
     run.clear_if_changed("evaluate")
@@ -244,24 +246,37 @@ def _recover(run: Run) -> None:
                 evaluation.submit(stage, folder)
 
 
-def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
-    """Train one recovery arm (``recover/<strategy>-<mode>``) and score its probes; False when it
-    diverged (recorded in its folder)."""
-    from prunescope.recover.train import RecoverOptions, RecoveryDiverged, describe_perplexity, recover_model
+def _arm_options(run: Run, mode: str, sgr_file: Path):
+    """One arm's :class:`prunescope.recover.train.RecoverOptions` from the recover section: the
+    training values for an arm that trains (on the SGR file), the linear repair's for one that
+    repairs (circuit texts only in ``linear_circuit``), the run's base model as teacher and repair base."""
+    from prunescope.recover.train import RecoverOptions, split_mode
 
     c = run.cfg["recover"]
-    strategy, mode = folder.name.rsplit("-", 1)
+    repair, training = split_mode(mode)
+    repair_kw = {} if repair is None else dict(circuit_mix=c["circuit_mix"] if repair == "linear_circuit" else None,
+                                               texts=c["texts"], objective=c["objective"], ridge=c["ridge"])
+    return RecoverOptions(mode=mode, data=str(sgr_file) if training else None,
+                          teacher=run.base.path if repair or training == "distill" else None, recipe=c["recipe"],
+                          quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
+                          max_seq_len=c["max_seq_len"], train_batch=c["train_batch"], micro_batch=c["micro_batch"],
+                          max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], heldout=c["heldout"],
+                          lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
+                          eval_every=c["eval_every"] or max(1, (c["steps"] or 100) // 4), **repair_kw)
+
+
+def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
+    """Train (or repair) one recovery arm (``recover/<strategy>-<mode>``) and score its probes;
+    False when it diverged (recorded in its folder)."""
+    from prunescope.recover.train import RecoveryDiverged, describe_recovery, recover_model, split_mode
+
+    strategy, mode = folder.name.rsplit("-", 1)   # no mode holds a "-" (linear_circuit+sgr)
     shutil.rmtree(run.out / "eval" / stage, ignore_errors=True)  # scores of an earlier training are stale
     pruned = run.pruned_stages()[f"pruned-{strategy}"]
     _ensure_checkpoint(run, pruned)  # a run folder copied without its weights has none
-    cfg = RecoverOptions(mode=mode, data=str(sgr_file), teacher=run.base.path if mode == "distill" else None,
-                         quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
-                         max_seq_len=c["max_seq_len"], train_batch=c["train_batch"], micro_batch=c["micro_batch"],
-                         max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], heldout=c["heldout"],
-                         lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
-                         eval_every=c["eval_every"] or max(1, (c["steps"] or 100) // 4))
     try:
-        s = recover_model(cfg, model=pruned, placement=Placement(device=run.cfg["device"]), output=run.output(folder))
+        s = recover_model(_arm_options(run, mode, sgr_file), model=pruned, placement=Placement(device=run.cfg["device"]),
+                          output=run.output(folder), loaded=run.base if split_mode(mode)[0] else None)
     except RecoveryDiverged as e:
         # one arm that diverges is a result, not the end of the run: the other arms and the
         # evaluation go on (stopping here would leave the whole rest of the run undone)
@@ -270,8 +285,7 @@ def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
         return False
     skipped = (f", {s['skipped_steps']} non-finite steps skipped (prunescope_recovery.json: "
                "recovery.non_finite)") if s["skipped_steps"] else ""
-    print(f"  {stage}: {s['steps']} steps, {s['trained_tokens']} response tokens, "
-          f"{describe_perplexity(s)}{skipped}")
+    print(f"  {stage}: {describe_recovery(s)}{skipped}")
     _probe_arm(run, stage, folder)
     return True
 
