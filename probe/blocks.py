@@ -614,3 +614,27 @@ def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
         return torch.broadcast_shapes(shape, target) == target
     except RuntimeError:
         return False
+
+
+@torch.no_grad()
+def residual_boundaries(blocks: Blocks, tokenizer, texts: Sequence[str], *, batch_size: int = 8,
+                        max_length: int = 512) -> Iterator[list[torch.Tensor]]:
+    """Per batch of ``texts``, the residual stream at every layer boundary — the input of each
+    block and the output of the last — at the real (unpadded) tokens, float64 ``[tokens, d_model]``
+    each (``n_layers + 1`` tensors). What Block Influence and angular distance are measured on.
+
+    >>> from prunescope.probe.tiny import tiny_model
+    >>> model, tok = tiny_model("llama")
+    >>> hs = next(residual_boundaries(Blocks(model), tok, ["a b c"]))
+    >>> len(hs) == Blocks(model).n_layers + 1, hs[0].dtype
+    (True, torch.float64)
+    """
+    L = blocks.n_layers
+    names = [f"blocks.{i}.hook_resid_pre" for i in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+    for s in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[s:s + batch_size]), return_tensors="pt", padding=True, truncation=True,
+                        max_length=max_length)
+        with blocks.capture(names) as acts:
+            blocks.final_hidden(enc.input_ids, enc.attention_mask)
+        real = enc.attention_mask.bool().to(blocks.device)
+        yield [acts[n][real.to(acts[n].device)].double() for n in names]

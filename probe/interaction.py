@@ -33,7 +33,7 @@ import torch
 
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.results import read_table
-from prunescope.probe.blocks import Blocks
+from prunescope.probe.blocks import Blocks, residual_boundaries
 
 # the skip-drop order ranks layers by the first of these a probe has: p_correct as the prune
 # strategy skip-drop does (continuous, so layers that keep every item right still rank apart)
@@ -172,15 +172,8 @@ def block_influence(blocks: Blocks, tokenizer, texts: Sequence[str], *, batch_si
     [0, 1, 2, 3]
     """
     L = blocks.n_layers
-    names = [f"blocks.{i}.hook_resid_pre" for i in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
     total, count = torch.zeros(L, dtype=torch.float64), 0
-    for s in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[s:s + batch_size]), return_tensors="pt", padding=True, truncation=True,
-                        max_length=max_length)
-        with blocks.capture(names) as acts:
-            blocks.final_hidden(enc.input_ids, enc.attention_mask)
-        real = enc.attention_mask.bool().to(blocks.device)
-        hs = [acts[n][real.to(acts[n].device)].double() for n in names]   # [tokens, d] per boundary
+    for hs in residual_boundaries(blocks, tokenizer, texts, batch_size=batch_size, max_length=max_length):
         count += hs[0].shape[0]
         for i in range(L):
             total[i] += (1 - torch.nn.functional.cosine_similarity(hs[i], hs[i + 1], dim=-1)).sum().cpu()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from prunescope.probe.blocks import Blocks
+from prunescope.probe.blocks import Blocks, residual_boundaries
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.results import read_table
 from prunescope.probe.scoring import canonical_metric
@@ -45,7 +45,6 @@ def representation_scores(blocks: Blocks, tokenizer, texts: Sequence[str], *, bl
                           source: str = "calibration") -> list[dict]:
     """Block Influence per layer and angular distance per block, from one cached pass."""
     L = blocks.n_layers
-    names = [f"blocks.{i}.hook_resid_pre" for i in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
     block_sizes = list(block_sizes)
     for k in block_sizes:
         if not 1 <= k < L:
@@ -53,14 +52,7 @@ def representation_scores(blocks: Blocks, tokenizer, texts: Sequence[str], *, bl
     bi_sum = torch.zeros(L, dtype=torch.float64)
     ang_sum = {k: torch.zeros(L - k + 1, dtype=torch.float64) for k in block_sizes}
     count = 0
-    for s in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[s:s + batch_size]), return_tensors="pt", padding=True, truncation=True,
-                        max_length=max_length)
-        with blocks.capture(names) as acts:
-            blocks.final_hidden(enc.input_ids, enc.attention_mask)
-        real = enc.attention_mask.bool().to(blocks.device)
-        hs = [acts[f"blocks.{i}.hook_resid_pre"] for i in range(L)] + [acts[names[-1]]]
-        hs = [h[real].double() for h in hs]                     # [tokens, d]
+    for hs in residual_boundaries(blocks, tokenizer, texts, batch_size=batch_size, max_length=max_length):
         count += hs[0].shape[0]
         for i in range(L):
             bi_sum[i] += (1 - torch.nn.functional.cosine_similarity(hs[i], hs[i + 1], dim=-1)).sum().cpu()
