@@ -10,6 +10,7 @@ of its options class (:mod:`prunescope.core.options`), plus the shared placement
     prunescope sweep  [--model M] --probes arithmetic --items 200 --out runs/NAME
     prunescope patch  [--model M] --probe arithmetic --method exact|attribution|both --pairs 32 --out runs/NAME
     prunescope score  [--model M] [--block-sizes 8] [--ppl] [--sweep-table T] --out runs/NAME
+    prunescope criticality [--model M] --sweep runs/S/sweep.csv [--metric exact_match] --out runs/NAME
     prunescope prune  [--model M] --strategy bi --ratio 0.25 --out pruned/NAME
     prunescope sgr    [--model BASE] [--prompts FILE|builtin] [--max-prompts N] --out sgr.jsonl
     prunescope recover --model PRUNED [--data sgr.jsonl] --mode sgr|linear|linear+sgr --out recovered/NAME
@@ -176,6 +177,23 @@ def _score(args, opts, placement: Placement, output: Output) -> None:
         print(f"{i:5d}  " + "  ".join(f"{val.get((m, str(i)), float('nan')):16.4f}" for m in metrics))
     if output.out:
         print(f"wrote {output.out}/scores.csv, scores.jsonl, scores.png")
+
+
+@command("criticality", "what makes a layer critical: layer properties vs each layer's skip drop in a sweep",
+         "Measure each layer's properties on calibration texts (depth, Block Influence, angular distance, attention "
+         "entropy, attention and MLP output norm relative to the residual stream) and rank-correlate each with the "
+         "layer's criticality, its single-layer skip drop per probe in a sweep table (and the mean over probes), "
+         "with a 95% bootstrap interval over layers. Writes OUT/properties.csv, correlations.csv, capabilities.csv "
+         "(which probe each layer breaks, each probe's top layers), .jsonl beside them, and criticality.png.",
+         options="prunescope.analysis.criticality:CriticalityOptions", output=WRITES)
+def _criticality(args, opts, placement: Placement, output: Output) -> None:
+    from prunescope.analysis.criticality import criticality_study, format_correlations, format_top_layers
+
+    result = criticality_study(opts, model=args.model, placement=placement, output=output)
+    print(format_correlations(result["correlations"]))   # opts.metric first, then margin_accuracy, exact_match
+    print(format_top_layers(result, opts.metric))
+    if output.out:
+        print(f"wrote {output.out}/properties.csv, correlations.csv, capabilities.csv (+ .jsonl), criticality.png")
 
 
 @command("prune", "choose layers to drop (protecting some) and write a standard checkpoint",

@@ -45,28 +45,57 @@ def mix_counts(mix: float, n: int) -> tuple[int, int]:
     return n - circuit, circuit
 
 
-def circuit_texts(n: int, seed: int = 0, probes: Sequence[str] = CIRCUIT_PROBES) -> list[str]:
+def scored_keys(probes: Sequence[str], n: int) -> set[tuple[str, str]]:
+    """What the stage probes score (:func:`prunescope.probe.scoring.probe_scores`: the first ``n``
+    items of each probe, fixed seed) as ``(question, answer)`` keys, the question being the prompt's
+    last line: a calibration item asking the same question with other few-shot examples is the
+    same item.
+
+    >>> len(scored_keys(["copy"], 5))
+    5
+    """
+    from prunescope.probe.tasks import make_items, pruning_probe_options
+
+    return {_item_key(it) for p in probes if not Path(p).suffix
+            for it in make_items(p, n=n, **pruning_probe_options(p))} if n else set()
+
+
+def _item_key(item) -> tuple[str, str]:
+    return item.prompt.rstrip("\n").rsplit("\n", 1)[-1], item.answer
+
+
+def circuit_texts(n: int, seed: int = 0, probes: Sequence[str] = CIRCUIT_PROBES, held_out: int = 0) -> list[str]:
     """``n`` solved probe items (prompt + answer), shared out as evenly as the probes allow, the
     first probes taking the remainder. A probe is a built-in name or a JSONL file of items (of
-    which the first are taken); the built-in ones are generated from ``seed``.
+    which the first are taken); the built-in ones are generated from ``seed``. ``held_out``: the
+    first ``held_out`` items the stage probes score are never drawn (:func:`scored_keys`), so a
+    repair is not fitted on the items that measure it.
 
     >>> len(circuit_texts(5, probes=["brackets", "copy"])), circuit_texts(3, seed=1) != circuit_texts(3, seed=2)
     (5, True)
+    >>> scored = scored_keys(CIRCUIT_PROBES, 50)
+    >>> any(t.rstrip().endswith(q.rstrip()) for t in circuit_texts(30, held_out=50) for q, _ in scored)
+    False
     """
-    from prunescope.probe.tasks import make_items
-
     if not probes:
         raise PrunescopeError("circuit calibration texts need at least one probe")
+    excluded = scored_keys(probes, held_out)
     texts: list[str] = []
     for i, probe in enumerate(probes):
         share = n // len(probes) + (i < n % len(probes))
         if share:
-            items = make_items(probe, n=share, seed=seed, **_PROBE_OPTIONS.get(probe, {}))
+            items = [it for it in _drawn(probe, share + len(excluded), seed) if _item_key(it) not in excluded]
             if len(items) < share:
-                raise PrunescopeError(f"probe {probe} holds {len(items)} items but the calibration asks {share} "
-                                      "of it: give fewer calibration texts or a larger item file")
-            texts += [it.prompt + it.answer for it in items]
+                raise PrunescopeError(f"probe {probe} holds {len(items)} items outside the scored ones but the "
+                                      f"calibration asks {share} of it: give fewer calibration texts or a larger item file")
+            texts += [it.prompt + it.answer for it in items[:share]]
     return texts
+
+
+def _drawn(probe: str, n: int, seed: int) -> list:
+    from prunescope.probe.tasks import make_items
+
+    return make_items(probe, n=n, seed=seed, **_PROBE_OPTIONS.get(probe, {}))
 
 
 def _record_text(record: dict) -> str:
@@ -117,10 +146,11 @@ def generic_texts(n: int, seed: int = 0, source: str | Path = "builtin") -> list
 
 
 def repair_texts(mix: float, n: int, seed: int = 0, *, generic: str | Path = "builtin",
-                 probes: Sequence[str] = CIRCUIT_PROBES) -> list[str]:
+                 probes: Sequence[str] = CIRCUIT_PROBES, held_out: int = 0) -> list[str]:
     """``n`` calibration texts, ``mix`` of them circuit texts (:func:`mix_counts`), the rest generic,
     in an order drawn by ``seed`` (the same seed draws the texts). ``generic``: ``"builtin"`` or a
-    file (:func:`generic_texts`); ``probes``: the circuit probes (:func:`circuit_texts`).
+    file (:func:`generic_texts`); ``probes`` and ``held_out``: the circuit probes and the scored items
+    they never draw (:func:`circuit_texts`).
 
     >>> texts = repair_texts(0.5, 8, seed=3)
     >>> sum(t in circuit_texts(4, seed=3) for t in texts)
@@ -128,6 +158,6 @@ def repair_texts(mix: float, n: int, seed: int = 0, *, generic: str | Path = "bu
     """
     n_generic, n_circuit = mix_counts(mix, n)
     texts = generic_texts(n_generic, seed, generic) if n_generic else []
-    texts += circuit_texts(n_circuit, seed, probes) if n_circuit else []
+    texts += circuit_texts(n_circuit, seed, probes, held_out) if n_circuit else []
     random.Random(seed).shuffle(texts)
     return texts

@@ -77,6 +77,9 @@ class LinearOptions(Options):
                                                  "text per line), .jsonl with a 'text' field, or a prompt file")
     calibration_probes: list[str] = option(list(CIRCUIT_PROBES), "circuit calibration texts: solved items of "
                                                                  "these probes (built-in names or JSONL item files)")
+    held_out_items: int = option(200, "circuit calibration texts never include the first N items of each probe "
+                                      "that the stage probes score (the evaluation's probe items), so a repair "
+                                      "is not fitted on the items that measure it; 0 allows them", minimum=0)
     dropped: list[int] = option([], "layers of the base model that the pruned model lacks (default: read from its "
                                     "prunescope_plan.json)", minimum=0)
     max_seq_len: int = option(512, "tokens per calibration text (longer ones are cut)", minimum=1)
@@ -475,6 +478,7 @@ def _summary(o: LinearOptions, config: dict, fits: list[SpanFit], drop: list[int
     calibration = {"texts": o.calibration_texts, "mix": o.calibration_mix, "generic": n_generic,
                    "circuit": n_circuit, "generic_source": o.calibration_generic,
                    "probes": list(o.calibration_probes) if n_circuit else [], "seed": o.seed,
+                   "held_out_items": o.held_out_items if n_circuit else 0,
                    "tokens": fits[0].tokens}
     return {"method": "linear replacement (ReplaceMe, arXiv 2505.02819)", "objective": o.objective,
             "ridge": o.ridge, "drop": drop, "spans": spans, "calibration": calibration,
@@ -511,7 +515,7 @@ def linear_repair(options: LinearOptions | None = None, *, model: str | Path | N
     if done is not None:
         return done
     texts = repair_texts(o.calibration_mix, o.calibration_texts, o.seed, generic=o.calibration_generic,
-                         probes=o.calibration_probes)
+                         probes=o.calibration_probes, held_out=o.held_out_items)
     lm = loaded or load_model(base, **placement.load_kwargs())
     pruned, tokenizer = _load_pruned(pruned_dir, lm.blocks, drop)
     check_foldable(pruned, spans_of(drop))

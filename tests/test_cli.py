@@ -116,7 +116,7 @@ def test_every_flag_name_has_one_meaning():
     assert list(table["--batch-size"]) == ["rows per forward"]
     assert sorted(next(iter(table["--slots"].values()))) == ["eval", "prune", "sgr"]
     assert sorted(next(iter(table["--overwrite"].values()))) == sorted(
-        ["sweep", "patch", "score", "prune", "sgr", "recover", "eval", "run"])
+        ["sweep", "patch", "score", "criticality", "prune", "sgr", "recover", "eval", "run"])
 
 
 def test_docs_flag_table_lists_every_flag_once():

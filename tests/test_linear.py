@@ -168,7 +168,8 @@ def test_linear_repair_writes_a_plain_checkpoint(tmp_path):
     assert (out / "prunescope_plan.json").is_file() and (out / f"{FIT_TABLE}.csv").is_file()
     # the checkpoint is the pruned model with the fitted map folded in
     base, tok = AutoModelForCausalLM.from_pretrained(base_dir).eval(), tiny_model("llama")[1]
-    texts = repair_texts(0.5, 8, 0)
+    texts = repair_texts(0.5, 8, 0, held_out=opts.held_out_items)  # the scored probe items stay out
+    assert record["calibration"]["held_out_items"] == 200
     maps = fit_replacement(_lm(base, tok), plan.drop, texts, options=opts)
     expected = fold_replacement(AutoModelForCausalLM.from_pretrained(pruned_dir), maps)
     ids, mask = _ids(tok)
@@ -254,6 +255,25 @@ def test_calibration_mix_gives_the_share_of_circuit_texts(mix, circuit):
 
 def test_circuit_texts_are_the_scoring_calibration_items():
     assert circuit_texts(9, seed=4) == calibration_texts(None, 9, seed=4)
+
+
+def test_circuit_texts_leave_out_the_scored_probe_items():
+    """The stage probes score the first items of each probe (fixed seed); a repair fitted on them
+    would be measured on its own calibration data. With seed 0 the draws meet them (the same
+    generator, the same seed), and held_out keeps every one of them out."""
+    from prunescope.probe.tasks import make_items, pruning_probe_options
+
+    scored = {p: {(it.prompt.rstrip("\n").rsplit("\n", 1)[-1], it.answer)
+                  for it in make_items(p, n=100, **pruning_probe_options(p))} for p in ("brackets", "copy")}
+
+    def hits(texts):
+        return sum(any(t.endswith(q + a) for q, a in scored["brackets"] | scored["copy"]) for t in texts)
+
+    assert hits(circuit_texts(60, seed=0, probes=["brackets", "copy"])) > 0
+    kept = circuit_texts(60, seed=0, probes=["brackets", "copy"], held_out=100)
+    assert len(kept) == 60 and hits(kept) == 0
+    assert repair_texts(1.0, 60, seed=0, probes=["brackets", "copy"], held_out=100) != \
+        repair_texts(1.0, 60, seed=0, probes=["brackets", "copy"])
 
 
 def test_generic_texts_from_files(tmp_path):
