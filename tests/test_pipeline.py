@@ -599,3 +599,38 @@ def test_each_recovered_arm_is_evaluated_beside_the_next_ones_training(tiny_llam
     conds = {r["condition"] for r in read_table(out / "eval/eval.csv")}
     assert conds == {"base", "pruned-bi", "recovered-bi-sgr", "recovered-bi-external"}
     assert not list(out.glob("recover/*/*.safetensors"))
+
+
+def test_training_seeds_train_each_arm_per_seed_and_compare_over_them(tiny_llama_dir, tmp_path):
+    """recover.train_seeds trains every arm once per seed (its own LoRA initialisation and data
+    order) and compares each arm over its seeds with its pruned model and the SGR arm: the arm's
+    point value is the mean of its seeds' retentions, n is the number of seeds."""
+    import json
+
+    from prunescope.pipeline import run_pipeline
+
+    cfg = _recovery_config(tmp_path, tiny_llama_dir, "t", "[sgr, external]", 2, "tasks: [arc_easy], limit: 4, probe_items: 8")
+    cfg.write_text(cfg.read_text().replace("heldout: 4}", "heldout: 4, train_seeds: [3, 5]}"))
+    run_pipeline(str(cfg), show_progress=False)
+    out = tmp_path / "t"
+    arms = sorted(p.name for p in (out / "recover").iterdir() if p.is_dir())
+    assert arms == ["bi-external@3", "bi-external@5", "bi-sgr@3", "bi-sgr@5"]
+    seeds = {a: json.loads((out / "recover" / a / "prunescope_recovery.json").read_text())["config"]["seed"] for a in arms}
+    assert seeds == {"bi-external@3": 3, "bi-external@5": 5, "bi-sgr@3": 3, "bi-sgr@5": 5}
+    ret = {r["condition"]: float(r["value"]) for r in read_table(out / "retention.csv")
+           if r["level"] == "category" and r["probe"] == "classification" and r["metric"] == "retention"}
+    rows = [r for r in read_table(out / "recover_seeds.csv") if r["probe"] == "classification"
+            and r["metric"] == "retention_minus_reference"]
+    got = {(r["condition"], r["reference"]): r for r in rows}
+    assert set(got) == {("recovered-bi-sgr", "pruned-bi"), ("recovered-bi-external", "pruned-bi"),
+                        ("recovered-bi-external", "recovered-bi-sgr")}
+    r = got[("recovered-bi-sgr", "pruned-bi")]
+    assert int(r["n"]) == 2 and int(r["n_reference"]) == 1
+    assert float(r["arm"]) == pytest.approx((ret["recovered-bi-sgr@3"] + ret["recovered-bi-sgr@5"]) / 2)
+    assert float(r["value"]) == pytest.approx(float(r["arm"]) - ret["pruned-bi"])
+    assert float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"])
+
+
+def test_training_seeds_must_differ(tmp_path):
+    with pytest.raises(PrunescopeError, match="'recover.train_seeds' repeats a seed"):
+        load_config_text("recover: {modes: [sgr], on: [bi], train_seeds: [1, 1]}\n")

@@ -37,7 +37,8 @@ STAGES = ("localize", "score", "prune", "recover", "evaluate", "report")
 STAGE_OUTPUTS = {"localize": ["localize"], "score": ["score"], "prune": ["prune"], "recover": ["recover"],
                  "evaluate": ["eval", "probes.csv", "probes.jsonl"],
                  "report": ["report.md", "report.html", "retention.csv", "retention.jsonl", "retention.png",
-                            "probes.png", "signatures.csv", "signatures.jsonl"]}
+                            "probes.png", "signatures.csv", "signatures.jsonl", "recover_seeds.csv",
+                            "recover_seeds.jsonl"]}
 
 SMALLER = "pipeline-sized: a whole study runs every stage, so each stays minutes long on a CPU"
 
@@ -127,6 +128,9 @@ class Recover(Options):
     texts: int | None = derive(RecoverOptions, "texts")
     objective: str | None = derive(RecoverOptions, "objective")
     ridge: float | None = derive(RecoverOptions, "ridge")
+    train_seeds: list[int] = option([], "train every arm once per seed (LoRA initialisation and data order), "
+                                        "arms named <pruned>-<mode>@<seed>, compared over their seeds in "
+                                        "recover_seeds.csv; none: once, with the run's seed", minimum=0)
 
 
 @dataclass
@@ -266,16 +270,7 @@ def _check_across(cfg: dict, root, src: str) -> None:
                           {"default": ev["limit"], **ev["limits"]})
         except PrunescopeError as e:
             bad(("prune", "select_docs"), f"does not fit the evaluation: {e}")
-    stages = set(pruned_names(cfg))
-    for s in cfg["recover"]["on"] if cfg["recover"]["modes"] else []:
-        if s not in stages:
-            bad(("recover", "on"), f"names {s!r}, which is not pruned by this config ({', '.join(sorted(stages))})")
-    prompts, modes = cfg["recover"]["prompts"], cfg["recover"]["modes"]
-    if any(split_mode(m)[1] for m in modes) and prompts != "builtin" and not Path(prompts).exists():
-        bad(("recover", "prompts"), f"file {prompts} does not exist (or use 'builtin')")
-    if any(split_mode(m)[0] == "linear_circuit" for m in modes) and not cfg["recover"]["circuit_mix"]:
-        bad(("recover", "circuit_mix"), "is 0, but the linear_circuit arms fit on circuit texts: give a share above 0 "
-                                        "(or use the linear arm)")
+    _check_recover(cfg, bad)
     for t in cfg["evaluate"]["limits"]:
         if t not in cfg["evaluate"]["tasks"]:
             bad(("evaluate", "limits"), f"names {t!r}, which is not in evaluate.tasks")
@@ -294,6 +289,23 @@ def _check_across(cfg: dict, root, src: str) -> None:
         bad(("device",), f"must be auto, cpu or cuda[:N], got {cfg['device']!r}")
 
 
+def _check_recover(cfg: dict, bad) -> None:
+    """The recover section against the pruned models and its own options."""
+    stages = set(pruned_names(cfg))
+    for s in cfg["recover"]["on"] if cfg["recover"]["modes"] else []:
+        if s not in stages:
+            bad(("recover", "on"), f"names {s!r}, which is not pruned by this config ({', '.join(sorted(stages))})")
+    prompts, modes = cfg["recover"]["prompts"], cfg["recover"]["modes"]
+    if any(split_mode(m)[1] for m in modes) and prompts != "builtin" and not Path(prompts).exists():
+        bad(("recover", "prompts"), f"file {prompts} does not exist (or use 'builtin')")
+    if any(split_mode(m)[0] == "linear_circuit" for m in modes) and not cfg["recover"]["circuit_mix"]:
+        bad(("recover", "circuit_mix"), "is 0, but the linear_circuit arms fit on circuit texts: give a share above 0 "
+                                        "(or use the linear arm)")
+    seeds = cfg["recover"]["train_seeds"]
+    if len(set(seeds)) != len(seeds):
+        bad(("recover", "train_seeds"), f"repeats a seed ({seeds}): each seed trains each arm once")
+
+
 def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -310,6 +322,30 @@ def load_config(path: str | Path) -> dict:
 
 def _percent(ratio: float) -> str:
     return f"{ratio * 100:g}"
+
+
+def recovered_names(cfg: dict) -> list[str]:
+    """The recovery arms of a config, ``<pruned>-<mode>``, or ``<pruned>-<mode>@<seed>`` per
+    training seed (``recover.train_seeds``).
+
+    >>> recovered_names({"recover": {"on": ["bi"], "modes": ["sgr", "linear+sgr"], "train_seeds": [0, 1]}})
+    ['bi-sgr@0', 'bi-sgr@1', 'bi-linear+sgr@0', 'bi-linear+sgr@1']
+    """
+    r = cfg["recover"]
+    seeds = [f"@{k}" for k in r.get("train_seeds") or []] or [""]
+    return [f"{s}-{m}{k}" for s in r["on"] for m in r["modes"] for k in seeds]
+
+
+def split_arm(name: str) -> tuple[str, str, int | None]:
+    """``(pruned, mode, training seed or None)`` of an arm name (:func:`recovered_names`); no mode
+    holds a ``-``.
+
+    >>> split_arm("bi-protected-linear_circuit+sgr@2"), split_arm("bi-25-sgr")
+    (('bi-protected', 'linear_circuit+sgr', 2), ('bi-25', 'sgr', None))
+    """
+    name, _, seed = name.partition("@")
+    pruned, mode = name.rsplit("-", 1)
+    return pruned, mode, int(seed) if seed else None
 
 
 def pruned_names(cfg: dict) -> dict[str, tuple[str, float]]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.results import atomic_write_text, read_table, write_table
+from prunescope.pipeline.config import split_arm
 
 CATEGORIES = ("classification", "generative", "gap")
 LABELS_SHORT = {"margin_accuracy": "margin", "exact_match": "exact"}   # probe metrics in the seed tables
@@ -370,8 +371,6 @@ def model_differences(root: str | Path, seeds: list[int], n_boot: int = 1000, se
     draw for every model: all seeds are scored on the same items) and, within each arm, its distinct
     models; so it carries the variation between pruned models as well as between items. Rows:
     ``level`` = ``models``, ``n`` = the arm's distinct models, ``n_reference`` the reference's."""
-    import numpy as np
-
     root = Path(root)
     models = distinct_models(root, seeds)
     if reference not in models:
@@ -379,6 +378,21 @@ def model_differences(root: str | Path, seeds: list[int], n_boot: int = 1000, se
     base, per, tasks = _model_items(root, models)
     first = root / f"seed-{next(iter(next(iter(models.values())).values()))[0]}" / "retention.csv"
     model = next((r["model"] for r in read_table(first)), "")
+    arms = {stage: [(stage, d) for d in sets] for stage, sets in models.items()}
+    pairs = [(stage, reference) for stage in arms if stage != reference]
+    return arm_differences((base, per, tasks), arms, pairs, model, n_boot, seed, level="models")
+
+
+def arm_differences(scores: tuple[dict, dict, dict], arms: dict[str, list], pairs: list[tuple[str, str]],
+                    model: str, n_boot: int = 1000, seed: int = 0, level: str = "models") -> list[dict]:
+    """Per category, arm A's mean retention over its models minus arm B's, for each ``(A, B)`` of
+    ``pairs``, raw and chance-corrected, with a bootstrap interval that resamples the items (one draw
+    shared by every model) and, within each arm, its models. ``scores``: ``(base, per, tasks)`` as
+    :func:`_model_items` gives them; ``arms``: ``{arm: [keys of per]}`` (its models: distinct
+    pruned models, or one arm's trainings with different seeds)."""
+    import numpy as np
+
+    base, per, tasks = scores
     rng = np.random.default_rng(seed)
     idx = {}
     for task in tasks:
@@ -390,11 +404,8 @@ def model_differences(root: str | Path, seeds: list[int], n_boot: int = 1000, se
         return rng.integers(0, n, size=(n, n_boot))
 
     rows = []
-    ref = [(reference, d) for d in models[reference]]
-    for stage, sets in models.items():
-        if stage == reference:
-            continue
-        arm = [(stage, d) for d in sets]
+    for stage, reference in pairs:
+        arm, ref = arms[stage], arms[reference]
         for metric, corrected in (("retention", False), ("chance_corrected_retention", True)):
             a = _arm_draws(base, per, tasks, arm, idx, pick, corrected)
             b = _arm_draws(base, per, tasks, ref, idx, pick, corrected)
@@ -409,8 +420,40 @@ def model_differences(root: str | Path, seeds: list[int], n_boot: int = 1000, se
                              "metric": f"{metric}_minus_reference", "value": float(point_a[cat][0] - point_b[cat][0]),
                              "arm": float(point_a[cat][0]), "reference_value": float(point_b[cat][0]),
                              "ci_low": float(lo), "ci_high": float(hi), "n": len(arm), "n_reference": len(ref),
-                             "level": "models"})
+                             "level": level})
     return rows
+
+
+def training_seed_differences(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """The recovery arms of one run trained with several seeds (``recover.train_seeds``: stages
+    ``recovered-<pruned>-<mode>@<seed>``), each arm over its seeds against its pruned model (what the
+    repair buys) and against the SGR arm of the same pruned model: :func:`arm_differences` with the
+    seeds as an arm's models, so the interval carries the training variance as well as the items'.
+    Rows: ``level`` = ``training_seeds``, ``condition`` = ``recovered-<pruned>-<mode>`` (seeds
+    pooled), ``n`` = its seeds; empty for a run without training seeds."""
+    from prunescope.analysis.retention import item_scores
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "retention.csv").is_file():
+        return []
+    table = [r for r in read_table(run_dir / "retention.csv") if r.get("level") == "task"
+             and r.get("metric", "retention") == "retention"]
+    groups: dict[str, list] = {}
+    for st in dict.fromkeys(r["condition"] for r in table):
+        if st.startswith("recovered-") and "@" in st:
+            groups.setdefault(st.partition("@")[0], []).append((st,))
+    if not groups:
+        return []
+    items = item_scores(run_dir, {(r["condition"], r["probe"]): r["score_metric"] for r in table})
+    per = {(st,): {t: v for (s, t), v in items.items() if s == st} for st in dict.fromkeys(r["condition"] for r in table)}
+    base, tasks = per.pop(("base",), {}), {r["probe"]: r["category"] for r in table}
+    arms = {**groups, **{st: [k] for k, st in ((k, k[0]) for k in per) if st.startswith("pruned-")}}
+    pairs = []
+    for arm in groups:
+        pruned, mode, _ = split_arm(arm.removeprefix("recovered-"))
+        pairs += [(arm, ref) for ref in (f"pruned-{pruned}", f"recovered-{pruned}-sgr") if ref in arms and ref != arm]
+    return arm_differences((base, per, tasks), arms, pairs, next((r["model"] for r in table), ""), n_boot, seed,
+                           level="training_seeds")
 
 
 def _whole(idx: dict) -> dict:

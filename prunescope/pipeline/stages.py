@@ -15,7 +15,7 @@ from prunescope.core.errors import PrunescopeError
 from prunescope.core.options import Output, Placement
 from prunescope.core.results import atomic_write_json, write_table
 
-from prunescope.pipeline.config import STAGE_OUTPUTS, STAGES, pruned_names
+from prunescope.pipeline.config import STAGE_OUTPUTS, STAGES, pruned_names, recovered_names, split_arm
 
 
 class Run:
@@ -112,8 +112,7 @@ class Run:
         return {f"pruned-{s}": self.out / "prune" / s for s in pruned_names(self.cfg)}
 
     def recovered_stages(self) -> dict[str, Path]:
-        r = self.cfg["recover"]
-        return {f"recovered-{s}-{m}": self.out / "recover" / f"{s}-{m}" for s in r["on"] for m in r["modes"]}
+        return {f"recovered-{a}": self.out / "recover" / a for a in recovered_names(self.cfg)}
 
 
 def _localize(run: Run) -> None:
@@ -246,10 +245,11 @@ def _recover(run: Run) -> None:
                 evaluation.submit(stage, folder)
 
 
-def _arm_options(run: Run, mode: str, sgr_file: Path):
+def _arm_options(run: Run, mode: str, sgr_file: Path, seed: int | None = None):
     """One arm's :class:`prunescope.recover.train.RecoverOptions` from the recover section: the
     training values for an arm that trains (on the SGR file), the linear repair's for one that
-    repairs (circuit texts only in ``linear_circuit``), the run's base model as teacher and repair base."""
+    repairs (circuit texts only in ``linear_circuit``), the run's base model as teacher and repair base;
+    ``seed``: the arm's training seed (default: the run's)."""
     from prunescope.recover.train import RecoverOptions, split_mode
 
     c = run.cfg["recover"]
@@ -261,7 +261,7 @@ def _arm_options(run: Run, mode: str, sgr_file: Path):
                           quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
                           max_seq_len=c["max_seq_len"], train_batch=c["train_batch"], micro_batch=c["micro_batch"],
                           max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], heldout=c["heldout"],
-                          lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"],
+                          lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"] if seed is None else seed,
                           eval_every=c["eval_every"] or max(1, (c["steps"] or 100) // 4), **repair_kw)
 
 
@@ -270,12 +270,12 @@ def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
     False when it diverged (recorded in its folder)."""
     from prunescope.recover.train import RecoveryDiverged, describe_recovery, recover_model, split_mode
 
-    strategy, mode = folder.name.rsplit("-", 1)   # no mode holds a "-" (linear_circuit+sgr)
+    strategy, mode, seed = split_arm(folder.name)
     shutil.rmtree(run.out / "eval" / stage, ignore_errors=True)  # scores of an earlier training are stale
     pruned = run.pruned_stages()[f"pruned-{strategy}"]
     _ensure_checkpoint(run, pruned)  # a run folder copied without its weights has none
     try:
-        s = recover_model(_arm_options(run, mode, sgr_file), model=pruned, placement=Placement(device=run.cfg["device"]),
+        s = recover_model(_arm_options(run, mode, sgr_file, seed), model=pruned, placement=Placement(device=run.cfg["device"]),
                           output=run.output(folder), loaded=run.base if split_mode(mode)[0] else None)
     except RecoveryDiverged as e:
         # one arm that diverges is a result, not the end of the run: the other arms and the
@@ -624,6 +624,24 @@ def _report(run: Run) -> None:
         (run.out / name).unlink(missing_ok=True)  # recomputed from this run's evaluation
     md, page = report(run.out, show_progress=run.show)
     print(f"  wrote {md} and {page}")
+    if len(run.cfg["recover"]["train_seeds"]) > 1:
+        _compare_training_seeds(run)
+
+
+def _compare_training_seeds(run: Run) -> None:
+    """Each recovery arm over its training seeds against its pruned model and the SGR arm
+    (``recover_seeds.csv``), printed as one line per arm, category and reference (raw retention)."""
+    from prunescope.pipeline.seeds import training_seed_differences, verdict
+
+    rows = training_seed_differences(run.out, seed=run.cfg["seed"])
+    if not rows:
+        return
+    write_table(rows, run.out / "recover_seeds")
+    for r in rows:
+        if r["metric"] == "retention_minus_reference" and r["probe"] != "gap":
+            print(f"  {r['condition']} - {r['reference']}, {r['probe']} retention over {r['n']} seeds: "
+                  f"{r['value']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] ({verdict(r)})")
+    print(f"  wrote {run.out / 'recover_seeds.csv'}")
 
 
 RUNNERS = {"localize": _localize, "score": _score, "prune": _prune, "recover": _recover, "evaluate": _evaluate,
