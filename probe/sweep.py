@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from prunescope.core.results import append_progress, check_run_config, read_prog
 from prunescope.probe.scoring import SCORINGS, Batch, ScoringPlan, TextPlan, aggregate_defined, load_texts
 from prunescope.probe.interaction import (ORDER_NAMES, cumulative_rows, cumulative_sets, interaction_rows,
                                          pair_sets, parse_layers, resolve_orders)
-from prunescope.probe.tasks import OPERATORS, Item, check_probe, make_items, save_items
+from prunescope.probe.tasks import OPERATORS, PROBES, VARIANTS, Item, check_probe, make_items, save_items
 
 
 SUBLAYERS = ("attn", "mlp")
@@ -616,6 +617,33 @@ SkipSets = Annotated[list[list[int | str]], Reader("a list of skip sets (layers,
 Layers = Annotated[list[int], Reader("layers (a range like 12-27 or a list like 3,5,9)", parse_layers, _layers_value)]
 
 
+def takes(probe: str, name: str) -> bool:
+    """Whether built-in ``probe``'s item maker has the keyword ``name`` (the others swallow it unread).
+
+    >>> takes("binding", "distance"), takes("binding_undefined", "variant"), takes("copy", "tokenizer")
+    (True, False, False)
+    """
+    return probe in PROBES and name in inspect.signature(PROBES[probe]).parameters
+
+
+def sweep_items(probes: Sequence[str], n: int, seed: int, options: dict, tokenizer=None) -> dict[str, list[Item]]:
+    """Each probe's items, built with ``options`` (every maker takes the ones it knows). The makers that
+    take a tokenizer get ``tokenizer``, the swept model's: an item whose answer that tokenizer merges with
+    the text around it is drawn again (:func:`prunescope.probe.tasks.item_is_clean`).
+
+    >>> from prunescope.probe.tiny import tiny_model
+    >>> _, tok = tiny_model("llama")
+    >>> its = sweep_items(["binding", "copy"], 2, 0, {"variant": "code", "distance": [3]}, tok)
+    >>> [(it.meta["kind"], it.meta["distance"]) for it in its["binding"]]
+    [('code', 3), ('code', 3)]
+    """
+    return {p: make_items(p, n=n, seed=seed, **options, **({"tokenizer": tokenizer} if takes(p, "tokenizer") else {}))
+            for p in probes}
+
+
+# the SweepOptions fields passed to the item makers (each takes those it knows; probe_options)
+PROBE_OPTIONS = ("shots", "ops", "digits", "carry", "length", "variant", "distance", "chain")
+
 # what a sweep writes in its --out folder (what --overwrite removes)
 SWEEP_OUTPUTS = ("config.json", "sweep.csv", "sweep.jsonl", "items", "sweep*.png", "pairs*.png", "cumulative*.png",
                  ".progress")
@@ -627,20 +655,30 @@ class SweepOptions(Options):
 
     >>> SweepOptions(probes="arithmetic,brackets", items=50, windows=[1, 2]).check().probes
     ['arithmetic', 'brackets']
+    >>> SweepOptions(probes="binding,carry_chain", variant="code", distance="3,4", chain=5).check().probe_options()
+    {'variant': 'code', 'distance': [3, 4], 'chain': 5}
     """
 
-    probes: list[str] = option(["arithmetic"], "comma-separated probes (arithmetic, arithmetic_multi, brackets, copy) "
-                                               "or JSONL files of items {prompt, answer, wrong, group}")
+    probes: list[str] = option(["arithmetic"], f"comma-separated probes ({', '.join(PROBES)}) or JSONL files of "
+                                               "items {prompt, answer, wrong, group}")
     items: int = option(200, "items per probe", minimum=1)
     seed: int = option(0, SHARED_MEANINGS["seed"], minimum=0)
     shots: int | None = option(None, SHARED_MEANINGS["shots"], minimum=0)
-    ops: list[str] | None = option(None, "arithmetic_multi: operators, e.g. '+,-' (default: + - * //)",
-                                   choices=tuple(OPERATORS), what="operator")
-    digits: int | None = option(None, "arithmetic_multi: operand digit count (default: 2)", minimum=1)
+    ops: list[str] | None = option(None, "arithmetic_multi: operators, e.g. '+,-' (default: + - * //); carry_chain: "
+                                         "+ and/or - (default: both)", choices=tuple(OPERATORS), what="operator")
+    digits: int | None = option(None, "arithmetic_multi: operand digit count (default: 2); carry_chain: the first "
+                                      "operand's digit count (default: chain + 1)", minimum=1)
     carry: str | None = option(None, "arithmetic_multi: keep only items with / without a carry (default: any)",
                                choices=("any", "carry", "no_carry"))
-    length: int | None = option(None, "brackets: tokens per code line (default: 10); copy: words per list (default: 6)",
-                                minimum=2)
+    length: int | None = option(None, "brackets: brackets per synthetic sequence (default: 10); copy: words per list "
+                                      "(default: 6); counting: items of a list at most, 3-9 (default: 7)", minimum=2)
+    variant: str | None = option(None, "string_close, binding, indentation, carry_chain, counting: synthetic items, "
+                                       "code items, or both mixed at random (default: both)", choices=VARIANTS)
+    distance: list[int] | None = option(None, "binding, binding_undefined: lines between a name's definition and its "
+                                              "use, one value or a comma list to draw from (default: 1,2,4,8)",
+                                        minimum=1, maximum=8)
+    chain: int | None = option(None, "carry_chain: digit columns a carry or borrow runs through, at least "
+                                     "(default: 3)", minimum=1, maximum=9)
     windows: list[int] = option([1], "window widths to skip, comma-separated (1 = single layers)", minimum=1)
     sets: SkipSets = option([], "extra skip sets, ';' between sets: layers, ranges and sublayers, e.g. "
                                 "'3,4;10-12;attn:3,mlp:4'")
@@ -670,6 +708,8 @@ class SweepOptions(Options):
             raise PrunescopeError("no probe given: pass e.g. --probes arithmetic,brackets,copy (or --loss-text FILE)")
         for p in self.probes:
             check_probe(p)
+            if p in PROBES:  # the maker checks the options it takes (carry_chain: chain <= digits): draw one item
+                make_items(p, n=1, seed=self.seed, **self.probe_options())
         for src in self.cumulative:
             if src not in ORDER_NAMES and not Path(src).is_file():
                 raise PrunescopeError(f"cumulative order {src!r} is neither {' nor '.join(ORDER_NAMES)} nor a results "
@@ -677,9 +717,9 @@ class SweepOptions(Options):
                                       "prunescope score table or a sweep.csv)")
 
     def probe_options(self) -> dict:
-        """The item generators' keyword arguments that were set (shots, ops, digits, carry, length)."""
-        names = ("shots", "ops", "digits", "carry", "length")
-        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        """The item makers' keyword arguments that were set (:data:`PROBE_OPTIONS`: shots, ops, digits,
+        carry, length, variant, distance, chain); a maker ignores those it does not take."""
+        return {k: getattr(self, k) for k in PROBE_OPTIONS if getattr(self, k) is not None}
 
 
 def sweep(options: SweepOptions | None = None, *, model: str | None = None, placement: Placement | None = None,
@@ -714,7 +754,8 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
     o = options
     probes, n, seed = list(o.probes), o.items, o.seed
     probe_options = o.probe_options()
-    items = {p: make_items(p, n=n, seed=seed, **probe_options) for p in probes}
+    # items that need no tokenizer are built before the model loads (a bad JSONL file fails early)
+    items = sweep_items([p for p in probes if not takes(p, "tokenizer")], n, seed, probe_options)
     texts = load_texts(o.loss_text)[:n] if o.loss_text else None
     config = {"model": str(model or "default"), "probes": probes, "items": n, "seed": seed, "windows": list(o.windows),
               "sets": [list(s) for s in o.sets], "scoring": o.scoring, "probe_options": probe_options,
@@ -726,6 +767,8 @@ def _sweep(d: Dist, options: SweepOptions, *, model, placement: Placement, outpu
     elif out:
         d.on_main(expect_folder, out)
     lm = loaded or load_model(model, **{**placement.load_kwargs(), "device": rank_device(placement.device, d)})
+    items |= sweep_items([p for p in probes if p not in items], n, seed, probe_options, lm.tokenizer)
+    items = {p: items[p] for p in probes}
     scoring, text = o.scoring, o.loss_text
     plans: dict = {p: ScoringPlan(lm.tokenizer, its, scoring) for p, its in items.items()}
     if texts:
