@@ -6,7 +6,6 @@ their options objects (the same ones the CLI builds), writing into the run folde
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +14,15 @@ from prunescope.core.errors import PrunescopeError
 from prunescope.core.options import Output, Placement
 from prunescope.core.results import atomic_write_json, write_table
 
+from prunescope.pipeline.keys import legacy_match, same_settings, settings_key, stage_settings
 from prunescope.pipeline.config import STAGE_OUTPUTS, STAGES, pruned_names, recovered_names, split_arm
+
+
+def _defaults() -> dict:
+    from prunescope.pipeline.config import SECTIONS, Study
+    from prunescope.pipeline.keys import option_defaults
+
+    return option_defaults(SECTIONS, Study)
 
 
 class Run:
@@ -29,17 +36,15 @@ class Run:
         self.cfg, self.out, self.show = cfg, Path(cfg["out"]), show_progress
         self._base, self._identity = None, None
 
-    def stage_key(self, stage: str) -> str:
+    def stage_settings(self, stage: str) -> dict:
         """A stage re-runs when its own settings or any earlier stage's settings change. Where and
         how fast the run happens (``device``, ``out``, the evaluation batch sizes) is not a setting:
-        a run folder started on a GPU machine continues on a CPU one with its finished stages."""
-        upto = STAGES[: STAGES.index(stage) + 1]
-        part = {k: v for k, v in self.cfg.items() if k not in (*STAGES, "device", "out", "study")} | \
-            {s: self.cfg.get(s) for s in upto}
-        if "evaluate" in part:
-            part["evaluate"] = {k: v for k, v in part["evaluate"].items()
-                                if k not in ("batch_size", "slots", "workers")}
-        return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+        a run folder started on a GPU machine continues on a CPU one with its finished stages
+        (:func:`prunescope.pipeline.keys.stage_settings`)."""
+        return stage_settings(self.cfg, stage, STAGES)
+
+    def stage_key(self, stage: str) -> str:
+        return settings_key(self.stage_settings(stage))
 
     def done(self, stage: str) -> bool:
         if not self._marked(stage):
@@ -52,8 +57,15 @@ class Run:
         return True
 
     def _marked(self, stage: str) -> bool:
+        """Finished with these settings: the marker's settings equal the config's but for options it
+        predates that are at their defaults (a newer prunescope keeps finished stages)."""
         f = self.out / ".stages" / f"{stage}.json"
-        return f.is_file() and json.loads(f.read_text()).get("key") == self.stage_key(stage)
+        if not f.is_file():
+            return False
+        marker, current = json.loads(f.read_text()), self.stage_settings(stage)
+        if "settings" in marker:
+            return same_settings(marker["settings"], current, _defaults())
+        return legacy_match(marker.get("key", ""), current, _defaults())
 
     def clear_if_changed(self, stage: str) -> None:
         """A stage finished earlier with other settings: its old outputs would be refused or mixed in
@@ -74,7 +86,8 @@ class Run:
         return Output(out=str(out), progress=self.show)
 
     def mark(self, stage: str, seconds: float) -> None:
-        atomic_write_json(self.out / ".stages" / f"{stage}.json", {"key": self.stage_key(stage), "seconds": seconds})
+        atomic_write_json(self.out / ".stages" / f"{stage}.json", {"key": self.stage_key(stage), "seconds": seconds,
+                                                                   "settings": self.stage_settings(stage)})
 
     @property
     def base(self):
