@@ -14,8 +14,10 @@ sections (``cfg["prune"]["ratio"]``); its values decide each stage's cache key.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 from prunescope.analysis.evaluate import TASKS, EvalOptions
 from prunescope.circuits.pairs import PAIR_PROBES
@@ -27,7 +29,7 @@ from prunescope.core.options import (
 )
 from prunescope.probe.sweep import SweepOptions
 from prunescope.probe.tasks import PROBES
-from prunescope.prune.commands import PruneOptions, ScoreOptions
+from prunescope.prune.commands import STRATEGIES, PruneOptions, ScoreOptions
 from prunescope.recover.sgr import SGROptions
 from prunescope.recover.train import RecoverOptions, split_mode
 
@@ -38,7 +40,8 @@ STAGE_OUTPUTS = {"localize": ["localize"], "score": ["score"], "prune": ["prune"
                  "evaluate": ["eval", "probes.csv", "probes.jsonl"],
                  "report": ["report.md", "report.html", "retention.csv", "retention.jsonl", "retention.png",
                             "probes.png", "signatures.csv", "signatures.jsonl", "recover_seeds.csv",
-                            "recover_seeds.jsonl"]}
+                            "recover_seeds.jsonl", "dose.csv", "dose.jsonl", "dose_steps.csv", "dose_steps.jsonl",
+                            "dose.png"]}
 
 SMALLER = "pipeline-sized: a whole study runs every stage, so each stays minutes long on a CPU"
 
@@ -76,7 +79,8 @@ class Score(Options):
 
 @dataclass
 class Prune(Options):
-    """``prune``: one pruned checkpoint per strategy and ratio (``prunescope prune``)."""
+    """``prune``: one pruned checkpoint per strategy and ratio (``prunescope prune``), and one per
+    fixed layer set (``layers``)."""
 
     ratio: list[float] = derive(PruneOptions, "ratio", [0.25],
                                 help="fraction of layers to drop; a list gives one pruned model per strategy and ratio")
@@ -89,6 +93,9 @@ class Prune(Options):
     select_tasks: list[str] = derive(PruneOptions, "select_tasks")
     select_docs: int = derive(PruneOptions, "select_docs")
     texts: int = derive(PruneOptions, "texts")
+    layers: dict = option({}, "fixed layer sets {name: [layers]}: each adds the pruned model <name> (stage "
+                              "pruned-<name>) dropping exactly those layers, beside the strategies x ratios ones, "
+                              "e.g. {paper-12.5: [14, 15, 16, 24]} (a layer beyond the model is refused when it loads)")
 
 
 @dataclass
@@ -100,7 +107,10 @@ class Recover(Options):
     without its weights resumes at the first arm not evaluated. A ``linear`` arm repairs the pruned
     model without training (generic calibration texts), ``linear_circuit`` with ``circuit_mix``
     circuit texts, both on the run's base model; ``linear+sgr`` trains the repaired model like the
-    ``sgr`` arm (the same SGR file). Only arms that train need the SGR file."""
+    ``sgr`` arm (the same SGR file). Only arms that train need the SGR file. ``budgets`` trains each
+    training arm once per response-token budget (``<pruned>-<mode>~3M``), ``match: steps`` gives
+    every training arm at a budget the optimizer steps of the first training mode there, and
+    ``seeded_budgets`` the budgets trained once per ``train_seeds`` seed."""
 
     modes: list[str] = derive(RecoverOptions, "mode", [], help="recovery modes (none: no recovery)")
     on: list[str] = option(["bi"], "pruned models to recover (names from prune: bi, bi-protected, bi-25, ...)")
@@ -130,7 +140,22 @@ class Recover(Options):
     ridge: float | None = derive(RecoverOptions, "ridge")
     train_seeds: list[int] = option([], "train every arm once per seed (LoRA initialisation and data order), "
                                         "arms named <pruned>-<mode>@<seed>, compared over their seeds in "
-                                        "recover_seeds.csv; none: once, with the run's seed", minimum=0)
+                                        "recover_seeds.csv (with budgets: every training arm at seeded_budgets); "
+                                        "none: once, with the run's seed", minimum=0)
+    budgets: list[int] = option([], "response-token budgets (a dose axis): every arm that trains is trained once "
+                                    "per budget, arms named <pruned>-<mode>~<budget> (300k, 3M, 1.5M); an arm that "
+                                    "only repairs (linear) once, unsuffixed; none: one budget, token_budget or steps "
+                                    "(then leave those two unset)", minimum=1)
+    match: str = option("tokens", "what the training arms share at each budget: tokens (each trains until the "
+                                  "budget's response tokens) or steps (each trains the optimizer steps that the "
+                                  "first training mode of modes needs to reach the budget, so their tokens differ, "
+                                  "e.g. longer external references; both are recorded)", choices=("tokens", "steps"))
+    seeded_budgets: list[int] = option([], "budgets (among budgets) at which every training arm is trained once per "
+                                           "train_seeds seed, <pruned>-<mode>~<budget>@<seed>; at the others once, with "
+                                           "the run's seed; none: every budget", minimum=1)
+    dose_modes: list[str] = option([], "training modes trained at every budget (the dose axis, e.g. [sgr, external]); "
+                                       "the other training modes train once, at the first seeded budget (else the "
+                                       "middle one); none: every training mode at every budget")
 
 
 @dataclass
@@ -291,6 +316,7 @@ def _check_across(cfg: dict, root, src: str) -> None:
 
 def _check_recover(cfg: dict, bad) -> None:
     """The recover section against the pruned models and its own options."""
+    _check_layer_sets(cfg, bad)
     stages = set(pruned_names(cfg))
     for s in cfg["recover"]["on"] if cfg["recover"]["modes"] else []:
         if s not in stages:
@@ -304,6 +330,51 @@ def _check_recover(cfg: dict, bad) -> None:
     seeds = cfg["recover"]["train_seeds"]
     if len(set(seeds)) != len(seeds):
         bad(("recover", "train_seeds"), f"repeats a seed ({seeds}): each seed trains each arm once")
+    _check_budgets(cfg["recover"], bad)
+
+
+def _check_budgets(r: dict, bad) -> None:
+    """``budgets``, ``match`` and ``seeded_budgets`` against each other and the single budget."""
+    budgets, seeded = r["budgets"], r["seeded_budgets"]
+    if len(set(budgets)) != len(budgets):
+        bad(("recover", "budgets"), f"repeats a budget ({budgets}): each budget trains each arm once")
+    for key in ("steps", "token_budget") if budgets else ():
+        if r[key] is not None:
+            bad(("recover", key), f"is set beside recover.budgets {budgets}: the budgets replace it (leave it unset)")
+    if r["match"] == "steps" and (r["steps"] is not None or not (budgets or r["token_budget"])):
+        bad(("recover", "match"), "is steps: the arms train the optimizer steps the first training mode needs for a "
+                                  "token budget, so give recover.budgets (or token_budget) and leave steps unset")
+    for b in seeded:
+        if b not in budgets:
+            bad(("recover", "seeded_budgets"), f"names {b}, which is not among recover.budgets {budgets}")
+    if len(set(seeded)) != len(seeded):
+        bad(("recover", "seeded_budgets"), f"repeats a budget ({seeded})")
+    for m in r["dose_modes"]:
+        if m not in r["modes"] or split_mode(m)[1] is None:
+            bad(("recover", "dose_modes"), f"names {m!r}, which is not a training mode of recover.modes {r['modes']}")
+    if r["dose_modes"] and not budgets:
+        bad(("recover", "dose_modes"), "needs recover.budgets (the dose axis it puts these modes on)")
+    if seeded and len(r["train_seeds"]) < 2:
+        bad(("recover", "seeded_budgets"), "trains each arm once per training seed: give recover.train_seeds at "
+                                           "least two seeds")
+
+
+def _check_layer_sets(cfg: dict, bad) -> None:
+    """``prune.layers``: names that no strategy (or strategy and ratio) takes, fit for a folder; each
+    set non-empty layer numbers >= 0 without repeats (whether they exist is the model's to say)."""
+    sets = cfg["prune"]["layers"]
+    taken = {*STRATEGIES.names(), "bi-protected", *pruned_names({"prune": {**cfg["prune"], "layers": {}}})}
+    for name, layers in sets.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            bad(("prune", "layers"), f"names a set {name!r}: use letters, digits, '.', '_' and '-' (a folder name)")
+        if name in taken:
+            bad(("prune", "layers"), f"names a set {name!r}, which a strategy or its pruned models already take "
+                                     f"({', '.join(sorted(taken))}): give it another name")
+        if (not isinstance(layers, list) or not layers
+                or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in layers)):
+            bad(("prune", "layers"), f"gives {name!r} {layers!r}: a set is a non-empty list of layer numbers >= 0")
+        if len(set(layers)) != len(layers):
+            bad(("prune", "layers"), f"gives {name!r} {layers}: a layer repeats")
 
 
 def load_config(path: str | Path) -> dict:
@@ -324,38 +395,113 @@ def _percent(ratio: float) -> str:
     return f"{ratio * 100:g}"
 
 
+def budget_label(tokens: int) -> str:
+    """A token budget as arm names write it (``~<label>``): exact, in k or M from a thousand on.
+
+    >>> budget_label(300000), budget_label(3_000_000), budget_label(10_000_000), budget_label(1_500_000)
+    ('300k', '3M', '10M', '1.5M')
+    >>> budget_label(120), budget_label(2500), budget_label(1_234_567)
+    ('120', '2.5k', '1.234567M')
+    """
+    from decimal import Decimal
+
+    for unit, size in (("M", 10**6), ("k", 10**3)):
+        if tokens >= size:
+            return format((Decimal(tokens) / size).normalize(), "f") + unit
+    return str(tokens)
+
+
+def budget_of(label: str) -> int:
+    """The token budget a :func:`budget_label` names.
+
+    >>> budget_of("1.5M"), budget_of("300k"), budget_of("120")
+    (1500000, 300000, 120)
+    """
+    from decimal import Decimal
+
+    size = {"M": 10**6, "k": 10**3}.get(label[-1:])
+    return int(Decimal(label[:-1]) * size) if size else int(label)
+
+
+def _arms_of_each(r: dict) -> list[tuple[str, str]]:
+    """``(mode, name suffix)`` of each pruned model's arms, in the order they train: see :func:`recovered_names`."""
+    seeds, budgets, modes = r.get("train_seeds") or [], r.get("budgets") or [], r["modes"]
+    if not budgets:
+        return [(m, k) for m in modes for k in [f"@{k}" for k in seeds] or [""]]
+    seeded = r.get("seeded_budgets") or budgets
+    dose = r.get("dose_modes") or [m for m in modes if split_mode(m)[1] is not None]
+    single = (r.get("seeded_budgets") or [budgets[len(budgets) // 2]])[0]  # where the modes off the dose axis train
+    out = [(m, "") for m in modes if split_mode(m)[1] is None]  # a repair alone trains nothing: no budget
+    for b in budgets:
+        label = f"~{budget_label(b)}"
+        for m in (m for m in modes if split_mode(m)[1] is not None and (m in dose or b == single)):
+            out += [(m, f"{label}@{k}") for k in seeds] if seeds and b in seeded else [(m, label)]
+    return out
+
+
 def recovered_names(cfg: dict) -> list[str]:
     """The recovery arms of a config, ``<pruned>-<mode>``, or ``<pruned>-<mode>@<seed>`` per
-    training seed (``recover.train_seeds``).
+    training seed (``recover.train_seeds``). With ``recover.budgets`` each mode that trains has one
+    arm per budget, ``<pruned>-<mode>~<budget>`` (:func:`budget_label`), and one per seed at the
+    ``seeded_budgets`` (default: every budget), ``<pruned>-<mode>~<budget>@<seed>``; a mode that only
+    repairs has one arm, ``<pruned>-<mode>``. The order is the training order: per pruned model the
+    repairs alone, then budget by budget as listed, so a run cut short holds whole budgets.
 
     >>> recovered_names({"recover": {"on": ["bi"], "modes": ["sgr", "linear+sgr"], "train_seeds": [0, 1]}})
     ['bi-sgr@0', 'bi-sgr@1', 'bi-linear+sgr@0', 'bi-linear+sgr@1']
+    >>> recovered_names({"recover": {"on": ["bi"], "modes": ["sgr", "external", "linear"], "train_seeds": [0, 1],
+    ...                              "budgets": [300000, 3000000], "seeded_budgets": [3000000]}})
+    ... # doctest: +NORMALIZE_WHITESPACE
+    ['bi-linear', 'bi-sgr~300k', 'bi-external~300k', 'bi-sgr~3M@0', 'bi-sgr~3M@1', 'bi-external~3M@0',
+     'bi-external~3M@1']
+    >>> recovered_names({"recover": {"on": ["bi"], "modes": ["sgr", "tune"], "budgets": [300000, 3000000, 10000000],
+    ...                              "dose_modes": ["sgr"]}})
+    ['bi-sgr~300k', 'bi-sgr~3M', 'bi-tune~3M', 'bi-sgr~10M']
     """
-    r = cfg["recover"]
-    seeds = [f"@{k}" for k in r.get("train_seeds") or []] or [""]
-    return [f"{s}-{m}{k}" for s in r["on"] for m in r["modes"] for k in seeds]
+    return [f"{s}-{m}{k}" for s in cfg["recover"]["on"] for m, k in _arms_of_each(cfg["recover"])]
 
 
-def split_arm(name: str) -> tuple[str, str, int | None]:
-    """``(pruned, mode, training seed or None)`` of an arm name (:func:`recovered_names`); no mode
-    holds a ``-``.
+class Arm(NamedTuple):
+    """What an arm's name says (:func:`split_arm`)."""
 
-    >>> split_arm("bi-protected-linear_circuit+sgr@2"), split_arm("bi-25-sgr")
-    (('bi-protected', 'linear_circuit+sgr', 2), ('bi-25', 'sgr', None))
+    pruned: str
+    mode: str
+    seed: int | None
+    budget: int | None
+
+
+def split_arm(name: str) -> Arm:
+    """``(pruned, mode, training seed or None, token budget or None)`` of an arm name
+    (:func:`recovered_names`); no mode holds a ``-``.
+
+    >>> split_arm("bi-protected-linear_circuit+sgr@2")
+    Arm(pruned='bi-protected', mode='linear_circuit+sgr', seed=2, budget=None)
+    >>> split_arm("paper-12.5-sgr~1.5M@0"), split_arm("bi-25-external~300k")
+    (Arm(pruned='paper-12.5', mode='sgr', seed=0, budget=1500000), Arm(pruned='bi-25', mode='external', seed=None, budget=300000))
     """
     name, _, seed = name.partition("@")
+    name, _, budget = name.partition("~")
     pruned, mode = name.rsplit("-", 1)
-    return pruned, mode, int(seed) if seed else None
+    return Arm(pruned, mode, int(seed) if seed else None, budget_of(budget) if budget else None)
 
 
-def pruned_names(cfg: dict) -> dict[str, tuple[str, float]]:
+#: the strategy a fixed layer set (``prune.layers``) stands under in :func:`pruned_names` and its plan
+FIXED = "fixed"
+
+
+def pruned_names(cfg: dict) -> dict[str, tuple[str, float | None]]:
     """``{name: (strategy, ratio)}`` of the pruned models a config asks for: the strategy's name
-    (``bi``, ``bi-protected``...) with one ratio, ``bi-25`` / ``bi-12.5`` with several.
+    (``bi``, ``bi-protected``...) with one ratio, ``bi-25`` / ``bi-12.5`` with several; then each
+    fixed layer set (``prune.layers``) under its own name as ``("fixed", None)``.
 
     >>> list(pruned_names({"prune": {"strategies": ["bi"], "ratio": [0.25, 0.125], "protect_top": 2}}))
     ['bi-25', 'bi-12.5', 'bi-protected-25', 'bi-protected-12.5']
+    >>> pruned_names({"prune": {"strategies": ["bi"], "ratio": [0.25], "protect_top": 0,
+    ...                         "layers": {"paper-12.5": [14, 15, 16, 24]}}})
+    {'bi': ('bi', 0.25), 'paper-12.5': ('fixed', None)}
     """
     c = cfg["prune"]
     strategies = list(c["strategies"]) + (["bi-protected"] if c["protect_top"] else [])
     ratios = c["ratio"]
-    return {(s if len(ratios) == 1 else f"{s}-{_percent(r)}"): (s, r) for s in strategies for r in ratios}
+    return {**{(s if len(ratios) == 1 else f"{s}-{_percent(r)}"): (s, r) for s in strategies for r in ratios},
+            **{name: (FIXED, None) for name in c.get("layers") or {}}}

@@ -426,19 +426,22 @@ def arm_differences(scores: tuple[dict, dict, dict], arms: dict[str, list], pair
 
 def training_seed_differences(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """The recovery arms of one run trained with several seeds (``recover.train_seeds``: stages
-    ``recovered-<pruned>-<mode>@<seed>``), each arm over its seeds against its pruned model (what the
-    repair buys) and against the SGR arm of the same pruned model: :func:`arm_differences` with the
+    ``recovered-<pruned>-<mode>@<seed>``, or ``recovered-<pruned>-<mode>~<budget>@<seed>`` at a seeded
+    budget), each arm over its seeds against its pruned model (what the repair buys) and against the
+    SGR arm of the same pruned model and budget (``recovered-<pruned>-sgr`` / ``...-sgr~<budget>``,
+    over its seeds, or alone where that budget trains it once): :func:`arm_differences` with the
     seeds as an arm's models, so the interval carries the training variance as well as the items'.
-    Rows: ``level`` = ``training_seeds``, ``condition`` = ``recovered-<pruned>-<mode>`` (seeds
-    pooled), ``n`` = its seeds; empty for a run without training seeds."""
+    Rows: ``level`` = ``training_seeds``, ``condition`` = the arm without its seed (seeds pooled),
+    ``n`` = its seeds; empty for a run without training seeds."""
     from prunescope.analysis.retention import item_scores
+    from prunescope.pipeline.config import budget_label
 
     run_dir = Path(run_dir)
     if not (run_dir / "retention.csv").is_file():
         return []
     table = [r for r in read_table(run_dir / "retention.csv") if r.get("level") == "task"
              and r.get("metric", "retention") == "retention"]
-    groups: dict[str, list] = {}
+    groups: dict[str, list] = {}   # stages that differ only by their training seed
     for st in dict.fromkeys(r["condition"] for r in table):
         if st.startswith("recovered-") and "@" in st:
             groups.setdefault(st.partition("@")[0], []).append((st,))
@@ -447,11 +450,14 @@ def training_seed_differences(run_dir: str | Path, n_boot: int = 1000, seed: int
     items = item_scores(run_dir, {(r["condition"], r["probe"]): r["score_metric"] for r in table})
     per = {(st,): {t: v for (s, t), v in items.items() if s == st} for st in dict.fromkeys(r["condition"] for r in table)}
     base, tasks = per.pop(("base",), {}), {r["probe"]: r["category"] for r in table}
-    arms = {**groups, **{st: [k] for k, st in ((k, k[0]) for k in per) if st.startswith("pruned-")}}
+    # references: the pruned stages and the recovered ones trained once (an SGR arm at an unseeded budget)
+    arms = {**groups, **{st: [k] for k, st in ((k, k[0]) for k in per)
+                         if st.startswith("pruned-") or (st.startswith("recovered-") and "@" not in st)}}
     pairs = []
     for arm in groups:
-        pruned, mode, _ = split_arm(arm.removeprefix("recovered-"))
-        pairs += [(arm, ref) for ref in (f"pruned-{pruned}", f"recovered-{pruned}-sgr") if ref in arms and ref != arm]
+        a = split_arm(arm.removeprefix("recovered-"))
+        sgr = f"recovered-{a.pruned}-sgr" + (f"~{budget_label(a.budget)}" if a.budget is not None else "")
+        pairs += [(arm, ref) for ref in (f"pruned-{a.pruned}", sgr) if ref in arms and ref != arm]
     return arm_differences((base, per, tasks), arms, pairs, next((r["model"] for r in table), ""), n_boot, seed,
                            level="training_seeds")
 

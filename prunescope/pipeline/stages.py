@@ -15,7 +15,9 @@ from prunescope.core.options import Output, Placement
 from prunescope.core.results import atomic_write_json, write_table
 
 from prunescope.pipeline.keys import legacy_match, same_settings, settings_key, stage_settings
-from prunescope.pipeline.config import STAGE_OUTPUTS, STAGES, pruned_names, recovered_names, split_arm
+from prunescope.pipeline.config import (
+    FIXED, STAGE_OUTPUTS, STAGES, Arm, budget_label, pruned_names, recovered_names, split_arm,
+)
 
 
 def _defaults() -> dict:
@@ -210,6 +212,9 @@ def _prune(run: Run) -> None:
         if (folder / "plan.json").is_file():
             continue  # written atomically: a complete checkpoint from an interrupted stage
         strategy, ratio = names[stage.removeprefix("pruned-")]
+        if strategy == FIXED:
+            _prune_fixed(run, stage, c["layers"][stage.removeprefix("pruned-")], folder)
+            continue
         kw = {}
         if strategy == "bi-protected":
             strategy = "bi"
@@ -229,6 +234,25 @@ def _prune(run: Run) -> None:
                            loaded=run.base, placement=run.placement,
                            output=run.output(folder).replace(overwrite=True))
         print(f"  {stage}: drop {plan.drop}" + (f" (protected {plan.protected})" if plan.protected else ""))
+
+
+def _prune_fixed(run: Run, stage: str, layers: list[int], folder: Path) -> None:
+    """A fixed layer set of ``prune.layers``: the checkpoint without exactly those layers, with the
+    same records a strategy's writes (``plan.json``, ``prunescope_plan.json``; strategy ``fixed``)."""
+    from prunescope.prune.strategies import Plan
+    from prunescope.prune.surgery import save_pruned
+
+    lm = run.base
+    try:
+        drop = sorted(lm.blocks.check_layers(layers))
+    except PrunescopeError as e:
+        raise PrunescopeError(f"prune.layers {stage.removeprefix('pruned-')}: {e}") from None
+    plan = Plan(strategy=FIXED, n_layers=lm.blocks.n_layers, drop=drop, model=lm.name,
+                reasons={i: "named in prune.layers" for i in drop})
+    save_pruned(lm.model, lm.tokenizer, drop, folder, overwrite=True,
+                record={"plan": plan.to_json(), "source_model": lm.path, "source_name": lm.name})
+    plan.save(folder / "plan.json")
+    print(f"  {stage}: drop {plan.drop} (fixed)")
 
 
 def _recover(run: Run) -> None:
@@ -258,38 +282,69 @@ def _recover(run: Run) -> None:
                 evaluation.submit(stage, folder)
 
 
-def _arm_options(run: Run, mode: str, sgr_file: Path, seed: int | None = None):
+def _arm_options(run: Run, mode: str, sgr_file: Path, seed: int | None = None, *, budget: int | None = None,
+                 steps: int | None = None):
     """One arm's :class:`prunescope.recover.train.RecoverOptions` from the recover section: the
     training values for an arm that trains (on the SGR file), the linear repair's for one that
     repairs (circuit texts only in ``linear_circuit``), the run's base model as teacher and repair base;
-    ``seed``: the arm's training seed (default: the run's)."""
+    ``seed``: the arm's training seed (default: the run's). How long it trains: ``steps`` optimizer
+    steps (no token budget) where given, else the token ``budget`` where given, else the section's
+    ``steps`` / ``token_budget``."""
     from prunescope.recover.train import RecoverOptions, split_mode
 
     c = run.cfg["recover"]
     repair, training = split_mode(mode)
     repair_kw = {} if repair is None else dict(circuit_mix=c["circuit_mix"] if repair == "linear_circuit" else None,
                                                texts=c["texts"], objective=c["objective"], ridge=c["ridge"])
+    if steps is None and budget is None:  # the section's own length
+        steps, budget = c["steps"], c["token_budget"]
+    elif steps is not None:  # matched steps: no token budget
+        budget = None
     return RecoverOptions(mode=mode, data=str(sgr_file) if training else None,
                           teacher=run.base.path if repair or training == "distill" else None, recipe=c["recipe"],
-                          quant=c["quant"], steps=c["steps"], token_budget=c["token_budget"],
+                          quant=c["quant"], steps=steps, token_budget=budget,
                           max_seq_len=c["max_seq_len"], train_batch=c["train_batch"], micro_batch=c["micro_batch"],
                           max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], heldout=c["heldout"],
                           lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"] if seed is None else seed,
-                          eval_every=c["eval_every"] or max(1, (c["steps"] or 100) // 4), **repair_kw)
+                          eval_every=c["eval_every"] or max(1, (steps or 100) // 4), **repair_kw)
+
+
+def _arm_training(run: Run, arm: Arm, sgr_file: Path) -> dict:
+    """How long one arm trains, as :func:`_arm_options` takes it: ``budget`` (its own with
+    ``recover.budgets``, else the section's ``token_budget``), and with ``recover.match: steps`` the
+    ``steps`` that the reference mode (the first training mode of ``recover.modes``) needs to reach
+    that budget on the same pruned model with the same seed (:func:`prunescope.recover.train.plan_recovery`,
+    from the data alone): every training arm at a budget then trains as many optimizer steps, each
+    on its own response tokens (an external arm's references are longer), and records both."""
+    from prunescope.recover.train import plan_recovery, split_mode
+
+    c = run.cfg["recover"]
+    if split_mode(arm.mode)[1] is None or (not c["budgets"] and c["match"] != "steps"):
+        return {}  # a repair alone, or one budget as the section gives it
+    budget = arm.budget if c["budgets"] else c["token_budget"]
+    if c["match"] != "steps":
+        return {"budget": budget}
+    reference = next(m for m in c["modes"] if split_mode(m)[1] is not None)
+    planned = plan_recovery(_arm_options(run, reference, sgr_file, arm.seed, budget=budget),
+                            model=run.pruned_stages()[f"pruned-{arm.pruned}"])
+    print(f"  recovered-{arm.pruned}-{arm.mode}: {planned['steps']} steps, the {reference} arm's for "
+          f"{budget_label(budget)} response tokens ({planned['tokens']})", flush=True)
+    return {"steps": planned["steps"]}
 
 
 def _train_arm(run: Run, stage: str, folder: Path, sgr_file: Path) -> bool:
-    """Train (or repair) one recovery arm (``recover/<strategy>-<mode>``) and score its probes;
-    False when it diverged (recorded in its folder)."""
+    """Train (or repair) one recovery arm (``recover/<pruned>-<mode>[~<budget>][@<seed>]``) and
+    score its probes; False when it diverged (recorded in its folder)."""
     from prunescope.recover.train import RecoveryDiverged, describe_recovery, recover_model, split_mode
 
-    strategy, mode, seed = split_arm(folder.name)
+    arm = split_arm(folder.name)
     shutil.rmtree(run.out / "eval" / stage, ignore_errors=True)  # scores of an earlier training are stale
-    pruned = run.pruned_stages()[f"pruned-{strategy}"]
+    pruned = run.pruned_stages()[f"pruned-{arm.pruned}"]
     _ensure_checkpoint(run, pruned)  # a run folder copied without its weights has none
+    options = _arm_options(run, arm.mode, sgr_file, arm.seed, **_arm_training(run, arm, sgr_file))
     try:
-        s = recover_model(_arm_options(run, mode, sgr_file, seed), model=pruned, placement=Placement(device=run.cfg["device"]),
-                          output=run.output(folder), loaded=run.base if split_mode(mode)[0] else None)
+        s = recover_model(options, model=pruned, placement=Placement(device=run.cfg["device"]),
+                          output=run.output(folder), loaded=run.base if split_mode(arm.mode)[0] else None)
     except RecoveryDiverged as e:
         # one arm that diverges is a result, not the end of the run: the other arms and the
         # evaluation go on (stopping here would leave the whole rest of the run undone)
@@ -639,6 +694,25 @@ def _report(run: Run) -> None:
     print(f"  wrote {md} and {page}")
     if len(run.cfg["recover"]["train_seeds"]) > 1:
         _compare_training_seeds(run)
+    if run.cfg["recover"]["budgets"]:
+        _dose_report(run)
+
+
+def _dose_report(run: Run) -> None:
+    """Retention against tokens trained per arm (``dose.csv``), each step up the budget ladder with
+    its paired interval (``dose_steps.csv``), one verdict per arm (printed) and ``dose.png``."""
+    from prunescope.pipeline.dose import dose_segments, dose_table, dose_verdicts, plot_dose
+
+    rows = dose_table(run.out)
+    if not rows:
+        return
+    steps = dose_segments(run.out, seed=run.cfg["seed"])
+    write_table(rows, run.out / "dose")
+    write_table(steps, run.out / "dose_steps")
+    plot_dose(rows, run.out / "dose.png")
+    for v in dose_verdicts(steps):
+        print(f"  {v['pruned']} {v['mode']}: {v['category']} retention {v['verdict']} over {v['steps']} budget steps")
+    print(f"  wrote {run.out / 'dose.csv'}, dose_steps.csv and dose.png")
 
 
 def _compare_training_seeds(run: Run) -> None:
