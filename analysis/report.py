@@ -298,7 +298,8 @@ def stage_plan(run_dir: str | Path, stage: str) -> dict:
         return {}
     arm = stage.removeprefix("recovered-")
     info = _read_json(run_dir / "recover" / arm / "prunescope_recovery.json") or {}
-    name, _, mode = arm.rpartition("-")             # the pipeline names an arm <pruned name>-<mode>
+    # the pipeline names an arm <pruned name>-<mode>, with ~<budget> and @<seed> where it trains several
+    name, _, mode = arm.partition("~")[0].partition("@")[0].rpartition("-")
     name = Path(str(info["base"])).name if info.get("base") else name
     mode = (info.get("recovery") or {}).get("mode") or (info.get("config") or {}).get("mode") or mode
     plan = (_read_json(run_dir / "prune" / name / "plan.json")

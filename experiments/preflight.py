@@ -49,7 +49,18 @@ def shrink(cfg: dict, model: str) -> dict:
     prune["select_docs"] = 2
     if prune.get("protect_top"):
         prune["protect_top"] = 1  # two maps' top-4 union would protect most of 8 layers
-    c["recover"].update(max_prompts=24, max_new_tokens=16, token_budget=2000, max_seq_len=512)
+    rec = c["recover"]
+    rec.update(max_prompts=24, max_new_tokens=16, max_seq_len=512)
+    if rec.get("budgets"):  # the dose ladder at tiny size, in the same ratios (the largest 2,000 tokens)
+        scale = 2000 / max(rec["budgets"])
+        tiny = {b: max(20, round(b * scale)) for b in rec["budgets"]}
+        rec["budgets"] = [tiny[b] for b in rec["budgets"]]
+        rec["seeded_budgets"] = [tiny[b] for b in rec.get("seeded_budgets") or []]
+    else:
+        rec["token_budget"] = 2000
+    # fixed layer sets: as many layers, within the tiny model's (their numbers mean nothing there)
+    prune["layers"] = {name: list(range(1, 1 + min(len(layers), TINY_LAYERS - 2)))
+                       for name, layers in (prune.get("layers") or {}).items()}
     ev = c["evaluate"]
     ev.update(limit=4, probe_items=8, slots=8, batch_size=8)
     ev["limits"] = {k: 3 for k in ev.get("limits") or {}}

@@ -12,7 +12,7 @@ of its options class (:mod:`prunescope.core.options`), plus the shared placement
     prunescope score  [--model M] [--block-sizes 8] [--ppl] [--sweep-table T] --out runs/NAME
     prunescope criticality [--model M] --sweep runs/S/sweep.csv [--metric exact_match] --out runs/NAME
     prunescope prune  [--model M] --strategy bi --ratio 0.25 --out pruned/NAME
-    prunescope sgr    [--model BASE] [--prompts FILE|builtin] [--max-prompts N] --out sgr.jsonl
+    prunescope sgr    [--model BASE] [--prompts FILE|builtin|offline] [--max-prompts N] --out sgr.jsonl
     prunescope recover --model PRUNED [--data sgr.jsonl] --mode sgr|linear|linear+sgr --out recovered/NAME
     prunescope eval   [--model M] --tasks classification,gsm8k --limit N --out runs/NAME/eval
     prunescope run    CONFIG.yaml                      the whole pipeline, cached per stage

@@ -124,17 +124,18 @@ def _file_texts(path: Path) -> list[str]:
 
 
 def generic_texts(n: int, seed: int = 0, source: str | Path = "builtin") -> list[str]:
-    """``n`` generic texts: of the built-in prompt set (``"builtin"``: instruction, maths and code
-    prompts with their reference answers, drawn by ``seed``) or of a file (``n`` of its texts drawn
-    by ``seed``, kept in file order).
+    """``n`` generic texts: of a built-in prompt set (``"builtin"``: instruction, maths and code
+    prompts with their reference answers, drawn by ``seed``; ``"offline"``: the larger offline set)
+    or of a file (``n`` of its texts drawn by ``seed``, kept in file order).
 
     >>> len(generic_texts(4, seed=0))
     4
     """
-    from prunescope.recover.data import builtin_prompts
+    from prunescope.recover.data import builtin_prompts, offline_prompts
 
-    if str(source) == "builtin":
-        texts = [_record_text(r) for r in builtin_prompts(n, seed=seed)]
+    if str(source) in ("builtin", "offline"):
+        draw = builtin_prompts if str(source) == "builtin" else offline_prompts
+        texts = [_record_text(r) for r in draw(n, seed=seed)]
     else:
         texts = _file_texts(Path(source))
         if len(texts) > n:

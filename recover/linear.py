@@ -73,8 +73,9 @@ class LinearOptions(Options):
     calibration_mix: float = option(0.0, "share of circuit texts among the calibration texts: 0 generic only, "
                                          "1 circuit only", minimum=0, maximum=1)
     calibration_generic: str = option("builtin", "generic calibration texts: builtin (the offline instruction, "
-                                                 "maths and code prompts with their answers) or a file: .txt (one "
-                                                 "text per line), .jsonl with a 'text' field, or a prompt file")
+                                                 "maths and code prompts with their answers), offline (the larger "
+                                                 "offline prompt set) or a file: .txt (one text per line), .jsonl "
+                                                 "with a 'text' field, or a prompt file")
     calibration_probes: list[str] = option(list(CIRCUIT_PROBES), "circuit calibration texts: solved items of "
                                                                  "these probes (built-in names or JSONL item files)")
     held_out_items: int = option(200, "circuit calibration texts never include the first N items of each probe "

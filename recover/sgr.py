@@ -53,7 +53,9 @@ class SGROptions(Options):
 
     prompts: str = option("builtin", "JSONL file or folder of prompts ({prompt[,response]}, Alpaca {instruction, "
                                      "input,output}, chat {messages}, {question,answer}); 'builtin' = 600 offline "
-                                     "instruction/maths/code prompts")
+                                     "instruction/maths/code prompts; 'offline' = all 53,218 offline prompts with "
+                                     "answers (factual, reading, medical, maths, commonsense, reasoning, code), "
+                                     "none from the evaluation suite")
     max_prompts: int | None = option(None, "answer at most this many prompts, the first ones (default: all; "
                                            "builtin: 600)", minimum=1)
     temperature: float = option(0.9, "sampling temperature, 0 = greedy", minimum=0)

@@ -30,6 +30,7 @@ from prunescope.core.options import (
 from prunescope.probe.sweep import SweepOptions
 from prunescope.probe.tasks import PROBES
 from prunescope.prune.commands import STRATEGIES, PruneOptions, ScoreOptions
+from prunescope.recover.data import PROMPT_SETS
 from prunescope.recover.sgr import SGROptions
 from prunescope.recover.train import RecoverOptions, split_mode
 
@@ -154,8 +155,9 @@ class Recover(Options):
                                            "train_seeds seed, <pruned>-<mode>~<budget>@<seed>; at the others once, with "
                                            "the run's seed; none: every budget", minimum=1)
     dose_modes: list[str] = option([], "training modes trained at every budget (the dose axis, e.g. [sgr, external]); "
-                                       "the other training modes train once, at the first seeded budget (else the "
-                                       "middle one); none: every training mode at every budget")
+                                       "the other training modes train once, with the run's seed, at the first "
+                                       "seeded budget (else the middle one); none: every training mode at every "
+                                       "budget")
 
 
 @dataclass
@@ -322,8 +324,8 @@ def _check_recover(cfg: dict, bad) -> None:
         if s not in stages:
             bad(("recover", "on"), f"names {s!r}, which is not pruned by this config ({', '.join(sorted(stages))})")
     prompts, modes = cfg["recover"]["prompts"], cfg["recover"]["modes"]
-    if any(split_mode(m)[1] for m in modes) and prompts != "builtin" and not Path(prompts).exists():
-        bad(("recover", "prompts"), f"file {prompts} does not exist (or use 'builtin')")
+    if any(split_mode(m)[1] for m in modes) and prompts not in PROMPT_SETS and not Path(prompts).exists():
+        bad(("recover", "prompts"), f"file {prompts} does not exist (or use one of {', '.join(PROMPT_SETS)})")
     if any(split_mode(m)[0] == "linear_circuit" for m in modes) and not cfg["recover"]["circuit_mix"]:
         bad(("recover", "circuit_mix"), "is 0, but the linear_circuit arms fit on circuit texts: give a share above 0 "
                                         "(or use the linear arm)")
@@ -435,7 +437,8 @@ def _arms_of_each(r: dict) -> list[tuple[str, str]]:
     for b in budgets:
         label = f"~{budget_label(b)}"
         for m in (m for m in modes if split_mode(m)[1] is not None and (m in dose or b == single)):
-            out += [(m, f"{label}@{k}") for k in seeds] if seeds and b in seeded else [(m, label)]
+            # the seeds vary the dose axis's modes (all training modes when dose_modes is not given)
+            out += [(m, f"{label}@{k}") for k in seeds] if seeds and b in seeded and m in dose else [(m, label)]
     return out
 
 
