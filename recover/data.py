@@ -554,5 +554,16 @@ def encode_example(tokenizer, record: dict, field: str, max_len: int) -> Example
     return Example(p_ids + r_ids, [IGNORE] * len(p_ids) + r_ids, len(r_ids))
 
 
-def encode_all(tokenizer, records: Sequence[dict], field: str, max_len: int) -> list[Example]:
-    return [encode_example(tokenizer, r, field, max_len) for r in records]
+def encode_all(tokenizer, records: Sequence[dict], field: str, max_len: int, drop_long: bool = False) -> list[Example]:
+    """Every record encoded (:func:`encode_example`); ``drop_long``: a record whose prompt alone
+    fills ``max_len`` is left out instead of stopping the run."""
+    if not drop_long:
+        return [encode_example(tokenizer, r, field, max_len) for r in records]
+    out = []
+    for r in records:
+        try:
+            out.append(encode_example(tokenizer, r, field, max_len))
+        except PrunescopeError as e:
+            if "maximum sequence length" not in str(e):
+                raise
+    return out

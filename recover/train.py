@@ -207,6 +207,9 @@ class RecoverOptions(Options):
     micro_batch: int = option(4, "examples per forward of training (--train-batch / --micro-batch accumulation "
                                  "steps; the paper's script: --per_device_train_batch_size 4)", minimum=1)
     max_seq_len: int = option(8192, "tokens per example (the paper's script: --max_seq_length 8192)", minimum=1)
+    long_prompts: str = option("error", "a training prompt of --max-seq-len tokens or more: error (stop and say "
+                                        "which) or drop (train without it; the record counts them)",
+                               choices=("error", "drop"))
     epochs: int = option(1, "passes over the training examples when neither --steps nor --token-budget is given "
                             "(the paper's script: --num_train_epochs 1)", minimum=1)
     steps: int | None = option(None, "optimizer steps (default: --epochs epochs, or until --token-budget); the run "
@@ -952,10 +955,16 @@ def _training_data(cfg: RecoverOptions, model: str | Path, out: Path | None,
     tok = AutoTokenizer.from_pretrained(student_path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    examples = encode_all(tok, records, field, cfg.max_seq_len)
+    examples = encode_all(tok, records, field, cfg.max_seq_len, drop_long=cfg.long_prompts == "drop")
+    dropped = len(records) - len(examples)
+    if dropped:
+        print(f"  {_count(dropped, 'prompt')} of {cfg.max_seq_len} tokens or more left out (--long-prompts drop)")
     train, held = split_examples(examples, cfg.heldout, HELDOUT_SEED)
-    run_config = {**asdict(cfg), "model": str(student_path), "data": str(cfg.data),
-                  "teacher": str(cfg.teacher) if cfg.teacher else None, "n_train": len(train), "n_eval": len(held)}
+    settings = {k: v for k, v in asdict(cfg).items()  # at its default unrecorded: older folders still resume
+                if not (k == "long_prompts" and v == "error")}
+    run_config = {**settings, "model": str(student_path), "data": str(cfg.data),
+                  "teacher": str(cfg.teacher) if cfg.teacher else None, "n_train": len(train), "n_eval": len(held),
+                  **({"dropped_long_prompts": dropped} if dropped else {})}
     # not config.json: the merged model's own config lands in the same folder
     if out is not None and refuse_other:
         check_run_config(out, run_config, "recovery run", name=RUN_CONFIG, paths=("model", "data", "teacher"),

@@ -151,3 +151,18 @@ def test_dose_run_trains_each_budget_on_matched_steps(tiny_llama_dir, tmp_path):
                                                      ("recovered-bi-sgr~40", "recovered-bi-sgr~120@0")]
     assert float(steps[0]["change"]) == pytest.approx(ret["recovered-bi-sgr~40"] - ret["pruned-bi"])
     assert (out / "dose.png").is_file()
+
+
+def test_long_prompts_are_dropped_and_counted_or_refused(tmp_path):
+    """long_prompts: drop trains without the prompts that fill max_seq_len and says how many;
+    error (the default) stops with the record's id."""
+    from prunescope.recover.data import encode_all
+    from prunescope.probe.models import load_model
+
+    tok = load_model(None, device="cpu").tokenizer
+    records = [{"id": "short", "prompt": "2+2=", "response": " 4"},
+               {"id": "long", "prompt": "word " * 300, "response": " yes"}]
+    kept = encode_all(tok, records, "response", 64, drop_long=True)
+    assert len(kept) == 1 and kept[0].n_response >= 1
+    with pytest.raises(PrunescopeError, match="record 'long': its prompt is"):
+        encode_all(tok, records, "response", 64)

@@ -124,6 +124,7 @@ class Recover(Options):
     max_seq_len: int = derive(RecoverOptions, "max_seq_len", 1024,
                               why="the built-in prompts' answers are short; 8192 only costs memory")
     quant: bool = derive(RecoverOptions, "quant")
+    long_prompts: str = derive(RecoverOptions, "long_prompts")
     train_batch: int | None = derive(RecoverOptions, "train_batch")
     micro_batch: int = derive(RecoverOptions, "micro_batch")
     max_grad_norm: float | None = derive(RecoverOptions, "max_grad_norm")

@@ -27,7 +27,8 @@ from dataclasses import MISSING, fields
 #: options added after markers held only a hash; a hash marker matches the current settings with any
 #: of these left out where they are at their defaults
 ADDED_SINCE_HASH_MARKERS = (("recover", "train_seeds"), ("recover", "budgets"), ("recover", "match"),
-                            ("recover", "seeded_budgets"), ("recover", "dose_modes"), ("prune", "layers"))
+                            ("recover", "seeded_budgets"), ("recover", "dose_modes"), ("recover", "long_prompts"),
+                            ("prune", "layers"))
 
 #: what is no stage's setting: where and how fast the run happens
 NOT_SETTINGS = ("device", "out", "study")

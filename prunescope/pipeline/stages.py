@@ -303,7 +303,8 @@ def _arm_options(run: Run, mode: str, sgr_file: Path, seed: int | None = None, *
     return RecoverOptions(mode=mode, data=str(sgr_file) if training else None,
                           teacher=run.base.path if repair or training == "distill" else None, recipe=c["recipe"],
                           quant=c["quant"], steps=steps, token_budget=budget,
-                          max_seq_len=c["max_seq_len"], train_batch=c["train_batch"], micro_batch=c["micro_batch"],
+                          max_seq_len=c["max_seq_len"], long_prompts=c["long_prompts"], train_batch=c["train_batch"],
+                          micro_batch=c["micro_batch"],
                           max_grad_norm=c["max_grad_norm"], adapter_dtype=c["adapter_dtype"], heldout=c["heldout"],
                           lr=c["lr"], warmup=c["warmup"], seed=run.cfg["seed"] if seed is None else seed,
                           eval_every=c["eval_every"] or max(1, (steps or 100) // 4), **repair_kw)
