@@ -150,8 +150,9 @@ class Recover(Options):
                                     "(then leave those two unset)", minimum=1)
     match: str = option("tokens", "what the training arms share at each budget: tokens (each trains until the "
                                   "budget's response tokens) or steps (each trains the optimizer steps that the "
-                                  "first training mode of modes needs to reach the budget, so their tokens differ, "
-                                  "e.g. longer external references; both are recorded)", choices=("tokens", "steps"))
+                                  "first of dose_modes (else of the training modes) needs to reach the budget, so "
+                                  "their tokens differ, e.g. longer external references; both are recorded)",
+                        choices=("tokens", "steps"))
     seeded_budgets: list[int] = option([], "budgets (among budgets) at which every training arm is trained once per "
                                            "train_seeds seed, <pruned>-<mode>~<budget>@<seed>; at the others once, with "
                                            "the run's seed; none: every budget", minimum=1)

@@ -313,7 +313,8 @@ def _arm_options(run: Run, mode: str, sgr_file: Path, seed: int | None = None, *
 def _arm_training(run: Run, arm: Arm, sgr_file: Path) -> dict:
     """How long one arm trains, as :func:`_arm_options` takes it: ``budget`` (its own with
     ``recover.budgets``, else the section's ``token_budget``), and with ``recover.match: steps`` the
-    ``steps`` that the reference mode (the first training mode of ``recover.modes``) needs to reach
+    ``steps`` that the reference mode (the first of ``recover.dose_modes``, else the first training
+    mode of ``recover.modes``) needs to reach
     that budget on the same pruned model with the same seed (:func:`prunescope.recover.train.plan_recovery`,
     from the data alone): every training arm at a budget then trains as many optimizer steps, each
     on its own response tokens (an external arm's references are longer), and records both."""
@@ -325,7 +326,8 @@ def _arm_training(run: Run, arm: Arm, sgr_file: Path) -> dict:
     budget = arm.budget if c["budgets"] else c["token_budget"]
     if c["match"] != "steps":
         return {"budget": budget}
-    reference = next(m for m in c["modes"] if split_mode(m)[1] is not None)
+    # the first mode on the dose axis (else the first training mode) sets the steps
+    reference = (c["dose_modes"] or [m for m in c["modes"] if split_mode(m)[1] is not None])[0]
     planned = plan_recovery(_arm_options(run, reference, sgr_file, arm.seed, budget=budget),
                             model=run.pruned_stages()[f"pruned-{arm.pruned}"])
     print(f"  recovered-{arm.pruned}-{arm.mode}: {planned['steps']} steps, the {reference} arm's for "
