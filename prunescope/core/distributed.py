@@ -13,7 +13,9 @@ run joins a process group in one of three ways:
 Work is split deterministically (every rank computes the same assignment from the same inputs,
 so nothing but results travels), results are gathered with ``all_gather_object`` after every
 round, and the caller merges them in the original order and aggregates them with the same
-functions as a single process. Only rank 0 writes files and prints.
+functions as a single process. Only rank 0 writes files and prints. Work that streams its results
+(SGR's generation) is gathered in rounds by :func:`gathered_chunks`; a list of requests split
+over the ranks (evaluation) comes back in its order from :func:`gather_in_order`.
 
 >>> d = Dist()                      # a world of one process
 >>> d.gather({"rows": [1, 2]}), d.is_main
@@ -24,11 +26,12 @@ functions as a single process. Only rank 0 writes files and prints.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import socket
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,17 +270,68 @@ def launch(fn: Callable, world: int, args: Sequence = (), kwargs: dict | None = 
     return value
 
 
-def spread(entry: Callable, inner: Callable, options, *, model, placement, output, loaded=None):
+def spread(entry: Callable, inner: Callable, options, *, model, placement, output, loaded=None, **extra):
     """Run a command in this process or spread over ``placement.devices`` processes.
 
     ``entry`` is the public command (re-entered in each spawned process, so it must be importable
     by name); ``inner(d, options, model=, placement=, output=, loaded=)`` does the work inside a
     process group (one process: a group of one). Used by every command that can split its work.
+    ``extra`` keyword arguments (SGR's prompt records) go to both, as they are.
     """
     devices = check_devices(placement.devices, placement.device, placement.device_map, loaded)
     if wants_launch(devices):
         return launch(entry, devices, args=(options,),
-                      kwargs=dict(model=model, placement=placement.replace(devices=None), output=output),
+                      kwargs=dict(model=model, placement=placement.replace(devices=None), output=output, **extra),
                       device=placement.device)
     with distributed(placement.device) as d:
-        return inner(d, options, model=model, placement=placement, output=output, loaded=loaded)
+        return inner(d, options, model=model, placement=placement, output=output, loaded=loaded, **extra)
+
+
+def gather_in_order(d: Dist, indices: Sequence[int], values: Sequence, error: str | None = None) -> list:
+    """Collective: every rank's ``values`` (those of the work items ``indices``; together the ranks'
+    indices are ``0 .. n-1`` once each) merged into one list in item order, on every rank. Any
+    rank's ``error`` (a message) is raised on every rank instead, so none is left waiting.
+
+    >>> gather_in_order(Dist(), [0, 1], ["a", "b"])
+    ['a', 'b']
+    """
+    parts = d.gather((list(indices), list(values), error))
+    errors = [e for _, _, e in parts if e]
+    if errors:
+        raise PrunescopeError(errors[0])
+    out: list = [None] * sum(len(ix) for ix, _, _ in parts)
+    for ix, vals, _ in parts:
+        for i, v in zip(ix, vals, strict=True):
+            out[i] = v
+    return out
+
+
+def gathered_chunks(d: Dist, items: Iterable, size: int) -> Iterator[list]:
+    """Collective: each rank draws ``size`` of its own ``items`` at a time, and every round yields
+    all ranks' draws (in rank order) on every rank, until every rank's items are used up (a rank
+    that runs out first keeps joining the rounds with nothing). For work that streams results as
+    it goes (the generation engine): rank 0 writes each round, so a crash loses at most a round.
+    A :class:`PrunescopeError` raised while drawing is raised on every rank.
+
+    >>> list(gathered_chunks(Dist(), range(5), 2))
+    [[0, 1], [2, 3], [4]]
+    """
+    it = iter(items)
+    finished = False
+    while True:
+        group, error = [], None
+        if not finished:
+            try:
+                group = list(itertools.islice(it, size))
+            except PrunescopeError as e:
+                error = str(e)
+            finished = error is not None or len(group) < size
+        parts = d.gather((group, finished, error))
+        errors = [e for _, _, e in parts if e]
+        if errors:
+            raise PrunescopeError(errors[0])
+        merged = [x for g, _, _ in parts for x in g]
+        if merged:
+            yield merged
+        if all(f for _, f, _ in parts):
+            return
