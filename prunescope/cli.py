@@ -238,15 +238,19 @@ def _sgr(args, opts, placement: Placement, output: Output) -> None:
          "replaces each removed span by a linear map fitted on the base model (--teacher, default the pruning "
          "record's source model) and folded into the weights, no data needed; --mode linear+sgr repairs into "
          "OUT/linear, then trains the repaired model.",
-         options="prunescope.recover.train:RecoverOptions", placement=("device",), output=("out", "progress", "overwrite"),
+         options="prunescope.recover.train:RecoverOptions", placement=("device", "devices"),
+         output=("out", "progress", "overwrite"),
          model_help=SHARED_MEANINGS["model"] + " (required: the pruned model, from prunescope prune)",
          model_required=True)
 def _recover(args, opts, placement: Placement, output: Output) -> None:
+    from prunescope.core.distributed import env_world
     from prunescope.recover.train import describe_recovery, recover_model, split_mode
 
     if not output.out:
         raise PrunescopeError("recover needs --out FOLDER (where the recovered model goes)")
     s = recover_model(opts, model=args.model, placement=placement, output=output)
+    if env_world().rank != 0:  # under torchrun every rank gets the summary; rank 0 prints
+        return
     speed = f", {s['tokens_per_s']:.0f} tokens/s" if s.get("tokens_per_s") else ""
     print(f"{s['mode']}: {describe_recovery(s)}{speed}")
     repair, training = split_mode(s["mode"])

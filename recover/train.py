@@ -34,8 +34,10 @@ Everything lands in ``OUT/``: ``curve.csv``/``curve.png`` (train loss, held-out 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import io
 import json
 import math
 import random
@@ -47,6 +49,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from prunescope.core.distributed import (Dist, env_world, gather_in_order, is_distributed, rank_device, spread,
+                                         sum_gradients, sum_over_ranks)
 from prunescope.core.errors import PrunescopeError
 from prunescope.core.options import SHARED_MEANINGS, Flag, Options, Output, Placement, option
 from prunescope.core.registry import Registry
@@ -522,12 +526,14 @@ def _blocks(model):
 
 
 def train_step(model, batch: list[Example], pad_id: int, device, micro_batch: int, *, teacher=None,
-               kl_temperature: float = 1.0) -> tuple[float, int]:
+               kl_temperature: float = 1.0, total: int | None = None) -> tuple[float, int]:
     """Forward and backward over ``batch`` in micro-batches; the loss is the mean over the batch's
-    response tokens (NLL, or KL to ``teacher``). Returns (loss, tokens run). No optimizer step."""
+    response tokens (NLL, or KL to ``teacher``), or its sum divided by ``total`` (the whole step's
+    response tokens, when ``batch`` is this rank's share of it). Returns (loss, tokens run). No
+    optimizer step."""
     blocks = _blocks(model)
     teacher_blocks = _blocks(teacher) if teacher is not None else None
-    n_resp = max(sum(e.n_response for e in batch), 1)
+    n_resp = max(sum(e.n_response for e in batch) if total is None else total, 1)
     loss_total, seen = 0.0, 0
     for i in range(0, len(batch), micro_batch):
         ids, mask, labels = collate(batch[i:i + micro_batch], pad_id, device)
@@ -546,20 +552,27 @@ def train_step(model, batch: list[Example], pad_id: int, device, micro_batch: in
 
 
 @torch.no_grad()
-def perplexity(model, examples: list[Example], pad_id: int, micro_batch: int = 4) -> tuple[float, float]:
+def perplexity(model, examples: list[Example], pad_id: int, micro_batch: int = 4, *,
+               dist: Dist | None = None) -> tuple[float, float]:
     """(mean NLL per response token, perplexity) of ``model`` on ``examples``; the logits are made a
     chunk of rows at a time, as in training (at 2048 tokens, micro-batch 4 and Qwen's 152k vocabulary
-    the whole fp32 logits would be 5 GB)."""
+    the whole fp32 logits would be 5 GB). In a group (``dist``) each rank scores every
+    ``world_size``-th micro-batch and the sums are gathered and added in order: one process's value."""
     was_training = model.training
     model.eval()
     device = next(p.device for p in model.parameters())
     blocks = _blocks(model)
-    total, count = 0.0, 0
-    for i in range(0, len(examples), micro_batch):
-        ids, mask, labels = collate(examples[i:i + micro_batch], pad_id, device)
+    dist = dist or Dist()
+    mine = list(range(dist.rank, math.ceil(len(examples) / micro_batch), dist.world_size))
+    sums = []
+    for j in mine:
+        ids, mask, labels = collate(examples[j * micro_batch:(j + 1) * micro_batch], pad_id, device)
         nll, n = response_nll_sum(blocks, ids, mask, labels)
-        total, count = total + float(nll), count + n
+        sums.append((float(nll), n))
     model.train(was_training)
+    total, count = 0.0, 0
+    for nll, n in gather_in_order(dist, mine, sums):
+        total, count = total + nll, count + n
     loss = total / max(count, 1)
     return loss, math.exp(min(loss, 50.0))
 
@@ -774,7 +787,7 @@ def _load_checkpoint(path: Path, pm, opt, sched) -> dict:
         set_peft_model_state_dict(pm, load_file(path / "adapter_model.safetensors"))
     # weights_only: a run folder may come from someone else; never unpickle code from it
     try:
-        st = torch.load(path / "state.pt", weights_only=True)
+        st = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
     except Exception as e:  # an UnpicklingError for anything but tensors and plain containers
         raise PrunescopeError(f"{path / 'state.pt'} holds more than tensors and plain values, so it is not "
                               f"loaded ({type(e).__name__}); delete {path} to restart from the previous "
@@ -819,28 +832,63 @@ def recover_model(options: RecoverOptions | None = None, *, model: str | Path | 
     cfg = (options or RecoverOptions()).check()
     placement, output = (placement or Placement()).check(), output or Output()
     if cfg.repair is not None:
+        _one_process_repair(cfg, placement)
         return _recover_repaired(cfg, model, placement, output, loaded=loaded, stop_after=stop_after, merge=merge)
     _require_inputs(cfg, model, output)
+    _check_split(cfg, placement.devices or env_world().world_size)
+    return spread(recover_model, _recover, cfg, model=model, placement=placement, output=output, loaded=loaded,
+                  stop_after=stop_after, merge=merge)
+
+
+def _recover(d: Dist, cfg: RecoverOptions, *, model: str | Path, placement: Placement, output: Output, loaded=None,
+             stop_after: int | None = None, merge: bool = True) -> dict:
+    """One rank's part of a training run (a world of one: all of it). Every rank plans the same
+    steps and holds a model copy on its device; rank 0 alone writes (:class:`_TrainingRun`)."""
     out = Path(output.out)
-    data = _training_data(cfg, model, out, refuse_other=not output.overwrite)
-    if output.overwrite and out.is_dir():  # the input is good: an earlier run's results go before anything is written
-        with run_lock(out, "recovery run"):
-            remove_previous(out, RECOVER_OUTPUTS, marker=RUN_CONFIG)
-    student_path = data.student_path
-    if cfg.mode == "random":  # the input is good: the control's starting weights become the model to recover
-        student_path = random_init(student_path, out / "init", seed=cfg.seed)  # run_config keeps the pruned path
-    pm, teacher = _load_models(cfg, student_path, placement.device, plan_from=data.student_path)
-    with run_lock(out, "recovery run"):  # the input is good: from here on the folder is written
-        record_run_config(out, data.run_config, RUN_CONFIG)
-        run = _TrainingRun(cfg, out, pm, teacher, data, show_progress=output.progress)
+    with contextlib.nullcontext() if d.is_main else contextlib.redirect_stdout(io.StringIO()):
+        data = _training_data(cfg, model, out, refuse_other=not output.overwrite)
+    student_path = d.on_main(_prepare_folder, cfg, out, output.overwrite, data.student_path)
+    pm, teacher = _load_models(cfg, student_path, rank_device(placement.device, d), plan_from=data.student_path)
+    with run_lock(out if d.is_main else None, "recovery run"):  # the input is good: from here on the folder is written
+        if d.is_main:
+            record_run_config(out, data.run_config, RUN_CONFIG)
+        run = _TrainingRun(cfg, out, pm, teacher, data, show_progress=output.progress and d.is_main, dist=d)
         done_here = run.train(stop_after)
         summary = run.summary()
         if not summary["finished"]:
             if done_here and run.state["step"] % cfg.save_every:
-                run.save_checkpoint()
+                d.on_main(run.save_checkpoint)
             return summary
-        _write_recovered(run, student_path, summary, merge)
+        d.on_main(_write_recovered, run, student_path, summary, merge)
         return summary
+
+
+def _prepare_folder(cfg: RecoverOptions, out: Path, overwrite: bool, student_path: str | Path) -> str | Path:
+    """Before any model is loaded (the input is good): an earlier run's results go (``overwrite``),
+    and the random control's starting weights are written; returns the model to train."""
+    if overwrite and out.is_dir():  # the input is good: an earlier run's results go before anything is written
+        with run_lock(out, "recovery run"):
+            remove_previous(out, RECOVER_OUTPUTS, marker=RUN_CONFIG)
+    if cfg.mode == "random":  # the control's starting weights become the model to recover
+        return random_init(student_path, out / "init", seed=cfg.seed)  # run_config keeps the pruned path
+    return student_path
+
+
+def _check_split(cfg: RecoverOptions, world: int) -> None:
+    """Data parallelism splits each optimizer step's micro-batches over the processes: refuse more
+    processes than micro-batches (a process would have nothing to run)."""
+    per_step = cfg.train_batch // cfg.micro_batch
+    if world > 1 and per_step < world:
+        raise PrunescopeError(f"{world} processes split each optimizer step's micro-batches, but --train-batch "
+                              f"{cfg.train_batch} / --micro-batch {cfg.micro_batch} gives {per_step}: lower "
+                              "--micro-batch or use fewer --devices")
+
+
+def _one_process_repair(cfg: RecoverOptions, placement: Placement) -> None:
+    """The linear repair (and a chain that starts with it) runs in one process."""
+    if (placement.devices or 1) > 1 or is_distributed():
+        raise PrunescopeError(f"--mode {cfg.mode}: the linear repair runs in one process; run --mode {cfg.repair} "
+                              "alone first, then train the repaired model (OUT) over several processes")
 
 
 REPAIRED = "linear"   # OUT/linear: a chain's repaired model, which its training step starts from
@@ -1088,9 +1136,10 @@ class _TrainingRun:
     (their count is the summary's skipped_steps).
     """
 
-    def __init__(self, cfg: RecoverOptions, out: Path, pm, teacher, data: _TrainingData, *, show_progress: bool):
+    def __init__(self, cfg: RecoverOptions, out: Path, pm, teacher, data: _TrainingData, *, show_progress: bool,
+                 dist: Dist | None = None):
         self.cfg, self.out, self.pm, self.teacher, self.data = cfg, out, pm, teacher, data
-        self.show_progress = show_progress
+        self.show_progress, self.d = show_progress, dist or Dist()
         self.named = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
         self.opt = torch.optim.AdamW(_param_groups(self.named, cfg.weight_decay), lr=cfg.lr,
@@ -1141,8 +1190,15 @@ class _TrainingRun:
         batch = [self.data.train[i] for i in _batch_indices(state["step"], cfg.train_batch, len(self.data.train),
                                                             cfg.seed)]
         n_resp = sum(e.n_response for e in batch)
-        step_loss, seen = train_step(self.pm, batch, self.pad, self.dev, cfg.micro_batch, teacher=self.teacher,
-                                     kl_temperature=cfg.kl_temperature)
+        if self.d.world_size > 1:  # each rank draws its own dropout, the same whether resumed or not
+            torch.manual_seed(cfg.seed * 1000003 + state["step"] * self.d.world_size + self.d.rank)
+        step_loss, seen = train_step(self.pm, _rank_share(batch, cfg.micro_batch, self.d), self.pad, self.dev,
+                                     cfg.micro_batch, teacher=self.teacher, kl_temperature=cfg.kl_temperature,
+                                     total=n_resp)
+        if self.d.world_size > 1:  # the batch's loss, tokens and gradient: the sums of the ranks' shares
+            step_loss, seen = sum_over_ranks(self.d, [step_loss, seen], self.dev)
+            seen = int(seen)
+            sum_gradients(self.d, self.params)
         state["all_tokens"] += seen
         grad_norm = _grad_norm(self.params, cfg.max_grad_norm)
         if math.isfinite(step_loss) and math.isfinite(grad_norm):
@@ -1170,7 +1226,8 @@ class _TrainingRun:
         self.bad_in_row += 1
         record = _non_finite_record(state["step"] + 1, step_loss, grad_norm, self.named)
         state["non_finite"].append(record)
-        self.bar.write(f"recover ({cfg.mode}): step {state['step'] + 1} skipped: {record}")
+        if self.d.is_main:
+            self.bar.write(f"recover ({cfg.mode}): step {state['step'] + 1} skipped: {record}")
         if self.bad_in_row >= cfg.max_bad_steps:
             raise RecoveryDiverged(
                 f"recovery ({cfg.mode}) diverged: {self.bad_in_row} steps in a row with a non-finite loss or "
@@ -1185,7 +1242,7 @@ class _TrainingRun:
             w, g = state["window"], state["grad_window"]  # g is empty only when resuming an old checkpoint
             self.log_eval(sum(w) / len(w) if w else None, sum(g) / len(g) if g else None)
             state["window"], state["grad_window"] = [], []
-        if state["step"] % self.cfg.save_every == 0 or last:
+        if (state["step"] % self.cfg.save_every == 0 or last) and self.d.is_main:
             self.save_checkpoint()
 
     def log_eval(self, train_loss: float | None, grad_norm: float | None = None) -> None:
@@ -1194,14 +1251,15 @@ class _TrainingRun:
         state = self.state
         loss, ppl = None, None   # no held-out set: no perplexity, rather than 1.00 over nothing
         if self.data.held:
-            loss, ppl = perplexity(self.pm, self.data.held, self.pad, self.cfg.micro_batch)
+            loss, ppl = perplexity(self.pm, self.data.held, self.pad, self.cfg.micro_batch, dist=self.d)
         secs = state["train_seconds"]
         state["curve"].append({"step": state["step"], "tokens": state["tokens"], "train_loss": train_loss,
                                "eval_loss": loss, "eval_ppl": ppl, "lr": self.sched.get_last_lr()[0],
                                "train_seconds": round(secs, 3),
                                "tokens_per_s": state["all_tokens"] / secs if secs else None,
                                "grad_norm": grad_norm})
-        write_table(state["curve"], self.out / "curve", columns=list(state["curve"][0]))
+        if self.d.is_main:
+            write_table(state["curve"], self.out / "curve", columns=list(state["curve"][0]))
 
     def save_checkpoint(self) -> Path:
         """Trained weights, optimizer, schedule, ``state`` and the random generators' state (LoRA
@@ -1230,6 +1288,19 @@ class _TrainingRun:
                 "all_tokens": state["all_tokens"], "train_seconds": round(secs, 2),
                 "tokens_per_s": state["all_tokens"] / secs if secs else None,
                 "final_eval_ppl": state["curve"][-1]["eval_ppl"], "finished": self.finished(), "out": str(self.out)}
+
+
+def _rank_share(batch: list[Example], micro_batch: int, d: Dist) -> list[Example]:
+    """This rank's micro-batches of an optimizer step's ``batch``: every ``world_size``-th, from the
+    rank's own (the whole batch in a world of one).
+
+    >>> _rank_share(list("abcdef"), 1, Dist(1, 2)), _rank_share(list("abcdef"), 2, Dist(0, 2))
+    (['b', 'd', 'f'], ['a', 'b', 'e', 'f'])
+    """
+    if d.world_size == 1:
+        return batch
+    return [e for j in range(d.rank, math.ceil(len(batch) / micro_batch), d.world_size)
+            for e in batch[j * micro_batch:(j + 1) * micro_batch]]
 
 
 def _param_groups(named: list[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:

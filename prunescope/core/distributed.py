@@ -335,3 +335,54 @@ def gathered_chunks(d: Dist, items: Iterable, size: int) -> Iterator[list]:
             yield merged
         if all(f for _, f, _ in parts):
             return
+
+
+def sum_over_ranks(d: Dist, values: Sequence[float], device) -> list[float]:
+    """Collective: each of ``values`` summed over the ranks (float64, on ``device``: a GPU's under
+    NCCL), on every rank; the values themselves in a world of one.
+
+    >>> sum_over_ranks(Dist(), [1.5, 2.0], "cpu")
+    [1.5, 2.0]
+    """
+    if d.world_size == 1:
+        return list(values)
+    import torch.distributed as tdist
+
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    tdist.all_reduce(t)
+    return t.tolist()
+
+
+def sum_gradients(d: Dist, params: Sequence[torch.Tensor], bucket: int = 1 << 24) -> None:
+    """Collective: the gradients of ``params`` summed over the ranks, in place (data parallelism: each
+    rank ran its share of a batch's micro-batches, so the sum is the batch's gradient). A parameter
+    with no gradient on any rank keeps none (AdamW then leaves it alone, as in one process); one with
+    a gradient on some rank gets zeros elsewhere first. One ``all_reduce`` per ``bucket`` elements of
+    one dtype (bf16 / fp16 summed in fp32); every rank must pass the same parameters in the same order."""
+    if d.world_size == 1 or not params:
+        return
+    import torch.distributed as tdist
+
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    tdist.all_reduce(has)
+    live = [p for p, h in zip(params, has.tolist(), strict=True) if h]
+    for p in live:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    group: list[torch.Tensor] = []
+    size = 0
+    for g in [p.grad for p in live] + [None]:
+        if group and (g is None or g.dtype != group[0].dtype or g.device != group[0].device
+                      or size + g.numel() > bucket):
+            flat = torch.cat([x.reshape(-1) for x in group])
+            if flat.dtype in (torch.bfloat16, torch.float16):  # summed in fp32, rounded once on the way back
+                flat = flat.float()
+            tdist.all_reduce(flat)
+            offset = 0
+            for x in group:
+                x.copy_(flat[offset:offset + x.numel()].view_as(x))
+                offset += x.numel()
+            group, size = [], 0
+        if g is not None:
+            group.append(g)
+            size += g.numel()
