@@ -27,22 +27,32 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from pathlib import Path
 
 from prunescope.core.results import read_table
+from prunescope.pipeline.config import budget_label, split_arm
 
-_ARM = re.compile(r"^recovered-(?P<pruned>.+)-(?P<mode>[^-~@]+)(?:~(?P<budget>[^@]+))?(?:@(?P<seed>\d+))?$")
 CATEGORIES = ("generative", "classification")
 
 
 def parse_arm(stage: str) -> tuple[str, str, str | None, int | None] | None:
-    """``(pruned, mode, budget label, seed)`` of a recovered stage name, None for any other stage."""
-    m = _ARM.match(stage)
-    if m is None:
+    """``(pruned, mode, budget label, seed)`` of a recovered stage name
+    (:func:`prunescope.pipeline.config.split_arm`), None for any other stage."""
+    if not stage.startswith("recovered-"):
         return None
-    return m["pruned"], m["mode"], m["budget"], int(m["seed"]) if m["seed"] else None
+    arm = split_arm(stage.removeprefix("recovered-"))
+    return arm.pruned, arm.mode, budget_label(arm.budget) if arm.budget is not None else None, arm.seed
+
+
+def _arms(cats: dict) -> dict[tuple[str, str], dict[str | None, list[str]]]:
+    """``{(pruned, mode): {budget label or None: [its stages, one per seed]}}`` of the evaluated arms."""
+    out: dict[tuple[str, str], dict[str | None, list[str]]] = {}
+    for stage in dict.fromkeys(s for s, _, _ in cats):
+        arm = parse_arm(stage)
+        if arm is not None:
+            out.setdefault(arm[:2], {}).setdefault(arm[2], []).append(stage)
+    return out
 
 
 def _trained(run_dir: Path, stage: str) -> tuple[int | None, int | None]:
@@ -64,81 +74,56 @@ def dose_table(run_dir: str | Path) -> list[dict]:
     """Retention per arm, budget and category against the tokens trained (see the module doc).
 
     >>> dose_table("runs/qwen-repair")[0]  # doctest: +SKIP
-    {'pruned': 'bi', 'mode': 'sgr', 'budget': '300k', 'tokens': 300112, 'steps': 62, ...}
+    {'pruned': 'bi', 'mode': 'sgr', 'budget': 'pruned', 'tokens': 0, 'steps': 0, ...}
     """
     run_dir = Path(run_dir)
     cats = _category_rows(run_dir)
-    groups: dict[tuple, list[str]] = {}
-    for stage in dict.fromkeys(s for s, _, _ in cats):
-        arm = parse_arm(stage)
-        if arm is not None:
-            groups.setdefault(arm[:3], []).append(stage)
     out = []
-    for (pruned, mode, budget), stages in groups.items():
-        trained = [_trained(run_dir, s) for s in stages]
-        tokens = [t for t, _ in trained if t is not None]
-        steps = [s for _, s in trained if s is not None]
-        points = [(f"pruned-{pruned}", 0, 0)] if budget is None else []
-        points.append((stages, round(statistics.mean(tokens)) if tokens else None,
-                       round(statistics.mean(steps)) if steps else None))
-        for where, tok, stp in points:
-            out += _points(cats, pruned, mode, budget, where, tok, stp)
-    return sorted(_with_pruned(out, cats), key=lambda r: (r["pruned"], r["mode"], r["category"], r["metric"],
-                                                          r["tokens"] if r["tokens"] is not None else -1))
+    for (pruned, mode), budgets in _arms(cats).items():
+        if any(k[0] == f"pruned-{pruned}" for k in cats):  # each line starts at its pruned model
+            out += _points(cats, pruned, mode, "pruned", [f"pruned-{pruned}"], 0, 0)
+        for budget, stages in budgets.items():
+            trained = [_trained(run_dir, s) for s in stages]
+            tokens = [t for t, _ in trained if t is not None]
+            steps = [s for _, s in trained if s is not None]
+            out += _points(cats, pruned, mode, budget or "", stages, round(statistics.mean(tokens)) if tokens else None,
+                           round(statistics.mean(steps)) if steps else None)
+    return sorted(out, key=lambda r: (r["pruned"], r["mode"], r["category"], r["metric"],
+                                      r["tokens"] if r["tokens"] is not None else -1))
 
 
-def _points(cats: dict, pruned: str, mode: str, budget, where, tokens, steps) -> list[dict]:
+def _mean(rows: list[dict], key: str) -> float | None:
+    """The mean of a column over rows, None where any row lacks it."""
+    values = [r.get(key) for r in rows]
+    return None if any(v in (None, "") for v in values) else statistics.mean(float(v) for v in values)
+
+
+def _points(cats: dict, pruned: str, mode: str, budget: str, stages: list[str], tokens, steps) -> list[dict]:
     """One dose row per category and metric of one arm at one budget (its seeds averaged)."""
-    stages = where if isinstance(where, list) else [where]
     out = []
     for cat in CATEGORIES:
         for metric in ("retention", "chance_corrected_retention"):
             rows = [cats[(s, cat, metric)] for s in stages if (s, cat, metric) in cats]
-            if not rows:
-                continue
-            value = statistics.mean(float(r["value"]) for r in rows)
-            lo = statistics.mean(float(r["ci_low"]) for r in rows) if all(r.get("ci_low") not in (None, "") for r in rows) else None
-            hi = statistics.mean(float(r["ci_high"]) for r in rows) if all(r.get("ci_high") not in (None, "") for r in rows) else None
-            out.append({"pruned": pruned, "mode": mode, "budget": budget or "", "stage": ";".join(stages),
-                        "tokens": tokens, "steps": steps, "seeds": len(rows), "category": cat, "metric": metric,
-                        "value": value, "ci_low": lo, "ci_high": hi})
+            if rows:
+                out.append({"pruned": pruned, "mode": mode, "budget": budget, "stage": ";".join(stages),
+                            "tokens": tokens, "steps": steps, "seeds": len(rows), "category": cat, "metric": metric,
+                            "value": _mean(rows, "value"), "ci_low": _mean(rows, "ci_low"),
+                            "ci_high": _mean(rows, "ci_high")})
     return out
-
-
-def _with_pruned(rows: list[dict], cats: dict) -> list[dict]:
-    """Each (pruned, mode) line starts at its pruned model (0 tokens) when that model was evaluated."""
-    have = {(r["pruned"], r["mode"]) for r in rows if r["tokens"] == 0}
-    extra = []
-    for pruned, mode in dict.fromkeys((r["pruned"], r["mode"]) for r in rows):
-        if (pruned, mode) not in have and any(k[0] == f"pruned-{pruned}" for k in cats):
-            extra += _points(cats, pruned, mode, None, f"pruned-{pruned}", 0, 0)
-            have.add((pruned, mode))
-    for r in extra:
-        r["budget"] = "pruned"
-    for r in rows:
-        if r["tokens"] == 0:
-            r["budget"] = "pruned"
-    return rows + extra
 
 
 def _ladder(run_dir: Path) -> dict[tuple[str, str], list[tuple[str, int]]]:
     """``{(pruned, mode): [(stage, tokens), ...]}`` in increasing tokens, the pruned model first; a
-    budget trained with several seeds is represented by its first seed (the items pair stage to stage)."""
+    budget trained with several seeds is represented by its first seed (its first with a recovery record; the items pair stage to stage)."""
     cats = _category_rows(run_dir)
-    ladders: dict[tuple[str, str], dict[str, tuple[str, int]]] = {}
-    for stage in dict.fromkeys(s for s, _, _ in cats):
-        arm = parse_arm(stage)
-        if arm is None or arm[2] is None:
-            continue
-        tokens, _ = _trained(run_dir, stage)
-        if tokens is None:
-            continue
-        ladders.setdefault(arm[:2], {}).setdefault(arm[2], (stage, tokens))
     out = {}
-    for (pruned, mode), budgets in ladders.items():
-        steps = sorted(budgets.values(), key=lambda p: p[1])
-        start = [(f"pruned-{pruned}", 0)] if any(k[0] == f"pruned-{pruned}" for k in cats) else []
-        out[(pruned, mode)] = start + steps
+    for (pruned, mode), budgets in _arms(cats).items():
+        firsts = [next(((s, t) for s in stages if (t := _trained(run_dir, s)[0]) is not None), None)
+                  for b, stages in budgets.items() if b is not None]
+        steps = sorted((p for p in firsts if p is not None), key=lambda p: p[1])
+        if steps:
+            start = [(f"pruned-{pruned}", 0)] if any(k[0] == f"pruned-{pruned}" for k in cats) else []
+            out[(pruned, mode)] = start + steps
     return out
 
 
