@@ -356,14 +356,22 @@ def probe_scores(model_dir: str | Path | None, probes: Sequence[str] = ("arithme
     {'arithmetic_multi': 0.3, 'brackets': 0.85, 'copy': 0.8}
     """
     from prunescope.probe.models import load_model
-    from prunescope.probe.tasks import make_items, pruning_probe_options
 
     lm = loaded or load_model(model_dir, device=device)
-    per_item = {}
-    for p in probes:
-        items = make_items(p, n=n, **pruning_probe_options(p))
-        per_item[p] = score_items(lm.blocks, ScoringPlan(lm.tokenizer, items))
+    per_item = {p: score_items(lm.blocks, ScoringPlan(lm.tokenizer, stage_probe_items(p, n))) for p in probes}
     return probe_summary(per_item)
+
+
+def stage_probe_items(probe: str, n: int) -> list:
+    """The ``n`` items of ``probe`` that :func:`probe_scores` scores (the pruning-side options, fixed
+    seed): the same for every model, so stages pair by item.
+
+    >>> len(stage_probe_items("copy", 3))
+    3
+    """
+    from prunescope.probe.tasks import make_items, pruning_probe_options
+
+    return make_items(probe, n=n, **pruning_probe_options(probe))
 
 
 def probe_accuracy(model_dir: str | Path | None, probes: Sequence[str] = ("arithmetic_multi", "brackets", "copy"),

@@ -54,10 +54,9 @@ def scored_keys(probes: Sequence[str], n: int) -> set[tuple[str, str]]:
     >>> len(scored_keys(["copy"], 5))
     5
     """
-    from prunescope.probe.tasks import make_items, pruning_probe_options
+    from prunescope.probe.scoring import stage_probe_items
 
-    return {_item_key(it) for p in probes if not Path(p).suffix
-            for it in make_items(p, n=n, **pruning_probe_options(p))} if n else set()
+    return {_item_key(it) for p in probes if not Path(p).suffix for it in stage_probe_items(p, n)} if n else set()
 
 
 def _item_key(item) -> tuple[str, str]:
